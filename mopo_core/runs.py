@@ -1,0 +1,404 @@
+"""The run store: every solve, sweep, suite and training run, in one SQLite file.
+
+The file's location is one setting: the environment variable ``MOPO_STORE`` if set, else
+``<platformdirs user data dir for "mopo-studio">/runs.sqlite`` (:func:`default_store_path`).
+
+Tables (schema version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``):
+
+- ``runs``: ``id``, ``kind`` ("solve", "sweep", "suite", "train", ...), ``name``, ``config``
+  (JSON), ``status`` (one of :data:`STATUSES`), ``error``, and ISO-8601 UTC timestamps
+  ``created_at``, ``started_at``, ``finished_at``.
+- ``metrics``: ``run_id``, ``step``, ``name``, ``value`` (a series per name; NaN is NULL).
+- ``points``: ``run_id``, ``idx``, ``label`` (e.g. the method), ``params`` (JSON, e.g.
+  ``{"threshold": [0.6]}``), ``objective_values`` (JSON list of K floats, maximised),
+  ``extra`` (JSON, e.g. the policy, multipliers, a feasible flag).
+
+The database runs in WAL mode and every operation opens its own connection, so several
+threads or processes (the app and a worker) can share one file. JSON columns accept numpy
+scalars and arrays; NaN is stored as null. Infinite values in JSON columns are rejected
+(JSON has no infinity), naming the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import platformdirs
+
+#: Environment variable that sets the store's path.
+STORE_ENV = "MOPO_STORE"
+#: Version of the schema below, stored as ``PRAGMA user_version``.
+SCHEMA_VERSION = 1
+STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+#: Statuses that end a run (they set ``finished_at``).
+TERMINAL_STATUSES = frozenset({"finished", "failed", "cancelled", "interrupted"})
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN {STATUSES!r}),
+    error TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL
+);
+CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (run_id, name, step);
+CREATE TABLE IF NOT EXISTS points (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    params TEXT NOT NULL,
+    objective_values TEXT NOT NULL,
+    extra TEXT,
+    PRIMARY KEY (run_id, idx)
+);
+"""
+
+_RUN_COLUMNS = ("id", "kind", "name", "config", "status", "error", "created_at", "started_at", "finished_at")
+_POINT_KEYS = ("label", "params", "values")
+
+
+def default_store_path() -> Path:
+    """The store's path: ``$MOPO_STORE`` if set, else the user data dir's ``runs.sqlite``."""
+    setting = os.environ.get(STORE_ENV)
+    if setting:
+        return Path(setting).expanduser()
+    return Path(platformdirs.user_data_dir("mopo-studio")) / "runs.sqlite"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def to_jsonable(value: Any, name: str = "value") -> Any:
+    """Convert ``value`` to plain JSON types: numpy scalars/arrays become Python numbers and
+    lists, tuples become lists, dataclasses dicts, paths strings, NaN ``None``.
+
+    Raises ``ValueError`` for infinite numbers and ``TypeError`` for other objects, naming
+    the offending field (``name`` plus the keys/indices leading to it).
+    """
+    if isinstance(value, np.ndarray | np.generic):
+        value = value.tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v, f"{name}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            raise ValueError(f"{name}: infinite value {value} cannot be stored as JSON")
+        return value
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{name}: cannot store a {type(value).__name__} as JSON")
+
+
+def _dumps(value: Any, name: str) -> str:
+    return json.dumps(to_jsonable(value, name), allow_nan=False)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _float_or_nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+@dataclasses.dataclass
+class Run:
+    """One stored run.
+
+    ``metrics``: DataFrame (step, name, value). ``points``: DataFrame (idx, label, params,
+    values, extra) plus the values expanded as columns ``v0..v{K-1}`` (NaN where null).
+    Timestamps are ISO-8601 UTC strings (``None`` until set).
+    """
+
+    id: int
+    kind: str
+    name: str | None
+    config: dict
+    status: str
+    error: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    metrics: pd.DataFrame
+    points: pd.DataFrame
+
+
+class RunStore:
+    """Runs, metric series and result points in one SQLite file (see the module doc).
+
+    ``path``: the database file; ``None`` uses :func:`default_store_path`. Parent
+    directories are created. Unknown run ids raise ``KeyError`` naming the id.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path).expanduser() if path is not None else default_store_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._init_schema()
+
+    # ------------------------------------------------------------------ connection
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A fresh connection with foreign keys on, committed (or rolled back) and closed."""
+        conn = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            with conn:
+                yield conn
+        finally:
+            conn.close()
+
+    def _init_schema(self) -> None:
+        with self._connect() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"run store {self.path}: schema version {version} is newer than this "
+                    f"code's ({SCHEMA_VERSION}); upgrade mopo-studio"
+                )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _require_run(conn: sqlite3.Connection, run_id: int) -> tuple:
+        row = conn.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"run {run_id} not found in {conn.execute('PRAGMA database_list').fetchone()[2]}")
+        return row
+
+    @staticmethod
+    def _check_status(status: str) -> str:
+        if status not in STATUSES:
+            raise ValueError(f"status: must be one of {', '.join(STATUSES)}, got {status!r}")
+        return status
+
+    # ------------------------------------------------------------------ writing
+
+    def create_run(self, kind: str, config: dict, name: str | None = None, status: str = "running") -> int:
+        """Insert a run and return its id. ``started_at`` is set now unless ``queued``."""
+        self._check_status(status)
+        if status in TERMINAL_STATUSES:
+            raise ValueError(f"status: a new run cannot start as {status!r}")
+        if not isinstance(config, dict):
+            raise ValueError(f"config: expected a dict, got {type(config).__name__}")
+        now = _now()
+        with self._connect() as conn:
+            cur = conn.execute(
+                "INSERT INTO runs (kind, name, config, status, created_at, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (str(kind), name, _dumps(config, "config"), status, now, None if status == "queued" else now),
+            )
+            return int(cur.lastrowid)
+
+    def log_metrics(self, run_id: int, step: int, values: dict[str, float]) -> None:
+        """Append one step of metric values ``{name: value}`` (NaN is stored as NULL)."""
+        rows = []
+        for key, value in values.items():
+            value = float(value)
+            rows.append((int(run_id), int(step), str(key), None if math.isnan(value) else value))
+        with self._connect() as conn:
+            self._require_run(conn, run_id)
+            conn.executemany("INSERT INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)", rows)
+
+    def add_points(self, run_id: int, points: list[dict]) -> None:
+        """Append result points, numbered after the run's existing ones.
+
+        Each point is a dict with ``label`` (str), ``params`` (dict), ``values`` (K floats,
+        maximised objective values; the same K for every point of a run) and optionally
+        ``extra`` (dict).
+        """
+        rows = [self._point_row(i, p) for i, p in enumerate(points)]
+        with self._connect() as conn:
+            self._require_run(conn, run_id)
+            start, first = conn.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0), MIN(objective_values) FROM points WHERE run_id = ?",
+                (int(run_id),),
+            ).fetchone()
+            sizes = {len(json.loads(r[3])) for r in rows} | ({len(json.loads(first))} if first else set())
+            if len(sizes) > 1:
+                raise ValueError(f"points: every point of run {run_id} needs the same number of values, got {sorted(sizes)}")
+            conn.executemany(
+                "INSERT INTO points (run_id, idx, label, params, objective_values, extra) VALUES (?, ?, ?, ?, ?, ?)",
+                [(int(run_id), start + i, *row) for i, row in enumerate(rows)],
+            )
+
+    @staticmethod
+    def _point_row(i: int, point: dict) -> tuple[str, str, str, str | None]:
+        missing = [k for k in _POINT_KEYS if k not in point]
+        if missing:
+            raise ValueError(f"points[{i}]: missing key(s) {missing}; need {list(_POINT_KEYS)}")
+        values = np.atleast_1d(np.asarray(point["values"], dtype=float))
+        if values.ndim != 1:
+            raise ValueError(f"points[{i}]['values']: expected a flat list of K floats, got shape {values.shape}")
+        extra = point.get("extra")
+        return (
+            str(point["label"]),
+            _dumps(point["params"], f"points[{i}]['params']"),
+            _dumps(values, f"points[{i}]['values']"),
+            None if extra is None else _dumps(extra, f"points[{i}]['extra']"),
+        )
+
+    def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
+        """Set a run's status (and error text). Terminal statuses set ``finished_at``;
+        ``running`` sets ``started_at`` if it was not set."""
+        self._check_status(status)
+        now = _now()
+        with self._connect() as conn:
+            self._require_run(conn, run_id)
+            conn.execute(
+                "UPDATE runs SET status = ?, error = ?, started_at = COALESCE(started_at, ?), finished_at = ? WHERE id = ?",
+                (
+                    status,
+                    error,
+                    now if status == "running" else None,
+                    now if status in TERMINAL_STATUSES else None,
+                    int(run_id),
+                ),
+            )
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run with its metrics and points."""
+        with self._connect() as conn:
+            self._require_run(conn, run_id)
+            conn.execute("DELETE FROM runs WHERE id = ?", (int(run_id),))
+
+    @contextmanager
+    def record(self, kind: str, config: dict, name: str | None = None) -> Iterator[int]:
+        """Create a running run and yield its id.
+
+        On normal exit the run becomes ``finished`` (unless the body already gave it a
+        terminal status, e.g. ``cancelled``). An exception marks it ``failed`` with the
+        exception text (``interrupted`` for ``KeyboardInterrupt``) and is re-raised.
+        """
+        run_id = self.create_run(kind, config, name=name)
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self.set_status(run_id, "interrupted", error="KeyboardInterrupt")
+            raise
+        except Exception as exc:
+            self.set_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        if self.get_status(run_id) not in TERMINAL_STATUSES:
+            self.set_status(run_id, "finished")
+
+    # ------------------------------------------------------------------ reading
+
+    def get_status(self, run_id: int) -> str:
+        """The run's current status."""
+        with self._connect() as conn:
+            return self._require_run(conn, run_id)[_RUN_COLUMNS.index("status")]
+
+    def list_runs(self, kind: str | None = None, status: str | None = None) -> pd.DataFrame:
+        """Runs, oldest first: id, kind, name, status, created_at, finished_at, n_points."""
+        where, args = [], []
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        if status is not None:
+            where.append("status = ?")
+            args.append(self._check_status(status))
+        sql = (
+            "SELECT id, kind, name, status, created_at, finished_at, "
+            "(SELECT COUNT(*) FROM points WHERE points.run_id = runs.id) AS n_points FROM runs"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY id"
+        )
+        with self._connect() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        columns = ["id", "kind", "name", "status", "created_at", "finished_at", "n_points"]
+        return pd.DataFrame(rows, columns=columns).astype({"id": "int64", "n_points": "int64"})
+
+    def get_run(self, run_id: int) -> Run:
+        """The run with its config, metric series and points (see :class:`Run`)."""
+        with self._connect() as conn:
+            row = dict(zip(_RUN_COLUMNS, self._require_run(conn, run_id)))
+            metric_rows = conn.execute(
+                "SELECT step, name, value FROM metrics WHERE run_id = ? ORDER BY name, step, rowid", (int(run_id),)
+            ).fetchall()
+            point_rows = conn.execute(
+                "SELECT idx, label, params, objective_values, extra FROM points WHERE run_id = ? ORDER BY idx",
+                (int(run_id),),
+            ).fetchall()
+        row["config"] = _loads(row["config"])
+        metrics = pd.DataFrame(
+            [(s, n, _float_or_nan(v)) for s, n, v in metric_rows], columns=["step", "name", "value"]
+        ).astype({"step": "int64", "value": "float64"})
+        return Run(**row, metrics=metrics, points=_points_frame(point_rows))
+
+    # ------------------------------------------------------------------ export
+
+    def export_run(self, run_id: int, path: str | os.PathLike, fmt: str | None = None) -> list[Path]:
+        """Write a run to ``path`` and return the files written.
+
+        ``fmt`` ("csv" or "json") defaults to the suffix of ``path``. CSV: the points
+        (params/values/extra as JSON text, values expanded as v0..v{K-1}, the config as a
+        JSON column), and the metrics in a sibling ``<stem>_metrics.csv``. JSON: one
+        document ``{"run", "config", "metrics", "points"}``.
+        """
+        path = Path(path)
+        fmt = (fmt or path.suffix.lstrip(".")).lower()
+        if fmt not in ("csv", "json"):
+            raise ValueError(f"fmt: cannot export to {fmt or path.name!r}; use a .csv or .json path or fmt='csv'/'json'")
+        run = self.get_run(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "json":
+            path.write_text(json.dumps(_run_document(run), indent=2, allow_nan=False))
+            return [path]
+        points = run.points.copy()
+        for column in ("params", "values", "extra"):
+            points[column] = [json.dumps(v, allow_nan=False) for v in points[column].map(to_jsonable)]
+        points.insert(0, "run_id", run.id)
+        points["config"] = json.dumps(run.config)
+        points.to_csv(path, index=False)
+        metrics_path = path.with_name(f"{path.stem}_metrics.csv")
+        run.metrics.to_csv(metrics_path, index=False)
+        return [path, metrics_path]
+
+
+def _points_frame(rows: list[tuple]) -> pd.DataFrame:
+    """Points DataFrame from stored rows, values expanded as v0..v{K-1}."""
+    frame = pd.DataFrame(
+        [(idx, label, _loads(params), _loads(vals), _loads(extra)) for idx, label, params, vals, extra in rows],
+        columns=["idx", "label", "params", "values", "extra"],
+    ).astype({"idx": "int64"})
+    k = max((len(v) for v in frame["values"]), default=0)
+    for j in range(k):
+        frame[f"v{j}"] = [_float_or_nan(v[j]) for v in frame["values"]]
+    return frame
+
+
+def _run_document(run: Run) -> dict:
+    """The JSON export of a run: run fields, config, metrics and points (NaN as null)."""
+    fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)}
+    header = {k: v for k, v in fields.items() if k not in ("config", "metrics", "points")}
+    metrics = run.metrics.to_dict(orient="records")
+    points = run.points[["idx", "label", "params", "values", "extra"]].to_dict(orient="records")
+    return to_jsonable({"run": header, "config": run.config, "metrics": metrics, "points": points}, "run")
