@@ -28,7 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
-from mopo_core.validation import _as_float_array, check_prompt_weights, check_thresholds
+from mopo_core.validation import as_finite_array, check_prompt_weights, check_thresholds
 
 #: HiGHS tolerances for the exact-front LPs (the LP is the ground truth in tests).
 _LP_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
@@ -42,7 +42,7 @@ def _check_points(points, name: str, n_objectives: int | None = None) -> np.ndar
 
     An empty input is allowed: ``(0, K)``, or ``[]`` which becomes ``(0, n_objectives)``.
     """
-    arr = _as_float_array(points, name)
+    arr = as_finite_array(points, name)
     if arr.ndim == 1 and arr.size == 0:
         arr = arr.reshape(0, n_objectives or 0)
     if arr.ndim != 2:
@@ -54,7 +54,7 @@ def _check_points(points, name: str, n_objectives: int | None = None) -> np.ndar
 
 def _check_vector(value, name: str, length: int | None = None) -> np.ndarray:
     """Validate one point ``(K,)`` (for example a reference point)."""
-    arr = _as_float_array(value, name)
+    arr = as_finite_array(value, name)
     if arr.ndim != 1 or (length is not None and arr.shape[0] != length):
         expected = f"({length},)" if length is not None else "(K,)"
         raise ValueError(f"{name}: expected shape {expected}, got {arr.shape}")
@@ -63,7 +63,7 @@ def _check_vector(value, name: str, length: int | None = None) -> np.ndarray:
 
 def _check_win_rates(w, prompt_weights) -> tuple[np.ndarray, np.ndarray]:
     """Validate win-rates ``(K, M, N)`` with ``K >= 2`` and prompt weights ``(M,)``."""
-    w = _as_float_array(w, "w")
+    w = as_finite_array(w, "w")
     if w.ndim != 3:
         raise ValueError(f"w: expected shape (K, M, N), got {w.shape}")
     k, m, n = w.shape
@@ -242,7 +242,7 @@ def front_value(front: ExactFront, secondary_value: float) -> float | None:
     unconstrained primary maximum."""
     if not front.is_exact:
         raise ValueError(f"front: front_value needs a K = 2 front, got K = {front.vertices.shape[1]}")
-    b = float(_as_float_array(secondary_value, "secondary_value"))
+    b = float(as_finite_array(secondary_value, "secondary_value"))
     secondary, primary = front.vertices[:, 1], front.vertices[:, 0]
     if b > secondary[-1]:
         return None
@@ -257,7 +257,7 @@ def _prompt_chains(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     chain runs from the prompt's best secondary to its best primary; its slopes are
     negative and strictly decreasing.
     """
-    m, n = w.shape[1:]
+    m = w.shape[1]
     # Per prompt: sort by primary descending (ties: secondary descending); a point is
     # non-dominated iff its secondary beats every point before it.
     order = np.lexsort((-w[1], -w[0]), axis=1)
@@ -343,7 +343,7 @@ def _polyline_hypervolume(chain: np.ndarray, ref: np.ndarray) -> float:
     ys = np.concatenate([[np.interp(ref[0], x, y)], y[inside]])  # interp holds y[0] left of x[0]
     h0, h1, dx = ys[:-1] - ref[1], ys[1:] - ref[1], np.diff(xs)
     both = (h0 >= 0) & (h1 >= 0)
-    one = (h0 > 0) != (h1 > 0)
+    one = h0 * h1 < 0  # the segment crosses ref_y: only its positive part counts
     area = np.sum(dx[both] * (h0[both] + h1[both]) / 2)
     hp, hn = np.maximum(h0[one], h1[one]), np.minimum(h0[one], h1[one])
     area += np.sum(dx[one] * hp**2 / (2 * (hp - hn)))

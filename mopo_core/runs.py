@@ -128,7 +128,7 @@ def _float_or_nan(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Run:
     """One stored run.
 
@@ -187,11 +187,11 @@ class RunStore:
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    @staticmethod
-    def _require_run(conn: sqlite3.Connection, run_id: int) -> tuple:
+    def _require_run(self, conn: sqlite3.Connection, run_id: int) -> tuple:
+        """The run's row (in :data:`_RUN_COLUMNS` order); ``KeyError`` if there is none."""
         row = conn.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE id = ?", (int(run_id),)).fetchone()
         if row is None:
-            raise KeyError(f"run {run_id} not found in {conn.execute('PRAGMA database_list').fetchone()[2]}")
+            raise KeyError(f"run {run_id} not found in the run store {self.path}")
         return row
 
     @staticmethod
@@ -234,14 +234,12 @@ class RunStore:
         maximised objective values; the same K for every point of a run) and optionally
         ``extra`` (dict).
         """
-        rows = [self._point_row(i, p) for i, p in enumerate(points)]
+        sizes, rows = zip(*(self._point_row(i, p) for i, p in enumerate(points))) if points else ((), ())
         with self._connect() as conn:
             self._require_run(conn, run_id)
-            start, first = conn.execute(
-                "SELECT COALESCE(MAX(idx) + 1, 0), MIN(objective_values) FROM points WHERE run_id = ?",
-                (int(run_id),),
-            ).fetchone()
-            sizes = {len(json.loads(r[3])) for r in rows} | ({len(json.loads(first))} if first else set())
+            start = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM points WHERE run_id = ?", (int(run_id),)).fetchone()[0]
+            stored = conn.execute("SELECT objective_values FROM points WHERE run_id = ? LIMIT 1", (int(run_id),)).fetchone()
+            sizes = set(sizes) | ({len(json.loads(stored[0]))} if stored else set())
             if len(sizes) > 1:
                 raise ValueError(f"points: every point of run {run_id} needs the same number of values, got {sorted(sizes)}")
             conn.executemany(
@@ -250,15 +248,19 @@ class RunStore:
             )
 
     @staticmethod
-    def _point_row(i: int, point: dict) -> tuple[str, str, str, str | None]:
+    def _point_row(i: int, point: dict) -> tuple[int, tuple[str, str, str, str | None]]:
+        """``(K, row)``: the number of values and the stored columns of ``points[i]``."""
         missing = [k for k in _POINT_KEYS if k not in point]
         if missing:
             raise ValueError(f"points[{i}]: missing key(s) {missing}; need {list(_POINT_KEYS)}")
-        values = np.atleast_1d(np.asarray(point["values"], dtype=float))
+        try:
+            values = np.atleast_1d(np.asarray(point["values"], dtype=float))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"points[{i}]['values']: not a list of numbers ({exc})") from None
         if values.ndim != 1:
             raise ValueError(f"points[{i}]['values']: expected a flat list of K floats, got shape {values.shape}")
         extra = point.get("extra")
-        return (
+        return len(values), (
             str(point["label"]),
             _dumps(point["params"], f"points[{i}]['params']"),
             _dumps(values, f"points[{i}]['values']"),

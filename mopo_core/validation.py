@@ -11,7 +11,7 @@ import numpy as np
 ATOL = 1e-8
 
 
-def _as_float_array(value, name: str) -> np.ndarray:
+def as_finite_array(value, name: str) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -30,7 +30,7 @@ def check_preferences(preferences, name: str = "preferences") -> np.ndarray:
     prompt and comes back with ``M = 1``. Requires ``K >= 2``, values in [0, 1] and
     ``P + P^T = 1`` (so the diagonal is 0.5).
     """
-    arr = _as_float_array(preferences, name)
+    arr = as_finite_array(preferences, name)
     if arr.ndim == 3:
         arr = arr[:, None]
     if arr.ndim != 4:
@@ -69,7 +69,7 @@ def check_distribution(value, n_prompts: int, n_responses: int, name: str) -> np
     """
     if value is None:
         return np.full((n_prompts, n_responses), 1.0 / n_responses)
-    arr = _as_float_array(value, name)
+    arr = as_finite_array(value, name)
     if arr.ndim == 1:
         arr = np.broadcast_to(arr, (n_prompts, arr.shape[0])).copy()
     if arr.shape != (n_prompts, n_responses):
@@ -97,7 +97,7 @@ def check_prompt_weights(value, n_prompts: int, name: str = "prompt_weights") ->
 
 def check_thresholds(value, n_constraints: int, name: str = "thresholds") -> np.ndarray:
     """Validate a threshold vector ``(K-1,)`` (a scalar is accepted when ``K-1 = 1``)."""
-    arr = np.atleast_1d(_as_float_array(value, name))
+    arr = np.atleast_1d(as_finite_array(value, name))
     if arr.shape != (n_constraints,):
         raise ValueError(
             f"{name}: expected {n_constraints} value(s), one per secondary objective, got shape {arr.shape}"
@@ -107,7 +107,7 @@ def check_thresholds(value, n_constraints: int, name: str = "thresholds") -> np.
 
 def check_positive(value, name: str) -> float:
     """A finite scalar ``> 0`` (for example the KL strength ``tau``)."""
-    x = float(_as_float_array(value, name))
+    x = float(as_finite_array(value, name))
     if x <= 0:
         raise ValueError(f"{name}: must be > 0, got {x}")
     return x
@@ -115,7 +115,7 @@ def check_positive(value, name: str) -> float:
 
 def check_nonnegative(value, name: str) -> float:
     """A finite scalar ``>= 0`` (for example the robustness radius ``eps``)."""
-    x = float(_as_float_array(value, name))
+    x = float(as_finite_array(value, name))
     if x < 0:
         raise ValueError(f"{name}: must be >= 0, got {x}")
     return x

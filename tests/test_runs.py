@@ -1,0 +1,181 @@
+"""The SQLite run store: writing, reading, statuses, export and sharing one file."""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mopo_core.runs import SCHEMA_VERSION, RunStore, default_store_path
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> RunStore:
+    monkeypatch.setenv("MOPO_STORE", str(tmp_path / "nested" / "runs.sqlite"))
+    return RunStore()
+
+
+def fill(store: RunStore) -> int:
+    run_id = store.create_run("sweep", {"tau": np.float64(0.1), "thresholds": np.array([0.5, 0.6]), "seed": np.int64(3)}, name="demo")
+    store.log_metrics(run_id, 0, {"loss": 1.5, "lambda": np.float32(0.25)})
+    store.log_metrics(run_id, 1, {"loss": float("nan"), "lambda": 0.5})
+    store.add_points(
+        run_id,
+        [
+            {"label": "mopo", "params": {"threshold": [0.5]}, "values": [0.7, 0.5], "extra": {"feasible": np.bool_(True)}},
+            {"label": "mopo", "params": {"threshold": np.array([0.6])}, "values": np.array([0.6, np.nan])},
+        ],
+    )
+    store.add_points(run_id, [{"label": "dpo", "params": {"weight": 0.3}, "values": (0.8, 0.4)}])
+    return run_id
+
+
+def test_store_path_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOPO_STORE", str(tmp_path / "x.sqlite"))
+    assert default_store_path() == tmp_path / "x.sqlite"
+    monkeypatch.delenv("MOPO_STORE")
+    path = default_store_path()
+    assert path.name == "runs.sqlite" and "mopo-studio" in str(path.parent)
+
+
+def test_schema_wal_and_parent_dirs(store):
+    assert store.path.exists() and store.path.parent.name == "nested"
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"runs", "metrics", "points"} <= tables
+    RunStore(store.path)  # reopening an existing store is fine
+
+
+def test_create_log_points_get(store):
+    run_id = fill(store)
+    run = store.get_run(run_id)
+    assert (run.id, run.kind, run.name, run.status, run.error) == (run_id, "sweep", "demo", "running", None)
+    assert run.config == {"tau": 0.1, "thresholds": [0.5, 0.6], "seed": 3}
+    assert run.started_at is not None and run.finished_at is None
+    assert run.created_at.endswith("+00:00")
+
+    m = run.metrics
+    assert list(m.columns) == ["step", "name", "value"] and len(m) == 4
+    loss = m[m.name == "loss"].set_index("step")["value"]
+    assert loss[0] == 1.5 and math.isnan(loss[1])
+
+    p = run.points
+    assert list(p.idx) == [0, 1, 2] and list(p.label) == ["mopo", "mopo", "dpo"]
+    assert p.params[1] == {"threshold": [0.6]} and p.extra[0] == {"feasible": True} and p.extra[2] is None
+    assert p["values"][1] == [0.6, None]
+    np.testing.assert_allclose(p[["v0", "v1"]].to_numpy(), [[0.7, 0.5], [0.6, np.nan], [0.8, 0.4]])
+
+
+def test_status_and_list(store):
+    a = fill(store)
+    b = store.create_run("solve", {}, status="queued")
+    assert store.get_run(b).started_at is None
+    store.set_status(b, "running")
+    assert store.get_run(b).started_at is not None
+    store.set_status(a, "finished")
+    assert store.get_run(a).finished_at is not None
+
+    runs = store.list_runs()
+    assert list(runs.columns) == ["id", "kind", "name", "status", "created_at", "finished_at", "n_points"]
+    assert list(runs.id) == [a, b] and list(runs.n_points) == [3, 0]
+    assert list(store.list_runs(kind="solve").id) == [b]
+    assert list(store.list_runs(status="finished").id) == [a]
+    assert store.list_runs(kind="train").empty
+    with pytest.raises(ValueError, match="status"):
+        store.set_status(a, "done")
+
+
+def test_unknown_run_and_bad_points(store):
+    for call in (lambda: store.get_run(99), lambda: store.log_metrics(99, 0, {"x": 1.0}), lambda: store.delete_run(99)):
+        with pytest.raises(KeyError, match="run 99"):
+            call()
+    run_id = store.create_run("solve", {})
+    with pytest.raises(ValueError, match=r"points\[0\]: missing key"):
+        store.add_points(run_id, [{"label": "x", "values": [1.0]}])
+    store.add_points(run_id, [{"label": "x", "params": {}, "values": [1.0, 2.0]}])
+    with pytest.raises(ValueError, match="same number of values"):
+        store.add_points(run_id, [{"label": "x", "params": {}, "values": [1.0]}])
+    with pytest.raises(ValueError, match=r"config\['b'\]: infinite"):
+        store.create_run("solve", {"b": -np.inf})
+
+
+def test_delete_cascades(store):
+    run_id = fill(store)
+    store.delete_run(run_id)
+    assert store.list_runs().empty
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM points").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 0
+
+
+def test_export_csv_round_trip(store, tmp_path):
+    run_id = fill(store)
+    written = store.export_run(run_id, tmp_path / "out" / "run.csv")
+    assert [p.name for p in written] == ["run.csv", "run_metrics.csv"]
+    points = pd.read_csv(written[0])
+    original = store.get_run(run_id)
+    assert list(points.label) == list(original.points.label)
+    np.testing.assert_allclose(points[["v0", "v1"]].to_numpy(), original.points[["v0", "v1"]].to_numpy())
+    assert [json.loads(s) for s in points.params] == list(original.points.params)
+    assert json.loads(points.config[0]) == original.config
+    metrics = pd.read_csv(written[1])
+    pd.testing.assert_frame_equal(metrics, original.metrics)
+
+
+def test_export_json_round_trip(store, tmp_path):
+    run_id = fill(store)
+    (path,) = store.export_run(run_id, tmp_path / "run.json")
+    doc = json.loads(path.read_text())
+    original = store.get_run(run_id)
+    assert doc["run"]["id"] == run_id and doc["run"]["status"] == "running"
+    assert doc["config"] == original.config
+    assert [p["values"] for p in doc["points"]] == [[0.7, 0.5], [0.6, None], [0.8, 0.4]]
+    assert doc["metrics"][1] == {"step": 1, "name": "lambda", "value": 0.5}
+    assert any(m["value"] is None for m in doc["metrics"])
+    with pytest.raises(ValueError, match="fmt"):
+        store.export_run(run_id, tmp_path / "run.xlsx")
+    (forced,) = store.export_run(run_id, tmp_path / "run.txt", fmt="json")
+    assert json.loads(forced.read_text()) == doc
+
+
+def test_record_sets_terminal_status(store):
+    with store.record("solve", {"tau": 0.1}) as ok:
+        pass
+    assert store.get_run(ok).status == "finished"
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.record("solve", {}) as bad:
+            raise RuntimeError("boom")
+    run = store.get_run(bad)
+    assert run.status == "failed" and run.error == "RuntimeError: boom" and run.finished_at is not None
+
+    with store.record("train", {}) as cancelled:
+        store.set_status(cancelled, "cancelled")
+    assert store.get_run(cancelled).status == "cancelled"
+
+
+def test_two_stores_and_threads_share_one_file(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    writer, reader = RunStore(path), RunStore(Path(str(path)))
+    run_id = writer.create_run("train", {"lr": 1e-3})
+    assert list(reader.list_runs().id) == [run_id]
+    reader.set_status(run_id, "cancelled")
+    assert writer.get_run(run_id).status == "cancelled"
+
+    def log(worker: int) -> None:
+        for step in range(20):
+            RunStore(path).log_metrics(run_id, step, {f"w{worker}": float(step)})
+
+    threads = [threading.Thread(target=log, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(reader.get_run(run_id).metrics) == 80
