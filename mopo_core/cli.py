@@ -1,0 +1,223 @@
+"""Command line: ``python -m mopo_core {solve,sweep,suite,runs} ...``. Every command but
+``runs`` records a run in the run store (``--store`` or $MOPO_STORE)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from synthetic import STRUCTURES, make_structure
+
+from .pareto import attainable_max
+from .runs import RunStore, to_jsonable
+from .suite import METHODS, SuiteConfig, config_dict, results_table, run_suite
+from .tabular import TabularProblem, policy_values
+
+
+def load_preferences(path: str) -> np.ndarray:
+    """Read a (K, N, N) or (K, M, N, N) array from .npy or .json; errors name the file."""
+    p = Path(path)
+    try:
+        if p.suffix == ".npy":
+            return np.load(p, allow_pickle=False)
+        if p.suffix == ".json":
+            data = json.loads(p.read_text())
+            return np.asarray(data["preferences"] if isinstance(data, dict) else data, dtype=float)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: cannot read preferences ({exc})") from None
+    raise ValueError(f"{path}: expected a .npy or .json file")
+
+
+def _instance(args) -> tuple[TabularProblem, dict]:
+    """The problem to solve (a structure or a file) and its config for the run store."""
+    if args.preferences:
+        try:
+            problem = TabularProblem.build(load_preferences(args.preferences))
+        except ValueError as exc:
+            raise ValueError(f"{args.preferences}: {exc}") from None
+        return problem, {"preferences_file": str(Path(args.preferences).resolve())}
+    s = make_structure(args.structure, n_responses=args.n_responses, n_prompts=args.n_prompts, seed=args.seed)
+    problem = TabularProblem.build(s.preferences, s.reference, s.behaviour, s.prompt_weights)
+    config = {"structure": args.structure, "n_responses": args.n_responses, "n_prompts": args.n_prompts,
+              "seed": args.seed}
+    return problem, config
+
+
+def _point(sol, label: str) -> dict:
+    return {"label": label, "params": {"threshold": sol.thresholds, "tau": sol.tau, "eps": sol.eps},
+            "values": sol.values, "extra": sol.to_dict()}
+
+
+def cmd_solve(args, store: RunStore) -> int:
+    problem, config = _instance(args)
+    config.update(thresholds=args.threshold, tau=args.tau, eps=args.eps, method=args.method)
+    with store.record("solve", config) as run_id:
+        sol = problem.solve(args.threshold, args.tau, args.eps, method=args.method)
+        store.add_points(run_id, [_point(sol, "mopo")])
+    if args.json:
+        print(json.dumps({"run_id": run_id, **sol.to_dict()}))
+        return 0
+    print(f"run {run_id}  feasible={sol.feasible}  converged={sol.converged} ({sol.iterations} iterations)")
+    print(f"values V_k       : {np.round(sol.values, 6).tolist()}  (objective 0 is the primary)")
+    print(f"thresholds       : {np.round(sol.thresholds, 6).tolist()}")
+    print(f"multipliers      : {np.round(sol.multipliers, 6).tolist()}")
+    print(f"max attainable   : {np.round(sol.max_attainable, 6).tolist()}")
+    if sol.robust_values is not None:
+        print(f"robust values    : {np.round(sol.robust_values, 6).tolist()}  chi: {np.round(sol.chi, 6).tolist()}")
+    print(f"KL to reference  : {sol.kl:.6g}")
+    print(f"policy           : {np.round(sol.policy, 4).tolist()}")
+    return 0
+
+
+def _sweep_grid(args, problem: TabularProblem) -> np.ndarray:
+    if args.thresholds:
+        return np.array([float(x) for x in args.thresholds.split(",")])
+    if problem.rates.shape[0] != 2:
+        raise ValueError("--thresholds: give an explicit comma-separated list for K != 2 (or use solve)")
+    start = policy_values(problem.reference, problem.rates, problem.prompt_weights)[1]
+    stop = attainable_max(problem.rates, problem.prompt_weights)[1]
+    return np.linspace(start, start + 0.99 * (stop - start), args.n_thresholds)
+
+
+def cmd_sweep(args, store: RunStore) -> int:
+    from tqdm import tqdm
+
+    problem, config = _instance(args)
+    grid = _sweep_grid(args, problem)
+    config.update(thresholds=grid, tau=args.tau, eps=args.eps)
+    with store.record("sweep", config) as run_id:
+        points, lam = [], None
+        for b in tqdm(grid, desc="sweep", disable=args.json):
+            sol = problem.solve([b], args.tau, args.eps, initial_multipliers=lam)
+            lam = sol.multipliers
+            points.append(_point(sol, "mopo"))
+        store.add_points(run_id, points)
+    rows = [{"threshold": p["params"]["threshold"][0], "feasible": p["extra"]["feasible"],
+             "multiplier": p["extra"]["multipliers"][0], **{f"V{k}": v for k, v in enumerate(p["values"])}}
+            for p in map(to_jsonable, points)]
+    if args.json:
+        print(json.dumps({"run_id": run_id, "points": rows}))
+    else:
+        import pandas as pd
+
+        print(f"run {run_id}: {len(rows)} thresholds")
+        print(pd.DataFrame(rows).round(6).to_string(index=False))
+    return 0
+
+
+def cmd_suite(args, store: RunStore) -> int:
+    from tqdm import tqdm
+
+    config = replace(
+        SuiteConfig(),
+        n_responses=args.n_responses,
+        n_comparisons=None if args.exact else args.n_comparisons,
+        tau=args.tau,
+        seed=args.seed,
+        steps=args.steps,
+        **({"structures": tuple(args.structures)} if args.structures else {}),
+        **({"methods": tuple(args.methods)} if args.methods else {}),
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_suite(config, progress=lambda xs: tqdm(xs, desc="suite"))
+    table = results_table(results)
+    run_ids = [_record_structure(store, config, r, table) for r in results]
+    table.to_csv(out / "suite.csv", index=False)
+    markdown = table.round(4).to_markdown(index=False)
+    (out / "suite.md").write_text(markdown + "\n")
+    dominance = {r.structure: r.dominance.to_dict() for r in results}
+    (out / "dominance.json").write_text(json.dumps(dominance, indent=1))
+    print(markdown)
+    print(f"\nruns {run_ids[0]}..{run_ids[-1]} (one per structure); wrote {out / 'suite.csv'}, {out / 'suite.md'}, {out / 'dominance.json'}")
+    return 0
+
+
+def _record_structure(store: RunStore, config: SuiteConfig, result, table) -> int:
+    """One run per structure (objective counts differ between structures): points per method, metrics."""
+    with store.record("suite", {**config_dict(config), "structure": result.structure},
+                      name=f"suite/{result.structure}") as run_id:
+        store.add_points(run_id, [
+            {"label": method, "params": params, "values": values}
+            for method in result.points
+            for values, params in zip(result.points[method], result.parameters[method])
+        ])
+        for row in table[table.structure == result.structure].to_dict("records"):
+            store.log_metrics(run_id, 0, {f"{row['method']}/{k}": row[k]
+                                          for k in ("hv_ratio", "igd_plus", "satisfaction", "mean_regret")})
+    return run_id
+
+
+def cmd_runs(args, store: RunStore) -> int:
+    if args.action == "list":
+        print(store.list_runs().to_string(index=False))
+    elif args.action == "show":
+        run = store.get_run(args.run_id)
+        print(json.dumps({"id": run.id, "kind": run.kind, "status": run.status, "error": run.error,
+                          "config": run.config}, indent=1))
+        print(run.points.drop(columns=["extra"], errors="ignore").to_string(index=False))
+    else:
+        for path in store.export_run(args.run_id, args.path):
+            print(path)
+    return 0
+
+
+def _add_instance_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--structure", default="bt_conflict", choices=STRUCTURES)
+    p.add_argument("--preferences", help="a .npy or .json file with a (K,N,N) or (K,M,N,N) array instead of a structure")
+    p.add_argument("--n-responses", type=int, default=8)
+    p.add_argument("--n-prompts", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tau", type=float, default=0.1)
+    p.add_argument("--eps", type=float, default=0.0)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mopo_core", description=__doc__)
+    parser.add_argument("--store", help="run store SQLite file (default: $MOPO_STORE or the user data dir)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    solve = sub.add_parser("solve", help="solve MOPO at one threshold vector")
+    _add_instance_args(solve)
+    solve.add_argument("--threshold", type=float, action="append", required=True,
+                       help="one per secondary objective (repeat for K > 2)")
+    solve.add_argument("--method", default="newton", choices=("newton", "lbfgsb", "projected_gradient"))
+    sweep = sub.add_parser("sweep", help="threshold grid -> front")
+    _add_instance_args(sweep)
+    sweep.add_argument("--thresholds", help="comma-separated thresholds (default: a grid up to the attainable max)")
+    sweep.add_argument("--n-thresholds", type=int, default=21)
+    suite = sub.add_parser("suite", help="every structure x method with the SYNTHETIC.md metrics")
+    suite.add_argument("--out", default="suite_results")
+    suite.add_argument("--n-responses", type=int, default=8)
+    suite.add_argument("--n-comparisons", type=int, default=200, help="comparisons per prompt")
+    suite.add_argument("--exact", action="store_true", help="use exact preferences instead of sampled data")
+    suite.add_argument("--tau", type=float, default=0.1)
+    suite.add_argument("--steps", type=int, default=2000)
+    suite.add_argument("--seed", type=int, default=0)
+    suite.add_argument("--structures", nargs="+", choices=STRUCTURES)
+    suite.add_argument("--methods", nargs="+", choices=METHODS)
+    runs = sub.add_parser("runs", help="list, show or export recorded runs")
+    runs_sub = runs.add_subparsers(dest="action", required=True)
+    runs_sub.add_parser("list")
+    show = runs_sub.add_parser("show")
+    show.add_argument("run_id", type=int)
+    export = runs_sub.add_parser("export")
+    export.add_argument("run_id", type=int)
+    export.add_argument("path", help="target file; .csv or .json")
+    return parser
+
+
+COMMANDS = {"solve": cmd_solve, "sweep": cmd_sweep, "suite": cmd_suite, "runs": cmd_runs}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args, RunStore(args.store))
+    except (ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,186 @@
+"""The synthetic benchmark suite (SYNTHETIC.md): every structure x method, with the metrics.
+
+Every method gets the same comparisons (or exact preferences) and the same KL strength;
+each returns policies that are scored on the TRUE win-rates. Threshold methods (mopo,
+mopo_oracle, reward_lagrangian) give one policy per threshold; weight methods give one per
+weight, and at each threshold they are credited with their best point that meets it (what a
+user choosing from the grid would pick).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from synthetic import STRUCTURES, estimate_preferences, exact_win_counts, make_structure, sample_comparisons
+
+from .baselines import BASELINES, MethodResult, weight_grid
+from .pareto import attainable_max, dominance_matrix, exact_front, hypervolume, igd_plus, lp_best_primary
+from .tabular import TabularProblem, policy_values, win_rates
+
+METHODS = ("mopo", "mopo_oracle", *BASELINES)
+THRESHOLD_METHODS = ("mopo", "mopo_oracle", "reward_lagrangian")
+#: Tolerance (win-rate units) for counting a threshold as met.
+MET_TOL = 1e-6
+
+
+@dataclass
+class SuiteConfig:
+    """Sizes and settings of a suite run. n_comparisons: per prompt; None means exact preferences."""
+
+    structures: tuple[str, ...] = STRUCTURES
+    methods: tuple[str, ...] = METHODS
+    n_responses: int = 8
+    n_prompts: int = 1
+    multi_prompt_prompts: int = 4
+    n_comparisons: int | None = 200
+    tau: float = 0.1
+    n_thresholds: int = 11
+    n_weights: int = 11
+    steps: int = 2000
+    seed: int = 0
+
+    def validate(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; valid: {list(METHODS)}")
+        unknown = [s for s in self.structures if s not in STRUCTURES]
+        if unknown:
+            raise ValueError(f"structures: unknown {unknown}; valid: {list(STRUCTURES)}")
+        if self.n_comparisons is not None and self.n_comparisons < 1:
+            raise ValueError(f"n_comparisons: must be >= 1 or None (exact), got {self.n_comparisons}")
+        for name in ("n_thresholds", "n_weights", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class StructureResult:
+    """One structure's outcome: per-method points (true values (G, K)), parameters and metrics."""
+
+    structure: str
+    reference_point: np.ndarray
+    thresholds: np.ndarray
+    front_hypervolume: float
+    points: dict[str, np.ndarray] = field(default_factory=dict)
+    parameters: dict[str, list[dict]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    dominance: pd.DataFrame | None = None
+
+
+def threshold_grid(rates: np.ndarray, reference: np.ndarray, prompt_weights: np.ndarray, n: int) -> np.ndarray:
+    """Thresholds (T, K-1) from the reference's secondary values to 95% of the way to the attainable
+    maximum: n per secondary for K = 2, a product grid of ceil(sqrt(n)) per secondary for K = 3+."""
+    start = policy_values(reference, rates, prompt_weights)[1:]
+    stop = start + 0.95 * (attainable_max(rates, prompt_weights)[1:] - start)
+    per_axis = n if start.size == 1 else int(np.ceil(n ** (1 / start.size)))
+    axes = [np.linspace(a, b, per_axis) for a, b in zip(start, stop)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, start.size)
+
+
+def _run_method(method, structure, estimated, counts, grid, config) -> MethodResult:
+    if method in ("mopo", "mopo_oracle"):
+        prefs = structure.preferences if method == "mopo_oracle" else estimated
+        problem = TabularProblem.build(prefs, structure.reference, structure.behaviour, structure.prompt_weights)
+        policies, params, lam = [], [], None
+        for row in grid:
+            sol = problem.solve(row, config.tau, initial_multipliers=lam)
+            lam = sol.multipliers
+            policies.append(sol.policy)
+            params.append({"threshold": row.tolist(), "feasible": sol.feasible, "multipliers": lam.tolist()})
+        return MethodResult(method, params, np.array(policies))
+    if method == "reward_lagrangian":
+        return BASELINES[method](counts, structure.reference, structure.behaviour, config.tau, grid,
+                                 structure.prompt_weights)
+    kwargs = {"steps": config.steps}
+    if method not in ("dpo_primary", "ipo_primary"):
+        kwargs["weights"] = weight_grid(structure.n_objectives, config.n_weights)
+    return BASELINES[method](counts, structure.reference, config.tau, **kwargs)
+
+
+def _threshold_metrics(values, method, grid, lp_values) -> dict[str, float]:
+    """Constraint satisfaction, largest violation and mean primary regret over attainable thresholds."""
+    met, violations, regrets = [], [], []
+    for t, (b, best) in enumerate(zip(grid, lp_values)):
+        if best is None:
+            continue
+        if method in THRESHOLD_METHODS:
+            shortfall = float(np.max(b - values[t, 1:]))
+            ok = shortfall <= MET_TOL
+            primary = values[t, 0] if ok else np.nan
+        else:
+            shortfalls = np.max(b[None] - values[:, 1:], axis=1)
+            ok = bool(np.any(shortfalls <= MET_TOL))
+            shortfall = float(shortfalls.min())
+            primary = values[shortfalls <= MET_TOL, 0].max() if ok else np.nan
+        met.append(ok)
+        violations.append(max(shortfall, 0.0))
+        if ok:
+            regrets.append(best - primary)
+    return {
+        "satisfaction": float(np.mean(met)) if met else np.nan,
+        "max_violation": float(np.max(violations)) if violations else np.nan,
+        "mean_regret": float(np.mean(regrets)) if regrets else np.nan,
+    }
+
+
+def run_structure(name: str, config: SuiteConfig) -> StructureResult:
+    """Run every configured method on one structure and score it on the true preferences."""
+    m = config.multi_prompt_prompts if name == "multi_prompt" else config.n_prompts
+    structure = make_structure(name, n_responses=config.n_responses, n_prompts=m, seed=config.seed)
+    rates = win_rates(structure.preferences, structure.behaviour)
+    nu = structure.prompt_weights
+    if config.n_comparisons is None:
+        counts = exact_win_counts(structure)
+        estimated = structure.preferences
+    else:
+        counts = sample_comparisons(structure, config.n_comparisons, seed=config.seed).win_counts()
+        estimated = estimate_preferences(counts)
+    grid = threshold_grid(rates, structure.reference, nu, config.n_thresholds)
+    lp_values = [lp_best_primary(rates, nu, b)[0] for b in grid]
+    ref_point = policy_values(structure.reference, rates, nu)
+    front = exact_front(rates, nu)
+    front_hv = front.hypervolume(ref_point)
+    covered = front.points[np.all(front.points >= ref_point, axis=1)]
+    result = StructureResult(name, ref_point, grid, front_hv)
+    for method in config.methods:
+        out = _run_method(method, structure, estimated, counts, grid, config)
+        values = np.array([policy_values(p, rates, nu) for p in out.policies])
+        hv = hypervolume(values, ref_point)
+        metrics = {
+            "hypervolume": hv,
+            "hv_ratio": hv / front_hv if front_hv > 0 else np.nan,
+            "igd_plus": igd_plus(values, covered if len(covered) else front.points),
+            "n_points": float(len(values)),
+        }
+        metrics.update(_threshold_metrics(values, method, grid, lp_values))
+        result.points[method] = values
+        result.parameters[method] = out.parameters
+        result.metrics[method] = metrics
+    result.dominance = dominance_matrix(result.points)
+    return result
+
+
+def run_suite(config: SuiteConfig | None = None, progress=None) -> list[StructureResult]:
+    """Run the suite; ``progress`` wraps the iterable of structure names (e.g. tqdm)."""
+    config = config or SuiteConfig()
+    config.validate()
+    names = config.structures if progress is None else progress(config.structures)
+    return [run_structure(name, config) for name in names]
+
+
+def results_table(results: list[StructureResult]) -> pd.DataFrame:
+    """One row per structure x method: metrics plus how many of its points dominate / are dominated."""
+    rows = []
+    for r in results:
+        for method, metrics in r.metrics.items():
+            dominates_others = int(r.dominance.loc[method].drop(method).sum())
+            dominated_by = int(r.dominance[method].drop(method).sum())
+            rows.append({"structure": r.structure, "method": method, **metrics,
+                         "dominates": dominates_others, "dominated_by": dominated_by})
+    return pd.DataFrame(rows)
+
+
+def config_dict(config: SuiteConfig) -> dict:
+    return asdict(config)
