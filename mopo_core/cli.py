@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--n-responses", type=int, default=8)
     suite.add_argument("--n-comparisons", type=int, default=200, help="comparisons per prompt")
     suite.add_argument("--exact", action="store_true", help="use exact preferences instead of sampled data")
-    suite.add_argument("--tau", type=float, default=0.1)
+    suite.add_argument("--tau", type=float, default=0.01)
     suite.add_argument("--steps", type=int, default=2000)
     suite.add_argument("--seed", type=int, default=0)
     suite.add_argument("--structures", nargs="+", choices=STRUCTURES)

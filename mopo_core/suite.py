@@ -17,7 +17,7 @@ from synthetic import STRUCTURES, estimate_preferences, exact_win_counts, make_s
 
 from .baselines import BASELINES, MethodResult, weight_grid
 from .pareto import attainable_max, dominance_matrix, exact_front, hypervolume, igd_plus, lp_best_primary
-from .tabular import TabularProblem, policy_values, win_rates
+from .tabular import TabularProblem, kl_divergence, policy_values, win_rates
 
 METHODS = ("mopo", "mopo_oracle", *BASELINES)
 THRESHOLD_METHODS = ("mopo", "mopo_oracle", "reward_lagrangian")
@@ -35,7 +35,7 @@ class SuiteConfig:
     n_prompts: int = 1
     multi_prompt_prompts: int = 4
     n_comparisons: int | None = 200
-    tau: float = 0.1
+    tau: float = 0.01
     n_thresholds: int = 11
     n_weights: int = 11
     steps: int = 2000
@@ -153,6 +153,7 @@ def run_structure(name: str, config: SuiteConfig) -> StructureResult:
             "hv_ratio": hv / front_hv if front_hv > 0 else np.nan,
             "igd_plus": igd_plus(values, covered if len(covered) else front.points),
             "n_points": float(len(values)),
+            "mean_kl": float(np.mean([kl_divergence(p, structure.reference, nu) for p in out.policies])),
         }
         metrics.update(_threshold_metrics(values, method, grid, lp_values))
         result.points[method] = values
