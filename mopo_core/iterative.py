@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from scipy.optimize import root
 
 from .optim import Adam, AdamConfig
 from .robust import chi_dual_value, chi_gradient
@@ -54,8 +55,11 @@ class Algorithm1Config:
     log_every: int = 10
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps: must be >= 1, got {self.steps}")
+        for name in ("steps", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+        check_positive(self.adam.lr, "adam.lr")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
         if self.t0 is not None and self.t0 < 1:
@@ -94,21 +98,26 @@ def barrier_multiplier(slack: np.ndarray, sigma: float, delta: float) -> np.ndar
 def barrier_multipliers(family: TiltFamily, thresholds: np.ndarray, sigma: float, delta: float) -> np.ndarray:
     """MOPO-LB's multipliers: the fixed point ``lam_j = barrier_multiplier(V_j(pi_lam) - b_j)``.
 
-    For each j the left side increases and the right side decreases in lam_j, so the root is
-    unique; it is found by bisection, coordinate by coordinate (Gauss-Seidel) when J >= 2.
+    For each j the left side increases and the right side decreases in lam_j, so each
+    coordinate's root is unique given the others; one bisection pass per coordinate starts
+    the solve, and for J >= 2 a hybrid Newton (scipy ``root``) finishes the coupled system.
     """
+    def residual(lam):
+        slack = policy_values(family.policy(lam), family.secondary, family.prompt_weights) - thresholds
+        return lam - barrier_multiplier(slack, sigma, delta)
+
     lam = np.zeros(thresholds.size)
     upper = sigma * (2 * delta + 1.0) / delta**2  # win-rate slack is never below -1
-    for _ in range(1 if lam.size == 1 else 30):
-        for j in range(lam.size):
-            lo, hi = 0.0, upper
-            for _ in range(80):
-                lam[j] = 0.5 * (lo + hi)
-                slack = policy_values(family.policy(lam), family.secondary[j : j + 1], family.prompt_weights)[0] - thresholds[j]
-                if lam[j] > barrier_multiplier(np.array(slack), sigma, delta):
-                    hi = lam[j]
-                else:
-                    lo = lam[j]
+    for j in range(lam.size):
+        lo, hi = 0.0, upper
+        for _ in range(80):
+            lam[j] = 0.5 * (lo + hi)
+            lo, hi = (lo, lam[j]) if residual(lam)[j] > 0 else (lam[j], hi)
+    if lam.size > 1:
+        solved = root(residual, lam, method="hybr", options={"xtol": 1e-14})
+        if not solved.success or np.max(np.abs(residual(np.maximum(solved.x, 0)))) > 1e-8:
+            raise RuntimeError(f"MOPO-LB multipliers did not converge: {solved.message}")
+        lam = np.maximum(solved.x, 0.0)
     return lam
 
 
@@ -138,6 +147,8 @@ def run_algorithm1(
     problem = TabularProblem.build(preferences, reference, behaviour, prompt_weights)
     tau = check_positive(tau, "tau")
     eps = check_nonnegative(eps, "eps")
+    if eps > 0 and config.variant == "log_barrier":
+        raise ValueError("variant: 'log_barrier' (MOPO-LB) has no robust form here; use eps=0 or 'lagrangian'")
     rates, nu = problem.rates, problem.prompt_weights
     n_sec = rates.shape[0] - 1
     b_user = check_thresholds(thresholds, n_sec)
