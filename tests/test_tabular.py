@@ -43,7 +43,8 @@ def test_matches_slsqp_primal(name, seed, n_prompts, fraction, tau):
     assert np.all(np.abs(sol.multipliers * slack) <= 1e-7 * (1 + sol.multipliers)), "complementary slackness"
     expected = primal_slsqp(rates, s.reference, s.prompt_weights, b, tau)
     ours, theirs = _objective(sol.policy, s, rates, tau), _objective(expected, s, rates, tau)
-    assert ours >= theirs - 1e-12, "never worse than the general solver"
+    # SLSQP may end up to 1e-9 infeasible, which can buy it up to lambda * 1e-9 of objective
+    assert ours >= theirs - 1e-9 * (1 + sol.multipliers.sum()), "never worse than the general solver"
     if theirs >= ours - 1e-10:  # SLSQP converged (it can stall when tau is small): same policy
         assert np.max(np.abs(sol.policy - expected)) < 1e-5
 
