@@ -191,33 +191,42 @@ def bench_vs_slsqp(cfg, tau: float, log) -> tuple[list[dict], list[dict]]:
 # --------------------------------------------------------------------------- 2. sweep
 
 
-def bt_conflict_light(n: int, m: int, seed: int, correlation: float = -0.8) -> np.ndarray:
+def bt_conflict_light(n: int, m: int, seed: int, correlation: float = -0.8, rates_only: bool = False) -> np.ndarray:
     """``make_structure("bt_conflict", n, m, seed).preferences`` built one prompt at a time.
 
     Replays make_structure's random stream (first spawned child, one (2, M, N) normal draw)
     and fills a preallocated float64 (2, M, N, N) array per prompt, so the peak is the array
-    itself (~4.1 GB at N = 1000, M = 256) instead of make_structure's several full-size
+    itself (~3.8 GiB at N = 1000, M = 256) instead of make_structure's several full-size
     temporaries and validated copy. Uniform reference and behaviour, equal prompt weights
     (make_structure's defaults). Checked bit-identical to make_structure at a small size.
+    ``rates_only``: never hold the tensor; return the win-rates (2, M, N) against the uniform
+    behaviour, computed prompt by prompt.
     """
     pref_rng = np.random.default_rng(seed).spawn(3)[0]
     z = pref_rng.standard_normal((2, m, n))
     rewards = np.stack([z[0], correlation * z[0] + np.sqrt(1.0 - correlation**2) * z[1]])
     lower = np.tri(n, k=-1, dtype=bool)
     diag = np.arange(n)
-    out = np.empty((2, m, n, n))
+    out = np.empty((2, m, n) if rates_only else (2, m, n, n))
     for i in range(m):
         r = rewards[:, i]
         upper = expit(r[:, :, None] - r[:, None, :])
         block = np.where(lower, 1.0 - upper.swapaxes(-1, -2), upper)
         block[:, diag, diag] = 0.5
-        out[:, i] = block
+        if rates_only:
+            out[:, i] = block.mean(axis=2)  # sum_j P[i, j] / N: the win-rate against uniform behaviour
+        else:
+            out[:, i] = block
     return out
 
 
 def _check_light_builder() -> bool:
-    ref = make_structure("bt_conflict", n_responses=40, n_prompts=8, seed=SEED).preferences
-    return bool(np.array_equal(ref, bt_conflict_light(40, 8, SEED)))
+    """Both paths of bt_conflict_light against make_structure at N = 40, M = 8: the tensor
+    bit for bit, the win-rates within 1e-12."""
+    s = make_structure("bt_conflict", n_responses=40, n_prompts=8, seed=SEED)
+    same_tensor = np.array_equal(s.preferences, bt_conflict_light(40, 8, SEED))
+    rates_diff = np.max(np.abs(win_rates(s.preferences, s.behaviour) - bt_conflict_light(40, 8, SEED, rates_only=True)))
+    return bool(same_tensor and rates_diff < 1e-12)
 
 
 @contextlib.contextmanager
@@ -276,20 +285,30 @@ def bench_sweep(cfg, tau: float, full_tensor: bool, profile: bool, log) -> dict:
     out = {"N": n, "M": m, "K": 2, "structure": "bt_conflict", "points": points, "tau": tau}
     out["light_builder_matches_make_structure"] = _check_light_builder()
     t0 = time.perf_counter()
-    prefs = bt_conflict_light(n, m, SEED)
+    prefs = bt_conflict_light(n, m, SEED, rates_only=not full_tensor)
     out["t_generate_s"] = time.perf_counter() - t0
-    out["preferences_gib"] = prefs.nbytes / 2**30
-    log(
-        f"  instance: bt_conflict N={n} M={m} K=2 seed={SEED}, preferences {prefs.nbytes / 2**30:.2f} GiB float64, "
-        f"filled one prompt at a time into a preallocated array in {out['t_generate_s']:.1f} s "
-        f"(bit-identical to make_structure at N=40, M=8: {out['light_builder_matches_make_structure']})"
-    )
-    t0 = time.perf_counter()
-    problem = TabularProblem.build(prefs)  # uniform reference and behaviour, equal weights
-    out["t_build_s"] = time.perf_counter() - t0
-    log(f"  TabularProblem.build (validation + win-rates): {out['t_build_s']:.2f} s")
-    if not full_tensor:
-        del prefs
+    if full_tensor:
+        out["preferences_gib"] = prefs.nbytes / 2**30
+        log(
+            f"  instance: bt_conflict N={n} M={m} K=2 seed={SEED}, preferences {prefs.nbytes / 2**30:.2f} GiB float64, "
+            f"filled one prompt at a time into a preallocated array in {out['t_generate_s']:.1f} s "
+            f"(matches make_structure at N=40, M=8: {out['light_builder_matches_make_structure']})"
+        )
+        t0 = time.perf_counter()
+        problem = TabularProblem.build(prefs)  # uniform reference and behaviour, equal weights
+        out["t_build_s"] = time.perf_counter() - t0
+        log(f"  TabularProblem.build (validation + win-rates): {out['t_build_s']:.2f} s")
+    else:
+        out["preferences_gib"] = None
+        log(
+            f"  instance: bt_conflict N={n} M={m} K=2 seed={SEED}, --no-full-tensor: win-rates computed one prompt "
+            f"at a time in {out['t_generate_s']:.1f} s, the (2, M, N, N) tensor never held; TabularProblem "
+            f"constructed directly (no validation; builder matches make_structure at N=40, M=8: "
+            f"{out['light_builder_matches_make_structure']})"
+        )
+        uniform = np.full((m, n), 1.0 / n)
+        problem = TabularProblem(None, uniform, uniform, np.full(m, 1.0 / m), prefs, False)
+        out["t_build_s"] = None
     rates, reference, nu = problem.rates, problem.reference, problem.prompt_weights
     start = policy_values(reference, rates, nu)[1]
     top = attainable_max(rates, nu)[1]
@@ -405,8 +424,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-slsqp", action="store_true", help="run only the sweep benchmark")
     parser.add_argument("--skip-sweep", action="store_true", help="run only the SLSQP comparison")
     parser.add_argument("--no-full-tensor", action="store_true",
-                        help="drop the preference tensor after TabularProblem.build (~8 GB less peak), "
-                             "skipping the sweep timing that includes the build")
+                        help="never hold the (K, M, N, N) tensor for the sweep (win-rates built prompt by prompt, "
+                             "peak well under 1 GB instead of ~12 GB); skips the timings that include the build")
     parser.add_argument("--profile", action="store_true", help="cProfile one sweep and print the top functions")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL

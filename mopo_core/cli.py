@@ -14,7 +14,7 @@ from synthetic import STRUCTURES, make_structure
 
 from .pareto import attainable_max
 from .runs import RunStore, to_jsonable
-from .suite import METHODS, SuiteConfig, config_dict, results_table, run_suite
+from .suite import METHODS, SuiteConfig, config_dict, results_table, run_suite, summary_table
 from .tabular import TabularProblem, policy_values
 
 
@@ -129,10 +129,13 @@ def cmd_suite(args, store: RunStore) -> int:
     run_ids = [_record_structure(store, config, r, table) for r in results]
     table.to_csv(out / "suite.csv", index=False)
     markdown = table.round(4).to_markdown(index=False)
-    (out / "suite.md").write_text(markdown + "\n")
+    summary = summary_table(table).to_markdown()
+    (out / "suite.md").write_text(f"## Summary: hv_ratio / satisfaction / mean_regret\n\n{summary}\n\n"
+                                  f"## All metrics\n\n{markdown}\n")
     dominance = {r.structure: r.dominance.to_dict() for r in results}
     (out / "dominance.json").write_text(json.dumps(dominance, indent=1))
     print(markdown)
+    print(f"\nhv_ratio / satisfaction / mean_regret:\n{summary}")
     print(f"\nruns {run_ids[0]}..{run_ids[-1]} (one per structure); wrote {out / 'suite.csv'}, {out / 'suite.md'}, {out / 'dominance.json'}")
     return 0
 

@@ -183,5 +183,17 @@ def results_table(results: list[StructureResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Methods x structures, each cell "hv_ratio / satisfaction / mean_regret" (3 decimals; "-" for
+    undefined regret: no threshold met)."""
+    def cell(row):
+        regret = "-" if np.isnan(row.mean_regret) else f"{row.mean_regret:.3f}"
+        return f"{row.hv_ratio:.3f} / {row.satisfaction:.2f} / {regret}"
+
+    cells = table.assign(cell=table.apply(cell, axis=1))
+    pivot = cells.pivot(index="method", columns="structure", values="cell")
+    return pivot.loc[list(dict.fromkeys(table.method)), list(dict.fromkeys(table.structure))]
+
+
 def config_dict(config: SuiteConfig) -> dict:
     return asdict(config)

@@ -9,7 +9,7 @@ from mopo_core.tabular import policy_values, win_rates
 from synthetic import STRUCTURES, make_structure
 
 TWO_OBJECTIVES = [s for s in STRUCTURES if s != "three_objectives"]
-AXIS_NOTE = "win-rate against the behaviour policy; higher is better"
+AXIS_NOTE = "win-rate vs behaviour"
 
 
 @st.cache_data(show_spinner=False)
@@ -37,7 +37,8 @@ sol = solve_tabular(s.preferences, [threshold], tau, reference=s.reference, beha
 
 cols = st.columns(4)
 cols[0].metric(f"V₀ {s.objective_names[0]}", f"{sol.values[0]:.4f}")
-cols[1].metric(f"V₁ {s.objective_names[1]}", f"{sol.values[1]:.4f}", f"{sol.values[1] - threshold:+.4f} vs b")
+slack = round(float(sol.values[1] - threshold), 4) + 0.0  # + 0.0 turns -0.0 into 0.0
+cols[1].metric(f"V₁ {s.objective_names[1]}", f"{sol.values[1]:.4f}", f"{slack:+.4f} vs b")
 cols[2].metric("Multiplier λ", f"{sol.multipliers[0]:.4f}")
 cols[3].metric("KL to reference", f"{sol.kl:.4f}")
 if not sol.feasible:
@@ -57,8 +58,8 @@ fig.add_scatter(x=[sol.values[1]], y=[sol.values[0]], mode="markers", name=f"MOP
                 marker=dict(size=14, color="crimson"),
                 hovertemplate=f"MOPO b={threshold:.3f} τ={tau}<br>V₁=%{{x:.4f}}<br>V₀=%{{y:.4f}}<extra></extra>")
 fig.update_layout(title=f"Values on {name}: primary against secondary (all objectives maximised)",
-                  xaxis_title=f"V₁ {s.objective_names[1]} ({AXIS_NOTE} →)",
-                  yaxis_title=f"V₀ {s.objective_names[0]} ({AXIS_NOTE} ↑)", height=480, legend=dict(x=0.01, y=0.01))
+                  xaxis_title=f"V₁ {s.objective_names[1]} ({AXIS_NOTE}), higher is better →",
+                  yaxis_title=f"V₀ {s.objective_names[0]} ({AXIS_NOTE}) ↑", height=480, legend=dict(x=0.01, y=0.01))
 st.plotly_chart(fig, width="stretch")
 
 policy = np.atleast_2d(sol.policy)
