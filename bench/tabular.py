@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import os  # noqa: E402
+import os
 
 # One BLAS thread unless the caller says otherwise (must precede the numpy import). On a
 # shared machine, threaded OpenBLAS made SLSQP's timings swing by up to 100x from run to run
@@ -39,26 +39,33 @@ import os  # noqa: E402
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import cProfile  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import pstats  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
+import argparse
+import contextlib
+import cProfile
+import io
+import json
+import platform
+import pstats
+import resource
+import time
+from functools import partial
 
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
-from scipy.special import expit  # noqa: E402
+import numpy as np
+import scipy
+from scipy.optimize import minimize
+from scipy.special import expit
 
-import mopo_core.tabular as tabular  # noqa: E402
-from mopo_core.pareto import attainable_max  # noqa: E402
-from mopo_core.tabular import TabularProblem, policy_values, solve_tabular, sweep_thresholds, win_rates  # noqa: E402
-from synthetic import STRUCTURES, make_structure  # noqa: E402
-from tests.reference_solvers import primal_slsqp  # noqa: E402
+from mopo_core import tabular
+from mopo_core.pareto import attainable_max
+from mopo_core.tabular import (
+    TabularProblem,
+    policy_values,
+    solve_tabular,
+    sweep_thresholds,
+    win_rates,
+)
+from synthetic import STRUCTURES, make_structure
+from tests.reference_solvers import primal_slsqp
 
 SEED = 0
 TAU = 0.1
@@ -129,23 +136,23 @@ def bench_vs_slsqp(cfg, tau: float, log) -> tuple[list[dict], list[dict]]:
         top = attainable_max(rates, nu)[1:]
         row = {"structure": name, "N": n, "M": m, "K": s.n_objectives, "fraction": FRACTION}
 
-        def ours():
-            return solve_tabular(s.preferences, b, tau, reference=s.reference, behaviour=s.behaviour)
+        def ours(b, s=s):
+            return partial(solve_tabular, s.preferences, b, tau, reference=s.reference, behaviour=s.behaviour)
 
         # K = 3 at 0.5 can be jointly unattainable; then move halfway closer to the reference.
         for fraction in (FRACTION, FRACTION / 2, FRACTION / 4):
             b = start + fraction * (top - start)
-            if ours().feasible:
+            if ours(b)().feasible:
                 break
         row["fraction"] = fraction
-        t_ours, sol = _timed(ours, cfg["ours_repeats"], warmup=1)
+        t_ours, sol = _timed(ours(b), cfg["ours_repeats"], warmup=1)
         row.update(feasible=bool(sol.feasible), converged=bool(sol.converged), iterations=int(sol.iterations))
         if not sol.feasible:
             row.update(skipped="jointly unattainable thresholds")
             rows.append(row)
             log(f"  {name:17s} N={n:3d} M={m} K={s.n_objectives}: skipped (thresholds unattainable)")
             continue
-        t_slsqp, ref_policy = _timed(lambda: primal_slsqp(rates, s.reference, nu, b, tau), cfg["slsqp_repeats"])
+        t_slsqp, ref_policy = _timed(partial(primal_slsqp, rates, s.reference, nu, b, tau), cfg["slsqp_repeats"])
         ours_policy = sol.policy.reshape(m, n)
         gap = _objective(ours_policy, rates, s.reference, nu, tau) - _objective(ref_policy, rates, s.reference, nu, tau)
         row.update(
@@ -255,17 +262,17 @@ def _naive_dual_peer(rates, reference, nu, grid, tau):
     base = np.log(reference) + primary / tau
     slopes = secondary / tau
     values, lams, kls, nits, pgs = [], [], [], [], []
+
+    def dual(lam, b):
+        logits = base + np.tensordot(lam, slopes, axes=1)
+        mx = logits.max(axis=1, keepdims=True)
+        log_z = np.log(np.exp(logits - mx).sum(axis=1, keepdims=True)) + mx
+        pi = np.exp(logits - log_z)
+        grad = np.einsum("mn,jmn->j", pi * nu[:, None], secondary) - b
+        return tau * float(nu @ log_z[:, 0]) - float(lam @ b), grad
+
     for b in grid:
-
-        def dual(lam):
-            logits = base + np.tensordot(lam, slopes, axes=1)
-            mx = logits.max(axis=1, keepdims=True)
-            log_z = np.log(np.exp(logits - mx).sum(axis=1, keepdims=True)) + mx
-            pi = np.exp(logits - log_z)
-            grad = np.einsum("mn,jmn->j", pi * nu[:, None], secondary) - b
-            return tau * float(nu @ log_z[:, 0]) - float(lam @ b), grad
-
-        res = minimize(dual, np.zeros(b.size), jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * b.size,
+        res = minimize(dual, np.zeros(b.size), args=(b,), jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * b.size,
                        options={"gtol": 1e-10, "ftol": 0.0, "maxiter": 1000})
         logits = base + np.tensordot(res.x, slopes, axes=1)
         logits -= logits.max(axis=1, keepdims=True)
@@ -275,7 +282,7 @@ def _naive_dual_peer(rates, reference, nu, grid, tau):
         kls.append(float(nu @ (pi * (log_pi - np.log(reference))).sum(axis=1)))
         lams.append(res.x)
         nits.append(int(res.nit))
-        grad = dual(res.x)[1]
+        grad = dual(res.x, b)[1]
         pgs.append(float(np.max(np.abs(np.where(res.x > 0, grad, np.minimum(grad, 0.0))))))
     return np.array(values), np.array(lams), np.array(kls), nits, pgs
 
@@ -374,8 +381,10 @@ def bench_sweep(cfg, tau: float, full_tensor: bool, profile: bool, log) -> dict:
 
 def markdown(summary: list[dict], sweep: dict | None) -> str:
     lines = [] if not summary else [
-        "| N | instances | median SLSQP / solve_tabular | min ratio | max abs diff (SLSQP converged) "
-        "| max abs diff (all) | SLSQP stalls | target (N=64: >=100x, diff < 1e-5) |",
+        (
+            "| N | instances | median SLSQP / solve_tabular | min ratio | max abs diff (SLSQP converged) "
+            "| max abs diff (all) | SLSQP stalls | target (N=64: >=100x, diff < 1e-5) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
@@ -393,10 +402,12 @@ def markdown(summary: list[dict], sweep: dict | None) -> str:
             *([""] if lines else []),
             "| sweep | points | sweep alone | per threshold | with build | naive L-BFGS-B | naive / sweep | target < 1 s |",
             "|---|---|---|---|---|---|---|---|",
-            f"| bt_conflict N={sweep['N']} M={sweep['M']} K=2 | {sweep['points']} | {sweep['t_sweep_s']:.3f} s "
-            f"| {sweep['t_per_threshold_ms']:.2f} ms | {'-' if with_build is None else f'{with_build:.2f} s'} "
-            f"| {sweep['t_naive_lbfgsb_s']:.2f} s | {sweep['naive_over_sweep']:.1f}x "
-            f"| {'met' if sweep['meets_1s'] else 'MISSED'} |",
+            (
+                f"| bt_conflict N={sweep['N']} M={sweep['M']} K=2 | {sweep['points']} | {sweep['t_sweep_s']:.3f} s "
+                f"| {sweep['t_per_threshold_ms']:.2f} ms | {'-' if with_build is None else f'{with_build:.2f} s'} "
+                f"| {sweep['t_naive_lbfgsb_s']:.2f} s | {sweep['naive_over_sweep']:.1f}x "
+                f"| {'met' if sweep['meets_1s'] else 'MISSED'} |"
+            ),
         ]
     return "\n".join(lines)
 
