@@ -49,8 +49,6 @@ from .validation import as_finite_array, check_distribution, check_positive, che
 #: MODPO divides by the primary weight: rows with w_0 below this are floored to it (and the
 #: secondaries rescaled to keep the row on the simplex). The weight actually used is reported.
 MODPO_MIN_PRIMARY_WEIGHT = 0.01
-#: Tolerance on a weight row summing to one.
-WEIGHT_ATOL = 1e-8
 
 
 @dataclass
@@ -104,15 +102,7 @@ def _check_weights(weights, k: int) -> np.ndarray:
     arr = np.atleast_2d(as_finite_array(weights, "weights"))
     if arr.ndim != 2 or arr.shape[1] != k or arr.shape[0] < 1:
         raise ValueError(f"weights: expected shape (K,) or (G, K) with K = {k}, got {np.shape(weights)}")
-    if (arr < 0).any():
-        idx = tuple(int(i) for i in np.argwhere(arr < 0)[0])
-        raise ValueError(f"weights: negative weight {arr[idx]} at (row, objective) = {idx}")
-    sums = arr.sum(axis=1)
-    bad = np.abs(sums - 1.0) > WEIGHT_ATOL
-    if bad.any():
-        g = int(np.argmax(bad))
-        raise ValueError(f"weights: row {g} sums to {sums[g]:.10g}, not 1")
-    return arr
+    return check_distribution(arr, arr.shape[0], k, "weights", row_label="weight row")
 
 
 def _check_threshold_grid(thresholds, n_constraints: int) -> np.ndarray:

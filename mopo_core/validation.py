@@ -61,11 +61,12 @@ def check_preferences(preferences, name: str = "preferences") -> np.ndarray:
     return arr
 
 
-def check_distribution(value, n_prompts: int, n_responses: int, name: str) -> np.ndarray:
+def check_distribution(value, n_prompts: int, n_responses: int, name: str, row_label: str = "prompt") -> np.ndarray:
     """Validate a per-prompt distribution over responses; return ``(M, N)``.
 
     ``None`` gives the uniform distribution; an ``(N,)`` vector is shared by all prompts.
-    Entries must be non-negative and each row must sum to 1 (within 1e-8).
+    Entries must be non-negative and each row must sum to 1 (within 1e-8); ``row_label``
+    names the rows in error messages.
     """
     if value is None:
         return np.full((n_prompts, n_responses), 1.0 / n_responses)
@@ -79,12 +80,12 @@ def check_distribution(value, n_prompts: int, n_responses: int, name: str) -> np
         )
     if (arr < 0).any():
         idx = tuple(int(i) for i in np.argwhere(arr < 0)[0])
-        raise ValueError(f"{name}: negative probability {arr[idx]} at (prompt, response) = {idx}")
+        raise ValueError(f"{name}: negative value {arr[idx]} at ({row_label}, entry) = {idx}")
     sums = arr.sum(axis=1)
     bad = np.abs(sums - 1.0) > ATOL
     if bad.any():
         m = int(np.argmax(bad))
-        raise ValueError(f"{name}: row for prompt {m} sums to {sums[m]:.10g}, not 1")
+        raise ValueError(f"{name}: row for {row_label} {m} sums to {sums[m]:.10g}, not 1")
     return arr
 
 

@@ -169,7 +169,7 @@ BAD_INPUTS = [
     (dict(eps=-0.1), "eps: must be >= 0"),
     (dict(reference=[0.5, 0.4, 0.2]), "reference: row for prompt 0 sums to"),
     (dict(behaviour=[0.5, 0.5]), "behaviour: expected shape"),
-    (dict(reference=[1.2, -0.1, -0.1]), "reference: negative probability"),
+    (dict(reference=[1.2, -0.1, -0.1]), "reference: negative value"),
     (dict(thresholds=[0.5, 0.5]), "thresholds: expected 1 value"),
 ]
 
