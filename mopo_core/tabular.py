@@ -75,29 +75,35 @@ class TiltFamily:
         self.tau = tau
         self._base = self.log_reference + primary / tau
         self._slopes = secondary / tau
+        self.max_attainable = np.einsum("m,jm->j", prompt_weights, secondary.max(axis=2))
+        self.reference_values = np.einsum("m,mn,jmn->j", prompt_weights, reference, secondary)
 
-    def log_policy(self, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-prompt normalised log pi_lam (M, N) and log-normalisers log Z (M,)."""
+    def log_policy(self, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-prompt normalised log pi_lam (M, N), pi_lam itself (M, N) and log Z (M,)."""
         logits = self._base + np.tensordot(lam, self._slopes, axes=1) if lam.size else self._base.copy()
         mx = logits.max(axis=1, keepdims=True)
-        log_z = np.log(np.exp(logits - mx).sum(axis=1, keepdims=True)) + mx
-        return logits - log_z, log_z[:, 0]
+        logits -= mx
+        pi = np.exp(logits)
+        z = pi.sum(axis=1, keepdims=True)
+        pi /= z
+        log_z = np.log(z)
+        return logits - log_z, pi, (log_z + mx)[:, 0]
 
     def policy(self, lam: np.ndarray) -> np.ndarray:
-        return np.exp(self.log_policy(lam)[0])
+        return self.log_policy(lam)[1]
 
     def dual(self, lam: np.ndarray, thresholds: np.ndarray, order: int = 2):
         """Dual value, gradient (J,) and, for ``order=2``, Hessian (J, J) at ``lam``."""
-        log_pi, log_z = self.log_policy(lam)
-        pi = np.exp(log_pi)
+        _, pi, log_z = self.log_policy(lam)
         nu = self.prompt_weights
         value = self.tau * float(nu @ log_z) - float(lam @ thresholds)
+        weighted = pi * nu[:, None]
         means = np.einsum("mn,jmn->jm", pi, self.secondary)  # E_pi[q_j | x]
         grad = means @ nu - thresholds
         if order < 2:
             return value, grad, None
-        second = np.einsum("mn,imn,jmn,m->ij", pi, self.secondary, self.secondary, nu)
-        hess = (second - np.einsum("im,jm,m->ij", means, means, nu)) / self.tau
+        second = np.tensordot(self.secondary * weighted, self.secondary, axes=([1, 2], [1, 2]))
+        hess = (second - (means * nu) @ means.T) / self.tau
         return value, grad, hess
 
 
@@ -364,9 +370,22 @@ def solve_scores(
     when eps > 0). Used by :func:`solve_tabular` on win-rates and by reward-based baselines.
     Returns policy (M, N).
     """
-    b = check_thresholds(thresholds, secondary.shape[0])
     family = TiltFamily(primary, secondary, reference, prompt_weights, tau)
-    max_att = np.einsum("m,jm->j", prompt_weights, secondary.max(axis=2))
+    return solve_family(family, thresholds, eps, method, initial_multipliers, tol, max_iter, step_size)
+
+
+def solve_family(
+    family: TiltFamily,
+    thresholds,
+    eps: float = 0.0,
+    method: str = "newton",
+    initial_multipliers=None,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    step_size: float | None = None,
+) -> TabularSolution:
+    """:func:`solve_scores` on a prebuilt :class:`TiltFamily` (reused across a sweep)."""
+    b = check_thresholds(thresholds, family.secondary.shape[0])
     lam0 = np.zeros(b.size) if initial_multipliers is None else np.asarray(initial_multipliers, float)
     robust_values = chi = None
     if eps > 0:
@@ -376,28 +395,30 @@ def solve_scores(
         trace = None
         effective = b
     else:
-        reference_values = np.einsum("m,mn,jmn->j", prompt_weights, reference, secondary)
-        already_met = bool(np.all(reference_values >= b - FEASIBILITY_TOL))
-        margin = np.inf if already_met else chebyshev_margin(secondary, prompt_weights, b)
+        already_met = bool(np.all(family.reference_values >= b - FEASIBILITY_TOL))
+        margin = np.inf if already_met else chebyshev_margin(family.secondary, family.prompt_weights, b)
         feasible = margin > FEASIBILITY_TOL
         # Infeasible: enforce the nearest thresholds (uniform shift) strictly inside the attainable set.
         effective = b if feasible else b + (margin - INFEASIBLE_BACKOFF)
         lam, it, ok, trace = _solve_dual(family, effective, lam0, method, tol, max_iter, step_size)
-    policy = family.policy(lam)
-    values = policy_values(policy, np.concatenate([primary[None], secondary]), prompt_weights)
-    kl = kl_divergence(policy, reference, prompt_weights)
+    log_pi, policy, _ = family.log_policy(lam)
+    nu = family.prompt_weights
+    values = np.concatenate([[nu @ (policy * family.primary).sum(axis=1)],
+                             np.einsum("m,mn,jmn->j", nu, policy, family.secondary)])
+    with np.errstate(invalid="ignore"):
+        kl = float(nu @ np.where(policy > 0, policy * (log_pi - family.log_reference), 0.0).sum(axis=1))
     return TabularSolution(
         policy=policy,
         multipliers=lam,
         values=values,
         feasible=bool(feasible),
-        max_attainable=max_att,
+        max_attainable=family.max_attainable,
         thresholds=b,
         effective_thresholds=np.asarray(effective, float),
-        tau=tau,
+        tau=family.tau,
         eps=eps,
         kl=kl,
-        objective=float(values[0] - tau * kl),
+        objective=float(values[0] - family.tau * kl),
         converged=bool(ok),
         iterations=int(it),
         method=method,
@@ -417,6 +438,7 @@ class TabularProblem:
     prompt_weights: np.ndarray
     rates: np.ndarray
     single_prompt: bool
+    _families: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, preferences, reference=None, behaviour=None, prompt_weights=None) -> "TabularProblem":
@@ -428,10 +450,16 @@ class TabularProblem:
         nu = check_prompt_weights(prompt_weights, m)
         return cls(prefs, ref, mu, nu, win_rates(prefs, mu), single)
 
+    def family(self, tau: float) -> TiltFamily:
+        """The tilt family at this tau, built once and reused (e.g. across a sweep)."""
+        if tau not in self._families:
+            self._families[tau] = TiltFamily(self.rates[0], self.rates[1:], self.reference, self.prompt_weights, tau)
+        return self._families[tau]
+
     def solve(self, thresholds, tau, eps=0.0, **kwargs) -> TabularSolution:
         tau = check_positive(tau, "tau")
         eps = check_nonnegative(eps, "eps")
-        sol = solve_scores(self.rates[0], self.rates[1:], thresholds, tau, self.reference, self.prompt_weights, eps, **kwargs)
+        sol = solve_family(self.family(tau), thresholds, eps, **kwargs)
         if self.single_prompt:
             sol.policy = sol.policy[0]
         return sol

@@ -44,21 +44,26 @@ def check_preferences(preferences, name: str = "preferences") -> np.ndarray:
         raise ValueError(f"{name}: need at least 2 responses per prompt, got N = {n}")
     if m < 1:
         raise ValueError(f"{name}: need at least one prompt, got M = 0")
-    out_of_range = (arr < 0.0) | (arr > 1.0)
-    if out_of_range.any():
-        idx = tuple(int(i) for i in np.argwhere(out_of_range)[0])
-        raise ValueError(
-            f"{name}: value {arr[idx]} outside [0, 1] at (objective, prompt, i, j) = {idx}"
-        )
-    skew = np.abs(arr + np.swapaxes(arr, -1, -2) - 1.0)
-    if (skew > 1e-6).any():
-        idx = tuple(int(i) for i in np.argwhere(skew > 1e-6)[0])
-        kk, mm, i, j = idx
-        raise ValueError(
-            f"{name}: P + P^T != 1 at (objective, prompt, i, j) = {idx}: "
-            f"P[i,j] = {arr[kk, mm, i, j]:.6g}, P[j,i] = {arr[kk, mm, j, i]:.6g}"
-        )
+    for mm in range(m):  # one prompt at a time keeps temporaries small at N = 1000
+        _check_prompt_matrices(arr[:, mm], mm, name)
     return arr
+
+
+def _check_prompt_matrices(block: np.ndarray, prompt: int, name: str) -> None:
+    """Range and ``P + P^T = 1`` checks for one prompt's (K, N, N) matrices."""
+    out_of_range = (block < 0.0) | (block > 1.0)
+    if out_of_range.any():
+        kk, i, j = (int(v) for v in np.argwhere(out_of_range)[0])
+        raise ValueError(
+            f"{name}: value {block[kk, i, j]} outside [0, 1] at (objective, prompt, i, j) = {(kk, prompt, i, j)}"
+        )
+    skew = np.abs(block + np.swapaxes(block, -1, -2) - 1.0) > 1e-6
+    if skew.any():
+        kk, i, j = (int(v) for v in np.argwhere(skew)[0])
+        raise ValueError(
+            f"{name}: P + P^T != 1 at (objective, prompt, i, j) = {(kk, prompt, i, j)}: "
+            f"P[i,j] = {block[kk, i, j]:.6g}, P[j,i] = {block[kk, j, i]:.6g}"
+        )
 
 
 def check_distribution(value, n_prompts: int, n_responses: int, name: str, row_label: str = "prompt") -> np.ndarray:
