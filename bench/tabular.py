@@ -2,7 +2,7 @@
 
 Run from the repository root (no timed assertions anywhere; it only prints ratios):
 
-    .venv/bin/python bench/tabular.py              # full run (several minutes, ~13 GB peak RAM)
+    .venv/bin/python bench/tabular.py              # full run (about a minute, ~5 GB peak RAM)
     .venv/bin/python bench/tabular.py --quick      # smoke run, well under a minute
     .venv/bin/python bench/tabular.py --json out.json
 
@@ -40,7 +40,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse
-import contextlib
 import cProfile
 import io
 import json
@@ -53,7 +52,6 @@ from functools import partial
 import numpy as np
 import scipy
 from scipy.optimize import minimize
-from scipy.special import expit
 
 from mopo_core import tabular
 from mopo_core.pareto import attainable_max
@@ -198,63 +196,6 @@ def bench_vs_slsqp(cfg, tau: float, log) -> tuple[list[dict], list[dict]]:
 # --------------------------------------------------------------------------- 2. sweep
 
 
-def bt_conflict_light(n: int, m: int, seed: int, correlation: float = -0.8, rates_only: bool = False) -> np.ndarray:
-    """``make_structure("bt_conflict", n, m, seed).preferences`` built one prompt at a time.
-
-    Replays make_structure's random stream (first spawned child, one (2, M, N) normal draw)
-    and fills a preallocated float64 (2, M, N, N) array per prompt, so the peak is the array
-    itself (~3.8 GiB at N = 1000, M = 256) instead of make_structure's several full-size
-    temporaries and validated copy. Uniform reference and behaviour, equal prompt weights
-    (make_structure's defaults). Checked bit-identical to make_structure at a small size.
-    ``rates_only``: never hold the tensor; return the win-rates (2, M, N) against the uniform
-    behaviour, computed prompt by prompt.
-    """
-    pref_rng = np.random.default_rng(seed).spawn(3)[0]
-    z = pref_rng.standard_normal((2, m, n))
-    rewards = np.stack([z[0], correlation * z[0] + np.sqrt(1.0 - correlation**2) * z[1]])
-    lower = np.tri(n, k=-1, dtype=bool)
-    diag = np.arange(n)
-    out = np.empty((2, m, n) if rates_only else (2, m, n, n))
-    for i in range(m):
-        r = rewards[:, i]
-        upper = expit(r[:, :, None] - r[:, None, :])
-        block = np.where(lower, 1.0 - upper.swapaxes(-1, -2), upper)
-        block[:, diag, diag] = 0.5
-        if rates_only:
-            out[:, i] = block.mean(axis=2)  # sum_j P[i, j] / N: the win-rate against uniform behaviour
-        else:
-            out[:, i] = block
-    return out
-
-
-def _check_light_builder() -> bool:
-    """Both paths of bt_conflict_light against make_structure at N = 40, M = 8: the tensor
-    bit for bit, the win-rates within 1e-12."""
-    s = make_structure("bt_conflict", n_responses=40, n_prompts=8, seed=SEED)
-    same_tensor = np.array_equal(s.preferences, bt_conflict_light(40, 8, SEED))
-    rates_diff = np.max(np.abs(win_rates(s.preferences, s.behaviour) - bt_conflict_light(40, 8, SEED, rates_only=True)))
-    return bool(same_tensor and rates_diff < 1e-12)
-
-
-@contextlib.contextmanager
-def _prebuilt(problem: TabularProblem):
-    """Make ``TabularProblem.build`` return ``problem`` inside the block, so that timing
-    ``sweep_thresholds`` measures the sweep itself (not validation and win-rates).
-    Yields a list whose length is the number of build calls that were short-circuited."""
-    original = TabularProblem.__dict__["build"]
-    calls = []
-
-    def build(cls, *args, **kwargs):
-        calls.append(1)
-        return problem
-
-    TabularProblem.build = classmethod(build)
-    try:
-        yield calls
-    finally:
-        TabularProblem.build = original
-
-
 def _naive_dual_peer(rates, reference, nu, grid, tau):
     """Each threshold from lambda = 0 with scipy L-BFGS-B on an independent dual, then the
     policy's values and KL (the same outputs the sweep produces)."""
@@ -287,35 +228,19 @@ def _naive_dual_peer(rates, reference, nu, grid, tau):
     return np.array(values), np.array(lams), np.array(kls), nits, pgs
 
 
-def bench_sweep(cfg, tau: float, full_tensor: bool, profile: bool, log) -> dict:
+def bench_sweep(cfg, tau: float, profile: bool, log) -> dict:
     n, m, points, repeats = (cfg["sweep"][k] for k in ("n", "m", "points", "repeats"))
     out = {"N": n, "M": m, "K": 2, "structure": "bt_conflict", "points": points, "tau": tau}
-    out["light_builder_matches_make_structure"] = _check_light_builder()
     t0 = time.perf_counter()
-    prefs = bt_conflict_light(n, m, SEED, rates_only=not full_tensor)
+    structure = make_structure("bt_conflict", n_responses=n, n_prompts=m, seed=SEED)
     out["t_generate_s"] = time.perf_counter() - t0
-    if full_tensor:
-        out["preferences_gib"] = prefs.nbytes / 2**30
-        log(
-            f"  instance: bt_conflict N={n} M={m} K=2 seed={SEED}, preferences {prefs.nbytes / 2**30:.2f} GiB float64, "
-            f"filled one prompt at a time into a preallocated array in {out['t_generate_s']:.1f} s "
-            f"(matches make_structure at N=40, M=8: {out['light_builder_matches_make_structure']})"
-        )
-        t0 = time.perf_counter()
-        problem = TabularProblem.build(prefs)  # uniform reference and behaviour, equal weights
-        out["t_build_s"] = time.perf_counter() - t0
-        log(f"  TabularProblem.build (validation + win-rates): {out['t_build_s']:.2f} s")
-    else:
-        out["preferences_gib"] = None
-        log(
-            f"  instance: bt_conflict N={n} M={m} K=2 seed={SEED}, --no-full-tensor: win-rates computed one prompt "
-            f"at a time in {out['t_generate_s']:.1f} s, the (2, M, N, N) tensor never held; TabularProblem "
-            f"constructed directly (no validation; builder matches make_structure at N=40, M=8: "
-            f"{out['light_builder_matches_make_structure']})"
-        )
-        uniform = np.full((m, n), 1.0 / n)
-        problem = TabularProblem(None, uniform, uniform, np.full(m, 1.0 / m), prefs, False)
-        out["t_build_s"] = None
+    out["preferences_gib"] = structure.preferences.nbytes / 2**30
+    log(f"  instance: make_structure('bt_conflict', N={n}, M={m}, seed={SEED}): preferences "
+        f"{out['preferences_gib']:.2f} GiB float64, built in {out['t_generate_s']:.1f} s")
+    t0 = time.perf_counter()
+    problem = TabularProblem.build(structure.preferences)  # uniform reference and behaviour, equal weights
+    out["t_build_s"] = time.perf_counter() - t0
+    log(f"  TabularProblem.build (validation + win-rates): {out['t_build_s']:.2f} s")
     rates, reference, nu = problem.rates, problem.reference, problem.prompt_weights
     start = policy_values(reference, rates, nu)[1]
     top = attainable_max(rates, nu)[1]
@@ -326,35 +251,25 @@ def bench_sweep(cfg, tau: float, full_tensor: bool, profile: bool, log) -> dict:
         f"(95% of the way to the attainable max {top:.4f}), tau = {tau}")
 
     def sweep():
-        return sweep_thresholds(prefs if full_tensor else None, grid, tau, keep_policies=False)
+        return problem.sweep(grid, tau, keep_policies=False)
 
-    with _prebuilt(problem) as calls:
-        t_sweep, result = _timed(sweep, repeats, warmup=1)
-        if profile:
-            prof = cProfile.Profile()
-            prof.runcall(sweep)
-            text = io.StringIO()
-            pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
-            out["profile_top_tottime"] = text.getvalue()
-    out["build_short_circuited"] = len(calls) > 0
+    t_sweep, result = _timed(sweep, repeats, warmup=1)
+    if profile:
+        prof = cProfile.Profile()
+        prof.runcall(sweep)
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
+        out["profile_top_tottime"] = text.getvalue()
     out.update(t_sweep_s=t_sweep, t_per_threshold_ms=1e3 * t_sweep / points, meets_1s=bool(t_sweep < SWEEP_TARGET_S))
     out["all_feasible"] = bool(result.feasible.all())
-    log(f"  sweep_thresholds alone (problem prebuilt, median of {repeats}): {t_sweep:.3f} s, "
+    log(f"  TabularProblem.sweep (problem prebuilt, median of {repeats}): {t_sweep:.3f} s, "
         f"{1e3 * t_sweep / points:.2f} ms per threshold; target < {SWEEP_TARGET_S:g} s: "
         f"{'met' if out['meets_1s'] else 'MISSED'} ({t_sweep / SWEEP_TARGET_S:.2f}x the target)")
-    if not out["build_short_circuited"]:
-        log("  WARNING: sweep_thresholds no longer calls TabularProblem.build; the time above includes the build")
     if profile:
         log(out["profile_top_tottime"])
-
-    if full_tensor:
-        t_with_build, _ = _timed(sweep, 1)
-        out["t_sweep_with_build_s"] = t_with_build
-        log(f"  sweep_thresholds including TabularProblem.build: {t_with_build:.2f} s")
-        del prefs
-    else:
-        out["t_sweep_with_build_s"] = None
-        log("  sweep_thresholds including TabularProblem.build: not run (--no-full-tensor)")
+    t_with_build, _ = _timed(lambda: sweep_thresholds(structure.preferences, grid, tau, keep_policies=False), 1)
+    out["t_sweep_with_build_s"] = t_with_build
+    log(f"  sweep_thresholds including validation and win-rates: {t_with_build:.2f} s")
 
     t0 = time.perf_counter()
     values, lams, kls, nits, pgs = _naive_dual_peer(rates, reference, nu, grid[:, None], tau)
@@ -434,9 +349,6 @@ def main(argv=None) -> int:
     parser.add_argument("--tau", type=float, default=TAU, help=f"KL strength (default {TAU})")
     parser.add_argument("--skip-slsqp", action="store_true", help="run only the sweep benchmark")
     parser.add_argument("--skip-sweep", action="store_true", help="run only the SLSQP comparison")
-    parser.add_argument("--no-full-tensor", action="store_true",
-                        help="never hold the (K, M, N, N) tensor for the sweep (win-rates built prompt by prompt, "
-                             "peak well under 1 GB instead of ~12 GB); skips the timings that include the build")
     parser.add_argument("--profile", action="store_true", help="cProfile one sweep and print the top functions")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
@@ -472,7 +384,7 @@ def main(argv=None) -> int:
                 f"ours - SLSQP {s['min_objective_gap']:.1e})")
     if not args.skip_sweep:
         log(f"\n## 2. sweep_thresholds, {cfg['sweep']['points']} thresholds, keep_policies=False")
-        sweep = bench_sweep(cfg, args.tau, not args.no_full_tensor, args.profile, log)
+        sweep = bench_sweep(cfg, args.tau, args.profile, log)
     report.update(instances=rows, summary=summary, sweep=sweep)
     report["wall_s"] = time.perf_counter() - wall0
     report["peak_rss_gib"] = _peak_rss_gib()

@@ -13,7 +13,7 @@ import numpy as np
 from synthetic import STRUCTURES, make_structure
 
 from .pareto import attainable_max
-from .runs import RunStore, to_jsonable
+from .runs import RunStore
 from .suite import METHODS, SuiteConfig, config_dict, results_table, run_suite, summary_table
 from .tabular import TabularProblem, policy_values
 
@@ -90,15 +90,16 @@ def cmd_sweep(args, store: RunStore) -> int:
     grid = _sweep_grid(args, problem)
     config.update(thresholds=grid, tau=args.tau, eps=args.eps)
     with store.record("sweep", config) as run_id:
-        points, lam = [], None
-        for b in tqdm(grid, desc="sweep", disable=args.json):
-            sol = problem.solve([b], args.tau, args.eps, initial_multipliers=lam)
-            lam = sol.multipliers
-            points.append(_point(sol, "mopo"))
-        store.add_points(run_id, points)
-    rows = [{"threshold": p["params"]["threshold"][0], "feasible": p["extra"]["feasible"],
-             "multiplier": p["extra"]["multipliers"][0], **{f"V{k}": v for k, v in enumerate(p["values"])}}
-            for p in map(to_jsonable, points)]
+        sweep = problem.sweep(grid, args.tau, args.eps, progress=lambda xs: tqdm(xs, desc="sweep", disable=args.json))
+        rows = [{"threshold": float(b[0]), "feasible": bool(f), "multiplier": float(lam[0]),
+                 **{f"V{k}": float(v) for k, v in enumerate(values)}}
+                for b, f, lam, values in zip(sweep.thresholds, sweep.feasible, sweep.multipliers, sweep.values)]
+        store.add_points(run_id, [
+            {"label": "mopo", "params": {"threshold": b, "tau": args.tau, "eps": args.eps}, "values": values,
+             "extra": {"feasible": bool(f), "multipliers": lam, "kl": kl, "policy": policy}}
+            for b, f, lam, values, kl, policy in zip(sweep.thresholds, sweep.feasible, sweep.multipliers,
+                                                     sweep.values, sweep.kl, sweep.policies)
+        ])
     if args.json:
         print(json.dumps({"run_id": run_id, "points": rows}))
     else:

@@ -83,13 +83,10 @@ def _run_method(method, structure, estimated, counts, grid, config) -> MethodRes
     if method in ("mopo", "mopo_oracle"):
         prefs = structure.preferences if method == "mopo_oracle" else estimated
         problem = TabularProblem.build(prefs, structure.reference, structure.behaviour, structure.prompt_weights)
-        policies, params, lam = [], [], None
-        for row in grid:
-            sol = problem.solve(row, config.tau, initial_multipliers=lam)
-            lam = sol.multipliers
-            policies.append(sol.policy)
-            params.append({"threshold": row.tolist(), "feasible": sol.feasible, "multipliers": lam.tolist()})
-        return MethodResult(method, params, np.array(policies))
+        sweep = problem.sweep(grid, config.tau)
+        params = [{"threshold": b.tolist(), "feasible": bool(f), "multipliers": lam.tolist()}
+                  for b, f, lam in zip(sweep.thresholds, sweep.feasible, sweep.multipliers)]
+        return MethodResult(method, params, sweep.policies)
     if method == "reward_lagrangian":
         return BASELINES[method](counts, structure.reference, structure.behaviour, config.tau, grid,
                                  structure.prompt_weights)

@@ -429,6 +429,19 @@ def solve_family(
 
 
 @dataclass
+class SweepResult:
+    """A threshold sweep: thresholds (T, J), values (T, K), multipliers (T, J), feasible (T,),
+    kl (T,), and policies (T, M, N) when kept."""
+
+    thresholds: np.ndarray
+    values: np.ndarray
+    multipliers: np.ndarray
+    feasible: np.ndarray
+    kl: np.ndarray
+    policies: np.ndarray | None = None
+
+
+@dataclass
 class TabularProblem:
     """Validated inputs of a tabular MOPO problem (see module docstring for shapes)."""
 
@@ -464,6 +477,34 @@ class TabularProblem:
             sol.policy = sol.policy[0]
         return sol
 
+    def sweep(self, thresholds, tau, eps=0.0, keep_policies=True, progress=None) -> SweepResult:
+        """:func:`sweep_thresholds` on this already validated problem."""
+        grid = np.asarray(thresholds, dtype=float)
+        if grid.ndim == 1:
+            grid = grid[:, None]
+        tau = check_positive(tau, "tau")
+        eps = check_nonnegative(eps, "eps")
+        rows = range(grid.shape[0]) if progress is None else progress(range(grid.shape[0]))
+        values, lams, feas, kls, pols = [], [], [], [], []
+        lam = None
+        for t in rows:
+            sol = self.solve(grid[t], tau, eps, initial_multipliers=lam)
+            lam = sol.multipliers
+            values.append(sol.values)
+            lams.append(sol.multipliers)
+            feas.append(sol.feasible)
+            kls.append(sol.kl)
+            if keep_policies:
+                pols.append(sol.policy)
+        return SweepResult(
+            thresholds=grid,
+            values=np.array(values).reshape(grid.shape[0], -1),
+            multipliers=np.array(lams).reshape(grid.shape),
+            feasible=np.array(feas, dtype=bool),
+            kl=np.array(kls),
+            policies=np.array(pols) if keep_policies else None,
+        )
+
 
 def solve_tabular(
     preferences,
@@ -493,19 +534,6 @@ def solve_tabular(
     return problem.solve(thresholds, tau, eps, method=method, **kwargs)
 
 
-@dataclass
-class SweepResult:
-    """A threshold sweep: thresholds (T, J), values (T, K), multipliers (T, J), feasible (T,),
-    kl (T,), and policies (T, M, N) when kept."""
-
-    thresholds: np.ndarray
-    values: np.ndarray
-    multipliers: np.ndarray
-    feasible: np.ndarray
-    kl: np.ndarray
-    policies: np.ndarray | None = None
-
-
 def sweep_thresholds(
     preferences,
     thresholds,
@@ -520,28 +548,4 @@ def sweep_thresholds(
     """Solve MOPO for each row of ``thresholds`` ((T,) for K = 2 or (T, K-1)), warm-starting
     each solve from the previous multipliers. ``progress`` wraps the iterable (e.g. tqdm)."""
     problem = TabularProblem.build(preferences, reference, behaviour, prompt_weights)
-    grid = np.asarray(thresholds, dtype=float)
-    if grid.ndim == 1:
-        grid = grid[:, None]
-    tau = check_positive(tau, "tau")
-    eps = check_nonnegative(eps, "eps")
-    rows = range(grid.shape[0]) if progress is None else progress(range(grid.shape[0]))
-    values, lams, feas, kls, pols = [], [], [], [], []
-    lam = None
-    for t in rows:
-        sol = problem.solve(grid[t], tau, eps, initial_multipliers=lam)
-        lam = sol.multipliers
-        values.append(sol.values)
-        lams.append(sol.multipliers)
-        feas.append(sol.feasible)
-        kls.append(sol.kl)
-        if keep_policies:
-            pols.append(sol.policy)
-    return SweepResult(
-        thresholds=grid,
-        values=np.array(values).reshape(grid.shape[0], -1),
-        multipliers=np.array(lams).reshape(grid.shape),
-        feasible=np.array(feas, dtype=bool),
-        kl=np.array(kls),
-        policies=np.array(pols) if keep_policies else None,
-    )
+    return problem.sweep(thresholds, tau, eps, keep_policies, progress)

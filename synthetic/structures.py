@@ -103,7 +103,7 @@ class Structure:
                 raise ValueError(f"latent_rewards: expected shape {(k, m, n)}, got {rewards.shape}")
             fields["latent_rewards"] = rewards
         for field, value in fields.items():
-            value = np.array(value, dtype=np.float64)
+            value = np.asarray(value, dtype=np.float64).view()  # a read-only view, no copy of big tensors
             value.setflags(write=False)
             object.__setattr__(self, field, value)
         object.__setattr__(self, "objective_names", tuple(self.objective_names))
@@ -239,8 +239,12 @@ def _complete(upper: np.ndarray) -> np.ndarray:
 
 
 def _bradley_terry(rewards: np.ndarray) -> np.ndarray:
-    """``(..., N)`` rewards -> ``(..., N, N)`` preferences ``sigmoid(r_i - r_j)``."""
-    return _sigmoid_preferences(_differences(rewards))
+    """``(..., M, N)`` rewards -> ``(..., M, N, N)`` preferences ``sigmoid(r_i - r_j)``, filled one
+    prompt at a time so that temporaries stay one prompt's size (N = 1000, M = 256 fits)."""
+    out = np.empty(rewards.shape + rewards.shape[-1:])
+    for m in range(rewards.shape[-2]):
+        out[..., m, :, :] = _sigmoid_preferences(_differences(rewards[..., m, :]))
+    return out
 
 
 def _sigmoid_preferences(logits: np.ndarray) -> np.ndarray:
