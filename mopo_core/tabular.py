@@ -97,12 +97,11 @@ class TiltFamily:
         _, pi, log_z = self.log_policy(lam)
         nu = self.prompt_weights
         value = self.tau * float(nu @ log_z) - float(lam @ thresholds)
-        weighted = pi * nu[:, None]
         means = np.einsum("mn,jmn->jm", pi, self.secondary)  # E_pi[q_j | x]
         grad = means @ nu - thresholds
         if order < 2:
             return value, grad, None
-        second = np.tensordot(self.secondary * weighted, self.secondary, axes=([1, 2], [1, 2]))
+        second = np.tensordot(self.secondary * (pi * nu[:, None]), self.secondary, axes=([1, 2], [1, 2]))
         hess = (second - (means * nu) @ means.T) / self.tau
         return value, grad, hess
 
