@@ -75,7 +75,7 @@ class TiltFamily:
         self.tau = tau
         self._base = self.log_reference + primary / tau
         self._slopes = secondary / tau
-        self.max_attainable = np.einsum("m,jm->j", prompt_weights, secondary.max(axis=2))
+        self.max_attainable = attainable_maxima(secondary, reference, prompt_weights)
         self.reference_values = np.einsum("m,mn,jmn->j", prompt_weights, reference, secondary)
 
     def log_policy(self, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,7 +107,8 @@ class TiltFamily:
 
 
 def _projected_gradient_norm(lam: np.ndarray, grad: np.ndarray) -> float:
-    pg = np.where(lam > 0, grad, np.minimum(grad, 0.0))
+    """Largest first-order optimality violation on the box 0 <= lam <= MAX_MULTIPLIER."""
+    pg = np.where(lam <= 0, np.minimum(grad, 0.0), np.where(lam >= MAX_MULTIPLIER, np.maximum(grad, 0.0), grad))
     return float(np.max(np.abs(pg))) if pg.size else 0.0
 
 
@@ -183,15 +184,24 @@ def _projected_gradient(family: TiltFamily, b: np.ndarray, lam0: np.ndarray, tol
     return lam, max_iter, _projected_gradient_norm(lam, grad) <= tol, np.array(trace)
 
 
-def chebyshev_margin(secondary: np.ndarray, prompt_weights: np.ndarray, thresholds: np.ndarray) -> float:
-    """Largest t such that some policy has ``V_j >= b_j + t`` for every j (an LP; closed form for J = 1).
+def attainable_maxima(secondary: np.ndarray, reference: np.ndarray, prompt_weights: np.ndarray) -> np.ndarray:
+    """Per-objective best values ``sum_m nu_m max_{y in supp pi_ref} q_j`` (J,): a KL-regularised
+    policy never leaves the reference's support."""
+    within = np.where(reference[None] > 0, secondary, -np.inf)
+    return np.einsum("m,jm->j", prompt_weights, within.max(axis=2))
 
-    secondary (J, M, N). A positive margin means the thresholds are strictly attainable.
+
+def chebyshev_margin(
+    secondary: np.ndarray, reference: np.ndarray, prompt_weights: np.ndarray, thresholds: np.ndarray
+) -> float:
+    """Largest t such that some policy on the reference's support has ``V_j >= b_j + t`` for
+    every j (an LP; closed form for J = 1).
+
+    secondary (J, M, N), reference (M, N). A positive margin means the thresholds are strictly attainable.
     """
     j, m, n = secondary.shape
-    best = np.einsum("m,jm->j", prompt_weights, secondary.max(axis=2))
     if j == 1:
-        return float(best[0] - thresholds[0])
+        return float(attainable_maxima(secondary, reference, prompt_weights)[0] - thresholds[0])
     # Variables: pi (M*N) then t. maximise t  <=>  minimise -t.
     cost = np.zeros(m * n + 1)
     cost[-1] = -1.0
@@ -205,7 +215,7 @@ def chebyshev_margin(secondary: np.ndarray, prompt_weights: np.ndarray, threshol
         b_ub=-thresholds,
         A_eq=a_eq,
         b_eq=np.ones(m),
-        bounds=[(0, None)] * (m * n) + [(None, None)],
+        bounds=[(0, None if r > 0 else 0) for r in reference.ravel()] + [(None, None)],
         method="highs",
     )
     if res.status != 0:
@@ -395,7 +405,7 @@ def solve_family(
         effective = b
     else:
         already_met = bool(np.all(family.reference_values >= b - FEASIBILITY_TOL))
-        margin = np.inf if already_met else chebyshev_margin(family.secondary, family.prompt_weights, b)
+        margin = np.inf if already_met else chebyshev_margin(family.secondary, family.reference, family.prompt_weights, b)
         feasible = margin > FEASIBILITY_TOL
         # Infeasible: enforce the nearest thresholds (uniform shift) strictly inside the attainable set.
         effective = b if feasible else b + (margin - INFEASIBLE_BACKOFF)

@@ -180,3 +180,18 @@ def test_bad_input_names_the_problem(override, message):
     args.update(override)
     with pytest.raises(ValueError, match=message):
         solve_tabular(**args)
+
+
+def test_reference_with_zeros_keeps_the_support_and_judges_feasibility_on_it():
+    s = make_structure("bt_conflict", n_responses=5, seed=1)
+    ref = np.array([0.5, 0.5, 0.0, 0.0, 0.0])
+    rates = win_rates(s.preferences, s.behaviour)[:, 0]
+    best_on_support = rates[1, :2].max()
+    assert best_on_support < rates[1].max()  # the instance makes the point
+    inside = solve_tabular(s.preferences, [best_on_support - 0.01], 0.1, reference=ref)
+    assert inside.feasible and inside.values[1] >= best_on_support - 0.01 - 1e-9
+    np.testing.assert_array_equal(inside.policy[0, 2:], 0.0)
+    outside = solve_tabular(s.preferences, [best_on_support + 0.01], 0.1, reference=ref)
+    assert not outside.feasible
+    np.testing.assert_allclose(outside.max_attainable, [best_on_support])
+    assert np.isfinite(outside.multipliers).all()
