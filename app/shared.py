@@ -1,0 +1,170 @@
+"""UI helpers shared by the pages: instance pickers, figure conventions, exports, the run store.
+
+Pages stay thin views: every number comes from mopo_core / synthetic; this module only
+turns them into widgets, figures and download buttons.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from mopo_core.pareto import attainable_max, exact_front
+from mopo_core.runs import RunStore, to_jsonable
+from mopo_core.tabular import TabularProblem, policy_values
+from mopo_core.validation import check_preferences
+from synthetic import STRUCTURES, make_structure
+
+CONVENTION = "All objectives maximised · values are win-rates against the behaviour policy"
+#: Largest preference file accepted by the upload widget (the server also caps uploads).
+MAX_UPLOAD_BYTES = 5 * 2**20
+
+
+@dataclass
+class Instance:
+    """What a page works on: a validated problem plus its exact answers.
+
+    label: a human name; problem: mopo_core.tabular.TabularProblem; objective_names (K,);
+    front_points (P, K): the exact unregularised front; reference_point (K,): the reference
+    policy's values (the hypervolume reference point); top (K,): attainable maxima.
+    """
+
+    label: str
+    problem: TabularProblem
+    objective_names: tuple[str, ...]
+    front_points: np.ndarray
+    reference_point: np.ndarray
+    top: np.ndarray
+    structure: object | None = None
+
+    @property
+    def n_objectives(self) -> int:
+        return self.problem.rates.shape[0]
+
+
+def _instance_from_problem(label, problem, names, structure=None) -> Instance:
+    rates, nu = problem.rates, problem.prompt_weights
+    front = exact_front(rates, nu)
+    return Instance(label, problem, tuple(names), front.points, policy_values(problem.reference, rates, nu),
+                    attainable_max(rates, nu), structure)
+
+
+@st.cache_resource(show_spinner="Building the instance and its exact front…", max_entries=16)
+def structure_instance(name: str, n_responses: int, n_prompts: int, seed: int) -> Instance:
+    s = make_structure(name, n_responses=n_responses, n_prompts=n_prompts, seed=seed)
+    problem = TabularProblem.build(s.preferences, s.reference, s.behaviour, s.prompt_weights)
+    label = f"{name} (N={n_responses}, M={n_prompts}, seed={seed})"
+    return _instance_from_problem(label, problem, s.objective_names, s)
+
+
+def read_preferences_file(name: str, data: bytes) -> np.ndarray:
+    """Parse and validate an uploaded ``.npy`` or ``.json`` preference file.
+
+    Raises ValueError whose message starts with the file name and says what is wrong.
+    """
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ValueError(f"{name}: {len(data)} bytes is over the {MAX_UPLOAD_BYTES // 2**20} MiB limit")
+    try:
+        if name.endswith(".npy"):
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        elif name.endswith(".json"):
+            doc = json.loads(data.decode("utf-8"))
+            arr = np.asarray(doc["preferences"] if isinstance(doc, dict) else doc, dtype=float)
+        else:
+            raise ValueError("expected a .npy or .json file")
+        return check_preferences(arr)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        reason = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{name}: {reason}") from None
+
+
+@st.cache_resource(show_spinner="Validating the uploaded matrices…", max_entries=4)
+def uploaded_instance(name: str, data: bytes) -> Instance:
+    prefs = read_preferences_file(name, data)
+    problem = TabularProblem.build(prefs)
+    names = ["primary", *[f"secondary {j}" for j in range(1, prefs.shape[0])]]
+    return _instance_from_problem(f"{name} (K={prefs.shape[0]}, M={prefs.shape[1]}, N={prefs.shape[2]})",
+                                  problem, names)
+
+
+def instance_picker(key: str, allow_upload: bool = True, default: str = "bt_conflict") -> Instance | None:
+    """Sidebar widgets choosing a structure (or an uploaded file); returns the instance, or
+    None after showing an error for a bad upload."""
+    with st.sidebar:
+        st.subheader("Instance")
+        source = "structure"
+        if allow_upload:
+            source = st.radio("Source", ["structure", "upload"], horizontal=True, key=f"{key}_source")
+        if source == "upload":
+            file = st.file_uploader("Preference matrices (.npy or .json; (K,N,N) or (K,M,N,N))",
+                                    type=["npy", "json"], key=f"{key}_upload")
+            if file is None:
+                st.info("Upload a file, or switch back to a built-in structure.")
+                return None
+            try:
+                return uploaded_instance(file.name, file.getvalue())
+            except ValueError as exc:
+                st.error(str(exc))
+                return None
+        name = st.selectbox("Structure", STRUCTURES, index=STRUCTURES.index(default), key=f"{key}_structure")
+        n = st.slider("Responses per prompt (N)", 2, 64, 8, key=f"{key}_n")
+        m = st.slider("Prompts (M)", 1, 16, 4 if name == "multi_prompt" else 1, key=f"{key}_m")
+        seed = st.number_input("Seed", 0, 100_000, 0, key=f"{key}_seed")
+    return structure_instance(name, n, m, int(seed))
+
+
+def axis_title(names, k: int) -> str:
+    arrow = "↑" if k == 0 else "→"
+    return f"V{k} {names[k]} (win-rate vs behaviour; higher is better {arrow})"
+
+
+def style(fig: go.Figure, title: str, x_title: str | None = None, y_title: str | None = None,
+          height: int = 460) -> go.Figure:
+    """Title (with the sign convention), axis titles and a legend on every figure."""
+    fig.update_layout(title=dict(text=f"{title}<br><sup>{CONVENTION}</sup>"), height=height,
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0), margin=dict(t=80))
+    if x_title:
+        fig.update_xaxes(title_text=x_title)
+    if y_title:
+        fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+def show_figure(fig: go.Figure, name: str, data: pd.DataFrame | None = None, **kwargs):
+    """Draw a figure with its exports: PNG from the figure's camera button, a self-contained
+    HTML file, and the underlying data as CSV and JSON when given (files are built only when
+    a button is clicked). Extra kwargs go to ``st.plotly_chart``; its return value is returned."""
+    config = {"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}, "displaylogo": False}
+    event = st.plotly_chart(fig, width="stretch", config=config, key=f"fig_{name}", **kwargs)
+    cols = st.columns(4)
+    cols[0].download_button("Figure HTML", lambda: fig.to_html(include_plotlyjs=True), f"{name}.html",
+                            "text/html", key=f"html_{name}", on_click="ignore")
+    if data is not None:
+        export_buttons(data, name, cols[1:3])
+    return event
+
+
+def export_buttons(df: pd.DataFrame, name: str, columns=None):
+    """CSV and JSON download buttons for a table (built on click)."""
+    columns = columns or st.columns(4)[:2]
+    columns[0].download_button("Data CSV", lambda: df.to_csv(index=False), f"{name}.csv", "text/csv",
+                               key=f"csv_{name}", on_click="ignore")
+    columns[1].download_button(
+        "Data JSON", lambda: json.dumps(to_jsonable(df.to_dict(orient="records")), indent=1), f"{name}.json",
+        "application/json", key=f"json_{name}", on_click="ignore")
+
+
+def show_table(df: pd.DataFrame, name: str, **kwargs):
+    st.dataframe(df, width="stretch", hide_index=True, **kwargs)
+    export_buttons(df, name)
+
+
+@st.cache_resource
+def run_store() -> RunStore:
+    """The run store (path from $MOPO_STORE, else the user data dir)."""
+    return RunStore()
