@@ -18,7 +18,7 @@ from mopo_core.pareto import attainable_max, exact_front
 from mopo_core.runs import RunStore, to_jsonable
 from mopo_core.tabular import TabularProblem, policy_values
 from mopo_core.validation import check_preferences
-from synthetic import STRUCTURES, make_structure
+from synthetic import PARAMETER_CHOICES, STRUCTURES, Structure, make_structure, structure_parameters
 
 CONVENTION = "All objectives maximised · values are win-rates against the behaviour policy"
 #: Largest preference file accepted by the upload widget (the server also caps uploads).
@@ -40,7 +40,7 @@ class Instance:
     front_points: np.ndarray
     reference_point: np.ndarray
     top: np.ndarray
-    structure: object | None = None
+    structure: Structure | None = None
 
     @property
     def n_objectives(self) -> int:
@@ -55,11 +55,32 @@ def _instance_from_problem(label, problem, names, structure=None) -> Instance:
 
 
 @st.cache_resource(show_spinner="Building the instance and its exact front…", max_entries=16)
-def structure_instance(name: str, n_responses: int, n_prompts: int, seed: int) -> Instance:
-    s = make_structure(name, n_responses=n_responses, n_prompts=n_prompts, seed=seed)
+def structure_instance(name: str, n_responses: int, n_prompts: int, seed: int, params: tuple = ()) -> Instance:
+    """A synthetic structure; ``params`` is a tuple of (name, value) overrides (hashable for the cache)."""
+    s = make_structure(name, n_responses=n_responses, n_prompts=n_prompts, seed=seed, **dict(params))
     problem = TabularProblem.build(s.preferences, s.reference, s.behaviour, s.prompt_weights)
-    label = f"{name} (N={n_responses}, M={n_prompts}, seed={seed})"
+    changed = "".join(f", {k}={v}" for k, v in params)
+    label = f"{name} (N={n_responses}, M={n_prompts}, seed={seed}{changed})"
     return _instance_from_problem(label, problem, s.objective_names, s)
+
+
+def _parameter_widgets(name: str, key: str) -> tuple:
+    """Widgets for a structure's knobs; returns the values that differ from the defaults."""
+    changed = []
+    with st.expander("Structure parameters"):
+        for param, default in structure_parameters(name).items():
+            widget_key = f"{key}_{name}_{param}"
+            if param in PARAMETER_CHOICES:
+                options = PARAMETER_CHOICES[param]
+                value = st.selectbox(param, options, index=options.index(default), key=widget_key)
+            elif isinstance(default, float):
+                value = st.number_input(param, value=default, step=0.1, format="%.2f", key=widget_key)
+            else:
+                st.caption(f"{param} = {default}")
+                continue
+            if value != default:
+                changed.append((param, value))
+    return tuple(changed)
 
 
 def read_preferences_file(name: str, data: bytes) -> np.ndarray:
@@ -85,11 +106,15 @@ def read_preferences_file(name: str, data: bytes) -> np.ndarray:
 
 @st.cache_resource(show_spinner="Validating the uploaded matrices…", max_entries=4)
 def uploaded_instance(name: str, data: bytes) -> Instance:
+    """An uploaded file as a structure with uniform reference and behaviour and equal prompt weights."""
     prefs = read_preferences_file(name, data)
+    k, m, n, _ = prefs.shape
+    uniform = np.full((m, n), 1.0 / n)
+    names = ("primary", *[f"secondary {j}" for j in range(1, k)])
+    structure = Structure(name=f"upload:{name}", params={}, seed=0, preferences=prefs, reference=uniform,
+                          behaviour=uniform, prompt_weights=np.full(m, 1.0 / m), objective_names=names)
     problem = TabularProblem.build(prefs)
-    names = ["primary", *[f"secondary {j}" for j in range(1, prefs.shape[0])]]
-    return _instance_from_problem(f"{name} (K={prefs.shape[0]}, M={prefs.shape[1]}, N={prefs.shape[2]})",
-                                  problem, names)
+    return _instance_from_problem(f"{name} (K={k}, M={m}, N={n})", problem, names, structure)
 
 
 def instance_picker(key: str, allow_upload: bool = True, default: str = "bt_conflict") -> Instance | None:
@@ -115,7 +140,12 @@ def instance_picker(key: str, allow_upload: bool = True, default: str = "bt_conf
         n = st.slider("Responses per prompt (N)", 2, 64, 8, key=f"{key}_n")
         m = st.slider("Prompts (M)", 1, 16, 4 if name == "multi_prompt" else 1, key=f"{key}_m")
         seed = st.number_input("Seed", 0, 100_000, 0, key=f"{key}_seed")
-    return structure_instance(name, n, m, int(seed))
+        params = _parameter_widgets(name, key)
+    try:
+        return structure_instance(name, n, m, int(seed), params)
+    except ValueError as exc:
+        st.error(f"{name}: {exc}")
+        return None
 
 
 def axis_title(names, k: int) -> str:

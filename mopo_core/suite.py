@@ -79,7 +79,19 @@ def threshold_grid(rates: np.ndarray, reference: np.ndarray, prompt_weights: np.
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, start.size)
 
 
-def _run_method(method, structure, estimated, counts, grid, config) -> MethodResult:
+def comparison_data(structure, n_comparisons: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The data every method shares: (win counts (K, M, N, N), estimated preferences (K, M, N, N)).
+    ``n_comparisons`` per prompt; None gives exact counts and the true preferences."""
+    if n_comparisons is None:
+        return exact_win_counts(structure), structure.preferences
+    counts = sample_comparisons(structure, n_comparisons, seed=seed).win_counts()
+    return counts, estimate_preferences(counts)
+
+
+def run_method(method: str, structure, grid: np.ndarray, config: SuiteConfig, data=None) -> MethodResult:
+    """One method on one structure: policies for each threshold row of ``grid`` (T, K-1) or each
+    weight of the grid. ``data`` = :func:`comparison_data` output (computed from config if None)."""
+    counts, estimated = data if data is not None else comparison_data(structure, config.n_comparisons, config.seed)
     if method in ("mopo", "mopo_oracle"):
         prefs = structure.preferences if method == "mopo_oracle" else estimated
         problem = TabularProblem.build(prefs, structure.reference, structure.behaviour, structure.prompt_weights)
@@ -128,12 +140,7 @@ def run_structure(name: str, config: SuiteConfig) -> StructureResult:
     structure = make_structure(name, n_responses=config.n_responses, n_prompts=m, seed=config.seed)
     rates = win_rates(structure.preferences, structure.behaviour)
     nu = structure.prompt_weights
-    if config.n_comparisons is None:
-        counts = exact_win_counts(structure)
-        estimated = structure.preferences
-    else:
-        counts = sample_comparisons(structure, config.n_comparisons, seed=config.seed).win_counts()
-        estimated = estimate_preferences(counts)
+    data = comparison_data(structure, config.n_comparisons, config.seed)
     grid = threshold_grid(rates, structure.reference, nu, config.n_thresholds)
     lp_values = [lp_best_primary(rates, nu, b)[0] for b in grid]
     ref_point = policy_values(structure.reference, rates, nu)
@@ -142,7 +149,7 @@ def run_structure(name: str, config: SuiteConfig) -> StructureResult:
     covered = front.points[np.all(front.points >= ref_point, axis=1)]
     result = StructureResult(name, ref_point, grid, front_hv)
     for method in config.methods:
-        out = _run_method(method, structure, estimated, counts, grid, config)
+        out = run_method(method, structure, grid, config, data)
         values = np.array([policy_values(p, rates, nu) for p in out.policies])
         hv = hypervolume(values, ref_point)
         metrics = {

@@ -7,7 +7,14 @@ from synthetic.sampling import (
     exact_win_counts,
     sample_comparisons,
 )
-from synthetic.structures import STRUCTURES, TWO_OBJECTIVE_STRUCTURES, Structure, make_structure
+from synthetic.structures import (
+    PARAMETER_CHOICES,
+    STRUCTURES,
+    TWO_OBJECTIVE_STRUCTURES,
+    Structure,
+    make_structure,
+    structure_parameters,
+)
 
 __all__ = [
     "STRUCTURES",
@@ -19,4 +26,6 @@ __all__ = [
     "exact_win_counts",
     "make_structure",
     "sample_comparisons",
+    "structure_parameters",
+    "PARAMETER_CHOICES",
 ]

@@ -187,6 +187,13 @@ def _check_share(value, name: str) -> float:
 
 
 #: How each parameter is validated (and normalised), whichever structure accepts it.
+#: Allowed values of the string-valued common parameters (for pickers in the app).
+PARAMETER_CHOICES: dict[str, tuple[str, ...]] = {
+    "reference": ("uniform", "dirichlet"),
+    "behaviour": ("reference", "uniform", "dirichlet"),
+}
+
+
 _PARAM_CHECKS: dict[str, Callable[[object, str], object]] = {
     "scale": check_positive,
     "correlation": _check_correlation,
@@ -195,8 +202,8 @@ _PARAM_CHECKS: dict[str, Callable[[object, str], object]] = {
     "group_scale": check_positive,
     "correlations": _check_correlations,
     "components": _check_components,
-    "reference": _check_choice(("uniform", "dirichlet")),
-    "behaviour": _check_choice(("reference", "uniform", "dirichlet")),
+    "reference": _check_choice(PARAMETER_CHOICES["reference"]),
+    "behaviour": _check_choice(PARAMETER_CHOICES["behaviour"]),
     "dirichlet_alpha": check_positive,
 }
 
@@ -338,6 +345,13 @@ _SPECS: dict[str, _Spec] = {
         _TWO_NAMES,
     ),
 }
+
+
+def structure_parameters(name: str) -> dict:
+    """The parameters ``make_structure(name, ...)`` accepts, with their default values."""
+    if name not in _SPECS:
+        raise ValueError(f"name: unknown structure {name!r}; valid names: {STRUCTURES}")
+    return {**_SPECS[name].defaults, **_COMMON_DEFAULTS}
 
 
 def _effective_params(name: str, spec: _Spec, params: dict) -> dict:
