@@ -6,20 +6,23 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.shared import axis_title, instance_picker, show_figure, show_table, style
-from mopo_core.suite import METHODS, SuiteConfig, comparison_data, run_method
+from mopo_core.suite import METHODS, THRESHOLD_METHODS, SuiteConfig, comparison_data, run_method
 from mopo_core.tabular import policy_values
 
 TAUS = [0.005, 0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.5, 1.0]
 BASELINES = [m for m in METHODS if m not in ("mopo", "mopo_oracle")]
 MARKERS = ["square", "diamond", "triangle-up", "cross", "star", "hexagon"]
+COLOURS = ["#00a087", "#7e57c2", "#f39c12", "#17becf", "#8c564b", "#e377c2"]  # none close to MOPO's crimson
 
 
 @st.cache_data(show_spinner="Training the baselines on the exact preferences…", max_entries=64)
 def baseline_points(_instance, label: str, method: str, tau: float, thresholds: tuple) -> pd.DataFrame:
-    """Values (true win-rates) of a baseline's policies; threshold methods get the current thresholds."""
+    """Values (true win-rates) of a baseline's policies. ``thresholds`` is () for weight-grid methods,
+    so that moving a threshold does not retrain them."""
     structure = _instance.structure
     config = SuiteConfig(tau=tau, n_comparisons=None, steps=1000)
-    out = run_method(method, structure, np.array([thresholds]), config, comparison_data(structure, None))
+    grid = np.array([thresholds]) if thresholds else np.empty((1, 0))
+    out = run_method(method, structure, grid, config, comparison_data(structure, None))
     values = np.array([policy_values(p, _instance.problem.rates, _instance.problem.prompt_weights)
                        for p in out.policies])
     rows = [{"method": method, "parameter": _describe(params), **{f"V{k}": v for k, v in enumerate(vals)}}
@@ -78,7 +81,8 @@ else:
                 f"{', '.join(f'{b:.4f}' for b in sol.effective_thresholds)}." if eps == 0 else
                 "Showing the most robust policy of the family."))
 
-baselines = pd.concat([baseline_points(instance, instance.label, m, tau, tuple(thresholds)) for m in chosen],
+baselines = pd.concat([baseline_points(instance, instance.label, m, tau,
+                                       tuple(thresholds) if m in THRESHOLD_METHODS else ()) for m in chosen],
                       ignore_index=True) if chosen and instance.structure is not None else pd.DataFrame()
 
 for j in range(1, k):
@@ -96,7 +100,8 @@ for j in range(1, k):
                     hovertemplate=f"reference policy<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>")
     for i, (method, rows) in enumerate(baselines.groupby("method", sort=False) if len(baselines) else []):
         fig.add_scatter(x=rows[f"V{j}"], y=rows["V0"], mode="markers", name=method, customdata=rows["parameter"],
-                        marker=dict(symbol=MARKERS[i % len(MARKERS)], size=9, opacity=0.8),
+                        marker=dict(symbol=MARKERS[i % len(MARKERS)], size=9, opacity=0.85,
+                                    color=COLOURS[i % len(COLOURS)]),
                         hovertemplate=f"{method}<br>%{{customdata}}<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>")
     fig.add_scatter(x=[sol.values[j]], y=[sol.values[0]], mode="markers", name="MOPO",
                     marker=dict(size=15, color="crimson", line=dict(color="white", width=1)),

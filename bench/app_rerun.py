@@ -1,0 +1,82 @@
+"""Server time of a rerun of the default Explore page after a slider change (target < 150 ms),
+and of a 100-threshold sweep at the default size (target < 1 s).
+
+Run from the repository root: ``.venv/bin/python bench/app_rerun.py [--repeats 30]``.
+Reruns are timed with Streamlit's AppTest, which executes the page script exactly as the
+server does (no browser, no network): the time is the script's server time. The peer is the
+same page with every cache warm and the threshold unchanged (a no-op rerun), so the ratio
+shows what the slider change itself costs. Nothing here asserts a time.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MOPO_STORE", str(Path("/tmp") / "mopo_bench_store.sqlite"))
+
+import numpy as np  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from mopo_core.tabular import TabularProblem  # noqa: E402
+from synthetic import make_structure  # noqa: E402
+
+PAGE = str(ROOT / "app" / "pages" / "explore.py")
+RERUN_TARGET_MS = 150.0
+SWEEP_TARGET_S = 1.0
+
+
+def time_reruns(repeats: int) -> tuple[list[float], list[float]]:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()  # cold start: builds the instance, trains the default baselines (cached afterwards)
+    slider = at.slider(key="threshold_1")
+    low, high = slider.min, slider.max
+    values = np.round(np.linspace(low + 0.05, high - 0.05, repeats), 2)
+    changed, unchanged = [], []
+    for value in values:
+        start = time.perf_counter()
+        at.slider(key="threshold_1").set_value(float(value)).run()
+        changed.append(1e3 * (time.perf_counter() - start))
+        start = time.perf_counter()
+        at.run()
+        unchanged.append(1e3 * (time.perf_counter() - start))
+        assert not at.exception, at.exception
+    return changed, unchanged
+
+
+def time_sweep(repeats: int) -> float:
+    s = make_structure("bt_conflict")  # the default size: N = 8, M = 1
+    problem = TabularProblem.build(s.preferences, s.reference, s.behaviour, s.prompt_weights)
+    grid = np.linspace(0.5, 0.8, 100)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        problem.sweep(grid, 0.08)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args(argv)
+    changed, unchanged = time_reruns(args.repeats)
+    med_changed, med_unchanged = statistics.median(changed), statistics.median(unchanged)
+    sweep = time_sweep(5)
+    print(f"Explore rerun after a threshold change: median {med_changed:.1f} ms, p90 "
+          f"{np.percentile(changed, 90):.1f} ms over {len(changed)} changes "
+          f"(target < {RERUN_TARGET_MS:.0f} ms: {'met' if med_changed < RERUN_TARGET_MS else 'MISSED'})")
+    print(f"peer, the same page rerun with nothing changed: median {med_unchanged:.1f} ms; "
+          f"ratio change / no-op = {med_changed / med_unchanged:.2f}x")
+    print(f"100-threshold sweep at the default size (bt_conflict, N=8, M=1): {1e3 * sweep:.1f} ms "
+          f"(target < {SWEEP_TARGET_S:.0f} s: {'met' if sweep < SWEEP_TARGET_S else 'MISSED'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
