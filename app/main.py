@@ -4,5 +4,10 @@ from pathlib import Path
 import streamlit as st
 
 st.set_page_config(page_title="MOPO Studio", layout="wide")
-HERE = Path(__file__).parent
-st.navigation([st.Page(HERE / "pages" / "explore.py", title="Explore", default=True)]).run()
+VIEWS = Path(__file__).parent / "views"
+st.navigation([
+    st.Page(VIEWS / "explore.py", title="Explore", default=True),
+    st.Page(VIEWS / "sweep.py", title="Sweep"),
+    st.Page(VIEWS / "compare.py", title="Compare"),
+    st.Page(VIEWS / "learn.py", title="Learn"),
+]).run()

@@ -148,16 +148,17 @@ def instance_picker(key: str, allow_upload: bool = True, default: str = "bt_conf
         return None
 
 
-def axis_title(names, k: int) -> str:
-    arrow = "↑" if k == 0 else "→"
-    return f"V{k} {names[k]} (win-rate vs behaviour; higher is better {arrow})"
+def axis_title(names, k: int, axis: str | None = None) -> str:
+    """``V_k name (win-rate vs behaviour; higher is better →/↑)``; the arrow points along the axis
+    the title labels (``axis`` "x" or "y"; by default y for the primary, x for the others)."""
+    axis = axis or ("y" if k == 0 else "x")
+    return f"V{k} {names[k]} (win-rate vs behaviour; higher is better {'↑' if axis == 'y' else '→'})"
 
 
 def style(fig: go.Figure, title: str, x_title: str | None = None, y_title: str | None = None,
           height: int = 460) -> go.Figure:
     """Title (with the sign convention), axis titles and a legend on every figure."""
-    fig.update_layout(title=dict(text=f"{title}<br><sup>{CONVENTION}</sup>"), height=height,
-                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0), margin=dict(t=80))
+    fig.update_layout(title=dict(text=f"{title}<br><sup>{CONVENTION}</sup>"), height=height, margin=dict(t=80))
     if x_title:
         fig.update_xaxes(title_text=x_title)
     if y_title:
@@ -165,15 +166,31 @@ def style(fig: go.Figure, title: str, x_title: str | None = None, y_title: str |
     return fig
 
 
+def place_legend(fig: go.Figure) -> go.Figure:
+    """Put the legend under the plot, measured from the figure's bottom edge, and grow the figure
+    by the room it needs, so that it never covers the x-axis title (called by show_figure)."""
+    names = [t.name for t in fig.data if getattr(t, "showlegend", None) is not False and getattr(t, "name", None)]
+    longest = max((len(n) for n in names), default=10)
+    per_row = max(1, int(1000 // (7 * longest + 50)))
+    legend_px = 24 * -(-len(names) // per_row) + 10
+    fig.update_layout(height=(fig.layout.height or 460) + legend_px, margin=dict(b=legend_px + 70),
+                      legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0))
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
 def show_figure(fig: go.Figure, name: str, data: pd.DataFrame | None = None, **kwargs):
     """Draw a figure with its exports: PNG from the figure's camera button, a self-contained
     HTML file, and the underlying data as CSV and JSON when given (files are built only when
     a button is clicked). Extra kwargs go to ``st.plotly_chart``; its return value is returned."""
+    place_legend(fig)
     config = {"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}, "displaylogo": False}
     event = st.plotly_chart(fig, width="stretch", config=config, key=f"fig_{name}", **kwargs)
     cols = st.columns(4)
-    cols[0].download_button("Figure HTML", lambda: fig.to_html(include_plotlyjs=True), f"{name}.html",
-                            "text/html", key=f"html_{name}", on_click="ignore")
+    # The export gets Plotly's own template: Streamlit's theme colours only exist inside the app.
+    cols[0].download_button("Figure HTML", lambda: go.Figure(fig).update_layout(template="plotly").to_html(
+        include_plotlyjs=True), f"{name}.html", "text/html", key=f"html_{name}", on_click="ignore")
     if data is not None:
         export_buttons(data, name, cols[1:3])
     return event

@@ -26,7 +26,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from mopo_core.tabular import TabularProblem  # noqa: E402
 from synthetic import make_structure  # noqa: E402
 
-PAGE = str(ROOT / "app" / "pages" / "explore.py")
+PAGE = str(ROOT / "app" / "views" / "explore.py")
 RERUN_TARGET_MS = 150.0
 SWEEP_TARGET_S = 1.0
 

@@ -25,7 +25,7 @@ from scipy.optimize import root
 from .optim import Adam, AdamConfig
 from .robust import chi_dual_value, chi_gradient
 from .tabular import TabularProblem, TiltFamily, _default_step_size, kl_divergence, policy_values
-from .validation import check_nonnegative, check_positive, check_thresholds
+from .validation import check_int, check_nonnegative, check_positive, check_thresholds
 
 VARIANTS = ("lagrangian", "log_barrier")
 
@@ -56,9 +56,7 @@ class Algorithm1Config:
 
     def validate(self) -> None:
         for name in ("steps", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+            check_int(getattr(self, name), name, 1)
         check_positive(self.adam.lr, "adam.lr")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")

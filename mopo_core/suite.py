@@ -13,11 +13,21 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from synthetic import STRUCTURES, estimate_preferences, exact_win_counts, make_structure, sample_comparisons
+from synthetic import STRUCTURES, Structure, estimate_preferences, exact_win_counts, make_structure, sample_comparisons
 
 from .baselines import BASELINES, MethodResult, weight_grid
-from .pareto import attainable_max, dominance_matrix, exact_front, hypervolume, igd_plus, lp_best_primary
-from .tabular import TabularProblem, kl_divergence, policy_values, win_rates
+from .pareto import (
+    ExactFront,
+    attainable_max,
+    dominance_matrix,
+    exact_front,
+    front_value,
+    hypervolume,
+    igd_plus,
+    lp_best_primary,
+)
+from .tabular import TabularProblem, kl_divergence, policy_values
+from .validation import check_int
 
 METHODS = ("mopo", "mopo_oracle", *BASELINES)
 THRESHOLD_METHODS = ("mopo", "mopo_oracle", "reward_lagrangian")
@@ -134,35 +144,95 @@ def _threshold_metrics(values, method, grid, lp_values) -> dict[str, float]:
     }
 
 
+@dataclass(eq=False)
+class ExactReference:
+    """A structure with its exact answers.
+
+    rates (K, M, N): true win-rates against the behaviour policy; reference_point (K,): the
+    reference policy's values (the hypervolume reference point); front: the exact unregularised
+    front; front_hypervolume: its hypervolume above the reference point; covered (P, K): the
+    front points that weakly dominate the reference point (IGD+'s reference set).
+    """
+
+    structure: Structure
+    rates: np.ndarray
+    reference_point: np.ndarray
+    front: ExactFront
+    front_hypervolume: float
+    covered: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return self.structure.name
+
+    @property
+    def objective_names(self) -> tuple[str, ...]:
+        return self.structure.objective_names
+
+    @property
+    def n_objectives(self) -> int:
+        return self.rates.shape[0]
+
+    @property
+    def prompt_weights(self) -> np.ndarray:
+        return self.structure.prompt_weights
+
+    def thresholds(self, n: int) -> np.ndarray:
+        """The suite's threshold grid (T, K-1) with ``n`` thresholds (per secondary: see module doc)."""
+        return threshold_grid(self.rates, self.structure.reference, self.prompt_weights, check_int(n, "n_thresholds", 1))
+
+    def best_primary(self, grid: np.ndarray) -> list[float | None]:
+        """LP optimum of the primary at each threshold row (None: unattainable). For K = 2 read off
+        the exact polyline (identical to the LP, and a hundred times faster)."""
+        if self.front.is_exact:
+            return [front_value(self.front, float(b[0])) for b in grid]
+        return [lp_best_primary(self.rates, self.prompt_weights, b)[0] for b in grid]
+
+
+def exact_answers(structure: Structure) -> ExactReference:
+    """A structure's exact answers: true win-rates, reference point, exact front, its hypervolume."""
+    problem = TabularProblem.build(structure.preferences, structure.reference, structure.behaviour,
+                                   structure.prompt_weights)
+    rates, nu = problem.rates, problem.prompt_weights
+    ref_point = policy_values(problem.reference, rates, nu)
+    front = exact_front(rates, nu)
+    covered = front.points[np.all(front.points >= ref_point, axis=1)]
+    return ExactReference(structure, rates, ref_point, front, front.hypervolume(ref_point),
+                          covered if len(covered) else front.points)
+
+
+def score_points(values: np.ndarray, grid: np.ndarray, exact: ExactReference, best: list, kls,
+                 method: str = "mopo") -> dict[str, float]:
+    """SYNTHETIC.md metrics of one method's points ``values`` (T, K) (true values) at thresholds
+    ``grid`` (T, K-1), with LP optima ``best`` (T,) (None: unattainable) and KLs ``kls`` (T,)."""
+    hv = hypervolume(values, exact.reference_point)
+    metrics = {
+        "hypervolume": hv,
+        "hv_ratio": hv / exact.front_hypervolume if exact.front_hypervolume > 0 else np.nan,
+        "igd_plus": igd_plus(values, exact.covered),
+        "n_points": float(len(values)),
+        "mean_kl": float(np.mean(kls)),
+    }
+    metrics.update(_threshold_metrics(values, method, grid, best))
+    return metrics
+
+
 def run_structure(name: str, config: SuiteConfig) -> StructureResult:
     """Run every configured method on one structure and score it on the true preferences."""
     m = config.multi_prompt_prompts if name == "multi_prompt" else config.n_prompts
     structure = make_structure(name, n_responses=config.n_responses, n_prompts=m, seed=config.seed)
-    rates = win_rates(structure.preferences, structure.behaviour)
-    nu = structure.prompt_weights
+    exact = exact_answers(structure)
     data = comparison_data(structure, config.n_comparisons, config.seed)
-    grid = threshold_grid(rates, structure.reference, nu, config.n_thresholds)
-    lp_values = [lp_best_primary(rates, nu, b)[0] for b in grid]
-    ref_point = policy_values(structure.reference, rates, nu)
-    front = exact_front(rates, nu)
-    front_hv = front.hypervolume(ref_point)
-    covered = front.points[np.all(front.points >= ref_point, axis=1)]
-    result = StructureResult(name, ref_point, grid, front_hv)
+    grid = exact.thresholds(config.n_thresholds)
+    best = exact.best_primary(grid)
+    result = StructureResult(name, exact.reference_point, grid, exact.front_hypervolume)
     for method in config.methods:
         out = run_method(method, structure, grid, config, data)
-        values = np.array([policy_values(p, rates, nu) for p in out.policies])
-        hv = hypervolume(values, ref_point)
-        metrics = {
-            "hypervolume": hv,
-            "hv_ratio": hv / front_hv if front_hv > 0 else np.nan,
-            "igd_plus": igd_plus(values, covered if len(covered) else front.points),
-            "n_points": float(len(values)),
-            "mean_kl": float(np.mean([kl_divergence(p, structure.reference, nu) for p in out.policies])),
-        }
-        metrics.update(_threshold_metrics(values, method, grid, lp_values))
+        values = np.array([policy_values(p, exact.rates, exact.prompt_weights) for p in out.policies])
+        kls = [kl_divergence(p, structure.reference, exact.prompt_weights) for p in out.policies]
         result.points[method] = values
         result.parameters[method] = out.parameters
-        result.metrics[method] = metrics
+        result.metrics[method] = score_points(values, grid, exact, best, kls, method)
     result.dominance = dominance_matrix(result.points)
     return result
 

@@ -5,6 +5,8 @@ offending entry) so that a user sees what to fix. Nothing is clipped or repaired
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 #: Absolute tolerance for ``P + P^T = 1`` and for distributions summing to one.
@@ -125,3 +127,16 @@ def check_nonnegative(value, name: str) -> float:
     if x < 0:
         raise ValueError(f"{name}: must be >= 0, got {x}")
     return x
+
+
+def check_int(value, name: str, minimum: int) -> int:
+    """An integer (not a bool) ``>= minimum``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: must be an integer, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name}: must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {number}")
+    return number

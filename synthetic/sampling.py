@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mopo_core.validation import check_nonnegative, check_preferences
-from synthetic.structures import Structure, _check_int
+from mopo_core.validation import check_int, check_nonnegative, check_preferences
+from synthetic.structures import Structure
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,8 +36,8 @@ class ComparisonData:
     n_responses: int
 
     def __post_init__(self):
-        m = _check_int(self.n_prompts, "n_prompts", 1)
-        n = _check_int(self.n_responses, "n_responses", 2)
+        m = check_int(self.n_prompts, "n_prompts", 1)
+        n = check_int(self.n_responses, "n_responses", 2)
         labels = np.array(self.labels, dtype=np.float64)
         if labels.ndim != 2 or labels.shape[1] < 1:
             raise ValueError(f"labels: expected shape (T, K) with K >= 1, got {labels.shape}")
@@ -119,8 +119,8 @@ def sample_comparisons(structure: Structure, n_per_prompt: int, seed: int = 0) -
     true ``P_k[m, first, second]``. Comparisons are ordered by prompt. ``T = M * n_per_prompt``.
     """
     structure = _check_structure(structure)
-    n = _check_int(n_per_prompt, "n_per_prompt", 1)
-    rng = np.random.default_rng(_check_int(seed, "seed", 0))
+    n = check_int(n_per_prompt, "n_per_prompt", 1)
+    rng = np.random.default_rng(check_int(seed, "seed", 0))
     m_count, n_resp = structure.n_prompts, structure.n_responses
     pairs = np.stack(
         [rng.choice(n_resp, size=(n, 2), p=structure.behaviour[m]) for m in range(m_count)]

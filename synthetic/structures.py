@@ -20,7 +20,6 @@ pairs would be that close to deterministic).
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +28,7 @@ from scipy.special import expit
 
 from mopo_core.validation import (
     check_distribution,
+    check_int,
     check_nonnegative,
     check_positive,
     check_preferences,
@@ -125,19 +125,6 @@ class Structure:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    """An integer (not a bool) ``>= minimum``."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name}: must be an integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name}: must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {number}")
-    return number
 
 
 def _check_interval(value, name: str, low: float, high: float) -> float:
@@ -411,9 +398,9 @@ def make_structure(
     if not isinstance(name, str) or name not in _SPECS:
         raise ValueError(f"name: unknown structure {name!r}; valid names: {STRUCTURES}")
     spec = _SPECS[name]
-    n = _check_int(n_responses, "n_responses", 2)
-    m = _check_int(n_prompts, "n_prompts", 1)
-    seed = _check_int(seed, "seed", 0)
+    n = check_int(n_responses, "n_responses", 2)
+    m = check_int(n_prompts, "n_prompts", 1)
+    seed = check_int(seed, "seed", 0)
     effective = _effective_params(name, spec, params)
     pref_rng, ref_rng, beh_rng = np.random.default_rng(seed).spawn(3)
     preferences, latent = spec.generate(pref_rng, m, n, effective)

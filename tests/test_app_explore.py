@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.app_support import figures
 
-PAGE = str(Path(__file__).parents[1] / "app" / "pages" / "explore.py")
+PAGE = str(Path(__file__).parents[1] / "app" / "views" / "explore.py")
 
 
 def _figures(at):

@@ -1,0 +1,467 @@
+"""Compare: pick runs from the run store; overlay their fronts; dominance, hypervolume, attainment
+over seeds; click a point to see its config, values and policy (a thin view over mopo_core.compare).
+
+Selection: the point charts use Plotly's native selection (``on_select="rerun"``). The chosen
+points are kept in ``st.session_state["compare_pinned"]`` as ``(run_id, idx)`` pairs (each
+trace carries them as customdata), so every view, and the details panel, shows the same
+selection; a new click in any chart replaces it. Setting that session key selects points
+programmatically (the app tests do).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.colors
+import plotly.graph_objects as go
+import streamlit as st
+
+from app.shared import axis_title, run_store, show_figure, show_table, style
+from mopo_core import compare as C
+from mopo_core.runs import RunStore
+
+RUNS = "compare_runs"
+PINNED = "compare_pinned"
+LAST_EVENTS = "compare_last_events"
+PALETTE = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Dark24
+SELECTABLE = {"on_select": "rerun", "selection_mode": ("points",)}
+SEED_SYMBOLS = ["circle", "square", "triangle-up", "diamond", "cross", "star", "triangle-down", "pentagon"]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_run(store_path: str, run_id: int, n_points: int, status: str, finished_at: str | None):
+    """A run from the store; the key holds what changes while a run is still being written."""
+    return RunStore(store_path).get_run(run_id)
+
+
+def _create_examples():
+    ids = C.create_example_runs(run_store())
+    st.session_state[RUNS] = ids["sweeps"] + ids["baselines"]
+    st.session_state[PINNED] = []
+    st.session_state["compare_created"] = ids
+
+
+def _clear_selection():
+    st.session_state[PINNED] = []
+
+
+def _sync_pinned(chart_keys: list[str], valid: set) -> list[tuple[int, int]]:
+    """Update the pinned selection from the charts' selection states (a chart whose selection
+    changed since the last run and is not empty wins); return the pinned points still shown."""
+    last = st.session_state.setdefault(LAST_EVENTS, {})
+    for key in chart_keys:
+        state = st.session_state.get(key)
+        points = []
+        if state is not None:
+            try:
+                points = state["selection"]["points"]
+            except (KeyError, TypeError):
+                points = []
+        keys = C.selection_keys(points)
+        signature = json.dumps(keys)
+        if keys and signature != last.get(key):
+            st.session_state[PINNED] = keys
+        last[key] = signature
+    return [tuple(p) for p in st.session_state.get(PINNED, []) if tuple(p) in valid]
+
+
+def _fmt_point(r) -> str:
+    return f"({', '.join(f'{x:.4f}' for x in r)})"
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _customdata(d: pd.DataFrame, k: int) -> list:
+    values = [" · ".join(f"V{j}={row[f'v{j}']:.4f}" for j in range(k)) for _, row in d.iterrows()]
+    status = [("non-dominated in the union" if f else "dominated")
+              + ("; its threshold could not be met (infeasible)" if ok is False else "")
+              for f, ok in zip(d["on_front"], d["feasible"])]
+    return [[int(r), int(i), lab, par, st_, val, ser] for r, i, lab, par, st_, val, ser in
+            zip(d["run_id"], d["idx"], d["label"], d["params_text"], status, values, d["series"])]
+
+
+HOVER = ("<b>%{customdata[2]}</b> · run %{customdata[0]}, point %{customdata[1]}<br>%{customdata[3]}<br>"
+         "%{customdata[5]}<br>%{customdata[4]}<extra>%{customdata[6]}</extra>")
+
+
+def front_figure(pts, colours, xk, yk, names, ref, source, pinned, title, staircase=True, height=520, legend=True):
+    """Scatter of every series (V_xk across, V_yk up); the union's non-dominated points as
+    outlined diamonds, the dominated ones faded; the HV reference point and the pinned points."""
+    k = len(ref)
+    fig = go.Figure()
+    shown = pts[pts["finite"]]
+    for series, d in shown.groupby("series", sort=False):
+        front = d["on_front"].to_numpy()
+        symbols = np.where(front, "diamond", "circle").astype(object)
+        symbols[d["feasible"].map(lambda v: v is False).to_numpy(dtype=bool)] += "-open"  # None: unknown
+        fig.add_scatter(
+            x=d[f"v{xk}"], y=d[f"v{yk}"], mode="markers", name=series, legendgroup=series,
+            marker=dict(color=colours[series], size=np.where(front, 12, 8).tolist(),
+                        symbol=symbols.tolist(),
+                        opacity=np.where(front, 1.0, 0.35).tolist(),
+                        line=dict(color="black", width=np.where(front, 1.5, 0.0).tolist())),
+            customdata=_customdata(d, k), hovertemplate=HOVER)
+    values = shown[[f"v{j}" for j in range(k)]].to_numpy()
+    lo = np.minimum(values.min(axis=0), ref) if len(values) else ref
+    hi = np.maximum(values.max(axis=0), ref) if len(values) else ref + 0.01
+    pad = 0.03 * np.maximum(hi - lo, 1e-3)
+    if staircase and k == 2 and shown["on_front"].any():
+        corners = shown.loc[shown["on_front"], [f"v{xk}", f"v{yk}"]].to_numpy()
+        path = C.staircase(corners, (lo[xk] - pad[xk], lo[yk] - pad[yk]))
+        fig.add_scatter(x=path[:, 0], y=path[:, 1], mode="lines", name="union Pareto front (its staircase)",
+                        line=dict(color="black", width=1, dash="dot"), hoverinfo="skip")
+    for name, marker in (("non-dominated in the union (outlined ◆)", dict(symbol="diamond", size=12, color="grey",
+                                                                        line=dict(color="black", width=1.5))),
+                         ("dominated (faded ●)", dict(symbol="circle", size=8, color="grey", opacity=0.35)),
+                         *([("threshold not met: infeasible (open marker)",
+                             dict(symbol="circle-open", size=9, color="grey"))]
+                           if shown["feasible"].map(lambda v: v is False).any() else [])):
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=name, marker=marker, legendgroup="style")
+    fig.add_scatter(x=[ref[xk], ref[xk], hi[xk] + pad[xk]], y=[hi[yk] + pad[yk], ref[yk], ref[yk]], mode="lines",
+                    line=dict(color="black", dash="dash", width=1), showlegend=False, hoverinfo="skip",
+                    legendgroup="ref")
+    fig.add_scatter(x=[ref[xk]], y=[ref[yk]], mode="markers", name=f"HV reference point r = {_fmt_point(ref)}",
+                    legendgroup="ref", marker=dict(symbol="x", size=13, color="black"),
+                    hovertemplate=f"HV reference point r = {_fmt_point(ref)}<br>{source}<extra></extra>")
+    sel = shown[[(r, i) in set(pinned) for r, i in zip(shown["run_id"], shown["idx"])]]
+    if len(sel):
+        fig.add_scatter(x=sel[f"v{xk}"], y=sel[f"v{yk}"], mode="markers", name="selected point(s)",
+                        marker=dict(symbol="circle-open", size=24, color="crimson", line=dict(width=3)),
+                        customdata=_customdata(sel, k), hovertemplate=HOVER)
+    note = f"HV reference point r = {_fmt_point(ref)}" + (f": {source}" if legend else "")
+    style(fig, f"{title}<br><sup>{note}</sup>",
+          x_title=axis_title(names, xk, "x"), y_title=axis_title(names, yk, "y"), height=height)
+    fig.update_layout(margin=dict(t=110))
+    if legend:
+        return fig.update_layout(height=height)
+    fig.update_layout(showlegend=False)
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def parallel_figure(pts, colours, names, ref, pinned):
+    """Parallel coordinates (K >= 3): one line per point, coloured by series; the pinned points in
+    crimson and drawn last; the HV reference point as a grey line."""
+    k = len(ref)
+    shown = pts[pts["finite"]].copy()
+    series = list(dict.fromkeys(shown["series"]))
+    n = len(series)
+    shown["code"] = shown["series"].map({s: i for i, s in enumerate(series)}).astype(float)
+    chosen = np.array([(r, i) in set(pinned) for r, i in zip(shown["run_id"], shown["idx"])], dtype=bool)
+    shown["colour"] = np.where(chosen, n + 1.0, shown["code"])
+    shown = pd.concat([shown[~chosen], shown[chosen]])  # drawn last, on top
+    ref_row = {f"v{j}": ref[j] for j in range(k)} | {"code": float(n), "colour": float(n), "on_front": False}
+    rows = pd.concat([pd.DataFrame([ref_row]), shown], ignore_index=True)
+    cols = [colours[s] for s in series] + ["grey", "crimson"]
+    m = len(cols)
+    scale = [x for i, c in enumerate(cols) for x in ([i / m, c], [(i + 1) / m, c])]
+    short_of = dict(zip(pts["series"], pts["short"]))
+    dims = [dict(label="series", values=rows["code"], tickvals=list(range(n + 1)),
+                 ticktext=[short_of[s] for s in series] + ["HV ref r"])]
+    dims += [dict(label=f"V{j} {names[j]} ↑", values=rows[f"v{j}"]) for j in range(k)]
+    dims.append(dict(label="in the union front", values=rows["on_front"].astype(float), tickvals=[0, 1],
+                     ticktext=["dominated", "non-dominated"], range=[-0.1, 1.1]))
+    fig = go.Figure(go.Parcoords(line=dict(color=rows["colour"], colorscale=scale, cmin=-0.5, cmax=m - 0.5),
+                                 dimensions=dims))
+    for s in series:
+        fig.add_scatter(x=[None], y=[None], mode="lines", name=s, line=dict(color=colours[s], width=4))
+    fig.add_scatter(x=[None], y=[None], mode="lines", name=f"HV reference point r = {_fmt_point(ref)}",
+                    line=dict(color="grey", width=4))
+    if chosen.any():
+        fig.add_scatter(x=[None], y=[None], mode="lines", name="selected point(s)", line=dict(color="crimson", width=4))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    style(fig, "Parallel coordinates: every point of the selected runs (drag along an axis to filter)", height=480)
+    fig.update_layout(margin=dict(t=140, l=120, r=80), plot_bgcolor="rgba(0,0,0,0)")
+    return fig.update_layout(height=480)
+
+
+def dominance_figure(counts: pd.DataFrame, sets: dict, short_of: dict) -> go.Figure:
+    names = list(counts.index)
+    shorts = [short_of[s] for s in names]
+    hover = [[f"A = {a}<br>B = {b}<br>{int(counts.loc[a, b])} of A's {len(sets[a])} points dominate "
+              f"at least one of B's {len(sets[b])} points" for b in names] for a in names]
+    fig = go.Figure(go.Heatmap(z=counts.to_numpy(), x=shorts, y=shorts, text=counts.to_numpy(),
+                               texttemplate="%{text}", colorscale="Blues", customdata=hover,
+                               hovertemplate="%{customdata}<extra></extra>",
+                               colorbar=dict(title="points of A")))
+    fig.update_yaxes(autorange="reversed")
+    height = max(360, 160 + 40 * len(names))
+    style(fig, "Dominance: how many of A's points dominate at least one point of B",
+          x_title="B (the series dominated)", y_title="A (the series whose points dominate)", height=height)
+    return fig.update_layout(height=height)
+
+
+def hypervolume_figure(table: pd.DataFrame, colours: dict, short_of: dict, ref, source) -> go.Figure:
+    rows = table[table["series"] != "union of all"]
+    union = float(table.loc[table["series"] == "union of all", "hypervolume"].iloc[0])
+    fig = go.Figure()
+    for _, row in rows.iterrows():
+        share = "–" if np.isnan(row["share_of_union"]) else f"{row['share_of_union']:.1%}"
+        fig.add_bar(x=[short_of[row["series"]]], y=[row["hypervolume"]], name=row["series"],
+                    marker_color=colours[row["series"]], text=[share], textposition="outside",
+                    hovertemplate=(f"{row['series']}<br>hypervolume %{{y:.5g}} ({share} of the union's)<br>"
+                                   f"{row['beyond_reference']} of {row['points']} points beyond r<extra></extra>"))
+    fig.add_hline(y=union, line_dash="dash", line_color="black")
+    fig.add_scatter(x=[None], y=[None], mode="lines", line=dict(color="black", dash="dash"),
+                    name=f"union of all: {union:.5g}")
+    style(fig, f"Hypervolume per series above r = {_fmt_point(ref)}<br><sup>r: {source}</sup>",
+          x_title="series", y_title="hypervolume above r (higher is better ↑)", height=440)
+    fig.update_layout(margin=dict(t=110), showlegend=True)
+    fig.update_yaxes(range=[0, 1.15 * max(union, float(rows["hypervolume"].max()) if len(rows) else 0.0, 1e-12)])
+    return fig.update_layout(height=440)
+
+
+def attainment_figure(items, pts, names, ref, source) -> go.Figure:
+    """Per seed group: each seed's points (faint), the 25-75% band and the median front (V1
+    across, V0 up)."""
+    fig = go.Figure()
+    values = pts.loc[pts["finite"], ["v0", "v1"]].to_numpy()
+    lo = np.minimum(values.min(axis=0), ref)
+    floor = (lo[1] - 0.01, lo[0] - 0.01)  # (x = V1, y = V0)
+    for g, item in enumerate(items):
+        colour = PALETTE[g % len(PALETTE)]
+        name = item["name"]
+        for j, (run_id, seed, s) in enumerate(zip(item["run_ids"], item["seeds"], item["sets"])):
+            seed_text = ", ".join(f"{k}={v}" for k, v in seed.items())
+            fig.add_scatter(x=s[:, 1], y=s[:, 0], mode="markers", name=f"{name}: run {run_id} ({seed_text})",
+                            marker=dict(color=colour, size=7, opacity=0.5, symbol=SEED_SYMBOLS[j % len(SEED_SYMBOLS)]),
+                            hovertemplate=(f"run {run_id} ({seed_text})<br>{item['label'] or ''}<br>"
+                                           "V1=%{x:.4f}<br>V0=%{y:.4f}<extra></extra>"))
+        surf = item["surfaces"]
+        upper = C.staircase(surf[0.25][:, ::-1], floor)
+        lower = C.staircase(surf[0.75][:, ::-1], floor)
+        if len(upper):
+            band = np.vstack([upper, lower[::-1]]) if len(lower) else np.vstack([upper, [floor]])
+            fig.add_scatter(x=band[:, 0], y=band[:, 1], mode="lines", fill="toself", line=dict(width=0),
+                            fillcolor=_alpha(colour, 0.18), name=f"{name}: 25–75% attainment band",
+                            legendgroup=f"g{g}band", hoverinfo="skip")
+        median = C.staircase(surf[0.5][:, ::-1], floor)
+        if len(median):
+            fig.add_scatter(x=median[:, 0], y=median[:, 1], mode="lines", line=dict(color=colour, width=3),
+                            name=f"{name}: median front (50%)",
+                            hovertemplate="median front<br>V1=%{x:.4f}<br>V0=%{y:.4f}<extra></extra>")
+    fig.add_scatter(x=[ref[1]], y=[ref[0]], mode="markers", name=f"HV reference point r = {_fmt_point(ref)}",
+                    marker=dict(symbol="x", size=13, color="black"),
+                    hovertemplate=f"HV reference point r<br>{source}<extra></extra>")
+    style(fig, f"Attainment over seeds: median front and 25–75% band<br><sup>HV reference point r = "
+               f"{_fmt_point(ref)}: {source}</sup>", x_title=axis_title(names, 1, "x"), y_title=axis_title(names, 0, "y"),
+          height=520)
+    fig.update_layout(margin=dict(t=110))
+    return fig.update_layout(height=520)
+
+
+def _alpha(colour: str, alpha: float) -> str:
+    r, g, b = plotly.colors.hex_to_rgb(colour) if colour.startswith("#") else plotly.colors.unlabel_rgb(colour)
+    return f"rgba({int(r)}, {int(g)}, {int(b)}, {alpha})"
+
+
+def policy_figure(details: list[dict]) -> tuple[go.Figure, pd.DataFrame]:
+    fig = go.Figure()
+    rows = []
+    for d in details:
+        policy = d["policy"]
+        if policy is None:
+            continue
+        m, n = policy.shape
+        x = [f"y{y}" if m == 1 else f"x{p}·y{y}" for p in range(m) for y in range(n)]
+        name = f"run {d['run_id']} · point {d['idx']} · {d['label']}"
+        fig.add_bar(x=x, y=policy.ravel(), name=name, marker_color=PALETTE[len(fig.data) % len(PALETTE)],
+                    hovertemplate=f"{name}<br>%{{x}}<br>π=%{{y:.4f}}<extra></extra>")
+        rows += [{"run_id": d["run_id"], "idx": d["idx"], "label": d["label"], "prompt": p, "response": y,
+                  "probability": float(policy[p, y])} for p in range(m) for y in range(n)]
+    ref = next((d["reference_policy"] for d in details if d["reference_policy"] is not None), None)
+    if ref is not None:
+        m, n = ref.shape
+        fig.add_scatter(x=[f"y{y}" if m == 1 else f"x{p}·y{y}" for p in range(m) for y in range(n)], y=ref.ravel(),
+                        mode="markers", name="reference policy π_ref", marker=dict(symbol="line-ew-open", size=18,
+                                                                                   color="black"),
+                        hovertemplate="π_ref<br>%{x}<br>%{y:.4f}<extra></extra>")
+    style(fig, "Policies of the selected points (their output: a distribution over responses)",
+          x_title="response y (x·y: prompt x, response y)", y_title="probability π(y|x)", height=380)
+    fig.update_layout(barmode="group")
+    return fig.update_layout(height=380), pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- page
+
+st.title("Compare runs: fronts, dominance, hypervolume, attainment over seeds")
+store = run_store()
+listed = store.list_runs()
+with_points = listed[listed["n_points"] > 0]
+labels = {int(r["id"]): C.run_label(r) for r in listed.to_dict("records")}
+
+if "compare_created" in st.session_state:
+    ids = st.session_state.pop("compare_created")
+    st.success(f"Created example runs {', '.join(str(i) for v in ids.values() for i in v)} in {store.path}; "
+               "the two-objective ones are selected.")
+
+if (listed["n_points"] >= 2).sum() == 0:
+    st.info(f"The run store ({store.path}) has no run with several points yet. Record some with "
+            "`python -m mopo_core sweep --seed 0` (and seeds 1, 2), `python -m mopo_core suite`, or create "
+            "example runs here: three MOPO threshold sweeps on bt_conflict (200 sampled comparisons, data seeds "
+            "0, 1, 2), the six baselines on seed 0's data, and a three-objective sweep (about a second).")
+    st.button("Create example runs", key="create_examples", on_click=_create_examples, type="primary")
+    if with_points.empty:
+        st.stop()
+
+options = [int(i) for i in with_points["id"]]
+if RUNS not in st.session_state:
+    multi = [int(i) for i in with_points.loc[with_points["n_points"] >= 2, "id"]]
+    st.session_state[RUNS] = multi[-4:] or options[-1:]
+elif any(i not in options for i in st.session_state[RUNS]):
+    st.session_state[RUNS] = [i for i in st.session_state[RUNS] if i in options]
+
+with st.sidebar:
+    st.subheader("Runs")
+    selected = st.multiselect("Runs to compare (id · kind · name · points)", options, format_func=labels.get,
+                              key=RUNS, help="Runs recorded by the CLI, the Sweep page or the examples.")
+    by_label = st.toggle("One series per method label", value=True, key="compare_by_label",
+                         help="Suite runs hold several methods (labels): draw each in its own colour.")
+    if (listed["n_points"] >= 2).sum() > 0:
+        with st.expander("Example runs"):
+            st.caption("Records five more runs (MOPO sweeps over three data seeds, the baselines, a K = 3 sweep).")
+            st.button("Create example runs", key="create_examples_sidebar", on_click=_create_examples)
+
+if not selected:
+    st.info("Pick runs to compare in the sidebar.")
+    st.stop()
+
+status = listed.set_index("id")
+runs = [load_run(str(store.path), i, int(status.loc[i, "n_points"]), str(status.loc[i, "status"]),
+                 status.loc[i, "finished_at"]) for i in selected]
+by_k = C.group_by_k(runs)
+if len(by_k) > 1:
+    st.warning("Points with different numbers of objectives cannot be overlaid: "
+               + "; ".join(f"K = {k}: runs {', '.join(str(r.id) for r in g)}" for k, g in by_k.items())
+               + ". Choose which to compare.")
+    largest = max(by_k, key=lambda k: (len(by_k[k]), k >= 2, -k))
+    k = st.radio("Compare the runs with", list(by_k), index=list(by_k).index(largest), key="compare_k",
+                 horizontal=True, format_func=lambda k: f"K = {k} objectives ({len(by_k[k])} runs)")
+else:
+    k = next(iter(by_k))
+runs = by_k[k]
+run_by_id = {r.id: r for r in runs}
+pts = C.points_frame(runs, by_label)
+if k < 2:
+    st.info("These runs have a single objective: there is no front to compare. Their points:")
+    show_table(pts.drop(columns=["params", "values"]), "compare_points_k1")
+    st.stop()
+
+missing = int((~pts["finite"]).sum())
+if missing:
+    st.warning(f"{missing} point(s) have a missing objective value (stored as null); they are listed in the "
+               "data exports but left out of the fronts, the dominance counts and the hypervolumes.")
+if missing == len(pts):
+    st.stop()
+values = C.value_matrix(pts)
+pts["on_front"] = C.union_front_mask(values)
+all_names = {C.objective_names_for(r) for r in runs}
+names = all_names.pop() if len(all_names) == 1 and None not in all_names else (
+    "primary", *[f"secondary {j}" for j in range(1, k)])
+series = list(dict.fromkeys(pts["series"]))
+colours = {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(series)}
+short_of = dict(zip(pts["series"], pts["short"]))
+
+# Hypervolume reference point: the reference policy's values when the runs give them, else below the points.
+auto_ref, auto_source = C.choose_reference_point([C.reference_point_for(r) for r in runs], values)
+digest = hashlib.sha1(np.round(auto_ref, 10).tobytes()).hexdigest()[:8]
+with st.sidebar:
+    st.subheader("Hypervolume reference point r")
+    st.caption(f"Default: {auto_source}.")
+    ref = np.array([st.number_input(f"r{j} ({names[j]})", value=float(auto_ref[j]), step=0.01, format="%.4f",
+                                    key=f"compare_ref_{k}_{j}_{digest}") for j in range(k)])
+    source = auto_source if np.allclose(ref, auto_ref, atol=5e-5) else "set by you in the sidebar"
+    seed_options = sorted({*C.SEED_KEYS, *(key for r in runs for key in (r.config or {}))})
+    seed_keys = st.multiselect("Config keys that count as the seed", seed_options,
+                               default=[x for x in C.SEED_KEYS if x in seed_options], key="compare_seed_keys",
+                               help="Runs whose configs differ only in these keys are drawn as one attainment "
+                                    "group (median front and 25–75% band over the seeds).")
+
+pairs = [(1, 0)] if k == 2 else [(b, a) for a in range(k) for b in range(a + 1, k)][:6]
+chart_names = [f"compare_front_{x}_{y}" for x, y in pairs]
+pinned = _sync_pinned([f"fig_{n}" for n in chart_names], set(zip(pts["run_id"], pts["idx"])))
+export = pts.drop(columns=["params", "values"]).assign(
+    selected=[(r, i) in set(pinned) for r, i in zip(pts["run_id"], pts["idx"])])
+
+st.caption(f"{len(runs)} run(s), {len(series)} series, {len(pts)} points, K = {k} objectives. Click a point "
+           "(shift-click for several) to see its config, values and policy below.")
+if k == 2:
+    fig = front_figure(pts, colours, 1, 0, names, ref, source, pinned,
+                       "Fronts of the selected runs: non-dominated points of the union outlined")
+    show_figure(fig, chart_names[0], data=export, **SELECTABLE)
+else:
+    st.subheader("Parallel coordinates and 2-D projections (linked by the selection)")
+    show_figure(parallel_figure(pts, colours, names, ref, pinned), "compare_parallel", data=export)
+    st.caption("Outlined diamonds: non-dominated among all selected points in all K objectives (so some look "
+               "dominated in a projection). A point clicked in any projection is ringed in every projection and "
+               "drawn in crimson in the parallel coordinates.")
+    for start in range(0, len(pairs), 2):
+        cols = st.columns(2)
+        for col, (x, y), name in zip(cols, pairs[start:start + 2], chart_names[start:start + 2]):
+            with col:
+                fig = front_figure(pts, colours, x, y, names, ref, source, pinned, f"V{y} against V{x}",
+                                   staircase=False, height=480, legend=False)
+                show_figure(fig, name, data=export, **SELECTABLE)
+
+st.subheader("Selected point(s)")
+if not pinned:
+    st.caption("Nothing selected yet: click a point in the chart above.")
+else:
+    details = [C.point_details(run_by_id[r], i) for r, i in pinned]
+    table = pd.DataFrame([{"run_id": d["run_id"], "run": C.run_title(run_by_id[d["run_id"]]), "idx": d["idx"],
+                           "label": d["label"], "params": C.format_params(d["params"]), **d["values"],
+                           "kl_to_reference": d["kl"]} for d in details])
+    show_table(table, "compare_selected")
+    if any(d["policy"] is not None for d in details):
+        fig, data = policy_figure(details)
+        show_figure(fig, "compare_policy", data=data)
+    else:
+        st.caption("These points record no policy (their run stored none in the points' extra).")
+    for d in details:
+        with st.expander(f"Run {d['run_id']} ({d['run_kind']}, {d['run_name'] or 'unnamed'}) · point {d['idx']} · "
+                         f"{d['label']}", expanded=len(details) == 1):
+            cols = st.columns(3)
+            cols[0].markdown("**Values** (maximised)")
+            cols[0].json(d["values"])
+            cols[0].markdown("**Parameters**")
+            cols[0].json(d["params"])
+            cols[1].markdown("**Run config**")
+            cols[1].json(d["config"])
+            cols[2].markdown("**Extra** (multipliers, feasibility, KL, …)")
+            cols[2].json(d["extra"] or {})
+    st.button("Clear selection", key="compare_clear", on_click=_clear_selection)
+
+sets = C.point_sets(pts)
+st.subheader("Dominance")
+counts = C.dominance_counts(sets)
+show_figure(dominance_figure(counts, sets, short_of), "compare_dominance")
+show_table(C.dominance_table(counts, sets), "compare_dominance_table")
+
+st.subheader("Hypervolume")
+hv = C.hypervolume_table(sets, ref)
+show_figure(hypervolume_figure(hv, colours, short_of, ref, source), "compare_hypervolume", data=hv)
+show_table(hv, "compare_hypervolume_table")
+st.caption("Only points strictly better than r in every objective add volume (`beyond_reference`). "
+           "`on_union_front`: points that no selected point dominates.")
+
+st.subheader("Attainment over seeds")
+if k != 2:
+    st.info("Median fronts and attainment bands are drawn for two objectives; these runs have K = "
+            f"{k}. Compare seeds here through the hypervolume table above.")
+else:
+    items = C.seed_attainment(runs, ignore=tuple(seed_keys), by_label=by_label)
+    if not items:
+        st.info("No selected runs differ only by " + (", ".join(seed_keys) or "(no key chosen)") + ". Select the "
+                "same sweep recorded with several seeds (e.g. `python -m mopo_core sweep --seed 0`, 1, 2), or "
+                "choose more config keys that count as the seed in the sidebar.")
+    else:
+        show_figure(attainment_figure(items, pts, names, ref, source), "compare_attainment",
+                    data=C.attainment_table(items))
+        st.caption("Level t: the boundary of what at least ⌈t·n⌉ of the n seeds reach (a point is reached when a "
+                   "seed's point is at least as good in both objectives). With three seeds the median is two of "
+                   "three, the band runs from the union's front (25%) to what all three reach (75%).")

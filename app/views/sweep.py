@@ -1,0 +1,352 @@
+"""Sweep: threshold sweeps (the MOPO front as the threshold moves) and ablations over τ, ε, n, β and t0,
+for one or several structures, with the SYNTHETIC.md metrics beside each figure. A thin view over
+mopo_core.ablations; every number comes from there, and "Save as run" writes it to the run store."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.colors import qualitative, sample_colorscale
+from plotly.subplots import make_subplots
+
+from app import shared
+from mopo_core import ablations as ab
+from synthetic import STRUCTURES
+
+TAUS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.5, 1.0]
+EPSS = [0.0, 0.001, 0.005, 0.01, 0.05, 0.15]
+EXACT_DATA = "exact preferences (n = ∞)"
+DATA_SIZES = [EXACT_DATA, 10, 30, 100, 300, 1000, 3000, 10000]
+VALUE_OPTIONS = {
+    "tau": TAUS,
+    "eps": EPSS,
+    "n": [10, 30, 100, 300, 1000, 3000, 10000, None],
+    "beta": [0.5, 0.9, 0.95, 0.99, 0.999, 1.0, None],
+    "t0": [1, 10, 50, 100, 200, 500, None],
+}
+PARAMETER_NAMES = {
+    "tau": "τ · KL strength (exact solver)",
+    "eps": "ε · robust radius (exact solver)",
+    "n": "n · comparisons per prompt (exact solver on estimated preferences)",
+    "beta": "β · threshold ratchet (Algorithm 1)",
+    "t0": "t0 · lagged-reference period (Algorithm 1)",
+}
+METHOD_NAMES = {"mopo": "MOPO (exact dual solver)", "mopo_alg1": "MOPO (Algorithm 1)"}
+METRIC_PANELS = [  # (column, panel title, axis title with direction)
+    ("hv_ratio", "HV ratio ↑", "HV ratio to the exact front (higher is better ↑)"),
+    ("igd_plus", "IGD+ ↓", "IGD+ to the exact front (lower is better ↓)"),
+    ("satisfaction", "satisfaction ↑", "share of thresholds met (higher is better ↑)"),
+    ("mean_regret", "mean regret ↓", "mean primary regret vs LP (lower is better ↓)"),
+]
+TABLE_COLUMNS = {
+    "hv_ratio": "HV ratio", "hypervolume": "HV", "igd_plus": "IGD+", "satisfaction": "satisfaction",
+    "max_violation": "max violation", "mean_regret": "mean regret", "mean_kl": "mean KL", "gap_to_oracle":
+    "gap to exact", "winrate_error": "win-rate error", "feasible_share": "feasible share", "n_points": "points",
+}
+
+
+def colour(name: str) -> str:
+    """One fixed colour per structure, the same whatever else is selected."""
+    return qualitative.Plotly[STRUCTURES.index(name) % len(qualitative.Plotly)]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
+@st.cache_resource(show_spinner="Computing the exact front…", max_entries=32)
+def exact(name: str, n: int, m: int, seed: int) -> ab.ExactReference:
+    return ab.exact_reference(name, n, m, seed)
+
+
+@st.cache_data(show_spinner="Sweeping thresholds…", max_entries=64)
+def sweep(name, n, m, seed, tau, eps, n_thresholds, n_comparisons) -> ab.SweepOutcome:
+    return ab.threshold_sweep(name, n, m, seed, tau, eps, n_thresholds, n_comparisons, exact=exact(name, n, m, seed))
+
+
+@st.cache_data(show_spinner="Running the ablation…", max_entries=64)
+def ablate(name, n, m, seed, parameter, values, tau, eps, n_thresholds, n_comparisons, t0, beta, steps):
+    return ab.ablation(name, parameter, list(values), n_responses=n, n_prompts=m, seed=seed, tau=tau, eps=eps,
+                       n_thresholds=n_thresholds, n_comparisons=n_comparisons, t0=t0, beta=beta, steps=steps,
+                       exact=exact(name, n, m, seed))
+
+
+# --------------------------------------------------------------------------- figure pieces
+
+
+def add_exact(fig: go.Figure, ex: ab.ExactReference, c: str, suffix: str = ""):
+    """The exact front: a line for K = 2, LP samples for K >= 3."""
+    pts = ex.front.points
+    k = ex.n_objectives
+    extra = "".join(f"<br>V{j}=%{{customdata[{j - 2}]:.4f}}" for j in range(2, k))
+    fig.add_scatter(x=pts[:, 1], y=pts[:, 0], mode="lines" if k == 2 else "markers",
+                    customdata=pts[:, 2:] if k > 2 else None,
+                    line=dict(color=c, dash="dot"), marker=dict(color=c, size=4, opacity=0.35),
+                    name=f"exact front (τ → 0, LP){suffix}", legendgroup=ex.name,
+                    hovertemplate=f"exact front (LP, τ → 0)<br>structure: {ex.name}<br>V1=%{{x:.4f}}<br>V0=%{{y:.4f}}"
+                                  f"{extra}<extra></extra>")
+
+
+def add_reference_points(fig: go.Figure, exacts, c: str | None = None):
+    """The hypervolume reference point (the reference policy's values), drawn and labelled once per distinct
+    point: structures with a uniform reference and mu = pi_ref all share (0.5, 0.5, ...)."""
+    distinct: dict[tuple, list] = {}
+    for ex in exacts:
+        distinct.setdefault(tuple(np.round(ex.reference_point, 12)), []).append(ex)
+    for group in distinct.values():
+        ref, k, label = group[0].reference_point, group[0].n_objectives, ", ".join(ex.name for ex in group)
+        extra = "".join(f"<br>V{j}=%{{customdata[{j - 2}]:.4f}}" for j in range(2, k))
+        shade = c or colour(group[0].name)
+        fig.add_scatter(x=[ref[1]], y=[ref[0]], mode="markers", customdata=[ref[2:]] if k > 2 else None,
+                        marker=dict(symbol="x", size=13, color=shade, line=dict(width=1, color="black")),
+                        name=f"HV reference point = π_ref's values ({label})",
+                        hovertemplate=f"hypervolume reference point (reference policy π_ref)<br>structure: {label}"
+                                      f"<br>V1=%{{x:.4f}}<br>V0=%{{y:.4f}}{extra}<extra></extra>")
+        fig.add_annotation(x=ref[1], y=ref[0], text="HV reference point", showarrow=True, arrowhead=2,
+                           ax=45, ay=30, font=dict(size=11))
+
+
+def point_customdata(points: pd.DataFrame, k: int) -> tuple[np.ndarray, str]:
+    """customdata columns and the hover lines for MOPO points: thresholds, multipliers, V2.., verdicts."""
+    cols = [f"b{j}" for j in range(1, k)] + [f"lambda{j}" for j in range(1, k)] + [f"V{j}" for j in range(2, k)]
+    data = points[cols].to_numpy(dtype=object)
+    flags = np.stack([np.where(points.feasible, "yes", "no"), np.where(points.met, "yes", "no")], axis=1)
+    data = np.concatenate([data, flags], axis=1)
+    lines = [f"threshold b{j}=%{{customdata[{j - 1}]:.4f}}" for j in range(1, k)]
+    lines += [f"λ{j}=%{{customdata[{k - 2 + j}]:.4f}}" for j in range(1, k)]
+    lines += ["V1=%{x:.4f}", "V0=%{y:.4f}"]
+    lines += [f"V{j}=%{{customdata[{2 * (k - 1) + j - 2}]:.4f}}" for j in range(2, k)]
+    n = len(cols)
+    lines += [f"solver feasible: %{{customdata[{n}]}}", f"meets b on true values: %{{customdata[{n + 1}]}}"]
+    return data, "<br>".join(lines)
+
+
+def front_title(names, what: str) -> str:
+    proj = " (projection on V1, V0; V2 in the hover)" if len(names) > 2 else ""
+    return f"{what}{proj}"
+
+
+def front_figure(outs, names, title: str) -> go.Figure:
+    """Exact fronts, HV reference points and MOPO sweep points, one colour per structure."""
+    fig = go.Figure()
+    for out in outs:
+        ex, c = out.exact, colour(out.exact.name)
+        add_exact(fig, ex, c, f" · {ex.name}")
+    add_reference_points(fig, [out.exact for out in outs], "black" if len(outs) > 1 else None)
+    for out in outs:
+        ex, c = out.exact, colour(out.exact.name)
+        data, lines = point_customdata(out.points, ex.n_objectives)
+        cfg = out.config
+        fig.add_scatter(x=out.points.V1, y=out.points.V0, mode="markers", customdata=data, legendgroup=ex.name,
+                        marker=dict(color=c, size=7), name=f"MOPO sweep (τ={cfg['tau']:g}, ε={cfg['eps']:g}) · {ex.name}",
+                        hovertemplate=f"method: {METHOD_NAMES['mopo']}<br>structure: {ex.name}<br>τ={cfg['tau']:g}, "
+                                      f"ε={cfg['eps']:g}<br>{lines}<extra></extra>")
+    return shared.style(fig, front_title(names, title), shared.axis_title(names, 1), shared.axis_title(names, 0), 520)
+
+
+def multiplier_figure(outs, names) -> go.Figure:
+    fig = go.Figure()
+    k = len(names)
+    for out in outs:
+        c, pts = colour(out.exact.name), out.points
+        for j in range(1, k):
+            fig.add_scatter(x=pts[f"b{j}"], y=pts[f"lambda{j}"], mode="lines+markers" if k == 2 else "markers",
+                            marker=dict(color=c, size=5, symbol="circle" if j == 1 else "diamond"),
+                            line=dict(color=c, dash="solid" if j == 1 else "dash"), legendgroup=out.exact.name,
+                            name=f"λ{j} · {out.exact.name}", customdata=pts[["V0", f"V{j}"]].to_numpy(),
+                            hovertemplate=f"method: {METHOD_NAMES['mopo']}<br>structure: {out.exact.name}<br>"
+                                          f"threshold b{j}=%{{x:.4f}}<br>λ{j}=%{{y:.4f}}<br>V0=%{{customdata[0]:.4f}}"
+                                          f"<br>V{j}=%{{customdata[1]:.4f}}<extra></extra>")
+    x_title = ("threshold b_j on V_j (win-rate vs behaviour; higher is stricter →)" if k > 2 else
+               f"threshold b1 on V1 {names[1]} (win-rate vs behaviour; higher is stricter →)")
+    return shared.style(fig, "Multipliers as the threshold moves (λ = 0: the constraint is slack)",
+                        x_title, "multiplier λ (≥ 0; the price of the constraint ↑)", 400)
+
+
+def metrics_figure(tables: pd.DataFrame, parameter: str) -> go.Figure:
+    symbol = ab.SYMBOLS[parameter]
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t, _ in METRIC_PANELS], vertical_spacing=0.16)
+    method = METHOD_NAMES["mopo_alg1" if parameter in ab.ALGORITHM1_PARAMETERS else "mopo"]
+    for name, rows in tables.groupby("structure", sort=False):
+        for i, (col, _, axis) in enumerate(METRIC_PANELS):
+            fig.add_scatter(x=rows.label, y=rows[col], mode="lines+markers", row=i // 2 + 1, col=i % 2 + 1,
+                            marker=dict(color=colour(name), size=8), line=dict(color=colour(name)),
+                            name=name, legendgroup=name, showlegend=i == 0,
+                            hovertemplate=f"method: {method}<br>structure: {name}<br>%{{x}}<br>{axis.split(' (')[0]}"
+                                          f"=%{{y:.4f}}<extra></extra>")
+    ranges = {"hv_ratio": [0, max(1.05, float(np.nanmax(tables.hv_ratio, initial=0)) + 0.05)],
+              "satisfaction": [-0.05, 1.05]}
+    for i, (col, _, axis) in enumerate(METRIC_PANELS):
+        fig.update_yaxes(title_text=axis.replace(" (", "<br>("), range=ranges.get(col), row=i // 2 + 1,
+                         col=i % 2 + 1)
+    fig.update_xaxes(type="category")
+    fig.update_annotations(font_size=12)
+    return shared.style(fig, f"Ablation over {symbol}: SYNTHETIC.md metrics per value (on true preferences)",
+                        f"{symbol} (categories, increasing)", None, 640)
+
+
+def ablation_front_figure(out: ab.AblationOutcome) -> go.Figure:
+    ex, names, parameter = out.exact, out.exact.objective_names, out.config["parameter"]
+    fig = go.Figure()
+    add_exact(fig, ex, "#444444")
+    add_reference_points(fig, [ex], "black")
+    labels = list(dict.fromkeys(out.points.label))
+    shades = sample_colorscale("Viridis", [i / max(len(labels) - 1, 1) for i in range(len(labels))])
+    for label, shade in zip(labels, shades, strict=True):
+        pts = out.points[out.points.label == label]
+        data, lines = point_customdata(pts, ex.n_objectives)
+        method = METHOD_NAMES[pts.method.iloc[0]]
+        fig.add_scatter(x=pts.V1, y=pts.V0, mode="markers", customdata=data, marker=dict(color=shade, size=8),
+                        name=f"{method} · {label}",
+                        hovertemplate=f"method: {method}<br>structure: {ex.name}<br>{label}<br>{lines}<extra></extra>")
+    title = f"{ex.name}: MOPO points for each {ab.SYMBOLS[parameter]} (true values)"
+    return shared.style(fig, front_title(names, title), shared.axis_title(names, 1), shared.axis_title(names, 0), 500)
+
+
+def grouped(outs):
+    """Outcomes grouped by objective names (structures with the same axes share a figure)."""
+    groups: dict[tuple, list] = {}
+    for out in outs:
+        groups.setdefault(out.exact.objective_names, []).append(out)
+    return groups.items()
+
+
+def sweep_metrics_table(outs) -> pd.DataFrame:
+    """Metrics as rows, one column per structure (narrow enough to sit beside the figure)."""
+    table = pd.DataFrame({"metric": [*TABLE_COLUMNS.values(), "front HV"]})
+    for out in outs:
+        table[out.exact.name] = [*(out.metrics[c] for c in TABLE_COLUMNS), out.metrics["front_hypervolume"]]
+    return table
+
+
+def number_format(table: pd.DataFrame) -> dict:
+    """Four significant digits on screen (the CSV / JSON exports keep full precision)."""
+    return {c: st.column_config.NumberColumn(c, format="%.4g") for c in table.columns
+            if pd.api.types.is_float_dtype(table[c])}
+
+
+def reference_caption(outs) -> str:
+    points = "; ".join(f"{o.exact.name} ({', '.join(f'{v:.4f}' for v in o.exact.reference_point)})" for o in outs)
+    return f"Hypervolume reference point (V0, V1, …) = the reference policy's values: {points}."
+
+
+def save_button(outs, kind: str):
+    """"Save as run": one run per structure; the confirmation stays until the settings change."""
+    signature = repr([out.config for out in outs])
+    if st.button("Save as run", key="sweep_save", type="primary",
+                 help=f"Record each structure's {kind} as a run (kind '{kind}') in the run store"):
+        store = shared.run_store()
+        ids = [ab.save_run(store, out) for out in outs]
+        st.session_state["sweep_saved"] = (ids, kind, str(store.path), signature)
+    saved = st.session_state.get("sweep_saved")
+    if saved and saved[3] == signature:
+        ids, saved_kind, path, _ = saved
+        st.success(f"Saved as run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} (kind '{saved_kind}') "
+                   f"in {path}")
+
+
+# --------------------------------------------------------------------------- the page
+
+
+st.title("Sweep: the MOPO front as the threshold moves, and ablations")
+with st.sidebar:
+    st.subheader("Structures")
+    names = st.multiselect("Structures (one colour each)", STRUCTURES, default=["bt_conflict"], key="sweep_structures")
+    n_resp = st.slider("Responses per prompt (N)", 2, 32, 8, key="sweep_n")
+    m_prompts = st.slider("Prompts (M)", 1, 8, 1, key="sweep_m")
+    m_multi = st.slider("Prompts for multi_prompt", 1, 16, 4, key="sweep_m_multi") if "multi_prompt" in names else 4
+    seed = int(st.number_input("Seed", 0, 100_000, 0, key="sweep_seed"))
+    st.subheader("MOPO settings")
+    tau = st.select_slider("KL strength τ", TAUS, value=0.01, key="sweep_tau")
+    eps = st.select_slider("Robust radius ε (0: off)", EPSS, value=0.0, key="sweep_eps")
+    data = st.selectbox("Data: comparisons per prompt (n)", DATA_SIZES, key="sweep_data",
+                        format_func=lambda v: v if isinstance(v, str) else f"{v} sampled comparisons")
+n_comparisons = None if data == EXACT_DATA else int(data)
+
+if not names:
+    st.info("Pick at least one structure in the sidebar.")
+    st.stop()
+
+
+def prompts(name: str) -> int:
+    return m_multi if name == "multi_prompt" else m_prompts
+
+
+mode = st.radio("Mode", ["Threshold sweep", "Ablation"], horizontal=True, key="sweep_mode")
+st.caption("Thresholds run from the reference policy's secondary value to 95% of the attainable maximum (a product "
+           "grid for K = 3). Policies are fitted on the chosen data and every value and metric is on the TRUE "
+           "preferences. Hypervolume reference point: the reference policy's values (drawn on every front).")
+
+if mode == "Threshold sweep":
+    n_thresholds = st.slider("Number of thresholds", 5, 200, ab.SWEEP_THRESHOLDS, key="sweep_n_thresholds")
+    try:
+        outs = [sweep(name, n_resp, prompts(name), seed, tau, eps, n_thresholds, n_comparisons) for name in names]
+    except ValueError as exc:
+        st.error(str(exc))
+        st.stop()
+    save_button(outs, "sweep")
+    for objective_names, group in grouped(outs):
+        key = slug("_".join(objective_names))
+        points = pd.concat([o.points for o in group], ignore_index=True)
+        left, right = st.columns([3, 2])
+        with left:
+            fig = front_figure(group, objective_names, "Threshold sweep: MOPO against the exact front")
+            shared.show_figure(fig, f"sweep_front_{key}", data=points)
+        with right:
+            st.markdown("**Metrics** (SYNTHETIC.md; HV ratio to the exact front, IGD+ to its part above the "
+                        "reference point, satisfaction and regret against the LP optimum)")
+            metrics = sweep_metrics_table(group)
+            shared.show_table(metrics, f"sweep_metrics_{key}", column_config=number_format(metrics))
+            st.caption(reference_caption(group))
+        shared.show_figure(multiplier_figure(group, objective_names), f"sweep_multipliers_{key}", data=points)
+        with st.expander(f"Sweep points ({len(points)} rows)"):
+            shared.show_table(points, f"sweep_points_{key}")
+else:
+    parameter = st.selectbox("Ablated parameter", ab.PARAMETERS, format_func=PARAMETER_NAMES.get,
+                             key="sweep_parameter")
+    algorithm1 = parameter in ab.ALGORITHM1_PARAMETERS
+    picked = st.multiselect(f"Values of {ab.SYMBOLS[parameter]}", VALUE_OPTIONS[parameter],
+                            default=list(ab.DEFAULT_VALUES[parameter]), key=f"sweep_values_{parameter}",
+                            format_func=lambda v: ab.value_label(parameter, v))
+    values = tuple(sorted(picked, key=lambda v: (v is None, 0 if v is None else v)))
+    cols = st.columns(3)
+    n_thresholds = cols[0].slider("Thresholds per value", 2, 50,
+                                  ab.ALGORITHM1_THRESHOLDS if algorithm1 else ab.ABLATION_THRESHOLDS,
+                                  key=f"sweep_ab_thresholds_{'alg1' if algorithm1 else 'exact'}")
+    steps, t0, beta = ab.ALGORITHM1_STEPS, None, None
+    if algorithm1:
+        steps = cols[1].select_slider("Algorithm 1 steps per threshold", [200, 500, 1000, 2000, 4000],
+                                      ab.ALGORITHM1_STEPS, key="sweep_steps")
+        if parameter == "beta":
+            t0 = cols[2].select_slider("Fixed t0 (lagged-reference period)", [1, 10, 50, 100, 200, 500], 100,
+                                       key="sweep_fixed_t0")
+        else:
+            beta = cols[2].selectbox("Fixed β (ratchet)", [None, 0.9, 0.99, 0.999], key="sweep_fixed_beta",
+                                     format_func=lambda v: ab.value_label("beta", v))
+        st.caption("Algorithm 1 runs from the reference at each attainable threshold; its last iterate can sit a "
+                   "hair on either side of a threshold, and a threshold counts as met only within 1e-6.")
+    if not values:
+        st.info("Pick at least one value.")
+        st.stop()
+    try:
+        outs = [ablate(name, n_resp, prompts(name), seed, parameter, values, tau, eps, n_thresholds, n_comparisons,
+                       t0, beta, steps) for name in names]
+    except ValueError as exc:
+        st.error(str(exc))
+        st.stop()
+    save_button(outs, "ablation")
+    table = pd.concat([o.table for o in outs], ignore_index=True)
+    left, right = st.columns([3, 2])
+    with left:
+        shared.show_figure(metrics_figure(table, parameter), f"sweep_ablation_{parameter}", data=table)
+    with right:
+        st.markdown("**Metrics per value** (on the true preferences; gap to exact: distance to exact MOPO on the "
+                    "true preferences at the same τ, ε = 0)")
+        shown = table[["structure", "label", *TABLE_COLUMNS]].rename(columns=TABLE_COLUMNS)
+        shared.show_table(shown, f"sweep_ablation_table_{parameter}", column_config=number_format(shown))
+        st.caption(reference_caption(outs))
+    for out in outs:
+        shared.show_figure(ablation_front_figure(out), f"sweep_ablation_front_{out.exact.name}", data=out.points)
