@@ -11,16 +11,14 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from tests.app_support import figures
+
 from app.shared import CONVENTION
 from mopo_core import compare as C
 from mopo_core.runs import RunStore
 
 PAGE = str(Path(__file__).parents[1] / "app" / "views" / "compare.py")
 FRONT = "fig_compare_front_1_0"
-
-
-def _figures(at) -> list[dict]:
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
 def _trace_names(fig) -> list[str]:
@@ -76,13 +74,13 @@ def test_empty_store_offers_example_runs_and_creating_them_fills_the_page(tmp_pa
     assert len(listed) == 5 and (listed.n_points > 1).all()
     assert at.multiselect(key="compare_runs").value == [1, 2, 3, 4]
     assert "Created example runs" in at.success[0].value
-    titles = [f["layout"]["title"]["text"] for f in _figures(at)]
+    titles = [f["layout"]["title"]["text"] for f in figures(at)]
     assert len(titles) == 4  # fronts, dominance, hypervolume, attainment
     assert all(CONVENTION in t for t in titles)
 
 
 def test_front_figure_has_hover_customdata_reference_point_and_front_marking(page):
-    fig = _figures(page)[0]
+    fig = figures(page)[0]
     assert "HV reference point r = (0.5000, 0.5000): the reference policy's values" in fig["layout"]["title"]["text"]
     assert "higher is better" in fig["layout"]["xaxis"]["title"]["text"]
     assert "↑" in fig["layout"]["yaxis"]["title"]["text"]
@@ -102,10 +100,10 @@ def test_front_figure_has_hover_customdata_reference_point_and_front_marking(pag
 
 
 def test_selecting_runs_changes_the_figure_and_tables(page):
-    before = _figures(page)[0]
+    before = figures(page)[0]
     page.multiselect(key="compare_runs").set_value([1, 2]).run()
     assert not page.exception
-    after = _figures(page)[0]
+    after = figures(page)[0]
     assert after != before
     assert [n for n in _trace_names(after) if n.startswith("#")] == ["#1 example: mopo, bt_conflict, seed 0",
                                                                     "#2 example: mopo, bt_conflict, seed 1"]
@@ -114,7 +112,7 @@ def test_selecting_runs_changes_the_figure_and_tables(page):
     hv = _table(page, "share_of_union")
     assert hv.series.tolist()[-1] == "union of all" and len(hv) == 3
     # Two runs differing only by seed: the attainment figure is drawn.
-    attainment = _figures(page)[-1]
+    attainment = figures(page)[-1]
     assert any("median front" in n for n in _trace_names(attainment))
     assert any("25–75%" in n for n in _trace_names(attainment))
 
@@ -145,7 +143,7 @@ def test_clicking_a_point_fills_the_details_panel(page):
     assert any("point 3 · mopo" in e.label for e in page.expander)
     selected = _table(page, "kl_to_reference")
     assert selected[["run_id", "idx", "label"]].values.tolist() == [[1, 3, "mopo"]]
-    figs = _figures(page)
+    figs = figures(page)
     assert "selected point(s)" in _trace_names(figs[0])
     policy = next(f for f in figs if f["layout"]["title"]["text"].startswith("Policies"))
     assert "reference policy π_ref" in _trace_names(policy)
@@ -153,7 +151,7 @@ def test_clicking_a_point_fills_the_details_panel(page):
     assert page.session_state["compare_pinned"] == [(1, 3)]
     page.button(key="compare_clear").click().run()
     assert page.session_state["compare_pinned"] == []
-    assert "selected point(s)" not in _trace_names(_figures(page)[0])
+    assert "selected point(s)" not in _trace_names(figures(page)[0])
 
 
 def test_runs_of_different_k_are_not_overlaid_and_k3_views_are_linked(page):
@@ -164,7 +162,7 @@ def test_runs_of_different_k_are_not_overlaid_and_k3_views_are_linked(page):
     page.session_state["compare_pinned"] = [(5, 4)]
     page.run()
     assert not page.exception
-    figs = _figures(page)
+    figs = figures(page)
     assert figs[0]["data"][0]["type"] == "parcoords"
     projections = [f for f in figs if f["layout"]["title"]["text"].startswith("V")]
     assert len(projections) == 3
@@ -177,7 +175,7 @@ def test_reference_point_is_editable_and_stated(page):
     assert box.value == pytest.approx(0.5)
     box.set_value(0.3).run()
     assert not page.exception
-    assert "r = (0.3000, 0.5000): set by you in the sidebar" in _figures(page)[0]["layout"]["title"]["text"]
+    assert "r = (0.3000, 0.5000): set by you in the sidebar" in figures(page)[0]["layout"]["title"]["text"]
     hv = _table(page, "share_of_union")
     assert hv.hypervolume.iloc[-1] > 0.0107  # a lower reference point adds volume
 

@@ -1,25 +1,21 @@
 """The Learn page through Streamlit's AppTest: every step renders, the widgets drive the figures,
 Step / Play / Reset move the dual iterate, and the capability table is there."""
-import base64
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.app_support import figures
+
 from mopo_core.teaching import QUESTIONS
 
 PAGE = Path(__file__).parents[1] / "app" / "views" / "learn.py"
 
 
-def _figures(at) -> list[dict]:
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-
-
 def _figure(at, title_start: str) -> dict:
-    matches = [f for f in _figures(at) if f["layout"]["title"]["text"].startswith(title_start)]
-    assert len(matches) == 1, [f["layout"]["title"]["text"] for f in _figures(at)]
+    matches = [f for f in figures(at) if f["layout"]["title"]["text"].startswith(title_start)]
+    assert len(matches) == 1, [f["layout"]["title"]["text"] for f in figures(at)]
     return matches[0]
 
 
@@ -28,9 +24,6 @@ def _trace(fig: dict, name_start: str) -> dict:
 
 
 def _array(value) -> np.ndarray:
-    """A trace's x / y as an array: a plain list, or Plotly's typed-array encoding {dtype, bdata}."""
-    if isinstance(value, dict):
-        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).reshape(value.get("shape", -1))
     return np.asarray(value, dtype=float)
 
 
@@ -50,7 +43,7 @@ def app():
 def test_every_step_renders_with_the_figure_conventions(app):
     headers = [h.value for h in app.header]
     assert [h.split(" · ")[0] for h in headers] == ["1", "2", "3", "4", "5", "6"]
-    figs = _figures(app)
+    figs = figures(app)
     assert len(figs) == 10
     for fig in figs:
         title = fig["layout"]["title"]["text"]
@@ -135,7 +128,7 @@ def test_unattainable_threshold_warns_and_the_steps_stay_finite(app):
     assert np.isfinite(_y(_figure(app, "One dual step at a time"), "λ_t")).all()
 
 
-def test_tau_changes_the_tilt_and_the_tau_figures(app):
+def test_tau_changes_the_tilt_and_the_taufigures(app):
     before = _y(_figure(app, "Reference against the tilt"), "tilted")
     app.select_slider(key="learn_tau").set_value(0.5).run()
     assert not app.exception

@@ -1,13 +1,13 @@
 """The Sweep page through Streamlit's AppTest: widgets drive the figures, the metrics table sits beside the
 front, errors are shown, and "Save as run" writes to the run store. The store is a temporary file
 ($MOPO_STORE) and the cached ``shared.run_store()`` is cleared so that each test gets its own."""
-import base64
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from tests.app_support import figures
 
 from app import shared
 from mopo_core.runs import RunStore
@@ -15,19 +15,12 @@ from mopo_core.runs import RunStore
 PAGE = str(Path(__file__).parents[1] / "app" / "views" / "sweep.py")
 
 
-def _figures(at):
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-
-
 def _trace(fig, prefix):
     return [t for t in fig["data"] if t.get("name", "").startswith(prefix)]
 
 
-def _array(value):
-    """A trace array from the figure JSON (plotly 7 encodes numeric arrays as {"dtype", "bdata"})."""
-    if isinstance(value, dict):
-        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-    return np.asarray(value)
+def _array(value) -> np.ndarray:
+    return np.asarray(value, dtype=float)
 
 
 def _n_points(trace):
@@ -52,7 +45,7 @@ def app(store_path):
 
 
 def test_sweep_shows_front_reference_point_mopo_and_metrics_table(app):
-    front, multipliers = _figures(app)
+    front, multipliers = figures(app)
     names = [t["name"] for t in front["data"]]
     assert any(n.startswith("exact front") for n in names)
     assert any(n.startswith("HV reference point") for n in names)
@@ -75,7 +68,7 @@ def test_sweep_shows_front_reference_point_mopo_and_metrics_table(app):
 
 def test_widgets_change_the_figure(app):
     def front(at):
-        return _figures(at)[0]
+        return figures(at)[0]
 
     before = front(app)
     app.select_slider(key="sweep_tau").set_value(0.1).run()
@@ -96,7 +89,7 @@ def test_widgets_change_the_figure(app):
 
     app.radio(key="sweep_mode").set_value("Ablation").run()
     assert not app.exception
-    figs = _figures(app)
+    figs = figures(app)
     assert figs[0]["layout"]["title"]["text"].startswith("Ablation over τ")
     assert len(figs) == 1 + 2  # the metrics panel, then one front per structure
     table = app.dataframe[0].value
@@ -115,7 +108,7 @@ def test_ablation_parameters(app):
     app.select_slider(key="sweep_steps").set_value(200)
     app.slider(key="sweep_ab_thresholds_alg1").set_value(2).run()
     assert not app.exception
-    fronts = _figures(app)[1]
+    fronts = figures(app)[1]
     mopo = _trace(fronts, "MOPO (Algorithm 1)")
     assert [t["name"].split(" · ")[1] for t in mopo] == ["t0=1", "t0=10", "t0=100", "t0=∞ (off)"]
 
