@@ -118,33 +118,33 @@ def uploaded_instance(name: str, data: bytes) -> Instance:
 
 
 def instance_picker(key: str, allow_upload: bool = True, default: str = "bt_conflict") -> Instance | None:
-    """Sidebar widgets choosing a structure (or an uploaded file); returns the instance, or
-    None after showing an error for a bad upload."""
+    """Sidebar widgets choosing a structure (or an uploaded file); returns the instance, or None
+    after saying in the main area what to do (upload a file, or fix the one uploaded)."""
     with st.sidebar:
         st.subheader("Instance")
         source = "structure"
         if allow_upload:
             source = st.radio("Source", ["structure", "upload"], horizontal=True, key=f"{key}_source")
         if source == "upload":
-            file = st.file_uploader("Preference matrices (.npy or .json; (K,N,N) or (K,M,N,N))",
-                                    type=["npy", "json"], key=f"{key}_upload")
-            if file is None:
-                st.info("Upload a file, or switch back to a built-in structure.")
-                return None
-            try:
-                return uploaded_instance(file.name, file.getvalue())
-            except ValueError as exc:
-                st.error(str(exc))
-                return None
-        name = st.selectbox("Structure", STRUCTURES, index=STRUCTURES.index(default), key=f"{key}_structure")
-        n = st.slider("Responses per prompt (N)", 2, 64, 8, key=f"{key}_n")
-        m = st.slider("Prompts (M)", 1, 16, 4 if name == "multi_prompt" else 1, key=f"{key}_m")
-        seed = st.number_input("Seed", 0, 100_000, 0, key=f"{key}_seed")
-        params = _parameter_widgets(name, key)
+            file = st.file_uploader(f"Preference matrices (.npy or .json; (K,N,N) or (K,M,N,N); at most "
+                                    f"{MAX_UPLOAD_BYTES // 2**20} MiB)", type=["npy", "json"], key=f"{key}_upload")
+        else:
+            name = st.selectbox("Structure", STRUCTURES, index=STRUCTURES.index(default), key=f"{key}_structure")
+            n = st.slider("Responses per prompt (N)", 2, 64, 8, key=f"{key}_n")
+            m = st.slider("Prompts (M)", 1, 16, 4 if name == "multi_prompt" else 1, key=f"{key}_m")
+            seed = st.number_input("Seed", 0, 100_000, 0, key=f"{key}_seed")
+            params = _parameter_widgets(name, key)
     try:
-        return structure_instance(name, n, m, int(seed), params)
+        if source == "structure":
+            return structure_instance(name, n, m, int(seed), params)
+        if file is None:
+            st.info("Upload a preference file in the sidebar, or switch back to a built-in structure. Format: "
+                    "a .npy array or a .json list (or {\"preferences\": ...}) of shape (K, N, N) or (K, M, N, N) "
+                    "with P[k, m, i, j] = P_k(y_i beats y_j | x_m), P + Pᵀ = 1; objective 0 is the primary.")
+            return None
+        return uploaded_instance(file.name, file.getvalue())
     except ValueError as exc:
-        st.error(f"{name}: {exc}")
+        st.error(str(exc) if source == "upload" else f"{name}: {exc}")
         return None
 
 

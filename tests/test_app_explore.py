@@ -100,7 +100,7 @@ def test_upload_errors_are_shown_on_the_page(monkeypatch):
     at.run()
     at.radio(key="explore_source").set_value("upload").run()
     assert not at.exception
-    assert any("Upload a file" in i.value for i in at.info)
+    assert any("Upload a preference file" in i.value for i in at.info)
     # AppTest cannot attach a file: the uploader's handler is exercised through its function
     with pytest.raises(ValueError, match="prefs.txt: expected a .npy or .json file"):
         shared.read_preferences_file("prefs.txt", b"1 2 3")

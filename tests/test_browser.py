@@ -173,3 +173,20 @@ def test_download_a_csv(server, browser):
         time.sleep(0.5)
     assert done, "no CSV arrived in the download folder"
     assert done[0].read_text().startswith("method,")
+
+
+def test_a_bad_upload_shows_an_error_naming_the_file_and_problem(server, browser, tmp_path):
+    import numpy as np
+
+    bad = tmp_path / "bad_matrices.npy"
+    np.save(bad, np.full((2, 3, 3), 0.7))
+    _open(browser, server, "explore")
+    next(label for label in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label')
+         if label.text.strip() == "upload").click()
+    WebDriverWait(browser, 60).until(EC.presence_of_element_located((By.CSS_SELECTOR, 'input[type="file"]')))
+    browser.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(bad))
+    WebDriverWait(browser, 60).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, '[data-testid="stAlertContentError"]')))
+    message = browser.find_element(By.CSS_SELECTOR, '[data-testid="stAlertContentError"]').text
+    assert "bad_matrices.npy" in message and "P + P^T != 1" in message
+    _shot(browser, "explore_bad_upload")
