@@ -75,11 +75,14 @@ def _check_win_rates(w, prompt_weights) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- indicators
 
 
-def _dominance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(Pa, Pb)`` bool: ``a[i]`` dominates ``b[j]`` (``>=`` everywhere, ``>`` somewhere)."""
-    ge = (a[:, None, :] >= b[None, :, :]).all(axis=-1)
-    gt = (a[:, None, :] > b[None, :, :]).any(axis=-1)
-    return ge & gt
+#: Differences below this (win-rate units) count as ties in dominance counts between methods.
+DOMINANCE_TOL = 1e-9
+
+
+def _dominance(a: np.ndarray, b: np.ndarray, tol: float = 0.0) -> np.ndarray:
+    """``(Pa, Pb)`` bool: ``a[i]`` dominates ``b[j]`` (``>= - tol`` everywhere, ``> + tol`` somewhere)."""
+    diff = a[:, None, :] - b[None, :, :]
+    return (diff >= -tol).all(axis=-1) & (diff > tol).any(axis=-1)
 
 
 def dominates(a, b) -> bool:
@@ -129,11 +132,12 @@ def igd_plus(points, front) -> float:
     return float(moocore.igd_plus(pts, ref=ref, maximise=True))
 
 
-def dominance_matrix(point_sets: dict) -> pd.DataFrame:
+def dominance_matrix(point_sets: dict, tol: float = DOMINANCE_TOL) -> pd.DataFrame:
     """Pairwise dominance counts between named point sets ``{name: (P_i, K)}``.
 
     Entry ``[A, B]`` is the number of A's points that dominate at least one point of B
-    (``>=`` in every objective and ``>`` in one). The diagonal is 0.
+    (``>=`` in every objective and ``>`` in one, both up to ``tol``, so that two methods that
+    find the same policy up to rounding do not "dominate" each other). The diagonal is 0.
     """
     sets = {name: _check_points(pts, f"point_sets[{name!r}]") for name, pts in point_sets.items()}
     ks = {arr.shape[1] for arr in sets.values() if len(arr)}
@@ -143,7 +147,7 @@ def dominance_matrix(point_sets: dict) -> pd.DataFrame:
     out = pd.DataFrame(0, index=pd.Index(names, name="A"), columns=pd.Index(names, name="B"))
     for a, b in itertools.permutations(names, 2):
         if len(sets[a]) and len(sets[b]):
-            out.loc[a, b] = int(_dominance(sets[a], sets[b]).any(axis=1).sum())
+            out.loc[a, b] = int(_dominance(sets[a], sets[b], tol).any(axis=1).sum())
     return out
 
 

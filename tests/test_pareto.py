@@ -270,3 +270,12 @@ def test_three_objective_front_points_are_lp_optima():
     assert 0 < hv <= np.prod(attainable_max(w, nu) - ref)
     with pytest.raises(ValueError, match="front: front_value needs a K = 2"):
         front_value(front, 0.5)
+
+
+def test_dominance_matrix_treats_rounding_differences_as_ties():
+    a = np.array([[0.5, 0.6]])
+    same_up_to_rounding = a + np.array([[1e-12, 0.0]])
+    counts = dominance_matrix({"a": a, "b": same_up_to_rounding})
+    assert counts.loc["b", "a"] == 0 and counts.loc["a", "b"] == 0
+    clearly_better = a + np.array([[1e-6, 0.0]])
+    assert dominance_matrix({"a": a, "c": clearly_better}).loc["c", "a"] == 1
