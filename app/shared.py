@@ -14,9 +14,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mopo_core.pareto import attainable_max, exact_front
 from mopo_core.runs import RunStore, to_jsonable
-from mopo_core.tabular import TabularProblem, policy_values
+from mopo_core.suite import ExactReference, exact_answers
+from mopo_core.tabular import TabularProblem
 from mopo_core.validation import check_preferences
 from synthetic import PARAMETER_CHOICES, STRUCTURES, Structure, make_structure, structure_parameters
 
@@ -27,41 +27,50 @@ MAX_UPLOAD_BYTES = 5 * 2**20
 
 @dataclass
 class Instance:
-    """What a page works on: a validated problem plus its exact answers.
-
-    label: a human name; problem: mopo_core.tabular.TabularProblem; objective_names (K,);
-    front_points (P, K): the exact unregularised front; reference_point (K,): the reference
-    policy's values (the hypervolume reference point); top (K,): attainable maxima.
-    """
+    """What a page works on: a label and the instance's exact answers
+    (:class:`mopo_core.suite.ExactReference`: the validated problem, the exact front, the
+    reference policy's values = the hypervolume reference point)."""
 
     label: str
-    problem: TabularProblem
-    objective_names: tuple[str, ...]
-    front_points: np.ndarray
-    reference_point: np.ndarray
-    top: np.ndarray
-    structure: Structure | None = None
+    exact: ExactReference
+
+    @property
+    def problem(self) -> TabularProblem:
+        return self.exact.problem
+
+    @property
+    def structure(self) -> Structure:
+        return self.exact.structure
+
+    @property
+    def objective_names(self) -> tuple[str, ...]:
+        return self.exact.objective_names
 
     @property
     def n_objectives(self) -> int:
-        return self.problem.rates.shape[0]
+        return self.exact.n_objectives
 
+    @property
+    def front_points(self) -> np.ndarray:
+        """(P, K) the exact unregularised front."""
+        return self.exact.front.points
 
-def _instance_from_problem(label, problem, names, structure=None) -> Instance:
-    rates, nu = problem.rates, problem.prompt_weights
-    front = exact_front(rates, nu)
-    return Instance(label, problem, tuple(names), front.points, policy_values(problem.reference, rates, nu),
-                    attainable_max(rates, nu), structure)
+    @property
+    def reference_point(self) -> np.ndarray:
+        return self.exact.reference_point
+
+    @property
+    def top(self) -> np.ndarray:
+        """(K,) attainable maxima."""
+        return self.exact.attainable_max
 
 
 @st.cache_resource(show_spinner="Building the instance and its exact front…", max_entries=16)
 def structure_instance(name: str, n_responses: int, n_prompts: int, seed: int, params: tuple = ()) -> Instance:
     """A synthetic structure; ``params`` is a tuple of (name, value) overrides (hashable for the cache)."""
     s = make_structure(name, n_responses=n_responses, n_prompts=n_prompts, seed=seed, **dict(params))
-    problem = TabularProblem.build(s.preferences, s.reference, s.behaviour, s.prompt_weights)
     changed = "".join(f", {k}={v}" for k, v in params)
-    label = f"{name} (N={n_responses}, M={n_prompts}, seed={seed}{changed})"
-    return _instance_from_problem(label, problem, s.objective_names, s)
+    return Instance(f"{name} (N={n_responses}, M={n_prompts}, seed={seed}{changed})", exact_answers(s))
 
 
 def _parameter_widgets(name: str, key: str) -> tuple:
@@ -113,8 +122,7 @@ def uploaded_instance(name: str, data: bytes) -> Instance:
     names = ("primary", *[f"secondary {j}" for j in range(1, k)])
     structure = Structure(name=f"upload:{name}", params={}, seed=0, preferences=prefs, reference=uniform,
                           behaviour=uniform, prompt_weights=np.full(m, 1.0 / m), objective_names=names)
-    problem = TabularProblem.build(prefs)
-    return _instance_from_problem(f"{name} (K={k}, M={m}, N={n})", problem, names, structure)
+    return Instance(f"{name} (K={k}, M={m}, N={n})", exact_answers(structure))
 
 
 def instance_picker(key: str, allow_upload: bool = True, default: str = "bt_conflict") -> Instance | None:

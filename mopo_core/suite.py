@@ -148,6 +148,7 @@ def _threshold_metrics(values, method, grid, lp_values) -> dict[str, float]:
 class ExactReference:
     """A structure with its exact answers.
 
+    problem: the validated :class:`TabularProblem` on the TRUE preferences (solve / sweep on it);
     rates (K, M, N): true win-rates against the behaviour policy; reference_point (K,): the
     reference policy's values (the hypervolume reference point); front: the exact unregularised
     front; front_hypervolume: its hypervolume above the reference point; covered (P, K): the
@@ -155,7 +156,7 @@ class ExactReference:
     """
 
     structure: Structure
-    rates: np.ndarray
+    problem: TabularProblem
     reference_point: np.ndarray
     front: ExactFront
     front_hypervolume: float
@@ -164,6 +165,15 @@ class ExactReference:
     @property
     def name(self) -> str:
         return self.structure.name
+
+    @property
+    def rates(self) -> np.ndarray:
+        return self.problem.rates
+
+    @property
+    def attainable_max(self) -> np.ndarray:
+        """(K,) each objective's largest value over all policies."""
+        return attainable_max(self.rates, self.prompt_weights)
 
     @property
     def objective_names(self) -> tuple[str, ...]:
@@ -197,7 +207,7 @@ def exact_answers(structure: Structure) -> ExactReference:
     ref_point = policy_values(problem.reference, rates, nu)
     front = exact_front(rates, nu)
     covered = front.points[np.all(front.points >= ref_point, axis=1)]
-    return ExactReference(structure, rates, ref_point, front, front.hypervolume(ref_point),
+    return ExactReference(structure, problem, ref_point, front, front.hypervolume(ref_point),
                           covered if len(covered) else front.points)
 
 
