@@ -1,0 +1,356 @@
+"""The LM trainer's building blocks against hand computations (mopo_core/lm_losses.py)."""
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from mopo_core import lm_losses as L
+from mopo_core.tabular import TiltFamily
+from tests.reference_solvers import robust_bound_slsqp
+
+VOCAB = 11
+PAD = 0
+# (prompt tokens, response tokens) of different lengths
+EXAMPLES = [([1, 2, 3], [4, 5]), ([6], [7, 8, 9, 10]), ([2, 9], [3]), ([5, 5, 1, 7], [2, 6, 4])]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=VOCAB, n_positions=32,
+                                     bos_token_id=None, eos_token_id=None)
+    return transformers.GPT2LMHeadModel(config).double().eval()
+
+
+def pad_batch(examples, side):
+    """Padded input_ids, attention_mask and response_mask (B, T) for (prompt, response) lists."""
+    width = max(len(p) + len(r) for p, r in examples)
+    ids, attn, resp = [], [], []
+    for prompt, response in examples:
+        tokens = prompt + response
+        fill = [PAD] * (width - len(tokens))
+        is_resp = [0] * len(prompt) + [1] * len(response)
+        zeros = [0] * len(fill)
+        if side == "left":
+            ids.append(fill + tokens), attn.append(zeros + [1] * len(tokens)), resp.append(zeros + is_resp)
+        else:
+            ids.append(tokens + fill), attn.append([1] * len(tokens) + zeros), resp.append(is_resp + zeros)
+    return torch.tensor(ids), torch.tensor(attn), torch.tensor(resp)
+
+
+def hand_logprob(model, prompt, response):
+    """log pi(response | prompt) with an explicit loop over the unpadded sequence."""
+    tokens = prompt + response
+    logits = model(input_ids=torch.tensor([tokens])).logits[0]
+    total = 0.0
+    for t in range(len(prompt), len(tokens)):
+        total = total + torch.log_softmax(logits[t - 1], dim=-1)[tokens[t]]
+    return total
+
+
+# --------------------------------------------------------------------------- log-probs
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_sequence_logprobs_matches_hand_loop(model, side):
+    batch = pad_batch(EXAMPLES, side)
+    with torch.no_grad():
+        got = L.sequence_logprobs(model, *batch)
+        chunked = L.sequence_logprobs(model, *batch, chunk_size=2)
+        expected = torch.stack([hand_logprob(model, p, r) for p, r in EXAMPLES])
+    assert got.shape == (len(EXAMPLES),)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+    torch.testing.assert_close(chunked, got, rtol=0, atol=1e-10)
+
+
+def test_chunked_matches_unchunked_in_float32_with_gradients():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 9, 50, requires_grad=True)
+    ids = torch.randint(0, 50, (3, 9))
+    mask = torch.zeros(3, 9, dtype=torch.long)
+    mask[:, 3:] = 1
+    full = L.response_logprobs(logits, ids, mask)
+    (g_full,) = torch.autograd.grad(full.sum(), logits)
+    for chunk in (1, 3, 4):
+        part = L.response_logprobs(logits, ids, mask, chunk_size=chunk)
+        (g_part,) = torch.autograd.grad(part.sum(), logits)
+        torch.testing.assert_close(part, full, rtol=0, atol=1e-5)
+        torch.testing.assert_close(g_part, g_full, rtol=0, atol=1e-6)
+
+
+def test_low_precision_logits_are_upcast_per_chunk():
+    torch.manual_seed(2)
+    logits = torch.randn(2, 6, 40).to(torch.bfloat16)
+    ids = torch.randint(0, 40, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[:, 0] = 0
+    got = L.response_logprobs(logits, ids, mask, chunk_size=2)
+    expected = L.response_logprobs(logits.double(), ids, mask)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-5)
+
+
+def test_response_token_at_position_zero_is_rejected():
+    with pytest.raises(ValueError, match="position 0"):
+        L.response_logprobs(torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3))
+
+
+# --------------------------------------------------------------------------- weighted BC gradients
+
+
+def test_weighted_bc_gradient_is_the_hand_weighted_score(model):
+    """grad of weighted_bc_loss == -mean_i w_i grad log pi(y_i|x_i), per-example grads by autograd."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    rng = np.random.default_rng(3)
+    w = rng.uniform(size=(2, len(EXAMPLES)))
+    weights, _ = L.mopo_weights(w, [0.8], 0.3, group=[0, 0, 1, 1])
+
+    loss = L.weighted_bc_loss(L.sequence_logprobs(model, *pad_batch(EXAMPLES, "left")), weights)
+    got = torch.autograd.grad(loss, params)
+
+    expected = [torch.zeros_like(p) for p in params]
+    for wi, (prompt, response) in zip(weights, EXAMPLES):
+        per_example = torch.autograd.grad(hand_logprob(model, prompt, response), params)
+        for acc, g in zip(expected, per_example):
+            acc -= wi.item() * g / len(EXAMPLES)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
+
+
+def test_weights_carry_no_gradient():
+    logp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    weights = torch.tensor([0.5, 1.5], requires_grad=True)
+    L.weighted_bc_loss(logp, weights).backward()
+    assert weights.grad is None
+    torch.testing.assert_close(logp.grad, torch.tensor([-0.25, -0.75]))
+
+
+def test_tabular_weighted_bc_gradient_is_algorithm1_step():
+    """Full support weighted by pi_ref: grad = nu * (softmax(theta) - pi_lam), the tabular Algorithm 1 gradient."""
+    rng = np.random.default_rng(4)
+    m, n, tau, lam = 3, 5, 0.25, np.array([0.7, 1.3])
+    reference = rng.dirichlet(np.ones(n), size=m)
+    reference[1, 2] = 0.0  # a response outside the reference's support gets weight 0
+    reference /= reference.sum(axis=1, keepdims=True)
+    rates = rng.uniform(size=(3, m, n))
+    theta = torch.tensor(rng.normal(size=(m, n)), requires_grad=True)
+
+    rows_m, rows_n = np.divmod(np.arange(m * n), n)
+    with np.errstate(divide="ignore"):
+        log_ref = np.log(reference)[rows_m, rows_n]
+    weights, _ = L.mopo_weights(rates[:, rows_m, rows_n], lam, tau, group=rows_m, log_importance=log_ref)
+    logp = torch.log_softmax(theta, dim=1)[rows_m, rows_n]
+    (grad,) = torch.autograd.grad(L.weighted_bc_loss(logp, weights), theta)
+
+    target = TiltFamily(rates[0], rates[1:], reference, np.full(m, 1 / m), tau).policy(lam)
+    expected = (torch.softmax(theta, dim=1).detach().numpy() - target) / m
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=0, atol=1e-12)
+    assert weights[(rows_m == 1) & (rows_n == 2)].item() == 0.0
+
+
+# --------------------------------------------------------------------------- MOPO weights
+
+
+def test_weights_match_explicit_formula_and_average_one_per_prompt():
+    rng = np.random.default_rng(5)
+    group = np.array([7, 3, 7, 3, 3, 9])  # arbitrary, interleaved prompt ids; one singleton
+    w = rng.uniform(size=(3, group.size))
+    lam, tau = np.array([0.4, 2.0]), 0.5
+    weights, ess = L.mopo_weights(w, lam, tau, group)
+    tilt = np.exp((w[0] + lam @ w[1:]) / tau)
+    for g in np.unique(group):
+        rows = group == g
+        np.testing.assert_allclose(weights[rows].numpy(), tilt[rows] / tilt[rows].mean(), rtol=1e-12)
+        assert weights[rows].mean().item() == pytest.approx(1.0, abs=1e-12)
+    assert ess == pytest.approx(weights.sum().item() ** 2 / (weights**2).sum().item())
+    assert weights.dtype == torch.float64 and not weights.requires_grad
+
+
+def test_weights_invariant_to_per_prompt_shifts():
+    rng = np.random.default_rng(6)
+    group = np.repeat([0, 1, 2], 4)
+    w = rng.uniform(size=(2, group.size))
+    shift = rng.normal(size=3)[group]
+    base, _ = L.mopo_weights(w, [1.5], 0.2, group)
+    for k in range(2):
+        shifted = w.copy()
+        shifted[k] += shift
+        torch.testing.assert_close(L.mopo_weights(shifted, [1.5], 0.2, group)[0], base, rtol=1e-12, atol=0)
+
+
+def test_weights_tend_to_one_without_tilt_and_ess_is_batch_size():
+    rng = np.random.default_rng(7)
+    group = np.repeat([0, 1], 3)
+    weights, ess = L.mopo_weights(rng.uniform(size=(2, 6)), [0.0], 1e7, group)
+    torch.testing.assert_close(weights, torch.ones(6, dtype=torch.float64), rtol=0, atol=1e-6)
+    assert L.effective_sample_size(torch.ones(6)) == 6.0
+    assert L.effective_sample_size(torch.ones(6), fraction=True) == 1.0
+    assert L.effective_sample_size(torch.tensor([0.0, 3.0, 0.0])) == 1.0
+    assert ess == pytest.approx(6.0, abs=1e-6)
+
+
+def test_weights_stable_for_sharp_tilts():
+    """tau = 0.08 and a large multiplier span e^600: the naive exp overflows, log-space does not."""
+    w = np.array([[0.0, 1.0, 0.5, 0.2], [1.0, 0.0, 0.5, 0.9]])
+    weights, ess = L.mopo_weights(w, [50.0], 0.08, [0, 0, 1, 1])
+    assert torch.isfinite(weights).all()
+    torch.testing.assert_close(weights, torch.tensor([2.0, 0.0, 0.0, 2.0], dtype=torch.float64))
+    assert ess == pytest.approx(2.0)
+
+
+def test_weights_reject_bad_arguments():
+    with pytest.raises(ValueError, match="tau"):
+        L.mopo_weights(np.ones((2, 2)), [0.0], 0.0, [0, 0])
+    with pytest.raises(ValueError, match="lam"):
+        L.mopo_weights(np.ones((3, 2)), [0.0], 1.0, [0, 0])
+    with pytest.raises(ValueError, match="zero total weight"):
+        L.mopo_weights(np.ones((1, 2)), [], 1.0, [0, 0], log_importance=[-np.inf, -np.inf])
+
+
+# --------------------------------------------------------------------------- dual updates
+
+
+def test_constraint_estimates_by_hand():
+    w_sec = np.array([[1.0, 0.0, 0.5, 0.25, 0.75]])
+    weights = np.array([1.5, 0.5, 1.0, 2.0, 0.0])
+    group = np.array([0, 0, 1, 1, 1])
+    # prompt 0: (1.5*1 + 0.5*0) / 2 = 0.75; prompt 1: (0.5 + 0.5 + 0) / 3 = 1/3
+    got = L.constraint_estimates(w_sec, weights, group)
+    torch.testing.assert_close(got, torch.tensor([(0.75 + 1 / 3) / 2], dtype=torch.float64))
+
+
+def test_constraint_estimates_are_tabular_values_on_full_support():
+    rng = np.random.default_rng(8)
+    m, n, tau, lam = 2, 4, 0.3, np.array([0.9])
+    reference = rng.dirichlet(np.ones(n), size=m)
+    rates = rng.uniform(size=(2, m, n))
+    rows_m, rows_n = np.divmod(np.arange(m * n), n)
+    weights, _ = L.mopo_weights(rates[:, rows_m, rows_n], lam, tau, rows_m,
+                                log_importance=np.log(reference)[rows_m, rows_n])
+    family = TiltFamily(rates[0], rates[1:], reference, np.full(m, 1 / m), tau)
+    expected = family.dual(lam, np.zeros(1), order=1)[1]  # grad of the dual at b = 0 is V_sec(pi_lam)
+    np.testing.assert_allclose(L.constraint_estimates(rates[1:, rows_m, rows_n], weights, rows_m).numpy(),
+                               expected, atol=1e-12)
+
+
+def test_lambda_update_projects_to_nonnegative():
+    lam = L.lambda_update([0.5, 0.1], [0.2, 0.9], [0.6, 0.5], lr=1.0)
+    torch.testing.assert_close(lam, torch.tensor([0.9, 0.0], dtype=torch.float64))
+    assert (L.lambda_update([0.0], [1.0], [0.0], lr=10.0) == 0).all()
+
+
+def _robust_batch(seed, n_prompts=3, per_prompt=4):
+    """Interleaved rows of equal-size prompts, plus the hand-built (G, N) table of rho * w_sec."""
+    rng = np.random.default_rng(seed)
+    group = np.tile(np.arange(n_prompts), per_prompt)
+    w = rng.uniform(size=(2, group.size))
+    weights, _ = L.mopo_weights(w, [1.0], 0.4, group)
+    z = np.stack([(weights.numpy() * w[1])[group == g] for g in range(n_prompts)])
+    return w[1:], weights, group, z
+
+
+def test_robust_bound_matches_primal_solver():
+    w_sec, weights, group, z = _robust_batch(9)
+    reference = np.full(z.shape, 1 / z.shape[1])
+    for eps in (0.05, 0.3):
+        lb, chi = L.robust_lower_bounds(w_sec, weights, group, eps)
+        assert lb.item() == pytest.approx(robust_bound_slsqp(z, reference, np.full(3, 1 / 3), eps), abs=1e-6)
+        assert 0 < chi.item() < np.inf
+    lb0, chi0 = L.robust_lower_bounds(w_sec, weights, group, 0.0)
+    torch.testing.assert_close(lb0, L.constraint_estimates(w_sec, weights, group))
+    assert chi0.item() == np.inf
+
+
+def test_robust_bound_with_ragged_prompts_and_importance():
+    """A prompt with rows of zero reference mass is the same bound as without those rows."""
+    rng = np.random.default_rng(10)
+    group = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    w = rng.uniform(size=(2, group.size))
+    log_imp = rng.normal(size=group.size)
+    keep = np.ones(group.size, bool)
+    keep[[1, 5]] = False
+    log_imp_dropped = np.where(keep, log_imp, -np.inf)
+    full, _ = L.mopo_weights(w, [0.6], 0.3, group, log_importance=log_imp_dropped)
+    kept, _ = L.mopo_weights(w[:, keep], [0.6], 0.3, group[keep], log_importance=log_imp[keep])
+    for eps in (0.0, 0.1):
+        a = L.robust_lower_bounds(w[1:], full, group, eps, log_importance=log_imp_dropped)[0]
+        b = L.robust_lower_bounds(w[1:, keep], kept, group[keep], eps, log_importance=log_imp[keep])[0]
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_chi_updates_converge_to_the_optimal_dual():
+    w_sec, weights, group, _ = _robust_batch(11)
+    eps = 0.1
+    lb, chi_star = L.robust_lower_bounds(w_sec, weights, group, eps)
+    chi = torch.ones(1, dtype=torch.float64)
+    for _ in range(400):
+        bound = L.robust_constraint_estimates(chi, w_sec, weights, group, eps)
+        assert bound.item() <= lb.item() + 1e-12  # the dual at any chi is a lower bound
+        chi = L.chi_update(chi, w_sec, weights, group, eps, lr=0.5)
+    assert chi.item() == pytest.approx(chi_star.item(), rel=1e-4)
+    assert L.robust_constraint_estimates(chi, w_sec, weights, group, eps).item() == pytest.approx(lb.item(), abs=1e-9)
+    assert L.chi_update(torch.tensor([1e-3]), w_sec, weights, group, 50.0, lr=1.0).item() == 1e-8
+
+
+# --------------------------------------------------------------------------- pairwise losses
+
+LOGP_C = torch.tensor([-1.0, -2.0])
+LOGP_R = torch.tensor([-1.5, -1.0])
+REF_C = torch.tensor([-1.2, -1.8])
+REF_R = torch.tensor([-1.4, -1.1])
+BETA = 0.5
+# h_c - h_r = [0.2 - (-0.1), -0.2 - 0.1] = [0.3, -0.3]; beta * gap = [0.15, -0.15]
+
+
+def _softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def test_dpo_loss_by_hand_with_and_without_margin():
+    expected = (_softplus(-0.15) + _softplus(0.15)) / 2
+    assert L.dpo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA).item() == pytest.approx(expected, rel=1e-6)
+    margin = torch.tensor([0.1, 0.2])
+    expected_margin = (_softplus(-(0.15 - 0.1)) + _softplus(-(-0.15 - 0.2))) / 2
+    got = L.dpo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA, margin=margin).item()
+    assert got == pytest.approx(expected_margin, rel=1e-6)
+
+
+def test_ipo_loss_by_hand():
+    expected = ((0.3 - 1.0) ** 2 + (-0.3 - 1.0) ** 2) / 2
+    assert L.ipo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dpo_losses_do_not_differentiate_the_reference():
+    ref_c = REF_C.clone().requires_grad_()
+    logp_c = LOGP_C.clone().requires_grad_()
+    L.ipo_loss(logp_c, LOGP_R, ref_c, REF_R, BETA).backward()
+    assert ref_c.grad is None
+    # d/dh_c mean (gap - 1)^2 = (gap - 1) per pair
+    torch.testing.assert_close(logp_c.grad, torch.tensor([0.3 - 1.0, -0.3 - 1.0]))
+
+
+def test_weighted_dpo_loss_soft_and_multi_objective_labels():
+    def dpo(a_first):
+        args = (LOGP_C, LOGP_R, REF_C, REF_R) if a_first else (LOGP_R, LOGP_C, REF_R, REF_C)
+        return L.dpo_loss(*args, BETA)
+
+    def soft(labels, **kwargs):
+        return L.weighted_dpo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA, labels, **kwargs)
+
+    torch.testing.assert_close(soft(torch.ones(2)), dpo(True))
+    torch.testing.assert_close(soft(torch.zeros(2)), dpo(False))
+    expected = (0.3 * _softplus(-0.15) + 0.7 * _softplus(0.15) + 0.3 * _softplus(0.15) + 0.7 * _softplus(-0.15)) / 2
+    assert soft(torch.full((2,), 0.3)).item() == pytest.approx(expected, rel=1e-6)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(soft(labels, objective_weights=[0.25, 0.75]), soft(torch.tensor([0.25, 0.75])))
+    with pytest.raises(ValueError, match="sum to 1"):
+        soft(labels, objective_weights=[0.5, 0.75])
+
+
+def test_sft_loss_sequence_and_token_means():
+    logp = torch.tensor([-2.0, -6.0])
+    assert L.sft_loss(logp).item() == 4.0
+    assert L.sft_loss(logp, num_tokens=torch.tensor([1, 3])).item() == 2.0
