@@ -1,0 +1,292 @@
+"""The language-model trainer: MOPO (Algorithm 1, offline mode) and baselines on one loop.
+
+Offline mode (MOPO.md section 5): each step draws ``batch_size`` preference pairs; both
+responses of a pair become rows of its prompt's group, with one-comparison win-rate
+estimates ``w_k(a) = l_k``, ``w_k(b) = 1 - l_k``. The multipliers take a projected step on
+the batch estimate of the constraints, the normalised closed-form weights are recomputed,
+and the policy takes a weighted behaviour-cloning step on the response tokens. MOPO needs
+no reference forward pass; DPO and IPO (same loop, same batches) run a frozen copy of the
+starting model for their reference log-probs.
+
+Runs: the config, metric series (loss, lambda_j, constraint_j, threshold_j, ESS, tokens/s)
+and status go to a :class:`mopo_core.runs.RunStore`; a checkpoint (model, optimizer,
+multipliers, thresholds, step) is written atomically every ``checkpoint_every`` steps and
+at the end. Batches and dropout are seeded by (seed, step), so resuming from a checkpoint
+reproduces an uninterrupted run's metrics. ``request_cancel()`` ends the run after the
+current step with status ``cancelled`` and its checkpoint kept.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .lm_losses import (
+    constraint_estimates,
+    ipo_loss,
+    lambda_update,
+    mopo_weights,
+    sequence_logprobs,
+    sft_loss,
+    weighted_bc_loss,
+    weighted_dpo_loss,
+)
+from .models import sequence_ids
+from .preferences import PreferenceDataset
+from .runs import RunStore
+from .validation import check_int, check_positive
+
+METHODS = ("mopo", "dpo", "ipo", "sft")
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run.
+
+    method: "mopo" | "dpo" | "ipo" | "sft"; thresholds (K-1,) for MOPO's secondaries; tau: KL
+    strength (beta of DPO/IPO); steps, batch_size (pairs per step), lr (AdamW), lambda_lr
+    (projected step on the multipliers), beta_ratchet with t0: every t0 steps the thresholds
+    become max(b_user, beta_ratchet * constraint estimate of t0 steps ago); seed; log_every,
+    checkpoint_every (steps).
+    """
+
+    method: str = "mopo"
+    thresholds: tuple[float, ...] = (0.5,)
+    tau: float = 0.08
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    lambda_lr: float = 1.0
+    t0: int | None = None
+    beta_ratchet: float | None = None
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 25
+
+    def validate(self, n_objectives: int) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
+        if self.method == "mopo" and len(self.thresholds) != n_objectives - 1:
+            raise ValueError(f"thresholds: MOPO needs one per secondary objective ({n_objectives - 1}), "
+                             f"got {len(self.thresholds)}")
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            check_int(getattr(self, name), name, 1)
+        for name in ("tau", "lr", "lambda_lr"):
+            check_positive(getattr(self, name), name)
+        if self.beta_ratchet is not None and (self.t0 is None or not 0 < self.beta_ratchet <= 1):
+            raise ValueError(f"beta_ratchet: needs t0 and must lie in (0, 1], got {self.beta_ratchet}, t0={self.t0}")
+
+
+@dataclass
+class TrainResult:
+    """Where a run ended: status ("finished" | "cancelled"), last step, multipliers, thresholds
+    in force, the run id in the store (None without a store) and the metric history."""
+
+    status: str
+    step: int
+    multipliers: list[float]
+    thresholds: list[float]
+    run_id: int | None
+    history: list[dict] = field(default_factory=list)
+
+
+def encode_rows(tokenizer, prompts: list[str], responses: list[str]):
+    """Right-padded ``[bos] prompt response [eos]`` rows: (input_ids, attention_mask, response_mask),
+    each (B, T); the response mask covers the response tokens and eos."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prompt_ids = [sequence_ids(tokenizer, p, add_eos=False) for p in prompts]
+    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + eos for r in responses]
+    rows = [p + r for p, r in zip(prompt_ids, response_ids)]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    response = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        attention[i, : len(p) + len(r)] = 1
+        response[i, len(p): len(p) + len(r)] = 1
+    return ids, attention, response
+
+
+class Trainer:
+    """Owns the loop for one run. ``callbacks`` are called as ``callback(step, metrics)``."""
+
+    def __init__(self, model, tokenizer, dataset: PreferenceDataset, config: TrainConfig,
+                 store: RunStore | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                 callbacks: tuple[Callable[[int, dict], None], ...] = ()):
+        config.validate(dataset.n_objectives)
+        self.model, self.tokenizer, self.dataset, self.config = model, tokenizer, dataset, config
+        self.store, self.callbacks = store, callbacks
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.device = next(model.parameters()).device
+        self.optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr)
+        self.reference = None
+        if config.method in ("dpo", "ipo"):
+            self.reference = copy.deepcopy(model).eval()
+            for p in self.reference.parameters():
+                p.requires_grad_(False)
+        self.prompt_ids = {p: i for i, p in enumerate(dataset.prompts())}
+        self.lam = torch.zeros(dataset.n_objectives - 1, dtype=torch.float64)
+        self.thresholds = torch.tensor(config.thresholds if config.method == "mopo" else [], dtype=torch.float64)
+        self.constraint_history: list[torch.Tensor] = []
+        self.step = 0
+        self.run_id = None
+        self._cancel = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def request_cancel(self) -> None:
+        """End the run after the current step (status ``cancelled``, checkpoint kept)."""
+        self._cancel = True
+
+    def train(self, resume_run_id: int | None = None) -> TrainResult:
+        """Run to ``config.steps`` (from the last checkpoint when ``resume_run_id`` is given)."""
+        if resume_run_id is not None:
+            self._load_checkpoint()
+            self.run_id = resume_run_id
+            if self.store is not None:
+                self.store.set_status(resume_run_id, "running")
+        elif self.store is not None:
+            self.run_id = self.store.create_run("train", {**asdict(self.config), "n_pairs": len(self.dataset),
+                                                          "objectives": list(self.dataset.objectives)})
+        history = []
+        try:
+            while self.step < self.config.steps and not self._cancel:
+                self.step += 1
+                metrics = self._train_step()
+                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+                    history.append({"step": self.step, **metrics})
+                    if self.store is not None:
+                        self.store.log_metrics(self.run_id, self.step, metrics)
+                    for callback in self.callbacks:
+                        callback(self.step, metrics)
+                if self.step % self.config.checkpoint_every == 0:
+                    self._save_checkpoint()
+        except BaseException as exc:
+            if self.store is not None:
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                self.store.set_status(self.run_id, status, f"{type(exc).__name__}: {exc}")
+            raise
+        self._save_checkpoint()
+        status = "cancelled" if self._cancel and self.step < self.config.steps else "finished"
+        if self.store is not None:
+            self.store.set_status(self.run_id, status)
+        return TrainResult(status, self.step, self.lam.tolist(), self.thresholds.tolist(), self.run_id, history)
+
+    # ------------------------------------------------------------------ one step
+
+    def _batch(self):
+        rng = np.random.default_rng([self.config.seed, self.step])
+        picks = rng.integers(len(self.dataset), size=self.config.batch_size)
+        return [self.dataset[int(i)] for i in picks]
+
+    def _logprobs(self, model, prompts, responses):
+        ids, attention, response = (t.to(self.device) for t in encode_rows(self.tokenizer, prompts, responses))
+        return sequence_logprobs(model, ids, attention, response), int(attention.sum())
+
+    def _train_step(self) -> dict:
+        torch.manual_seed(self.config.seed * 1_000_003 + self.step)  # dropout: reproducible across resume
+        self.model.train()
+        pairs = self._batch()
+        start = time.perf_counter()
+        loss, metrics, tokens = getattr(self, f"_{self.config.method}_loss")(pairs)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        metrics.update(loss=float(loss.detach()), tokens_per_s=tokens / max(time.perf_counter() - start, 1e-9))
+        return metrics
+
+    def _mopo_loss(self, pairs):
+        prompts = [p.prompt for p in pairs for _ in range(2)]
+        responses = [r for p in pairs for r in (p.response_a, p.response_b)]
+        labels = torch.tensor([p.labels for p in pairs], dtype=torch.float64).T  # (K, P)
+        w = torch.stack([labels, 1.0 - labels], dim=-1).reshape(labels.shape[0], -1)  # (K, 2P): a, b, a, b, ...
+        group = torch.tensor([self.prompt_ids[p] for p in prompts])
+        weights, _ = mopo_weights(w, self.lam, self.config.tau, group)
+        estimate = constraint_estimates(w[1:], weights, group)
+        self.lam = lambda_update(self.lam, estimate, self.thresholds, self.config.lambda_lr)
+        self._ratchet(estimate)
+        weights, ess = mopo_weights(w, self.lam, self.config.tau, group)
+        logp, tokens = self._logprobs(self.model, prompts, responses)
+        metrics = {"ess": ess / len(responses)}
+        for j in range(self.lam.numel()):
+            metrics.update({f"lambda_{j + 1}": float(self.lam[j]), f"constraint_{j + 1}": float(estimate[j]),
+                            f"threshold_{j + 1}": float(self.thresholds[j])})
+        return weighted_bc_loss(logp, weights.to(logp.dtype).to(self.device)), metrics, tokens
+
+    def _ratchet(self, estimate: torch.Tensor) -> None:
+        """Every t0 steps: b <- max(b_user, beta * the constraint estimate of t0 steps ago)."""
+        if self.config.t0 is None or self.config.beta_ratchet is None:
+            return
+        self.constraint_history.append(estimate)
+        if self.step % self.config.t0 == 0 and len(self.constraint_history) > self.config.t0:
+            lagged = self.constraint_history[-self.config.t0 - 1]
+            user = torch.tensor(self.config.thresholds, dtype=torch.float64)
+            self.thresholds = torch.maximum(user, self.config.beta_ratchet * lagged)
+
+    def _pairwise_logprobs(self, pairs):
+        prompts = [p.prompt for p in pairs]
+        logp_a, n_a = self._logprobs(self.model, prompts, [p.response_a for p in pairs])
+        logp_b, n_b = self._logprobs(self.model, prompts, [p.response_b for p in pairs])
+        with torch.no_grad():
+            ref_a, _ = self._logprobs(self.reference, prompts, [p.response_a for p in pairs])
+            ref_b, _ = self._logprobs(self.reference, prompts, [p.response_b for p in pairs])
+        return logp_a, logp_b, ref_a, ref_b, n_a + n_b
+
+    def _dpo_loss(self, pairs):
+        logp_a, logp_b, ref_a, ref_b, tokens = self._pairwise_logprobs(pairs)
+        labels = torch.tensor([p.labels[0] for p in pairs], dtype=logp_a.dtype, device=self.device)
+        return weighted_dpo_loss(logp_a, logp_b, ref_a, ref_b, self.config.tau, labels), {}, tokens
+
+    def _ipo_loss(self, pairs):
+        logp_a, logp_b, ref_a, ref_b, tokens = self._pairwise_logprobs(pairs)
+        a_wins = torch.tensor([p.labels[0] >= 0.5 for p in pairs], device=self.device)
+        chosen, rejected = torch.where(a_wins, logp_a, logp_b), torch.where(a_wins, logp_b, logp_a)
+        ref_c, ref_r = torch.where(a_wins, ref_a, ref_b), torch.where(a_wins, ref_b, ref_a)
+        return ipo_loss(chosen, rejected, ref_c, ref_r, self.config.tau), {}, tokens
+
+    def _sft_loss(self, pairs):
+        """SFT on the primary's preferred response of each pair."""
+        chosen = [p.response_a if p.labels[0] >= 0.5 else p.response_b for p in pairs]
+        logp, tokens = self._logprobs(self.model, [p.prompt for p in pairs], chosen)
+        return sft_loss(logp), {}, tokens
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint_path(self) -> Path | None:
+        return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
+
+    def _save_checkpoint(self) -> None:
+        """Written to a temporary file in the same folder, then renamed over the last one."""
+        path = self._checkpoint_path()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "lam": self.lam, "thresholds": self.thresholds, "constraint_history": self.constraint_history,
+                 "config": asdict(self.config)}
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def _load_checkpoint(self) -> None:
+        path = self._checkpoint_path()
+        if path is None or not path.exists():
+            raise ValueError(f"checkpoint: nothing to resume from at {path}")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["config"] != asdict(self.config):
+            raise ValueError(f"checkpoint: {path} was written with a different config: {state['config']}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lam, self.thresholds = state["lam"], state["thresholds"]
+        self.constraint_history = state["constraint_history"]
+        self.step = state["step"]

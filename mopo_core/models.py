@@ -1,0 +1,381 @@
+"""Language models: word-level tokenizers, tiny GPTs, SFT, local checkpoints, LoRA, sampling.
+
+Nothing here downloads: checkpoints are local directories in safetensors, tokenizers are
+built with the ``tokenizers`` library or loaded from a local folder.
+
+Sequence convention (shared by :func:`train_sft`, :func:`sample` and any trainer that
+scores ``log pi(y | x)``): a text is encoded as ``[bos] + words (+ [eos])``, with ``bos``
+and ``eos`` left out when the tokenizer has none; a prompt is encoded without ``eos`` and
+its response's tokens (ending in ``eos``) follow it. See :func:`sequence_ids`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
+from transformers.pytorch_utils import Conv1D
+
+from .validation import check_int, check_nonnegative
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ---------------------------------------------------------------------------- tokenizers
+
+
+def word_tokenizer(vocabulary: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer: one id per word, split on whitespace, ids 0-3 for
+    ``<pad> <bos> <eos> <unk>`` and the words after them in the given order.
+
+    Texts of single-space-separated vocabulary words round-trip exactly through
+    ``encode``/``decode``; ``save_pretrained`` / :func:`load_tokenizer` work offline.
+    """
+    words = list(vocabulary)
+    specials = list(SPECIAL_TOKENS.values())
+    for i, word in enumerate(words):
+        if not isinstance(word, str) or not word or len(word.split()) != 1 or word != word.strip():
+            raise ValueError(f"vocabulary[{i}]: must be one non-empty word without spaces, got {word!r}")
+        if word in specials:
+            raise ValueError(f"vocabulary[{i}]: {word!r} is a reserved special token")
+    if len(set(words)) != len(words):
+        raise ValueError("vocabulary: contains repeated words")
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, clean_up_tokenization_spaces=False, **SPECIAL_TOKENS
+    )
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A tokenizer saved with ``save_pretrained`` in a local folder (no download)."""
+    folder = _existing_directory(path)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+
+
+def sequence_ids(tokenizer, text: str, add_eos: bool = True) -> list[int]:
+    """``[bos] + ids(text) (+ [eos])``; bos/eos are skipped when the tokenizer lacks them."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
+    return bos + ids + eos
+
+
+# ------------------------------------------------------------------------------- models
+
+
+def tiny_gpt(
+    vocab_size: int,
+    n_layer: int = 2,
+    n_head: int = 2,
+    n_embd: int = 64,
+    n_positions: int = 64,
+    seed: int = 0,
+    *,
+    dropout: float = 0.0,
+    tokenizer=None,
+) -> GPT2LMHeadModel:
+    """A small GPT-2 with seeded random weights (fp32, CPU, train mode).
+
+    ``tokenizer`` (optional) copies its bos/eos/pad ids into the config so that a saved
+    model generates with them.
+    """
+    ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
+    config = GPT2Config(
+        vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, **ids,
+    )
+    with _seeded(seed):
+        return GPT2LMHeadModel(config)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapter settings for peft: rank ``r``, scale ``alpha``, adapter dropout and the
+    modules to adapt (``"all-linear"``: every linear layer except the output head)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+
+def apply_lora(model, settings: LoraSettings):
+    """Wrap a causal LM with peft LoRA adapters: only adapter weights stay trainable.
+
+    Adapters start at zero (the wrapped model computes what the base model did)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = settings.target_modules
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),  # GPT-2 style layers
+    )
+    return get_peft_model(model, config)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: cuda when available, else cpu; anything else as ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"``: bf16 on CUDA, fp32 elsewhere; or one of ``"fp32"``, ``"bf16"``, ``"fp16"``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_model(path: str | os.PathLike, dtype="auto", device="auto", lora: LoraSettings | None = None):
+    """A causal LM from a local Hugging Face checkpoint directory in safetensors.
+
+    Never downloads or runs repository code. Raises ``FileNotFoundError`` for a missing
+    path and ``ValueError`` for a path that is not a directory, or holds no
+    ``config.json`` or no ``*.safetensors`` file (the message lists what was found).
+    The model comes back in eval mode, on ``device`` in ``dtype``, wrapped with LoRA
+    adapters when ``lora`` is given.
+    """
+    folder = _existing_directory(path)
+    found = sorted(p.name for p in folder.iterdir())
+    if not any(name.endswith(".safetensors") for name in found):
+        raise ValueError(f"{folder}: no *.safetensors weights (found: {', '.join(found) or 'nothing'})")
+    if "config.json" not in found:
+        raise ValueError(f"{folder}: no config.json (found: {', '.join(found)})")
+    target = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+        dtype=resolve_dtype(dtype, target),
+    )
+    return _finish(model.eval(), target, lora)
+
+
+def build_model(config, dtype="auto", device="auto", lora: LoraSettings | None = None, seed: int = 0):
+    """A causal LM with seeded random weights from a transformers config or a config dict
+    (which must name its ``model_type``, e.g. ``{"model_type": "gpt2", "n_layer": 2}``)."""
+    if isinstance(config, dict):
+        if "model_type" not in config:
+            raise ValueError(f"config: a config dict must name its 'model_type', got keys {sorted(config)}")
+        settings = dict(config)
+        config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    if not isinstance(config, PretrainedConfig):
+        raise TypeError(f"config: expected a dict or a transformers config, got {type(config).__name__}")
+    target = resolve_device(device)
+    with _seeded(seed):
+        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype, target))
+    return _finish(model, target, lora)
+
+
+def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
+    """Write ``model`` (safetensors) and ``tokenizer`` (if not None) to ``path`` atomically:
+    everything goes to a temporary folder beside ``path`` that is then renamed, so a
+    reader never sees a half-written checkpoint. An existing ``path`` is replaced. A
+    peft-wrapped model writes its adapter only (peft's format, which :func:`load_model`
+    does not read)."""
+    target = Path(path).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        _swap_in(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``, replacing an existing ``target`` directory."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rename(target, retired / "checkpoint")
+    os.rename(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _finish(model, device: torch.device, lora: LoraSettings | None):
+    model = model.to(device)
+    return apply_lora(model, lora) if lora is not None else model
+
+
+def _existing_directory(path: str | os.PathLike) -> Path:
+    folder = Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such checkpoint directory")
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: expected a checkpoint directory, got a file")
+    return folder
+
+
+@contextmanager
+def _seeded(seed: int):
+    """Run the block with torch's global RNGs seeded; their state is restored on exit."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+# ---------------------------------------------------------------------------------- SFT
+
+
+def train_sft(
+    model,
+    tokenizer,
+    texts: list[str],
+    steps: int = 300,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    device=None,
+) -> list[float]:
+    """Causal-LM fine-tuning on whole texts (``[bos] text [eos]``, padding masked out of
+    the loss) with AdamW and gradient clipping at 1. Batches are drawn uniformly with
+    replacement; ``seed`` fixes them (and dropout). Returns the loss of every step;
+    the model is left in eval mode."""
+    if not texts:
+        raise ValueError("texts: need at least one training text")
+    target = _model_device(model) if device is None else resolve_device(device)
+    model.to(target).train()
+    sequences = _encode_all(model, tokenizer, texts)
+    optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=lr)
+    pad, history = _pad_id(tokenizer), []
+    with _seeded(seed):
+        for _ in range(steps):
+            picks = torch.randint(len(sequences), (batch_size,)).tolist()
+            ids, mask = _pad_right([sequences[i] for i in picks], pad)
+            ids, mask = ids.to(target), mask.to(target)
+            loss = causal_lm_loss(model, ids, mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            history.append(loss.item())
+    model.eval()
+    return history
+
+
+def causal_lm_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over real (unmasked) target tokens, in fp32."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    targets, weights = ids[:, 1:], mask[:, 1:].to(logits.dtype)
+    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return (losses * weights).sum() / weights.sum()
+
+
+def _encode_all(model, tokenizer, texts: list[str]) -> list[list[int]]:
+    """Encode every text; refuse (never truncate) one longer than the model's context."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    sequences = [sequence_ids(tokenizer, text) for text in texts]
+    for i, seq in enumerate(sequences):
+        if limit is not None and len(seq) > limit:
+            raise ValueError(f"texts[{i}]: {len(seq)} tokens exceed the model's context of {limit}")
+    return sequences
+
+
+def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+    return ids, mask
+
+
+def _pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its eos id (masked positions never reach the loss)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("tokenizer: has neither a pad nor an eos token")
+    return pad
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ------------------------------------------------------------------------------ sampling
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str],
+    n: int = 1,
+    max_new_tokens: int = 16,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> list[str]:
+    """``n`` responses per prompt, prompt-major (``prompts[i]``'s are at ``i*n:(i+1)*n``).
+
+    Pure ancestral sampling from the model (no top-k/top-p), temperature 0 is greedy.
+    Each response holds only the generated tokens up to the first eos, decoded without
+    special tokens. The same seed and ``batch_size`` give the same responses; torch's
+    global RNG state is left as it was.
+    """
+    check_int(n, "n", 1)
+    check_int(max_new_tokens, "max_new_tokens", 1)
+    temperature = check_nonnegative(temperature, "temperature")
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, pad_token_id=_pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id,
+        **sampling,
+    )
+    queries = [sequence_ids(tokenizer, p, add_eos=False) for p in prompts for _ in range(n)]
+    was_training = model.training
+    model.eval()
+    try:
+        with _seeded(seed):
+            out = []
+            for start in range(0, len(queries), batch_size):
+                out += _generate(model, tokenizer, queries[start : start + batch_size], config)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _generate(model, tokenizer, queries: list[list[int]], config: GenerationConfig) -> list[str]:
+    """Left-pad one batch of prompt ids, generate, and decode the new tokens to eos."""
+    pad = config.pad_token_id
+    width = max(len(q) for q in queries)
+    ids = torch.tensor([[pad] * (width - len(q)) + q for q in queries])
+    mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in queries])
+    device = _model_device(model)
+    tokens = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+    return [_decode_response(tokenizer, row[width:].tolist()) for row in tokens]
+
+
+def _decode_response(tokenizer, ids: list[int]) -> str:
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in ids:
+        ids = ids[: ids.index(eos)]
+    return tokenizer.decode(ids, skip_special_tokens=True)

@@ -1,0 +1,132 @@
+"""The LM trainer on a tiny GPT and the synthetic text task: MOPO's multipliers react to the
+thresholds, resume reproduces an uninterrupted run, cancel leaves a consistent store."""
+import numpy as np
+import pytest
+import torch
+
+from mopo_core.lm_trainer import Trainer, TrainConfig, encode_rows
+from mopo_core.models import tiny_gpt, word_tokenizer
+from mopo_core.preferences import PreferenceDataset
+from mopo_core.runs import RunStore
+from synthetic.text_task import TextTask, vocabulary
+
+
+@pytest.fixture(scope="module")
+def task_data():
+    task = TextTask(n_prompts=6, n_candidates=6, seed=0)
+    records = [r for r in task.sample_pairs(8, seed=0) if r["response_a"] != r["response_b"]]
+    return PreferenceDataset.from_records(records), word_tokenizer(vocabulary())
+
+
+def _model(tokenizer, seed=0):
+    return tiny_gpt(len(tokenizer), n_layer=1, n_head=2, n_embd=32, n_positions=64, seed=seed)
+
+
+def test_encode_rows_marks_response_tokens_only(task_data):
+    _, tok = task_data
+    ids, attention, response = encode_rows(tok, ["how do i cook"], ["use salt"])
+    n_prompt = len(tok("how do i cook", add_special_tokens=False)["input_ids"]) + (tok.bos_token_id is not None)
+    n_response = len(tok("use salt", add_special_tokens=False)["input_ids"]) + 1  # + eos
+    assert attention.sum() == n_prompt + n_response
+    assert response[0, :n_prompt].sum() == 0 and response.sum() == n_response
+
+
+def test_mopo_multiplier_rises_for_an_unmet_threshold_and_runs_are_recorded(task_data, tmp_path):
+    data, tok = task_data
+    store = RunStore(tmp_path / "runs.sqlite")
+    config = TrainConfig(method="mopo", thresholds=(0.95,), steps=12, batch_size=4, lambda_lr=2.0)
+    result = Trainer(_model(tok), tok, data, config, store=store).train()
+    assert result.status == "finished" and result.multipliers[0] > 0
+    run = store.get_run(result.run_id)
+    assert run.status == "finished" and run.kind == "train"
+    names = set(run.metrics.name)
+    assert {"loss", "lambda_1", "constraint_1", "threshold_1", "ess", "tokens_per_s"} <= names
+    lam = run.metrics[run.metrics.name == "lambda_1"].value.to_numpy()
+    assert len(lam) == 12 and (lam > 0).all()  # 0.95 is never met at lambda = 0 on this data
+    slack = TrainConfig(method="mopo", thresholds=(0.0,), steps=5, batch_size=4)
+    assert Trainer(_model(tok), tok, data, slack).train().multipliers == [0.0]
+
+
+def test_resume_after_cancel_reproduces_the_uninterrupted_run(task_data, tmp_path):
+    data, tok = task_data
+    config = TrainConfig(method="mopo", thresholds=(0.8,), steps=10, batch_size=4, checkpoint_every=3)
+    full = Trainer(_model(tok), tok, data, config, checkpoint_dir=tmp_path / "full").train()
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    first = Trainer(_model(tok), tok, data, config, store=store, checkpoint_dir=tmp_path / "resumed")
+    first.callbacks = (lambda step, metrics: first.request_cancel() if step == 6 else None,)
+    cancelled = first.train()
+    assert cancelled.status == "cancelled" and cancelled.step == 6
+    assert store.get_status(cancelled.run_id) == "cancelled"
+    assert (tmp_path / "resumed" / "last.pt").exists()
+    assert store.get_run(cancelled.run_id).metrics.step.max() == 6
+
+    second = Trainer(_model(tok, seed=123), tok, data, config, store=store, checkpoint_dir=tmp_path / "resumed")
+    resumed = second.train(resume_run_id=cancelled.run_id)
+    assert resumed.status == "finished" and store.get_status(cancelled.run_id) == "finished"
+    tail = [h for h in full.history if h["step"] > 6]
+    for a, b in zip(tail, resumed.history):
+        assert a["step"] == b["step"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["lambda_1"] == pytest.approx(b["lambda_1"], abs=1e-9)
+    np.testing.assert_allclose(full.multipliers, resumed.multipliers, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["dpo", "ipo", "sft"])
+def test_baselines_run_on_the_same_loop(task_data, method):
+    data, tok = task_data
+    result = Trainer(_model(tok), tok, data, TrainConfig(method=method, steps=3, batch_size=4)).train()
+    assert result.status == "finished" and all(np.isfinite(h["loss"]) for h in result.history)
+
+
+def test_dpo_reference_is_frozen_and_starts_at_log2(task_data):
+    data, tok = task_data
+    trainer = Trainer(_model(tok), tok, data, TrainConfig(method="dpo", steps=1, batch_size=4))
+    result = trainer.train()
+    # at step 1 the policy equals the reference: every DPO loss term is log 2 (hard labels)
+    assert result.history[0]["loss"] == pytest.approx(np.log(2.0), abs=1e-5)
+    assert not any(p.requires_grad for p in trainer.reference.parameters())
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(method="ppo"), "method: expected one of"),
+    (dict(thresholds=(0.5, 0.5)), "thresholds: MOPO needs one per secondary objective"),
+    (dict(steps=0), "steps: must be >= 1"),
+    (dict(tau=0.0), "tau: must be > 0"),
+    (dict(beta_ratchet=0.9), "beta_ratchet: needs t0"),
+])
+def test_bad_config_names_the_field(task_data, override, message):
+    data, tok = task_data
+    with pytest.raises(ValueError, match=message):
+        Trainer(_model(tok), tok, data, TrainConfig(**override))
+
+
+def test_resume_needs_a_checkpoint(task_data, tmp_path):
+    data, tok = task_data
+    with pytest.raises(ValueError, match="checkpoint: nothing to resume from"):
+        Trainer(_model(tok), tok, data, TrainConfig(steps=2), checkpoint_dir=tmp_path).train(resume_run_id=1)
+
+
+def test_ratchet_never_lowers_thresholds_below_the_users(task_data):
+    data, tok = task_data
+    config = TrainConfig(method="mopo", thresholds=(0.2,), steps=8, batch_size=4, t0=2, beta_ratchet=0.99)
+    result = Trainer(_model(tok), tok, data, config).train()
+    assert all(h["threshold_1"] >= 0.2 for h in result.history)
+    assert max(h["threshold_1"] for h in result.history) > 0.2
+    torch.manual_seed(0)
+
+
+def test_evaluating_a_policy_against_itself_gives_win_rate_one_half(task_data):
+    from mopo_core.lm_eval import evaluate_policy
+    from synthetic.text_task import preference, score
+
+    data, tok = task_data
+    model = _model(tok)
+    objectives = data.objectives
+    oracle = lambda p, a, b: np.array([preference(p, a, b, k, 0.1) for k in objectives])  # noqa: E731
+    result = evaluate_policy(model, model, tok, data.prompts()[:3], oracle, lambda p, r: score(p, r, objectives),
+                             objectives, n_samples=4, max_new_tokens=6)
+    np.testing.assert_allclose(result.win_rates, 0.5, atol=1e-12)
+    np.testing.assert_allclose(result.mean_scores, result.reference_scores)
+    point = result.as_point("reference", {})
+    assert point["values"] == [0.5, 0.5]
