@@ -1,12 +1,15 @@
 """The language-model trainer: MOPO (Algorithm 1, offline mode) and baselines on one loop.
 
-Offline mode (MOPO.md section 5): each step draws ``batch_size`` preference pairs; both
-responses of a pair become rows of its prompt's group, with one-comparison win-rate
-estimates ``w_k(a) = l_k``, ``w_k(b) = 1 - l_k``. The multipliers take a projected step on
-the batch estimate of the constraints, the normalised closed-form weights are recomputed,
-and the policy takes a weighted behaviour-cloning step on the response tokens. MOPO needs
-no reference forward pass; DPO and IPO (same loop, same batches) run a frozen copy of the
-starting model for their reference log-probs.
+Offline mode (MOPO.md section 5). Win-rates come from the dataset's labels: a pair
+``(a, b)`` with label ``l_k`` counts ``l_k`` for ``a`` and ``1 - l_k`` for ``b``, and each
+response's estimate ``w_k(x, y)`` is the average over every comparison it took part in
+("with more comparisons per prompt, average"). A MOPO step draws ``batch_size`` prompts;
+their distinct responses are the rows, weighted by how often each appears in the data (the
+empirical data distribution, taken to be the reference's). The multipliers take a projected
+step on the batch estimate of the constraints, the normalised closed-form weights are
+recomputed, and the policy takes a weighted behaviour-cloning step on the response tokens.
+MOPO needs no reference forward pass. DPO, IPO and SFT draw ``batch_size`` pairs per step;
+DPO and IPO run a frozen copy of the starting model for their reference log-probs.
 
 Runs: the config, metric series (loss, lambda_j, constraint_j, threshold_j, ESS, tokens/s)
 and status go to a :class:`mopo_core.runs.RunStore`; a checkpoint (model, optimizer,
@@ -51,7 +54,8 @@ class TrainConfig:
     """Settings of one training run.
 
     method: "mopo" | "dpo" | "ipo" | "sft"; thresholds (K-1,) for MOPO's secondaries; tau: KL
-    strength (beta of DPO/IPO); steps, batch_size (pairs per step), lr (AdamW), lambda_lr
+    strength (beta of DPO/IPO); steps, batch_size (prompts per step for MOPO, pairs per step
+    for the others), lr and weight_decay (AdamW), lambda_lr
     (projected step on the multipliers), beta_ratchet with t0: every t0 steps the thresholds
     become max(b_user, beta_ratchet * constraint estimate of t0 steps ago); seed; log_every,
     checkpoint_every (steps).
@@ -63,6 +67,7 @@ class TrainConfig:
     steps: int = 100
     batch_size: int = 8
     lr: float = 1e-3
+    weight_decay: float = 0.0
     lambda_lr: float = 1.0
     t0: int | None = None
     beta_ratchet: float | None = None
@@ -116,6 +121,36 @@ def encode_rows(tokenizer, prompts: list[str], responses: list[str]):
     return ids, attention, response
 
 
+@dataclass
+class ResponseTable:
+    """One prompt's distinct responses with their win-rate estimates (K, R) and how many
+    comparisons each took part in (R,)."""
+
+    responses: list[str]
+    win_rates: torch.Tensor
+    counts: torch.Tensor
+
+
+def response_win_rates(dataset: PreferenceDataset) -> dict[str, ResponseTable]:
+    """Per prompt: each response's average outcome over all its comparisons (as ``a``: the label;
+    as ``b``: one minus it), the one-comparison estimates of MOPO.md section 5, averaged."""
+    sums: dict[str, dict[str, np.ndarray]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for pair in dataset:
+        labels = np.asarray(pair.labels, dtype=np.float64)
+        for response, outcome in ((pair.response_a, labels), (pair.response_b, 1.0 - labels)):
+            by_prompt = sums.setdefault(pair.prompt, {})
+            by_prompt[response] = by_prompt.get(response, 0.0) + outcome
+            counts.setdefault(pair.prompt, {})[response] = counts.get(pair.prompt, {}).get(response, 0) + 1
+    tables = {}
+    for prompt, by_response in sums.items():
+        names = list(by_response)
+        n = np.array([counts[prompt][r] for r in names], dtype=np.float64)
+        rates = np.stack([by_response[r] for r in names], axis=1) / n
+        tables[prompt] = ResponseTable(names, torch.from_numpy(rates), torch.from_numpy(n))
+    return tables
+
+
 class Trainer:
     """Owns the loop for one run. ``callbacks`` are called as ``callback(step, metrics)``."""
 
@@ -127,13 +162,15 @@ class Trainer:
         self.store, self.callbacks = store, callbacks
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.device = next(model.parameters()).device
-        self.optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr)
+        self.optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr,
+                                           weight_decay=config.weight_decay)
         self.reference = None
         if config.method in ("dpo", "ipo"):
             self.reference = copy.deepcopy(model).eval()
             for p in self.reference.parameters():
                 p.requires_grad_(False)
         self.prompt_ids = {p: i for i, p in enumerate(dataset.prompts())}
+        self.responses = response_win_rates(dataset)
         self.lam = torch.zeros(dataset.n_objectives - 1, dtype=torch.float64)
         self.thresholds = torch.tensor(config.thresholds if config.method == "mopo" else [], dtype=torch.float64)
         self.constraint_history: list[torch.Tensor] = []
@@ -183,10 +220,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.config.seed, self.step])
+
     def _batch(self):
-        rng = np.random.default_rng([self.config.seed, self.step])
-        picks = rng.integers(len(self.dataset), size=self.config.batch_size)
-        return [self.dataset[int(i)] for i in picks]
+        """``batch_size`` pairs for the pairwise methods; ``batch_size`` prompts for MOPO."""
+        if self.config.method == "mopo":
+            prompts = list(self.responses)
+            return [prompts[int(i)] for i in self._rng().choice(len(prompts), size=min(self.config.batch_size,
+                                                                                       len(prompts)), replace=False)]
+        return [self.dataset[int(i)] for i in self._rng().integers(len(self.dataset), size=self.config.batch_size)]
 
     def _logprobs(self, model, prompts, responses):
         ids, attention, response = (t.to(self.device) for t in encode_rows(self.tokenizer, prompts, responses))
@@ -205,17 +248,18 @@ class Trainer:
         metrics.update(loss=float(loss.detach()), tokens_per_s=tokens / max(time.perf_counter() - start, 1e-9))
         return metrics
 
-    def _mopo_loss(self, pairs):
-        prompts = [p.prompt for p in pairs for _ in range(2)]
-        responses = [r for p in pairs for r in (p.response_a, p.response_b)]
-        labels = torch.tensor([p.labels for p in pairs], dtype=torch.float64).T  # (K, P)
-        w = torch.stack([labels, 1.0 - labels], dim=-1).reshape(labels.shape[0], -1)  # (K, 2P): a, b, a, b, ...
+    def _mopo_loss(self, batch_prompts):
+        table = [self.responses[p] for p in batch_prompts]
+        prompts = [p for p, t in zip(batch_prompts, table) for _ in t.responses]
+        responses = [r for t in table for r in t.responses]
+        w = torch.cat([t.win_rates for t in table], dim=1)  # (K, rows)
+        log_counts = torch.cat([t.counts.log() for t in table])  # the data distribution over each prompt's rows
         group = torch.tensor([self.prompt_ids[p] for p in prompts])
-        weights, _ = mopo_weights(w, self.lam, self.config.tau, group)
+        weights, _ = mopo_weights(w, self.lam, self.config.tau, group, log_counts)
         estimate = constraint_estimates(w[1:], weights, group)
         self.lam = lambda_update(self.lam, estimate, self.thresholds, self.config.lambda_lr)
         self._ratchet(estimate)
-        weights, ess = mopo_weights(w, self.lam, self.config.tau, group)
+        weights, ess = mopo_weights(w, self.lam, self.config.tau, group, log_counts)
         logp, tokens = self._logprobs(self.model, prompts, responses)
         metrics = {"ess": ess / len(responses)}
         for j in range(self.lam.numel()):
