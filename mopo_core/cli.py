@@ -204,6 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--seed", type=int, default=0)
     suite.add_argument("--structures", nargs="+", choices=STRUCTURES)
     suite.add_argument("--methods", nargs="+", choices=METHODS)
+    train = sub.add_parser("train", help="fine-tune a tiny GPT on the synthetic text task (MOPO or a baseline)")
+    train.add_argument("--task", default="text", choices=("text",))
+    train.add_argument("--method", default="mopo", choices=("mopo", "dpo", "ipo", "sft"))
+    train.add_argument("--threshold", type=float, action="append", help="MOPO: one per secondary objective")
+    train.add_argument("--tau", type=float, default=0.08)
+    train.add_argument("--steps", type=int, default=200)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lambda-lr", type=float, default=1.0)
+    train.add_argument("--t0", type=int, help="lagged-reference / ratchet period in steps")
+    train.add_argument("--beta", type=float, help="ratcheting factor for the thresholds (needs --t0)")
+    train.add_argument("--n-prompts", type=int, default=40)
+    train.add_argument("--sft-steps", type=int, default=300, help="SFT steps for the reference model")
+    train.add_argument("--checkpoint-dir", help="where the run's checkpoint is written (atomically)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--json", action="store_true", help="print the final points as JSON")
     runs = sub.add_parser("runs", help="list, show or export recorded runs")
     runs_sub = runs.add_subparsers(dest="action", required=True)
     runs_sub.add_parser("list")
@@ -215,7 +231,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"solve": cmd_solve, "sweep": cmd_sweep, "suite": cmd_suite, "runs": cmd_runs}
+def cmd_train(args, store: RunStore) -> int:
+    from tqdm import tqdm
+
+    from .lm_trainer import TrainConfig
+    from .text_runs import TextTaskSetup, train_on_text_task
+
+    config = TrainConfig(method=args.method, thresholds=tuple(args.threshold or (0.5,)), tau=args.tau,
+                         steps=args.steps, batch_size=args.batch_size, lr=args.lr, lambda_lr=args.lambda_lr,
+                         t0=args.t0, beta_ratchet=args.beta, seed=args.seed)
+    setup = TextTaskSetup(n_prompts=args.n_prompts, sft_steps=args.sft_steps, seed=args.seed)
+    bar = tqdm(total=config.steps, desc=f"train {config.method}", disable=args.json)
+    result, evaluation = train_on_text_task(config, setup, store, args.checkpoint_dir,
+                                            callbacks=(lambda step, metrics: bar.update(step - bar.n),))
+    bar.close()
+    point = evaluation.as_point(config.method, {"thresholds": list(config.thresholds), "tau": config.tau})
+    if args.json:
+        print(json.dumps({"run_id": result.run_id, "status": result.status, "multipliers": result.multipliers,
+                          "points": [point]}))
+        return 0
+    print(f"run {result.run_id}: {result.status} after {result.step} steps; multipliers {result.multipliers}")
+    for k, name in enumerate(evaluation.objectives):
+        print(f"  {name:>14}: win-rate vs reference {evaluation.win_rates[k]:.3f} "
+              f"± {evaluation.win_rate_stderr[k]:.3f}, mean score {evaluation.mean_scores[k]:.3f} "
+              f"(reference {evaluation.reference_scores[k]:.3f})")
+    return 0
+
+
+COMMANDS = {"solve": cmd_solve, "sweep": cmd_sweep, "suite": cmd_suite, "runs": cmd_runs, "train": cmd_train}
 
 
 def main(argv=None) -> int:

@@ -156,10 +156,10 @@ class Trainer:
 
     def __init__(self, model, tokenizer, dataset: PreferenceDataset, config: TrainConfig,
                  store: RunStore | None = None, checkpoint_dir: str | os.PathLike | None = None,
-                 callbacks: tuple[Callable[[int, dict], None], ...] = ()):
+                 callbacks: tuple[Callable[[int, dict], None], ...] = (), run_config: dict | None = None):
         config.validate(dataset.n_objectives)
         self.model, self.tokenizer, self.dataset, self.config = model, tokenizer, dataset, config
-        self.store, self.callbacks = store, callbacks
+        self.store, self.callbacks, self.run_config = store, callbacks, run_config or {}
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr,
@@ -192,8 +192,10 @@ class Trainer:
             if self.store is not None:
                 self.store.set_status(resume_run_id, "running")
         elif self.store is not None:
-            self.run_id = self.store.create_run("train", {**asdict(self.config), "n_pairs": len(self.dataset),
-                                                          "objectives": list(self.dataset.objectives)})
+            self.run_id = self.store.create_run("train", {
+                **asdict(self.config), **self.run_config, "n_pairs": len(self.dataset),
+                "objectives": list(self.dataset.objectives),
+                "checkpoint_dir": None if self.checkpoint_dir is None else str(self.checkpoint_dir)})
         history = []
         try:
             while self.step < self.config.steps and not self._cancel:

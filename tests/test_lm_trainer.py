@@ -180,3 +180,21 @@ def test_with_exact_win_rates_the_trainer_reaches_the_exact_tabular_solution():
     policy = torch.softmax(model.theta, dim=1).detach().numpy()
     np.testing.assert_allclose(result.multipliers, exact.multipliers, atol=1e-3)
     np.testing.assert_allclose(policy, exact.policy, atol=2e-3)
+
+
+def test_cli_train_records_a_run_with_an_evaluated_point(tmp_path, monkeypatch, capsys):
+    import json
+
+    from mopo_core.cli import main
+
+    store_path = tmp_path / "runs.sqlite"
+    monkeypatch.setenv("MOPO_STORE", str(store_path))
+    args = ["train", "--method", "mopo", "--threshold", "0.6", "--steps", "4", "--batch-size", "4",
+            "--n-prompts", "10", "--sft-steps", "20", "--checkpoint-dir", str(tmp_path / "ck"), "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "finished" and len(out["points"][0]["values"]) == 2
+    run = RunStore(store_path).get_run(out["run_id"])
+    assert run.kind == "train" and run.status == "finished" and len(run.points) == 1
+    assert run.config["task"] == "text" and run.config["checkpoint_dir"].endswith("ck")
+    assert (tmp_path / "ck" / "last.pt").exists()
