@@ -45,7 +45,7 @@ from .preferences import PreferenceDataset
 from .runs import RunStore
 from .validation import check_int, check_positive
 
-METHODS = ("mopo", "dpo", "ipo", "sft")
+METHODS = ("mopo", "dpo", "ipo", "weighted_dpo", "sft")
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -53,7 +53,9 @@ CHECKPOINT_NAME = "last.pt"
 class TrainConfig:
     """Settings of one training run.
 
-    method: "mopo" | "dpo" | "ipo" | "sft"; thresholds (K-1,) for MOPO's secondaries; tau: KL
+    method: "mopo" | "dpo" | "ipo" | "weighted_dpo" | "sft"; thresholds (K-1,) for MOPO's
+    secondaries; objective_weights (K,) for weighted_dpo (DPO on the weighted mixture of the
+    objectives' soft labels, a fixed scalarisation); tau: KL
     strength (beta of DPO/IPO); steps, batch_size (prompts per step for MOPO, pairs per step
     for the others), lr and weight_decay (AdamW), lambda_lr
     (projected step on the multipliers), beta_ratchet with t0: every t0 steps the thresholds
@@ -63,6 +65,7 @@ class TrainConfig:
 
     method: str = "mopo"
     thresholds: tuple[float, ...] = (0.5,)
+    objective_weights: tuple[float, ...] | None = None
     tau: float = 0.08
     steps: int = 100
     batch_size: int = 8
@@ -85,6 +88,11 @@ class TrainConfig:
             check_int(getattr(self, name), name, 1)
         for name in ("tau", "lr", "lambda_lr"):
             check_positive(getattr(self, name), name)
+        if self.method == "weighted_dpo":
+            weights = self.objective_weights
+            if weights is None or len(weights) != n_objectives or min(weights) < 0 or abs(sum(weights) - 1) > 1e-9:
+                raise ValueError(f"objective_weights: weighted_dpo needs {n_objectives} non-negative weights "
+                                 f"summing to 1, got {weights}")
         if self.beta_ratchet is not None and (self.t0 is None or not 0 < self.beta_ratchet <= 1):
             raise ValueError(f"beta_ratchet: needs t0 and must lie in (0, 1], got {self.beta_ratchet}, t0={self.t0}")
 
@@ -165,7 +173,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.reference = None
-        if config.method in ("dpo", "ipo"):
+        if config.method in ("dpo", "ipo", "weighted_dpo"):
             self.reference = copy.deepcopy(model).eval()
             for p in self.reference.parameters():
                 p.requires_grad_(False)
@@ -292,6 +300,12 @@ class Trainer:
         logp_a, logp_b, ref_a, ref_b, tokens = self._pairwise_logprobs(pairs)
         labels = torch.tensor([p.labels[0] for p in pairs], dtype=logp_a.dtype, device=self.device)
         return weighted_dpo_loss(logp_a, logp_b, ref_a, ref_b, self.config.tau, labels), {}, tokens
+
+    def _weighted_dpo_loss(self, pairs):
+        logp_a, logp_b, ref_a, ref_b, tokens = self._pairwise_logprobs(pairs)
+        labels = torch.tensor([p.labels for p in pairs], dtype=logp_a.dtype, device=self.device).T  # (K, P)
+        weights = torch.tensor(self.config.objective_weights, dtype=logp_a.dtype, device=self.device)
+        return weighted_dpo_loss(logp_a, logp_b, ref_a, ref_b, self.config.tau, labels, weights), {}, tokens
 
     def _ipo_loss(self, pairs):
         logp_a, logp_b, ref_a, ref_b, tokens = self._pairwise_logprobs(pairs)

@@ -198,3 +198,29 @@ def test_cli_train_records_a_run_with_an_evaluated_point(tmp_path, monkeypatch, 
     assert run.kind == "train" and run.status == "finished" and len(run.points) == 1
     assert run.config["task"] == "text" and run.config["checkpoint_dir"].endswith("ck")
     assert (tmp_path / "ck" / "last.pt").exists()
+
+
+def test_weighted_dpo_runs_and_validates_its_weights(task_data):
+    data, tok = task_data
+    config = TrainConfig(method="weighted_dpo", objective_weights=(0.7, 0.3), steps=2, batch_size=4)
+    result = Trainer(_model(tok), tok, data, config).train()
+    assert result.history[0]["loss"] == pytest.approx(np.log(2.0), abs=1e-5)  # policy = reference at step 1
+    with pytest.raises(ValueError, match="objective_weights: weighted_dpo needs 2"):
+        Trainer(_model(tok), tok, data, TrainConfig(method="weighted_dpo", objective_weights=(0.5, 0.6)))
+
+
+def test_soup_interpolates_weights_exactly(task_data):
+    from mopo_core.lm_soups import interpolate_state_dicts, soup
+
+    _, tok = task_data
+    a, b = _model(tok, seed=1), _model(tok, seed=2)
+    mixed = soup([a, b], [0.25, 0.75])
+    for (name, pa), pb, pm in zip(a.state_dict().items(), b.state_dict().values(), mixed.state_dict().values()):
+        if pa.is_floating_point():
+            torch.testing.assert_close(pm, 0.25 * pa + 0.75 * pb, rtol=0, atol=1e-6)
+    torch.testing.assert_close(soup([a, b], [1.0, 0.0]).state_dict(), a.state_dict())
+    with pytest.raises(ValueError, match="weights: must be non-negative and sum to 1"):
+        soup([a, b], [0.5, 0.6])
+    bigger = tiny_gpt(len(tok), n_layer=1, n_head=2, n_embd=64, n_positions=64)
+    with pytest.raises(ValueError, match=r"state_dicts\[1\]: .* has shape"):
+        interpolate_state_dicts([a.state_dict(), bigger.state_dict()], [0.5, 0.5])
