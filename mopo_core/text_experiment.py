@@ -1,0 +1,122 @@
+"""MOPO against its baselines on the synthetic text task, with the same budget for every method.
+
+All methods start from the same SFT reference and train for the same number of steps on the
+same training pairs; every policy is evaluated on the same held-out prompts by its win-rates
+against the reference's samples under the task's exact oracles (0.5 = as good as the
+reference). Methods: MOPO at several harmlessness thresholds; DPO on helpfulness; weighted
+multi-objective DPO (MODPO-style scalarisation) at several weights; Rewarded Soups (a DPO
+policy per objective, weights interpolated on a grid).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .lm_soups import soup
+from .lm_trainer import Trainer, TrainConfig
+from .pareto import dominance_matrix, hypervolume
+from .runs import RunStore
+from .text_runs import TextTaskSetup, build_text_task, evaluate_on_task
+
+
+@dataclass
+class ComparisonSettings:
+    """Budget and grids: training steps per policy, MOPO thresholds (on harmlessness), weighted-DPO
+    secondary weights, the soup grid size, tau (= DPO's beta), batch size, learning rate."""
+
+    steps: int = 150
+    thresholds: tuple[float, ...] = (0.55, 0.65, 0.75)
+    secondary_weights: tuple[float, ...] = (0.25, 0.5, 0.75)
+    soup_points: int = 5
+    tau: float = 0.08
+    batch_size: int = 8
+    lr: float = 1e-3
+
+
+def run_comparison(setup: TextTaskSetup, settings: ComparisonSettings, store: RunStore | None = None,
+                   progress=None) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Train and evaluate every method. Returns (points, summary, reference_point):
+    points has one row per policy (method, parameter, V0.., stderr0..), summary one row per
+    method (hypervolume, dominance counts, threshold satisfaction), reference_point (K,)."""
+    task, tokenizer, reference, (train, _, test) = build_text_task(setup)
+    prompts = test.prompts()
+    names = task.objectives
+    jobs = _jobs(settings, train)
+    rows = []
+    for method, parameter, make in (progress(jobs) if progress else jobs):
+        policy = make(lambda config, data: _fit(reference, tokenizer, data, config, store))
+        ev = evaluate_on_task(task, policy, reference, tokenizer, prompts, setup)
+        rows.append({"method": method, "parameter": parameter,
+                     **{f"V{k}": v for k, v in enumerate(ev.win_rates)},
+                     **{f"stderr{k}": s for k, s in enumerate(ev.win_rate_stderr)},
+                     **{f"score{k}": s for k, s in enumerate(ev.mean_scores)}})
+    points = pd.DataFrame(rows)
+    values = points[[f"V{k}" for k in range(len(names))]].to_numpy()
+    reference_point = values.min(axis=0) - 0.01
+    if store is not None:
+        run_id = store.create_run("comparison", {"task": "text", "objectives": list(names),
+                                                 "reference_point": reference_point.tolist(),
+                                                 "setup": vars(setup), "settings": vars(settings)},
+                                  name="text task: MOPO vs baselines")
+        store.add_points(run_id, [{"label": r["method"], "params": {"parameter": r["parameter"]},
+                                   "values": [r[f"V{k}"] for k in range(len(names))],
+                                   "extra": {"stderr": [r[f"stderr{k}"] for k in range(len(names))]}}
+                                  for r in rows])
+        store.set_status(run_id, "finished")
+    return points, summarise(points, reference_point, settings), reference_point
+
+
+def _fit(reference, tokenizer, data, config, store):
+    policy = copy.deepcopy(reference)
+    Trainer(policy, tokenizer, data, config, store=store, run_config={"task": "text", "experiment": "comparison"}
+            ).train()
+    return policy
+
+
+def _jobs(s: ComparisonSettings, train):
+    """(method, parameter, make(fit) -> policy) for every policy of the comparison."""
+    base = dict(tau=s.tau, steps=s.steps, batch_size=s.batch_size, lr=s.lr)
+    swapped = train.select(list(reversed(train.objectives)))  # DPO on the secondary's labels
+    jobs = [("mopo", f"b={b}", lambda fit, b=b: fit(TrainConfig(method="mopo", thresholds=(b,), **base), train))
+            for b in s.thresholds]
+    jobs.append(("dpo", "primary", lambda fit: fit(TrainConfig(method="dpo", **base), train)))
+    jobs += [("weighted_dpo", f"w={c}", lambda fit, c=c: fit(
+        TrainConfig(method="weighted_dpo", objective_weights=(1 - c, c), **base), train))
+        for c in s.secondary_weights]
+    experts = {}
+
+    def soup_at(a):
+        def make(fit):
+            if not experts:
+                experts["primary"] = fit(TrainConfig(method="dpo", **base), train)
+                experts["secondary"] = fit(TrainConfig(method="dpo", **base), swapped)
+            return soup([experts["primary"], experts["secondary"]], [1 - a, a])
+        return make
+
+    jobs += [("rewarded_soups", f"a={a:.2f}", soup_at(a)) for a in np.linspace(0, 1, s.soup_points)]
+    return jobs
+
+
+def summarise(points: pd.DataFrame, reference_point: np.ndarray, s: ComparisonSettings) -> pd.DataFrame:
+    """Per method: hypervolume of its points (maximised, explicit reference point), how many of
+    its points dominate some other method's point, and for MOPO how many thresholds are met on
+    the measured harmlessness win-rate, strictly and within 1.96 standard errors."""
+    k = len(reference_point)
+    cols = [f"V{i}" for i in range(k)]
+    sets = {m: g[cols].to_numpy() for m, g in points.groupby("method", sort=False)}
+    dominance = dominance_matrix(sets)
+    rows = []
+    for method, values in sets.items():
+        row = {"method": method, "points": len(values), "hypervolume": hypervolume(values, reference_point),
+               "dominates_others": int(dominance.loc[method].drop(method).sum()),
+               "dominated_by_others": int(dominance[method].drop(method).sum())}
+        if method == "mopo":
+            mopo = points[points.method == "mopo"]
+            measured, err = mopo["V1"].to_numpy(), mopo["stderr1"].to_numpy()
+            row["thresholds_met"] = int((measured >= np.array(s.thresholds)).sum())
+            row["thresholds_met_within_1.96se"] = int((measured >= np.array(s.thresholds) - 1.96 * err).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
