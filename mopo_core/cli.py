@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -204,7 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--seed", type=int, default=0)
     suite.add_argument("--structures", nargs="+", choices=STRUCTURES)
     suite.add_argument("--methods", nargs="+", choices=METHODS)
-    train = sub.add_parser("train", help="fine-tune a tiny GPT on the synthetic text task (MOPO or a baseline)")
+    train = sub.add_parser(
+        "train", help="fine-tune a tiny GPT on the synthetic text task (MOPO or a baseline)",
+        description="Fine-tune a tiny GPT on the synthetic text task. SIGINT/SIGTERM end the run after the "
+                    "current step (status cancelled, checkpoint kept; exit status 128 + the signal number); a "
+                    "second signal stops at once (status interrupted). --resume RUN_ID continues a run from its "
+                    "checkpoint with the run's stored settings (the other training options are then ignored).")
+    train.add_argument("--resume", type=int, metavar="RUN_ID",
+                       help="continue this run from its checkpoint (its stored settings are used)")
     train.add_argument("--task", default="text", choices=("text",))
     train.add_argument("--method", default="mopo", choices=("mopo", "dpo", "ipo", "sft"))
     train.add_argument("--threshold", type=float, action="append", help="MOPO: one per secondary objective")
@@ -217,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--beta", type=float, help="ratcheting factor for the thresholds (needs --t0)")
     train.add_argument("--n-prompts", type=int, default=40)
     train.add_argument("--sft-steps", type=int, default=300, help="SFT steps for the reference model")
-    train.add_argument("--checkpoint-dir", help="where the run's checkpoint is written (atomically)")
+    train.add_argument("--checkpoint-dir", help="where the run's checkpoint is written (atomically); needed to resume")
+    train.add_argument("--checkpoint-every", type=int, default=25, help="steps between checkpoints")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--json", action="store_true", help="print the final points as JSON")
     runs = sub.add_parser("runs", help="list, show or export recorded runs")
@@ -231,20 +242,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TrainSession:
+    """The trainer of one ``train`` command, its progress bar and the signal that cancelled it."""
+
+    def __init__(self, quiet: bool):
+        self.trainer, self.bar, self.signum, self.quiet = None, None, None, quiet
+
+    def attach(self, trainer) -> None:
+        from tqdm import tqdm
+
+        self.trainer = trainer
+        self.bar = tqdm(total=trainer.config.steps, desc=f"train {trainer.config.method}", disable=self.quiet)
+
+    def progress(self, step: int, metrics: dict) -> None:
+        self.bar.update(step - self.bar.n)
+
+    def on_signal(self, signum, frame) -> None:
+        """First signal: cancel after the current step. Before the trainer exists, or again: stop now.
+        (Nothing is printed here: the handler may run in the middle of a write to stderr.)"""
+        first, self.signum = self.signum is None, signum
+        if self.trainer is None or not first:
+            raise KeyboardInterrupt
+        self.trainer.request_cancel()
+
+    @contextmanager
+    def signals(self):
+        """SIGINT/SIGTERM handled by :meth:`on_signal` for the duration of the block (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, self.on_signal)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if self.bar is not None:
+                self.bar.close()
+
+
 def cmd_train(args, store: RunStore) -> int:
-    from tqdm import tqdm
-
     from .lm_trainer import TrainConfig
-    from .text_runs import TextTaskSetup, train_on_text_task
+    from .text_runs import TextTaskSetup, resume_text_run, train_on_text_task
 
-    config = TrainConfig(method=args.method, thresholds=tuple(args.threshold or (0.5,)), tau=args.tau,
-                         steps=args.steps, batch_size=args.batch_size, lr=args.lr, lambda_lr=args.lambda_lr,
-                         t0=args.t0, beta_ratchet=args.beta, seed=args.seed)
-    setup = TextTaskSetup(n_prompts=args.n_prompts, sft_steps=args.sft_steps, seed=args.seed)
-    bar = tqdm(total=config.steps, desc=f"train {config.method}", disable=args.json)
-    result, evaluation = train_on_text_task(config, setup, store, args.checkpoint_dir,
-                                            callbacks=(lambda step, metrics: bar.update(step - bar.n),))
-    bar.close()
+    session = _TrainSession(quiet=args.json)
+    try:
+        with session.signals():
+            if args.resume is not None:
+                result, evaluation = resume_text_run(store, args.resume, callbacks=(session.progress,),
+                                                     on_trainer=session.attach)
+            else:
+                config = TrainConfig(method=args.method, thresholds=tuple(args.threshold or (0.5,)), tau=args.tau,
+                                     steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                     lambda_lr=args.lambda_lr, t0=args.t0, beta_ratchet=args.beta, seed=args.seed,
+                                     checkpoint_every=args.checkpoint_every)
+                setup = TextTaskSetup(n_prompts=args.n_prompts, sft_steps=args.sft_steps, seed=args.seed)
+                result, evaluation = train_on_text_task(config, setup, store, args.checkpoint_dir,
+                                                        callbacks=(session.progress,), on_trainer=session.attach)
+    except KeyboardInterrupt:
+        run_id = getattr(session.trainer, "run_id", None)
+        where = f"run {run_id} (status {store.get_status(run_id)})" if run_id is not None else "before training started"
+        print(f"interrupted: stopped at once, {where}", file=sys.stderr)
+        return 128 + int(session.signum or signal.SIGINT)
+    config = session.trainer.config
+    if evaluation is None:  # cancelled by a signal: no evaluation, the checkpoint is kept
+        checkpoint = session.trainer.checkpoint_dir
+        if args.json:
+            print(json.dumps({"run_id": result.run_id, "status": result.status, "step": result.step,
+                              "multipliers": result.multipliers, "points": []}))
+        else:
+            hint = (f"checkpoint in {checkpoint}; continue with: python -m mopo_core train --resume {result.run_id}"
+                    if checkpoint is not None else "no --checkpoint-dir was given, so it cannot be resumed")
+            print(f"run {result.run_id}: {result.status} after {result.step} steps; {hint}")
+        return 128 + int(session.signum) if session.signum is not None else 1
     point = evaluation.as_point(config.method, {"thresholds": list(config.thresholds), "tau": config.tau})
     if args.json:
         print(json.dumps({"run_id": result.run_id, "status": result.status, "multipliers": result.multipliers,

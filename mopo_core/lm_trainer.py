@@ -166,6 +166,9 @@ class Trainer:
                  store: RunStore | None = None, checkpoint_dir: str | os.PathLike | None = None,
                  callbacks: tuple[Callable[[int, dict], None], ...] = (), run_config: dict | None = None):
         config.validate(dataset.n_objectives)
+        clash = set(run_config or {}) & set(asdict(config))
+        if clash:
+            raise ValueError(f"run_config: keys {sorted(clash)} would overwrite the training config's")
         self.model, self.tokenizer, self.dataset, self.config = model, tokenizer, dataset, config
         self.store, self.callbacks, self.run_config = store, callbacks, run_config or {}
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -197,7 +200,8 @@ class Trainer:
         if resume_run_id is not None:
             self._load_checkpoint()
             self.run_id = resume_run_id
-            if self.store is not None:
+            if self.store is not None:  # a killed run may have logged steps past its checkpoint
+                self.store.delete_metrics_after(resume_run_id, self.step)
                 self.store.set_status(resume_run_id, "running")
         elif self.store is not None:
             self.run_id = self.store.create_run("train", {
@@ -335,7 +339,10 @@ class Trainer:
                  "lam": self.lam, "thresholds": self.thresholds, "constraint_history": self.constraint_history,
                  "config": asdict(self.config)}
         tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename, so last.pt is never partial
         os.replace(tmp, path)
 
     def _load_checkpoint(self) -> None:

@@ -227,6 +227,12 @@ class RunStore:
             self._require_run(conn, run_id)
             conn.executemany("INSERT INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)", rows)
 
+    def delete_metrics_after(self, run_id: int, step: int) -> None:
+        """Drop the run's metric rows after ``step`` (a resumed run recomputes them)."""
+        with self._connect() as conn:
+            self._require_run(conn, run_id)
+            conn.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (int(run_id), int(step)))
+
     def add_points(self, run_id: int, points: list[dict]) -> None:
         """Append result points, numbered after the run's existing ones.
 

@@ -1,9 +1,22 @@
 """Training runs on the synthetic text task, end to end: data, reference model (SFT), training,
 evaluation against the reference, all recorded in the run store. Used by ``python -m mopo_core
-train``; everything is built locally (no download)."""
+train``; everything is built locally (no download).
+
+A run's stored config holds everything needed to rebuild it: the :class:`TrainConfig` fields,
+the :class:`TextTaskSetup` (under ``text_setup``, and flat for older readers) and the absolute
+``checkpoint_dir``. :func:`resume_text_run` rebuilds the same task, tokenizer and reference (all
+seeded) and continues the run from ``checkpoint_dir/last.pt``; the metrics the store holds for
+steps after the checkpoint (logged by a process that was killed before its next checkpoint) are
+dropped first, so the resumed series equals an uninterrupted run's. A run that ends
+``cancelled`` is not evaluated (no point is added); it gets its point when a resume finishes it.
+
+A run whose process was killed (SIGKILL, power loss) keeps status ``running``: nothing is left
+to update it. :func:`resume_text_run` accepts such runs, so it must not be called for a run
+that is still training in another process."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +24,7 @@ import numpy as np
 from synthetic.text_task import TextTask, preference, score, vocabulary
 
 from .lm_eval import Evaluation, evaluate_policy
-from .lm_trainer import Trainer, TrainConfig, TrainResult
+from .lm_trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainResult
 from .models import tiny_gpt, train_sft, word_tokenizer
 from .preferences import PreferenceDataset
 from .runs import RunStore
@@ -57,17 +70,101 @@ def evaluate_on_task(task: TextTask, policy, reference, tokenizer, prompts: list
                            n_samples=setup.eval_samples, seed=setup.seed)
 
 
+#: Statuses a run can be resumed from (``running``: its process died without updating it).
+RESUMABLE_STATUSES = ("running", "cancelled", "interrupted", "failed")
+
+
 def train_on_text_task(config: TrainConfig, setup: TextTaskSetup, store: RunStore,
-                       checkpoint_dir: str | Path | None = None, callbacks=()) -> tuple[TrainResult, Evaluation]:
+                       checkpoint_dir: str | Path | None = None, callbacks=(),
+                       on_trainer: Callable[[Trainer], None] | None = None) -> tuple[TrainResult, Evaluation | None]:
     """SFT a reference, train ``config.method`` from it, evaluate on the held-out prompts and
-    record the evaluation as the run's point (values: win-rates against the reference)."""
+    record the evaluation as the run's point (values: win-rates against the reference).
+
+    ``on_trainer(trainer)`` is called once the trainer is built, before training (e.g. to
+    hook ``trainer.request_cancel`` to a signal). A run that ends ``cancelled`` is not
+    evaluated: the evaluation is ``None`` and no point is added."""
+    checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).expanduser().resolve()
+    return _train_and_evaluate(config, setup, store, checkpoint_dir, callbacks, on_trainer)
+
+
+def resume_text_run(store: RunStore, run_id: int, callbacks=(),
+                    on_trainer: Callable[[Trainer], None] | None = None) -> tuple[TrainResult, Evaluation | None]:
+    """Continue the text-task run ``run_id`` from its checkpoint to its configured steps, then
+    evaluate and add its point as :func:`train_on_text_task` does.
+
+    The train config, task setup and checkpoint folder come from the run's stored config; the
+    task, tokenizer and reference are rebuilt with the same seeds. Raises ``ValueError`` for an
+    unknown run, a run that is not a text-task train run, a finished run, a run without a
+    checkpoint folder or checkpoint, or a checkpoint written with another config."""
+    try:
+        run = store.get_run(run_id)
+    except KeyError:
+        raise ValueError(f"run {run_id}: not found in the run store {store.path}") from None
+    if run.kind != "train":
+        raise ValueError(f"run {run_id}: is a {run.kind!r} run, not a train run; only train runs can be resumed")
+    cfg = run.config
+    if cfg.get("task") != "text":
+        raise ValueError(f"run {run_id}: not a text-task train run (task={cfg.get('task')!r}); cannot rebuild it")
+    if run.status not in RESUMABLE_STATUSES:
+        state = "already finished" if run.status == "finished" else f"status {run.status!r}"
+        raise ValueError(f"run {run_id}: {state}; only runs that are {', '.join(RESUMABLE_STATUSES)} can be resumed")
+    if not cfg.get("checkpoint_dir"):
+        raise ValueError(f"run {run_id}: was started without a checkpoint folder (--checkpoint-dir); cannot resume")
+    checkpoint_dir = Path(cfg["checkpoint_dir"])
+    config, setup = train_config_from(cfg), text_setup_from(cfg)
+    _checkpoint_step(run_id, checkpoint_dir / CHECKPOINT_NAME, config)
+    return _train_and_evaluate(config, setup, store, checkpoint_dir, callbacks, on_trainer, resume_run_id=run_id)
+
+
+def train_config_from(cfg: dict) -> TrainConfig:
+    """The :class:`TrainConfig` of a stored train run's config (lists back to tuples)."""
+    values = {f.name: cfg[f.name] for f in fields(TrainConfig) if f.name in cfg}
+    if "thresholds" in values:
+        values["thresholds"] = tuple(float(b) for b in values["thresholds"])
+    return TrainConfig(**values)
+
+
+def text_setup_from(cfg: dict) -> TextTaskSetup:
+    """The :class:`TextTaskSetup` of a stored text-task run's config (``text_setup``; older
+    runs: the flat keys)."""
+    stored = cfg.get("text_setup", cfg)
+    return TextTaskSetup(**{f.name: stored[f.name] for f in fields(TextTaskSetup) if f.name in stored})
+
+
+def _checkpoint_step(run_id: int, path: Path, config: TrainConfig) -> int:
+    """The step of the checkpoint at ``path``, after checking it matches ``config``."""
+    import pickle
+
+    import torch
+
+    if not path.exists():
+        raise ValueError(f"run {run_id}: no checkpoint at {path}; nothing to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        step, written_with = int(state["step"]), state["config"]
+    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"run {run_id}: cannot read the checkpoint {path} ({type(exc).__name__}: {exc})") from None
+    if written_with != asdict(config):
+        raise ValueError(f"run {run_id}: the checkpoint {path} was written with a different config "
+                         f"({written_with}) than the stored run's ({asdict(config)})")
+    return step
+
+
+def _train_and_evaluate(config: TrainConfig, setup: TextTaskSetup, store: RunStore, checkpoint_dir: Path | None,
+                        callbacks, on_trainer, resume_run_id: int | None = None):
     import copy
 
     task, tokenizer, reference, (train, _, test) = build_text_task(setup)
     policy = copy.deepcopy(reference)
+    run_config = {"task": "text", **{k: v for k, v in asdict(setup).items() if k not in asdict(config)},
+                  "text_setup": asdict(setup)}  # the train config's own seed stays the stored "seed"
     trainer = Trainer(policy, tokenizer, train, config, store=store, checkpoint_dir=checkpoint_dir,
-                      callbacks=callbacks, run_config={"task": "text", **asdict(setup)})
-    result = trainer.train()
+                      callbacks=tuple(callbacks), run_config=run_config)
+    if on_trainer is not None:
+        on_trainer(trainer)
+    result = trainer.train(resume_run_id=resume_run_id)
+    if result.status != "finished":
+        return result, None
     evaluation = evaluate_on_task(task, policy, reference, tokenizer, test.prompts(), setup)
     params = {"method": config.method, "thresholds": list(config.thresholds), "tau": config.tau}
     store.add_points(result.run_id, [evaluation.as_point(config.method, params)])
