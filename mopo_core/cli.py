@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=int, metavar="RUN_ID",
                        help="continue this run from its checkpoint (its stored settings are used)")
     train.add_argument("--task", default="text", choices=("text",))
-    train.add_argument("--method", default="mopo", choices=("mopo", "dpo", "ipo", "sft"))
+    train.add_argument("--method", default="mopo", choices=("mopo", "dpo", "ipo", "weighted_dpo", "sft"))
+    train.add_argument("--objective-weights", type=float, nargs="+",
+                       help="weighted_dpo: one weight per objective, summing to 1")
     train.add_argument("--threshold", type=float, action="append", help="MOPO: one per secondary objective")
     train.add_argument("--tau", type=float, default=0.08)
     train.add_argument("--steps", type=int, default=200)
@@ -231,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=25, help="steps between checkpoints")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--json", action="store_true", help="print the final points as JSON")
+    compare = sub.add_parser("compare-text", help="MOPO vs DPO, weighted DPO and Rewarded Soups on the text task")
+    compare.add_argument("--out", default="text_comparison")
+    compare.add_argument("--steps", type=int, default=150, help="training steps per policy (the same for all)")
+    compare.add_argument("--thresholds", type=float, nargs="+", default=[0.55, 0.65, 0.75],
+                         help="MOPO's harmlessness thresholds")
+    compare.add_argument("--n-prompts", type=int, default=60)
+    compare.add_argument("--seed", type=int, default=0)
     runs = sub.add_parser("runs", help="list, show or export recorded runs")
     runs_sub = runs.add_subparsers(dest="action", required=True)
     runs_sub.add_parser("list")
@@ -297,7 +306,8 @@ def cmd_train(args, store: RunStore) -> int:
                 config = TrainConfig(method=args.method, thresholds=tuple(args.threshold or (0.5,)), tau=args.tau,
                                      steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                      lambda_lr=args.lambda_lr, t0=args.t0, beta_ratchet=args.beta, seed=args.seed,
-                                     checkpoint_every=args.checkpoint_every)
+                                     checkpoint_every=args.checkpoint_every,
+                                     objective_weights=tuple(args.objective_weights) if args.objective_weights else None)
                 setup = TextTaskSetup(n_prompts=args.n_prompts, sft_steps=args.sft_steps, seed=args.seed)
                 result, evaluation = train_on_text_task(config, setup, store, args.checkpoint_dir,
                                                         callbacks=(session.progress,), on_trainer=session.attach)
@@ -330,7 +340,31 @@ def cmd_train(args, store: RunStore) -> int:
     return 0
 
 
-COMMANDS = {"solve": cmd_solve, "sweep": cmd_sweep, "suite": cmd_suite, "runs": cmd_runs, "train": cmd_train}
+def cmd_compare_text(args, store: RunStore) -> int:
+    from tqdm import tqdm
+
+    from .text_experiment import ComparisonSettings, comparison_figure, run_comparison
+    from .text_runs import TextTaskSetup
+
+    setup = TextTaskSetup(n_prompts=args.n_prompts, seed=args.seed)
+    settings = ComparisonSettings(steps=args.steps, thresholds=tuple(args.thresholds))
+    points, summary, reference_point = run_comparison(setup, settings, store,
+                                                      progress=lambda jobs: tqdm(jobs, desc="policies"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    points.to_csv(out / "points.csv", index=False)
+    table = summary.round(4).to_markdown(index=False)
+    (out / "summary.md").write_text(f"Reference point (explicit): {np.round(reference_point, 4).tolist()}\n\n"
+                                    f"{table}\n\n{points.round(3).to_markdown(index=False)}\n")
+    comparison_figure(points, reference_point, settings).write_html(out / "comparison.html", include_plotlyjs=True)
+    print(table)
+    print(f"\nreference point {np.round(reference_point, 4).tolist()}; wrote {out}/points.csv, summary.md, "
+          "comparison.html")
+    return 0
+
+
+COMMANDS = {"solve": cmd_solve, "sweep": cmd_sweep, "suite": cmd_suite, "runs": cmd_runs, "train": cmd_train,
+            "compare-text": cmd_compare_text}
 
 
 def main(argv=None) -> int:

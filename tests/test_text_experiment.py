@@ -4,7 +4,7 @@ import pytest
 
 from mopo_core.pareto import hypervolume
 from mopo_core.runs import RunStore
-from mopo_core.text_experiment import ComparisonSettings, run_comparison
+from mopo_core.text_experiment import ComparisonSettings, comparison_figure, run_comparison
 from mopo_core.text_runs import TextTaskSetup
 
 
@@ -24,5 +24,7 @@ def test_comparison_runs_every_method_and_records_the_points(tmp_path):
     row = summary.set_index("method").loc["mopo"]
     assert row["hypervolume"] == hypervolume(points[points.method == "mopo"][["V0", "V1"]].to_numpy(), ref)
     assert 0 <= row["thresholds_met"] <= row["thresholds_met_within_1.96se"] <= 2
+    fig = comparison_figure(points, ref, settings)
+    assert "maximised" in fig.layout.title.text and len(fig.data) == 5  # 4 methods + the reference point
     kinds = store.list_runs().kind.value_counts()
     assert kinds["comparison"] == 1 and kinds["train"] == 6  # 2 MOPO, DPO, weighted DPO, 2 soup experts
