@@ -167,6 +167,13 @@ def cmd_runs(args, store: RunStore) -> int:
         print(json.dumps({"id": run.id, "kind": run.kind, "status": run.status, "error": run.error,
                           "config": run.config}, indent=1))
         print(run.points.drop(columns=["extra"], errors="ignore").to_string(index=False))
+    elif args.action == "mark-interrupted":
+        for run_id in args.run_ids:  # a killed process cannot update its own status
+            status = store.get_status(run_id)
+            if status != "running":
+                raise ValueError(f"run {run_id}: status is {status!r}; only 'running' runs can be marked interrupted")
+            store.set_status(run_id, "interrupted", "marked interrupted from the command line (process gone)")
+            print(f"run {run_id}: interrupted")
     else:
         for path in store.export_run(args.run_id, args.path):
             print(path)
@@ -243,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list, show or export recorded runs")
     runs_sub = runs.add_subparsers(dest="action", required=True)
     runs_sub.add_parser("list")
+    mark = runs_sub.add_parser("mark-interrupted", help="mark runs whose process died (e.g. SIGKILL) as interrupted")
+    mark.add_argument("run_ids", type=int, nargs="+")
     show = runs_sub.add_parser("show")
     show.add_argument("run_id", type=int)
     export = runs_sub.add_parser("export")

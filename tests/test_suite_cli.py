@@ -86,3 +86,13 @@ def test_cli_reads_a_json_preferences_file(store_path, tmp_path, capsys):
     path.write_text(json.dumps({"preferences": prefs.tolist()}))
     assert main(["solve", "--preferences", str(path), "--threshold", "0.5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["feasible"] is True
+
+
+def test_cli_marks_a_dead_running_run_interrupted(store_path, capsys):
+    store = RunStore(store_path)
+    run_id = store.create_run("train", {"note": "its process was killed"})
+    assert main(["runs", "mark-interrupted", str(run_id)]) == 0
+    assert store.get_status(run_id) == "interrupted"
+    assert main(["runs", "mark-interrupted", str(run_id)]) == 2
+    assert "only 'running' runs" in capsys.readouterr().err
+    assert main(["runs", "mark-interrupted", "999"]) == 2
