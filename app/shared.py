@@ -5,7 +5,6 @@ turns them into widgets, figures and download buttons.
 """
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import streamlit as st
 from mopo_core.runs import RunStore, to_jsonable
 from mopo_core.suite import ExactReference, exact_answers
 from mopo_core.tabular import TabularProblem
-from mopo_core.validation import check_preferences
+from mopo_core.validation import check_preferences, read_preference_array
 from synthetic import PARAMETER_CHOICES, STRUCTURES, Structure, make_structure, structure_parameters
 
 CONVENTION = "All objectives maximised · values are win-rates against the behaviour policy"
@@ -99,18 +98,11 @@ def read_preferences_file(name: str, data: bytes) -> np.ndarray:
     """
     if len(data) > MAX_UPLOAD_BYTES:
         raise ValueError(f"{name}: {len(data)} bytes is over the {MAX_UPLOAD_BYTES // 2**20} MiB limit")
+    arr = read_preference_array(name, data)
     try:
-        if name.endswith(".npy"):
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-        elif name.endswith(".json"):
-            doc = json.loads(data.decode("utf-8"))
-            arr = np.asarray(doc["preferences"] if isinstance(doc, dict) else doc, dtype=float)
-        else:
-            raise ValueError("expected a .npy or .json file")
         return check_preferences(arr)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        reason = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ValueError(f"{name}: {reason}") from None
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 @st.cache_resource(show_spinner="Validating the uploaded matrices…", max_entries=4)

@@ -19,27 +19,19 @@ from .pareto import attainable_max
 from .runs import RunStore
 from .suite import METHODS, SuiteConfig, config_dict, results_table, run_suite, summary_table
 from .tabular import TabularProblem, policy_values
-
-
-def load_preferences(path: str) -> np.ndarray:
-    """Read a (K, N, N) or (K, M, N, N) array from .npy or .json; errors name the file."""
-    p = Path(path)
-    try:
-        if p.suffix == ".npy":
-            return np.load(p, allow_pickle=False)
-        if p.suffix == ".json":
-            data = json.loads(p.read_text())
-            return np.asarray(data["preferences"] if isinstance(data, dict) else data, dtype=float)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: cannot read preferences ({exc})") from None
-    raise ValueError(f"{path}: expected a .npy or .json file")
+from .validation import read_preference_array
 
 
 def _instance(args) -> tuple[TabularProblem, dict]:
     """The problem to solve (a structure or a file) and its config for the run store."""
     if args.preferences:
         try:
-            problem = TabularProblem.build(load_preferences(args.preferences))
+            data = Path(args.preferences).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{args.preferences}: cannot read the file ({exc})") from None
+        array = read_preference_array(args.preferences, data)
+        try:
+            problem = TabularProblem.build(array)
         except ValueError as exc:
             raise ValueError(f"{args.preferences}: {exc}") from None
         return problem, {"preferences_file": str(Path(args.preferences).resolve())}

@@ -33,6 +33,7 @@ from .pareto import attainable_max, dominance_matrix, hypervolume
 from .runs import Run, RunStore, to_jsonable
 from .suite import SuiteConfig, config_dict, threshold_grid
 from .tabular import TabularProblem, kl_divergence, policy_values, win_rates
+from .validation import read_preference_array
 
 #: Config keys that make runs "seeds of one experiment" when they are the only difference.
 SEED_KEYS = ("seed",)
@@ -386,9 +387,7 @@ def _instance_from_config(config_json: str):
             path = Path(str(cfg["preferences_file"]))
             if not path.is_file() or path.stat().st_size > 8 * MAX_REBUILD_ENTRIES:
                 return None
-            from .cli import load_preferences
-
-            problem = TabularProblem.build(load_preferences(str(path)))
+            problem = TabularProblem.build(read_preference_array(str(path), path.read_bytes()))
             k = problem.rates.shape[0]
             return problem.reference, problem.rates, problem.prompt_weights, (
                 "primary", *[f"secondary {j}" for j in range(1, k)])

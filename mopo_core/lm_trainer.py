@@ -40,7 +40,7 @@ from .lm_losses import (
     weighted_bc_loss,
     weighted_dpo_loss,
 )
-from .models import sequence_ids
+from .models import pad_token_id, sequence_ids
 from .preferences import PreferenceDataset
 from .runs import RunStore
 from .validation import check_int, check_positive
@@ -118,7 +118,7 @@ def encode_rows(tokenizer, prompts: list[str], responses: list[str]):
     response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + eos for r in responses]
     rows = [p + r for p, r in zip(prompt_ids, response_ids)]
     width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     response = torch.zeros((len(rows), width), dtype=torch.long)

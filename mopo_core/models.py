@@ -268,7 +268,7 @@ def train_sft(
     model.to(target).train()
     sequences = _encode_all(model, tokenizer, texts)
     optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=lr)
-    pad, history = _pad_id(tokenizer), []
+    pad, history = pad_token_id(tokenizer), []
     with _seeded(seed):
         for _ in range(steps):
             picks = torch.randint(len(sequences), (batch_size,)).tolist()
@@ -309,7 +309,7 @@ def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-def _pad_id(tokenizer) -> int:
+def pad_token_id(tokenizer) -> int:
     """The tokenizer's pad id, else its eos id (masked positions never reach the loss)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
@@ -347,7 +347,7 @@ def sample(
     temperature = check_nonnegative(temperature, "temperature")
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, pad_token_id=_pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id,
+        max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer), eos_token_id=tokenizer.eos_token_id,
         **sampling,
     )
     queries = [sequence_ids(tokenizer, p, add_eos=False) for p in prompts for _ in range(n)]

@@ -5,6 +5,8 @@ offending entry) so that a user sees what to fix. Nothing is clipped or repaired
 """
 from __future__ import annotations
 
+import io
+import json
 import operator
 
 import numpy as np
@@ -66,6 +68,23 @@ def _check_prompt_matrices(block: np.ndarray, prompt: int, name: str) -> None:
             f"{name}: P + P^T != 1 at (objective, prompt, i, j) = {(kk, prompt, i, j)}: "
             f"P[i,j] = {block[kk, i, j]:.6g}, P[j,i] = {block[kk, j, i]:.6g}"
         )
+
+
+def read_preference_array(name: str, data: bytes) -> np.ndarray:
+    """Parse the bytes of a ``.npy`` or ``.json`` preference file (an array, or
+    ``{"preferences": array}``) named ``name``; not validated (see :func:`check_preferences`).
+
+    Errors are ValueErrors whose message starts with ``name``."""
+    try:
+        if name.endswith(".npy"):
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        if name.endswith(".json"):
+            doc = json.loads(data.decode("utf-8"))
+            return np.asarray(doc["preferences"] if isinstance(doc, dict) else doc, dtype=float)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        reason = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{name}: {reason}") from None
+    raise ValueError(f"{name}: expected a .npy or .json file")
 
 
 def check_distribution(value, n_prompts: int, n_responses: int, name: str, row_label: str = "prompt") -> np.ndarray:
