@@ -15,11 +15,17 @@ import numpy as np
 
 from synthetic import STRUCTURES, make_structure
 
+from .model_registry import add_models_command, add_prefmodel_command, cmd_models, cmd_prefmodel
 from .pareto import attainable_max
+from .public_formats import FORMATS, format_report, load_public
 from .runs import RunStore
 from .suite import METHODS, SuiteConfig, config_dict, results_table, run_suite, summary_table
 from .tabular import TabularProblem, policy_values
 from .validation import read_preference_array
+
+
+#: lm_trainer.METHODS, repeated here so that the CLI does not import torch for the other commands.
+TRAIN_METHODS = ("mopo", "dpo", "ipo", "weighted_dpo", "modpo", "sft")
 
 
 def _instance(args) -> tuple[TabularProblem, dict]:
@@ -215,9 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=int, metavar="RUN_ID",
                        help="continue this run from its checkpoint (its stored settings are used)")
     train.add_argument("--task", default="text", choices=("text",))
-    train.add_argument("--method", default="mopo", choices=("mopo", "dpo", "ipo", "weighted_dpo", "sft"))
+    train.add_argument("--method", default="mopo", choices=TRAIN_METHODS)
     train.add_argument("--objective-weights", type=float, nargs="+",
-                       help="weighted_dpo: one weight per objective, summing to 1")
+                       help="weighted_dpo, modpo: one weight per objective, summing to 1")
+    train.add_argument("--online", action="store_true",
+                       help="MOPO online: sample candidates from the policy, score them with the task's oracles")
+    train.add_argument("--n-candidates", type=int, default=8, help="online: candidates per prompt and step")
+    train.add_argument("--max-new-tokens", type=int, default=16, help="online and KL sampling: response length cap")
+    train.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same update, less memory)")
+    train.add_argument("--kl-every", type=int, help="log a sampled KL(policy || reference) every this many steps")
     train.add_argument("--threshold", type=float, action="append", help="MOPO: one per secondary objective")
     train.add_argument("--tau", type=float, default=0.08)
     train.add_argument("--steps", type=int, default=200)
@@ -232,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=25, help="steps between checkpoints")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--json", action="store_true", help="print the final points as JSON")
+    evaluate = sub.add_parser(
+        "evaluate", help="evaluate a text-task train run's checkpoint against its reference on held-out prompts",
+        description="Rebuild the run's task and reference (seeded), load the policy from the run's checkpoint "
+                    "(finished or not) and measure its win-rates against the reference's samples under the task's "
+                    "oracles. Records an 'evaluate' run with the point.")
+    evaluate.add_argument("--run", type=int, required=True, metavar="RUN_ID", help="a text-task train run")
+    evaluate.add_argument("--samples", type=int, help="samples per prompt and model (default: the run's)")
+    evaluate.add_argument("--split", default="test", choices=("test", "validation"))
+    evaluate.add_argument("--json", action="store_true", help="print the point as JSON")
     compare = sub.add_parser("compare-text", help="MOPO vs DPO, weighted DPO and Rewarded Soups on the text task")
     compare.add_argument("--out", default="text_comparison")
     compare.add_argument("--steps", type=int, default=150, help="training steps per policy (the same for all)")
@@ -249,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     export = runs_sub.add_parser("export")
     export.add_argument("run_id", type=int)
     export.add_argument("path", help="target file; .csv or .json")
+    data = sub.add_parser("data", help="public preference files (PKU-SafeRLHF, HH-RLHF, ShareGPT/alpaca DPO)")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    inspect = data_sub.add_parser("inspect", help="load a file and print its report; bad rows: exit status 2")
+    inspect.add_argument("file")
+    inspect.add_argument("--format", default="auto", choices=("auto", *FORMATS))
+    inspect.add_argument("--objective", help="the objective of a one-objective file (hh, sharegpt, alpaca)")
+    inspect.add_argument("--skip-bad-rows", action="store_true", help="leave bad rows out (they are listed)")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_models_command(sub)
+    add_prefmodel_command(sub)
     return parser
 
 
@@ -307,7 +338,9 @@ def cmd_train(args, store: RunStore) -> int:
                 config = TrainConfig(method=args.method, thresholds=tuple(args.threshold or (0.5,)), tau=args.tau,
                                      steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                      lambda_lr=args.lambda_lr, t0=args.t0, beta_ratchet=args.beta, seed=args.seed,
-                                     checkpoint_every=args.checkpoint_every,
+                                     checkpoint_every=args.checkpoint_every, online=args.online,
+                                     n_candidates=args.n_candidates, max_new_tokens=args.max_new_tokens,
+                                     gradient_accumulation_steps=args.grad_accum, kl_every=args.kl_every,
                                      objective_weights=tuple(args.objective_weights) if args.objective_weights else None)
                 setup = TextTaskSetup(n_prompts=args.n_prompts, sft_steps=args.sft_steps, seed=args.seed)
                 result, evaluation = train_on_text_task(config, setup, store, args.checkpoint_dir,
@@ -334,11 +367,29 @@ def cmd_train(args, store: RunStore) -> int:
                           "points": [point]}))
         return 0
     print(f"run {result.run_id}: {result.status} after {result.step} steps; multipliers {result.multipliers}")
+    _print_evaluation(evaluation)
+    return 0
+
+
+def cmd_evaluate(args, store: RunStore) -> int:
+    from .text_runs import evaluate_text_run
+
+    eval_id, evaluation = evaluate_text_run(store, args.run, n_samples=args.samples, split=args.split)
+    if args.json:
+        point = evaluation.as_point(store.get_run(args.run).config["method"], {})
+        print(json.dumps({"run_id": eval_id, "source_run": args.run, "objectives": list(evaluation.objectives),
+                          "values": point["values"], **point["extra"]}))
+        return 0
+    print(f"run {eval_id}: evaluation of run {args.run} on the {args.split} prompts")
+    _print_evaluation(evaluation)
+    return 0
+
+
+def _print_evaluation(evaluation) -> None:
     for k, name in enumerate(evaluation.objectives):
         print(f"  {name:>14}: win-rate vs reference {evaluation.win_rates[k]:.3f} "
               f"± {evaluation.win_rate_stderr[k]:.3f}, mean score {evaluation.mean_scores[k]:.3f} "
               f"(reference {evaluation.reference_scores[k]:.3f})")
-    return 0
 
 
 def cmd_compare_text(args, store: RunStore) -> int:
@@ -364,8 +415,16 @@ def cmd_compare_text(args, store: RunStore) -> int:
     return 0
 
 
+def cmd_data(args, store: RunStore) -> int:
+    """``data inspect``: load a public preference file and print its report (no run is recorded)."""
+    report = load_public(args.file, args.format, args.objective, args.skip_bad_rows).report()
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
+
+
 COMMANDS = {"solve": cmd_solve, "sweep": cmd_sweep, "suite": cmd_suite, "runs": cmd_runs, "train": cmd_train,
-            "compare-text": cmd_compare_text}
+            "compare-text": cmd_compare_text, "evaluate": cmd_evaluate, "data": cmd_data,
+            "models": cmd_models, "prefmodel": cmd_prefmodel}
 
 
 def main(argv=None) -> int:

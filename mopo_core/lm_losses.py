@@ -30,6 +30,9 @@ Dual variables and weights are bookkeeping: they carry no gradient.
 """
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,12 +43,50 @@ from .robust import chi_dual_value, chi_gradient, robust_lower_bound
 
 # --------------------------------------------------------------------------- log-probs
 
+# Logit elements (positions x vocabulary) of one chunk in the fused path: 2**25 is 128 MiB in
+# float32, about 680 positions of a 49k vocabulary.
+FUSED_CHUNK_ELEMENTS = 2**25
+# Config fields through which a causal LM rescales or caps its logits after the head; a model
+# that sets one to anything but None or 1 takes the plain path.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+COMPILE_ENV = "MOPO_COMPILE_LOGPROBS"
+
 
 def _chunk_token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
-    """log softmax(logits)[labels] in at least float32: (B, L, V), (B, L) -> (B, L)."""
+    """log softmax(logits)[labels] in at least float32: (..., V), (...) -> (...)."""
     x = logits.to(torch.promote_types(logits.dtype, torch.float32))
     picked = torch.gather(x, -1, labels.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(x, dim=-1)
+
+
+def _head_token_logprobs(hidden: Tensor, labels: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Log-probs of labels under a linear head: (N, H), (N,), (V, H), (V,) or None -> (N,), >= float32."""
+    return _chunk_token_logprobs(F.linear(hidden, weight, bias), labels)
+
+
+@functools.cache
+def _compiled_head_token_logprobs():
+    return torch.compile(_head_token_logprobs, dynamic=True)
+
+
+def _map_chunks(fn, split: tuple[Tensor, ...], shared: tuple, dim: int, chunk_size: int) -> Tensor:
+    """``fn(*pieces, *shared)`` over slices of ``chunk_size`` along ``dim`` of every ``split``
+    tensor, concatenated along ``dim``. Under autograd each call is checkpointed: its
+    intermediates (the logits) are recomputed in backward instead of kept, so at most one
+    chunk's exist at a time. An empty ``dim`` still makes one (empty) call."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: must be >= 1 or None, got {chunk_size}")
+    inputs = [t for t in (*split, *shared) if isinstance(t, Tensor)]
+    keep_graph = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    size = split[0].shape[dim]
+    pieces = []
+    for start in range(0, max(size, 1), chunk_size):
+        part = [t.narrow(dim, start, min(chunk_size, size - start)) for t in split]
+        if keep_graph:
+            pieces.append(checkpoint(fn, *part, *shared, use_reentrant=False))
+        else:
+            pieces.append(fn(*part, *shared))
+    return torch.cat(pieces, dim=dim)
 
 
 def token_logprobs(logits: Tensor, labels: Tensor, chunk_size: int | None = None) -> Tensor:
@@ -59,17 +100,12 @@ def token_logprobs(logits: Tensor, labels: Tensor, chunk_size: int | None = None
     """
     if chunk_size is None or chunk_size >= labels.shape[1]:
         return _chunk_token_logprobs(logits, labels)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size: must be >= 1 or None, got {chunk_size}")
-    keep_graph = torch.is_grad_enabled() and logits.requires_grad
-    pieces = []
-    for start in range(0, labels.shape[1], chunk_size):
-        part = (logits[:, start:start + chunk_size], labels[:, start:start + chunk_size])
-        if keep_graph:
-            pieces.append(checkpoint(_chunk_token_logprobs, *part, use_reentrant=False))
-        else:
-            pieces.append(_chunk_token_logprobs(*part))
-    return torch.cat(pieces, dim=1)
+    return _map_chunks(_chunk_token_logprobs, (logits, labels), (), 1, chunk_size)
+
+
+def _check_response_mask(mask: Tensor) -> None:
+    if mask[:, 0].any():
+        raise ValueError("response_mask: position 0 cannot be a response token (nothing predicts it)")
 
 
 def response_logprobs(
@@ -82,10 +118,32 @@ def response_logprobs(
     an error (every response needs at least one prompt or BOS token before it).
     """
     mask = response_mask.bool()
-    if mask[:, 0].any():
-        raise ValueError("response_mask: position 0 cannot be a response token (nothing predicts it)")
+    _check_response_mask(mask)
     per_token = token_logprobs(logits[:, :-1], input_ids[:, 1:], chunk_size)
     return torch.where(mask[:, 1:], per_token, torch.zeros_like(per_token)).sum(dim=-1)
+
+
+def fused_response_logprobs(
+    hidden: Tensor, head: torch.nn.Linear, input_ids: Tensor, response_mask: Tensor,
+    chunk_size: int | None = None, compile: bool = False,
+) -> Tensor:
+    """:func:`response_logprobs` from the final hidden states (B, T, H) and the linear head
+    (V, H), without ever forming the (B, T, V) logits: (B, T, H) -> (B,).
+
+    Only the N positions that predict a response token are gathered, (N, H); the head and
+    the float32 log-softmax then run over ``chunk_size`` of them at a time (default:
+    ``FUSED_CHUNK_ELEMENTS // V``), each chunk checkpointed, so forward and backward hold
+    one chunk's (chunk, V) logits at most. ``compile`` runs the chunk function through
+    ``torch.compile`` (dynamic shapes).
+    """
+    mask = response_mask.bool()
+    _check_response_mask(mask)
+    rows, cols = mask[:, 1:].nonzero(as_tuple=True)  # position (row, col) predicts token col + 1
+    labels = input_ids[rows, cols + 1]
+    fn = _compiled_head_token_logprobs() if compile else _head_token_logprobs
+    chunk = max(1, FUSED_CHUNK_ELEMENTS // head.out_features) if chunk_size is None else chunk_size
+    per_token = _map_chunks(fn, (hidden[rows, cols], labels), (head.weight, head.bias), 0, chunk)
+    return torch.zeros(mask.shape[0], dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
@@ -93,23 +151,65 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def lm_body_and_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """``(body, head)`` of a Hugging Face causal LM (peft-wrapped or not) whose logits are
+    exactly ``head(body(...)[0])``, or None when that cannot be relied on.
+
+    body: the base model (``model.base_model``; for peft, that of ``get_base_model()``), which
+    returns the final, normalised hidden states (B, T, H); head: ``get_output_embeddings()``
+    (V, H), tied or not. None for: no such parts, a head that is not a plain
+    ``torch.nn.Linear`` (e.g. a LoRA-adapted or quantised head), a config that rescales or
+    soft-caps the logits (``_LOGIT_TRANSFORMS``), peft prompt-learning adapters.
+    """
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and peft_config.is_prompt_learning:
+        return None
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    body = getattr(inner, "base_model", None)
+    if type(head) is not torch.nn.Linear or body is None or body is inner:
+        return None
+    config = getattr(inner, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    return body, head
+
+
 def sequence_logprobs(
-    model, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, chunk_size: int | None = None
+    model, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, chunk_size: int | None = None,
+    *, fused: bool | None = None, compile: bool | None = None,
 ) -> Tensor:
     """``log pi(y|x)`` per row (B,): the summed log-probs of the response tokens only.
 
-    ``model`` is a causal LM called as ``model(input_ids=, attention_mask=, position_ids=)``
-    that returns ``.logits`` (B, T, V) (Hugging Face convention). Position ids come from the
-    attention mask, so left- and right-padded batches give the same values as unpadded
-    sequences. Prompt and padding tokens are masked out (padding is also removed from
-    ``response_mask``). ``chunk_size``: see :func:`token_logprobs`; the model still
-    materialises its own logits in its own dtype.
+    Position ids come from the attention mask, so left- and right-padded batches give the
+    same values as unpadded sequences. Prompt and padding tokens are masked out (padding is
+    also removed from ``response_mask``).
+
+    Fused path (``fused=None``: whenever :func:`lm_body_and_head` finds the parts; ``True``:
+    required, ValueError otherwise): the model's body runs to the final hidden states and
+    :func:`fused_response_logprobs` scores the response positions only, chunk by chunk, so
+    no (B, T, V) logits exist. ``chunk_size`` counts response positions per chunk there
+    (default ``FUSED_CHUNK_ELEMENTS // V``); ``compile`` (default: env ``MOPO_COMPILE_LOGPROBS=1``)
+    compiles the chunk function.
+
+    Plain path (``fused=False``, or a model without the parts): ``model`` is a causal LM
+    called as ``model(input_ids=, attention_mask=, position_ids=)`` that returns ``.logits``
+    (B, T, V) (Hugging Face convention), in its own dtype; ``chunk_size``: see
+    :func:`token_logprobs`.
     """
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-    ).logits
+    parts = lm_body_and_head(model) if fused is not False else None
+    if fused and parts is None:
+        raise ValueError(f"fused=True: {type(model).__name__} has no plain linear head over its body's hidden states")
     mask = response_mask.bool() & attention_mask.bool()
-    return response_logprobs(logits, input_ids, mask, chunk_size)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+              "position_ids": position_ids_from_mask(attention_mask)}
+    if parts is None:
+        return response_logprobs(model(**inputs).logits, input_ids, mask, chunk_size)
+    body, head = parts
+    hidden = body(**inputs, use_cache=False)[0]
+    if compile is None:
+        compile = os.environ.get(COMPILE_ENV, "") == "1"
+    return fused_response_logprobs(hidden, head, input_ids, mask, chunk_size, compile)
 
 
 # --------------------------------------------------------------------------- batch weights
@@ -314,15 +414,19 @@ def ipo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta: float) 
     return ((gap - 1.0 / (2.0 * beta)) ** 2).mean()
 
 
-def weighted_dpo_loss(logp_a, logp_b, ref_a, ref_b, beta: float, labels, objective_weights=None) -> Tensor:
+def weighted_dpo_loss(logp_a, logp_b, ref_a, ref_b, beta: float, labels, objective_weights=None,
+                      margin=None) -> Tensor:
     """DPO with soft labels, both orderings: ``mean -[p log sigma(z) + (1 - p) log sigma(-z)]``.
 
-    z = beta (h_a - h_b) over pairs (P,). labels: p = P(a beats b) (P,) in [0, 1], or (K, P)
-    per-objective labels combined as ``p = sum_k c_k l_k`` with ``objective_weights`` c (K,)
-    summing to 1 (the same as the c-weighted sum of the per-objective losses). p = 1 is
-    :func:`dpo_loss` with a chosen; p = 0 with b chosen.
+    z = beta (h_a - h_b) - margin over pairs (P,). labels: p = P(a beats b) (P,) in [0, 1], or
+    (K, P) per-objective labels combined as ``p = sum_k c_k l_k`` with ``objective_weights`` c
+    (K,) summing to 1 (the same as the c-weighted sum of the per-objective losses). p = 1 is
+    :func:`dpo_loss` with a chosen; p = 0 with b chosen. ``margin`` (scalar or (P,), default 0,
+    oriented a minus b) is MODPO's weighted reward gap of the other objectives.
     """
     z = beta * _log_ratio_gap(logp_a, logp_b, ref_a, ref_b)
+    if margin is not None:
+        z = z - torch.as_tensor(margin, dtype=z.dtype, device=z.device)
     p = torch.as_tensor(labels, dtype=z.dtype, device=z.device)
     if p.ndim == 2:
         if objective_weights is None:

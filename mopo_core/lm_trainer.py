@@ -1,4 +1,4 @@
-"""The language-model trainer: MOPO (Algorithm 1, offline mode) and baselines on one loop.
+"""The language-model trainer: MOPO (Algorithm 1, offline and online) and baselines on one loop.
 
 Offline mode (MOPO.md section 5). Win-rates come from the dataset's labels: a pair
 ``(a, b)`` with label ``l_k`` counts ``l_k`` for ``a`` and ``1 - l_k`` for ``b``, and each
@@ -8,21 +8,48 @@ their distinct responses are the rows, weighted by how often each appears in the
 empirical data distribution, taken to be the reference's). The multipliers take a projected
 step on the batch estimate of the constraints, the normalised closed-form weights are
 recomputed, and the policy takes a weighted behaviour-cloning step on the response tokens.
-MOPO needs no reference forward pass. DPO, IPO and SFT draw ``batch_size`` pairs per step;
-DPO and IPO run a frozen copy of the starting model for their reference log-probs.
+MOPO needs no reference forward pass per step.
 
-Runs: the config, metric series (loss, lambda_j, constraint_j, threshold_j, ESS, tokens/s)
-and status go to a :class:`mopo_core.runs.RunStore`; a checkpoint (model, optimizer,
-multipliers, thresholds, step) is written atomically every ``checkpoint_every`` steps and
-at the end. Batches and dropout are seeded by (seed, step), so resuming from a checkpoint
-reproduces an uninterrupted run's metrics. ``request_cancel()`` ends the run after the
-current step with status ``cancelled`` and its checkpoint kept.
+Online mode. For each of the step's prompts, ``n_candidates`` responses are sampled from the
+current policy (temperature 1, so the samples follow pi_psi exactly) and every pair is scored
+by the objectives' preference oracle. With ``r_j = pi_ref(y_j|x) / pi_psi(y_j|x)`` (one
+reference forward, no gradient), a candidate's win-rate against the reference is estimated
+within the pool, excluding self-comparison: ``w_k(i) = sum_{j != i} r_j P_k(y_i > y_j) /
+sum_{j != i} r_j`` (plain pool averages while the policy is the reference), and ``log r``
+is the weights' importance factor, so the step clones pi_lambda proportional to pi_ref
+exp((w_0 + lambda . w_sec) / tau) from on-policy samples and its constraint estimates are
+the quantities the evaluation measures (win-rates against the reference's samples).
+
+Lagged reference and ratchet (``t0``, ``beta_ratchet``): every ``t0`` steps the reference
+becomes the policy as it was ``t0`` steps before (offline, its log-probs of the data's
+responses replace the data distribution as the weights' base measure; online, it is the
+model the importance factors use), and with ``beta_ratchet`` the thresholds become
+``max(b_user, beta * the constraint estimate of t0 steps ago)``.
+
+Baselines: DPO (soft labels of the primary), IPO, weighted multi-objective DPO (a fixed
+mixture of the objectives' labels), MODPO (DPO on the primary with the secondaries' reward
+margin, ``secondary_rewards``) and SFT draw ``batch_size`` pairs per step; the pairwise
+ones run a frozen copy of the starting model for their reference log-probs.
+
+One step: the step's rows (MOPO: responses; others: pairs) are split over the processes of a
+``torchrun`` launch (DDP averages the gradients) and each process's share into
+``gradient_accumulation_steps`` micro-batches; every loss is a sum over rows divided by the
+global row count, so the update equals one process taking the whole batch at once.
+
+Runs: the config, metric series (loss, gradient norm before clipping, lambda_j, constraint_j,
+threshold_j, ESS, KL to the reference, tokens/s) and status go to a :class:`mopo_core.runs.RunStore`; a checkpoint
+(model, optimizer, multipliers, thresholds, lagged references, step) is written atomically
+every ``checkpoint_every`` steps and at the end. Batches, samples and dropout are seeded by
+(seed, step), so resuming from a checkpoint reproduces an uninterrupted run's metrics.
+``request_cancel()`` ends the run after the current step with status ``cancelled`` and its
+checkpoint kept. Under torchrun only process 0 writes the store and the checkpoints.
 """
 from __future__ import annotations
 
 import copy
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,6 +57,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import distributed
 from .lm_losses import (
     constraint_estimates,
     ipo_loss,
@@ -37,30 +65,39 @@ from .lm_losses import (
     mopo_weights,
     sequence_logprobs,
     sft_loss,
-    weighted_bc_loss,
     weighted_dpo_loss,
 )
-from .models import pad_token_id, sequence_ids
+from .models import pad_token_id, sample, sequence_ids
 from .preferences import PreferenceDataset
 from .runs import RunStore
 from .validation import check_int, check_positive
 
-METHODS = ("mopo", "dpo", "ipo", "weighted_dpo", "sft")
+METHODS = ("mopo", "dpo", "ipo", "weighted_dpo", "modpo", "sft")
+PAIRWISE_METHODS = ("dpo", "ipo", "weighted_dpo", "modpo")
 CHECKPOINT_NAME = "last.pt"
+
+#: oracle(prompt, a, b) -> (K,) probabilities that a beats b on each objective (as lm_eval.Oracle).
+Oracle = Callable[[str, str, str], np.ndarray]
+#: secondary_rewards(prompts, responses) -> (K-1, B) rewards of each row on each secondary objective.
+SecondaryRewards = Callable[[list[str], list[str]], np.ndarray]
 
 
 @dataclass
 class TrainConfig:
     """Settings of one training run.
 
-    method: "mopo" | "dpo" | "ipo" | "weighted_dpo" | "sft"; thresholds (K-1,) for MOPO's
-    secondaries; objective_weights (K,) for weighted_dpo (DPO on the weighted mixture of the
-    objectives' soft labels, a fixed scalarisation); tau: KL
-    strength (beta of DPO/IPO); steps, batch_size (prompts per step for MOPO, pairs per step
-    for the others), lr and weight_decay (AdamW), lambda_lr
-    (projected step on the multipliers), beta_ratchet with t0: every t0 steps the thresholds
-    become max(b_user, beta_ratchet * constraint estimate of t0 steps ago); seed; log_every,
-    checkpoint_every (steps).
+    method: "mopo" | "dpo" | "ipo" | "weighted_dpo" | "modpo" | "sft"; thresholds (K-1,) for
+    MOPO's secondaries; objective_weights (K,) for weighted_dpo (DPO on the weighted mixture of
+    the objectives' soft labels) and modpo (DPO on the primary with beta = tau / c_0 and the
+    margin sum_{k>0} c_k (r_k(a) - r_k(b)) / c_0); tau: KL strength (beta of DPO/IPO); steps,
+    batch_size (prompts per step for MOPO, pairs per step for the others), lr and
+    weight_decay (AdamW), lambda_lr (projected step on the multipliers); t0: lagged-reference
+    period, with beta_ratchet the thresholds' ratchet; online (MOPO only): sample
+    n_candidates responses per prompt from the policy, up to max_new_tokens tokens, scored by
+    the trainer's oracle; gradient_accumulation_steps: micro-batches per process and step;
+    kl_every: every that many steps, log a sampled estimate of KL(policy || reference) over
+    kl_prompts fixed prompts (online mode logs its pool's estimate every step instead);
+    seed; log_every, checkpoint_every (steps).
     """
 
     method: str = "mopo"
@@ -74,6 +111,12 @@ class TrainConfig:
     lambda_lr: float = 1.0
     t0: int | None = None
     beta_ratchet: float | None = None
+    online: bool = False
+    n_candidates: int = 8
+    max_new_tokens: int = 16
+    gradient_accumulation_steps: int = 1
+    kl_every: int | None = None
+    kl_prompts: int = 4
     seed: int = 0
     log_every: int = 1
     checkpoint_every: int = 25
@@ -84,17 +127,35 @@ class TrainConfig:
         if self.method == "mopo" and len(self.thresholds) != n_objectives - 1:
             raise ValueError(f"thresholds: MOPO needs one per secondary objective ({n_objectives - 1}), "
                              f"got {len(self.thresholds)}")
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "gradient_accumulation_steps",
+                     "max_new_tokens", "kl_prompts"):
             check_int(getattr(self, name), name, 1)
+        check_int(self.n_candidates, "n_candidates", 2)
+        for name in ("t0", "kl_every"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, 1)
         for name in ("tau", "lr", "lambda_lr"):
             check_positive(getattr(self, name), name)
-        if self.method == "weighted_dpo":
+        if self.method in ("weighted_dpo", "modpo"):
             weights = self.objective_weights
             if weights is None or len(weights) != n_objectives or min(weights) < 0 or abs(sum(weights) - 1) > 1e-9:
-                raise ValueError(f"objective_weights: weighted_dpo needs {n_objectives} non-negative weights "
+                raise ValueError(f"objective_weights: {self.method} needs {n_objectives} non-negative weights "
                                  f"summing to 1, got {weights}")
+            if self.method == "modpo" and (n_objectives < 2 or weights[0] <= 0):
+                raise ValueError(f"objective_weights: modpo needs a secondary objective and a primary weight > 0, "
+                                 f"got {weights}")
+        if self.online and self.method != "mopo":
+            raise ValueError(f"online: only MOPO trains online, got method {self.method!r}")
+        if self.online and self.kl_every is not None:
+            raise ValueError("kl_every: online mode logs the pool's KL estimate every step; leave kl_every unset")
         if self.beta_ratchet is not None and (self.t0 is None or not 0 < self.beta_ratchet <= 1):
             raise ValueError(f"beta_ratchet: needs t0 and must lie in (0, 1], got {self.beta_ratchet}, t0={self.t0}")
+
+
+def same_config(stored: dict, config: TrainConfig) -> bool:
+    """Whether a stored config dict (possibly written before later fields existed, which then
+    take their defaults) describes ``config``."""
+    return {**asdict(TrainConfig()), **stored} == asdict(config)
 
 
 @dataclass
@@ -159,35 +220,95 @@ def response_win_rates(dataset: PreferenceDataset) -> dict[str, ResponseTable]:
     return tables
 
 
+
+
+def pool_win_rates(preferences: np.ndarray, log_importance: np.ndarray | None = None) -> np.ndarray:
+    """Win-rates of a pool of n candidates against the distribution the factors reweight to.
+
+    preferences (K, n, n): ``P_k(y_i beats y_j)``, the diagonal is ignored; log_importance
+    (n,): ``log r_j``, each candidate's weight as an opponent (None: equal). Returns (K, n)
+    ``w_k(i) = sum_{j != i} r_j P_k[i, j] / sum_{j != i} r_j`` (self-comparison excluded).
+    """
+    preferences = np.asarray(preferences, dtype=np.float64)
+    n = preferences.shape[-1]
+    if preferences.ndim != 3 or preferences.shape[1] != n or n < 2:
+        raise ValueError(f"preferences: expected (K, n, n) with n >= 2, got {preferences.shape}")
+    log_r = np.zeros(n) if log_importance is None else np.asarray(log_importance, dtype=np.float64)
+    r = np.exp(log_r - log_r.max())
+    opponents = np.broadcast_to(r, (n, n)).copy()
+    np.fill_diagonal(opponents, 0.0)
+    return (preferences * opponents).sum(axis=-1) / opponents.sum(axis=-1)
+
+
+def pool_preferences(oracle: Oracle, prompt: str, responses: list[str]) -> np.ndarray:
+    """(K, n, n) oracle probabilities within a pool; each unordered pair is scored once and
+    ``P(b beats a) = 1 - P(a beats b)`` (a preference oracle's convention; 0.5 on the diagonal)."""
+    n = len(responses)
+    table = None
+    for i in range(n):
+        for j in range(i + 1, n):
+            p = np.asarray(oracle(prompt, responses[i], responses[j]), dtype=np.float64)
+            if table is None:
+                table = np.full((p.size, n, n), 0.5)
+            table[:, i, j], table[:, j, i] = p, 1.0 - p
+    return table
+
+
+@dataclass
+class StepPlan:
+    """One step's work: ``rows`` (responses or pairs) to be split over processes and
+    micro-batches; ``loss_sum(rows) -> (summed loss over those rows, tokens)``; the loss of
+    the step is the sum over all rows divided by ``len(rows)``; ``metrics`` already known."""
+
+    rows: list
+    loss_sum: Callable[[list], tuple[torch.Tensor, int]]
+    metrics: dict
+
+
 class Trainer:
-    """Owns the loop for one run. ``callbacks`` are called as ``callback(step, metrics)``."""
+    """Owns the loop for one run. ``callbacks`` are called as ``callback(step, metrics)``;
+    ``oracle`` scores candidate pools in online mode; ``secondary_rewards`` gives MODPO its
+    margins."""
 
     def __init__(self, model, tokenizer, dataset: PreferenceDataset, config: TrainConfig,
                  store: RunStore | None = None, checkpoint_dir: str | os.PathLike | None = None,
-                 callbacks: tuple[Callable[[int, dict], None], ...] = (), run_config: dict | None = None):
+                 callbacks: tuple[Callable[[int, dict], None], ...] = (), run_config: dict | None = None,
+                 oracle: Oracle | None = None, secondary_rewards: SecondaryRewards | None = None):
         config.validate(dataset.n_objectives)
         clash = set(run_config or {}) & set(asdict(config))
         if clash:
             raise ValueError(f"run_config: keys {sorted(clash)} would overwrite the training config's")
+        if config.online and oracle is None:
+            raise ValueError("oracle: online mode needs a preference oracle to score the sampled candidates")
+        if config.method == "modpo" and secondary_rewards is None:
+            raise ValueError("secondary_rewards: modpo needs the secondary objectives' rewards for its margin")
         self.model, self.tokenizer, self.dataset, self.config = model, tokenizer, dataset, config
         self.store, self.callbacks, self.run_config = store, callbacks, run_config or {}
+        self.oracle, self.secondary_rewards = oracle, secondary_rewards
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.reference = None
-        if config.method in ("dpo", "ipo", "weighted_dpo"):
-            self.reference = copy.deepcopy(model).eval()
-            for p in self.reference.parameters():
-                p.requires_grad_(False)
+        if config.method in PAIRWISE_METHODS or config.online or config.t0 is not None or config.kl_every:
+            self.reference = _frozen_copy(model)
         self.prompt_ids = {p: i for i, p in enumerate(dataset.prompts())}
         self.responses = response_win_rates(dataset)
         self.lam = torch.zeros(dataset.n_objectives - 1, dtype=torch.float64)
         self.thresholds = torch.tensor(config.thresholds if config.method == "mopo" else [], dtype=torch.float64)
         self.constraint_history: list[torch.Tensor] = []
+        self.lag_snapshot: dict | None = None  # the policy at the last refresh: the next reference
+        self.lagged = False  # whether the reference has moved off the starting model
+        self._lag_logprobs: dict[tuple[str, str], float] = {}
         self.step = 0
         self.run_id = None
         self._cancel = False
+        self._ddp = None
+
+    @property
+    def is_main(self) -> bool:
+        """Process 0 (or the only process): the one that writes the store and checkpoints."""
+        return distributed.rank() == 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,39 +318,45 @@ class Trainer:
 
     def train(self, resume_run_id: int | None = None) -> TrainResult:
         """Run to ``config.steps`` (from the last checkpoint when ``resume_run_id`` is given)."""
+        store = self.store if self.is_main else None
         if resume_run_id is not None:
             self._load_checkpoint()
             self.run_id = resume_run_id
-            if self.store is not None:  # a killed run may have logged steps past its checkpoint
-                self.store.delete_metrics_after(resume_run_id, self.step)
-                self.store.set_status(resume_run_id, "running")
-        elif self.store is not None:
-            self.run_id = self.store.create_run("train", {
+            if store is not None:  # a killed run may have logged steps past its checkpoint
+                store.delete_metrics_after(resume_run_id, self.step)
+                store.set_status(resume_run_id, "running")
+        elif store is not None and self.run_id is None:
+            self.run_id = store.create_run("train", {
                 **asdict(self.config), **self.run_config, "n_pairs": len(self.dataset),
-                "objectives": list(self.dataset.objectives),
+                "objectives": list(self.dataset.objectives), "world_size": distributed.world_size(),
                 "checkpoint_dir": None if self.checkpoint_dir is None else str(self.checkpoint_dir)})
+        if distributed.is_distributed() and self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._ddp = DistributedDataParallel(_SequenceScorer(self.model), device_ids=None if self.device.type == "cpu"
+                                                else [self.device.index])
         history = []
         try:
-            while self.step < self.config.steps and not self._cancel:
+            while self.step < self.config.steps and not distributed.any_process(self._cancel):
                 self.step += 1
                 metrics = self._train_step()
                 if self.step % self.config.log_every == 0 or self.step == self.config.steps:
                     history.append({"step": self.step, **metrics})
-                    if self.store is not None:
-                        self.store.log_metrics(self.run_id, self.step, metrics)
+                    if store is not None:
+                        store.log_metrics(self.run_id, self.step, metrics)
                     for callback in self.callbacks:
                         callback(self.step, metrics)
                 if self.step % self.config.checkpoint_every == 0:
                     self._save_checkpoint()
         except BaseException as exc:
-            if self.store is not None:
+            if store is not None:
                 status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-                self.store.set_status(self.run_id, status, f"{type(exc).__name__}: {exc}")
+                store.set_status(self.run_id, status, f"{type(exc).__name__}: {exc}")
             raise
         self._save_checkpoint()
-        status = "cancelled" if self._cancel and self.step < self.config.steps else "finished"
-        if self.store is not None:
-            self.store.set_status(self.run_id, status)
+        status = "cancelled" if self.step < self.config.steps else "finished"
+        if store is not None:
+            store.set_status(self.run_id, status)
         return TrainResult(status, self.step, self.lam.tolist(), self.thresholds.tolist(), self.run_id, history)
 
     # ------------------------------------------------------------------ one step
@@ -237,49 +364,131 @@ class Trainer:
     def _rng(self) -> np.random.Generator:
         return np.random.default_rng([self.config.seed, self.step])
 
-    def _batch(self):
-        """``batch_size`` pairs for the pairwise methods; ``batch_size`` prompts for MOPO."""
-        if self.config.method == "mopo":
-            prompts = list(self.responses)
-            return [prompts[int(i)] for i in self._rng().choice(len(prompts), size=min(self.config.batch_size,
-                                                                                       len(prompts)), replace=False)]
+    def _batch_prompts(self) -> list[str]:
+        prompts = list(self.responses)
+        picked = self._rng().choice(len(prompts), size=min(self.config.batch_size, len(prompts)), replace=False)
+        return [prompts[int(i)] for i in picked]
+
+    def _batch_pairs(self) -> list:
         return [self.dataset[int(i)] for i in self._rng().integers(len(self.dataset), size=self.config.batch_size)]
 
     def _logprobs(self, model, prompts, responses):
         ids, attention, response = (t.to(self.device) for t in encode_rows(self.tokenizer, prompts, responses))
-        return sequence_logprobs(model, ids, attention, response), int(attention.sum())
+        scorer = model if model is self._ddp else _SequenceScorer(model)
+        return scorer(ids, attention, response), int(attention.sum())
+
+    @torch.no_grad()
+    def _eval_logprobs(self, model, prompts, responses) -> np.ndarray:
+        """Summed response log-probs (B,) under ``model`` in eval mode, without gradient."""
+        was_training = model.training
+        model.eval()
+        try:
+            return self._logprobs(model, prompts, responses)[0].double().cpu().numpy()
+        finally:
+            model.train(was_training)
 
     def _train_step(self) -> dict:
         torch.manual_seed(self.config.seed * 1_000_003 + self.step)  # dropout: reproducible across resume
+        plan = getattr(self, f"_plan_{self.config.method}")()
         self.model.train()
-        pairs = self._batch()
         start = time.perf_counter()
-        loss, metrics, tokens = getattr(self, f"_{self.config.method}_loss")(pairs)
+        lo, hi = distributed.shard_bounds(len(plan.rows))
+        mine = plan.rows[lo:hi]
+        if not mine:
+            raise ValueError(f"batch_size: a step has {len(plan.rows)} rows, too few for "
+                             f"{distributed.world_size()} processes")
+        n_chunks = min(self.config.gradient_accumulation_steps, len(mine))
+        scale = distributed.world_size() / len(plan.rows)  # DDP averages over processes
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        loss_sum, tokens = 0.0, 0
+        for c in range(n_chunks):
+            a, b = distributed.shard_bounds(len(mine), c, n_chunks)
+            last = c == n_chunks - 1
+            with nullcontext() if self._ddp is None or last else self._ddp.no_sync():
+                part, n = plan.loss_sum(mine[a:b])
+                (part * scale).backward()
+            loss_sum, tokens = loss_sum + float(part.detach()), tokens + n
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
-        metrics.update(loss=float(loss.detach()), tokens_per_s=tokens / max(time.perf_counter() - start, 1e-9))
+        totals = distributed.all_reduce_sum(torch.tensor([loss_sum, tokens], dtype=torch.float64))
+        metrics = {**plan.metrics, "loss": float(totals[0]) / len(plan.rows), "grad_norm": float(grad_norm),
+                   "tokens_per_s": float(totals[1]) / max(time.perf_counter() - start, 1e-9)}
+        self._refresh_lagged_reference()
+        if self.config.kl_every and self.step % self.config.kl_every == 0 and self.is_main:
+            metrics["kl_to_reference"] = self._sampled_kl()
         return metrics
 
-    def _mopo_loss(self, batch_prompts):
-        table = [self.responses[p] for p in batch_prompts]
-        prompts = [p for p, t in zip(batch_prompts, table) for _ in t.responses]
-        responses = [r for t in table for r in t.responses]
-        w = torch.cat([t.win_rates for t in table], dim=1)  # (K, rows)
-        log_counts = torch.cat([t.counts.log() for t in table])  # the data distribution over each prompt's rows
-        group = torch.tensor([self.prompt_ids[p] for p in prompts])
-        weights, _ = mopo_weights(w, self.lam, self.config.tau, group, log_counts)
+    @property
+    def _forward_model(self):
+        """The model the gradient passes run through (the DDP wrapper under torchrun)."""
+        return self._ddp if self._ddp is not None else self.model
+
+    # ------------------------------------------------------------------ MOPO
+
+    def _plan_mopo(self) -> StepPlan:
+        prompts = self._batch_prompts()
+        metrics = {}
+        if self.config.online:
+            sample_start = time.perf_counter()
+            pools = distributed.gather_objects([self._pool(i, prompts[i])
+                                                for i in range(*distributed.shard_bounds(len(prompts)))])
+            responses = [r for pool in pools for r in pool["responses"]]
+            w = torch.from_numpy(np.concatenate([pool["win_rates"] for pool in pools], axis=1))
+            log_importance = torch.from_numpy(np.concatenate([pool["log_ratio"] for pool in pools]))
+            group = torch.tensor([i for i, pool in enumerate(pools) for _ in pool["responses"]])
+            metrics.update(kl_to_reference=float(np.mean([pool["kl"] for pool in pools])),
+                           sample_s=time.perf_counter() - sample_start)
+        else:
+            tables = [self.responses[p] for p in prompts]
+            responses = [r for t in tables for r in t.responses]
+            w = torch.cat([t.win_rates for t in tables], dim=1)  # (K, rows)
+            group = torch.tensor([i for i, t in enumerate(tables) for _ in t.responses])
+            log_importance = self._offline_base_measure(prompts, tables)
+        row_prompts = [prompts[int(g)] for g in group]
+        weights, _ = mopo_weights(w, self.lam, self.config.tau, group, log_importance)
         estimate = constraint_estimates(w[1:], weights, group)
         self.lam = lambda_update(self.lam, estimate, self.thresholds, self.config.lambda_lr)
         self._ratchet(estimate)
-        weights, ess = mopo_weights(w, self.lam, self.config.tau, group, log_counts)
-        logp, tokens = self._logprobs(self.model, prompts, responses)
-        metrics = {"ess": ess / len(responses)}
+        weights, ess = mopo_weights(w, self.lam, self.config.tau, group, log_importance)
+        metrics["ess"] = ess / len(responses)
         for j in range(self.lam.numel()):
             metrics.update({f"lambda_{j + 1}": float(self.lam[j]), f"constraint_{j + 1}": float(estimate[j]),
                             f"threshold_{j + 1}": float(self.thresholds[j])})
-        return weighted_bc_loss(logp, weights.to(logp.dtype).to(self.device)), metrics, tokens
+        rows = list(zip(row_prompts, responses, weights.tolist()))
+
+        def loss_sum(chunk):
+            logp, tokens = self._logprobs(self._forward_model, [r[0] for r in chunk], [r[1] for r in chunk])
+            weight = torch.tensor([r[2] for r in chunk], dtype=logp.dtype, device=logp.device)
+            return -(weight * logp).sum(), tokens
+
+        return StepPlan(rows, loss_sum, metrics)
+
+    def _offline_base_measure(self, prompts, tables) -> torch.Tensor:
+        """Log base measure of the offline rows: the data's counts while the reference is the
+        starting model (the data's own distribution); once lagged, the lagged reference's
+        log-probs of the responses (cached until the next refresh)."""
+        if not self.lagged:
+            return torch.cat([t.counts.log() for t in tables])
+        keys = [(p, r) for p, t in zip(prompts, tables) for r in t.responses]
+        missing = [k for k in keys if k not in self._lag_logprobs]
+        if missing:
+            values = self._eval_logprobs(self.reference, [k[0] for k in missing], [k[1] for k in missing])
+            self._lag_logprobs.update(zip(missing, values.tolist()))
+        return torch.tensor([self._lag_logprobs[k] for k in keys], dtype=torch.float64)
+
+    def _pool(self, index: int, prompt: str) -> dict:
+        """Online candidates for the batch's ``index``-th prompt: responses sampled from the policy
+        (seeded by seed, step and index, so the split over processes changes nothing), their
+        importance-corrected pool win-rates (K, n), ``log r = log pi_ref - log pi_psi`` (n,) and
+        the pool's KL(pi_psi || pi_ref) estimate."""
+        cfg = self.config
+        seed = int(np.random.default_rng([cfg.seed, self.step, index]).integers(2**31))
+        responses = sample(self.model, self.tokenizer, [prompt], cfg.n_candidates, cfg.max_new_tokens, 1.0, seed)
+        repeated = [prompt] * len(responses)
+        log_ratio = (self._eval_logprobs(self.reference, repeated, responses)
+                     - self._eval_logprobs(self.model, repeated, responses))
+        win_rates = pool_win_rates(pool_preferences(self.oracle, prompt, responses), log_ratio)
+        return {"responses": responses, "win_rates": win_rates, "log_ratio": log_ratio, "kl": float(-log_ratio.mean())}
 
     def _ratchet(self, estimate: torch.Tensor) -> None:
         """Every t0 steps: b <- max(b_user, beta * the constraint estimate of t0 steps ago)."""
@@ -291,38 +500,88 @@ class Trainer:
             user = torch.tensor(self.config.thresholds, dtype=torch.float64)
             self.thresholds = torch.maximum(user, self.config.beta_ratchet * lagged)
 
-    def _pairwise_logprobs(self, pairs):
-        prompts = [p.prompt for p in pairs]
-        logp_a, n_a = self._logprobs(self.model, prompts, [p.response_a for p in pairs])
-        logp_b, n_b = self._logprobs(self.model, prompts, [p.response_b for p in pairs])
-        with torch.no_grad():
-            ref_a, _ = self._logprobs(self.reference, prompts, [p.response_a for p in pairs])
-            ref_b, _ = self._logprobs(self.reference, prompts, [p.response_b for p in pairs])
-        return logp_a, logp_b, ref_a, ref_b, n_a + n_b
+    def _refresh_lagged_reference(self) -> None:
+        """Every t0 steps: the reference becomes the snapshot taken t0 steps ago, and the policy
+        as it is now becomes the next snapshot."""
+        if self.config.t0 is None or self.step % self.config.t0 != 0:
+            return
+        if self.lag_snapshot is not None:
+            self.reference.load_state_dict(self.lag_snapshot)
+            self.lagged = True
+            self._lag_logprobs.clear()
+        self.lag_snapshot = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    def _dpo_loss(self, pairs):
-        logp_a, logp_b, ref_a, ref_b, tokens = self._pairwise_logprobs(pairs)
-        labels = torch.tensor([p.labels[0] for p in pairs], dtype=logp_a.dtype, device=self.device)
-        return weighted_dpo_loss(logp_a, logp_b, ref_a, ref_b, self.config.tau, labels), {}, tokens
+    @torch.no_grad()
+    def _sampled_kl(self) -> float:
+        """KL(policy || reference) in nats per response: mean of log pi - log pi_ref over
+        n_candidates samples from the policy for each of the first kl_prompts prompts."""
+        prompts = sorted(self.responses)[: self.config.kl_prompts]
+        seed = int(np.random.default_rng([self.config.seed, self.step, 1 << 20]).integers(2**31))
+        responses = sample(self.model, self.tokenizer, prompts, self.config.n_candidates, self.config.max_new_tokens,
+                           1.0, seed)
+        repeated = [p for p in prompts for _ in range(self.config.n_candidates)]
+        return float(np.mean(self._eval_logprobs(self.model, repeated, responses)
+                             - self._eval_logprobs(self.reference, repeated, responses)))
 
-    def _weighted_dpo_loss(self, pairs):
-        logp_a, logp_b, ref_a, ref_b, tokens = self._pairwise_logprobs(pairs)
-        labels = torch.tensor([p.labels for p in pairs], dtype=logp_a.dtype, device=self.device).T  # (K, P)
-        weights = torch.tensor(self.config.objective_weights, dtype=logp_a.dtype, device=self.device)
-        return weighted_dpo_loss(logp_a, logp_b, ref_a, ref_b, self.config.tau, labels, weights), {}, tokens
+    # ------------------------------------------------------------------ pairwise baselines
 
-    def _ipo_loss(self, pairs):
-        logp_a, logp_b, ref_a, ref_b, tokens = self._pairwise_logprobs(pairs)
-        a_wins = torch.tensor([p.labels[0] >= 0.5 for p in pairs], device=self.device)
-        chosen, rejected = torch.where(a_wins, logp_a, logp_b), torch.where(a_wins, logp_b, logp_a)
-        ref_c, ref_r = torch.where(a_wins, ref_a, ref_b), torch.where(a_wins, ref_b, ref_a)
-        return ipo_loss(chosen, rejected, ref_c, ref_r, self.config.tau), {}, tokens
+    def _pairwise_plan(self, loss) -> StepPlan:
+        """Rows are pairs; ``loss(pairs, logp_a, logp_b, ref_a, ref_b)`` is the mean over them."""
 
-    def _sft_loss(self, pairs):
+        def loss_sum(pairs):
+            prompts = [p.prompt for p in pairs]
+            logp_a, n_a = self._logprobs(self._forward_model, prompts, [p.response_a for p in pairs])
+            logp_b, n_b = self._logprobs(self._forward_model, prompts, [p.response_b for p in pairs])
+            with torch.no_grad():
+                ref_a, _ = self._logprobs(self.reference, prompts, [p.response_a for p in pairs])
+                ref_b, _ = self._logprobs(self.reference, prompts, [p.response_b for p in pairs])
+            return loss(pairs, logp_a, logp_b, ref_a, ref_b) * len(pairs), n_a + n_b
+
+        return StepPlan(self._batch_pairs(), loss_sum, {})
+
+    def _labels(self, pairs, like: torch.Tensor) -> torch.Tensor:
+        """(K, P) labels of ``pairs`` as a tensor like ``like``."""
+        return torch.tensor([p.labels for p in pairs], dtype=like.dtype, device=like.device).T
+
+    def _plan_dpo(self) -> StepPlan:
+        return self._pairwise_plan(lambda pairs, la, lb, ra, rb: weighted_dpo_loss(
+            la, lb, ra, rb, self.config.tau, self._labels(pairs, la)[0]))
+
+    def _plan_weighted_dpo(self) -> StepPlan:
+        return self._pairwise_plan(lambda pairs, la, lb, ra, rb: weighted_dpo_loss(
+            la, lb, ra, rb, self.config.tau, self._labels(pairs, la), self.config.objective_weights))
+
+    def _plan_modpo(self) -> StepPlan:
+        c = np.asarray(self.config.objective_weights, dtype=np.float64)
+
+        def loss(pairs, la, lb, ra, rb):
+            prompts = [p.prompt for p in pairs]
+            gap = (np.asarray(self.secondary_rewards(prompts, [p.response_a for p in pairs]), dtype=np.float64)
+                   - np.asarray(self.secondary_rewards(prompts, [p.response_b for p in pairs]), dtype=np.float64))
+            margin = torch.as_tensor(c[1:] @ gap / c[0], dtype=la.dtype, device=la.device)
+            return weighted_dpo_loss(la, lb, ra, rb, self.config.tau / c[0], self._labels(pairs, la)[0],
+                                     margin=margin)
+
+        return self._pairwise_plan(loss)
+
+    def _plan_ipo(self) -> StepPlan:
+        def loss(pairs, la, lb, ra, rb):
+            a_wins = torch.tensor([p.labels[0] >= 0.5 for p in pairs], device=la.device)
+            chosen, rejected = torch.where(a_wins, la, lb), torch.where(a_wins, lb, la)
+            ref_c, ref_r = torch.where(a_wins, ra, rb), torch.where(a_wins, rb, ra)
+            return ipo_loss(chosen, rejected, ref_c, ref_r, self.config.tau)
+
+        return self._pairwise_plan(loss)
+
+    def _plan_sft(self) -> StepPlan:
         """SFT on the primary's preferred response of each pair."""
-        chosen = [p.response_a if p.labels[0] >= 0.5 else p.response_b for p in pairs]
-        logp, tokens = self._logprobs(self.model, [p.prompt for p in pairs], chosen)
-        return sft_loss(logp), {}, tokens
+
+        def loss_sum(pairs):
+            chosen = [p.response_a if p.labels[0] >= 0.5 else p.response_b for p in pairs]
+            logp, tokens = self._logprobs(self._forward_model, [p.prompt for p in pairs], chosen)
+            return sft_loss(logp) * len(pairs), tokens
+
+        return StepPlan(self._batch_pairs(), loss_sum, {})
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -330,14 +589,16 @@ class Trainer:
         return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
 
     def _save_checkpoint(self) -> None:
-        """Written to a temporary file in the same folder, then renamed over the last one."""
+        """Written by process 0 to a temporary file in the same folder, then renamed over the
+        last one."""
         path = self._checkpoint_path()
-        if path is None:
+        if path is None or not self.is_main:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "lam": self.lam, "thresholds": self.thresholds, "constraint_history": self.constraint_history,
-                 "config": asdict(self.config)}
+                 "config": asdict(self.config), "lag_snapshot": self.lag_snapshot, "lagged": self.lagged,
+                 "reference": self.reference.state_dict() if self.lagged else None}
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as handle:
             torch.save(state, handle)
@@ -350,10 +611,53 @@ class Trainer:
         if path is None or not path.exists():
             raise ValueError(f"checkpoint: nothing to resume from at {path}")
         state = torch.load(path, map_location=self.device, weights_only=False)
-        if state["config"] != asdict(self.config):
+        if not same_config(state["config"], self.config):
             raise ValueError(f"checkpoint: {path} was written with a different config: {state['config']}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lam, self.thresholds = state["lam"], state["thresholds"]
         self.constraint_history = state["constraint_history"]
+        self.lag_snapshot, self.lagged = state.get("lag_snapshot"), state.get("lagged", False)
+        if self.lagged:
+            self.reference.load_state_dict(state["reference"])
         self.step = state["step"]
+
+
+class _SequenceScorer(torch.nn.Module):
+    """A causal LM whose forward is :func:`sequence_logprobs` (response log-probs, fused where
+    the model allows), so that under DDP the whole computation runs inside DDP's forward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, response_mask):
+        return sequence_logprobs(self.model, input_ids, attention_mask, response_mask)
+
+
+def _frozen_copy(model):
+    """A frozen eval-mode copy of ``model`` (the reference)."""
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
+
+
+def implicit_rewards(models, reference, tokenizer, tau: float) -> SecondaryRewards:
+    """DPO's implicit rewards ``r_j(x, y) = tau (log pi_j(y|x) - log pi_ref(y|x))`` of one model per
+    secondary objective (each trained by DPO on that objective's labels from ``reference``), as
+    MODPO's margin: a callable ``(prompts, responses) -> (J, B)`` evaluated without gradient."""
+    device = next(reference.parameters()).device
+
+    @torch.no_grad()
+    def rewards(prompts: list[str], responses: list[str]) -> np.ndarray:
+        batch = [t.to(device) for t in encode_rows(tokenizer, prompts, responses)]
+        out = []
+        for model in (reference, *models):
+            was_training = model.training
+            model.eval()
+            out.append(sequence_logprobs(model, *batch).double().cpu().numpy())
+            model.train(was_training)
+        return tau * (np.stack(out[1:]) - out[0])
+
+    return rewards

@@ -1,7 +1,8 @@
 """Language models: word-level tokenizers, tiny GPTs, SFT, local checkpoints, LoRA, sampling.
 
-Nothing here downloads: checkpoints are local directories in safetensors, tokenizers are
-built with the ``tokenizers`` library or loaded from a local folder.
+Nothing here downloads: checkpoints are local directories (safetensors, or weights-only
+pickles; see :mod:`mopo_core.checkpoints`), tokenizers are built with the ``tokenizers``
+library or loaded from a local folder.
 
 Sequence convention (shared by :func:`train_sft`, :func:`sample` and any trainer that
 scores ``log pi(y | x)``): a text is encoded as ``[bos] + words (+ [eos])``, with ``bos``
@@ -10,7 +11,9 @@ its response's tokens (ending in ``eos``) follow it. See :func:`sequence_ids`.
 """
 from __future__ import annotations
 
+import importlib
 import os
+import pickle
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -153,32 +156,78 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
-def load_model(path: str | os.PathLike, dtype="auto", device="auto", lora: LoraSettings | None = None):
-    """A causal LM from a local Hugging Face checkpoint directory in safetensors.
+def load_model(
+    path: str | os.PathLike,
+    dtype="auto",
+    device="auto",
+    lora: LoraSettings | None = None,
+    *,
+    gradient_checkpointing: bool = False,
+    quantize: int | None = None,
+    check_memory: bool = True,
+):
+    """A causal LM from a local Hugging Face checkpoint directory.
 
-    Never downloads or runs repository code. Raises ``FileNotFoundError`` for a missing
-    path and ``ValueError`` for a path that is not a directory, or holds no
-    ``config.json`` or no ``*.safetensors`` file (the message lists what was found).
-    The model comes back in eval mode, on ``device`` in ``dtype``, wrapped with LoRA
-    adapters when ``lora`` is given.
+    The directory holds ``config.json`` and safetensors (one file or shards with
+    ``model.safetensors.index.json``) or, when it has no safetensors, weights-only pickles
+    (``pytorch_model.bin`` or shards with its index), read only through
+    ``torch.load(weights_only=True)``; see :mod:`mopo_core.checkpoints`. Never downloads
+    (``local_files_only``) or runs repository code (``trust_remote_code=False``). Weights
+    go straight to ``device`` in ``dtype`` (``"auto"``: see :func:`resolve_dtype`) shard by
+    shard: transformers 5 builds the model without memory first and always loads this
+    way (what ``low_cpu_mem_usage=True`` did in transformers 4). On the CPU, safetensors
+    already in ``dtype`` stay memory-mapped: loading adds almost no resident memory and
+    pages are read on first use (a 1.3B bf16 model: +0.06 GiB RSS in 3 s).
+
+    lora: wrap with adapters (:func:`apply_lora`). gradient_checkpointing: recompute each
+    layer's activations in backward (:func:`enable_gradient_checkpointing`). quantize: 4
+    or 8 bits with bitsandbytes, on a CUDA device only. check_memory: first refuse with
+    :class:`mopo_core.checkpoints.InsufficientMemoryError` when the parameters would not
+    fit in the device's available memory (weights only; check a training step with
+    ``estimate_training_memory(...).check_fits()``).
+
+    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming the
+    directory for a file, a missing or non-causal-LM or remote-code ``config.json``,
+    missing weights, a missing shard, a file cut short or a tensor the model needs and
+    the checkpoint lacks. The model comes back in eval mode.
     """
+    from . import checkpoints  # checkpoints builds on this module
+
     folder = _existing_directory(path)
-    found = sorted(p.name for p in folder.iterdir())
-    if not any(name.endswith(".safetensors") for name in found):
-        raise ValueError(f"{folder}: no *.safetensors weights (found: {', '.join(found) or 'nothing'})")
-    if "config.json" not in found:
-        raise ValueError(f"{folder}: no config.json (found: {', '.join(found)})")
+    config = checkpoints.read_config(folder)
+    weights = checkpoints.find_weights(folder)
     target = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, local_files_only=True, trust_remote_code=False, use_safetensors=True,
-        dtype=resolve_dtype(dtype, target),
-    )
-    return _finish(model.eval(), target, lora)
+    torch_dtype = resolve_dtype(dtype, target)
+    quantization = _quantization_config(quantize, target, torch_dtype)
+    if check_memory:
+        checkpoints.estimate_load_memory(config, torch_dtype, lora, quantize).check_fits(device=target)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder, config=config, local_files_only=True, trust_remote_code=False,
+            use_safetensors=weights.safetensors, weights_only=True, dtype=torch_dtype, device_map={"": target},
+            quantization_config=quantization, output_loading_info=True,
+        )
+    except pickle.UnpicklingError as exc:
+        raise checkpoints.pickle_refusal(folder, weights.layout, exc) from None
+    checkpoints.check_loading_info(folder, info)
+    return _finish(model.eval(), lora, gradient_checkpointing)
 
 
-def build_model(config, dtype="auto", device="auto", lora: LoraSettings | None = None, seed: int = 0):
+def build_model(config, dtype="auto", device="auto", lora: LoraSettings | None = None, seed: int = 0, *,
+                gradient_checkpointing: bool = False):
     """A causal LM with seeded random weights from a transformers config or a config dict
-    (which must name its ``model_type``, e.g. ``{"model_type": "gpt2", "n_layer": 2}``)."""
+    (see :func:`as_config`), on ``device`` in ``dtype``, in train mode; ``lora`` and
+    ``gradient_checkpointing`` as in :func:`load_model`."""
+    config = as_config(config)
+    target = resolve_device(device)
+    with _seeded(seed):  # LoRA's initial adapters too
+        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype, target))
+        return _finish(model.to(target), lora, gradient_checkpointing)
+
+
+def as_config(config) -> PretrainedConfig:
+    """A transformers config, or one made from a dict that names its ``model_type``
+    (e.g. ``{"model_type": "gpt2", "n_layer": 2}``)."""
     if isinstance(config, dict):
         if "model_type" not in config:
             raise ValueError(f"config: a config dict must name its 'model_type', got keys {sorted(config)}")
@@ -186,10 +235,45 @@ def build_model(config, dtype="auto", device="auto", lora: LoraSettings | None =
         config = AutoConfig.for_model(settings.pop("model_type"), **settings)
     if not isinstance(config, PretrainedConfig):
         raise TypeError(f"config: expected a dict or a transformers config, got {type(config).__name__}")
-    target = resolve_device(device)
-    with _seeded(seed):
-        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype, target))
-    return _finish(model, target, lora)
+    return config
+
+
+def enable_gradient_checkpointing(model, lora: bool = False) -> None:
+    """Recompute each decoder layer's activations during backward instead of keeping them
+    (torch's non-reentrant checkpoint; it takes effect in train mode only).
+    ``lora=True`` (call before wrapping with adapters) also makes the frozen embedding's
+    output require grad, so gradients flow through checkpointed layers to the adapters
+    (``enable_input_require_grads``; transformers 5.24 registers it as well, and the hook
+    only sets ``requires_grad``, so a repeat is harmless)."""
+    if not model.supports_gradient_checkpointing:
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+    # activation_checkpointing_enable in transformers 5.24, gradient_checkpointing_enable before; kwargs dict first
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    if lora:
+        model.enable_input_require_grads()
+
+
+def _quantization_config(bits: int | None, device: torch.device, dtype: torch.dtype):
+    """A bitsandbytes config for 4-bit (NF4, computing in ``dtype``) or 8-bit (LLM.int8)
+    loading, ``None`` for ``bits=None``; ``ValueError`` saying why when bitsandbytes cannot
+    be used (it needs a CUDA device and must be importable)."""
+    if bits is None:
+        return None
+    if bits not in (4, 8):
+        raise ValueError(f"quantize: expected 4, 8 or None, got {bits!r}")
+    problems = [] if device.type == "cuda" else [f"it runs on CUDA devices only, the device is {device}"]
+    try:
+        importlib.import_module("bitsandbytes")
+    except ImportError as exc:
+        problems.append(f"bitsandbytes cannot be imported ({exc}; pip install bitsandbytes)")
+    if problems:
+        raise ValueError(f"quantize={bits}: bitsandbytes {bits}-bit loading is unavailable: {'; '.join(problems)}")
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
@@ -222,8 +306,9 @@ def _swap_in(staging: Path, target: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def _finish(model, device: torch.device, lora: LoraSettings | None):
-    model = model.to(device)
+def _finish(model, lora: LoraSettings | None, gradient_checkpointing: bool):
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model, lora=lora is not None)
     return apply_lora(model, lora) if lora is not None else model
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from synthetic.text_task import TextTask, preference, score, vocabulary
 
 from .lm_eval import Evaluation, evaluate_policy
-from .lm_trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainResult
+from .lm_trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainResult, implicit_rewards, same_config
 from .models import tiny_gpt, train_sft, word_tokenizer
 from .preferences import PreferenceDataset
 from .runs import RunStore
@@ -56,18 +56,43 @@ def build_text_task(setup: TextTaskSetup):
     return task, tokenizer, reference, (train, validation, test)
 
 
-def evaluate_on_task(task: TextTask, policy, reference, tokenizer, prompts: list[str], setup: TextTaskSetup) -> Evaluation:
-    """Win-rates of ``policy`` against ``reference`` under the task's oracles, on ``prompts``."""
-    objectives = task.objectives
+def task_oracle(task: TextTask):
+    """The task's exact preference oracle: ``(prompt, a, b) -> (K,)`` P(a beats b) per objective."""
 
     def oracle(prompt, a, b):
-        return np.array([preference(prompt, a, b, k, task.temperature) for k in objectives])
+        return np.array([preference(prompt, a, b, k, task.temperature) for k in task.objectives])
+
+    return oracle
+
+
+def evaluate_on_task(task: TextTask, policy, reference, tokenizer, prompts: list[str], setup: TextTaskSetup,
+                     n_samples: int | None = None) -> Evaluation:
+    """Win-rates of ``policy`` against ``reference`` under the task's oracles, on ``prompts``
+    (``n_samples`` per prompt and model; default ``setup.eval_samples``)."""
+    objectives = task.objectives
 
     def scorer(prompt, response):
         return score(prompt, response, objectives)
 
-    return evaluate_policy(policy, reference, tokenizer, prompts, oracle, scorer, objectives,
-                           n_samples=setup.eval_samples, seed=setup.seed)
+    return evaluate_policy(policy, reference, tokenizer, prompts, task_oracle(task), scorer, objectives,
+                           n_samples=n_samples or setup.eval_samples, seed=setup.seed)
+
+
+def secondary_experts(config: TrainConfig, reference, tokenizer, train: PreferenceDataset, store=None) -> list:
+    """One DPO policy per secondary objective, trained from ``reference`` on that objective's
+    labels with ``config``'s budget (tau, steps, batch size, lr, seed): MODPO's margin models
+    and Rewarded Soups' secondary experts."""
+    import copy
+
+    experts = []
+    for name in train.objectives[1:]:
+        expert = copy.deepcopy(reference)
+        dpo = TrainConfig(method="dpo", tau=config.tau, steps=config.steps, batch_size=config.batch_size,
+                          lr=config.lr, seed=config.seed, checkpoint_every=config.steps)
+        Trainer(expert, tokenizer, train.select([name]), dpo, store=store,
+                run_config={"task": "text", "role": f"secondary expert ({name})"}).train()
+        experts.append(expert.eval())
+    return experts
 
 
 #: Statuses a run can be resumed from (``running``: its process died without updating it).
@@ -96,24 +121,63 @@ def resume_text_run(store: RunStore, run_id: int, callbacks=(),
     task, tokenizer and reference are rebuilt with the same seeds. Raises ``ValueError`` for an
     unknown run, a run that is not a text-task train run, a finished run, a run without a
     checkpoint folder or checkpoint, or a checkpoint written with another config."""
+    run, config, setup, checkpoint_dir = _stored_text_run(store, run_id, "resumed")
+    if run.status not in RESUMABLE_STATUSES:
+        state = "already finished" if run.status == "finished" else f"status {run.status!r}"
+        raise ValueError(f"run {run_id}: {state}; only runs that are {', '.join(RESUMABLE_STATUSES)} can be resumed")
+    _read_checkpoint(run_id, checkpoint_dir / CHECKPOINT_NAME, config)
+    return _train_and_evaluate(config, setup, store, checkpoint_dir, callbacks, on_trainer, resume_run_id=run_id)
+
+
+def evaluate_text_run(store: RunStore, run_id: int, n_samples: int | None = None,
+                      split: str = "test") -> tuple[int, Evaluation]:
+    """Evaluate the policy in the checkpoint of text-task train run ``run_id`` (finished or not)
+    against the rebuilt reference on the ``split`` ("test" or "validation") prompts, with
+    ``n_samples`` samples per prompt and model (default: the run's ``eval_samples``).
+
+    Records an ``evaluate`` run (config: the source run, its step, split, samples) whose point
+    is the evaluation; returns (that run's id, the evaluation). Raises ``ValueError`` for the
+    same unusable runs as :func:`resume_text_run` (finished runs are fine) and a bad split."""
+    import copy
+
+    splits = ("train", "validation", "test")
+    if split not in splits[1:]:
+        raise ValueError(f"split: expected 'test' or 'validation', got {split!r}")
+    run, config, setup, checkpoint_dir = _stored_text_run(store, run_id, "evaluated")
+    state = _read_checkpoint(run_id, checkpoint_dir / CHECKPOINT_NAME, config)
+    task, tokenizer, reference, datasets = build_text_task(setup)
+    policy = copy.deepcopy(reference)
+    policy.load_state_dict(state["model"])
+    samples = n_samples or setup.eval_samples
+    with store.record("evaluate", {"source_run": run_id, "step": int(state["step"]), "split": split,
+                                   "eval_samples": samples, "method": config.method},
+                      name=f"evaluate run {run_id} at step {state['step']}") as eval_id:
+        evaluation = evaluate_on_task(task, policy, reference, tokenizer, datasets[splits.index(split)].prompts(),
+                                      setup, n_samples=samples)
+        store.add_points(eval_id, [evaluation.as_point(config.method, _point_params(config))])
+    return eval_id, evaluation
+
+
+def _point_params(config: TrainConfig) -> dict:
+    return {"method": config.method, "thresholds": list(config.thresholds), "tau": config.tau,
+            "online": config.online, "objective_weights": config.objective_weights}
+
+
+def _stored_text_run(store: RunStore, run_id: int, action: str):
+    """(run, train config, task setup, checkpoint folder) of a stored text-task train run."""
     try:
         run = store.get_run(run_id)
     except KeyError:
         raise ValueError(f"run {run_id}: not found in the run store {store.path}") from None
     if run.kind != "train":
-        raise ValueError(f"run {run_id}: is a {run.kind!r} run, not a train run; only train runs can be resumed")
+        raise ValueError(f"run {run_id}: is a {run.kind!r} run, not a train run; only train runs can be {action}")
     cfg = run.config
     if cfg.get("task") != "text":
         raise ValueError(f"run {run_id}: not a text-task train run (task={cfg.get('task')!r}); cannot rebuild it")
-    if run.status not in RESUMABLE_STATUSES:
-        state = "already finished" if run.status == "finished" else f"status {run.status!r}"
-        raise ValueError(f"run {run_id}: {state}; only runs that are {', '.join(RESUMABLE_STATUSES)} can be resumed")
     if not cfg.get("checkpoint_dir"):
-        raise ValueError(f"run {run_id}: was started without a checkpoint folder (--checkpoint-dir); cannot resume")
-    checkpoint_dir = Path(cfg["checkpoint_dir"])
-    config, setup = train_config_from(cfg), text_setup_from(cfg)
-    _checkpoint_step(run_id, checkpoint_dir / CHECKPOINT_NAME, config)
-    return _train_and_evaluate(config, setup, store, checkpoint_dir, callbacks, on_trainer, resume_run_id=run_id)
+        raise ValueError(f"run {run_id}: was started without a checkpoint folder (--checkpoint-dir); "
+                         f"it cannot be {action}")
+    return run, train_config_from(cfg), text_setup_from(cfg), Path(cfg["checkpoint_dir"])
 
 
 def train_config_from(cfg: dict) -> TrainConfig:
@@ -131,23 +195,24 @@ def text_setup_from(cfg: dict) -> TextTaskSetup:
     return TextTaskSetup(**{f.name: stored[f.name] for f in fields(TextTaskSetup) if f.name in stored})
 
 
-def _checkpoint_step(run_id: int, path: Path, config: TrainConfig) -> int:
-    """The step of the checkpoint at ``path``, after checking it matches ``config``."""
+def _read_checkpoint(run_id: int, path: Path, config: TrainConfig) -> dict:
+    """The checkpoint at ``path``, after checking it was written with ``config``."""
     import pickle
 
     import torch
 
     if not path.exists():
-        raise ValueError(f"run {run_id}: no checkpoint at {path}; nothing to resume from")
+        raise ValueError(f"run {run_id}: no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        step, written_with = int(state["step"]), state["config"]
+        int(state["step"]), state["model"]
+        written_with = state["config"]
     except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
         raise ValueError(f"run {run_id}: cannot read the checkpoint {path} ({type(exc).__name__}: {exc})") from None
-    if written_with != asdict(config):
+    if not same_config(written_with, config):
         raise ValueError(f"run {run_id}: the checkpoint {path} was written with a different config "
                          f"({written_with}) than the stored run's ({asdict(config)})")
-    return step
+    return state
 
 
 def _train_and_evaluate(config: TrainConfig, setup: TextTaskSetup, store: RunStore, checkpoint_dir: Path | None,
@@ -158,14 +223,19 @@ def _train_and_evaluate(config: TrainConfig, setup: TextTaskSetup, store: RunSto
     policy = copy.deepcopy(reference)
     run_config = {"task": "text", **{k: v for k, v in asdict(setup).items() if k not in asdict(config)},
                   "text_setup": asdict(setup)}  # the train config's own seed stays the stored "seed"
+    extras = {}
+    if config.online:
+        extras["oracle"] = task_oracle(task)
+    if config.method == "modpo":
+        extras["secondary_rewards"] = implicit_rewards(secondary_experts(config, reference, tokenizer, train),
+                                                       reference, tokenizer, config.tau)
     trainer = Trainer(policy, tokenizer, train, config, store=store, checkpoint_dir=checkpoint_dir,
-                      callbacks=tuple(callbacks), run_config=run_config)
+                      callbacks=tuple(callbacks), run_config=run_config, **extras)
     if on_trainer is not None:
         on_trainer(trainer)
     result = trainer.train(resume_run_id=resume_run_id)
     if result.status != "finished":
         return result, None
     evaluation = evaluate_on_task(task, policy, reference, tokenizer, test.prompts(), setup)
-    params = {"method": config.method, "thresholds": list(config.thresholds), "tau": config.tau}
-    store.add_points(result.run_id, [evaluation.as_point(config.method, params)])
+    store.add_points(result.run_id, [evaluation.as_point(config.method, _point_params(config))])
     return result, evaluation

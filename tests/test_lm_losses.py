@@ -98,6 +98,167 @@ def test_response_token_at_position_zero_is_rejected():
         L.response_logprobs(torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3))
 
 
+# --------------------------------------------------------------------------- fused log-probs
+
+TINY = 16  # hidden size of the tiny architectures below
+
+
+def tiny_lm(arch: str, vocab: int = 37, seed: int = 0):
+    """A 1-layer causal LM of ``arch`` built from its config, fp32, eval mode."""
+    configs = {
+        "gpt2": lambda: transformers.GPT2Config(n_layer=1, n_embd=TINY, n_head=2, n_positions=64),
+        "llama": lambda: transformers.LlamaConfig(hidden_size=TINY, intermediate_size=32, num_hidden_layers=1,
+                                                  num_attention_heads=2, num_key_value_heads=1,
+                                                  max_position_embeddings=64, tie_word_embeddings=True),
+        "opt": lambda: transformers.OPTConfig(hidden_size=TINY, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
+                                              word_embed_proj_dim=TINY, max_position_embeddings=64),
+        # OPT-350m's layout: post-norm layers and a projection after the body
+        "opt-project-out": lambda: transformers.OPTConfig(hidden_size=TINY, ffn_dim=32, num_hidden_layers=1,
+                                                          num_attention_heads=2, word_embed_proj_dim=8,
+                                                          do_layer_norm_before=False, max_position_embeddings=64),
+        "gpt-neox": lambda: transformers.GPTNeoXConfig(hidden_size=TINY, intermediate_size=32, num_hidden_layers=1,
+                                                       num_attention_heads=2, max_position_embeddings=64),
+        "gemma2": lambda: transformers.Gemma2Config(hidden_size=TINY, intermediate_size=32, num_hidden_layers=1,
+                                                    num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                                    max_position_embeddings=64, final_logit_softcapping=30.0),
+    }
+    config = configs[arch]()
+    config.vocab_size, config.bos_token_id, config.eos_token_id, config.pad_token_id = vocab, None, None, None
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(config).float().eval()
+
+
+def random_batch(side: str, vocab: int = 37, seed: int = 0):
+    """Padded (input_ids, attention_mask, response_mask) (5, <= 12), one row without a response."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = [(3, 5), (1, 8), (6, 2), (4, 0), (2, 9)]  # (prompt, response) lengths
+    tokens = [torch.randint(1, vocab, (p + r,), generator=gen).tolist() for p, r in lengths]
+    examples = [(t[:p], t[p:]) for t, (p, _) in zip(tokens, lengths)]
+    return pad_batch(examples, side)
+
+
+def logprobs_and_grads(model, batch, **kwargs):
+    """sequence_logprobs (B,) and the gradient of a weighted sum of them w.r.t. each trainable parameter."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    logp = L.sequence_logprobs(model, *batch, **kwargs)
+    weights = torch.linspace(0.5, 1.5, logp.numel())
+    return logp.detach(), torch.autograd.grad((weights * logp).sum(), params)
+
+
+def assert_fused_matches_plain(model, batch, chunk_size=None):
+    assert L.lm_body_and_head(model) is not None
+    plain, g_plain = logprobs_and_grads(model, batch, fused=False)
+    fused, g_fused = logprobs_and_grads(model, batch, fused=True, chunk_size=chunk_size)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "opt", "opt-project-out", "gpt-neox"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_fused_logprobs_and_gradients_match_plain(arch, side):
+    model = tiny_lm(arch)
+    batch = random_batch(side)
+    assert_fused_matches_plain(model, batch)  # one chunk
+    assert_fused_matches_plain(model, batch, chunk_size=3)  # several, the last one short
+
+
+def test_fused_is_the_default_and_matches_the_hand_loop(model):
+    """The double-precision GPT-2 fixture: the default path is the fused one, exact to rounding."""
+    assert L.lm_body_and_head(model) is not None
+    batch = pad_batch(EXAMPLES, "left")
+    with torch.no_grad():
+        expected = torch.stack([hand_logprob(model, p, r) for p, r in EXAMPLES])
+        torch.testing.assert_close(L.sequence_logprobs(model, *batch, chunk_size=2), expected, rtol=0, atol=1e-10)
+
+
+def test_row_without_response_tokens_scores_zero():
+    model = tiny_lm("llama")
+    batch = random_batch("right")
+    empty = torch.zeros_like(batch[2])
+    assert L.sequence_logprobs(model, *batch)[3].item() == 0.0
+    logp, grads = logprobs_and_grads(model, (batch[0], batch[1], empty))
+    assert torch.equal(logp, torch.zeros(5)) and all(not g.any() for g in grads)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_fused_matches_plain_through_a_lora_wrapper(arch):
+    peft = pytest.importorskip("peft")
+    model = tiny_lm(arch)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                             fan_in_fan_out=arch == "gpt2")
+    wrapped = peft.get_peft_model(model, config)
+    assert_fused_matches_plain(wrapped, random_batch("left"), chunk_size=4)
+    with wrapped.disable_adapter():
+        torch.testing.assert_close(L.sequence_logprobs(wrapped, *random_batch("left")),
+                                   L.sequence_logprobs(model, *random_batch("left"), fused=False))
+
+
+def test_models_whose_logits_are_not_a_plain_head_take_the_plain_path():
+    peft = pytest.importorskip("peft")
+    batch = random_batch("left")
+    capped = tiny_lm("gemma2")  # final_logit_softcapping
+    assert L.lm_body_and_head(capped) is None
+    torch.testing.assert_close(L.sequence_logprobs(capped, *batch), L.sequence_logprobs(capped, *batch, fused=False))
+    with pytest.raises(ValueError, match="fused=True"):
+        L.sequence_logprobs(capped, *batch, fused=True)
+    untied = tiny_lm("gpt-neox")
+    head = next(name for name, m in untied.named_modules() if m is untied.get_output_embeddings())
+    lora_head = peft.get_peft_model(untied, peft.LoraConfig(r=2, target_modules=[head, "dense"]))
+    assert L.lm_body_and_head(lora_head) is None
+
+
+def test_compile_flag_and_environment_variable_select_the_compiled_chunk(monkeypatch):
+    calls = []
+
+    def fake_compiled():
+        def run(*args):
+            calls.append(args[0].shape[0])
+            return L._head_token_logprobs(*args)
+        return run
+
+    monkeypatch.setattr(L, "_compiled_head_token_logprobs", fake_compiled)
+    model, batch = tiny_lm("llama"), random_batch("left")
+    expected = L.sequence_logprobs(model, *batch)
+    assert calls == []
+    torch.testing.assert_close(L.sequence_logprobs(model, *batch, compile=True), expected)
+    assert calls == [int((batch[2][:, 1:] & batch[1][:, 1:]).sum())]
+    monkeypatch.setenv(L.COMPILE_ENV, "1")
+    torch.testing.assert_close(L.sequence_logprobs(model, *batch, chunk_size=10), expected)
+    assert len(calls) == 4  # 1 + ceil(24 / 10)
+
+
+def peak_allocated_mib(fn) -> float:
+    """Peak of the bytes torch's CPU allocator holds, above the start, while ``fn()`` runs (MiB):
+    the running sum of the profiler's allocation and free events."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def test_fused_path_peak_memory_is_far_below_plain():
+    """V = 32000, 8 x 128 tokens, half of them response, forward + backward: the plain path holds
+    (8, 128, 32000) float32 logits (125 MiB) several times over, the fused one (64, 32000) chunks."""
+    model = tiny_lm("llama", vocab=32000)
+    ids = torch.randint(0, 32000, (8, 128), generator=torch.Generator().manual_seed(0))
+    attention, response = torch.ones_like(ids), torch.zeros_like(ids)
+    response[:, 64:] = 1
+
+    def step(fused):
+        L.sequence_logprobs(model, ids, attention, response, 64, fused=fused).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    fused, plain = peak_allocated_mib(lambda: step(True)), peak_allocated_mib(lambda: step(False))
+    assert plain > 350, (fused, plain)
+    assert fused < plain / 8, (fused, plain)
+
+
 # --------------------------------------------------------------------------- weighted BC gradients
 
 

