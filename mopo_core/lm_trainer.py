@@ -268,13 +268,28 @@ class StepPlan:
 class Trainer:
     """Owns the loop for one run. ``callbacks`` are called as ``callback(step, metrics)``;
     ``oracle`` scores candidate pools in online mode; ``secondary_rewards`` gives MODPO its
-    margins."""
+    margins; ``parallel`` ("ddp" | "fsdp") is how a torchrun launch splits the work.
+
+    Under torchrun (the process group started, e.g. by :func:`mopo_core.distributed.init_from_env`,
+    before the trainer is built) "ddp" replicates the model and averages gradients; "fsdp"
+    shards parameters, gradients and optimizer state over the processes (torch FSDP2,
+    ``fully_shard`` on each transformer block and on the whole), for models whose training state
+    does not fit one device. FSDP runs offline MOPO and the pairwise baselines (online
+    sampling, the lagged reference and sampled KL need the whole model in each process) and
+    its checkpoints are resumed under FSDP."""
 
     def __init__(self, model, tokenizer, dataset: PreferenceDataset, config: TrainConfig,
                  store: RunStore | None = None, checkpoint_dir: str | os.PathLike | None = None,
                  callbacks: tuple[Callable[[int, dict], None], ...] = (), run_config: dict | None = None,
-                 oracle: Oracle | None = None, secondary_rewards: SecondaryRewards | None = None):
+                 oracle: Oracle | None = None, secondary_rewards: SecondaryRewards | None = None,
+                 parallel: str = "ddp"):
         config.validate(dataset.n_objectives)
+        if parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel: expected 'ddp' or 'fsdp', got {parallel!r}")
+        self.fsdp = parallel == "fsdp" and distributed.is_distributed()
+        if self.fsdp and (config.online or config.t0 is not None or config.kl_every):
+            raise ValueError("parallel: fsdp runs offline MOPO and the pairwise baselines; online mode, t0 and "
+                             "kl_every need the whole model in every process (use ddp)")
         clash = set(run_config or {}) & set(asdict(config))
         if clash:
             raise ValueError(f"run_config: keys {sorted(clash)} would overwrite the training config's")
@@ -287,11 +302,12 @@ class Trainer:
         self.oracle, self.secondary_rewards = oracle, secondary_rewards
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.device = next(model.parameters()).device
-        self.optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr,
-                                           weight_decay=config.weight_decay)
         self.reference = None
         if config.method in PAIRWISE_METHODS or config.online or config.t0 is not None or config.kl_every:
             self.reference = _frozen_copy(model)
+        self._parallel = _fully_shard(model) if self.fsdp else None  # DDP wraps at train()
+        self.optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr,
+                                           weight_decay=config.weight_decay)
         self.prompt_ids = {p: i for i, p in enumerate(dataset.prompts())}
         self.responses = response_win_rates(dataset)
         self.lam = torch.zeros(dataset.n_objectives - 1, dtype=torch.float64)
@@ -303,7 +319,6 @@ class Trainer:
         self.step = 0
         self.run_id = None
         self._cancel = False
-        self._ddp = None
 
     @property
     def is_main(self) -> bool:
@@ -330,11 +345,11 @@ class Trainer:
                 **asdict(self.config), **self.run_config, "n_pairs": len(self.dataset),
                 "objectives": list(self.dataset.objectives), "world_size": distributed.world_size(),
                 "checkpoint_dir": None if self.checkpoint_dir is None else str(self.checkpoint_dir)})
-        if distributed.is_distributed() and self._ddp is None:
+        if distributed.is_distributed() and self._parallel is None:
             from torch.nn.parallel import DistributedDataParallel
 
-            self._ddp = DistributedDataParallel(_SequenceScorer(self.model), device_ids=None if self.device.type == "cpu"
-                                                else [self.device.index])
+            self._parallel = DistributedDataParallel(_SequenceScorer(self.model), device_ids=None
+                                                     if self.device.type == "cpu" else [self.device.index])
         history = []
         try:
             while self.step < self.config.steps and not distributed.any_process(self._cancel):
@@ -374,7 +389,7 @@ class Trainer:
 
     def _logprobs(self, model, prompts, responses):
         ids, attention, response = (t.to(self.device) for t in encode_rows(self.tokenizer, prompts, responses))
-        scorer = model if model is self._ddp else _SequenceScorer(model)
+        scorer = model if model is self._parallel else _SequenceScorer(model)
         return scorer(ids, attention, response), int(attention.sum())
 
     @torch.no_grad()
@@ -404,11 +419,12 @@ class Trainer:
         for c in range(n_chunks):
             a, b = distributed.shard_bounds(len(mine), c, n_chunks)
             last = c == n_chunks - 1
-            with nullcontext() if self._ddp is None or last else self._ddp.no_sync():
+            with self._gradient_sync(last):
                 part, n = plan.loss_sum(mine[a:b])
                 (part * scale).backward()
             loss_sum, tokens = loss_sum + float(part.detach()), tokens + n
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
         self.optimizer.step()
         totals = distributed.all_reduce_sum(torch.tensor([loss_sum, tokens], dtype=torch.float64))
         metrics = {**plan.metrics, "loss": float(totals[0]) / len(plan.rows), "grad_norm": float(grad_norm),
@@ -420,8 +436,18 @@ class Trainer:
 
     @property
     def _forward_model(self):
-        """The model the gradient passes run through (the DDP wrapper under torchrun)."""
-        return self._ddp if self._ddp is not None else self.model
+        """The model the gradient passes run through (the DDP or FSDP wrapper under torchrun)."""
+        return self._parallel if self._parallel is not None else self.model
+
+    def _gradient_sync(self, sync: bool):
+        """Context for one micro-batch's backward: gradients are reduced over processes only on
+        the step's last micro-batch."""
+        if self._parallel is None:
+            return nullcontext()
+        if self.fsdp:
+            self._parallel.set_requires_gradient_sync(sync)
+            return nullcontext()
+        return nullcontext() if sync else self._parallel.no_sync()
 
     # ------------------------------------------------------------------ MOPO
 
@@ -588,14 +614,26 @@ class Trainer:
     def _checkpoint_path(self) -> Path | None:
         return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
 
+    def _model_and_optimizer_state(self) -> tuple[dict, dict]:
+        """Full (unsharded) state dicts; under FSDP a collective call, gathered to CPU."""
+        if not self.fsdp:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(self.model, self.optimizer,
+                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def _save_checkpoint(self) -> None:
         """Written by process 0 to a temporary file in the same folder, then renamed over the
         last one."""
         path = self._checkpoint_path()
-        if path is None or not self.is_main:
+        if path is None:
+            return
+        model_state, optimizer_state = self._model_and_optimizer_state()
+        if not self.is_main:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"step": self.step, "model": model_state, "optimizer": optimizer_state, "fsdp": self.fsdp,
                  "lam": self.lam, "thresholds": self.thresholds, "constraint_history": self.constraint_history,
                  "config": asdict(self.config), "lag_snapshot": self.lag_snapshot, "lagged": self.lagged,
                  "reference": self.reference.state_dict() if self.lagged else None}
@@ -613,8 +651,17 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=False)
         if not same_config(state["config"], self.config):
             raise ValueError(f"checkpoint: {path} was written with a different config: {state['config']}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("fsdp", False) != self.fsdp:
+            raise ValueError(f"checkpoint: {path} was written {'with' if state.get('fsdp') else 'without'} FSDP; "
+                             f"resume it the same way")
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.lam, self.thresholds = state["lam"], state["thresholds"]
         self.constraint_history = state["constraint_history"]
         self.lag_snapshot, self.lagged = state.get("lag_snapshot"), state.get("lagged", False)
@@ -633,6 +680,18 @@ class _SequenceScorer(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, response_mask):
         return sequence_logprobs(self.model, input_ids, attention_mask, response_mask)
+
+
+def _fully_shard(model) -> torch.nn.Module:
+    """FSDP2-shard ``model`` in place: each block of its largest ``ModuleList`` (the transformer
+    layers), then a :class:`_SequenceScorer` root holding the rest (embeddings, final norm,
+    head), so the fused log-prob path runs inside the root's forward. Returns the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=())
+    for block in blocks:
+        fully_shard(block)
+    return fully_shard(_SequenceScorer(model))
 
 
 def _frozen_copy(model):
