@@ -1,5 +1,6 @@
-"""Command line: ``python -m mopo_core {solve,sweep,suite,runs} ...``. Every command but
-``runs`` records a run in the run store (``--store`` or $MOPO_STORE)."""
+"""Command line: ``python -m mopo_core {solve,sweep,suite,train,evaluate,compare-text,runs,data,
+models,prefmodel} ...``. Commands that compute something record a run in the run store
+(``--store`` or $MOPO_STORE); ``runs`` reads it; ``data`` and ``models`` do not touch it."""
 from __future__ import annotations
 
 import argparse
@@ -430,7 +431,8 @@ COMMANDS = {"solve": cmd_solve, "sweep": cmd_sweep, "suite": cmd_suite, "runs": 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args, RunStore(args.store))
+        store = None if args.command in ("data", "models") else RunStore(args.store)
+        return COMMANDS[args.command](args, store)
     except (ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

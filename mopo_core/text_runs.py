@@ -234,7 +234,7 @@ def _train_and_evaluate(config: TrainConfig, setup: TextTaskSetup, store: RunSto
     if on_trainer is not None:
         on_trainer(trainer)
     result = trainer.train(resume_run_id=resume_run_id)
-    if result.status != "finished":
+    if result.status != "finished" or not trainer.is_main:  # under torchrun process 0 evaluates and records
         return result, None
     evaluation = evaluate_on_task(task, policy, reference, tokenizer, test.prompts(), setup)
     store.add_points(result.run_id, [evaluation.as_point(config.method, _point_params(config))])
