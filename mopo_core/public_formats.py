@@ -58,6 +58,7 @@ from .preferences import (
     TIE,
     PreferenceDataset,
     PreferencePair,
+    parse_json_lines,
     _describe,
     _objective_names,
     _raise_row_errors,
@@ -269,7 +270,7 @@ def _read_rows(path: Path) -> tuple[list[tuple[int, object]], list[tuple[int, st
     data = data.removeprefix(codecs.BOM_UTF8)
     if data.lstrip()[:1] == b"[":
         return _json_array_rows(path, data), []
-    return _json_lines_rows(data)
+    return parse_json_lines(data.split(b"\n"))
 
 
 def _json_array_rows(path: Path, data: bytes) -> list[tuple[int, object]]:
@@ -280,21 +281,6 @@ def _json_array_rows(path: Path, data: bytes) -> list[tuple[int, object]]:
     except ValueError as exc:
         raise ValueError(f"{path}: invalid JSON ({exc})") from None
     return list(enumerate(records, start=1))
-
-
-def _json_lines_rows(data: bytes) -> tuple[list[tuple[int, object]], list[tuple[int, str]]]:
-    """Like :func:`mopo_core.preferences._read_jsonl`, on bytes already in memory."""
-    rows, errors = [], []
-    for row, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            line = raw.decode("utf-8")
-            if line.strip():
-                rows.append((row, json.loads(line, object_pairs_hook=_unique_keys)))
-        except UnicodeDecodeError as exc:
-            errors.append((row, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"))
-        except ValueError as exc:
-            errors.append((row, f"invalid JSON ({exc})"))
-    return rows, errors
 
 
 # --------------------------------------------------------------------------- rows -> dataset
