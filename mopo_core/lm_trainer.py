@@ -362,13 +362,13 @@ class Trainer:
                     for callback in self.callbacks:
                         callback(self.step, metrics)
                 if self.step % self.config.checkpoint_every == 0:
-                    self._save_checkpoint()
+                    self.save_checkpoint()
         except BaseException as exc:
             if store is not None:
                 status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
                 store.set_status(self.run_id, status, f"{type(exc).__name__}: {exc}")
             raise
-        self._save_checkpoint()
+        self.save_checkpoint()
         status = "cancelled" if self.step < self.config.steps else "finished"
         if store is not None:
             store.set_status(self.run_id, status)
@@ -623,8 +623,9 @@ class Trainer:
         return get_state_dict(self.model, self.optimizer,
                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def _save_checkpoint(self) -> None:
-        """Written by process 0 to a temporary file in the same folder, then renamed over the
+    def save_checkpoint(self) -> None:
+        """The checkpoint of the current step (called every ``checkpoint_every`` steps and at the
+        end; callers may take one at any step between steps). Written by process 0 to a temporary file in the same folder, then renamed over the
         last one."""
         path = self._checkpoint_path()
         if path is None:

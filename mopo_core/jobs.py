@@ -1,0 +1,638 @@
+"""A persistent queue of training jobs and the worker process that runs them.
+
+The app (or anything else) enqueues jobs; one worker process per run store takes them one at
+a time and trains through :mod:`mopo_core.text_runs`, writing metrics, status and points to
+the run store like the ``train`` command does. The app polls the store; it never trains in its
+own process, so a crash or an out-of-memory kill of the worker leaves the app running.
+
+Storage. Two tables in the run store's own SQLite file (WAL mode, one connection per
+operation), created here beside RunStore's tables (its schema version is unchanged):
+``jobs`` (one row per job) and ``job_workers`` (one row per worker process ever started: pid,
+its start time, the owning app's pid and start time, when and why it ended). Keeping them in
+the store's file makes every check-and-change atomic across processes (``BEGIN IMMEDIATE``):
+a job's status and its run's status change in one transaction, a claim cannot race a cancel,
+and "is a worker running? if not, start one" cannot start two. Processes are identified by
+pid *and* start time (``/proc/<pid>/stat``), so a reused pid (a container restart numbers
+processes from 1 again) is not mistaken for the old process. Per store, worker files live in
+``<store folder>/<store stem>-jobs/``: ``worker.log`` (the workers' stdout and stderr) and
+``checkpoints/job-<id>/`` (every job's run has a checkpoint folder, with a checkpoint from step
+0 on, so every run is resumable).
+
+Job kinds: ``train_text`` (a :class:`TrainConfig` and a :class:`TextTaskSetup`, run by
+:func:`text_runs.train_on_text_task`) and ``resume`` (a run id, continued by
+:func:`text_runs.resume_text_run` from its checkpoint).
+
+Job states::
+
+    queued --claimed by the worker--> running --run finished (with its point)--> done
+       |                                 |----cancel(), after the current step--> cancelled
+       |                                 |----exception in training------------> failed
+       |                                 |----app gone / SIGTERM, after the step-> interrupted
+       |                                 `----worker died (found by reconcile)--> failed | interrupted
+       `--cancel()--> cancelled (at once)
+
+``done``, ``cancelled``, ``failed`` and ``interrupted`` are final; a run that ended
+``cancelled``, ``failed`` or ``interrupted`` is continued by a new ``resume`` job
+(:func:`resume`).
+
+The worker is tied to the app that started it. :func:`ensure_worker` records the calling
+process as the worker's owner; the worker checks after every training step (and between
+jobs) that its owner is alive. When the owner is gone (the app was restarted or killed) the
+worker stops the run after the current step, marks the run and its job ``interrupted`` and
+exits; queued jobs stay queued for the next app's worker. SIGTERM or SIGINT to the worker do
+the same (a second one stops at once). A worker started by hand (``python -m mopo_core.jobs
+worker``) has no owner and serves until the queue is empty.
+
+Failed versus interrupted, when a worker dies without ending its job (SIGKILL, out-of-memory
+kill, a crash), as decided by :func:`reconcile`: if the worker's owner is still alive, the
+worker died on its own: the job and its run become ``failed`` with the reason (the exit
+status, e.g. "killed by SIGKILL", when the reconciling process is the worker's parent and
+can collect it; otherwise that the process is gone). If the owner is gone too (the whole app
+went down, e.g. a server or container restart), the run was interrupted by the restart: job
+and run become ``interrupted``. Either way the run keeps its checkpoint and can be resumed.
+A run that had already ended when its worker died keeps its status (a run found ``finished``
+without its point, i.e. killed during the evaluation, is treated as still running).
+
+The worker exits when the queue is empty. The app calls :func:`reconcile` at start and on each
+poll, and :func:`ensure_worker` after enqueueing and on each poll (cheap when a worker runs;
+it restarts the queue after a worker stopped between jobs). Runs not started by a job (the
+``train`` command) are not touched here (``python -m mopo_core runs mark-interrupted``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import traceback
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from .runs import RunStore, to_jsonable
+
+if TYPE_CHECKING:  # the app imports this module without torch until it trains
+    from .lm_trainer import TrainConfig
+    from .text_runs import TextTaskSetup
+
+JOB_KINDS = ("train_text", "resume")
+JOB_STATUSES = ("queued", "running", "done", "cancelled", "failed", "interrupted")
+#: Statuses of jobs that are not over.
+ACTIVE_STATUSES = ("queued", "running")
+#: Run statuses a ``resume`` job can start from.
+RESUMABLE_RUN_STATUSES = ("cancelled", "interrupted", "failed")
+#: Exit status of a worker that found another live worker on its store.
+EXIT_ANOTHER_WORKER = 3
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS job_workers (
+    id INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER,
+    owner_pid INTEGER,
+    owner_start INTEGER,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    end_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN {JOB_KINDS!r}),
+    name TEXT,
+    spec TEXT NOT NULL,
+    checkpoint_dir TEXT,
+    status TEXT NOT NULL CHECK (status IN {JOB_STATUSES!r}),
+    run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    worker_id INTEGER REFERENCES job_workers(id),
+    error TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
+"""
+_JOB_SELECT = ("SELECT jobs.id, kind, name, spec, checkpoint_dir, status, run_id, cancel_requested, pid, error, "
+               "created_at, jobs.started_at, jobs.ended_at FROM jobs LEFT JOIN job_workers ON worker_id = job_workers.id")
+
+#: Workers started by this process: (pid, start time) -> Popen, to collect their exit status.
+_children: dict[tuple[int, int | None], subprocess.Popen] = {}
+#: Stores whose job tables this process has created or checked.
+_prepared: set[Path] = set()
+
+
+@dataclass
+class Job:
+    """One queued, running or ended job. ``config``/``setup``: the TrainConfig and
+    TextTaskSetup fields of a ``train_text`` job (``None`` for ``resume``); ``run_id``: the
+    run once it exists (set at enqueue for ``resume``); ``worker_pid``: the worker that took
+    it; timestamps are ISO-8601 UTC strings."""
+
+    id: int
+    kind: str
+    name: str | None
+    config: dict | None
+    setup: dict | None
+    checkpoint_dir: str | None
+    status: str
+    run_id: int | None
+    cancel_requested: bool
+    worker_pid: int | None
+    error: str | None
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+
+
+# ---------------------------------------------------------------------------- storage
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def jobs_dir(store_path: str | os.PathLike) -> Path:
+    """The store's folder for worker files: ``<store folder>/<store stem>-jobs``."""
+    path = Path(store_path).expanduser().resolve()
+    return path.parent / f"{path.stem}-jobs"
+
+
+def _prepare(store_path: str | os.PathLike) -> Path:
+    """The store's absolute path, with the run store's and the job tables created."""
+    path = Path(store_path).expanduser().resolve()
+    if path not in _prepared:
+        RunStore(path)
+        conn = sqlite3.connect(path, timeout=30.0)
+        try:
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
+        _prepared.add(path)
+    return path
+
+
+@contextmanager
+def _transaction(path: Path, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+    """One transaction on a fresh connection; ``immediate`` takes the write lock at once."""
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def _job_from_row(row: tuple) -> Job:
+    job_id, kind, name, spec, checkpoint_dir, status, run_id, cancel, pid, error, created, started, ended = row
+    spec = json.loads(spec)
+    return Job(job_id, kind, name, spec.get("config"), spec.get("setup"), checkpoint_dir, status, run_id,
+               bool(cancel), pid, error, created, started, ended)
+
+
+def _require_job(conn: sqlite3.Connection, path: Path, job_id: int) -> Job:
+    row = conn.execute(f"{_JOB_SELECT} WHERE jobs.id = ?", (int(job_id),)).fetchone()
+    if row is None:
+        raise KeyError(f"job {job_id} not found in the run store {path}")
+    return _job_from_row(row)
+
+
+def _end_job(conn: sqlite3.Connection, job_id: int, status: str, error: str | None = None,
+             run_id: int | None = None) -> None:
+    """Give a job its final status (and its run, when it is known now)."""
+    conn.execute("UPDATE jobs SET status = ?, error = ?, run_id = COALESCE(?, run_id), ended_at = ? WHERE id = ?",
+                 (status, error, run_id, _now(), job_id))
+
+
+# ---------------------------------------------------------------------------- the app's side
+
+
+def enqueue_training(store_path: str | os.PathLike, config: TrainConfig, setup: TextTaskSetup,
+                     name: str | None = None) -> int:
+    """Queue a text-task training run (a :class:`TrainConfig` and a :class:`TextTaskSetup`)
+    and return the job id. Both are checked now (``ValueError`` naming the field); the run's
+    checkpoint folder is ``<jobs_dir>/checkpoints/job-<id>``. Call :func:`ensure_worker` next."""
+    from synthetic.text_task import TextTask
+
+    task = TextTask(n_prompts=setup.n_prompts, n_candidates=setup.n_candidates, temperature=setup.temperature,
+                    seed=setup.seed)  # as text_runs.build_text_task builds it: checks the setup
+    config.validate(len(task.objectives))
+    spec = json.dumps(to_jsonable({"config": asdict(config), "setup": asdict(setup)}, "job"), allow_nan=False)
+    path = _prepare(store_path)
+    with _transaction(path) as conn:
+        job_id = int(conn.execute("INSERT INTO jobs (kind, name, spec, status, created_at) VALUES (?, ?, ?, ?, ?)",
+                                  ("train_text", name, spec, "queued", _now())).lastrowid)
+        checkpoint_dir = jobs_dir(path) / "checkpoints" / f"job-{job_id}"
+        conn.execute("UPDATE jobs SET checkpoint_dir = ? WHERE id = ?", (str(checkpoint_dir), job_id))
+    return job_id
+
+
+def resume(store_path: str | os.PathLike, run_id: int, name: str | None = None) -> int:
+    """Queue a job that continues text-task train run ``run_id`` from its checkpoint; return
+    the job id. ``ValueError`` (saying why) for an unknown run, one that is not a text-task
+    train run with a checkpoint folder, one whose status is not one of
+    :data:`RESUMABLE_RUN_STATUSES` (a ``running`` run may still be training somewhere: call
+    :func:`reconcile` first), one without its checkpoint file, or one that already has a
+    queued or running job."""
+    from .lm_trainer import CHECKPOINT_NAME
+
+    path = _prepare(store_path)
+    try:
+        run = RunStore(path).get_run(run_id)
+    except KeyError:
+        raise ValueError(f"run {run_id}: not found in the run store {path}") from None
+    checkpoint_dir = run.config.get("checkpoint_dir")
+    if run.kind != "train" or run.config.get("task") != "text" or not checkpoint_dir:
+        raise ValueError(f"run {run_id}: only text-task train runs with a checkpoint folder can be resumed "
+                         f"(kind {run.kind!r}, task {run.config.get('task')!r}, checkpoint_dir {checkpoint_dir!r})")
+    if run.status not in RESUMABLE_RUN_STATUSES:
+        raise ValueError(f"run {run_id}: status is {run.status!r}; only runs that are "
+                         f"{', '.join(RESUMABLE_RUN_STATUSES)} can be resumed")
+    if not (Path(checkpoint_dir) / CHECKPOINT_NAME).exists():
+        raise ValueError(f"run {run_id}: no checkpoint at {Path(checkpoint_dir) / CHECKPOINT_NAME}")
+    with _transaction(path, immediate=True) as conn:
+        active = conn.execute("SELECT id, status FROM jobs WHERE run_id = ? AND status IN (?, ?)",
+                              (int(run_id), *ACTIVE_STATUSES)).fetchone()
+        if active is not None:
+            raise ValueError(f"run {run_id}: job {active[0]} is already {active[1]} for it")
+        return int(conn.execute(
+            "INSERT INTO jobs (kind, name, spec, checkpoint_dir, status, run_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ("resume", name or f"resume run {run_id}", "{}", checkpoint_dir, "queued", int(run_id), _now()),
+        ).lastrowid)
+
+
+def cancel(store_path: str | os.PathLike, job_id: int) -> str:
+    """Cancel a job and return its status after the call: a queued job is ``cancelled`` at
+    once; a running one stays ``running`` with a cancel request that its worker sees after
+    the current training step (the run then ends ``cancelled``, checkpoint kept, and the job
+    too). ``KeyError`` for an unknown job, ``ValueError`` for one that has ended."""
+    path = _prepare(store_path)
+    with _transaction(path, immediate=True) as conn:
+        job = _require_job(conn, path, job_id)
+        if job.status == "queued":
+            _end_job(conn, job.id, "cancelled", "cancelled before it started")
+            return "cancelled"
+        if job.status != "running":
+            raise ValueError(f"job {job_id}: already ended ({job.status}); nothing to cancel")
+        conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job.id,))
+        return "running"
+
+
+def get_job(store_path: str | os.PathLike, job_id: int) -> Job:
+    """The job ``job_id``; ``KeyError`` if there is none."""
+    path = _prepare(store_path)
+    with _transaction(path) as conn:
+        return _require_job(conn, path, job_id)
+
+
+def list_jobs(store_path: str | os.PathLike, status: str | None = None) -> list[Job]:
+    """All jobs (or those with ``status``), oldest first."""
+    if status is not None and status not in JOB_STATUSES:
+        raise ValueError(f"status: must be one of {', '.join(JOB_STATUSES)}, got {status!r}")
+    path = _prepare(store_path)
+    where, args = (" WHERE status = ?", (status,)) if status is not None else ("", ())
+    with _transaction(path) as conn:
+        return [_job_from_row(r) for r in conn.execute(f"{_JOB_SELECT}{where} ORDER BY jobs.id", args)]
+
+
+def ensure_worker(store_path: str | os.PathLike) -> int | None:
+    """Make sure a worker serves the store's queue and return its pid; ``None`` when no
+    worker runs and nothing is queued. Starts ``python -m mopo_core.jobs worker`` (its own
+    session, output appended to ``<jobs_dir>/worker.log``, this process as its owner) only
+    when no live worker is registered; the check and the start hold the store's write lock,
+    so concurrent callers (threads or processes) never start two. A worker whose app is gone
+    does not count (it stops after its current step and takes no new job). Call it after
+    enqueueing and on each poll: a worker stopped by a signal between two jobs leaves the
+    queue to the next call."""
+    path = _prepare(store_path)
+    with _transaction(path, immediate=True) as conn:
+        serving = _serving_workers(conn)
+        if serving:
+            return serving[0][1]
+        if conn.execute("SELECT 1 FROM jobs WHERE status = 'queued'").fetchone() is None:
+            return None
+        pid, start = _spawn_worker(path)
+        conn.execute("INSERT INTO job_workers (pid, pid_start, owner_pid, owner_start, started_at) VALUES (?, ?, ?, ?, ?)",
+                     (pid, start, os.getpid(), _process_start(os.getpid()), _now()))
+        return pid
+
+
+def reconcile(store_path: str | os.PathLike) -> list[Job]:
+    """Settle the jobs whose worker died without ending them (see the module doc: ``failed``
+    while the worker's app is alive, ``interrupted`` when it is gone too) and return them as
+    changed. Their runs change in the same transaction: a run left ``running`` (or
+    ``finished`` without its point) takes the job's status and reason; a run that had ended
+    keeps its status (a ``finished`` run with its point makes the job ``done``, a cancelled
+    run whose job asked for it ``cancelled``). Idempotent; safe while a worker runs."""
+    path = _prepare(store_path)
+    with _transaction(path, immediate=True) as conn:
+        _close_dead_workers(conn)
+        orphans = conn.execute(
+            "SELECT jobs.id, pid, owner_pid, owner_start, end_reason FROM jobs JOIN job_workers "
+            "ON worker_id = job_workers.id WHERE status = 'running' AND job_workers.ended_at IS NOT NULL ORDER BY jobs.id"
+        ).fetchall()
+        for job_id, pid, owner_pid, owner_start, end_reason in orphans:
+            status, reason = _verdict(pid, owner_pid, owner_start, end_reason)
+            _settle(conn, _require_job(conn, path, job_id), status, reason)
+        return [_require_job(conn, path, job_id) for job_id, *_ in orphans]
+
+
+def _verdict(pid: int, owner_pid: int | None, owner_start: int | None, end_reason: str) -> tuple[str, str]:
+    """(status, reason) for a job whose worker ``pid`` died, by the rule in the module doc."""
+    if owner_pid is not None and not _alive(owner_pid, owner_start):
+        return "interrupted", (f"worker process {pid} {end_reason}, and so is the app process {owner_pid} that "
+                               f"started it (an app restart); resume the run to continue")
+    return "failed", f"worker process {pid} {end_reason} during the job"
+
+
+def _settle(conn: sqlite3.Connection, job: Job, status: str, reason: str) -> None:
+    """End ``job`` (its worker died) with ``status``/``reason`` and its run as the doc of
+    :func:`reconcile` says."""
+    run_id = job.run_id if job.run_id is not None else _run_for_checkpoint_dir(conn, job.checkpoint_dir)
+    run_status = _run_status(conn, run_id)
+    if run_status == "finished":
+        _end_job(conn, job.id, "done", run_id=run_id)
+    elif run_status == "cancelled" and job.cancel_requested:
+        _end_job(conn, job.id, "cancelled", run_id=run_id)
+    elif run_status == "unfinished":
+        _set_run_status(conn, run_id, status, reason)
+        _end_job(conn, job.id, status, reason, run_id)
+    elif run_id is None:
+        _end_job(conn, job.id, status, f"{reason} (it died before its run was created; enqueue it again)")
+    else:
+        _end_job(conn, job.id, status, f"{reason} (its run {run_id} had already ended {run_status})", run_id)
+
+
+def _run_status(conn: sqlite3.Connection, run_id: int | None) -> str | None:
+    """The run's status, but ``"unfinished"`` for a run left ``running`` or ``finished``
+    without its point (its process died during the evaluation); ``None`` without a run."""
+    row = None if run_id is None else conn.execute(
+        "SELECT status, EXISTS (SELECT 1 FROM points WHERE run_id = runs.id) FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        return None
+    status, has_point = row
+    return "unfinished" if status == "running" or (status == "finished" and not has_point) else status
+
+
+def _set_run_status(conn: sqlite3.Connection, run_id: int, status: str, reason: str) -> None:
+    """End a run with ``status`` and ``reason`` (inside the caller's transaction, beside its job)."""
+    conn.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?", (status, reason, _now(), run_id))
+
+
+def _run_for_checkpoint_dir(conn: sqlite3.Connection, checkpoint_dir: str | None) -> int | None:
+    """The newest train run writing to ``checkpoint_dir`` (a job's run, before the job knew its id)."""
+    row = conn.execute("SELECT id FROM runs WHERE kind = 'train' AND json_extract(config, '$.checkpoint_dir') = ? "
+                       "ORDER BY id DESC LIMIT 1", (checkpoint_dir,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def _process_start(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot, ``/proc/<pid>/stat`` field 22);
+    ``None`` when it does not exist, is a zombie, or there is no ``/proc``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    """Whether process ``pid`` runs and is the one that started at ``start`` (when known)."""
+    child = _children.get((pid, start))
+    if child is not None and child.poll() is not None:  # our child: collect it (no zombie)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        pass
+    return start is None or _process_start(pid) == start
+
+
+def _exit_note(pid: int, start: int | None) -> str:
+    """How worker ``pid`` ended: its exit status when it is this process's child, else that it is gone."""
+    child = _children.get((pid, start))
+    if child is None or child.returncode is None:
+        return "is gone (no exit status: not a child of this process; killed, e.g. SIGKILL, or crashed)"
+    code = child.returncode
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+
+
+def _close_dead_workers(conn: sqlite3.Connection) -> None:
+    """Mark registered workers that are no longer alive as ended, saying how (and collect
+    this process's exited workers, so none is left a zombie)."""
+    for child in _children.values():
+        child.poll()
+    for worker_id, pid, start in conn.execute("SELECT id, pid, pid_start FROM job_workers WHERE ended_at IS NULL").fetchall():
+        if not _alive(pid, start):
+            conn.execute("UPDATE job_workers SET ended_at = ?, end_reason = ? WHERE id = ?",
+                         (_now(), _exit_note(pid, start), worker_id))
+
+
+def _serving_workers(conn: sqlite3.Connection) -> list[tuple[int, int, int | None]]:
+    """(row id, pid, start) of the live workers that serve the queue: those without an owner
+    or whose owner is alive (one whose app is gone finishes its step and stops)."""
+    _close_dead_workers(conn)
+    rows = conn.execute("SELECT id, pid, pid_start, owner_pid, owner_start FROM job_workers WHERE ended_at IS NULL")
+    return [(worker_id, pid, start) for worker_id, pid, start, owner_pid, owner_start in rows.fetchall()
+            if owner_pid is None or _alive(owner_pid, owner_start)]
+
+
+def _spawn_worker(path: Path) -> tuple[int, int | None]:
+    """Start a worker process for the store at ``path`` (its own session, output to the
+    log); its pid and start time."""
+    log_dir = jobs_dir(path)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "worker.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mopo_core.jobs", "worker", "--store", str(path)],
+                                cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    start = _process_start(proc.pid)
+    _children[(proc.pid, start)] = proc
+    return proc.pid, start
+
+
+# ---------------------------------------------------------------------------- the worker
+
+
+class WorkerAlreadyRunning(RuntimeError):
+    """Another live worker serves the store."""
+
+
+def _register_worker(path: Path) -> tuple[int, int | None, int | None]:
+    """This process's worker row (id, owner pid, owner start): the row :func:`ensure_worker`
+    wrote for it, or a new ownerless one when started by hand. ``WorkerAlreadyRunning`` when
+    another live worker is registered."""
+    pid, start = os.getpid(), _process_start(os.getpid())
+    with _transaction(path, immediate=True) as conn:
+        mine = conn.execute("SELECT id, owner_pid, owner_start FROM job_workers WHERE ended_at IS NULL AND pid = ? "
+                            "AND pid_start IS ?", (pid, start)).fetchone()
+        if mine is not None:
+            return mine
+        serving = _serving_workers(conn)
+        if serving:
+            raise WorkerAlreadyRunning(f"worker process {serving[0][1]} already serves the run store {path}")
+        worker_id = conn.execute("INSERT INTO job_workers (pid, pid_start, started_at) VALUES (?, ?, ?)",
+                                 (pid, start, _now())).lastrowid
+        return int(worker_id), None, None
+
+
+def _retire(conn: sqlite3.Connection, worker_id: int, reason: str) -> None:
+    conn.execute("UPDATE job_workers SET ended_at = ?, end_reason = ? WHERE id = ?", (_now(), reason, worker_id))
+
+
+class _Worker:
+    """The worker process's loop: claim a job, train it, end it; stop when the queue is
+    empty, the owner is gone or a signal came (see the module doc)."""
+
+    def __init__(self, path: Path, worker_id: int, owner_pid: int | None, owner_start: int | None):
+        self.path, self.id, self.owner = path, worker_id, (owner_pid, owner_start)
+        self.stop_reason: str | None = None  # why the worker stops (owner gone, signal): runs end interrupted
+        self.job: Job | None = None
+        self.trainer = None
+        self.run_id: int | None = None
+
+    def serve(self) -> int:
+        """Run jobs until the queue is empty or the worker must stop; the exit status."""
+        while (job := self._claim_next()) is not None:
+            try:
+                self._run(job)
+            except KeyboardInterrupt:
+                with _transaction(self.path) as conn:
+                    _retire(conn, self.id, "stopped at once by a second signal")
+                return 130
+        return 0
+
+    def _claim_next(self) -> Job | None:
+        """Mark the oldest queued job ``running`` by this worker and return it. When none is
+        queued or the worker must stop, retire the worker in the same transaction (so that
+        :func:`ensure_worker` then starts a new one for jobs enqueued later) and return ``None``."""
+        with _transaction(self.path, immediate=True) as conn:
+            self._check_owner()
+            row = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+            if self.stop_reason is not None or row is None:
+                _retire(conn, self.id, f"stopped: {self.stop_reason}" if self.stop_reason else "the queue was empty")
+                return None
+            conn.execute("UPDATE jobs SET status = 'running', worker_id = ?, started_at = ? WHERE id = ?",
+                         (self.id, _now(), row[0]))
+            return _require_job(conn, self.path, row[0])
+
+    def on_signal(self, signum, frame) -> None:
+        """SIGTERM/SIGINT: stop after the current step (run interrupted); a second one: at once."""
+        if self.stop_reason is not None:
+            raise KeyboardInterrupt
+        self.stop_reason = f"the worker received {signal.Signals(signum).name}"
+        if self.trainer is not None:
+            self.trainer.request_cancel()
+
+    def attach(self, trainer) -> None:
+        """``on_trainer`` hook: keep the trainer; a new run gets a step-0 checkpoint, so that
+        it can be resumed even if it dies before its first periodic one; a stop asked for
+        during setup applies now."""
+        self.trainer = trainer
+        if self.job.kind == "train_text":  # (a resume job's trainer loads the run's checkpoint instead)
+            trainer.save_checkpoint()
+        self._poll()
+
+    def on_step(self, step: int, metrics: dict) -> None:
+        """Trainer callback after each step: record the run id, then stop if asked to."""
+        if self.run_id is None:
+            self.run_id = self.trainer.run_id
+            with _transaction(self.path) as conn:
+                conn.execute("UPDATE jobs SET run_id = ? WHERE id = ?", (self.run_id, self.job.id))
+        self._poll()
+
+    def _poll(self) -> None:
+        """Cancel requested, owner gone, or a signal: end the run after the current step."""
+        self._check_owner()
+        if self.stop_reason is not None or self._cancel_requested():
+            self.trainer.request_cancel()
+
+    def _check_owner(self) -> None:
+        pid, start = self.owner
+        if self.stop_reason is None and pid is not None and not _alive(pid, start):
+            self.stop_reason = f"the app process {pid} that started this worker is gone"
+
+    def _cancel_requested(self) -> bool:
+        with _transaction(self.path) as conn:
+            return bool(conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (self.job.id,)).fetchone()[0])
+
+    def _run(self, job: Job) -> None:
+        """Train ``job`` and give it its final status (and its run, when stopped for the worker's sake)."""
+        from .text_runs import resume_text_run, text_setup_from, train_config_from, train_on_text_task
+
+        self.job, self.trainer, self.run_id = job, None, job.run_id
+        print(f"{_now()} job {job.id} ({job.kind}{f', run {job.run_id}' if job.run_id else ''}): started", flush=True)
+        store, hooks = RunStore(self.path), {"callbacks": (self.on_step,), "on_trainer": self.attach}
+        try:
+            if job.kind == "resume":
+                result, _ = resume_text_run(store, job.run_id, **hooks)
+            else:
+                result, _ = train_on_text_task(train_config_from(job.config), text_setup_from(job.setup), store,
+                                               job.checkpoint_dir, **hooks)
+        except KeyboardInterrupt:  # the trainer, if it had started, marked the run interrupted
+            self._end("interrupted", "stopped at once by a second signal", getattr(self.trainer, "run_id", None),
+                      end_run=True)
+            raise
+        except Exception as exc:  # the trainer marked the run failed, unless it failed in the evaluation
+            traceback.print_exc()
+            self._end("failed", f"{type(exc).__name__}: {exc}", getattr(self.trainer, "run_id", None),
+                      end_run=True)
+            return
+        if result.status == "finished":
+            self._end("done", None, result.run_id)
+        elif self._cancel_requested():
+            self._end("cancelled", f"cancelled after step {result.step}", result.run_id)
+        else:  # stopped for the worker's sake: the trainer ended the run cancelled
+            reason = f"{self.stop_reason}; stopped after step {result.step}, resume the run to continue"
+            self._end("interrupted", reason, result.run_id, end_run=True)
+
+    def _end(self, status: str, error: str | None, run_id: int | None, end_run: bool = False) -> None:
+        """End the job; with ``end_run``, its run too (unless it had finished with its point)."""
+        with _transaction(self.path) as conn:
+            if end_run and _run_status(conn, run_id) not in (None, "finished"):
+                _set_run_status(conn, run_id, status, error)
+            _end_job(conn, self.job.id, status, error, run_id)
+        print(f"{_now()} job {self.job.id}: {status}{f' ({error})' if error else ''}", flush=True)
+
+
+def run_worker(store_path: str | os.PathLike) -> int:
+    """The worker process's main: register, serve the queue, return the exit status
+    (:data:`EXIT_ANOTHER_WORKER` when another live worker serves the store)."""
+    path = _prepare(store_path)
+    try:
+        worker = _Worker(path, *_register_worker(path))
+    except WorkerAlreadyRunning as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ANOTHER_WORKER
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, worker.on_signal)
+    return worker.serve()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mopo_core.jobs", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("worker", help="run the store's queued jobs one at a time, exit when none is left")
+    worker.add_argument("--store", required=True, help="run store SQLite file")
+    args = parser.parse_args(argv)
+    return run_worker(args.store)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
