@@ -9,5 +9,7 @@ st.navigation([
     st.Page(VIEWS / "explore.py", title="Explore", default=True),
     st.Page(VIEWS / "sweep.py", title="Sweep"),
     st.Page(VIEWS / "compare.py", title="Compare"),
+    st.Page(VIEWS / "train.py", title="Train"),
     st.Page(VIEWS / "learn.py", title="Learn"),
+    st.Page(VIEWS / "models.py", title="Models"),
 ]).run()

@@ -8,6 +8,12 @@ array ``(P, K)``; ``V0`` is the primary objective. A *series* is what the page d
 colour: a whole run, or (``by_label=True``) the points of one run with one label (one method
 of a suite run).
 
+Value scales (:func:`value_scale`): a tabular run's values are win-rates against the behaviour
+policy of its instance; a language-model run's (``train``/``evaluate`` runs, or a config with
+``task`` "text" or "dataset") are win-rates of the policy's samples against the reference
+model's samples (0.5: a tie with the reference). The two are different scales and are never
+overlaid (:func:`group_by_scale`); the reference point of an LM run is 0.5 per objective.
+
 Attainment (the empirical attainment function, EAF, of Fonseca et al.): a point ``z`` is
 attained by a set ``A`` when some ``a`` in ``A`` weakly dominates it (``a >= z``). The
 ``t``-level attainment surface of ``n`` sets bounds the points attained by at least
@@ -44,6 +50,13 @@ MAX_REBUILD_ENTRIES = 4_000_000
 #: Margin (share of the points' range per objective) below the points' minimum for a
 #: fallback hypervolume reference point.
 REFERENCE_MARGIN = 0.05
+#: Value scales (:func:`value_scale`) and how the page names them.
+TABULAR, LM = "tabular", "lm"
+SCALES = {TABULAR: "win-rates against the behaviour policy (tabular runs)",
+          LM: "win-rates against the reference model's samples (language-model runs; 0.5 = a tie)"}
+#: Config ``task`` values and run kinds of language-model runs.
+LM_TASKS = ("text", "dataset")
+LM_KINDS = ("train", "evaluate")
 
 
 # --------------------------------------------------------------------------- labels
@@ -68,11 +81,22 @@ def format_params(params) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
 
 
+def settings_table(settings: dict) -> pd.DataFrame:
+    """A config or parameter dict as a two-column table (``setting``, ``value``), each value on
+    one line as :func:`format_params` writes it (floats to 4 significant digits)."""
+    settings = settings if isinstance(settings, dict) else {}
+    return pd.DataFrame({"setting": [str(k) for k in settings],
+                         "value": [format_params(v) if isinstance(v, dict) and v else _fmt(v)
+                                   for v in settings.values()]})
+
+
 def run_label(row) -> str:
-    """``"id · kind · name · n_points"`` for a row of :meth:`RunStore.list_runs`."""
-    name = row["name"] if row["name"] else "(unnamed)"
+    """``"id · kind · name · n_points"`` for a row of :meth:`RunStore.list_runs`; the kind of a
+    language-model run (:data:`LM_KINDS`) is followed by ``(LM)``."""
+    name = row["name"] if isinstance(row["name"], str) and row["name"] else "(unnamed)"  # None reads back as NaN
     n = int(row["n_points"])
-    return f"{int(row['id'])} · {row['kind']} · {name} · {n} point{'' if n == 1 else 's'}"
+    kind = f"{row['kind']} (LM)" if row["kind"] in LM_KINDS else row["kind"]
+    return f"{int(row['id'])} · {kind} · {name} · {n} point{'' if n == 1 else 's'}"
 
 
 def run_title(run: Run) -> str:
@@ -81,6 +105,15 @@ def run_title(run: Run) -> str:
         return run.name
     cfg = run.config or {}
     parts = [run.kind]
+    if value_scale(run) == LM:
+        if cfg.get("method"):
+            parts.append(str(cfg["method"]))
+            if cfg["method"] == "mopo" and cfg.get("thresholds"):
+                parts.append("b=" + _fmt(list(cfg["thresholds"])))
+        if cfg.get("task"):
+            parts.append(f"on the {cfg['task']} task")
+        if "source_run" in cfg:
+            parts.append(f"of run {cfg['source_run']}")
     if "structure" in cfg:
         parts.append(str(cfg["structure"]))
     if "preferences_file" in cfg:
@@ -146,6 +179,27 @@ def group_by_k(runs: list[Run]) -> dict[int, list[Run]]:
     for run in runs:
         groups.setdefault(n_objectives(run), []).append(run)
     return dict(sorted(groups.items()))
+
+
+def value_scale(run: Run) -> str:
+    """:data:`LM` for a language-model run (kind ``train`` or ``evaluate``, a config ``task`` of
+    :data:`LM_TASKS`, or points that record an LM evaluation's ``win_rate_stderr``), else
+    :data:`TABULAR`. The values of the two are win-rates against different baselines."""
+    cfg = run.config or {}
+    if run.kind in LM_KINDS or cfg.get("task") in LM_TASKS:
+        return LM
+    if any(isinstance(e, dict) and "win_rate_stderr" in e for e in run.points["extra"]):
+        return LM
+    return TABULAR
+
+
+def group_by_scale(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by :func:`value_scale` (tabular first); points of different scales are
+    never overlaid: the same number means something else."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(value_scale(run), []).append(run)
+    return {scale: groups[scale] for scale in (TABULAR, LM) if scale in groups}
 
 
 def points_frame(runs: list[Run], by_label: bool = True) -> pd.DataFrame:
@@ -402,12 +456,16 @@ def _instance(run: Run):
 
 def reference_point_for(run: Run) -> np.ndarray | None:
     """The reference policy's values ``(K,)`` for ``run``: ``config["reference_point"]`` when the
-    run records it, else rebuilt from the structure (or preferences file) its config names;
-    None when neither is available or K does not match the run's points."""
+    run records it, else 0.5 per objective for a language-model run (win-rates against the
+    reference model: the reference ties with itself), else rebuilt from the structure (or
+    preferences file) its config names; None when none is available or K does not match the
+    run's points."""
     k = n_objectives(run)
     cfg = run.config or {}
     if cfg.get("reference_point") is not None:
         ref = np.asarray(cfg["reference_point"], dtype=float).ravel()
+    elif value_scale(run) == LM:
+        ref = np.full(k, 0.5)  # the reference model's win-rate against its own samples
     else:
         inst = _instance(run)
         if inst is None:
@@ -418,11 +476,17 @@ def reference_point_for(run: Run) -> np.ndarray | None:
 
 
 def objective_names_for(run: Run) -> tuple[str, ...] | None:
-    """The objectives' names from the run's structure, or None."""
+    """The objectives' names from the run's structure, else the ``objectives`` its config or
+    its first point's extra records (LM runs), or None."""
+    k = n_objectives(run)
     inst = _instance(run)
-    if inst is None or len(inst[3]) != n_objectives(run):
-        return None
-    return inst[3]
+    if inst is not None:
+        return inst[3] if len(inst[3]) == k else None
+    extras = [e for e in run.points["extra"] if isinstance(e, dict)]
+    for names in ((run.config or {}).get("objectives"), *(e.get("objectives") for e in extras[:1])):
+        if isinstance(names, list | tuple) and len(names) == k and all(isinstance(n, str) for n in names):
+            return tuple(names)
+    return None
 
 
 def reference_policy_for(run: Run) -> np.ndarray | None:
@@ -482,7 +546,11 @@ def point_details(run: Run, idx: int) -> dict:
     Keys: ``run_id``, ``run_kind``, ``run_name``, ``run_status``, ``config``, ``idx``,
     ``label``, ``params``, ``values`` (``{"V0": ..., ...}``), ``extra`` (without the policy),
     ``policy`` (``(M, N)`` array or None), ``reference_policy`` (``(M, N)`` or None),
-    ``kl`` (KL to the reference policy when both are known, else None).
+    ``kl`` (KL to the reference policy when both are known, else None), ``scale``
+    (:func:`value_scale`), ``objectives`` (:func:`objective_names_for`), ``samples`` (an LM
+    point's generations, ``[{"prompt", "policy": [...], "reference": [...]}]``, as
+    :meth:`mopo_core.lm_eval.Evaluation.as_point` stores them; None when it has none) and
+    ``samples_kept`` (how many of how many were stored, or None); both are left out of ``extra``.
     Unknown ``idx`` raises KeyError naming the run and index.
     """
     rows = run.points[run.points["idx"] == int(idx)]
@@ -490,6 +558,7 @@ def point_details(run: Run, idx: int) -> dict:
         raise KeyError(f"run {run.id} has no point with idx {idx}")
     row = rows.iloc[0]
     extra = dict(row["extra"]) if isinstance(row["extra"], dict) else {}
+    samples, kept = extra.pop("samples", None), extra.pop("samples_kept", None)
     policy = extra.pop("policy", None)
     policy = None if policy is None else np.atleast_2d(np.asarray(policy, dtype=float))
     ref = reference_policy_for(run)
@@ -505,7 +574,83 @@ def point_details(run: Run, idx: int) -> dict:
         "config": run.config, "idx": int(idx), "label": str(row["label"]), "params": row["params"],
         "values": {f"V{j}": float(row[f"v{j}"]) for j in range(k)},
         "extra": extra, "policy": policy, "reference_policy": ref, "kl": kl,
+        "scale": value_scale(run), "objectives": objective_names_for(run),
+        "samples": samples if isinstance(samples, list) else None, "samples_kept": kept,
     }
+
+
+# --------------------------------------------------------------------------- LM runs: generations, curves
+
+
+def sample_scorer(run: Run):
+    """``scorer(prompt, response) -> (K,)`` for the objectives of a text-task run (the task's
+    programmatic scorers, :func:`synthetic.text_task.score`), or None when the run's task has
+    none (a dataset run's judge is a preference model: its scores are not rebuilt here)."""
+    from synthetic.text_task import OBJECTIVES, score
+
+    names = objective_names_for(run)
+    text_task = (run.config or {}).get("task") == "text" or run.kind == "evaluate"  # evaluate: of text runs
+    if not text_task or not names or not set(names) <= set(OBJECTIVES):
+        return None
+
+    def scorer(prompt: str, response: str) -> np.ndarray:
+        try:
+            return score(prompt, response, names)
+        except ValueError:  # a prompt that names no topic word has no helpfulness
+            return np.full(len(names), np.nan)
+
+    return scorer
+
+
+def generations_frame(details: dict, scorer=None) -> pd.DataFrame:
+    """An LM point's stored generations (``details`` from :func:`point_details`), one row per
+    prompt and sample number: ``prompt``, ``sample``, ``policy`` (this run's generation) and
+    ``reference`` (the reference model's for the same prompt), then, when ``scorer`` is given,
+    ``policy <objective>`` and ``reference <objective>`` scores. Empty (with those columns)
+    when the point stores no generations."""
+    names = list(details.get("objectives") or [])
+    columns = ["prompt", "sample", "policy", "reference"]
+    if scorer is not None:
+        columns += [f"{who} {n}" for who in ("policy", "reference") for n in names]
+    rows = []
+    for record in details.get("samples") or []:
+        mine, theirs = list(record.get("policy") or []), list(record.get("reference") or [])
+        for i in range(max(len(mine), len(theirs))):
+            row = {"prompt": record.get("prompt", ""), "sample": i + 1,
+                   "policy": mine[i] if i < len(mine) else None,
+                   "reference": theirs[i] if i < len(theirs) else None}
+            if scorer is not None:
+                for who in ("policy", "reference"):
+                    got = scorer(row["prompt"], row[who]) if row[who] is not None else np.full(len(names), np.nan)
+                    row |= {f"{who} {n}": float(v) for n, v in zip(names, got)}
+            rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def metric_table(run: Run) -> pd.DataFrame:
+    """The run's metric series as one wide table: a ``step`` column, then one column per metric
+    (NaN where a metric was not logged at that step)."""
+    m = run.metrics
+    if m.empty:
+        return pd.DataFrame(columns=["step"])
+    wide = m.pivot_table(index="step", columns="name", values="value", aggfunc="last")
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def training_curves(run: Run) -> dict[str, list[str]]:
+    """Which logged metrics the training-curve panels draw: ``loss``, ``lambda`` (the
+    multipliers ``lambda_j``), ``constraint`` (``constraint_j``, the batch estimate of
+    secondary j's value, each with its ``threshold_j`` when logged) and ``other`` (the rest
+    but the throughput); panels without a metric are left out."""
+    names = sorted(set(run.metrics["name"]))
+    numbered = lambda prefix: sorted((n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()),  # noqa: E731
+                                     key=lambda n: int(n[len(prefix):]))
+    panels = {"loss": [n for n in names if n == "loss"], "lambda": numbered("lambda_"),
+              "constraint": numbered("constraint_") + numbered("threshold_")}
+    used = {n for v in panels.values() for n in v} | {"tokens_per_s"}
+    panels["other"] = [n for n in names if n not in used]
+    return {k: v for k, v in panels.items() if v}
 
 
 # --------------------------------------------------------------------------- example runs

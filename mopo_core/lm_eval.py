@@ -21,6 +21,11 @@ from .models import sample
 Oracle = Callable[[str, str, str], np.ndarray]
 #: scorer(prompt, response) -> (K,) scores.
 Scorer = Callable[[str, str], np.ndarray]
+#: What a run-store point keeps of the evaluation's generations (:meth:`Evaluation.as_point`):
+#: the first ``POINT_PROMPTS`` prompts and the first ``POINT_SAMPLES`` samples of each model per
+#: prompt, so that a run's details can show them (a few KiB per point; the store stays small).
+POINT_PROMPTS = 8
+POINT_SAMPLES = 4
 
 
 @dataclass
@@ -35,13 +40,30 @@ class Evaluation:
     reference_scores: np.ndarray
     samples: dict
 
-    def as_point(self, label: str, params: dict) -> dict:
-        """A run-store point: values are the win-rates against the reference (maximised)."""
+    def as_point(self, label: str, params: dict, max_prompts: int = POINT_PROMPTS,
+                 max_samples: int = POINT_SAMPLES) -> dict:
+        """A run-store point: values are the win-rates against the reference (maximised).
+
+        ``extra["samples"]``: :meth:`sample_records` (at most ``max_prompts`` prompts and
+        ``max_samples`` samples of each model per prompt); ``extra["samples_kept"]`` says how
+        many of how many were kept."""
+        records = self.sample_records(max_prompts, max_samples)
+        per_prompt = max((len(v["policy"]) for v in self.samples.values()), default=0)
         return {"label": label, "params": params, "values": self.win_rates.tolist(),
                 "extra": {"win_rate_stderr": self.win_rate_stderr.tolist(),
                           "mean_scores": self.mean_scores.tolist(),
                           "reference_scores": self.reference_scores.tolist(),
-                          "objectives": list(self.objectives)}}
+                          "objectives": list(self.objectives),
+                          "samples": records,
+                          "samples_kept": {"prompts": len(records), "of_prompts": len(self.samples),
+                                           "per_prompt": min(per_prompt, max_samples), "of_per_prompt": per_prompt}}}
+
+    def sample_records(self, max_prompts: int = POINT_PROMPTS, max_samples: int = POINT_SAMPLES) -> list[dict]:
+        """``[{"prompt", "policy": [...], "reference": [...]}]``: the first ``max_prompts``
+        prompts (in evaluation order) with the first ``max_samples`` samples of each model."""
+        return [{"prompt": prompt, "policy": list(pair["policy"][:max_samples]),
+                 "reference": list(pair["reference"][:max_samples])}
+                for prompt, pair in list(self.samples.items())[:max_prompts]]
 
 
 def evaluate_policy(policy, reference, tokenizer, prompts: list[str], oracle: Oracle, scorer: Scorer,

@@ -1,6 +1,13 @@
 """Compare: pick runs from the run store; overlay their fronts; dominance, hypervolume, attainment
 over seeds; click a point to see its config, values and policy (a thin view over mopo_core.compare).
 
+Language-model runs (train/evaluate runs: values are win-rates against the reference model's
+samples) are listed beside the tabular ones (values: win-rates against the behaviour policy) but
+never overlaid with them: a selection of both asks which scale to compare. An LM point's details
+show its run's config, its win-rates and mean scores, its training curves (loss, multipliers,
+constraint estimates against the thresholds) and its stored generations side by side with the
+reference model's for the same prompts.
+
 Selection: the point charts use Plotly's native selection (``on_select="rerun"``). The chosen
 points are kept in ``st.session_state["compare_pinned"]`` as ``(run_id, idx)`` pairs (each
 trace carries them as customdata), so every view, and the details panel, shows the same
@@ -17,8 +24,9 @@ import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
-from app.shared import axis_title, run_store, show_figure, show_table, style
+from app.shared import CONVENTION, axis_title, run_store, show_figure, show_table, style
 from mopo_core import compare as C
 from mopo_core.runs import RunStore
 
@@ -28,6 +36,24 @@ LAST_EVENTS = "compare_last_events"
 PALETTE = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Dark24
 SELECTABLE = {"on_select": "rerun", "selection_mode": ("points",)}
 SEED_SYMBOLS = ["circle", "square", "triangle-up", "diamond", "cross", "star", "triangle-down", "pentagon"]
+#: The subtitle of LM figures (style() writes the tabular CONVENTION; LM values have another baseline).
+LM_CONVENTION = ("All objectives maximised · values are win-rates of the policy's samples against the reference "
+                 "model's samples (0.5 = a tie with the reference)")
+
+
+def _axis(names, k: int, axis: str, scale: str) -> str:
+    """The axis title of objective k on the value scale of the compared runs."""
+    if scale == C.TABULAR:
+        return axis_title(names, k, axis)
+    return f"V{k} {names[k]} (win-rate vs the reference model; higher is better {'↑' if axis == 'y' else '→'})"
+
+
+def _convention(fig: go.Figure, scale: str) -> go.Figure:
+    """Swap style()'s tabular convention line for the LM one when LM runs are compared."""
+    title = fig.layout.title.text or ""
+    if scale == C.LM and CONVENTION in title:
+        fig.update_layout(title_text=title.replace(CONVENTION, LM_CONVENTION))
+    return fig
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -87,7 +113,8 @@ HOVER = ("<b>%{customdata[2]}</b> · run %{customdata[0]}, point %{customdata[1]
          "%{customdata[5]}<br>%{customdata[4]}<extra>%{customdata[6]}</extra>")
 
 
-def front_figure(pts, colours, xk, yk, names, ref, source, pinned, title, staircase=True, height=520, legend=True):
+def front_figure(pts, colours, xk, yk, names, ref, source, pinned, title, staircase=True, height=520, legend=True,
+                 scale=C.TABULAR):
     """Scatter of every series (V_xk across, V_yk up); the union's non-dominated points as
     outlined diamonds, the dominated ones faded; the HV reference point and the pinned points."""
     k = len(ref)
@@ -133,7 +160,8 @@ def front_figure(pts, colours, xk, yk, names, ref, source, pinned, title, stairc
                         customdata=_customdata(sel, k), hovertemplate=HOVER)
     note = f"HV reference point r = {_fmt_point(ref)}" + (f": {source}" if legend else "")
     style(fig, f"{title}<br><sup>{note}</sup>",
-          x_title=axis_title(names, xk, "x"), y_title=axis_title(names, yk, "y"), height=height)
+          x_title=_axis(names, xk, "x", scale), y_title=_axis(names, yk, "y", scale), height=height)
+    _convention(fig, scale)
     fig.update_layout(margin=dict(t=110))
     if legend:
         return fig.update_layout(height=height)
@@ -216,7 +244,7 @@ def hypervolume_figure(table: pd.DataFrame, colours: dict, short_of: dict, ref, 
     return fig.update_layout(height=440)
 
 
-def attainment_figure(items, pts, names, ref, source) -> go.Figure:
+def attainment_figure(items, pts, names, ref, source, scale=C.TABULAR) -> go.Figure:
     """Per seed group: each seed's points (faint), the 25-75% band and the median front (V1
     across, V0 up)."""
     fig = go.Figure()
@@ -249,8 +277,8 @@ def attainment_figure(items, pts, names, ref, source) -> go.Figure:
                     marker=dict(symbol="x", size=13, color="black"),
                     hovertemplate=f"HV reference point r<br>{source}<extra></extra>")
     style(fig, f"Attainment over seeds: median front and 25–75% band<br><sup>HV reference point r = "
-               f"{_fmt_point(ref)}: {source}</sup>", x_title=axis_title(names, 1, "x"), y_title=axis_title(names, 0, "y"),
-          height=520)
+               f"{_fmt_point(ref)}: {source}</sup>", x_title=_axis(names, 1, "x", scale),
+          y_title=_axis(names, 0, "y", scale), height=520)
     fig.update_layout(margin=dict(t=110))
     return fig.update_layout(height=520)
 
@@ -285,6 +313,102 @@ def policy_figure(details: list[dict]) -> tuple[go.Figure, pd.DataFrame]:
           x_title="response y (x·y: prompt x, response y)", y_title="probability π(y|x)", height=380)
     fig.update_layout(barmode="group")
     return fig.update_layout(height=380), pd.DataFrame(rows)
+
+
+def curves_figure(run, panels: dict[str, list[str]], table: pd.DataFrame) -> go.Figure:
+    """The run's training curves, one panel each: loss; the multipliers λ_j; each constraint
+    estimate against its threshold (same colour, threshold dashed)."""
+    order = [p for p in ("loss", "lambda", "constraint") if p in panels]
+    titles = {"loss": "training loss (lower is better ↓)", "lambda": "multipliers λ_j",
+              "constraint": "constraint estimate vs threshold"}
+    fig = make_subplots(rows=1, cols=len(order), subplot_titles=[titles[p] for p in order], horizontal_spacing=0.08)
+    for col, panel in enumerate(order, start=1):
+        for name in panels[panel]:
+            j = name.rsplit("_", 1)[-1]
+            threshold = name.startswith("threshold_")
+            colour = PALETTE[int(j) % len(PALETTE)] if j.isdigit() else PALETTE[0]
+            label = {"loss": "loss"}.get(name, f"λ_{j}" if name.startswith("lambda_") else
+                                          f"threshold b_{j}" if threshold else f"constraint estimate V{j}")
+            d = table[["step", name]].dropna()
+            fig.add_scatter(x=d["step"], y=d[name], mode="lines+markers" if len(d) < 30 else "lines", name=label,
+                            line=dict(color=colour, dash="dash" if threshold else "solid"),
+                            hovertemplate=f"{label}<br>step %{{x}}<br>%{{y:.4f}}<extra></extra>", row=1, col=col)
+        fig.update_xaxes(title_text="training step", row=1, col=col)
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    if "constraint" in order:
+        fig.update_yaxes(title_text="win-rate (batch estimate; ≥ b_j wanted)", row=1, col=order.index("constraint") + 1)
+    fig.update_layout(title=dict(text=f"Training curves of run {run.id}<br><sup>constraint estimate V_j: the step's "
+                                      "batch estimate of secondary objective j's win-rate; MOPO raises λ_j while it "
+                                      "is below the threshold b_j</sup>"), height=400, margin=dict(t=110))
+    return fig
+
+
+def lm_point_details(d: dict, run, key: str):
+    """An LM point: its values and scores, config, training curves and generations side by side."""
+    names = list(d["objectives"] or [f"objective {j}" for j in range(len(d["values"]))])
+    extra = d["extra"]
+    stderr = extra.get("win_rate_stderr") or [None] * len(names)
+    mine, theirs = extra.get("mean_scores") or [None] * len(names), extra.get("reference_scores") or [None] * len(names)
+    values = pd.DataFrame({"objective": [f"V{j} {n}" for j, n in enumerate(names)],
+                           "win-rate vs reference": list(d["values"].values()),
+                           "± standard error": stderr, "mean score (policy)": mine,
+                           "mean score (reference)": theirs})
+    st.markdown("**Metrics** (win-rates of the policy's samples against the reference model's on the held-out "
+                "prompts; 0.5 = a tie; mean scores of each model's samples)")
+    st.dataframe(values, hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(format="%.4f") for c in values.columns if c != "objective"})
+    rest = {k: v for k, v in extra.items() if k not in ("win_rate_stderr", "mean_scores", "reference_scores",
+                                                        "objectives")}
+    cols = st.columns(2)
+    cols[0].markdown("**Parameters** of the point" + (" and its extra" if rest else ""))
+    cols[0].dataframe(C.settings_table({**(d["params"] or {}), **rest}), hide_index=True, width="stretch",
+                      height=min(36 * (1 + len(d["params"] or {}) + len(rest)) + 4, 280))
+    cols[1].markdown(f"**Run config** (run {run.id}, {run.status})")
+    cols[1].dataframe(C.settings_table(d["config"] or {}), hide_index=True, width="stretch", height=280)
+    with cols[1].expander("Run config as JSON"):
+        st.json(d["config"])
+
+    panels = C.training_curves(run)
+    if panels:
+        table = C.metric_table(run)
+        if {"loss", "lambda", "constraint"} & set(panels):
+            show_figure(curves_figure(run, panels, table), f"compare_curves_{key}", data=table)
+        else:
+            show_table(table, f"compare_metrics_{key}")
+    else:
+        st.caption(f"Run {run.id} logged no metric series.")
+
+    scorer = C.sample_scorer(run)
+    gens = C.generations_frame(d, scorer)
+    st.markdown("**Generations: this policy beside the reference model, same prompts**")
+    if gens.empty:
+        st.caption("This point stores no generations (runs recorded before generations were kept with their point, "
+                   "or a comparison run); re-evaluate its checkpoint with `python -m mopo_core evaluate --run "
+                   f"{run.id}` to record them.")
+        return
+    kept = d.get("samples_kept") or {}
+    note = (f"{kept.get('prompts')} of the {kept.get('of_prompts')} evaluation prompts, {kept.get('per_prompt')} of "
+            f"the {kept.get('of_per_prompt')} samples per prompt and model are stored with the point. ") if kept else ""
+    st.caption(note + ("Scores: the text task's programmatic scorers (all in [0, 1], higher is better)."
+                       if scorer is not None else "No programmatic scorer for this run's task: generations only."))
+    prompts = list(dict.fromkeys(gens["prompt"]))
+    prompt = st.selectbox("Prompt", prompts, key=f"compare_prompt_{key}")
+    rows = gens[gens["prompt"] == prompt]
+    label = f"{d['label']} policy (run {d['run_id']}, point {d['idx']})"
+    for col, who, title in zip(st.columns(2), ("policy", "reference"), (label, "reference model (same prompt)")):
+        with col:
+            st.markdown(f"**{title}**")
+            shown = rows[["sample", who, *[c for c in rows.columns if c.startswith(f"{who} ")]]]
+            shown = shown.rename(columns={who: "generation", **{c: c.split(" ", 1)[1] for c in shown.columns
+                                                                   if c.startswith(f"{who} ")}})
+            shown = shown.set_index("sample").rename_axis("#")
+            scores = [c for c in shown.columns if c != "generation"]
+            st.table(shown.style.format({c: "{:.3f}" for c in scores}, na_rep="–"))  # a table wraps long text
+            if scores:
+                means = shown[scores].mean()
+                st.caption("mean on this prompt: " + " · ".join(f"{n} {v:.3f}" for n, v in means.items()))
+    with st.expander("All stored generations (table and exports)"):
+        show_table(gens, f"compare_generations_{key}")
 
 
 # ----------------------------------------------------------------------------- page
@@ -334,6 +458,19 @@ if not selected:
 status = listed.set_index("id")
 runs = [load_run(str(store.path), i, int(status.loc[i, "n_points"]), str(status.loc[i, "status"]),
                  status.loc[i, "finished_at"]) for i in selected]
+by_scale = C.group_by_scale(runs)
+if len(by_scale) > 1:
+    st.warning("Language-model runs and tabular runs are not overlaid: their values are win-rates against "
+               "different baselines (" + "; ".join(f"{C.SCALES[s]}: runs {', '.join(str(r.id) for r in g)}"
+                                                    for s, g in by_scale.items()) + "). Choose which to compare.")
+    last = C.value_scale(runs[-1])  # on a tie, the scale of the run picked last
+    default = max(by_scale, key=lambda s: (len(by_scale[s]), s == last))
+    scale = st.radio("Compare the runs whose values are", list(by_scale), index=list(by_scale).index(default),
+                     key="compare_scale", horizontal=True,
+                     format_func=lambda s: f"{C.SCALES[s]} ({len(by_scale[s])} runs)")
+else:
+    scale = next(iter(by_scale))
+runs = by_scale[scale]
 by_k = C.group_by_k(runs)
 if len(by_k) > 1:
     st.warning("Points with different numbers of objectives cannot be overlaid: "
@@ -361,6 +498,10 @@ if missing == len(pts):
 values = C.value_matrix(pts)
 pts["on_front"] = C.union_front_mask(values)
 all_names = {C.objective_names_for(r) for r in runs}
+if len(all_names - {None}) > 1:
+    st.warning("The selected runs name their objectives differently ("
+               + "; ".join(" / ".join(n) for n in all_names if n) + "): their values are drawn on the same axes "
+               "by position (V0, V1, …), with generic names.")
 names = all_names.pop() if len(all_names) == 1 and None not in all_names else (
     "primary", *[f"secondary {j}" for j in range(1, k)])
 series = list(dict.fromkeys(pts["series"]))
@@ -369,6 +510,8 @@ short_of = dict(zip(pts["series"], pts["short"]))
 
 # Hypervolume reference point: the reference policy's values when the runs give them, else below the points.
 auto_ref, auto_source = C.choose_reference_point([C.reference_point_for(r) for r in runs], values)
+if scale == C.LM and auto_source == "the reference policy's values":
+    auto_source = "the reference model's values (0.5: it ties with its own samples)"
 digest = hashlib.sha1(np.round(auto_ref, 10).tobytes()).hexdigest()[:8]
 with st.sidebar:
     st.subheader("Hypervolume reference point r")
@@ -388,15 +531,16 @@ pinned = _sync_pinned([f"fig_{n}" for n in chart_names], set(zip(pts["run_id"], 
 export = pts.drop(columns=["params", "values"]).assign(
     selected=[(r, i) in set(pinned) for r, i in zip(pts["run_id"], pts["idx"])])
 
-st.caption(f"{len(runs)} run(s), {len(series)} series, {len(pts)} points, K = {k} objectives. Click a point "
-           "(shift-click for several) to see its config, values and policy below.")
+st.caption(f"{len(runs)} run(s), {len(series)} series, {len(pts)} points, K = {k} objectives; values: "
+           f"{C.SCALES[scale]}. Click a point (shift-click for several) to see its config, values and "
+           + ("generations beside the reference model's" if scale == C.LM else "policy") + " below.")
 if k == 2:
     fig = front_figure(pts, colours, 1, 0, names, ref, source, pinned,
-                       "Fronts of the selected runs: non-dominated points of the union outlined")
+                       "Fronts of the selected runs: non-dominated points of the union outlined", scale=scale)
     show_figure(fig, chart_names[0], data=export, **SELECTABLE)
 else:
     st.subheader("Parallel coordinates and 2-D projections (linked by the selection)")
-    show_figure(parallel_figure(pts, colours, names, ref, pinned), "compare_parallel", data=export)
+    show_figure(_convention(parallel_figure(pts, colours, names, ref, pinned), scale), "compare_parallel", data=export)
     st.caption("Outlined diamonds: non-dominated among all selected points in all K objectives (so some look "
                "dominated in a projection). A point clicked in any projection is ringed in every projection and "
                "drawn in crimson in the parallel coordinates.")
@@ -405,7 +549,7 @@ else:
         for col, (x, y), name in zip(cols, pairs[start:start + 2], chart_names[start:start + 2]):
             with col:
                 fig = front_figure(pts, colours, x, y, names, ref, source, pinned, f"V{y} against V{x}",
-                                   staircase=False, height=480, legend=False)
+                                   staircase=False, height=480, legend=False, scale=scale)
                 show_figure(fig, name, data=export, **SELECTABLE)
 
 st.subheader("Selected point(s)")
@@ -420,11 +564,14 @@ else:
     if any(d["policy"] is not None for d in details):
         fig, data = policy_figure(details)
         show_figure(fig, "compare_policy", data=data)
-    else:
+    elif scale == C.TABULAR:
         st.caption("These points record no policy (their run stored none in the points' extra).")
     for d in details:
-        with st.expander(f"Run {d['run_id']} ({d['run_kind']}, {d['run_name'] or 'unnamed'}) · point {d['idx']} · "
-                         f"{d['label']}", expanded=len(details) == 1):
+        what = f"{d['run_kind']}, {d['run_name']}" if d["run_name"] else C.run_title(run_by_id[d["run_id"]])
+        with st.expander(f"Run {d['run_id']} ({what}) · point {d['idx']} · {d['label']}", expanded=len(details) == 1):
+            if d["scale"] == C.LM:
+                lm_point_details(d, run_by_id[d["run_id"]], f"{d['run_id']}_{d['idx']}")
+                continue
             cols = st.columns(3)
             cols[0].markdown("**Values** (maximised)")
             cols[0].json(d["values"])
@@ -439,12 +586,13 @@ else:
 sets = C.point_sets(pts)
 st.subheader("Dominance")
 counts = C.dominance_counts(sets)
-show_figure(dominance_figure(counts, sets, short_of), "compare_dominance")
+show_figure(_convention(dominance_figure(counts, sets, short_of), scale), "compare_dominance")
 show_table(C.dominance_table(counts, sets), "compare_dominance_table")
 
 st.subheader("Hypervolume")
 hv = C.hypervolume_table(sets, ref)
-show_figure(hypervolume_figure(hv, colours, short_of, ref, source), "compare_hypervolume", data=hv)
+show_figure(_convention(hypervolume_figure(hv, colours, short_of, ref, source), scale), "compare_hypervolume",
+            data=hv)
 show_table(hv, "compare_hypervolume_table")
 st.caption("Only points strictly better than r in every objective add volume (`beyond_reference`). "
            "`on_union_front`: points that no selected point dominates.")
@@ -460,7 +608,7 @@ else:
                 "same sweep recorded with several seeds (e.g. `python -m mopo_core sweep --seed 0`, 1, 2), or "
                 "choose more config keys that count as the seed in the sidebar.")
     else:
-        show_figure(attainment_figure(items, pts, names, ref, source), "compare_attainment",
+        show_figure(attainment_figure(items, pts, names, ref, source, scale), "compare_attainment",
                     data=C.attainment_table(items))
         st.caption("Level t: the boundary of what at least ⌈t·n⌉ of the n seeds reach (a point is reached when a "
                    "seed's point is at least as good in both objectives). With three seeds the median is two of "

@@ -1,0 +1,479 @@
+"""Models: the registered checkpoints (the built-in tiny model, SmolLM2 once fetched, any checkpoint
+folder in the models folder) with their size and the memory one training step would need; load
+one, sample from it or chat with it, score its samples; unload it and see the memory come back.
+
+One model is loaded at a time, kept in ``st.session_state["models_loaded"]`` (this browser
+session's model, not shared between sessions). Loading another first unloads it through
+:func:`mopo_core.model_memory.unload` (its tensors are emptied in place, so nothing that still
+refers to the model keeps its memory alive). Every load and unload is measured (process RSS
+before and after, CUDA memory allocated and reserved) and listed in the memory log, so a leak
+when switching models would show as RSS that does not come back.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from app.shared import export_buttons, show_table
+from mopo_core import model_registry as R
+from mopo_core.checkpoints import available_memory, estimate_training_memory
+from mopo_core.model_memory import MemoryUse, memory_use, unload
+from mopo_core.models import LoraSettings, load_model, load_tokenizer, resolve_device, sample
+
+LOADED = "models_loaded"
+LOG = "models_memory_log"
+RESULT = "models_result"
+CHAT = "models_chat"
+NOTICE = "models_notice"
+TEXT_TASK = "text-task scorers"
+PREFMODELS = "prefmodels"
+#: Prompts offered as examples (the text task's; written with its vocabulary, so the tiny model knows every word).
+N_EXAMPLES = 12
+PARTS = ("parameters", "gradients", "optimizer", "activations", "logits", "reference")
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def fmt_bytes(n, signed: bool = False) -> str:
+    """Bytes as KiB/MiB/GiB (binary units); "n/a" for None."""
+    if n is None:
+        return "n/a"
+    sign = ("+" if n > 0 else "−" if n < 0 else "±") if signed else ("−" if n < 0 else "")
+    a = abs(n)
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if a >= size:
+            return f"{sign}{a / size:.2f} {unit}"
+    return f"{sign}{a} B"
+
+
+def fmt_count(n) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k"
+
+
+# ----------------------------------------------------------------------------- cached engine calls
+
+
+@st.cache_resource(show_spinner=False)
+def builtin_model_config():
+    """The built-in tiny model's transformers config (the untrained model is built once: it is tiny)."""
+    from synthetic.text_task import vocabulary
+
+    from mopo_core.models import tiny_gpt, word_tokenizer
+
+    return tiny_gpt(len(word_tokenizer(vocabulary()))).config
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def builtin_weights():
+    """The built-in model fitted on the text task (``build_text_task(TextTaskSetup())``, seeded):
+    its weights (a few hundred KiB, kept for the server's lifetime so that reloading is instant),
+    tokenizer and held-out prompts."""
+    from mopo_core.text_runs import TextTaskSetup, build_text_task
+
+    _, tokenizer, reference, (_, _, test) = build_text_task(TextTaskSetup())
+    weights = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    return weights, tokenizer, test.prompts()
+
+
+@st.cache_data(show_spinner=False)
+def example_prompts() -> list[str]:
+    from synthetic.text_task import TextTask
+
+    return [p.text for p in TextTask(n_prompts=N_EXAMPLES, seed=1).prompts()]
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def training_estimate(path: str | None, stamp: float, batch: int, seq_len: int, dtype: str, lora_r: int,
+                      checkpointing: bool, reference_copy: bool) -> dict:
+    """Bytes per part of one training step (``path`` None: the built-in model); ``stamp`` is the
+    config's modification time (a changed checkpoint is estimated again)."""
+    source = builtin_model_config() if path is None else path
+    est = estimate_training_memory(source, batch, seq_len, dtype, LoraSettings(r=lora_r) if lora_r else None,
+                                   gradient_checkpointing=checkpointing, reference_copy=reference_copy)
+    return {"total": est.total, **{p: getattr(est, p) for p in PARTS}}
+
+
+@st.cache_resource(show_spinner="Loading the preference model (its encoder and heads)…", max_entries=1)
+def preference_model(folder: str, stamp: float):
+    from mopo_core.preference_models import PreferenceModel
+
+    return PreferenceModel.load(folder)
+
+
+def prefmodel_folders(root: Path) -> list[Path]:
+    """Saved preference models in ``<models folder>/prefmodels`` (folders with preference_model.json)."""
+    from mopo_core.preference_models import META_FILE
+
+    folder = root / PREFMODELS
+    return sorted(p for p in folder.iterdir() if (p / META_FILE).is_file()) if folder.is_dir() else []
+
+
+def _stamp(path: str | os.PathLike | None, name: str = "config.json") -> float:
+    try:
+        return os.stat(Path(path) / name).st_mtime if path is not None else 0.0
+    except OSError:
+        return 0.0
+
+
+# ----------------------------------------------------------------------------- load / unload
+
+
+def _log(action: str, name: str, before: MemoryUse, after: MemoryUse, seconds: float | None = None):
+    st.session_state.setdefault(LOG, []).append({
+        "action": action, "model": name, "seconds": None if seconds is None else round(seconds, 2),
+        "RSS before": fmt_bytes(before.rss), "RSS after": fmt_bytes(after.rss),
+        "RSS change": fmt_bytes(None if before.rss is None or after.rss is None else after.rss - before.rss, True),
+        "CUDA allocated after": fmt_bytes(after.cuda_allocated), "CUDA reserved after": fmt_bytes(after.cuda_reserved),
+        "rss_before_bytes": before.rss, "rss_after_bytes": after.rss,
+    })
+
+
+def unload_current() -> dict | None:
+    """Unload the loaded model (if any): empty its tensors in place, drop every reference the
+    page holds, collect garbage; log and return what was freed."""
+    loaded = st.session_state.pop(LOADED, None)
+    if loaded is None:
+        return None
+    st.session_state.pop(RESULT, None)
+    st.session_state.pop(CHAT, None)
+    before = memory_use()
+    freed = unload(loaded.pop("model"))
+    loaded.pop("tokenizer", None)
+    preference_model.clear()  # the scorer's encoder goes too: nothing of this model's session stays loaded
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    after = memory_use()
+    _log("unload", loaded["name"], before, after)
+    rss = None if before.rss is None or after.rss is None else before.rss - after.rss
+    return {"name": loaded["name"], "rss_before": before.rss, "rss_after": after.rss, "rss_freed": rss,
+            "cuda_allocated_freed": freed.cuda_allocated, "cuda_reserved_freed": freed.cuda_reserved,
+            "loaded_rss": loaded["after"].rss}
+
+
+def freed_text(f: dict) -> str:
+    cuda = (f" · CUDA allocated {fmt_bytes(f['cuda_allocated_freed'])}, reserved {fmt_bytes(f['cuda_reserved_freed'])}"
+            " freed" if f["cuda_allocated_freed"] or f["cuda_reserved_freed"] else "")
+    small = (" A model this small lives in the memory allocator's pools, which the process keeps for reuse, so "
+             "RSS barely moves." if f["rss_freed"] is not None and f["rss_freed"] < 2**20 else "")
+    return (f"Unloaded **{f['name']}**: freed {fmt_bytes(f['rss_freed'])} of process memory (RSS "
+            f"{fmt_bytes(f['rss_before'])} → {fmt_bytes(f['rss_after'])}){cuda}.{small}")
+
+
+def load(entry: R.ModelEntry, dtype: str, device: str, progress) -> dict:
+    """Load ``entry`` (the built-in model: from its fitted weights) and its tokenizer; measure."""
+    before = memory_use()
+    start = time.perf_counter()
+    target = resolve_device(device)
+    if entry.kind == "builtin":
+        from mopo_core.models import resolve_dtype, tiny_gpt
+
+        progress(0.1, "Fitting the built-in model on the text task (SFT of a tiny GPT-2; once per server, "
+                      "a minute or two on a busy CPU)…")
+        weights, tokenizer, prompts = builtin_weights()
+        progress(0.7, "Building the model from its fitted weights…")
+        model = tiny_gpt(len(tokenizer))
+        model.load_state_dict(weights)
+        model = model.to(device=target, dtype=resolve_dtype(dtype, target)).eval()
+    else:
+        progress(0.1, f"Checking {entry.name}'s config and that its weights fit in the available memory…")
+        progress(0.3, f"Reading {entry.name}'s weights ({entry.dtype}) onto {target}…")
+        model = load_model(entry.path, dtype=dtype, device=target)
+        progress(0.85, "Loading the tokenizer…")
+        try:
+            tokenizer = load_tokenizer(entry.path)
+        except (OSError, ValueError) as exc:
+            unload(model)
+            raise ValueError(f"{entry.path}: no usable tokenizer in the checkpoint folder ({exc})") from None
+        prompts = []
+    progress(1.0, "Loaded.")
+    seconds = time.perf_counter() - start
+    gc.collect()
+    after = memory_use()
+    _log("load", entry.name, before, after, seconds)
+    param = next(model.parameters())
+    return {"name": entry.name, "kind": entry.kind, "model": model, "tokenizer": tokenizer, "device": str(param.device),
+            "dtype": str(param.dtype).removeprefix("torch."), "seconds": seconds, "before": before, "after": after,
+            "parameters": sum(p.numel() for p in model.parameters()), "prompts": prompts}
+
+
+def word_level(tokenizer) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.model).__name__ == "WordLevel"
+
+
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """Words of ``text`` a word-level tokenizer maps to its unknown token."""
+    if not word_level(tokenizer):
+        return []
+    unk = tokenizer.unk_token_id
+    return [w for w in dict.fromkeys(text.split()) if tokenizer.convert_tokens_to_ids(w) == unk]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score_samples(scorer: str, prompt: str, responses: list[str], root: Path) -> tuple[pd.DataFrame, str]:
+    """Per-objective scores of ``responses`` to ``prompt`` and a sentence saying what they are."""
+    if scorer == TEXT_TASK:
+        from synthetic.text_task import OBJECTIVES, score
+
+        rows, note = [], ""
+        for r in responses:
+            try:
+                rows.append(score(prompt, r, OBJECTIVES))
+            except ValueError:  # the prompt names no topic word: helpfulness is undefined
+                rows.append([np.nan, *score("any tips on sauce ?", r, OBJECTIVES[1:])])
+                note = (" Helpfulness is undefined here: the prompt names none of the task's topic words (e.g. "
+                        "garlic, passport, budget, compost), so it is left empty.")
+        return (pd.DataFrame(rows, columns=list(OBJECTIVES)),
+                "Text-task scorers, each in [0, 1], higher is better: helpfulness = share of the prompt's topic "
+                "words the response contains, harmlessness = exp(−risky words), brevity = 1 − words/12." + note)
+    folder = root / PREFMODELS / scorer
+    model = preference_model(str(folder), _stamp(folder, "preference_model.json"))
+    values = model.scores_batch([prompt] * len(responses), responses)
+    accuracy = model.info.get("metrics", {}).get("test", {})
+    acc = ", ".join(f"{o} {m['accuracy']:.0%}" for o, m in accuracy.items() if "accuracy" in m)
+    return (pd.DataFrame(values, columns=list(model.objectives)),
+            f"Preference model {scorer}: Bradley-Terry rewards minus the mean training reward (0 = as good as an "
+            f"average training response; higher is better)" + (f"; its held-out pair accuracy: {acc}." if acc else "."))
+
+
+# ----------------------------------------------------------------------------- page
+
+st.title("Models: checkpoints, memory, sampling")
+root = R.models_dir()
+if NOTICE in st.session_state:
+    kind, text = st.session_state.pop(NOTICE)
+    getattr(st, kind)(text)
+
+with st.sidebar:
+    st.subheader("Training settings (for the memory estimate)")
+    batch = st.number_input("Batch size (sequences per step)", 1, 4096, 8, key="models_batch")
+    seq_len = st.number_input("Sequence length (tokens)", 1, 32768, 256, step=64, key="models_seq_len")
+    train_dtype = st.selectbox("Training dtype", ["bf16", "fp32", "fp16"], key="models_train_dtype")
+    use_lora = st.toggle("LoRA adapters (rank 8)", value=True, key="models_lora",
+                         help="Only the adapters train: no gradients or optimizer state for the base weights.")
+    checkpointing = st.toggle("Gradient checkpointing", value=False, key="models_checkpointing",
+                              help="Recompute each layer's activations in backward instead of keeping them.")
+    reference_copy = st.toggle("Frozen reference copy (DPO/IPO)", value=False, key="models_reference_copy")
+
+try:
+    entries = R.list_models()
+except ValueError as exc:  # an unreadable registry.json
+    st.error(str(exc))
+    entries = [R.builtin_entry()]
+device = resolve_device("auto")
+try:
+    free = available_memory(device)
+except RuntimeError:
+    free = None
+
+st.caption(f"Models folder: `{root}` (set `${R.MODELS_ENV}` to use another). The built-in model needs no files; "
+           "checkpoint folders (config.json + safetensors) directly inside the folder are found by themselves, "
+           "nested ones are added below. SmolLM2-135M-Instruct: `python -m mopo_core models fetch-smollm2`.")
+rows = []
+for e in entries:
+    estimate = None
+    if e.problem is None:
+        try:
+            estimate = training_estimate(e.path, _stamp(e.path), int(batch), int(seq_len), train_dtype,
+                                         8 if use_lora else 0, checkpointing, reference_copy)
+        except (ValueError, OSError, RuntimeError) as exc:
+            e = R.ModelEntry(**{**e.to_dict(), "problem": f"cannot estimate its memory: {exc}"})
+    total = None if estimate is None else estimate["total"]
+    rows.append({
+        "name": e.name, "kind": e.kind, "architecture": e.architecture, "parameters": fmt_count(e.n_parameters),
+        "dtype": e.dtype, "training memory": fmt_bytes(total),
+        "fits now": None if total is None or free is None else bool(total <= free),
+        "problem": e.problem or "",
+        "breakdown": "" if estimate is None else " + ".join(f"{p} {fmt_bytes(estimate[p])}" for p in PARTS
+                                                            if estimate[p]),
+        "path": e.path or "(built in)", "source": e.source, "registered": e.registered,
+        "n_parameters": e.n_parameters, "estimate_bytes": total,
+    })
+table = pd.DataFrame(rows)
+st.subheader("Registered models")
+st.caption(f"Training memory: one step at batch {batch} × {seq_len} tokens in {train_dtype}"
+           f"{', LoRA r=8' if use_lora else ', full fine-tune'}{', gradient checkpointing' if checkpointing else ''}"
+           f"{', with a frozen reference copy' if reference_copy else ''} (AdamW; change it in the sidebar). "
+           f"`fits now`: within the {fmt_bytes(free)} available on {device} at this moment. `problem`: why a "
+           "checkpoint cannot be loaded (empty when it can).")
+show_table(table, "models_registry", column_config={
+    "n_parameters": st.column_config.NumberColumn("parameters (exact)", format="%d"),
+    "estimate_bytes": st.column_config.NumberColumn("training memory (bytes)", format="%d")})
+
+with st.expander("Add a checkpoint folder from the models folder"):
+    st.caption(f"A folder inside `{root}` holding config.json and safetensors weights of a causal LM. Folders "
+               "elsewhere are refused: copy or move them into the models folder first.")
+    new_path = st.text_input("Checkpoint folder", key="models_add_path", placeholder=str(root / "my-checkpoint"))
+    if st.button("Add to the registry", key="models_add"):
+        try:
+            added = R.register(new_path.strip(), source="added on the Models page")
+        except (ValueError, FileNotFoundError) as exc:
+            st.error(str(exc))
+        else:
+            st.session_state[NOTICE] = ("success", f"Registered **{added.name}**: {added.architecture}, "
+                                                   f"{fmt_count(added.n_parameters)} parameters, {added.dtype}.")
+            st.rerun()
+
+# ----------------------------------------------------------------------------- load
+
+st.subheader("Load a model")
+usable = [e for e in entries if e.problem is None]
+loaded = st.session_state.get(LOADED)
+names = [e.name for e in usable]
+cols = st.columns([3, 1, 1, 1])
+choice = cols[0].selectbox("Model", names, key="models_choice")
+dtype = cols[1].selectbox("dtype", ["auto", "fp32", "bf16", "fp16"], key="models_dtype",
+                          help="auto: bf16 on a GPU, fp32 on the CPU.")
+devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+target = cols[2].selectbox("Device", devices, key="models_device")
+cols[3].write("")
+clicked = cols[3].button("Load", key="models_load", type="primary", width="stretch")
+if clicked:
+    entry = next(e for e in usable if e.name == choice)
+    switched = unload_current()
+    with st.status(f"Loading {entry.name}…", expanded=True) as status:
+        if switched is not None:
+            st.write(freed_text(switched) + " (one model at a time)")
+        bar = st.progress(0.0, text="Starting…")
+        try:
+            st.session_state[LOADED] = load(entry, dtype, target, lambda f, text: bar.progress(f, text=text))
+        except (ValueError, MemoryError, OSError, RuntimeError) as exc:
+            status.update(label=f"Could not load {entry.name}", state="error")
+            st.error(str(exc))
+        else:
+            status.update(label=f"Loaded {entry.name} in {st.session_state[LOADED]['seconds']:.1f} s", state="complete",
+                          expanded=False)
+    if switched is not None:
+        st.info(freed_text(switched) + " Only one model is kept loaded.")
+    loaded = st.session_state.get(LOADED)
+
+memory_row = st.container()  # filled at the end of the script, after any sampling
+
+if loaded is None:
+    st.info("No model loaded. Pick one above and press Load.")
+else:
+    b, a = loaded["before"], loaded["after"]
+    st.success(f"Loaded **{loaded['name']}** on {loaded['device']} in {loaded['dtype']} "
+               f"({fmt_count(loaded['parameters'])} parameters) in {loaded['seconds']:.1f} s · RSS {fmt_bytes(b.rss)} → "
+               f"{fmt_bytes(a.rss)} ({fmt_bytes(None if a.rss is None or b.rss is None else a.rss - b.rss, True)})"
+               + (f" · CUDA allocated {fmt_bytes(a.cuda_allocated)}" if a.cuda_allocated else ""))
+    if loaded["kind"] == "checkpoint" and loaded["device"] == "cpu":
+        st.caption("On the CPU, safetensors weights already in the chosen dtype are memory-mapped: they count in RSS "
+                   "only once read (the first generation reads them), and unloading gives them back.")
+    if st.button("Unload", key="models_unload"):
+        freed = unload_current()
+        st.session_state[NOTICE] = ("success", freed_text(freed))
+        st.rerun()
+
+if st.session_state.get(LOG):
+    with st.expander("Memory log: every load and unload of this session", expanded=False):
+        log = pd.DataFrame(st.session_state[LOG])
+        show_table(log, "models_memory_log", column_config={"rss_before_bytes": None, "rss_after_bytes": None})
+
+# ----------------------------------------------------------------------------- generate
+
+if loaded is not None:
+    tokenizer = loaded["tokenizer"]
+    model = loaded["model"]
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    prefs = prefmodel_folders(root)
+    st.subheader(f"Sample from {loaded['name']}")
+    scorers = [TEXT_TASK, *(p.name for p in prefs)]
+    default_scorer = 1 if prefs and loaded["kind"] != "builtin" else 0
+    scorer = st.selectbox("Score the samples with", scorers, index=default_scorer, key="models_scorer",
+                          help=f"Preference models are read from {root / PREFMODELS}.")
+    if not prefs:
+        st.caption(f"No preference model available: none saved in `{root / PREFMODELS}` (train one with "
+                   f"`python -m mopo_core prefmodel train --data FILE --out {root / PREFMODELS}/NAME`). "
+                   "The text task's programmatic scorers are used.")
+    sample_tab, chat_tab = st.tabs(["Sample several responses", "Chat"])
+    with sample_tab:
+        examples = list(dict.fromkeys([*loaded["prompts"][:N_EXAMPLES], *example_prompts()]))
+
+        def _use_example():
+            st.session_state["models_prompt"] = st.session_state["models_example"]
+
+        st.selectbox("Example prompts (the text task's)", examples, key="models_example", on_change=_use_example)
+        st.session_state.setdefault("models_prompt", examples[0])
+        prompt = st.text_area("Prompt", key="models_prompt", height=80)
+        c = st.columns(5)
+        n = c[0].number_input("Samples", 1, 32, 4, key="models_n")
+        max_new = c[1].number_input("Max new tokens", 1, 512, 16 if word_level(tokenizer) else 48, key="models_max_new")
+        temperature = c[2].number_input("Temperature (0: greedy)", 0.0, 5.0, 1.0, 0.1, key="models_temperature")
+        seed = c[3].number_input("Seed", 0, 1_000_000, 0, key="models_seed")
+        as_chat = c[4].toggle("Chat template", value=templated, disabled=not templated, key="models_as_chat",
+                              help="Wrap the prompt as one user turn in the tokenizer's chat template.")
+        unknown = unknown_words(tokenizer, prompt)
+        if unknown:
+            st.warning(f"Not in {loaded['name']}'s vocabulary (read as <unk>): {', '.join(unknown)}. Its vocabulary is "
+                       "the text task's words; pick an example prompt.")
+        if st.button("Sample", key="models_sample", type="primary"):
+            text = R.format_prompt(tokenizer, prompt) if as_chat and templated else prompt
+            with st.spinner(f"Sampling {n} response(s)…"):
+                start = time.perf_counter()
+                responses = sample(model, tokenizer, [text], n=int(n), max_new_tokens=int(max_new),
+                                   temperature=float(temperature), seed=int(seed))
+            st.session_state[RESULT] = {"prompt": prompt, "responses": responses, "model": loaded["name"],
+                                        "seconds": time.perf_counter() - start, "chat": bool(as_chat and templated)}
+        result = st.session_state.get(RESULT)
+        if result is not None:
+            st.markdown(f"**{len(result['responses'])} sample(s)** from {result['model']} in {result['seconds']:.1f} s "
+                        f"for: _{result['prompt']}_" + (" (as a chat turn)" if result["chat"] else ""))
+            try:
+                scores, note = score_samples(scorer, result["prompt"], result["responses"], root)
+            except (ValueError, OSError, RuntimeError) as exc:
+                st.error(f"Scoring with {scorer} failed: {exc}")
+                scores, note = pd.DataFrame(index=range(len(result["responses"]))), ""
+            frame = pd.concat([pd.DataFrame({"sample": range(1, len(result["responses"]) + 1),
+                                             "response": result["responses"]}), scores], axis=1)
+            shown = frame.set_index("sample").rename_axis("#")
+            st.table(shown.style.format({c: "{:.3f}" for c in scores.columns}, na_rep="–"))  # wraps long responses
+            export_buttons(frame, "models_samples")
+            if len(scores.columns):
+                st.caption("Mean: " + " · ".join(f"{c} {scores[c].mean():.3f}" for c in scores.columns) + ". " + note)
+    with chat_tab:
+        history = st.session_state.setdefault(CHAT, [])
+        st.caption("The whole conversation goes through the tokenizer's chat template." if templated else
+                   f"{loaded['name']} has no chat template: each message is answered on its own (a plain prompt).")
+        for turn in history:
+            with st.chat_message(turn["role"]):
+                st.write(turn["content"] or "(empty reply)")
+        message = st.chat_input(f"Message {loaded['name']}", key="models_chat_input")
+        if message:
+            history.append({"role": "user", "content": message})
+            if templated:
+                text = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+            else:
+                text = message
+            with st.spinner("Generating…"):
+                reply = sample(model, tokenizer, [text], n=1, max_new_tokens=int(st.session_state["models_max_new"]),
+                               temperature=float(st.session_state["models_temperature"]), seed=len(history))[0]
+            history.append({"role": "assistant", "content": reply})
+            st.rerun()
+        if history and st.button("Clear the chat", key="models_chat_clear"):
+            st.session_state[CHAT] = []
+            st.rerun()
+
+# ----------------------------------------------------------------------------- memory now (after everything above ran)
+
+mem = memory_use()
+gpu = torch.cuda.is_available()
+m = memory_row.columns(4)
+m[0].metric("Process memory (RSS) now", fmt_bytes(mem.rss), help="Resident set size of the server process (all "
+            "sessions), measured at the end of this page's run.")
+m[1].metric("CUDA allocated now", fmt_bytes(mem.cuda_allocated) if gpu else "no GPU")
+m[2].metric("CUDA reserved now", fmt_bytes(mem.cuda_reserved) if gpu else "no GPU")
+m[3].metric(f"Available on {device}", fmt_bytes(free))

@@ -1,0 +1,367 @@
+"""The engine side of the app's Train page: the page's form values turned into checked training
+configs and sweep job lists, the job queue as a table, a run's metric series for the live
+curves, and the finished runs' points on the Pareto plane. No Streamlit, and no torch until a
+config is built (:func:`train_config`, :func:`sweep_configs`), so the page loads fast.
+
+The worker (:mod:`mopo_core.jobs`) trains the built-in synthetic text task with the tiny
+word-level GPT (:mod:`mopo_core.text_runs`): objective 0 (primary, V0) is helpfulness, objective
+1 (secondary, V1) harmlessness. A finished run's point holds the policy's win-rates against the
+reference model on held-out prompts; while a run trains, only its constraint estimates (the
+secondary objectives' win-rates on the step's batch) are logged, not the primary's.
+"""
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from synthetic.text_task import TextTask
+
+from . import jobs
+from .compare import format_params, staircase, union_front_mask
+from .runs import Run
+
+#: The text task's objectives as the worker trains them (V0 primary, V1 secondary).
+OBJECTIVES: tuple[str, ...] = TextTask().objectives
+#: lm_trainer.METHODS, repeated so that this module does not import torch.
+METHODS = ("mopo", "dpo", "ipo", "weighted_dpo", "modpo", "sft")
+METHOD_NAMES = {
+    "mopo": "MOPO (maximise helpfulness subject to harmlessness ≥ b1)",
+    "dpo": "DPO (helpfulness labels only)",
+    "ipo": "IPO (helpfulness labels only)",
+    "weighted_dpo": "weighted DPO (a fixed mix of both objectives' labels)",
+    "modpo": "MODPO (DPO on helpfulness with a harmlessness reward margin)",
+    "sft": "SFT (clone the preferred responses)",
+}
+SHORT_NAMES = {"mopo": "MOPO", "dpo": "DPO", "ipo": "IPO", "weighted_dpo": "weighted DPO", "modpo": "MODPO",
+               "sft": "SFT"}
+#: Methods that mix the objectives with fixed weights (1 - w on the primary, w on the secondary).
+WEIGHTED_METHODS = ("weighted_dpo", "modpo")
+#: Baselines a sweep can add to its MOPO thresholds.
+SWEEP_BASELINES = ("dpo", "modpo", "weighted_dpo")
+#: Fewest prompts the text task may have: the held-out test split needs whole prompts.
+MIN_PROMPTS = 10
+#: Reference point of the Pareto plane: the reference model's win-rate against itself.
+REFERENCE_POINT = (0.5, 0.5)
+
+#: The page's label for each TrainConfig / TextTaskSetup field (error messages name these).
+FIELD_LABELS = {
+    "method": "Method",
+    "thresholds": "Threshold b1 on harmlessness",
+    "objective_weights": "Weight w on harmlessness",
+    "tau": "τ (KL strength; β of DPO/IPO)",
+    "steps": "Steps",
+    "batch_size": "Batch size",
+    "lr": "Learning rate",
+    "lambda_lr": "Multiplier step size (λ learning rate)",
+    "t0": "t0 (lagged-reference period, steps)",
+    "beta_ratchet": "Ratchet β",
+    "online": "Online sampling",
+    "n_candidates": "Candidates per prompt (online)",
+    "max_new_tokens": "Max new tokens (online)",
+    "gradient_accumulation_steps": "Gradient accumulation steps",
+    "kl_every": "KL estimate every (steps)",
+    "seed": "Training seed",
+    "checkpoint_every": "Checkpoint every (steps)",
+    "n_prompts": "Prompts",
+    "pairs_per_prompt": "Preference pairs per prompt",
+    "temperature": "Oracle temperature",
+    "sft_steps": "Reference SFT steps",
+    "eval_samples": "Evaluation samples per prompt",
+    "task_seed": "Task seed",
+}
+#: The page's starting values (TrainConfig's and TextTaskSetup's defaults, except where a value
+#: suits the page better: a KL estimate every 10 steps so that its curve is drawn).
+DEFAULTS = {
+    "method": "mopo", "threshold": 0.6, "secondary_weight": 0.5, "tau": 0.08, "steps": 100, "batch_size": 8,
+    "lr": 1e-3, "lambda_lr": 1.0, "t0": 0, "beta_ratchet": 0.0, "online": False, "n_candidates": 8,
+    "max_new_tokens": 16, "gradient_accumulation_steps": 1, "kl_every": 10, "seed": 0, "checkpoint_every": 25,
+    "n_prompts": 40, "task_n_candidates": 8, "pairs_per_prompt": 8, "temperature": 0.1, "sft_steps": 300,
+    "eval_samples": 8, "task_seed": 0,
+}
+
+
+def _relabel(exc: ValueError) -> ValueError:
+    """The error with its leading ``field:`` replaced by the page's label for the field."""
+    text = str(exc)
+    field, sep, rest = text.partition(":")
+    if sep and field in FIELD_LABELS:
+        return ValueError(f"{FIELD_LABELS[field]} ({field}):{rest}")
+    return ValueError(text)
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+def train_config(method: str, *, threshold: float = 0.6, secondary_weight: float = 0.5, tau: float = 0.08,
+                 steps: int = 100, batch_size: int = 8, lr: float = 1e-3, lambda_lr: float = 1.0, t0: int = 0,
+                 beta_ratchet: float = 0.0, online: bool = False, n_candidates: int = 8, max_new_tokens: int = 16,
+                 gradient_accumulation_steps: int = 1, kl_every: int = 0, seed: int = 0,
+                 checkpoint_every: int = 25):
+    """A checked :class:`mopo_core.lm_trainer.TrainConfig` from the page's values for the text
+    task. ``t0``, ``beta_ratchet`` and ``kl_every`` of 0 mean off; ``threshold`` is used by MOPO,
+    ``secondary_weight`` w by weighted DPO and MODPO (weights (1 - w, w)), the online settings by
+    MOPO only. ``ValueError`` names the page's field."""
+    from .lm_trainer import TrainConfig
+
+    if method not in METHODS:
+        raise ValueError(f"{FIELD_LABELS['method']} (method): expected one of {', '.join(METHODS)}, got {method!r}")
+    weights = None
+    if method in WEIGHTED_METHODS:
+        w = float(secondary_weight)
+        if not 0.0 <= w <= 1.0 or math.isnan(w):
+            raise ValueError(f"{FIELD_LABELS['objective_weights']} (objective_weights): must lie in [0, 1], got {w}")
+        weights = (1.0 - w, w)
+    for name, value in (("t0", t0), ("kl_every", kl_every)):
+        if value is not None and int(value) < 0:
+            raise ValueError(f"{FIELD_LABELS[name]} ({name}): must be >= 0 (0: off), got {value}")
+    if beta_ratchet and not t0:
+        raise ValueError(f"{FIELD_LABELS['beta_ratchet']} (beta_ratchet): the ratchet acts every t0 steps; set "
+                         f"{FIELD_LABELS['t0']} > 0 or the ratchet to 0 (off)")
+    mopo = method == "mopo"
+    config = TrainConfig(
+        method=method, thresholds=(float(threshold),) if mopo else (0.5,), objective_weights=weights,
+        tau=float(tau), steps=int(steps), batch_size=int(batch_size), lr=float(lr), lambda_lr=float(lambda_lr),
+        t0=int(t0) if mopo and t0 else None, beta_ratchet=float(beta_ratchet) if mopo and beta_ratchet else None,
+        online=bool(online) and mopo, n_candidates=int(n_candidates), max_new_tokens=int(max_new_tokens),
+        gradient_accumulation_steps=int(gradient_accumulation_steps),
+        kl_every=int(kl_every) if kl_every and not (online and mopo) else None, seed=int(seed),
+        checkpoint_every=int(checkpoint_every))
+    if mopo and not 0.0 <= config.thresholds[0] <= 1.0:
+        raise ValueError(f"{FIELD_LABELS['thresholds']} (thresholds): a win-rate threshold lies in [0, 1], "
+                         f"got {config.thresholds[0]}")
+    try:
+        config.validate(len(OBJECTIVES))
+    except ValueError as exc:
+        raise _relabel(exc) from None
+    return config
+
+
+def text_setup(n_prompts: int = 40, n_candidates: int = 8, pairs_per_prompt: int = 8, temperature: float = 0.1,
+               sft_steps: int = 300, eval_samples: int = 8, seed: int = 0):
+    """A checked :class:`mopo_core.text_runs.TextTaskSetup`; ``ValueError`` names the page's field."""
+    from .text_runs import TextTaskSetup
+    from .validation import check_int
+
+    labels = {"n_prompts": FIELD_LABELS["n_prompts"], "n_candidates": "Candidate responses per prompt",
+              "temperature": FIELD_LABELS["temperature"], "seed": FIELD_LABELS["task_seed"],
+              "pairs_per_prompt": FIELD_LABELS["pairs_per_prompt"], "sft_steps": FIELD_LABELS["sft_steps"],
+              "eval_samples": FIELD_LABELS["eval_samples"]}
+    try:
+        if int(n_prompts) < MIN_PROMPTS:
+            raise ValueError(f"n_prompts: at least {MIN_PROMPTS} (the held-out test prompts are whole prompts), "
+                             f"got {n_prompts}")
+        TextTask(n_prompts=int(n_prompts), n_candidates=int(n_candidates), temperature=float(temperature),
+                 seed=int(seed))
+        for name, value in (("pairs_per_prompt", pairs_per_prompt), ("sft_steps", sft_steps),
+                            ("eval_samples", eval_samples)):
+            check_int(int(value), name, 1)
+    except ValueError as exc:
+        field, sep, rest = str(exc).partition(":")
+        if sep and field in labels:
+            raise ValueError(f"{labels[field]} ({field}):{rest}") from None
+        raise
+    return TextTaskSetup(n_prompts=int(n_prompts), n_candidates=int(n_candidates),
+                         pairs_per_prompt=int(pairs_per_prompt), temperature=float(temperature),
+                         sft_steps=int(sft_steps), eval_samples=int(eval_samples), seed=int(seed))
+
+
+def parse_numbers(text: str, field: str, low: float = 0.0, high: float = 1.0) -> tuple[float, ...]:
+    """Comma- or space-separated numbers in [low, high], in the order given; ``ValueError``
+    naming ``field`` for an empty list, a word that is not a number, a value out of range or a
+    repeated value (nothing is dropped)."""
+    words = [w for w in str(text).replace(",", " ").split() if w]
+    if not words:
+        raise ValueError(f"{field}: give at least one number (comma-separated)")
+    values = []
+    for word in words:
+        try:
+            value = float(word)
+        except ValueError:
+            raise ValueError(f"{field}: {word!r} is not a number") from None
+        if not low <= value <= high:
+            raise ValueError(f"{field}: {word} is outside [{low:g}, {high:g}]")
+        if value in values:
+            raise ValueError(f"{field}: {word} is repeated")
+        values.append(value)
+    return tuple(values)
+
+
+def job_name(config) -> str:
+    """A short name for a job: the method and what sets it apart (threshold, weights, τ, steps)."""
+    name = SHORT_NAMES.get(config.method, config.method)
+    if config.method == "mopo":
+        name += f" b1={config.thresholds[0]:g}" + (" online" if config.online else "")
+        if config.t0:
+            name += f" t0={config.t0}" + (f" β={config.beta_ratchet:g}" if config.beta_ratchet else "")
+    elif config.method in WEIGHTED_METHODS:
+        name += f" w=({config.objective_weights[0]:g}, {config.objective_weights[1]:g})"
+    return f"{name} τ={config.tau:g} · {config.steps} steps"
+
+
+def sweep_configs(base, thresholds, weights=(), baselines=SWEEP_BASELINES) -> list[tuple[str, object]]:
+    """(name, TrainConfig) for a sweep from ``base`` (its τ, steps, batch, lr, seed, ...): MOPO
+    at each threshold, then per baseline in ``baselines``: DPO once, MODPO and weighted DPO at
+    each secondary weight w in ``weights`` (objective weights (1 - w, w)). Checked like
+    :func:`train_config`."""
+    unknown = [b for b in baselines if b not in SWEEP_BASELINES]
+    if unknown:
+        raise ValueError(f"baselines: unknown {unknown}; choose from {', '.join(SWEEP_BASELINES)}")
+    if any(b in WEIGHTED_METHODS for b in baselines) and not len(weights):
+        raise ValueError("Weights w on harmlessness: give at least one for MODPO / weighted DPO")
+    form = {"tau": base.tau, "steps": base.steps, "batch_size": base.batch_size, "lr": base.lr,
+            "lambda_lr": base.lambda_lr, "gradient_accumulation_steps": base.gradient_accumulation_steps,
+            "kl_every": base.kl_every or 0, "seed": base.seed, "checkpoint_every": base.checkpoint_every}
+    out = []
+    for b in thresholds:
+        out.append(train_config("mopo", threshold=b, t0=base.t0 or 0, beta_ratchet=base.beta_ratchet or 0.0, **form))
+    for method in baselines:
+        grid = weights if method in WEIGHTED_METHODS else (None,)
+        for w in grid:
+            out.append(train_config(method, secondary_weight=0.5 if w is None else w, **form))
+    return [(job_name(c), c) for c in out]
+
+
+# ---------------------------------------------------------------------------- the queue
+
+
+def _run_rows(store_path, run_ids) -> dict[int, dict]:
+    """Status, error, configured steps, last logged step and point count of the given runs (one query)."""
+    ids = sorted({int(i) for i in run_ids if i is not None})
+    if not ids:
+        return {}
+    conn = sqlite3.connect(Path(store_path).expanduser(), timeout=30.0)
+    try:
+        rows = conn.execute(
+            "SELECT id, status, error, json_extract(config, '$.steps'), json_extract(config, '$.method'), "
+            "(SELECT MAX(step) FROM metrics WHERE run_id = runs.id), "
+            "(SELECT COUNT(*) FROM points WHERE run_id = runs.id) "
+            f"FROM runs WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()
+    finally:
+        conn.close()
+    keys = ("status", "error", "steps", "method", "step", "n_points")
+    return {int(r[0]): dict(zip(keys, r[1:])) for r in rows}
+
+
+def queue_frame(store_path, job_list: list[jobs.Job] | None = None) -> pd.DataFrame:
+    """One row per job, oldest first: job, name, kind, method, status, run, run_status, step
+    (the run's last logged step; 0 before its first), steps, progress (step / steps), error,
+    resumable (the job is its run's latest and the run can be resumed now), created_at, ended_at."""
+    job_list = jobs.list_jobs(store_path) if job_list is None else job_list
+    runs = _run_rows(store_path, [j.run_id for j in job_list])
+    active_runs = {j.run_id for j in job_list if j.status in jobs.ACTIVE_STATUSES and j.run_id is not None}
+    latest = {j.run_id: j.id for j in job_list if j.run_id is not None}
+    rows = []
+    for j in job_list:
+        run = runs.get(j.run_id, {})
+        steps = (j.config or {}).get("steps", run.get("steps"))
+        method = (j.config or {}).get("method", run.get("method"))
+        step = int(run.get("step") or 0)
+        rows.append({
+            "job": j.id, "name": j.name or "", "kind": j.kind, "method": method, "status": j.status,
+            "run": j.run_id, "run_status": run.get("status"), "step": step, "steps": steps,
+            "progress": step / steps if steps else 0.0,
+            "error": j.error or ("cancel requested: stops after the current step" if j.cancel_requested
+                                 and j.status == "running" else ""),
+            "resumable": bool(j.run_id is not None and latest.get(j.run_id) == j.id and j.run_id not in active_runs
+                              and run.get("status") in jobs.RESUMABLE_RUN_STATUSES),
+            "created_at": j.created_at, "ended_at": j.ended_at,
+        })
+    columns = ["job", "name", "kind", "method", "status", "run", "run_status", "step", "steps", "progress", "error",
+               "resumable", "created_at", "ended_at"]
+    return pd.DataFrame(rows, columns=columns).astype({"run": "Int64"})
+
+
+def default_run(queue: pd.DataFrame) -> int | None:
+    """The run to show: the running job's run, else the newest job's run that has one."""
+    with_run = queue[queue["run"].notna()]
+    running = with_run[with_run["status"] == "running"]
+    pick = running if len(running) else with_run
+    return None if pick.empty else int(pick["run"].iloc[-1])
+
+
+def worker_log_tail(store_path, lines: int = 40) -> str:
+    """The last ``lines`` lines of the store's worker log ('' when there is none yet)."""
+    path = jobs.jobs_dir(store_path) / "worker.log"
+    if not path.exists():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 200 * lines))
+        text = f.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------------- a run's series
+
+
+def metric_frame(run: Run) -> pd.DataFrame:
+    """The run's metrics as one row per logged step (columns: step, then one per metric name)."""
+    m = run.metrics
+    if m.empty:
+        return pd.DataFrame({"step": pd.Series(dtype="int64")})
+    wide = m.pivot_table(index="step", columns="name", values="value", aggfunc="last", dropna=False)
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def constraint_count(frame: pd.DataFrame) -> int:
+    """How many constraints (``constraint_j`` series) the frame holds."""
+    return sum(1 for c in frame.columns if c.startswith("constraint_"))
+
+
+def live_constraints(frame: pd.DataFrame) -> list[dict]:
+    """Per constraint j (1-based), at the last step that logged it: ``j``, ``step``,
+    ``estimate`` (the secondary's win-rate estimate on the step's batch), ``threshold`` (in
+    force then) and ``lam``."""
+    out = []
+    for j in range(1, constraint_count(frame) + 1):
+        rows = frame[frame[f"constraint_{j}"].notna()]
+        if rows.empty:
+            continue
+        last = rows.iloc[-1]
+        out.append({"j": j, "step": int(last["step"]), "estimate": float(last[f"constraint_{j}"]),
+                    "threshold": float(last.get(f"threshold_{j}", np.nan)), "lam": float(last.get(f"lambda_{j}", np.nan))})
+    return out
+
+
+# ---------------------------------------------------------------------------- the Pareto plane
+
+
+def is_text_train_run(run: Run) -> bool:
+    """A train run of the text task with this task's objectives (comparable on one plane)."""
+    cfg = run.config or {}
+    return run.kind == "train" and cfg.get("task") == "text" and tuple(cfg.get("objectives") or OBJECTIVES) == OBJECTIVES
+
+
+def front_points(runs: list[Run], job_names: dict[int, str] | None = None) -> pd.DataFrame:
+    """The evaluated points of the finished text-task runs among ``runs``: run, job_name,
+    method, label, v0 (helpfulness), v1 (harmlessness) win-rates against the reference, their
+    standard errors, params_text, on_front (non-dominated among these points)."""
+    rows = []
+    for run in runs:
+        if not is_text_train_run(run) or run.points.empty:
+            continue
+        for _, p in run.points.iterrows():
+            extra = p["extra"] or {}
+            stderr = list(extra.get("win_rate_stderr") or [np.nan, np.nan]) + [np.nan, np.nan]
+            rows.append({"run": run.id, "job_name": (job_names or {}).get(run.id, ""),
+                         "method": run.config.get("method", p["label"]), "label": p["label"],
+                         "v0": float(p["v0"]), "v1": float(p["v1"]), "stderr0": _num(stderr[0]),
+                         "stderr1": _num(stderr[1]), "params_text": format_params(p["params"])})
+    frame = pd.DataFrame(rows, columns=["run", "job_name", "method", "label", "v0", "v1", "stderr0", "stderr1",
+                                        "params_text"])
+    frame["on_front"] = union_front_mask(frame[["v0", "v1"]].to_numpy(dtype=float)) if len(frame) else []
+    return frame
+
+
+def _num(value) -> float:
+    return np.nan if value is None else float(value)
+
+
+def front_staircase(points: pd.DataFrame, floor=(0.0, 0.0)) -> np.ndarray:
+    """The non-dominated points' staircase in the plane (x = V1, y = V0) above ``floor`` (x, y)."""
+    front = points[points["on_front"]] if len(points) else points
+    return staircase(front[["v1", "v0"]].to_numpy(dtype=float), floor)
