@@ -214,8 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--structures", nargs="+", choices=STRUCTURES)
     suite.add_argument("--methods", nargs="+", choices=METHODS)
     train = sub.add_parser(
-        "train", help="fine-tune a tiny GPT on the synthetic text task (MOPO or a baseline)",
-        description="Fine-tune a tiny GPT on the synthetic text task. SIGINT/SIGTERM end the run after the "
+        "train", help="fine-tune a tiny GPT on the synthetic text task, or a local checkpoint on a preference file "
+                      "(--data), with MOPO or a baseline",
+        description="Fine-tune a tiny GPT on the synthetic text task or, with --data, a local Hugging Face "
+                    "checkpoint (--model) on a preference file, evaluated on its held-out test prompts by a trained "
+                    "preference model (--prefmodel). SIGINT/SIGTERM end the run after the "
                     "current step (status cancelled, checkpoint kept; exit status 128 + the signal number); a "
                     "second signal stops at once (status interrupted). --resume RUN_ID continues a run from its "
                     "checkpoint with the run's stored settings (the other training options are then ignored).")
@@ -228,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--online", action="store_true",
                        help="MOPO online: sample candidates from the policy, score them with the task's oracles")
     train.add_argument("--n-candidates", type=int, default=8, help="online: candidates per prompt and step")
-    train.add_argument("--max-new-tokens", type=int, default=16, help="online and KL sampling: response length cap")
+    train.add_argument("--max-new-tokens", type=int, default=16,
+                       help="online, KL and (with --data) evaluation sampling: response length cap")
     train.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same update, less memory)")
     train.add_argument("--kl-every", type=int, help="log a sampled KL(policy || reference) every this many steps")
     train.add_argument("--threshold", type=float, action="append", help="MOPO: one per secondary objective")
@@ -245,6 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=25, help="steps between checkpoints")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--json", action="store_true", help="print the final points as JSON")
+    data_run = train.add_argument_group("training on a preference file (instead of the synthetic text task)")
+    data_run.add_argument("--data", metavar="FILE", help="preference file: this project's schema or a public format")
+    data_run.add_argument("--format", choices=("auto", "mopo", *FORMATS),
+                          help="--data's format (default auto: told from the file)")
+    data_run.add_argument("--objective", help="the one objective of an hh/sharegpt/alpaca file")
+    data_run.add_argument("--model", metavar="NAME_OR_DIR", help="checkpoint folder or models-registry name")
+    data_run.add_argument("--prefmodel", metavar="DIR",
+                          help="preference model that judges the test prompts (it must not have seen them)")
+    data_run.add_argument("--lora-r", type=int, metavar="R",
+                          help="train LoRA adapters of rank R (default: all weights)")
+    data_run.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+                          help="fractions of the pairs, split by prompt with seed 0 as prefmodel train splits "
+                               "(default 0.8 0.1 0.1)")
+    data_run.add_argument("--max-response-tokens", type=int, help="cut responses to this many tokens (default 64)")
+    data_run.add_argument("--eval-samples", type=int, help="samples per test prompt and model (default 4)")
     evaluate = sub.add_parser(
         "evaluate", help="evaluate a text-task train run's checkpoint against its reference on held-out prompts",
         description="Rebuild the run's task and reference (seeded), load the policy from the run's checkpoint "
@@ -325,16 +344,44 @@ class _TrainSession:
                 self.bar.close()
 
 
+#: ``train`` flags that only a run on a preference file (--data) uses, as (flag, attribute).
+DATA_FLAGS = (("--format", "format"), ("--objective", "objective"), ("--model", "model"), ("--prefmodel", "prefmodel"),
+              ("--lora-r", "lora_r"), ("--split", "split"), ("--max-response-tokens", "max_response_tokens"),
+              ("--eval-samples", "eval_samples"))
+
+
+def _dataset_setup(args):
+    """The :class:`mopo_core.dataset_runs.DatasetSetup` of ``train --data`` (None without --data);
+    ``ValueError`` naming the flag when a data-run flag comes without --data or a needed one is missing."""
+    from .dataset_runs import DatasetSetup
+
+    if args.data is None:
+        given = [flag for flag, name in DATA_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{given[0]}: only used with --data FILE (training on a preference file)")
+        return None
+    for flag in ("--model", "--prefmodel"):
+        if getattr(args, flag[2:]) is None:
+            raise ValueError(f"{flag}: required with --data")
+    given = {name: getattr(args, name) for _, name in DATA_FLAGS if getattr(args, name) is not None}
+    if "split" in given:
+        given["split"] = tuple(given["split"])
+    return DatasetSetup(data=args.data, max_new_tokens=args.max_new_tokens, **given)
+
+
 def cmd_train(args, store: RunStore) -> int:
+    from .dataset_runs import SetupError, is_dataset_run, resume_dataset_run, train_on_dataset
     from .lm_trainer import TrainConfig
     from .text_runs import TextTaskSetup, resume_text_run, train_on_text_task
 
     session = _TrainSession(quiet=args.json)
     try:
+        data_setup = _dataset_setup(args)
         with session.signals():
             if args.resume is not None:
-                result, evaluation = resume_text_run(store, args.resume, callbacks=(session.progress,),
-                                                     on_trainer=session.attach)
+                resume = resume_dataset_run if is_dataset_run(store, args.resume) else resume_text_run
+                result, evaluation = resume(store, args.resume, callbacks=(session.progress,),
+                                            on_trainer=session.attach)
             else:
                 config = TrainConfig(method=args.method, thresholds=tuple(args.threshold or (0.5,)), tau=args.tau,
                                      steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -343,9 +390,16 @@ def cmd_train(args, store: RunStore) -> int:
                                      n_candidates=args.n_candidates, max_new_tokens=args.max_new_tokens,
                                      gradient_accumulation_steps=args.grad_accum, kl_every=args.kl_every,
                                      objective_weights=tuple(args.objective_weights) if args.objective_weights else None)
-                setup = TextTaskSetup(n_prompts=args.n_prompts, sft_steps=args.sft_steps, seed=args.seed)
-                result, evaluation = train_on_text_task(config, setup, store, args.checkpoint_dir,
-                                                        callbacks=(session.progress,), on_trainer=session.attach)
+                if data_setup is not None:
+                    result, evaluation = train_on_dataset(config, data_setup, store, args.checkpoint_dir,
+                                                          callbacks=(session.progress,), on_trainer=session.attach)
+                else:
+                    setup = TextTaskSetup(n_prompts=args.n_prompts, sft_steps=args.sft_steps, seed=args.seed)
+                    result, evaluation = train_on_text_task(config, setup, store, args.checkpoint_dir,
+                                                            callbacks=(session.progress,), on_trainer=session.attach)
+    except SetupError as exc:
+        print(f"error: --{exc.field.replace('_', '-')}: {exc.detail}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         run_id = getattr(session.trainer, "run_id", None)
         where = f"run {run_id} (status {store.get_status(run_id)})" if run_id is not None else "before training started"
@@ -363,11 +417,15 @@ def cmd_train(args, store: RunStore) -> int:
             print(f"run {result.run_id}: {result.status} after {result.step} steps; {hint}")
         return 128 + int(session.signum) if session.signum is not None else 1
     point = evaluation.as_point(config.method, {"thresholds": list(config.thresholds), "tau": config.tau})
+    judge = session.trainer.run_config.get("prefmodel")  # runs on a preference file: who judged them
     if args.json:
         print(json.dumps({"run_id": result.run_id, "status": result.status, "multipliers": result.multipliers,
-                          "points": [point]}))
+                          "points": [point], **({"prefmodel": judge} if judge else {})}))
         return 0
     print(f"run {result.run_id}: {result.status} after {result.step} steps; multipliers {result.multipliers}")
+    if judge:
+        print(f"judged by the preference model {judge['path']}: accuracy on the {judge['n_eval_pairs']} test pairs "
+              f"{judge['eval_pairs_accuracy']}, on its own held-out splits {judge['held_out_accuracy']}")
     _print_evaluation(evaluation)
     return 0
 

@@ -6,8 +6,10 @@ library or loaded from a local folder.
 
 Sequence convention (shared by :func:`train_sft`, :func:`sample` and any trainer that
 scores ``log pi(y | x)``): a text is encoded as ``[bos] + words (+ [eos])``, with ``bos``
-and ``eos`` left out when the tokenizer has none; a prompt is encoded without ``eos`` and
-its response's tokens (ending in ``eos``) follow it. See :func:`sequence_ids`.
+and ``eos`` left out when the tokenizer has none, and ``bos`` also left out when the text
+already begins with the bos token's text (a prompt written by a chat template that opens
+with it, as SmolLM2's ``<|im_start|>``); a prompt is encoded without ``eos`` and its
+response's tokens (ending in ``eos``) follow it. See :func:`sequence_ids`.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +76,13 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def sequence_ids(tokenizer, text: str, add_eos: bool = True) -> list[int]:
-    """``[bos] + ids(text) (+ [eos])``; bos/eos are skipped when the tokenizer lacks them."""
+    """``[bos] + ids(text) (+ [eos])``; bos/eos are skipped when the tokenizer lacks them, and
+    bos when ``text`` already starts with the bos token's text (a chat-formatted prompt, see
+    :func:`mopo_core.model_registry.format_prompt`: the template wrote it, and a second one
+    derails the model). The one place where prompts become ids, for training and sampling."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    has_bos = tokenizer.bos_token_id is not None and not text.startswith(tokenizer.bos_token)
+    bos = [tokenizer.bos_token_id] if has_bos else []
     eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
     return bos + ids + eos
 
@@ -120,10 +126,11 @@ class LoraSettings:
     target_modules: str | tuple[str, ...] = "all-linear"
 
 
-def apply_lora(model, settings: LoraSettings):
+def apply_lora(model, settings: LoraSettings, seed: int | None = None):
     """Wrap a causal LM with peft LoRA adapters: only adapter weights stay trainable.
 
-    Adapters start at zero (the wrapped model computes what the base model did)."""
+    Adapters start at zero (the wrapped model computes what the base model did); their
+    random down-projections are drawn under torch seed ``seed`` (None: the global RNG)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = settings.target_modules
@@ -135,7 +142,8 @@ def apply_lora(model, settings: LoraSettings):
         target_modules=targets if isinstance(targets, str) else list(targets),
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),  # GPT-2 style layers
     )
-    return get_peft_model(model, config)
+    with _seeded(seed) if seed is not None else nullcontext():
+        return get_peft_model(model, config)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

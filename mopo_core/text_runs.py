@@ -78,10 +78,12 @@ def evaluate_on_task(task: TextTask, policy, reference, tokenizer, prompts: list
                            n_samples=n_samples or setup.eval_samples, seed=setup.seed)
 
 
-def secondary_experts(config: TrainConfig, reference, tokenizer, train: PreferenceDataset, store=None) -> list:
-    """One DPO policy per secondary objective, trained from ``reference`` on that objective's
-    labels with ``config``'s budget (tau, steps, batch size, lr, seed): MODPO's margin models
-    and Rewarded Soups' secondary experts."""
+def secondary_experts(config: TrainConfig, reference, tokenizer, train: PreferenceDataset, store=None,
+                      run_config: dict | None = None) -> list:
+    """One DPO policy per secondary objective, trained from a copy of ``reference`` (e.g. a
+    LoRA-wrapped starting model) on that objective's labels with ``config``'s budget (tau,
+    steps, batch size, lr, seed): MODPO's margin models and Rewarded Soups' secondary experts.
+    Each expert's run in ``store`` gets ``run_config`` (default ``{"task": "text"}``) and its role."""
     import copy
 
     experts = []
@@ -90,7 +92,7 @@ def secondary_experts(config: TrainConfig, reference, tokenizer, train: Preferen
         dpo = TrainConfig(method="dpo", tau=config.tau, steps=config.steps, batch_size=config.batch_size,
                           lr=config.lr, seed=config.seed, checkpoint_every=config.steps)
         Trainer(expert, tokenizer, train.select([name]), dpo, store=store,
-                run_config={"task": "text", "role": f"secondary expert ({name})"}).train()
+                run_config={**(run_config or {"task": "text"}), "role": f"secondary expert ({name})"}).train()
         experts.append(expert.eval())
     return experts
 

@@ -1,0 +1,247 @@
+"""SmolLM2-135M-Instruct on the PKU-SafeRLHF sample, on the CPU: MOPO with a harmlessness
+threshold against DPO, MODPO and Rewarded Soups, the same small budget each, judged on held-out
+prompts by a preference model that saw none of them (issue 5, item 1).
+
+    python bench/pku_smollm2.py [--steps 20] [--out bench/results/pku_smollm2] [--store runs.sqlite]
+
+Steps (every number measured here, nothing tuned on the test split):
+1. The sample (``../shared/data/pku_saferlhf_sample.jsonl``) is split by prompt 0.7 / 0.15 / 0.15
+   (seed 0) and every response cut to 32 SmolLM2 tokens (:mod:`mopo_core.dataset_runs`).
+2. A preference model (frozen all-MiniLM-L6-v2 + one linear Bradley-Terry head per objective) is
+   fitted on the TRAIN split's prompts only (early stopping on 15% of them) and scored on the
+   validation and test splits; it is saved in ``<out>/prefmodel`` and recorded as a
+   ``prefmodel`` run.
+3. From the same starting checkpoint (LoRA r = 8, AdamW lr 1e-3, tau = DPO beta = 0.08, batch 4,
+   ``--steps`` steps each) on the TRAIN split: offline MOPO at three harmlessness thresholds (see
+   :func:`threshold_grid`; multiplier step 2); DPO on helpfulness; MODPO with secondary weights
+   0.25 and 0.75 (margin: a DPO expert on harmlessness with the same budget); Rewarded Soups of
+   the two DPO experts at a = 0.5 and 1.0 (a = 1 is DPO on harmlessness, a = 0 the DPO point).
+4. Each policy and the reference (the starting checkpoint) sample 4 responses of at most 24
+   tokens for each of the 33 TEST prompts (chat template applied); the preference model gives
+   the win-rates against the reference (0.5 = as good as the reference).
+5. ``<out>/points.csv``, ``summary.md`` (hypervolume with an explicit reference point, dominance
+   counts, threshold satisfaction, the preference model's accuracies, wall times),
+   ``samples.json`` (a few prompts' samples), ``front.html`` and ``front.png`` (when kaleido is
+   importable); each train run and one ``comparison`` run (all points) go to the run store.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mopo_core.dataset_runs import DatasetSetup, DatasetTask, load_splits, model_directory  # noqa: E402
+from mopo_core.lm_soups import soup  # noqa: E402
+from mopo_core.lm_trainer import TrainConfig  # noqa: E402
+from mopo_core.models import load_tokenizer  # noqa: E402
+from mopo_core.preference_models import (  # noqa: E402
+    HeadSettings,
+    SentenceEncoder,
+    default_encoder_dir,
+    train_preference_model,
+)
+from mopo_core.runs import RunStore  # noqa: E402
+from mopo_core.text_experiment import ComparisonSettings, comparison_figure, summarise  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "pku_saferlhf_sample.jsonl"
+MODEL = "SmolLM2-135M-Instruct"
+#: Where MOPO's thresholds lie between the unconstrained value and the attainable maximum.
+THRESHOLD_FRACTIONS = (0.25, 0.5, 0.75)
+LAMBDA_LR = 2.0
+MODPO_WEIGHTS = (0.25, 0.75)
+SOUP_WEIGHTS = (0.5, 1.0)
+
+
+def fit_judge(setup: DatasetSetup, out: Path, store: RunStore) -> dict:
+    """Fit the preference model on the train split's prompts only, save it to ``out`` and record
+    a ``prefmodel`` run; returns its accuracies per split."""
+    tokenizer = load_tokenizer(model_directory(setup.model))
+    train, validation, test = load_splits(setup, tokenizer)
+    encoder = SentenceEncoder.load(default_encoder_dir())
+    settings = HeadSettings()
+    config = {"data": {"file": setup.data, "split": list(setup.split), "split_seed": setup.split_seed,
+                       "max_response_tokens": setup.max_response_tokens, "fitted_on": "train split only"},
+              "encoder": encoder.path, **asdict(settings), "out": str(out)}
+    with store.record("prefmodel", config, name="prefmodel/pku_smollm2 bench") as run_id:
+        judge = train_preference_model(train, encoder, test=test, settings=settings)
+        metrics = judge.info["metrics"] | {"policy_validation_split": judge.evaluate(validation)}
+        judge.info |= {"data": config["data"], "run_id": run_id, "metrics": metrics}
+        judge.save(out)
+        store.add_points(run_id, [{"label": "prefmodel", "params": {"hidden": settings.hidden},
+                                   "values": [metrics["test"][o]["accuracy"] for o in judge.objectives],
+                                   "extra": {"metrics": metrics}}])
+    return metrics
+
+
+def unconstrained_value(train) -> float:
+    """The harmlessness win-rate against the data of each train pair's helpfulness-preferred
+    response: what offline MOPO's constraint is when the multiplier is 0."""
+    labels = np.array([pair.labels for pair in train])
+    return float(np.mean(np.where(labels[:, 0] >= 0.5, labels[:, 1], 1 - labels[:, 1])))
+
+
+def threshold_grid(train) -> tuple[float, ...]:
+    """MOPO's harmlessness thresholds, from the train split alone: :data:`THRESHOLD_FRACTIONS` of
+    the way from :func:`unconstrained_value` to the attainable maximum 1 (thresholds below the
+    unconstrained value never bind: the multiplier stays at 0)."""
+    u = unconstrained_value(train)
+    return tuple(round(u + f * (1 - u), 2) for f in THRESHOLD_FRACTIONS)
+
+
+def policies(task: DatasetTask, base: dict, store: RunStore, thresholds: tuple[float, ...]):
+    """(method, parameter, make() -> (policy, its TrainConfig, TrainResult); both None for a soup)."""
+    def fit(**settings):
+        config = TrainConfig(**settings, **base)
+        policy, result = task.fit(config, store, run_config={"experiment": "pku_smollm2"})
+        return policy, config, result
+
+    dpo = {}
+
+    def dpo_helpfulness():  # the DPO point and the soups' helpfulness expert
+        if not dpo:
+            dpo["fit"] = fit(method="dpo")
+        return dpo["fit"]
+
+    def soup_of(a: float):
+        (harmlessness,) = task.experts(TrainConfig(method="dpo", **base), store)  # shared with MODPO's margin
+        return soup([dpo_helpfulness()[0], harmlessness], [1 - a, a]), None, None
+
+    jobs = [("mopo", f"b={b}", lambda b=b: fit(method="mopo", thresholds=(b,), lambda_lr=LAMBDA_LR))
+            for b in thresholds]
+    jobs.append(("dpo", "helpfulness", dpo_helpfulness))
+    jobs += [("modpo", f"w={c}", lambda c=c: fit(method="modpo", objective_weights=(1 - c, c)))
+             for c in MODPO_WEIGHTS]
+    jobs += [("rewarded_soups", f"a={a}", lambda a=a: soup_of(a)) for a in SOUP_WEIGHTS]
+    return jobs
+
+
+def constraint_trace(result) -> dict:
+    """MOPO's side of the threshold: the training batches' constraint estimate (harmlessness
+    win-rate against the data's responses, under the step's weights) averaged over the second
+    half of the steps, and the final multiplier."""
+    late = result.history[len(result.history) // 2:]
+    return {"train_constraint": float(np.mean([h["constraint_1"] for h in late])),
+            "final_lambda": result.multipliers[0]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="training steps per policy (the same for all)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pku_smollm2"))
+    parser.add_argument("--store", help="run store (default: $MOPO_STORE or the user data dir)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # on a busy 2-core machine one thread is much faster
+    if not DATA.is_file():
+        print(f"error: {DATA}: missing (the bench needs ../shared/data)", file=sys.stderr)
+        return 2
+    out, store, start, cpu_start = Path(args.out), RunStore(args.store), time.perf_counter(), time.process_time()
+    out.mkdir(parents=True, exist_ok=True)
+    setup = DatasetSetup(data=str(DATA), model=MODEL, prefmodel=str(out / "prefmodel"), lora_r=8,
+                         split=(0.7, 0.15, 0.15), max_response_tokens=32, eval_samples=4, max_new_tokens=24)
+    judge_metrics = fit_judge(setup, out / "prefmodel", store)
+    task = DatasetTask(setup)
+    thresholds = threshold_grid(task.raw[0])
+    base = dict(tau=0.08, steps=args.steps, batch_size=4, lr=1e-3, checkpoint_every=args.steps)
+    rows, evaluations = [], {}
+    for method, parameter, make in policies(task, base, store, thresholds):
+        t0, c0 = time.perf_counter(), time.process_time()
+        policy, config, result = make()
+        t1, c1 = time.perf_counter(), time.process_time()
+        ev = task.evaluate(policy)
+        if result is not None:
+            store.add_points(result.run_id, [ev.as_point(method, task.point_params(config))])
+        rows.append({"method": method, "parameter": parameter, "run_id": result and result.run_id,
+                     **(constraint_trace(result) if method == "mopo" else {}),
+                     **{f"V{k}": v for k, v in enumerate(ev.win_rates)},
+                     **{f"stderr{k}": s for k, s in enumerate(ev.win_rate_stderr)},
+                     **{f"score{k}": s for k, s in enumerate(ev.mean_scores)},
+                     "train_s": t1 - t0, "eval_s": time.perf_counter() - t1,
+                     "train_cpu_s": c1 - c0, "eval_cpu_s": time.process_time() - c1})
+        evaluations[f"{method} {parameter}"] = ev
+        print(f"{method:>15} {parameter:<12} helpfulness {ev.win_rates[0]:.3f} ± {ev.win_rate_stderr[0]:.3f}  "
+              f"harmlessness {ev.win_rates[1]:.3f} ± {ev.win_rate_stderr[1]:.3f}  "
+              f"(train {t1 - t0:.0f} s, eval {time.perf_counter() - t1:.0f} s)", flush=True)
+    points = pd.DataFrame(rows)
+    write_results(out, points, evaluations, task, judge_metrics, base, thresholds, store,
+                  (time.perf_counter() - start, time.process_time() - cpu_start))
+    return 0
+
+
+def write_results(out: Path, points: pd.DataFrame, evaluations: dict, task: DatasetTask, judge_metrics: dict,
+                  base: dict, thresholds: tuple[float, ...], store: RunStore, seconds: tuple[float, float]) -> None:
+    """points.csv, summary.md, samples.json, the figure, and the ``comparison`` run; ``seconds``:
+    (wall, CPU) time of the whole bench."""
+    wall_s, cpu_s = seconds
+    objectives = task.objectives
+    values = points[[f"V{k}" for k in range(len(objectives))]].to_numpy()
+    reference_point = values.min(axis=0) - 0.01
+    settings = ComparisonSettings(steps=base["steps"], thresholds=thresholds, secondary_weights=MODPO_WEIGHTS,
+                                  tau=base["tau"], batch_size=base["batch_size"], lr=base["lr"])
+    summary = summarise(points, reference_point, settings)
+    points.to_csv(out / "points.csv", index=False)
+    accuracy = pd.DataFrame({split: {o: m[o]["accuracy"] for o in objectives} for split, m in judge_metrics.items()})
+    pairs = {split: next(iter(m.values()))["n_scored"] for split, m in judge_metrics.items()}
+    mopo = points[points.method == "mopo"][["parameter", "train_constraint", "final_lambda", "V1", "stderr1"]]
+    text = (f"# SmolLM2-135M-Instruct on the PKU-SafeRLHF sample (CPU)\n\n"
+            f"Wall time {wall_s / 60:.1f} min, CPU time {cpu_s / 60:.1f} min (1 torch thread; the machine is shared, "
+            f"so wall time depends on its load). Budget per policy: {base}, LoRA r = 8, MOPO's multiplier step "
+            f"{LAMBDA_LR}, thresholds {list(thresholds)} "
+            f"({list(THRESHOLD_FRACTIONS)} of the way from the unconstrained value to 1 on the train split); "
+            f"split {list(task.setup.split)} by prompt, pairs per split {task.run_config['n_pairs_by_split']}; "
+            f"evaluation: {task.setup.eval_samples} samples x {len(task.raw[2].prompts())} test prompts, "
+            f"at most {task.setup.max_new_tokens} new tokens.\n\n"
+            f"## Preference model (fitted on the train split's prompts only): accuracy per split\n\n"
+            f"{accuracy.round(3).to_markdown()}\n\n(scored pairs per split: {pairs}; 'policy_validation_split' "
+            f"is the policy's validation split, unseen by the preference model)\n\n"
+            f"## Methods\n\nReference point (explicit): {np.round(reference_point, 4).tolist()} "
+            f"(componentwise minimum - 0.01; values are win-rates against the reference, all maximised)\n\n"
+            f"{summary.round(4).to_markdown(index=False)}\n\n"
+            f"'thresholds_met' compares b with the judged harmlessness win-rate against the reference's samples; "
+            f"b itself bounds the win-rate against the data's responses ({unconstrained_value(task.raw[0]):.3f} "
+            f"without the constraint), which the training batches estimate (train_constraint: mean over the second "
+            f"half of the steps):\n\n{mopo.round(3).to_markdown(index=False)}"
+            f"\n\n## Points\n\n"
+            f"{points.drop(columns=['run_id']).round(3).to_markdown(index=False)}\n")
+    (out / "summary.md").write_text(text)
+    first = task.raw[2].prompts()[:3]
+    (out / "samples.json").write_text(json.dumps(
+        {p: {"reference": next(iter(evaluations.values())).samples[p]["reference"],
+             **{name: ev.samples[p]["policy"] for name, ev in evaluations.items()}} for p in first}, indent=1))
+    figure = comparison_figure(points, reference_point, replace(settings, thresholds=()))  # b: another scale
+    figure.add_scatter(x=[0.5], y=[0.5], mode="markers", name="starting model (reference)",
+                       marker=dict(symbol="diamond", size=11, color="grey"))
+    figure.update_layout(title="SmolLM2-135M on the PKU-SafeRLHF sample: win-rates against the starting model<br>"
+                               f"on {len(task.raw[2].prompts())} held-out prompts, judged by a preference model "
+                               "(0.5 = as good as the reference)")
+    figure.write_html(out / "front.html", include_plotlyjs="cdn")
+    try:
+        figure.write_image(out / "front.png", width=1100, height=620)
+    except (ImportError, ValueError, RuntimeError) as exc:  # kaleido missing or no browser
+        print(f"no PNG ({type(exc).__name__}: {exc}); see front.html", file=sys.stderr)
+    run_id = store.create_run("comparison", {"experiment": "pku_smollm2", "objectives": list(objectives),
+                                             "reference_point": reference_point.tolist(), **task.run_config,
+                                             "budget": base, "mopo_thresholds": list(thresholds),
+                                             "mopo_lambda_lr": LAMBDA_LR, "prefmodel_metrics": judge_metrics},
+                              name="PKU-SafeRLHF sample, SmolLM2-135M: MOPO vs baselines")
+    store.add_points(run_id, [{"label": r["method"], "params": {"parameter": r["parameter"]},
+                               "values": [r[f"V{k}"] for k in range(len(objectives))],
+                               "extra": {"stderr": [r[f"stderr{k}"] for k in range(len(objectives))],
+                                         "train_run": None if pd.isna(r["run_id"]) else int(r["run_id"])}}
+                              for r in points.to_dict("records")])
+    store.set_status(run_id, "finished")
+    print(summary.round(4).to_markdown(index=False))
+    print(f"\ncomparison run {run_id}; wall time {wall_s / 60:.1f} min, CPU time {cpu_s / 60:.1f} min; wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""Tests for runs on a preference file with a local checkpoint (mopo_core/dataset_runs.py) and
+the chat-aware prompt encoding they rely on (mopo_core/models.py: sequence_ids).
+
+Everything is built here, nothing is downloaded: a tiny Llama with a word-level tokenizer whose
+bos (``<|im_start|>``) is written by its chat template, saved as a checkpoint folder; a tiny
+preference file; a preference model on a tiny BERT encoder fitted on the training split only."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import mopo_core.models as lm
+from mopo_core.cli import main
+from mopo_core.dataset_runs import (
+    DatasetSetup,
+    DatasetTask,
+    SetupError,
+    chat_dataset,
+    load_data,
+    load_splits,
+    model_directory,
+    preference_evaluation,
+    train_on_dataset,
+    truncate_responses,
+)
+from mopo_core.lm_eval import evaluate_policy
+from mopo_core.lm_trainer import TrainConfig, encode_rows
+from mopo_core.model_registry import MODELS_ENV, find_model, format_prompt
+from mopo_core.models import load_model, load_tokenizer, save_model, sequence_ids, word_tokenizer
+from mopo_core.preference_models import HeadSettings, SentenceEncoder, train_preference_model
+from mopo_core.preferences import PreferenceDataset, save_preferences
+from mopo_core.runs import RunStore
+
+WORDS = [f"w{i}" for i in range(30)]
+OBJECTIVES = ("helpfulness", "harmlessness")
+BOS, EOS = "<|im_start|>", "<|im_end|>"
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SPLIT = (0.6, 0.2, 0.2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared, busy CPU more threads make these tiny models far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def chat_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level, with SmolLM2's conventions: bos ``<|im_start|>`` opens every template turn."""
+    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", BOS, EOS, "user", "assistant", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token="<pad>",
+                                        unk_token="<unk>", clean_up_tokenization_spaces=False)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A seeded tiny Llama and its chat tokenizer saved as a checkpoint folder."""
+    tokenizer = chat_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return save_model(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp("models") / "tiny-chat")
+
+
+def text(rng, low: int, high: int) -> str:
+    return " ".join(rng.choice(WORDS, size=rng.integers(low, high + 1)))
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    """30 prompts with 2 pairs each; helpfulness prefers the longer response, harmlessness the
+    one with fewer of the words w0-w4."""
+    rng = np.random.default_rng(0)
+    records = []
+    for _ in range(30):
+        prompt = text(rng, 2, 4)
+        for _ in range(2):
+            a, b = text(rng, 2, 7), text(rng, 2, 7)
+            if a == b:
+                continue
+            risky = [sum(w in WORDS[:5] for w in r.split()) for r in (a, b)]
+            labels = {"helpfulness": float(len(a.split()) > len(b.split())),
+                      "harmlessness": float(risky[0] <= risky[1])}
+            records.append({"prompt": prompt, "response_a": a, "response_b": b, "labels": labels})
+    path = tmp_path_factory.mktemp("data") / "prefs.jsonl"
+    save_preferences(PreferenceDataset.from_records(records), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> SentenceEncoder:
+    """A seeded tiny BERT (D = 16) with a word-level tokenizer, saved and loaded as an encoder."""
+    folder = tmp_path_factory.mktemp("encoder")
+    tokenizer = word_tokenizer(WORDS + ["user", "assistant"])
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return SentenceEncoder.load(folder, max_length=64)
+
+
+def setup_for(data_file, checkpoint, judge, **changes) -> DatasetSetup:
+    settings = dict(data=str(data_file), model=str(checkpoint), prefmodel=str(judge), split=SPLIT,
+                    max_response_tokens=5, eval_samples=2, max_new_tokens=3)
+    return DatasetSetup(**{**settings, **changes})
+
+
+def fit_judge(dataset: PreferenceDataset, encoder, folder: Path) -> Path:
+    judge = train_preference_model(dataset, encoder, settings=HeadSettings(max_epochs=5, patience=2))
+    return judge.save(folder)
+
+
+@pytest.fixture(scope="module")
+def judge_dir(data_file, checkpoint, encoder, tmp_path_factory) -> Path:
+    """A preference model fitted on the training split's prompts only."""
+    train, _, _ = load_splits(setup_for(data_file, checkpoint, ""), load_tokenizer(checkpoint))
+    return fit_judge(train, encoder, tmp_path_factory.mktemp("judge") / "train-only")
+
+
+@pytest.fixture(scope="module")
+def task(data_file, checkpoint, judge_dir) -> DatasetTask:
+    return DatasetTask(setup_for(data_file, checkpoint, judge_dir))
+
+
+# ----------------------------------------------------------------------------- chat-aware encoding
+
+
+def test_a_chat_prompt_keeps_the_one_bos_its_template_wrote():
+    tokenizer = chat_tokenizer()
+    prompt = format_prompt(tokenizer, "w1 w2")
+    assert prompt == "<|im_start|>user\nw1 w2<|im_end|>\n<|im_start|>assistant\n"
+    ids = sequence_ids(tokenizer, prompt, add_eos=False)
+    assert ids == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert ids[:2] == [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("user")]
+    assert ids.count(tokenizer.bos_token_id) == prompt.count(BOS) == 2  # one per template turn, none added
+    plain = sequence_ids(tokenizer, "w1 w2")  # text without the template still gets bos and eos
+    assert plain == [tokenizer.bos_token_id, *tokenizer("w1 w2", add_special_tokens=False)["input_ids"],
+                     tokenizer.eos_token_id]
+
+
+def test_the_word_tokenizer_still_gets_its_bos():
+    tokenizer = word_tokenizer(["a", "b"])
+    assert sequence_ids(tokenizer, "a b") == [tokenizer.bos_token_id, 4, 5, tokenizer.eos_token_id]
+
+
+def test_training_rows_and_sampling_encode_the_chat_prompt_exactly_once(monkeypatch):
+    tokenizer = chat_tokenizer()
+    prompt = format_prompt(tokenizer, "w3")
+    expected = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids, attention, response = encode_rows(tokenizer, [prompt], ["w4 w5"])
+    row = ids[0, attention[0].bool()].tolist()
+    assert row == expected + tokenizer("w4 w5", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert response[0].sum() == 3
+    queries = []
+    monkeypatch.setattr(lm, "_generate", lambda model, tok, batch, config: queries.extend(batch) or [""] * len(batch))
+    lm.sample(torch.nn.Linear(1, 1), tokenizer, [prompt], n=2)
+    assert queries == [expected, expected]
+
+
+def fetched_smollm2() -> str | None:
+    """The folder of the fetched SmolLM2-135M-Instruct in the models folder, if usable."""
+    try:
+        entry = find_model("SmolLM2-135M-Instruct")
+    except ValueError:
+        return None
+    return entry.path if entry.problem is None else None
+
+
+@pytest.mark.skipif(fetched_smollm2() is None,
+                    reason="SmolLM2-135M-Instruct is not fetched (python -m mopo_core models fetch-smollm2)")
+def test_real_smollm2_answers_a_chat_prompt_sampled_through_sequence_ids():
+    path = fetched_smollm2()
+    model, tokenizer = load_model(path, dtype="fp32", device="cpu"), load_tokenizer(path)
+    (answer,) = lm.sample(model, tokenizer, [format_prompt(tokenizer, "What is the capital of France?")], 1, 8, 0.0)
+    assert "Paris" in answer
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_load_data_tells_this_projects_schema_from_a_public_format(data_file, tmp_path):
+    assert load_data(data_file).objectives == OBJECTIVES
+    pku = tmp_path / "pku.jsonl"
+    pku.write_text(json.dumps({"prompt": "w1", "response_0": "w2", "response_1": "w3", "better_response_id": 1,
+                               "safer_response_id": 0}) + "\n")
+    pair = load_data(pku)[0]
+    assert (pair.response_a, pair.response_b, pair.labels) == ("w2", "w3", (0.0, 1.0))
+
+
+def test_responses_are_cut_to_the_token_budget_and_prompts_wrapped_in_the_template():
+    tokenizer = chat_tokenizer()
+    data = PreferenceDataset.from_records([
+        {"prompt": "w1", "response_a": "w2 w3 w4", "response_b": "w2 w3 w5", "labels": {"h": 1.0}},
+        {"prompt": "w1", "response_a": "w6 w7 w8", "response_b": "w9", "labels": {"h": 0.0}}])
+    cut = truncate_responses(data, tokenizer, 2)  # the first pair's cut responses coincide: dropped
+    assert [(p.response_a, p.response_b) for p in cut] == [("w6 w7", "w9")]
+    assert chat_dataset(cut, tokenizer)[0].prompt == "<|im_start|>user\nw1<|im_end|>\n<|im_start|>assistant\n"
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_the_batched_evaluation_is_evaluate_policys_under_the_judges_oracle(task):
+    """Greedy samples do not depend on batching, so both evaluations see the same samples."""
+    raw = task.raw[2].prompts()
+    for prompt in raw[:2]:
+        a, b = "w1 w2", "w3"
+        assert np.allclose(task.oracle(prompt, a, b), task.judge.oracle(prompt, a, b), atol=1e-6)
+    policy = task.start_policy(seed=1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    chat = [format_prompt(task.tokenizer, p) for p in raw]
+    expected = evaluate_policy(policy, task.reference, task.tokenizer, chat, task.oracle,
+                               lambda p, r: task.scores([p], [r])[0], task.objectives, n_samples=2, max_new_tokens=3,
+                               temperature=0.0)
+    mine = [s for p in chat for s in expected.samples[p]["policy"]]
+    theirs = [s for p in chat for s in expected.samples[p]["reference"]]
+    got = preference_evaluation(task.scores, raw, mine, theirs, task.objectives)
+    for name in ("win_rates", "win_rate_stderr", "mean_scores", "reference_scores"):
+        assert np.allclose(getattr(got, name), getattr(expected, name), atol=1e-9), name
+    assert not np.allclose(got.win_rates, 0.5)  # the policy's greedy answers differ from the reference's
+
+
+def test_evaluation_samples_the_test_prompts_in_the_chat_template(task):
+    evaluation = task.evaluate(task.start_policy())
+    assert list(evaluation.samples) == task.raw[2].prompts()
+    assert all(len(s["policy"]) == len(s["reference"]) == 2 for s in evaluation.samples.values())
+    assert task.test.prompts() == [format_prompt(task.tokenizer, p) for p in task.raw[2].prompts()]
+    assert np.allclose(evaluation.win_rates, 0.5)  # an untrained copy samples what the reference does
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def test_a_dataset_run_end_to_end_through_the_command_line(data_file, checkpoint, judge_dir, tmp_path, capsys,
+                                                           monkeypatch):
+    monkeypatch.setenv(MODELS_ENV, str(checkpoint.parent))  # --model by registry name
+    store = tmp_path / "runs.sqlite"
+    argv = ["--store", str(store), "train", "--data", str(data_file), "--model", "tiny-chat", "--prefmodel",
+            str(judge_dir), "--method", "mopo", "--threshold", "0.6", "--steps", "2", "--batch-size", "2",
+            "--lora-r", "4", "--split", *map(str, SPLIT), "--max-response-tokens", "5", "--max-new-tokens", "3",
+            "--eval-samples", "2", "--checkpoint-dir", str(tmp_path / "ck"), "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    (point,) = out["points"]
+    assert len(point["values"]) == 2 and all(0 <= v <= 1 for v in point["values"])
+    assert out["prefmodel"]["path"] == str(judge_dir)
+    assert set(out["prefmodel"]["eval_pairs_accuracy"]) == set(OBJECTIVES)
+    run = RunStore(store).get_run(out["run_id"])
+    assert run.status == "finished" and run.config["task"] == "dataset" and run.config["method"] == "mopo"
+    assert run.config["dataset_setup"]["lora_r"] == 4 and run.config["model_dir"] == str(checkpoint)
+    assert run.config["prefmodel"]["held_out_accuracy"]["validation"].keys() == set(OBJECTIVES)
+    assert run.config["checkpoint_dir"] == str(tmp_path / "ck") and (tmp_path / "ck" / "last.pt").is_file()
+    assert run.points["values"].tolist() == [point["values"]] and len(run.metrics["step"].unique()) == 2
+
+
+def test_modpo_on_a_dataset_trains_its_margin_expert_and_records_everything(data_file, checkpoint, judge_dir,
+                                                                           tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    config = TrainConfig(method="modpo", objective_weights=(0.5, 0.5), steps=2, batch_size=2, checkpoint_every=2)
+    result, evaluation = train_on_dataset(config, setup_for(data_file, checkpoint, judge_dir), store)
+    assert result.status == "finished" and evaluation.objectives == OBJECTIVES
+    runs = store.list_runs()
+    assert len(runs) == 2  # the harmlessness DPO expert, then MODPO
+    expert = store.get_run(int(runs.id.min()))
+    assert expert.config["role"] == "secondary expert (harmlessness)" and expert.config["task"] == "dataset"
+    assert store.get_run(result.run_id).points["label"].tolist() == ["modpo"]
+
+
+def test_a_cancelled_dataset_run_resumes_to_the_uninterrupted_runs_metrics(data_file, checkpoint, judge_dir,
+                                                                          tmp_path, capsys):
+    setup = setup_for(data_file, checkpoint, judge_dir, lora_r=2)
+    config = TrainConfig(method="dpo", steps=3, batch_size=2, checkpoint_every=1)
+    whole, _ = train_on_dataset(config, setup, RunStore(tmp_path / "whole.sqlite"))
+    store, trainers = RunStore(tmp_path / "cut.sqlite"), []
+    cut, evaluation = train_on_dataset(config, setup, store, tmp_path / "ck", on_trainer=trainers.append,
+                                       callbacks=(lambda step, metrics: trainers[0].request_cancel(),))
+    assert (cut.status, cut.step, evaluation) == ("cancelled", 1, None)
+    assert main(["--store", str(tmp_path / "cut.sqlite"), "train", "--resume", str(cut.run_id), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "finished"
+    run = store.get_run(cut.run_id)
+    losses = run.metrics[run.metrics.name == "loss"].value.tolist()
+    assert np.allclose(losses, [h["loss"] for h in whole.history], atol=1e-6) and len(run.points) == 1
+    assert main(["--store", str(tmp_path / "cut.sqlite"), "train", "--resume", str(cut.run_id)]) == 2
+    assert "only runs that are" in capsys.readouterr().err
+
+
+def test_a_preference_model_that_saw_evaluation_prompts_is_refused(data_file, checkpoint, encoder, tmp_path, capsys):
+    everything = fit_judge(load_data(data_file), encoder, tmp_path / "all-prompts")
+    with pytest.raises(SetupError, match=r"prefmodel: .*was fitted on \d+ of the \d+ evaluation prompts") as info:
+        DatasetTask(setup_for(data_file, checkpoint, everything))
+    assert info.value.field == "prefmodel"
+    argv = ["--store", str(tmp_path / "runs.sqlite"), "train", "--data", str(data_file), "--model", str(checkpoint),
+            "--prefmodel", str(everything), "--split", *map(str, SPLIT), "--steps", "1"]
+    assert main(argv) == 2
+    assert "error: --prefmodel: " in capsys.readouterr().err
+    assert RunStore(tmp_path / "runs.sqlite").list_runs().empty  # refused before training
+
+
+@pytest.mark.parametrize("changes, field, message", [
+    ({"lora_r": 0}, "lora_r", "must be >= 1"),
+    ({"split": (0.5, 0.5)}, "split", "three fractions"),
+    ({"split": (0.5, 0.3, 0.3)}, "split", "must sum to 1"),
+    ({"format": "csv"}, "format", "expected one of auto, mopo"),
+    ({"data": "/nonexistent/prefs.jsonl"}, "data", "cannot read"),
+    ({"model": "no-such-model"}, "model", "not a checkpoint folder"),
+    ({"model": "tiny-text-task"}, "model", "built-in text-task model"),
+    ({"prefmodel": "/nonexistent"}, "prefmodel", "missing"),
+])
+def test_bad_setups_name_the_field(data_file, checkpoint, judge_dir, changes, field, message):
+    with pytest.raises(SetupError, match=message) as info:
+        DatasetTask(setup_for(data_file, checkpoint, judge_dir, **changes))
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "x"], "--model: only used with --data"),
+    (["--data", "prefs.jsonl", "--prefmodel", "p"], "--model: required with --data"),
+    (["--data", "prefs.jsonl", "--model", "m", "--prefmodel", "p", "--lora-r", "-1"], "--lora-r: must be >= 1"),
+    (["--data", "missing.jsonl", "--model", "m", "--prefmodel", "p"], "--model: "),
+])
+def test_command_line_errors_name_the_flag(tmp_path, capsys, flags, message):
+    assert main(["--store", str(tmp_path / "runs.sqlite"), "train", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_model_directory_takes_a_folder_or_a_registered_name(checkpoint, monkeypatch):
+    assert model_directory(str(checkpoint)) == checkpoint
+    monkeypatch.setenv(MODELS_ENV, str(checkpoint.parent))
+    assert model_directory("tiny-chat") == checkpoint
