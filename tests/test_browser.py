@@ -38,25 +38,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def start_server(env: dict, tries: int = 240) -> tuple[subprocess.Popen, str]:
+    """``streamlit run app/main.py`` on a free loopback port with ``env`` added to this process's
+    environment; (process, url) once its health check answers (fails the test otherwise)."""
     port = _free_port()
-    env = {**os.environ, "MOPO_STORE": str(tmp_path_factory.mktemp("store") / "runs.sqlite")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
+    for _ in range(tries):
         try:
             if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                break
+                return proc, url
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"the server did not start: {proc.stdout.read().decode(errors='replace')[-2000:]}")
+    proc.kill()
+    pytest.fail("the server did not start")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc, url = start_server({"MOPO_STORE": str(tmp_path_factory.mktemp("store") / "runs.sqlite")})
     yield url
     proc.terminate()
     proc.wait(timeout=20)

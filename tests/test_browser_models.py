@@ -11,10 +11,7 @@ default models folder (``python -m mopo_core models fetch-smollm2``, ``prefmodel
 preference-model scores; minutes of CPU sampling). Without it the test does not depend on what
 this machine has downloaded."""
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -75,22 +72,7 @@ def folders(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(folders):
     store, models = folders
-    port = tb._free_port()
-    env = {**os.environ, "MOPO_STORE": str(store), "MOPO_MODELS": str(models)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(tb.ROOT / "app" / "main.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=tb.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the server did not start")
+    proc, url = tb.start_server({"MOPO_STORE": str(store), "MOPO_MODELS": str(models)})
     yield url
     proc.terminate()
     proc.wait(timeout=20)

@@ -5,12 +5,9 @@ then find its run on the Compare page; start a long one, watch its step counter 
 store: the run is ``interrupted``, and Resume finishes it. One test, in order (each stage needs the
 one before). Screenshots go to ``test-artifacts/screenshots`` (``train_midrun.png``: the page
 mid-run with its charts and the finished run's point)."""
-import os
 import re
 import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -33,21 +30,7 @@ PROGRESS = re.compile(r"Run (\d+) \(.*\): step (\d+) / (\d+) · (\w+)")
 
 def _start_server(store) -> tuple[subprocess.Popen, str]:
     """A Streamlit server on a free port over ``store``, training on one thread; (process, url)."""
-    port = tb._free_port()
-    env = {**os.environ, "MOPO_STORE": str(store), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(tb.ROOT / "app" / "main.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=tb.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    pytest.fail("the server did not start")
+    return tb.start_server({"MOPO_STORE": str(store), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
 
 
 @pytest.fixture()
