@@ -54,7 +54,7 @@ from .lm_eval import Evaluation
 from .lm_trainer import Trainer, TrainConfig, TrainResult, implicit_rewards
 from .model_registry import find_model, format_prompt
 from .models import LoraSettings, apply_lora, load_model, load_tokenizer, sample
-from .preference_models import NATIVE_FORMAT, PreferenceModel, load_dataset
+from .preference_models import NATIVE_FORMAT, PreferenceModel, load_dataset, read_meta, seen_prompts
 from .preferences import PreferenceDataset
 from .public_formats import FORMATS
 from .runs import RunStore
@@ -211,26 +211,65 @@ def model_directory(model: str, folder: str | Path | None = None) -> Path:
     return Path(entry.path)
 
 
-def load_judge(path: str | Path, objectives: tuple[str, ...], eval_prompts: list[str]) -> PreferenceModel:
-    """The preference model at ``path``, after checking that it scores ``objectives`` and was
-    fitted on none of ``eval_prompts``. ``SetupError`` (field ``prefmodel``) otherwise."""
+def check_judge(path: str | Path, objectives: tuple[str, ...], eval_prompts: list[str]) -> dict:
+    """The saved preference model's metadata (:func:`read_meta`; neither encoder nor heads are
+    loaded), after checking that it scores ``objectives`` and was fitted on none of
+    ``eval_prompts``. ``SetupError`` (field ``prefmodel``) otherwise."""
     try:
-        judge = PreferenceModel.load(path)
+        meta = read_meta(path)
     except (OSError, ValueError) as exc:
         raise SetupError("prefmodel", str(exc)) from None
-    missing = [o for o in objectives if o not in judge.objectives]
+    missing = [o for o in objectives if o not in meta["objectives"]]
     if missing:
-        raise SetupError("prefmodel", f"{path}: scores {', '.join(judge.objectives)}; the data's objectives "
+        raise SetupError("prefmodel", f"{path}: scores {', '.join(meta['objectives'])}; the data's objectives "
                                       f"{', '.join(missing)} are missing")
-    if "seen_prompt_digests" not in judge.info:
+    if "seen_prompt_digests" not in meta["info"]:
         raise SetupError("prefmodel", f"{path}: holds no record of the prompts it was fitted on, so it cannot be "
                                       "shown to be unseen by the evaluation; retrain it with this version")
-    seen = judge.seen_prompts(eval_prompts)
+    seen = seen_prompts(meta["info"], eval_prompts)
     if seen:
+        fitted = meta["info"].get("data") or {}
+        hint = (f" (it was fitted with split {fitted['split']} and split_seed {fitted['split_seed']}: use those)"
+                if {"split", "split_seed"} <= set(fitted) else "")
         raise SetupError("prefmodel", f"{path}: was fitted on {len(seen)} of the {len(eval_prompts)} evaluation "
                                       f"prompts (e.g. {seen[0][:60]!r}); fit it on the training split only "
-                                      "(same data, split and split_seed) or evaluate on other prompts")
-    return judge
+                                      f"(same data, split and split_seed){hint} or evaluate on other prompts")
+    return meta
+
+
+def load_judge(path: str | Path, objectives: tuple[str, ...], eval_prompts: list[str]) -> PreferenceModel:
+    """The preference model at ``path``, after :func:`check_judge`."""
+    check_judge(path, objectives, eval_prompts)
+    try:
+        return PreferenceModel.load(path)
+    except (OSError, ValueError) as exc:
+        raise SetupError("prefmodel", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class SetupCheck:
+    """What :func:`check_setup` found: the checkpoint folder, the data's objectives (V0 the
+    primary) and the pairs per split (train, validation, test) after cutting the responses."""
+
+    model_dir: Path
+    objectives: tuple[str, ...]
+    n_pairs: tuple[int, int, int]
+
+
+def check_setup(setup: DatasetSetup, models_folder: str | Path | None = None) -> SetupCheck:
+    """Everything about ``setup`` that can be checked without loading the model's weights or
+    the judge's encoder: the fields, the checkpoint folder (and its tokenizer), the data and its
+    splits, the judge's objectives and that it never saw a test prompt. ``SetupError`` names the
+    first bad field. What a job queue calls before accepting a run."""
+    setup.validate()
+    model_dir = model_directory(setup.model, models_folder)
+    try:
+        tokenizer = load_tokenizer(model_dir)
+    except (OSError, ValueError) as exc:
+        raise SetupError("model", f"{model_dir}: no usable tokenizer ({exc})") from None
+    splits = load_splits(setup, tokenizer)
+    check_judge(setup.prefmodel, splits[0].objectives, splits[2].prompts())
+    return SetupCheck(model_dir, splits[0].objectives, tuple(len(part) for part in splits))
 
 
 def judge_summary(judge: PreferenceModel, path: str | Path, test: PreferenceDataset) -> dict:
@@ -368,16 +407,30 @@ class DatasetTask:
                 "online": config.online, "objective_weights": config.objective_weights, "lora_r": self.setup.lora_r}
 
 
+def dataset_setup_from(stored: dict) -> DatasetSetup:
+    """The :class:`DatasetSetup` a run's config stores under ``dataset_setup`` (or a job's spec)."""
+    return DatasetSetup(**{**stored, "split": tuple(stored["split"])})
+
+
+def _task_for(setup: DatasetSetup, models_folder, task: DatasetTask | None) -> DatasetTask:
+    """``task`` when it was built for ``setup`` (its model, reference samples and experts are
+    reused), else a new one."""
+    return task if task is not None and task.setup == setup else DatasetTask(setup, models_folder)
+
+
 def train_on_dataset(config: TrainConfig, setup: DatasetSetup, store: RunStore,
                      checkpoint_dir: str | Path | None = None, callbacks=(),
                      on_trainer: Callable[[Trainer], None] | None = None,
-                     models_folder: str | Path | None = None) -> tuple[TrainResult, Evaluation | None]:
+                     models_folder: str | Path | None = None,
+                     task: DatasetTask | None = None) -> tuple[TrainResult, Evaluation | None]:
     """Train ``config.method`` on ``setup``'s data, evaluate on the test prompts and record the
     evaluation as the run's point. ``on_trainer(trainer)`` is called before training (e.g. to
     hook ``trainer.request_cancel`` to a signal); a run that ends ``cancelled`` is not
-    evaluated (``None``, no point). ``SetupError`` names a bad setup field."""
+    evaluated (``None``, no point). ``task``: a :class:`DatasetTask` of an earlier run, reused
+    when its setup is ``setup`` (a queue of runs on one dataset loads it once). ``SetupError``
+    names a bad setup field."""
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).expanduser().resolve()
-    return _train_and_evaluate(DatasetTask(setup, models_folder), config, store, checkpoint_dir, callbacks,
+    return _train_and_evaluate(_task_for(setup, models_folder, task), config, store, checkpoint_dir, callbacks,
                                on_trainer)
 
 
@@ -391,12 +444,14 @@ def is_dataset_run(store: RunStore, run_id: int) -> bool:
 
 
 def resume_dataset_run(store: RunStore, run_id: int, callbacks=(), on_trainer: Callable[[Trainer], None] | None = None,
-                       models_folder: str | Path | None = None) -> tuple[TrainResult, Evaluation | None]:
+                       models_folder: str | Path | None = None,
+                       task: DatasetTask | None = None) -> tuple[TrainResult, Evaluation | None]:
     """Continue the dataset run ``run_id`` from its checkpoint to its configured steps, then
     evaluate and add its point as :func:`train_on_dataset` does; the setup and training config
-    come from the stored run. ``ValueError`` for a run that is not a dataset train run, one that
-    is not resumable (see :data:`mopo_core.text_runs.RESUMABLE_STATUSES`) or has no checkpoint
-    folder; the trainer refuses a missing checkpoint or one written with another config."""
+    come from the stored run (``task`` reused as there). ``ValueError`` for a run that is not a
+    dataset train run, one that is not resumable (see
+    :data:`mopo_core.text_runs.RESUMABLE_STATUSES`) or has no checkpoint folder; the trainer
+    refuses a missing checkpoint or one written with another config."""
     if not is_dataset_run(store, run_id):
         raise ValueError(f"run {run_id}: not a train run on a preference file in the run store {store.path}")
     run = store.get_run(run_id)
@@ -406,9 +461,8 @@ def resume_dataset_run(store: RunStore, run_id: int, callbacks=(), on_trainer: C
     if not run.config.get("checkpoint_dir"):
         raise ValueError(f"run {run_id}: was started without a checkpoint folder (--checkpoint-dir); it cannot be "
                          "resumed")
-    stored = run.config["dataset_setup"]
-    setup = DatasetSetup(**{**stored, "split": tuple(stored["split"])})
-    return _train_and_evaluate(DatasetTask(setup, models_folder), train_config_from(run.config), store,
+    setup = dataset_setup_from(run.config["dataset_setup"])
+    return _train_and_evaluate(_task_for(setup, models_folder, task), train_config_from(run.config), store,
                                Path(run.config["checkpoint_dir"]), callbacks, on_trainer, resume_run_id=run_id)
 
 

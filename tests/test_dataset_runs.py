@@ -1,7 +1,7 @@
 """Tests for runs on a preference file with a local checkpoint (mopo_core/dataset_runs.py) and
 the chat-aware prompt encoding they rely on (mopo_core/models.py: sequence_ids).
 
-Everything is built here, nothing is downloaded: a tiny Llama with a word-level tokenizer whose
+Everything is built in tests/lm_fixtures.py, nothing is downloaded: a tiny Llama with a word-level tokenizer whose
 bos (``<|im_start|>``) is written by its chat template, saved as a checkpoint folder; a tiny
 preference file; a preference model on a tiny BERT encoder fitted on the training split only."""
 from __future__ import annotations
@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import mopo_core.models as lm
 from mopo_core.cli import main
@@ -22,6 +20,7 @@ from mopo_core.dataset_runs import (
     DatasetTask,
     SetupError,
     chat_dataset,
+    check_setup,
     load_data,
     load_splits,
     model_directory,
@@ -32,17 +31,20 @@ from mopo_core.dataset_runs import (
 from mopo_core.lm_eval import evaluate_policy
 from mopo_core.lm_trainer import TrainConfig, encode_rows
 from mopo_core.model_registry import MODELS_ENV, find_model, format_prompt
-from mopo_core.models import load_model, load_tokenizer, save_model, sequence_ids, word_tokenizer
-from mopo_core.preference_models import HeadSettings, SentenceEncoder, train_preference_model
-from mopo_core.preferences import PreferenceDataset, save_preferences
+from mopo_core.models import load_model, load_tokenizer, sequence_ids, word_tokenizer
+from mopo_core.preference_models import SentenceEncoder
+from mopo_core.preferences import PreferenceDataset
 from mopo_core.runs import RunStore
-
-WORDS = [f"w{i}" for i in range(30)]
-OBJECTIVES = ("helpfulness", "harmlessness")
-BOS, EOS = "<|im_start|>", "<|im_end|>"
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-SPLIT = (0.6, 0.2, 0.2)
+from tests.lm_fixtures import (
+    BOS,
+    OBJECTIVES,
+    SPLIT,
+    chat_tokenizer,
+    fit_judge,
+    save_chat_checkpoint,
+    tiny_encoder,
+    write_preference_file,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,65 +56,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def chat_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level, with SmolLM2's conventions: bos ``<|im_start|>`` opens every template turn."""
-    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", BOS, EOS, "user", "assistant", *WORDS])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token="<pad>",
-                                        unk_token="<unk>", clean_up_tokenization_spaces=False)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A seeded tiny Llama and its chat tokenizer saved as a checkpoint folder."""
-    tokenizer = chat_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    return save_model(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp("models") / "tiny-chat")
-
-
-def text(rng, low: int, high: int) -> str:
-    return " ".join(rng.choice(WORDS, size=rng.integers(low, high + 1)))
+    return save_chat_checkpoint(tmp_path_factory.mktemp("models") / "tiny-chat")
 
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory) -> Path:
-    """30 prompts with 2 pairs each; helpfulness prefers the longer response, harmlessness the
-    one with fewer of the words w0-w4."""
-    rng = np.random.default_rng(0)
-    records = []
-    for _ in range(30):
-        prompt = text(rng, 2, 4)
-        for _ in range(2):
-            a, b = text(rng, 2, 7), text(rng, 2, 7)
-            if a == b:
-                continue
-            risky = [sum(w in WORDS[:5] for w in r.split()) for r in (a, b)]
-            labels = {"helpfulness": float(len(a.split()) > len(b.split())),
-                      "harmlessness": float(risky[0] <= risky[1])}
-            records.append({"prompt": prompt, "response_a": a, "response_b": b, "labels": labels})
-    path = tmp_path_factory.mktemp("data") / "prefs.jsonl"
-    save_preferences(PreferenceDataset.from_records(records), path)
-    return path
+    return write_preference_file(tmp_path_factory.mktemp("data") / "prefs.jsonl")
 
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory) -> SentenceEncoder:
-    """A seeded tiny BERT (D = 16) with a word-level tokenizer, saved and loaded as an encoder."""
-    folder = tmp_path_factory.mktemp("encoder")
-    tokenizer = word_tokenizer(WORDS + ["user", "assistant"])
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return SentenceEncoder.load(folder, max_length=64)
+    return tiny_encoder(tmp_path_factory.mktemp("encoder"))
 
 
 def setup_for(data_file, checkpoint, judge, **changes) -> DatasetSetup:
@@ -121,16 +77,12 @@ def setup_for(data_file, checkpoint, judge, **changes) -> DatasetSetup:
     return DatasetSetup(**{**settings, **changes})
 
 
-def fit_judge(dataset: PreferenceDataset, encoder, folder: Path) -> Path:
-    judge = train_preference_model(dataset, encoder, settings=HeadSettings(max_epochs=5, patience=2))
-    return judge.save(folder)
-
-
 @pytest.fixture(scope="module")
 def judge_dir(data_file, checkpoint, encoder, tmp_path_factory) -> Path:
     """A preference model fitted on the training split's prompts only."""
     train, _, _ = load_splits(setup_for(data_file, checkpoint, ""), load_tokenizer(checkpoint))
-    return fit_judge(train, encoder, tmp_path_factory.mktemp("judge") / "train-only")
+    return fit_judge(train, encoder, tmp_path_factory.mktemp("judge") / "train-only",
+                     {"file": str(data_file), "format": "mopo", "objective": None, "split": list(SPLIT), "split_seed": 0})
 
 
 @pytest.fixture(scope="module")
@@ -325,9 +277,25 @@ def test_a_preference_model_that_saw_evaluation_prompts_is_refused(data_file, ch
     ({"prefmodel": "/nonexistent"}, "prefmodel", "missing"),
 ])
 def test_bad_setups_name_the_field(data_file, checkpoint, judge_dir, changes, field, message):
-    with pytest.raises(SetupError, match=message) as info:
-        DatasetTask(setup_for(data_file, checkpoint, judge_dir, **changes))
-    assert info.value.field == field
+    setup = setup_for(data_file, checkpoint, judge_dir, **changes)
+    for build in (DatasetTask, check_setup):  # the queue's check refuses what the task would
+        with pytest.raises(SetupError, match=message) as info:
+            build(setup)
+        assert info.value.field == field
+
+
+def test_check_setup_reports_the_splits_and_objectives_without_loading_weights(data_file, checkpoint, judge_dir,
+                                                                               encoder, tmp_path, monkeypatch):
+    setup = setup_for(data_file, checkpoint, judge_dir)
+    splits = load_splits(setup, load_tokenizer(checkpoint))
+    monkeypatch.setattr("mopo_core.dataset_runs.load_model", lambda *a, **k: pytest.fail("loaded the weights"))
+    monkeypatch.setattr("mopo_core.dataset_runs.PreferenceModel.load", lambda *a, **k: pytest.fail("loaded the judge"))
+    found = check_setup(setup)
+    assert found.objectives == OBJECTIVES and found.model_dir == checkpoint
+    assert found.n_pairs == tuple(len(part) for part in splits) and found.n_pairs[0] > found.n_pairs[2] > 0
+    other_split = setup_for(data_file, checkpoint, judge_dir, split_seed=1)  # the judge saw some of its test prompts
+    with pytest.raises(SetupError, match=r"split \[0.6, 0.2, 0.2\] and split_seed 0: use those"):
+        check_setup(other_split)
 
 
 @pytest.mark.parametrize("flags, message", [

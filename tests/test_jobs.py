@@ -141,7 +141,7 @@ def test_resume_refuses_runs_it_cannot_continue(store_path, tmp_path):
     with pytest.raises(ValueError, match="run 7: not found"):
         resume(store_path, 7)
     solve = store.create_run("solve", {"tau": 0.1}, status="queued")
-    with pytest.raises(ValueError, match=f"run {solve}: only text-task train runs with a checkpoint folder"):
+    with pytest.raises(ValueError, match=fr"run {solve}: only train runs \(text task or dataset\) with a checkpoint folder"):
         resume(store_path, solve)
     running = store.create_run("train", text)
     with pytest.raises(ValueError, match=f"run {running}: status is 'running'; only runs that are cancelled"):
@@ -350,3 +350,111 @@ def test_loading_and_unloading_a_model_three_times_returns_the_memory(tmp_path, 
     after = memory_use()
     assert abs(after.rss - baseline.rss) <= 0.1 * baseline.rss, (after, baseline)
     assert after.cuda_allocated == baseline.cuda_allocated, (after, baseline)
+
+
+# ---------------------------------------------------------------------- dataset jobs (a local checkpoint)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A tiny chat checkpoint, a preference file and a judge fitted on its training split only."""
+    from mopo_core.dataset_runs import load_splits
+    from mopo_core.models import load_tokenizer
+    from tests.lm_fixtures import SPLIT, fit_judge, save_chat_checkpoint, tiny_encoder, write_preference_file
+
+    root = tmp_path_factory.mktemp("dataset")
+    checkpoint = save_chat_checkpoint(root / "models" / "tiny-chat")
+    data = write_preference_file(root / "prefs.jsonl")
+    setup = _dataset_setup(data, checkpoint, "")
+    train, _, _ = load_splits(setup, load_tokenizer(checkpoint))
+    judge = fit_judge(train, tiny_encoder(root / "encoder"), root / "judge", {"split": list(SPLIT), "split_seed": 0})
+    return _dataset_setup(data, checkpoint, judge)
+
+
+def _dataset_setup(data, checkpoint, judge, **changes):
+    from mopo_core.dataset_runs import DatasetSetup
+    from tests.lm_fixtures import SPLIT
+
+    return DatasetSetup(**{"data": str(data), "model": str(checkpoint), "prefmodel": str(judge), "split": SPLIT,
+                           "lora_r": 2, "max_response_tokens": 5, "eval_samples": 2, "max_new_tokens": 3, **changes})
+
+
+def _old_store(path: Path) -> None:
+    """A store whose jobs table predates dataset jobs (its CHECK allows two kinds), with one job."""
+    RunStore(path)
+    conn = sqlite3.connect(path)
+    schema = jobs._SCHEMA.replace(repr(jobs.JOB_KINDS), repr(("train_text", "resume")))
+    conn.executescript(schema)
+    conn.execute("INSERT INTO jobs (kind, name, spec, status, created_at) VALUES "
+                 "('train_text', 'old', '{}', 'cancelled', 't')")
+    conn.commit()
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        conn.execute("INSERT INTO jobs (kind, spec, status, created_at) VALUES ('train_dataset', '{}', 'queued', 't')")
+    conn.close()
+
+
+def test_a_store_from_before_dataset_jobs_is_widened_keeping_its_jobs(store_path, dataset):
+    _old_store(store_path)
+    assert [(j.name, j.kind, j.status) for j in list_jobs(store_path)] == [("old", "train_text", "cancelled")]
+    job_id = enqueue_training(store_path, _config(steps=2), dataset)
+    assert get_job(store_path, job_id).kind == "train_dataset"
+    jobs._prepared.clear()  # a later process: already widened, nothing to do
+    assert [j.kind for j in list_jobs(store_path)] == ["train_text", "train_dataset"]
+    _assert_store_healthy(RunStore(store_path))
+
+
+def test_a_dataset_job_is_checked_when_it_is_queued(store_path, dataset):
+    from dataclasses import replace as dataclasses_replace
+
+    from mopo_core.dataset_runs import SetupError
+
+    bad = [(dataclasses_replace(dataset, prefmodel=str(store_path.parent / "none")), "prefmodel"),
+           (dataclasses_replace(dataset, data=str(store_path.parent / "none.jsonl")), "data"),
+           (dataclasses_replace(dataset, split_seed=1), "prefmodel")]  # the judge saw test prompts
+    for setup, field in bad:
+        with pytest.raises(SetupError) as info:
+            enqueue_training(store_path, _config(), setup)
+        assert info.value.field == field
+    with pytest.raises(ValueError, match="thresholds: MOPO needs one per secondary objective"):
+        enqueue_training(store_path, TrainConfig(thresholds=(0.5, 0.5)), dataset)
+    assert list_jobs(store_path) == []  # nothing queued
+
+
+@pytest.mark.slow
+def test_dataset_jobs_share_one_loaded_task_and_finish_with_their_points(store_path, dataset):
+    configs = {"mopo": _config(steps=3), "dpo": _config(steps=3, method="dpo"),
+               "online": TrainConfig(method="mopo", thresholds=(0.6,), steps=2, batch_size=2, online=True,
+                                     n_candidates=2, max_new_tokens=3, seed=3)}
+    ids = [enqueue_training(store_path, config, dataset, name=name) for name, config in configs.items()]
+    ensure_worker(store_path)
+    ended = [_wait_ended(store_path, job_id) for job_id in ids]
+    assert [j.status for j in ended] == ["done"] * 3, (ended, _log(store_path))
+    assert _log(store_path).count("loading ") == 1  # one model, judge and data load for the three jobs
+    store = RunStore(store_path)
+    for job, (name, config) in zip(ended, configs.items()):
+        run = store.get_run(job.run_id)
+        assert run.config["task"] == "dataset" and run.config["method"] == config.method
+        assert run.config["dataset_setup"]["lora_r"] == 2 and run.config["checkpoint_dir"] == job.checkpoint_dir
+        _assert_finished_whole(store, job.run_id, steps=config.steps)
+        (values,) = run.points["values"].tolist()
+        assert len(values) == 2 and all(0 <= v <= 1 for v in values)
+    online = store.get_run(ended[2].run_id).metrics
+    assert (online.name == "kl_to_reference").sum() == 2  # scored by the judge, its pool KL logged each step
+
+
+@pytest.mark.slow
+def test_a_cancelled_dataset_job_is_resumed_by_a_resume_job(store_path, dataset):
+    job_id = enqueue_training(store_path, _config(steps=400, method="dpo"), dataset)
+    ensure_worker(store_path)
+    run_id = _wait_steps(store_path, job_id, 2)
+    assert cancel(store_path, job_id) == "running"
+    job = _wait_ended(store_path, job_id)
+    store = RunStore(store_path)
+    assert job.status == "cancelled" and store.get_run(run_id).status == "cancelled", (job, _log(store_path))
+    stopped_at = _last_step(store_path, run_id)
+    assert stopped_at < 400
+    resumed = resume(store_path, run_id)
+    ensure_worker(store_path)
+    job = _wait_ended(store_path, resumed)
+    assert job.status == "done" and job.run_id == run_id, (job, _log(store_path))
+    _assert_finished_whole(store, run_id, steps=400)

@@ -36,10 +36,14 @@ from mopo_core.model_registry import (
     models_dir,
     register,
 )
-from mopo_core.models import load_model, load_tokenizer, save_model, tiny_gpt, word_tokenizer
-
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+from mopo_core.models import (
+    load_model,
+    load_tokenizer,
+    save_model,
+    tiny_gpt,
+    word_tokenizer,
+)
+from tests.lm_fixtures import CHAT_TEMPLATE
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -10,11 +10,9 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from mopo_core.cli import main
 from mopo_core.model_registry import _HEAD_OPTIONS
-from mopo_core.models import word_tokenizer
 from mopo_core.preference_models import (
     HEADS_FILE,
     META_FILE,
@@ -28,6 +26,7 @@ from mopo_core.preference_models import (
 )
 from mopo_core.preferences import PreferenceDataset, save_preferences
 from mopo_core.runs import RunStore
+from tests.lm_fixtures import save_tiny_encoder
 
 WORDS = [f"w{i}" for i in range(40)]
 OBJECTIVES = ("helpfulness", "harmlessness")
@@ -45,14 +44,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory):
     """A seeded tiny BERT (D = 32) and a word-level tokenizer, saved as an encoder folder."""
-    folder = tmp_path_factory.mktemp("encoder")
-    tokenizer = word_tokenizer(WORDS)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_encoder(tmp_path_factory.mktemp("encoder"), WORDS, hidden=32)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,6 @@ RESULT = "models_result"
 CHAT = "models_chat"
 NOTICE = "models_notice"
 TEXT_TASK = "text-task scorers"
-PREFMODELS = "prefmodels"
 #: Prompts offered as examples (the text task's; written with its vocabulary, so the tiny model knows every word).
 N_EXAMPLES = 12
 PARTS = ("parameters", "gradients", "optimizer", "activations", "logits", "reference")
@@ -108,14 +107,6 @@ def preference_model(folder: str, stamp: float):
     from mopo_core.preference_models import PreferenceModel
 
     return PreferenceModel.load(folder)
-
-
-def prefmodel_folders(root: Path) -> list[Path]:
-    """Saved preference models in ``<models folder>/prefmodels`` (folders with preference_model.json)."""
-    from mopo_core.preference_models import META_FILE
-
-    folder = root / PREFMODELS
-    return sorted(p for p in folder.iterdir() if (p / META_FILE).is_file()) if folder.is_dir() else []
 
 
 def _stamp(path: str | os.PathLike | None, name: str = "config.json") -> float:
@@ -239,7 +230,7 @@ def score_samples(scorer: str, prompt: str, responses: list[str], root: Path) ->
         return (pd.DataFrame(rows, columns=list(OBJECTIVES)),
                 "Text-task scorers, each in [0, 1], higher is better: helpfulness = share of the prompt's topic "
                 "words the response contains, harmlessness = exp(−risky words), brevity = 1 − words/12." + note)
-    folder = root / PREFMODELS / scorer
+    folder = root / R.PREFMODELS_DIR / scorer
     model = preference_model(str(folder), _stamp(folder, "preference_model.json"))
     values = model.scores_batch([prompt] * len(responses), responses)
     accuracy = model.info.get("metrics", {}).get("test", {})
@@ -389,15 +380,15 @@ if loaded is not None:
     tokenizer = loaded["tokenizer"]
     model = loaded["model"]
     templated = bool(getattr(tokenizer, "chat_template", None))
-    prefs = prefmodel_folders(root)
+    prefs = R.list_prefmodels(root)
     st.subheader(f"Sample from {loaded['name']}")
     scorers = [TEXT_TASK, *(p.name for p in prefs)]
     default_scorer = 1 if prefs and loaded["kind"] != "builtin" else 0
     scorer = st.selectbox("Score the samples with", scorers, index=default_scorer, key="models_scorer",
-                          help=f"Preference models are read from {root / PREFMODELS}.")
+                          help=f"Preference models are read from {root / R.PREFMODELS_DIR}.")
     if not prefs:
-        st.caption(f"No preference model available: none saved in `{root / PREFMODELS}` (train one with "
-                   f"`python -m mopo_core prefmodel train --data FILE --out {root / PREFMODELS}/NAME`). "
+        st.caption(f"No preference model available: none saved in `{root / R.PREFMODELS_DIR}` (train one with "
+                   f"`python -m mopo_core prefmodel train --data FILE --out {root / R.PREFMODELS_DIR}/NAME`). "
                    "The text task's programmatic scorers are used.")
     sample_tab, chat_tab = st.tabs(["Sample several responses", "Chat"])
     with sample_tab:

@@ -1,8 +1,9 @@
-"""Train: queue MOPO or a baseline on the built-in synthetic text task (tiny word-level GPT), run
-in a worker process (mopo_core.jobs), and watch it live: the queue with Cancel / Resume, the
-selected run's curves (loss, λ, constraint estimate against its threshold, ESS, KL, tokens/s)
-and the Pareto plane of the finished runs' points. A thin view over mopo_core.jobs and
-mopo_core.train_view.
+"""Train: queue MOPO or a baseline, on the built-in synthetic text task (tiny word-level GPT) or
+on a preference file with a local checkpoint (optionally LoRA) judged by a saved preference
+model, run in a worker process (mopo_core.jobs), and watch it live: the queue with Cancel /
+Resume, the selected run's curves (loss, λ, constraint estimates against their thresholds, ESS,
+KL, tokens/s) and the Pareto plane of the finished runs' points measured the same way. A thin
+view over mopo_core.jobs, mopo_core.train_view and mopo_core.dataset_runs.
 
 Polling: the live part is a fragment re-run every POLL_S seconds while a job is queued or
 running (it calls jobs.reconcile and jobs.ensure_worker each time); when the last job ends it
@@ -11,6 +12,8 @@ process: when the server stops, the running job ends ``interrupted`` after its c
 and the queued ones wait for the next server (they start when the Train page is opened).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,8 +37,7 @@ D = TV.DEFAULTS
 BADGES = {"queued": "gray", "running": "blue", "done": "green", "cancelled": "orange", "failed": "red",
           "interrupted": "violet"}
 METHOD_COLOURS = dict(zip(TV.METHODS, plotly.colors.qualitative.Plotly))
-CLI = ("python -m mopo_core train --data pairs.jsonl --model ./checkpoint --prefmodel ./judge --lora-r 8 "
-       "--threshold 0.6 --checkpoint-dir ./ckpt")
+TASKS = {"text": "Synthetic text task (built-in tiny model)", "dataset": "Preference file + local checkpoint"}
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -74,17 +76,18 @@ def _resume(path: str, run_id: int) -> None:
 PANELS = [  # (metric prefix, subplot title, y-axis title)
     ("loss", "Loss", "loss (lower is better ↓)"),
     ("lambda_", "Multiplier λ per constraint", "λ ≥ 0 (grows while the<br>estimate is below b ↑)"),
-    ("constraint_", "Constraint estimate and threshold b", "harmlessness win-rate<br>estimate (higher is better ↑)"),
+    ("constraint_", "Constraint estimate and threshold b", "secondary win-rate<br>estimate (higher is better ↑)"),
     ("ess", "Effective sample size", "ESS / rows (1 = even<br>weights; higher ↑)"),
     ("kl_to_reference", "KL to the reference", "KL(π ‖ π_ref)<br>(nats per response)"),
     ("tokens_per_s", "Throughput", "tokens per second<br>(higher is faster ↑)"),
 ]
 
 
-def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online: bool = False) -> go.Figure:
+def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online: bool = False,
+                  names: tuple[str, ...] = TV.OBJECTIVES) -> go.Figure:
+    """The six live panels; ``names`` are the run's objectives (V0 the primary)."""
     fig = make_subplots(rows=2, cols=3, subplot_titles=[p[1] for p in PANELS], vertical_spacing=0.2,
                         horizontal_spacing=0.09)
-    names = TV.OBJECTIVES
     palette = plotly.colors.qualitative.D3
     for i, (prefix, _, y_title) in enumerate(PANELS):
         row, col = i // 3 + 1, i % 3 + 1
@@ -92,11 +95,11 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
         if prefix == "lambda_":
             for j in range(1, TV.constraint_count(frame) + 1):
                 if f"lambda_{j}" in frame:
-                    traces.append((f"lambda_{j}", f"λ{j} (multiplier of {names[j]})", dict(color=palette[1])))
+                    traces.append((f"lambda_{j}", f"λ{j} (multiplier of {names[j]})", dict(color=palette[(2 * j - 1) % 10])))
         elif prefix == "constraint_":
             for j in range(1, TV.constraint_count(frame) + 1):
                 traces.append((f"constraint_{j}", f"V{j} {names[j]}: estimate on the step's batch",
-                               dict(color=palette[2])))
+                               dict(color=palette[(2 * j) % 10])))
                 if f"threshold_{j}" in frame:
                     traces.append((f"threshold_{j}", f"threshold b{j} in force", dict(color="black", dash="dash")))
         elif prefix in frame:
@@ -123,8 +126,10 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
     fig.update_annotations(font_size=12)
     style(fig, title, height=560)
     # Not win-rates (the shared subtitle's convention): say what these series are instead.
-    fig.update_layout(title_text=f"{title}<br><sup>Logged by the worker at every step; the constraint estimate is "
-                                 f"the harmlessness win-rate on the step's batch (the threshold b1 dashed)</sup>")
+    secondaries = ", ".join(names[1:]) or "none"
+    fig.update_layout(title_text=f"{title}<br><sup>Logged by the worker at every step; a constraint estimate is a "
+                                 f"secondary objective's win-rate on the step's batch ({secondaries}; thresholds "
+                                 "dashed)</sup>")
     return fig.update_layout(margin=dict(t=110))
 
 
@@ -136,9 +141,11 @@ def _plane_range(values: list[float], min_span: float = 0.2) -> list[float]:
     return [lo - pad, hi + pad]
 
 
-def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run_status: str | None) -> go.Figure:
-    """x = V1 harmlessness, y = V0 helpfulness (win-rates vs the reference model); the finished
-    runs' points, their front, the reference point and the selected run's live constraint."""
+def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run_status: str | None,
+                 names: tuple[str, ...] = TV.OBJECTIVES, plane: str = "") -> go.Figure:
+    """x = V1, y = V0 of ``names`` (win-rates vs the reference model); the finished runs' points,
+    their front, the reference point and the selected run's live constraint on V1. ``plane``
+    says which runs the points are from."""
     ref = TV.REFERENCE_POINT
     xs = [ref[1], *points["v1"], *[c["estimate"] for c in live], *[c["threshold"] for c in live
                                                                     if np.isfinite(c["threshold"])]]
@@ -158,8 +165,8 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
             error_y=dict(type="data", array=d["stderr0"].fillna(0), thickness=1, width=0, color="lightgrey"),
             customdata=custom,
             hovertemplate=("run %{customdata[0]} · %{customdata[1]}<br>%{customdata[2]}<br>"
-                           "V1 harmlessness %{x:.3f} ± %{customdata[4]:.3f}<br>"
-                           "V0 helpfulness %{y:.3f} ± %{customdata[3]:.3f}<extra></extra>"))
+                           f"V1 {names[1]} %{{x:.3f}} ± %{{customdata[4]:.3f}}<br>"
+                           f"V0 {names[0]} %{{y:.3f}} ± %{{customdata[3]:.3f}}<extra></extra>"))
     if points["on_front"].any():
         path = TV.front_staircase(points, (x_range[0], y_range[0]))
         fig.add_scatter(x=path[:, 0], y=path[:, 1], mode="lines", name="Pareto front of these points (staircase)",
@@ -172,7 +179,7 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
     fig.add_scatter(x=[ref[1]], y=[ref[0]], mode="markers", marker=dict(symbol="x", size=13, color="black"),
                     name=f"reference point ({ref[1]:g}, {ref[0]:g}): the reference model against itself",
                     hovertemplate="reference model vs itself: win-rate 0.5 on both objectives<extra></extra>")
-    for c in live if run_status in ("running", "queued") else []:
+    for c in [c for c in live if c["j"] == 1] if run_status in ("running", "queued") else []:
         fig.add_scatter(x=[c["estimate"]] * 2, y=y_range, mode="lines", line=dict(color="crimson", width=3),
                         name=f"run {run_id} live, step {c['step']}: V{c['j']} estimate {c['estimate']:.3f} "
                              f"(training batch; V0 is measured when the run ends)",
@@ -183,12 +190,12 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
                             line=dict(color="black", width=1.5, dash="dash"),
                             name=f"run {run_id}: threshold b{c['j']} = {c['threshold']:.3g} (feasible to its right)",
                             hoverinfo="skip")
-    title = ("Pareto plane: finished runs' points<br><sup>"
+    title = (f"Pareto plane: finished runs' points{f' ({plane})' if plane else ''}<br><sup>"
              f"Reference point ({ref[1]:g}, {ref[0]:g}) = the reference model against itself<br>"
              "Error bars: ± one standard error over the held-out prompts</sup>")
     style(fig, title,
-          x_title=f"V1 {TV.OBJECTIVES[1]} (win-rate vs the reference model; higher is better →)",
-          y_title=f"V0 {TV.OBJECTIVES[0]} (win-rate vs the<br>reference model; higher is better ↑)", height=520)
+          x_title=f"V1 {names[1]} (win-rate vs the reference model; higher is better →)",
+          y_title=f"V0 {names[0]} (win-rate vs the<br>reference model; higher is better ↑)", height=520)
     fig.update_xaxes(range=x_range)
     fig.update_yaxes(range=y_range)
     # The shared subtitle says "against the behaviour policy": here that policy is the reference model.
@@ -214,7 +221,8 @@ def _queue_rows(path: str, queue: pd.DataFrame) -> None:
             cols[2].markdown(f":{BADGES[r['status']]}-badge[{r['status']}]")
             cols[3].markdown("–" if pd.isna(r["run"]) else f"{int(r['run'])}")
             if pd.isna(r["run"]):
-                progress = "preparing (reference SFT)" if r["status"] == "running" else "–"
+                progress = ("–" if r["status"] != "running" else "preparing (loading model, data, judge)"
+                            if r["kind"] == "train_dataset" else "preparing (reference SFT)")
             else:
                 progress = f"step {r['step']} / {r['steps']}"
             cols[4].markdown(progress)
@@ -293,38 +301,51 @@ def live_panel(path: str) -> None:
     st.progress(min(step / steps, 1.0), text=f"Run {run_id} ({name}): step {step} / {steps} · {run.status}")
     if run.error and run.status != "finished":
         st.caption(f"Run {run_id}: {run.error}")
+    objectives = TV.run_objectives(run)
     live = TV.live_constraints(frame)
     if live and run.status == "running":
-        c = live[0]
-        st.caption(f"Step {c['step']}: harmlessness estimate {c['estimate']:.3f} against threshold "
-                   f"b1 = {c['threshold']:.3g} (λ1 = {c['lam']:.3f}; λ grows while the estimate is below b1).")
+        st.caption(" · ".join(f"Step {c['step']}: {objectives[c['j']]} estimate {c['estimate']:.3f} against threshold "
+                              f"b{c['j']} = {c['threshold']:.3g} (λ{c['j']} = {c['lam']:.3f})" for c in live)
+                   + "; λ grows while its estimate is below its threshold.")
     show_figure(curves_figure(frame, f"Run {run_id} ({name}): training curves, step {step} of {steps}",
-                              run.config.get("method"), run.config.get("kl_every"), bool(run.config.get("online"))),
+                              run.config.get("method"), run.config.get("kl_every"), bool(run.config.get("online")),
+                              objectives),
                 "train_curves", data=frame)
 
+    key = TV.plane_key(run)
     points = TV.front_points(_front_runs(run_store()), {int(r["run"]): r["name"] for r in
                                                           queue.dropna(subset=["run"]).to_dict("records")
-                                                          if r["kind"] != "resume"})
-    left, right = st.columns([3, 2])
-    with left:
-        show_figure(plane_figure(points, live, run_id, run.status), "train_plane", data=points)
-    with right:
-        st.markdown("**How to read the Pareto plane**")
-        st.markdown(
-            "- **Markers**: each finished run's point, measured once at its end on held-out prompts: the "
-            "policy's win-rates against the reference model (the SFT model every run starts from; 0.5 = as good "
-            "as the reference). Outlined diamonds are on the front of these points.\n"
-            "- **Red line**: while a run trains only its constraint is estimated (harmlessness, on the step's "
-            "batch), not its helpfulness, so the live run is a vertical line, not a point.\n"
-            "- **Black dashed line**: the live run's threshold b1; MOPO aims to end to its right.\n"
-            "- **×**: the reference point (0.5, 0.5), the reference model against itself.")
-        if points.empty:
-            st.caption("No run has finished yet: each run's point is added when it finishes (a cancelled run gets "
-                       "its point when a resume finishes it).")
+                                                          if r["kind"] != "resume"}, key)
+    reference = ("the SFT model every text-task run starts from" if key[0] == "text" else
+                 f"the starting checkpoint {Path(str(key[2])).name}, sampled on the test prompts and scored by "
+                 "the same preference model")
+    if len(objectives) < 2:
+        st.markdown(f"**Finished runs' points** ({TV.describe_plane(key)}): one objective, so no plane: V0 "
+                    f"{objectives[0]} is the policy's win-rate against the reference model ({reference}).")
+    else:
+        left, right = st.columns([3, 2])
+        with left:
+            show_figure(plane_figure(points, live, run_id, run.status, objectives, TV.describe_plane(key)), "train_plane",
+                        data=points)
+        with right:
+            st.markdown("**How to read the Pareto plane**")
+            st.markdown(
+                f"- **Markers**: each finished run's point of the {TV.describe_plane(key)}, measured once at its end "
+                f"on held-out prompts: the policy's win-rates against the reference model ({reference}; 0.5 = as "
+                "good as the reference). Outlined diamonds are on the front of these points.\n"
+                f"- **Red line**: while a run trains only its constraint is estimated ({objectives[1]}, on the step's "
+                f"batch), not its {objectives[0]}, so the live run is a vertical line, not a point.\n"
+                "- **Black dashed line**: the live run's threshold b1; MOPO aims to end to its right.\n"
+                "- **×**: the reference point (0.5, 0.5), the reference model against itself.")
+            if points.empty:
+                st.caption("No run on this plane has finished yet: each run's point is added when it finishes (a "
+                           "cancelled run gets its point when a resume finishes it).")
     if not points.empty:
         shown = points[["run", "job_name", "method", "v0", "v1", "stderr0", "stderr1", "on_front"]].rename(
-            columns={"job_name": "job name", "v0": f"V0 {TV.OBJECTIVES[0]}", "v1": f"V1 {TV.OBJECTIVES[1]}",
+            columns={"job_name": "job name", "v0": f"V0 {objectives[0]}", "v1": f"V1 {objectives[1] if len(objectives) > 1 else '–'}",
                      "stderr0": "± V0 (std. error)", "stderr1": "± V1 (std. error)", "on_front": "on the front"})
+        if len(objectives) < 2:
+            shown = shown.drop(columns=[c for c in shown.columns if "V1" in c])
         st.markdown("**Finished runs' points** (the same points are on the Compare page, run kind 'train')")
         show_table(shown, "train_points", column_config={
             c: st.column_config.NumberColumn(c, format="%.3f") for c in shown.columns if c.startswith(("V", "±"))})
@@ -332,42 +353,161 @@ def live_panel(path: str) -> None:
         st.code(TV.worker_log_tail(path) or "(empty: no worker has started on this store yet)", language=None)
 
 
+# ----------------------------------------------------------------------------- the dataset form
+
+
+def _stamp(*paths) -> tuple:
+    """Modification times of the files a check read (a changed file is checked again)."""
+    out = []
+    for p in paths:
+        try:
+            out.append(Path(p).stat().st_mtime)
+        except (OSError, TypeError):
+            out.append(None)
+    return tuple(out)
+
+
+@st.cache_data(show_spinner="Checking the preference file, the checkpoint and the judge…", max_entries=32)
+def check_dataset(key: str, stamps: tuple, _setup) -> tuple[str, object]:
+    """("ok", SetupCheck) or ("error", message naming the page's field) for the setup ``key`` describes."""
+    from mopo_core.dataset_runs import SetupError, check_setup
+
+    try:
+        return "ok", check_setup(_setup)
+    except SetupError as exc:
+        return "error", str(TV.dataset_error(exc))
+
+
+def dataset_form():
+    """The sidebar's dataset settings: (DatasetSetup or None, SetupCheck or None, error or None)."""
+    from mopo_core import model_registry as R
+    from mopo_core.dataset_runs import DATA_FORMATS
+    from mopo_core.preference_models import read_meta
+
+    L = TV.DATASET_LABELS
+    root = R.models_dir()
+    with st.expander("Data, model and judge", expanded=True):
+        data = st.text_input(L["data"], key="train_data", placeholder="/path/to/pairs.jsonl",
+                             help="This project's schema (JSON Lines or Parquet) or a public format: PKU-SafeRLHF, "
+                                  "HH-RLHF, ShareGPT or alpaca DPO JSON (`python -m mopo_core data inspect FILE` "
+                                  "tells what a file holds).")
+        fmt = st.selectbox(L["format"], DATA_FORMATS, key="train_format")
+        objective = st.text_input(L["objective"], key="train_objective",
+                                  help="Only for one-objective public formats (HH-RLHF, DPO JSON): the name its "
+                                       "labels get. Leave empty otherwise.")
+        models = [e for e in R.list_models(root) if e.path is not None and e.problem is None]
+        model = st.selectbox(L["model"], [e.path for e in models], key="train_model",
+                             format_func=lambda p: next(f"{e.name} · {e.architecture} · {e.n_parameters / 1e6:,.1f}M"
+                                                        f" params · {e.dtype}" for e in models if e.path == p))
+        if not models:
+            st.caption(f"No usable checkpoint in the models folder `{root}`: fetch one (`python -m mopo_core models "
+                       "fetch-smollm2`) or add a folder on the Models page.")
+        judges = [str(p) for p in R.list_prefmodels(root)]
+        judge = st.selectbox(L["prefmodel"], judges, key="train_prefmodel", format_func=lambda p: Path(p).name,
+                             help=f"Saved preference models in `{root / R.PREFMODELS_DIR}`; it scores the policy's "
+                                  "and the reference's samples on the test prompts, which it must never have seen.")
+        fitted = {}
+        if judge:
+            try:
+                meta = read_meta(judge)
+                fitted = meta["info"].get("data") or {}
+                st.caption(f"Judge scores {', '.join(meta['objectives'])}; fitted on "
+                           f"{Path(fitted.get('file', '?')).name}, split {fitted.get('split', '?')}, split seed "
+                           f"{fitted.get('split_seed', '?')}.")
+            except (OSError, ValueError) as exc:
+                st.caption(f"Judge unreadable: {exc}")
+        else:
+            st.caption(f"No preference model in `{root / R.PREFMODELS_DIR}`: train one on the training split "
+                       f"(`python -m mopo_core prefmodel train --data FILE --out {root / R.PREFMODELS_DIR}/NAME`).")
+        lora_r = st.number_input(L["lora_r"] + " (0: full fine-tuning)", 0, 1024, D["lora_r"], key="train_lora")
+    with st.expander("Split and evaluation"):
+        # The judge's own split by default: its held-out prompts are then this run's test prompts.
+        st.session_state.setdefault("train_split", ", ".join(f"{f:g}" for f in fitted.get("split", D["split"])))
+        st.session_state.setdefault("train_split_seed", int(fitted.get("split_seed", D["split_seed"])))
+        split_text = st.text_input(L["split"], key="train_split",
+                                   help="By prompt, seeded; the judge must not have seen the test prompts.")
+        split_seed = st.number_input(L["split_seed"], 0, 1_000_000, key="train_split_seed")
+        values = {
+            "max_response_tokens": st.number_input(L["max_response_tokens"], 1, 4096, D["max_response_tokens"],
+                                                   key="train_response_tokens",
+                                                   help="Training responses are cut to this many tokens."),
+            "eval_samples": st.number_input(L["eval_samples"], 1, 256, D["dataset_eval_samples"],
+                                            key="train_eval_samples"),
+            "max_new_tokens": st.number_input(L["max_new_tokens"], 1, 1024, D["eval_max_new_tokens"],
+                                              key="train_eval_tokens"),
+            "eval_seed": st.number_input(L["eval_seed"], 0, 1_000_000, D["eval_seed"], key="train_eval_seed"),
+            "dtype": st.selectbox(L["dtype"], ["auto", "float32", "bfloat16", "float16"], key="train_dtype"),
+            "device": st.selectbox(L["device"], ["auto", "cpu", "cuda"], key="train_device",
+                                   help="auto: the GPU when there is one."),
+        }
+    try:
+        split = [float(w) for w in split_text.replace(",", " ").split()]
+    except ValueError:
+        return None, None, f"{L['split']} (split): {split_text!r} holds a word that is not a number"
+    if not data.strip() or not model or not judge:
+        missing = [L[f] for f, v in (("data", data.strip()), ("model", model), ("prefmodel", judge)) if not v]
+        return None, None, f"Set up the dataset run: {', '.join(missing)} still to choose."
+    try:
+        setup = TV.dataset_setup(data=str(Path(data.strip()).expanduser()), format=fmt, objective=objective,
+                                 model=model, prefmodel=judge, lora_r=lora_r, split=split, split_seed=split_seed,
+                                 **values)
+    except ValueError as exc:
+        return None, None, str(exc)
+    status, found = check_dataset(repr(setup), _stamp(setup.data, Path(model) / "config.json",
+                                                      Path(judge) / R.PREFMODEL_META), setup)
+    return (setup, found, None) if status == "ok" else (setup, None, found)
+
+
 # ----------------------------------------------------------------------------- the page
 
-st.title("Train: MOPO and baselines on the synthetic text task")
 store = run_store()
 path = str(store.path)
-st.caption(
-    f"The worker trains the built-in **synthetic text task** with the built-in tiny word-level GPT: templated prompts, "
-    f"short responses, objectives scored exactly by programs: **V0 {TV.OBJECTIVES[0]}** (primary, maximised) and "
-    f"**V1 {TV.OBJECTIVES[1]}** (secondary, constrained by MOPO's threshold b1). Each run first trains its reference "
-    f"model by SFT, then trains the policy from it, and ends by evaluating it against the reference on held-out "
-    f"prompts. Runs are stored in {path}.")
-with st.expander("Datasets, local checkpoints, LoRA: from the command line"):
-    st.markdown(
-        "The worker behind this page trains the text task only. Training a local Hugging Face checkpoint (up to "
-        "~1.3B, optionally with LoRA) on a preference file runs from the command line; its run lands in the same "
-        f"run store and its point shows on the Compare page:\n\n```\nMOPO_STORE={path} {CLI}\n```\n"
-        "(`python -m mopo_core train --help` lists every option.) The robust radius ε is a tabular-solver "
-        "option (Explore, Sweep); the language-model trainer has none.")
-
 for job in jobs.reconcile(path):  # jobs whose worker died since the last look (e.g. a server restart)
     st.warning(f"Job {job.id} ({job.name or job.kind}) ended **{job.status}**: {job.error}")
 
 with st.sidebar:
     st.subheader("New training run")
-    method = st.selectbox(F["method"], TV.METHODS, format_func=TV.SHORT_NAMES.get, key="train_method")
-    st.caption(TV.METHOD_NAMES[method])
-    values = {}
-    if method == "mopo":
-        values["threshold"] = st.number_input(
-            F["thresholds"], 0.0, 1.0, D["threshold"], 0.01, format="%.2f", key="train_threshold",
-            help="MOPO keeps the policy's harmlessness win-rate (against the reference model) at or above b1 "
-                 "while maximising helpfulness.")
-    if method in TV.WEIGHTED_METHODS:
-        values["secondary_weight"] = st.number_input(
-            f"{F['objective_weights']} (helpfulness gets 1 − w)", 0.0, 1.0, D["secondary_weight"], 0.05,
-            format="%.2f", key="train_weight")
+    task = st.radio("Task", list(TASKS), format_func=TASKS.get, key="train_task")
+    setup, checked, setup_error = None, None, None
+    if task == "dataset":
+        setup, checked, setup_error = dataset_form()
+        if setup_error:
+            st.error(setup_error)
+        else:
+            n = checked.n_pairs
+            st.success(f"{sum(n)} pairs: {n[0]} train / {n[1]} validation / {n[2]} test, split by prompt. Objectives: "
+                       + ", ".join(f"V{k} {o}" for k, o in enumerate(checked.objectives))
+                       + " (V0 the primary). The judge has seen none of the test prompts.")
+    objectives = TV.OBJECTIVES if task == "text" else (checked.objectives if checked else TV.OBJECTIVES)
+    n_objectives = len(objectives)
+    methods = [m for m in TV.METHODS if n_objectives > 1 or m not in TV.WEIGHTED_METHODS]
+    method = st.selectbox(F["method"], methods, format_func=TV.SHORT_NAMES.get, key="train_method")
+    st.caption(TV.METHOD_NAMES[method] if task == "text" else TV.METHOD_NAMES[method].split(" (")[0]
+               + f": primary {objectives[0]}" + (f", secondary {', '.join(objectives[1:])}" if n_objectives > 1
+                                                  else ""))
+    values = {"n_objectives": n_objectives}
+    if method == "mopo" and n_objectives > 1:
+        values["thresholds"] = tuple(
+            st.number_input(f"Threshold b{j} on {objectives[j]}", 0.0, 1.0, D["threshold"], 0.01, format="%.2f",
+                            key="train_threshold" if j == 1 else f"train_threshold_{j}",
+                            help=f"MOPO keeps the policy's {objectives[j]} win-rate (against the reference model) "
+                                 f"at or above b{j} while maximising {objectives[0]}.")
+            for j in range(1, n_objectives))
+    elif method == "mopo":
+        values["thresholds"] = ()
+        st.caption("One objective: MOPO has no constraint and clones the reweighted preferred responses.")
+    if method in TV.WEIGHTED_METHODS and n_objectives == 2:
+        values["objective_weights"] = TV.secondary_weights(st.number_input(
+            f"Weight w on {objectives[1]} ({objectives[0]} gets 1 − w)", 0.0, 1.0, D["secondary_weight"], 0.05,
+            format="%.2f", key="train_weight"))
+    elif method in TV.WEIGHTED_METHODS:
+        weights_text = st.text_input(f"{F['objective_weights']} ({', '.join(objectives)}; sum 1)",
+                                     ", ".join(f"{1 / n_objectives:.4g}" for _ in objectives), key="train_weights")
+        try:
+            values["objective_weights"] = TV.parse_weights(weights_text, n_objectives, F["objective_weights"])
+        except ValueError as exc:
+            setup_error = str(exc)
+            st.error(setup_error)
     values["tau"] = st.number_input(F["tau"], 0.001, 10.0, D["tau"], 0.01, format="%.3f", key="train_tau",
                                     help="Strength of the KL pull to the reference (DPO/IPO call it β).")
     values["steps"] = st.number_input(F["steps"], 1, 100_000, D["steps"], 10, key="train_steps")
@@ -396,27 +536,50 @@ with st.sidebar:
                 key="train_beta", help="Every t0 steps: b1 ← max(b1, β · the constraint estimate of t0 steps ago).")
             values["online"] = st.toggle(F["online"], D["online"], key="train_online",
                                          help="Sample candidates from the policy each step, scored by the task's "
-                                              "preference oracle.")
+                                              "preference oracle (a dataset run's: its judge, which also scores "
+                                              "the evaluation, so online win-rates are optimistic).")
             if values["online"]:
                 values["n_candidates"] = st.number_input(F["n_candidates"], 2, 64, D["n_candidates"], key="train_cands")
                 values["max_new_tokens"] = st.number_input(F["max_new_tokens"], 1, 64, D["max_new_tokens"],
                                                            key="train_new_tokens")
-    with st.expander("Task and reference model"):
-        setup_values = {
-            "n_prompts": st.number_input(F["n_prompts"], TV.MIN_PROMPTS, 10_000, D["n_prompts"], key="train_prompts"),
-            "n_candidates": st.number_input("Candidate responses per prompt", 2, 64, D["task_n_candidates"],
-                                            key="train_task_cands"),
-            "pairs_per_prompt": st.number_input(F["pairs_per_prompt"], 1, 1_000, D["pairs_per_prompt"],
-                                                key="train_pairs"),
-            "temperature": st.number_input(F["temperature"], 0.0, 10.0, D["temperature"], 0.05, key="train_temp",
-                                           help="Noise of the preference labels (0: the higher score always wins)."),
-            "sft_steps": st.number_input(F["sft_steps"], 1, 100_000, D["sft_steps"], 50, key="train_sft"),
-            "eval_samples": st.number_input(F["eval_samples"], 1, 256, D["eval_samples"], key="train_eval"),
-            "seed": st.number_input(F["task_seed"], 0, 1_000_000, D["task_seed"], key="train_task_seed"),
-        }
+    if task == "text":
+        with st.expander("Task and reference model"):
+            setup_values = {
+                "n_prompts": st.number_input(F["n_prompts"], TV.MIN_PROMPTS, 10_000, D["n_prompts"], key="train_prompts"),
+                "n_candidates": st.number_input("Candidate responses per prompt", 2, 64, D["task_n_candidates"],
+                                                key="train_task_cands"),
+                "pairs_per_prompt": st.number_input(F["pairs_per_prompt"], 1, 1_000, D["pairs_per_prompt"],
+                                                    key="train_pairs"),
+                "temperature": st.number_input(F["temperature"], 0.0, 10.0, D["temperature"], 0.05, key="train_temp",
+                                               help="Noise of the preference labels (0: the higher score always wins)."),
+                "sft_steps": st.number_input(F["sft_steps"], 1, 100_000, D["sft_steps"], 50, key="train_sft"),
+                "eval_samples": st.number_input(F["eval_samples"], 1, 256, D["eval_samples"], key="train_eval"),
+                "seed": st.number_input(F["task_seed"], 0, 1_000_000, D["task_seed"], key="train_task_seed"),
+            }
     job_label = st.text_input("Job name (optional)", key="train_name", placeholder="default: method and settings")
     start = st.button("Start training", type="primary", key="train_start", width="stretch",
+                      disabled=setup_error is not None,
                       help="Queue the run; the worker starts it when the jobs before it have ended.")
+    st.caption("The robust radius ε is a tabular-solver option (Explore, Sweep); the language-model trainer has none.")
+
+if task == "text":
+    st.title("Train: MOPO and baselines on the synthetic text task")
+    st.caption(
+        f"The worker trains the built-in **synthetic text task** with the built-in tiny word-level GPT: templated "
+        f"prompts, short responses, objectives scored exactly by programs: **V0 {TV.OBJECTIVES[0]}** (primary, "
+        f"maximised) and **V1 {TV.OBJECTIVES[1]}** (secondary, constrained by MOPO's threshold b1). Each run first "
+        f"trains its reference model by SFT, then trains the policy from it, and ends by evaluating it against the "
+        f"reference on held-out prompts. Pick **{TASKS['dataset']}** in the sidebar to train a real checkpoint. "
+        f"Runs are stored in {path}.")
+else:
+    st.title("Train: MOPO and baselines on a preference file")
+    st.caption(
+        "The worker fine-tunes the chosen local checkpoint (LoRA adapters, or all weights with rank 0) on the "
+        "file's training split, prompts in the model's chat template; the reference is the starting checkpoint. "
+        "Each run ends by sampling the policy and the reference on the held-out test prompts, and the preference "
+        "model scores both: a point's values are the policy's win-rates against the reference under that judge, so "
+        "they are only as good as the judge's held-out accuracy (in the run's config on the Compare page). Runs "
+        f"are stored in {path}.")
 
 
 def _enqueue(configs: list[tuple[str, object]], setup) -> list[int]:
@@ -425,51 +588,60 @@ def _enqueue(configs: list[tuple[str, object]], setup) -> list[int]:
     return ids
 
 
+def _setup():
+    """The run's setup: the text task's from its form, or the checked dataset setup."""
+    return TV.text_setup(**setup_values) if task == "text" else setup
+
+
 if start:
     try:
         with st.spinner("Checking the settings (the first time loads torch)…"):
             config = TV.train_config(method, **values)
-            setup = TV.text_setup(**setup_values)
-        (job_id,) = _enqueue([(job_label.strip() or TV.job_name(config), config)], setup)
+            (job_id,) = _enqueue([(job_label.strip() or TV.job_name(config), config)], _setup())
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(str(TV.dataset_error(exc)) if hasattr(exc, "field") else str(exc))
     else:
         st.session_state[RUN_CHOICE] = FOLLOW
         _say("success", f"Queued job {job_id}: {job_label.strip() or TV.job_name(config)}.")
 
 with st.expander("Sweep: MOPO at several thresholds and the baseline grids, in one action"):
-    st.caption("Every job uses the sidebar's τ, steps, optimiser, logging, seed and task settings; the front on the "
-               "Pareto plane below fills in as the runs finish.")
-    cols = st.columns([2, 2, 3])
-    thresholds_text = cols[0].text_input("Sweep thresholds b1 (MOPO; comma-separated)", "0.5, 0.55, 0.6, 0.65, 0.7",
-                                         key="train_sweep_thresholds")
-    weights_text = cols[1].text_input("Weights w on harmlessness (MODPO, weighted DPO)", "0.25, 0.5, 0.75",
-                                      key="train_sweep_weights")
-    baselines = cols[2].multiselect("Baselines", TV.SWEEP_BASELINES, default=list(TV.SWEEP_BASELINES),
-                                    format_func=TV.SHORT_NAMES.get, key="train_sweep_baselines")
-    try:
-        sweep_thresholds = TV.parse_numbers(thresholds_text, "Sweep thresholds b1")
-        sweep_weights = (TV.parse_numbers(weights_text, "Weights w on harmlessness")
-                         if set(baselines) & set(TV.WEIGHTED_METHODS) else ())
-        n_jobs = len(sweep_thresholds) + ("dpo" in baselines) + len(sweep_weights) * len(
-            set(baselines) & set(TV.WEIGHTED_METHODS))
-        sweep_error = None
-    except ValueError as exc:
-        sweep_error, n_jobs = str(exc), 0
-        st.error(sweep_error)
-    if st.button(f"Queue sweep ({n_jobs} jobs)", key="train_sweep", disabled=sweep_error is not None):
+    st.caption("Every job uses the sidebar's task, τ, steps, optimiser, logging and seed; the front on the Pareto "
+               "plane below fills in as the runs finish.")
+    if n_objectives != 2 or setup_error is not None:
+        st.info("A sweep varies the threshold b1 on the one secondary objective of a two-objective task"
+                + (f"; this one has {n_objectives}." if n_objectives != 2 else
+                   "; finish the sidebar's setup first."))
+    else:
+        cols = st.columns([2, 2, 3])
+        thresholds_text = cols[0].text_input("Sweep thresholds b1 (MOPO; comma-separated)",
+                                             "0.5, 0.55, 0.6, 0.65, 0.7", key="train_sweep_thresholds")
+        weight_label = f"Weights w on {objectives[1]}"
+        weights_text = cols[1].text_input(f"{weight_label} (MODPO, weighted DPO)", "0.25, 0.5, 0.75",
+                                          key="train_sweep_weights")
+        baselines = cols[2].multiselect("Baselines", TV.SWEEP_BASELINES, default=list(TV.SWEEP_BASELINES),
+                                        format_func=TV.SHORT_NAMES.get, key="train_sweep_baselines")
         try:
-            with st.spinner("Checking the settings (the first time loads torch)…"):
-                base = TV.train_config("mopo", **{k: v for k, v in values.items() if k not in (
-                    "threshold", "secondary_weight", "online", "n_candidates", "max_new_tokens")})
-                configs = TV.sweep_configs(base, sweep_thresholds, sweep_weights, tuple(baselines))
-                setup = TV.text_setup(**setup_values)
-            ids = _enqueue(configs, setup)
+            sweep_thresholds = TV.parse_numbers(thresholds_text, "Sweep thresholds b1")
+            sweep_weights = (TV.parse_numbers(weights_text, weight_label)
+                             if set(baselines) & set(TV.WEIGHTED_METHODS) else ())
+            n_jobs = len(sweep_thresholds) + ("dpo" in baselines) + len(sweep_weights) * len(
+                set(baselines) & set(TV.WEIGHTED_METHODS))
+            sweep_error = None
         except ValueError as exc:
-            st.error(str(exc))
-        else:
-            st.session_state[RUN_CHOICE] = FOLLOW
-            _say("success", f"Queued the sweep: jobs {ids[0]}–{ids[-1]} ({len(ids)} runs).")
+            sweep_error, n_jobs = str(exc), 0
+            st.error(sweep_error)
+        if st.button(f"Queue sweep ({n_jobs} jobs)", key="train_sweep", disabled=sweep_error is not None):
+            try:
+                with st.spinner("Checking the settings (the first time loads torch)…"):
+                    base = TV.train_config("mopo", **{k: v for k, v in values.items() if k not in (
+                        "thresholds", "objective_weights", "online", "n_candidates", "max_new_tokens")})
+                    configs = TV.sweep_configs(base, sweep_thresholds, sweep_weights, tuple(baselines), weight_label)
+                    ids = _enqueue(configs, _setup())
+            except ValueError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state[RUN_CHOICE] = FOLLOW
+                _say("success", f"Queued the sweep: jobs {ids[0]}–{ids[-1]} ({len(ids)} runs).")
 
 if any(j.status in jobs.ACTIVE_STATUSES for j in jobs.list_jobs(path)):
     jobs.ensure_worker(path)  # queued jobs left by a previous server start here
