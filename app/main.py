@@ -3,7 +3,21 @@ from pathlib import Path
 
 import streamlit as st
 
+from app.shared import run_store
+from mopo_core import jobs
+
 st.set_page_config(page_title="MOPO Studio", layout="wide")
+
+
+@st.cache_resource(show_spinner=False)
+def restart_training_queue(store_path: str) -> int | None:
+    """Once per server process, on the first page anyone opens: settle the jobs a previous
+    server left running (interrupted) and start a worker for the queued ones; its pid."""
+    jobs.reconcile(store_path)
+    return jobs.ensure_worker(store_path)
+
+
+restart_training_queue(str(run_store().path))
 VIEWS = Path(__file__).parent / "views"
 st.navigation([
     st.Page(VIEWS / "explore.py", title="Explore", default=True),

@@ -325,7 +325,8 @@ def _run_rows(store_path, run_ids) -> dict[int, dict]:
 
 def queue_frame(store_path, job_list: list[jobs.Job] | None = None) -> pd.DataFrame:
     """One row per job, oldest first: job, name, kind, method, status, run, run_status, step
-    (the run's last logged step; 0 before its first), steps, progress (step / steps), error,
+    (the run's last logged step; 0 before its first), steps, progress (step / steps), evaluating
+    (the job runs and its run has trained but has no point yet: the evaluation is sampling), error,
     resumable (the job is its run's latest and the run can be resumed now), created_at, ended_at."""
     job_list = jobs.list_jobs(store_path) if job_list is None else job_list
     runs = _run_rows(store_path, [j.run_id for j in job_list])
@@ -341,14 +342,15 @@ def queue_frame(store_path, job_list: list[jobs.Job] | None = None) -> pd.DataFr
             "job": j.id, "name": j.name or "", "kind": j.kind, "method": method, "status": j.status,
             "run": j.run_id, "run_status": run.get("status"), "step": step, "steps": steps,
             "progress": step / steps if steps else 0.0,
+            "evaluating": j.status == "running" and run.get("status") == "finished" and not run.get("n_points"),
             "error": j.error or ("cancel requested: stops after the current step" if j.cancel_requested
                                  and j.status == "running" else ""),
             "resumable": bool(j.run_id is not None and latest.get(j.run_id) == j.id and j.run_id not in active_runs
                               and run.get("status") in jobs.RESUMABLE_RUN_STATUSES),
             "created_at": j.created_at, "ended_at": j.ended_at,
         })
-    columns = ["job", "name", "kind", "method", "status", "run", "run_status", "step", "steps", "progress", "error",
-               "resumable", "created_at", "ended_at"]
+    columns = ["job", "name", "kind", "method", "status", "run", "run_status", "step", "steps", "progress",
+               "evaluating", "error", "resumable", "created_at", "ended_at"]
     return pd.DataFrame(rows, columns=columns).astype({"run": "Int64"})
 
 

@@ -238,6 +238,18 @@ def test_the_page_starts_a_worker_process_that_trains_the_queued_run(store_path)
     assert len(RunStore(store_path).get_run(job.run_id).points) == 1
 
 
+def test_after_a_server_restart_the_first_page_opened_restarts_the_queue(store_path, no_worker):
+    config = TV.train_config("mopo", steps=6)
+    job_id = jobs.enqueue_training(store_path, config, TV.text_setup(n_prompts=10, sft_steps=20))
+    st.cache_resource.clear()  # a new server process
+    at = AppTest.from_file(str(Path(PAGE).parents[1] / "main.py"), default_timeout=120)
+    at.run()  # the default page, Explore: not the Train page
+    assert not at.exception
+    assert no_worker == [str(store_path)] and jobs.get_job(store_path, job_id).status == "queued"
+    at.run()
+    assert no_worker == [str(store_path)]  # once per server process, not on every rerun
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -381,6 +393,12 @@ def test_queue_frame_progress_and_resumable_runs(store_path):
     assert queue["step"].tolist() == [10, 7, 7, 0] and queue["steps"].tolist() == [10, 50, 50, 5]
     assert queue["progress"].tolist() == [1.0, 0.14, 0.14, 0.0]
     assert queue["resumable"].tolist() == [False, False, True, False]  # only the run's latest job offers it
+    assert not queue["evaluating"].any()
+    trained = store.create_run("train", {"task": "text", "steps": 4, "method": "mopo"})
+    store.log_metrics(trained, 4, {"loss": 1.0})
+    store.set_status(trained, "finished")  # trained, its point not added yet: the job is evaluating
+    evaluating = TV.queue_frame(store_path, [job(5, "train_text", "running", trained, {"steps": 4, "method": "mopo"})])
+    assert evaluating["evaluating"].tolist() == [True] and evaluating["progress"].tolist() == [1.0]
     assert queue["method"].tolist() == ["mopo", "dpo", "dpo", "sft"]
     assert TV.default_run(queue) == cancelled  # no running job with a run: the newest job's run
 

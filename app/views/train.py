@@ -9,7 +9,8 @@ Polling: the live part is a fragment re-run every POLL_S seconds while a job is 
 running (it calls jobs.reconcile and jobs.ensure_worker each time); when the last job ends it
 asks for one full rerun, which draws it without the timer. The worker belongs to this server
 process: when the server stops, the running job ends ``interrupted`` after its current step
-and the queued ones wait for the next server (they start when the Train page is opened).
+and the queued ones wait for the next server (app/main.py starts them when its first page is
+opened).
 """
 from __future__ import annotations
 
@@ -224,7 +225,7 @@ def _queue_rows(path: str, queue: pd.DataFrame) -> None:
                 progress = ("–" if r["status"] != "running" else "preparing (loading model, data, judge)"
                             if r["kind"] == "train_dataset" else "preparing (reference SFT)")
             else:
-                progress = f"step {r['step']} / {r['steps']}"
+                progress = f"step {r['step']} / {r['steps']}" + (" · evaluating" if r["evaluating"] else "")
             cols[4].markdown(progress)
             note = r["error"] or (f"run {r['run_status']}" if r["run_status"] not in (None, "finished", "running")
                                   else "")
@@ -298,7 +299,10 @@ def live_panel(path: str) -> None:
     steps = int(run.config.get("steps") or 1)
     step = int(frame["step"].max()) if len(frame) else 0
     name = names.get(run_id) or TV.SHORT_NAMES.get(run.config.get("method"), "run")
-    st.progress(min(step / steps, 1.0), text=f"Run {run_id} ({name}): step {step} / {steps} · {run.status}")
+    evaluating = bool(queue.loc[queue["run"].eq(run_id).fillna(False), "evaluating"].any())
+    st.progress(min(step / steps, 1.0), text=f"Run {run_id} ({name}): step {step} / {steps} · {run.status}"
+                + (" · evaluating: sampling the policy on the held-out prompts, then its point is added"
+                   if evaluating else ""))
     if run.error and run.status != "finished":
         st.caption(f"Run {run_id}: {run.error}")
     objectives = TV.run_objectives(run)
