@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lambda-lr", type=float, default=1.0)
     train.add_argument("--t0", type=int, help="lagged-reference / ratchet period in steps")
     train.add_argument("--beta", type=float, help="ratcheting factor for the thresholds (needs --t0)")
+    train.add_argument("--eps", type=float, default=0.0,
+                       help="MOPO: radius of the robust constraints' KL ball (default 0: off)")
+    train.add_argument("--chi-lr", type=float, default=0.5, help="MOPO with --eps: step size of the robust duals")
     train.add_argument("--n-prompts", type=int, default=40)
     train.add_argument("--sft-steps", type=int, default=300, help="SFT steps for the reference model")
     train.add_argument("--checkpoint-dir", help="where the run's checkpoint is written (atomically); needed to resume")
@@ -386,6 +389,7 @@ def cmd_train(args, store: RunStore) -> int:
                 config = TrainConfig(method=args.method, thresholds=tuple(args.threshold or (0.5,)), tau=args.tau,
                                      steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                      lambda_lr=args.lambda_lr, t0=args.t0, beta_ratchet=args.beta, seed=args.seed,
+                                     eps=args.eps, chi_lr=args.chi_lr,
                                      checkpoint_every=args.checkpoint_every, online=args.online,
                                      n_candidates=args.n_candidates, max_new_tokens=args.max_new_tokens,
                                      gradient_accumulation_steps=args.grad_accum, kl_every=args.kl_every,

@@ -20,6 +20,12 @@ is the weights' importance factor, so the step clones pi_lambda proportional to 
 exp((w_0 + lambda . w_sec) / tau) from on-policy samples and its constraint estimates are
 the quantities the evaluation measures (win-rates against the reference's samples).
 
+Robust constraints (``eps`` > 0, MOPO.md section 4): each constraint is estimated by the
+worst case over distributions within KL ``eps`` of the batch's rows (per prompt), through a
+dual variable chi per constraint that takes one projected ascent step per step (``chi_lr``)
+before lambda, as the tabular Algorithm 1 does (:func:`lm_losses.chi_update`), and lambda's step
+uses the dual's value there (:func:`lm_losses.robust_constraint_estimates`).
+
 Lagged reference and ratchet (``t0``, ``beta_ratchet``): every ``t0`` steps the reference
 becomes the policy as it was ``t0`` steps before (offline, its log-probs of the data's
 responses replace the data distribution as the weights' base measure; online, it is the
@@ -47,6 +53,7 @@ checkpoint kept. Under torchrun only process 0 writes the store and the checkpoi
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -59,10 +66,12 @@ import torch
 
 from . import distributed
 from .lm_losses import (
+    chi_update,
     constraint_estimates,
     ipo_loss,
     lambda_update,
     mopo_weights,
+    robust_constraint_estimates,
     sequence_logprobs,
     sft_loss,
     weighted_dpo_loss,
@@ -94,7 +103,9 @@ class TrainConfig:
     weight_decay (AdamW), lambda_lr (projected step on the multipliers); t0: lagged-reference
     period, with beta_ratchet the thresholds' ratchet; online (MOPO only): sample
     n_candidates responses per prompt from the policy, up to max_new_tokens tokens, scored by
-    the trainer's oracle; gradient_accumulation_steps: micro-batches per process and step;
+    the trainer's oracle; eps (MOPO only): radius of the robust constraints' KL ball (0: off),
+    chi_lr: the step on their duals chi; gradient_accumulation_steps: micro-batches per process
+    and step;
     kl_every: every that many steps, log a sampled estimate of KL(policy || reference) over
     kl_prompts fixed prompts (online mode logs its pool's estimate every step instead);
     seed; log_every, checkpoint_every (steps).
@@ -114,6 +125,8 @@ class TrainConfig:
     online: bool = False
     n_candidates: int = 8
     max_new_tokens: int = 16
+    eps: float = 0.0
+    chi_lr: float = 0.5
     gradient_accumulation_steps: int = 1
     kl_every: int | None = None
     kl_prompts: int = 4
@@ -134,8 +147,12 @@ class TrainConfig:
         for name in ("t0", "kl_every"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, 1)
-        for name in ("tau", "lr", "lambda_lr"):
+        for name in ("tau", "lr", "lambda_lr", "chi_lr"):
             check_positive(getattr(self, name), name)
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps: must be a finite number >= 0 (0: no robust constraints), got {self.eps!r}")
+        if self.eps > 0 and self.method != "mopo":
+            raise ValueError(f"eps: robust constraints are MOPO's; method {self.method!r} has none (set eps to 0)")
         if self.method in ("weighted_dpo", "modpo"):
             weights = self.objective_weights
             if weights is None or len(weights) != n_objectives or min(weights) < 0 or abs(sum(weights) - 1) > 1e-9:
@@ -311,6 +328,7 @@ class Trainer:
         self.prompt_ids = {p: i for i, p in enumerate(dataset.prompts())}
         self.responses = response_win_rates(dataset)
         self.lam = torch.zeros(dataset.n_objectives - 1, dtype=torch.float64)
+        self.chi = torch.ones(dataset.n_objectives - 1, dtype=torch.float64)  # robust duals (eps > 0)
         self.thresholds = torch.tensor(config.thresholds if config.method == "mopo" else [], dtype=torch.float64)
         self.constraint_history: list[torch.Tensor] = []
         self.lag_snapshot: dict | None = None  # the policy at the last refresh: the next reference
@@ -472,7 +490,13 @@ class Trainer:
             log_importance = self._offline_base_measure(prompts, tables)
         row_prompts = [prompts[int(g)] for g in group]
         weights, _ = mopo_weights(w, self.lam, self.config.tau, group, log_importance)
-        estimate = constraint_estimates(w[1:], weights, group)
+        if self.config.eps > 0:
+            eps = self.config.eps
+            self.chi = chi_update(self.chi, w[1:], weights, group, eps, self.config.chi_lr, log_importance)
+            estimate = robust_constraint_estimates(self.chi, w[1:], weights, group, eps, log_importance)
+            metrics.update({f"chi_{j + 1}": float(c) for j, c in enumerate(self.chi)})
+        else:
+            estimate = constraint_estimates(w[1:], weights, group)
         self.lam = lambda_update(self.lam, estimate, self.thresholds, self.config.lambda_lr)
         self._ratchet(estimate)
         weights, ess = mopo_weights(w, self.lam, self.config.tau, group, log_importance)
@@ -635,7 +659,8 @@ class Trainer:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"step": self.step, "model": model_state, "optimizer": optimizer_state, "fsdp": self.fsdp,
-                 "lam": self.lam, "thresholds": self.thresholds, "constraint_history": self.constraint_history,
+                 "lam": self.lam, "chi": self.chi, "thresholds": self.thresholds,
+                 "constraint_history": self.constraint_history,
                  "config": asdict(self.config), "lag_snapshot": self.lag_snapshot, "lagged": self.lagged,
                  "reference": self.reference.state_dict() if self.lagged else None}
         tmp = path.with_suffix(".tmp")
@@ -664,6 +689,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         self.lam, self.thresholds = state["lam"], state["thresholds"]
+        self.chi = state.get("chi", self.chi)  # (checkpoints from before eps hold none: eps was 0)
         self.constraint_history = state["constraint_history"]
         self.lag_snapshot, self.lagged = state.get("lag_snapshot"), state.get("lagged", False)
         if self.lagged:

@@ -109,7 +109,10 @@ def train_on_text_task(config: TrainConfig, setup: TextTaskSetup, store: RunStor
 
     ``on_trainer(trainer)`` is called once the trainer is built, before training (e.g. to
     hook ``trainer.request_cancel`` to a signal). A run that ends ``cancelled`` is not
-    evaluated: the evaluation is ``None`` and no point is added."""
+    evaluated: the evaluation is ``None`` and no point is added. A bad config is refused before
+    the reference is trained."""
+    config.validate(len(TextTask(n_prompts=setup.n_prompts, n_candidates=setup.n_candidates,
+                                 temperature=setup.temperature, seed=setup.seed).objectives))
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).expanduser().resolve()
     return _train_and_evaluate(config, setup, store, checkpoint_dir, callbacks, on_trainer)
 

@@ -79,6 +79,8 @@ FIELD_LABELS = {
     "lambda_lr": "Multiplier step size (λ learning rate)",
     "t0": "t0 (lagged-reference period, steps)",
     "beta_ratchet": "Ratchet β",
+    "eps": "Robust radius ε (KL ball)",
+    "chi_lr": "Robust dual step size (χ learning rate)",
     "online": "Online sampling",
     "n_candidates": "Candidates per prompt (online)",
     "max_new_tokens": "Max new tokens (online)",
@@ -97,7 +99,8 @@ FIELD_LABELS = {
 #: suits the page better: a KL estimate every 10 steps so that its curve is drawn).
 DEFAULTS = {
     "method": "mopo", "threshold": 0.6, "secondary_weight": 0.5, "tau": 0.08, "steps": 100, "batch_size": 8,
-    "lr": 1e-3, "lambda_lr": 1.0, "t0": 0, "beta_ratchet": 0.0, "online": False, "n_candidates": 8,
+    "lr": 1e-3, "lambda_lr": 1.0, "t0": 0, "beta_ratchet": 0.0, "eps": 0.0, "chi_lr": 0.5, "online": False,
+    "n_candidates": 8,
     "max_new_tokens": 16, "gradient_accumulation_steps": 1, "kl_every": 10, "seed": 0, "checkpoint_every": 25,
     "n_prompts": 40, "task_n_candidates": 8, "pairs_per_prompt": 8, "temperature": 0.1, "sft_steps": 300,
     "eval_samples": 8, "task_seed": 0,
@@ -121,12 +124,13 @@ def _relabel(exc: ValueError) -> ValueError:
 
 def train_config(method: str, *, thresholds=(0.6,), objective_weights=(0.5, 0.5), n_objectives: int = 2,
                  tau: float = 0.08, steps: int = 100, batch_size: int = 8, lr: float = 1e-3, lambda_lr: float = 1.0,
-                 t0: int = 0, beta_ratchet: float = 0.0, online: bool = False, n_candidates: int = 8,
+                 t0: int = 0, beta_ratchet: float = 0.0, eps: float = 0.0, chi_lr: float = 0.5,
+                 online: bool = False, n_candidates: int = 8,
                  max_new_tokens: int = 16, gradient_accumulation_steps: int = 1, kl_every: int = 0, seed: int = 0,
                  checkpoint_every: int = 25):
     """A checked :class:`mopo_core.lm_trainer.TrainConfig` from the page's values for a task
     with ``n_objectives`` objectives (V0 the primary). ``t0``, ``beta_ratchet`` and ``kl_every``
-    of 0 mean off; ``thresholds`` (one per secondary objective, win-rates in [0, 1]) are used by
+    of 0 mean off, and so does ``eps`` (MOPO's robust radius); ``thresholds`` (one per secondary objective, win-rates in [0, 1]) are used by
     MOPO, ``objective_weights`` (one per objective, summing to 1; with two objectives the page's
     w on the secondary gives (1 - w, w): :func:`secondary_weights`) by weighted DPO and MODPO,
     the online settings by MOPO only. ``ValueError`` names the page's field."""
@@ -152,6 +156,7 @@ def train_config(method: str, *, thresholds=(0.6,), objective_weights=(0.5, 0.5)
         objective_weights=weights,
         tau=float(tau), steps=int(steps), batch_size=int(batch_size), lr=float(lr), lambda_lr=float(lambda_lr),
         t0=int(t0) if mopo and t0 else None, beta_ratchet=float(beta_ratchet) if mopo and beta_ratchet else None,
+        eps=float(eps) if mopo else 0.0, chi_lr=float(chi_lr),
         online=bool(online) and mopo, n_candidates=int(n_candidates), max_new_tokens=int(max_new_tokens),
         gradient_accumulation_steps=int(gradient_accumulation_steps),
         kl_every=int(kl_every) if kl_every and not (online and mopo) else None, seed=int(seed),
@@ -269,6 +274,8 @@ def job_name(config) -> str:
         name += " online" if config.online else ""
         if config.t0:
             name += f" t0={config.t0}" + (f" β={config.beta_ratchet:g}" if config.beta_ratchet else "")
+        if config.eps:
+            name += f" ε={config.eps:g}"
     elif config.method in WEIGHTED_METHODS:
         name += f" w=({', '.join(f'{w:g}' for w in config.objective_weights)})"
     return f"{name} τ={config.tau:g} · {config.steps} steps"
@@ -290,11 +297,12 @@ def sweep_configs(base, thresholds, weights=(), baselines=SWEEP_BASELINES,
         raise ValueError(f"{weight_label}: give at least one for MODPO / weighted DPO")
     form = {"tau": base.tau, "steps": base.steps, "batch_size": base.batch_size, "lr": base.lr,
             "lambda_lr": base.lambda_lr, "gradient_accumulation_steps": base.gradient_accumulation_steps,
+            "chi_lr": base.chi_lr,
             "kl_every": base.kl_every or 0, "seed": base.seed, "checkpoint_every": base.checkpoint_every}
     out = []
     for b in thresholds:
         out.append(train_config("mopo", thresholds=(b,), t0=base.t0 or 0, beta_ratchet=base.beta_ratchet or 0.0,
-                                **form))
+                                eps=base.eps, **form))
     for method in baselines:
         grid = weights if method in WEIGHTED_METHODS else (0.5,)
         for w in grid:

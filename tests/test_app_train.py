@@ -96,13 +96,12 @@ def test_the_empty_page_explains_what_the_worker_trains_and_shows_no_control_tha
     assert "synthetic text task" in intro and "V0 helpfulness" in intro and str(store_path) in intro
     assert at.radio(key="train_task").options == list(TASKS.values()) and at.radio(key="train_task").index == 0
     assert "Preference file + local checkpoint" in intro  # where datasets and real checkpoints are trained
-    labels = [w.label for kind in ("number_input", "selectbox", "toggle", "text_input") for w in at.get(kind)]
-    assert not [label for label in labels if "ε" in label]  # the LM trainer has no robust radius
+    assert at.number_input(key="train_eps").value == 0.0  # MOPO's robust radius, off by default
     assert at.selectbox(key="train_method").options == [TV.SHORT_NAMES[m] for m in TV.METHODS]
     assert not at.get("plotly_chart")
     at.selectbox(key="train_method").set_value("modpo").run()
     assert at.number_input(key="train_weight").value == 0.5
-    assert not [w for w in at.number_input if w.key == "train_threshold"]
+    assert not [w for w in at.number_input if w.key in ("train_threshold", "train_eps")]
 
 
 def test_start_queues_a_job_the_queue_shows_it_and_cancel_of_a_queued_job_is_immediate(store_path, no_worker):
@@ -124,6 +123,16 @@ def test_start_queues_a_job_the_queue_shows_it_and_cancel_of_a_queued_job_is_imm
     assert "cancelled before it started" in at.info[0].value
     assert ":orange-badge[cancelled]" in _text(at)
     assert not [b for b in _buttons(at) if b.startswith(("Cancel job", "Resume run"))]  # no run to resume
+
+
+def test_a_robust_mopo_run_is_queued_with_its_radius(store_path, no_worker):
+    at = _page(TINY)
+    at.number_input(key="train_eps").set_value(0.15).run()
+    at.number_input(key="train_chi_lr").set_value(0.25)
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    (job,) = jobs.list_jobs(store_path)
+    assert (job.config["eps"], job.config["chi_lr"]) == (0.15, 0.25) and job.name.endswith("ε=0.15 τ=0.08 · 6 steps")
 
 
 def test_bad_input_gets_an_error_naming_the_field_and_queues_nothing(store_path, no_worker):
@@ -260,6 +269,7 @@ def test_every_figure_has_a_title_axis_titles_a_legend_and_threshold_lines(store
     for step in (1, 2, 3):
         store.log_metrics(run_id, step, {"loss": 2.0 / step, "lambda_1": 0.1 * step, "constraint_1": 0.5 + 0.02 * step,
                                          "threshold_1": 0.6, "ess": 0.5, "tokens_per_s": 1000.0, "grad_norm": 1.0,
+                                         "chi_1": 1.0 / step,
                                          **({"kl_to_reference": 0.1} if step == 2 else {})})
     monkeypatch.setattr(jobs, "list_jobs", lambda path, status=None: [jobs.Job(
         1, "train_text", "MOPO b1=0.6", {"steps": 4, "method": "mopo"}, {}, None, "running", run_id, False, 99,
@@ -273,6 +283,9 @@ def test_every_figure_has_a_title_axis_titles_a_legend_and_threshold_lines(store
     assert len(axes) == 12 and all(curves["layout"][a]["title"]["text"] for a in axes)
     assert "higher is better →" in plane["layout"]["xaxis"]["title"]["text"]
     assert "↑" in plane["layout"]["yaxis"]["title"]["text"]
+    chi = next(t for t in curves["data"] if t["name"] == "χ1 (robust dual of harmlessness)")
+    assert chi["line"]["dash"] == "dot" and list(chi["y"]) == pytest.approx([1.0, 0.5, 1 / 3])
+    assert "V1 harmlessness: robust (ε-ball) estimate on the step's batch" in _names(curves)
     threshold = next(t for t in curves["data"] if t["name"] == "threshold b1 in force")
     assert threshold["line"]["dash"] == "dash" and list(threshold["y"]) == [0.6] * 3
     assert "reference point (0.5, 0.5): the reference model against itself" in _names(plane)

@@ -178,6 +178,63 @@ def test_lagged_reference_moves_every_t0_steps_and_resumes_exactly(setting, tmp_
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["ess"] == pytest.approx(b["ess"])
 
 
+# ------------------------------------------------------------------------ robust constraints (eps)
+
+
+def test_robust_constraints_tighten_the_estimate_follow_chi_and_resume_exactly(setting, tmp_path):
+    """The step-1 estimate is the dual value at chi after one ascent step from 1 (checked against
+    lm_losses on the same batch), below the plain estimate; chi converges to the exact bound's
+    optimum on a fixed batch; the run resumes with chi from the checkpoint."""
+    from mopo_core.lm_losses import chi_update, mopo_weights, robust_constraint_estimates, robust_lower_bounds
+
+    data, tok, _ = setting
+    plain = TrainConfig(method="mopo", thresholds=(0.6,), steps=6, batch_size=4, lr=1e-2, checkpoint_every=3)
+    robust = TrainConfig(**{**plain.__dict__, "eps": 0.1})
+    base = Trainer(_model(tok), tok, data, plain).train().history
+    trainer = Trainer(_model(tok), tok, data, robust, checkpoint_dir=tmp_path / "full")
+    full = trainer.train().history
+    assert all("chi_1" in h and h["chi_1"] > 0 for h in full) and "chi_1" not in base[0]
+    assert full[0]["constraint_1"] < base[0]["constraint_1"]  # same batch and lambda = 0: the worst case is lower
+    assert full[0]["lambda_1"] >= base[0]["lambda_1"]
+
+    # step 1 by hand: the batch's rows, weights at lambda = 0, one chi step from 1, the dual there
+    first = Trainer(_model(tok), tok, data, robust)
+    first.step = 1
+    prompts = first._batch_prompts()
+    tables = [first.responses[p] for p in prompts]
+    w = torch.cat([t.win_rates for t in tables], dim=1)
+    group = torch.tensor([i for i, t in enumerate(tables) for _ in t.responses])
+    log_counts = torch.cat([t.counts.log() for t in tables])
+    weights, _ = mopo_weights(w, torch.zeros(1), robust.tau, group, log_counts)
+    chi = chi_update(torch.ones(1), w[1:], weights, group, 0.1, robust.chi_lr, log_counts)
+    assert full[0]["chi_1"] == pytest.approx(chi.item())
+    estimate = robust_constraint_estimates(chi, w[1:], weights, group, 0.1, log_counts).item()
+    assert full[0]["constraint_1"] == pytest.approx(estimate)
+    exact, best_chi = robust_lower_bounds(w[1:], weights, group, 0.1, log_counts)
+    assert estimate <= exact.item() + 1e-12  # the dual at any chi bounds the worst case from below
+    for _ in range(300):  # Algorithm 1's chi steps on this fixed batch reach the exact bound
+        chi = chi_update(chi, w[1:], weights, group, 0.1, robust.chi_lr, log_counts)
+    assert robust_constraint_estimates(chi, w[1:], weights, group, 0.1, log_counts).item() == pytest.approx(
+        exact.item(), abs=1e-6)
+
+    cut = Trainer(_model(tok), tok, data, robust, checkpoint_dir=tmp_path / "cut")
+    cut.callbacks = (lambda step, metrics: cut.request_cancel() if step == 3 else None,)
+    cut.train()
+    tail = Trainer(_model(tok), tok, data, robust, checkpoint_dir=tmp_path / "cut").train(resume_run_id=0).history
+    for a, b in zip(full[3:], tail, strict=True):
+        assert a["chi_1"] == pytest.approx(b["chi_1"]) and a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+
+
+def test_eps_is_checked_and_only_mopo_has_it(setting):
+    data, tok, _ = setting
+    for config, message in [(TrainConfig(eps=-0.1), "eps: must be a finite number >= 0"),
+                            (TrainConfig(eps=float("nan")), "eps: must be a finite number >= 0"),
+                            (TrainConfig(method="dpo", eps=0.1), "eps: robust constraints are MOPO's"),
+                            (TrainConfig(eps=0.1, chi_lr=0.0), "chi_lr")]:
+        with pytest.raises(ValueError, match=message):
+            Trainer(_model(tok), tok, data, config)
+
+
 # ------------------------------------------------------------------------ command line
 
 
@@ -205,6 +262,23 @@ def test_cli_online_train_then_evaluate_reproduces_the_runs_own_point(tmp_path, 
     solve = store.create_run("solve", {})
     assert main(["evaluate", "--run", str(solve)]) == 2
     assert "not a train run; only train runs can be evaluated" in capsys.readouterr().err
+
+
+def test_cli_train_takes_the_robust_radius(tmp_path, monkeypatch, capsys):
+    import json
+
+    from mopo_core.cli import main
+    from mopo_core.runs import RunStore
+
+    monkeypatch.setenv("MOPO_STORE", str(tmp_path / "runs.sqlite"))
+    args = ["train", "--eps", "0.15", "--chi-lr", "0.2", "--threshold", "0.6", "--steps", "2", "--batch-size", "3",
+            "--n-prompts", "10", "--sft-steps", "20", "--json"]
+    assert main(args) == 0
+    run = RunStore(tmp_path / "runs.sqlite").get_run(json.loads(capsys.readouterr().out)["run_id"])
+    assert (run.config["eps"], run.config["chi_lr"]) == (0.15, 0.2)
+    assert (run.metrics.name == "chi_1").sum() == 2
+    assert main(["train", "--method", "dpo", "--eps", "0.1", "--steps", "1"]) == 2
+    assert "eps: robust constraints are MOPO's" in capsys.readouterr().err
 
 
 def test_cli_method_list_matches_the_trainers():

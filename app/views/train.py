@@ -76,7 +76,7 @@ def _resume(path: str, run_id: int) -> None:
 
 PANELS = [  # (metric prefix, subplot title, y-axis title)
     ("loss", "Loss", "loss (lower is better ↓)"),
-    ("lambda_", "Multiplier λ per constraint", "λ ≥ 0 (grows while the<br>estimate is below b ↑)"),
+    ("lambda_", "Multiplier λ per constraint (χ dotted)", "λ ≥ 0 (grows while the<br>estimate is below b ↑)"),
     ("constraint_", "Constraint estimate and threshold b", "secondary win-rate<br>estimate (higher is better ↑)"),
     ("ess", "Effective sample size", "ESS / rows (1 = even<br>weights; higher ↑)"),
     ("kl_to_reference", "KL to the reference", "KL(π ‖ π_ref)<br>(nats per response)"),
@@ -97,9 +97,14 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
             for j in range(1, TV.constraint_count(frame) + 1):
                 if f"lambda_{j}" in frame:
                     traces.append((f"lambda_{j}", f"λ{j} (multiplier of {names[j]})", dict(color=palette[(2 * j - 1) % 10])))
+                if f"chi_{j}" in frame:
+                    traces.append((f"chi_{j}", f"χ{j} (robust dual of {names[j]})",
+                                   dict(color=palette[(2 * j - 1) % 10], dash="dot")))
         elif prefix == "constraint_":
             for j in range(1, TV.constraint_count(frame) + 1):
-                traces.append((f"constraint_{j}", f"V{j} {names[j]}: estimate on the step's batch",
+                robust = f"chi_{j}" in frame
+                traces.append((f"constraint_{j}", f"V{j} {names[j]}: {'robust (ε-ball) ' if robust else ''}estimate "
+                                                  "on the step's batch",
                                dict(color=palette[(2 * j) % 10])))
                 if f"threshold_{j}" in frame:
                     traces.append((f"threshold_{j}", f"threshold b{j} in force", dict(color="black", dash="dash")))
@@ -532,7 +537,14 @@ with st.sidebar:
                                                      help="A resumed run continues from its last checkpoint.")
         values["seed"] = st.number_input(F["seed"], 0, 1_000_000, D["seed"], key="train_seed")
     if method == "mopo":
-        with st.expander("MOPO: lagged reference, ratchet, online"):
+        with st.expander("MOPO: robust constraints, lagged reference, ratchet, online"):
+            values["eps"] = st.number_input(
+                F["eps"] + " (0: off)", 0.0, 10.0, D["eps"], 0.05, format="%.3f", key="train_eps",
+                help="Each constraint holds for the worst distribution within KL ε of the batch's responses "
+                     "(per prompt); the paper's text runs use 0.15. Too large a radius makes a threshold "
+                     "unreachable: λ then keeps growing, and the curves show it.")
+            if values["eps"]:
+                values["chi_lr"] = st.number_input(F["chi_lr"], 1e-4, 100.0, D["chi_lr"], 0.1, key="train_chi_lr")
             values["t0"] = st.number_input(F["t0"] + " (0: off)", 0, 100_000, D["t0"], key="train_t0",
                                            help="Every t0 steps the reference becomes the policy of t0 steps before.")
             values["beta_ratchet"] = st.number_input(
@@ -564,7 +576,6 @@ with st.sidebar:
     start = st.button("Start training", type="primary", key="train_start", width="stretch",
                       disabled=setup_error is not None,
                       help="Queue the run; the worker starts it when the jobs before it have ended.")
-    st.caption("The robust radius ε is a tabular-solver option (Explore, Sweep); the language-model trainer has none.")
 
 if task == "text":
     st.title("Train: MOPO and baselines on the synthetic text task")
