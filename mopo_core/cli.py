@@ -268,11 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     data_run.add_argument("--max-response-tokens", type=int, help="cut responses to this many tokens (default 64)")
     data_run.add_argument("--eval-samples", type=int, help="samples per test prompt and model (default 4)")
     evaluate = sub.add_parser(
-        "evaluate", help="evaluate a text-task train run's checkpoint against its reference on held-out prompts",
+        "evaluate", help="evaluate a train run's checkpoint against its reference on held-out prompts",
         description="Rebuild the run's task and reference (seeded), load the policy from the run's checkpoint "
                     "(finished or not) and measure its win-rates against the reference's samples under the task's "
-                    "oracles. Records an 'evaluate' run with the point.")
-    evaluate.add_argument("--run", type=int, required=True, metavar="RUN_ID", help="a text-task train run")
+                    "oracles (a run on a preference file: under its judge, on its test prompts only). Records an "
+                    "'evaluate' run with the point.")
+    evaluate.add_argument("--run", type=int, required=True, metavar="RUN_ID",
+                          help="a train run (text task or preference file) with a checkpoint folder")
     evaluate.add_argument("--samples", type=int, help="samples per prompt and model (default: the run's)")
     evaluate.add_argument("--split", default="test", choices=("test", "validation"))
     evaluate.add_argument("--json", action="store_true", help="print the point as JSON")
@@ -435,9 +437,19 @@ def cmd_train(args, store: RunStore) -> int:
 
 
 def cmd_evaluate(args, store: RunStore) -> int:
+    from .dataset_runs import SetupError, evaluate_dataset_run, is_dataset_run
     from .text_runs import evaluate_text_run
 
-    eval_id, evaluation = evaluate_text_run(store, args.run, n_samples=args.samples, split=args.split)
+    if is_dataset_run(store, args.run):
+        if args.split != "test":
+            raise ValueError(f"--split: run {args.run} trained on a preference file is evaluated on its test "
+                             "prompts only (its judge may have been fitted on the others)")
+        try:
+            eval_id, evaluation = evaluate_dataset_run(store, args.run, n_samples=args.samples)
+        except SetupError as exc:
+            raise ValueError(f"run {args.run}: its setup no longer checks: {exc}") from None
+    else:
+        eval_id, evaluation = evaluate_text_run(store, args.run, n_samples=args.samples, split=args.split)
     if args.json:
         point = evaluation.as_point(store.get_run(args.run).config["method"], {})
         print(json.dumps({"run_id": eval_id, "source_run": args.run, "objectives": list(evaluation.objectives),

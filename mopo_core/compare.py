@@ -589,7 +589,8 @@ def sample_scorer(run: Run):
     from synthetic.text_task import OBJECTIVES, score
 
     names = objective_names_for(run)
-    text_task = (run.config or {}).get("task") == "text" or run.kind == "evaluate"  # evaluate: of text runs
+    task = (run.config or {}).get("task", "text" if run.kind == "evaluate" else None)  # older evaluate runs: text
+    text_task = task == "text"
     if not text_task or not names or not set(names) <= set(OBJECTIVES):
         return None
 

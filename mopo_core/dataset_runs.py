@@ -466,6 +466,44 @@ def resume_dataset_run(store: RunStore, run_id: int, callbacks=(), on_trainer: C
                                Path(run.config["checkpoint_dir"]), callbacks, on_trainer, resume_run_id=run_id)
 
 
+def evaluate_dataset_run(store: RunStore, run_id: int, n_samples: int | None = None,
+                         models_folder: str | Path | None = None) -> tuple[int, Evaluation]:
+    """Evaluate the policy in the checkpoint of dataset run ``run_id`` (finished or not) against
+    the starting checkpoint on the run's test prompts, judged as the run is, with ``n_samples``
+    samples per prompt and model (default: the run's ``eval_samples``). Only the test prompts:
+    the judge may have been fitted or early-stopped on the others.
+
+    Records an ``evaluate`` run (config: ``task: "dataset"``, the source run, its step, split,
+    samples, method) whose point is the evaluation; returns (that run's id, the evaluation).
+    ``ValueError`` for a run that is not a dataset train run or has no readable checkpoint
+    written with its config; ``SetupError`` when its data, checkpoint or judge changed so that
+    it no longer checks."""
+    from .text_runs import read_checkpoint
+
+    if not is_dataset_run(store, run_id):
+        raise ValueError(f"run {run_id}: not a train run on a preference file in the run store {store.path}")
+    run = store.get_run(run_id)
+    if not run.config.get("checkpoint_dir"):
+        raise ValueError(f"run {run_id}: was started without a checkpoint folder (--checkpoint-dir); it cannot be "
+                         "evaluated")
+    config = train_config_from(run.config)
+    state = read_checkpoint(run_id, Path(run.config["checkpoint_dir"]) / "last.pt", config)
+    setup = dataset_setup_from(run.config["dataset_setup"])
+    if n_samples is not None:
+        setup = replace(setup, eval_samples=int(n_samples))
+    task = DatasetTask(setup, models_folder)
+    policy = task.start_policy(config.seed)
+    policy.load_state_dict(state["model"])
+    policy.eval()
+    with store.record("evaluate", {"task": "dataset", "source_run": run_id, "step": int(state["step"]),
+                                   "split": "test", "eval_samples": setup.eval_samples, "method": config.method,
+                                   "objectives": list(task.objectives), "prefmodel": task.run_config["prefmodel"]},
+                      name=f"evaluate run {run_id} at step {state['step']}") as eval_id:
+        evaluation = task.evaluate(policy)
+        store.add_points(eval_id, [evaluation.as_point(config.method, task.point_params(config))])
+    return eval_id, evaluation
+
+
 def _train_and_evaluate(task: DatasetTask, config: TrainConfig, store: RunStore, checkpoint_dir: Path | None,
                         callbacks, on_trainer, resume_run_id: int | None = None):
     policy, result = task.fit(config, store, checkpoint_dir, callbacks, on_trainer, resume_run_id=resume_run_id)

@@ -130,7 +130,7 @@ def resume_text_run(store: RunStore, run_id: int, callbacks=(),
     if run.status not in RESUMABLE_STATUSES:
         state = "already finished" if run.status == "finished" else f"status {run.status!r}"
         raise ValueError(f"run {run_id}: {state}; only runs that are {', '.join(RESUMABLE_STATUSES)} can be resumed")
-    _read_checkpoint(run_id, checkpoint_dir / CHECKPOINT_NAME, config)
+    read_checkpoint(run_id, checkpoint_dir / CHECKPOINT_NAME, config)
     return _train_and_evaluate(config, setup, store, checkpoint_dir, callbacks, on_trainer, resume_run_id=run_id)
 
 
@@ -149,7 +149,7 @@ def evaluate_text_run(store: RunStore, run_id: int, n_samples: int | None = None
     if split not in splits[1:]:
         raise ValueError(f"split: expected 'test' or 'validation', got {split!r}")
     run, config, setup, checkpoint_dir = _stored_text_run(store, run_id, "evaluated")
-    state = _read_checkpoint(run_id, checkpoint_dir / CHECKPOINT_NAME, config)
+    state = read_checkpoint(run_id, checkpoint_dir / CHECKPOINT_NAME, config)
     task, tokenizer, reference, datasets = build_text_task(setup)
     policy = copy.deepcopy(reference)
     policy.load_state_dict(state["model"])
@@ -200,7 +200,7 @@ def text_setup_from(cfg: dict) -> TextTaskSetup:
     return TextTaskSetup(**{f.name: stored[f.name] for f in fields(TextTaskSetup) if f.name in stored})
 
 
-def _read_checkpoint(run_id: int, path: Path, config: TrainConfig) -> dict:
+def read_checkpoint(run_id: int, path: Path, config: TrainConfig) -> dict:
     """The checkpoint at ``path``, after checking it was written with ``config``."""
     import pickle
 

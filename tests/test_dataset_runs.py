@@ -221,6 +221,17 @@ def test_a_dataset_run_end_to_end_through_the_command_line(data_file, checkpoint
     assert run.config["prefmodel"]["held_out_accuracy"]["validation"].keys() == set(OBJECTIVES)
     assert run.config["checkpoint_dir"] == str(tmp_path / "ck") and (tmp_path / "ck" / "last.pt").is_file()
     assert run.points["values"].tolist() == [point["values"]] and len(run.metrics["step"].unique()) == 2
+    # re-evaluated from its checkpoint: the same policy, reference samples and judge give the same point
+    assert main(["--store", str(store), "evaluate", "--run", str(out["run_id"]), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(evaluated["values"], point["values"], atol=1e-12)
+    evaluation = RunStore(store).get_run(evaluated["run_id"])
+    assert evaluation.kind == "evaluate" and evaluation.config["task"] == "dataset"
+    assert evaluation.config["prefmodel"]["path"] == str(judge_dir)
+    assert main(["--store", str(store), "evaluate", "--run", str(out["run_id"]), "--samples", "1", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["samples"][0]["policy"]) == 1
+    assert main(["--store", str(store), "evaluate", "--run", str(out["run_id"]), "--split", "validation"]) == 2
+    assert "evaluated on its test prompts only" in capsys.readouterr().err
 
 
 def test_modpo_on_a_dataset_trains_its_margin_expert_and_records_everything(data_file, checkpoint, judge_dir,

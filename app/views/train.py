@@ -227,8 +227,10 @@ def _queue_rows(path: str, queue: pd.DataFrame) -> None:
             cols[2].markdown(f":{BADGES[r['status']]}-badge[{r['status']}]")
             cols[3].markdown("–" if pd.isna(r["run"]) else f"{int(r['run'])}")
             if pd.isna(r["run"]):
-                progress = ("–" if r["status"] != "running" else "preparing (loading model, data, judge)"
-                            if r["kind"] == "train_dataset" else "preparing (reference SFT)")
+                progress = ("–" if r["status"] != "running" else
+                            "preparing (the reference SFT" if r["kind"] == "train_text" else
+                            "preparing (loading model, data, judge") + (
+                                "; MODPO trains its secondary DPO expert first)" if r["method"] == "modpo" else ")")
             else:
                 progress = f"step {r['step']} / {r['steps']}" + (" · evaluating" if r["evaluating"] else "")
             cols[4].markdown(progress)
