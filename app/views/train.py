@@ -227,10 +227,9 @@ def _queue_rows(path: str, queue: pd.DataFrame) -> None:
             cols[2].markdown(f":{BADGES[r['status']]}-badge[{r['status']}]")
             cols[3].markdown("–" if pd.isna(r["run"]) else f"{int(r['run'])}")
             if pd.isna(r["run"]):
-                progress = ("–" if r["status"] != "running" else
-                            "preparing (the reference SFT" if r["kind"] == "train_text" else
-                            "preparing (loading model, data, judge") + (
-                                "; MODPO trains its secondary DPO expert first)" if r["method"] == "modpo" else ")")
+                what = "the reference SFT" if r["kind"] == "train_text" else "loading model, data, judge"
+                expert = "; MODPO trains its secondary DPO expert first" if r["method"] == "modpo" else ""
+                progress = f"preparing ({what}{expert})" if r["status"] == "running" else "–"
             else:
                 progress = f"step {r['step']} / {r['steps']}" + (" · evaluating" if r["evaluating"] else "")
             cols[4].markdown(progress)
