@@ -273,8 +273,10 @@ def test_every_figure_has_a_title_axis_titles_a_legend_and_threshold_lines(store
                                          **({"kl_to_reference": 0.1} if step == 2 else {})})
     monkeypatch.setattr(jobs, "list_jobs", lambda path, status=None: [jobs.Job(
         1, "train_text", "MOPO b1=0.6", {"steps": 4, "method": "mopo"}, {}, None, "running", run_id, False, 99,
-        None, "t", "t", None)])
+        None, "t", "t", None), jobs.Job(2, "train_text", "DPO", {"steps": 4, "method": "dpo"}, {}, None, "queued",
+                                        None, False, None, None, "t", None, None)])
     at = _page()
+    assert "run nan" not in _text(at) and "run None" not in _text(at)  # a queued job has no run yet
     curves, plane = figures(at)
     for fig in (curves, plane):
         assert fig["layout"]["title"]["text"]

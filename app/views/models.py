@@ -2,21 +2,24 @@
 folder in the models folder) with their size and the memory one training step would need; load
 one, sample from it or chat with it, score its samples; unload it and see the memory come back.
 
+A thin view: loading, unloading, the vocabulary checks and scoring live in the engine module
+:mod:`mopo_core.model_session` (no Streamlit there); this page holds the widgets, the session
+state, the caches (``st.cache_*``) and the memory log.
+
 One model is loaded at a time, kept in ``st.session_state["models_loaded"]`` (this browser
-session's model, not shared between sessions). Loading another first unloads it through
-:func:`mopo_core.model_memory.unload` (its tensors are emptied in place, so nothing that still
-refers to the model keeps its memory alive). Every load and unload is measured (process RSS
+session's model, not shared between sessions; the fields of
+:class:`mopo_core.model_session.LoadedModel` as a dict). Loading another first unloads it through
+:func:`mopo_core.model_session.unload_model` (its tensors are emptied in place, so nothing that
+still refers to the model keeps its memory alive). Every load and unload is measured (process RSS
 before and after, CUDA memory allocated and reserved) and listed in the memory log, so a leak
 when switching models would show as RSS that does not come back.
 """
 from __future__ import annotations
 
-import gc
 import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
@@ -24,8 +27,9 @@ import torch
 from app.shared import export_buttons, show_table
 from mopo_core import model_registry as R
 from mopo_core.checkpoints import available_memory, estimate_training_memory
-from mopo_core.model_memory import MemoryUse, memory_use, unload
-from mopo_core.models import LoraSettings, load_model, load_tokenizer, resolve_device, sample
+from mopo_core import model_session as S
+from mopo_core.model_memory import MemoryUse, memory_use
+from mopo_core.models import LoraSettings, resolve_device, sample
 
 LOADED = "models_loaded"
 LOG = "models_memory_log"
@@ -70,18 +74,6 @@ def builtin_model_config():
     from mopo_core.models import tiny_gpt, word_tokenizer
 
     return tiny_gpt(len(word_tokenizer(vocabulary()))).config
-
-
-@st.cache_resource(show_spinner=False, max_entries=1)
-def builtin_weights():
-    """The built-in model fitted on the text task (``build_text_task(TextTaskSetup())``, seeded):
-    its weights (a few hundred KiB, kept for the server's lifetime so that reloading is instant),
-    tokenizer and held-out prompts."""
-    from mopo_core.text_runs import TextTaskSetup, build_text_task
-
-    _, tokenizer, reference, (_, _, test) = build_text_task(TextTaskSetup())
-    weights = {k: v.detach().clone() for k, v in reference.state_dict().items()}
-    return weights, tokenizer, test.prompts()
 
 
 @st.cache_data(show_spinner=False)
@@ -129,115 +121,49 @@ def _log(action: str, name: str, before: MemoryUse, after: MemoryUse, seconds: f
     })
 
 
-def unload_current() -> dict | None:
-    """Unload the loaded model (if any): empty its tensors in place, drop every reference the
-    page holds, collect garbage; log and return what was freed."""
+def unload_current() -> S.Unloaded | None:
+    """Unload the loaded model (if any, :func:`mopo_core.model_session.unload_model`), drop every
+    reference the page holds (its samples, chat, tokenizer, the cached preference model); log
+    and return what was freed."""
     loaded = st.session_state.pop(LOADED, None)
     if loaded is None:
         return None
     st.session_state.pop(RESULT, None)
     st.session_state.pop(CHAT, None)
-    before = memory_use()
-    freed = unload(loaded.pop("model"))
-    loaded.pop("tokenizer", None)
-    preference_model.clear()  # the scorer's encoder goes too: nothing of this model's session stays loaded
-    gc.collect()
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-    after = memory_use()
-    _log("unload", loaded["name"], before, after)
-    rss = None if before.rss is None or after.rss is None else before.rss - after.rss
-    return {"name": loaded["name"], "rss_before": before.rss, "rss_after": after.rss, "rss_freed": rss,
-            "cuda_allocated_freed": freed.cuda_allocated, "cuda_reserved_freed": freed.cuda_reserved,
-            "loaded_rss": loaded["after"].rss}
+
+    def release():
+        loaded.pop("tokenizer", None)
+        preference_model.clear()  # the scorer's encoder goes too: nothing of this model's session stays loaded
+
+    freed = S.unload_model(loaded.pop("model"), loaded["name"], loaded["after"].rss, release)
+    _log("unload", freed.name, freed.before, freed.after)
+    return freed
 
 
-def freed_text(f: dict) -> str:
-    cuda = (f" · CUDA allocated {fmt_bytes(f['cuda_allocated_freed'])}, reserved {fmt_bytes(f['cuda_reserved_freed'])}"
-            " freed" if f["cuda_allocated_freed"] or f["cuda_reserved_freed"] else "")
+def freed_text(f: S.Unloaded) -> str:
+    cuda = (f" · CUDA allocated {fmt_bytes(f.cuda_allocated_freed)}, reserved {fmt_bytes(f.cuda_reserved_freed)}"
+            " freed" if f.cuda_allocated_freed or f.cuda_reserved_freed else "")
     small = (" A model this small lives in the memory allocator's pools, which the process keeps for reuse, so "
-             "RSS barely moves." if f["rss_freed"] is not None and f["rss_freed"] < 2**20 else "")
-    return (f"Unloaded **{f['name']}**: freed {fmt_bytes(f['rss_freed'])} of process memory (RSS "
-            f"{fmt_bytes(f['rss_before'])} → {fmt_bytes(f['rss_after'])}){cuda}.{small}")
+             "RSS barely moves." if f.rss_freed is not None and f.rss_freed < 2**20 else "")
+    return (f"Unloaded **{f.name}**: freed {fmt_bytes(f.rss_freed)} of process memory (RSS "
+            f"{fmt_bytes(f.rss_before)} → {fmt_bytes(f.rss_after)}){cuda}.{small}")
 
 
 def load(entry: R.ModelEntry, dtype: str, device: str, progress) -> dict:
-    """Load ``entry`` (the built-in model: from its fitted weights) and its tokenizer; measure."""
-    before = memory_use()
-    start = time.perf_counter()
-    target = resolve_device(device)
-    if entry.kind == "builtin":
-        from mopo_core.models import resolve_dtype, tiny_gpt
-
-        progress(0.1, "Fitting the built-in model on the text task (SFT of a tiny GPT-2; once per server, "
-                      "a minute or two on a busy CPU)…")
-        weights, tokenizer, prompts = builtin_weights()
-        progress(0.7, "Building the model from its fitted weights…")
-        model = tiny_gpt(len(tokenizer))
-        model.load_state_dict(weights)
-        model = model.to(device=target, dtype=resolve_dtype(dtype, target)).eval()
-    else:
-        progress(0.1, f"Checking {entry.name}'s config and that its weights fit in the available memory…")
-        progress(0.3, f"Reading {entry.name}'s weights ({entry.dtype}) onto {target}…")
-        model = load_model(entry.path, dtype=dtype, device=target)
-        progress(0.85, "Loading the tokenizer…")
-        try:
-            tokenizer = load_tokenizer(entry.path)
-        except (OSError, ValueError) as exc:
-            unload(model)
-            raise ValueError(f"{entry.path}: no usable tokenizer in the checkpoint folder ({exc})") from None
-        prompts = []
-    progress(1.0, "Loaded.")
-    seconds = time.perf_counter() - start
-    gc.collect()
-    after = memory_use()
-    _log("load", entry.name, before, after, seconds)
-    param = next(model.parameters())
-    return {"name": entry.name, "kind": entry.kind, "model": model, "tokenizer": tokenizer, "device": str(param.device),
-            "dtype": str(param.dtype).removeprefix("torch."), "seconds": seconds, "before": before, "after": after,
-            "parameters": sum(p.numel() for p in model.parameters()), "prompts": prompts}
-
-
-def word_level(tokenizer) -> bool:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    return backend is not None and type(backend.model).__name__ == "WordLevel"
-
-
-def unknown_words(tokenizer, text: str) -> list[str]:
-    """Words of ``text`` a word-level tokenizer maps to its unknown token."""
-    if not word_level(tokenizer):
-        return []
-    unk = tokenizer.unk_token_id
-    return [w for w in dict.fromkeys(text.split()) if tokenizer.convert_tokens_to_ids(w) == unk]
-
-
-# ----------------------------------------------------------------------------- scoring
+    """Load ``entry`` (:func:`mopo_core.model_session.load_entry`), log it; the session-state dict."""
+    loaded = S.load_entry(entry, dtype, device, progress)
+    _log("load", loaded.name, loaded.before, loaded.after, loaded.seconds)
+    return loaded.as_dict()
 
 
 def score_samples(scorer: str, prompt: str, responses: list[str], root: Path) -> tuple[pd.DataFrame, str]:
-    """Per-objective scores of ``responses`` to ``prompt`` and a sentence saying what they are."""
+    """Per-objective scores of ``responses`` to ``prompt`` by ``scorer`` (the text-task scorers or
+    a preference model's name in ``root``'s prefmodels folder) and a sentence saying what they are."""
     if scorer == TEXT_TASK:
-        from synthetic.text_task import OBJECTIVES, score
-
-        rows, note = [], ""
-        for r in responses:
-            try:
-                rows.append(score(prompt, r, OBJECTIVES))
-            except ValueError:  # the prompt names no topic word: helpfulness is undefined
-                rows.append([np.nan, *score("any tips on sauce ?", r, OBJECTIVES[1:])])
-                note = (" Helpfulness is undefined here: the prompt names none of the task's topic words (e.g. "
-                        "garlic, passport, budget, compost), so it is left empty.")
-        return (pd.DataFrame(rows, columns=list(OBJECTIVES)),
-                "Text-task scorers, each in [0, 1], higher is better: helpfulness = share of the prompt's topic "
-                "words the response contains, harmlessness = exp(−risky words), brevity = 1 − words/12." + note)
+        return S.score_samples(prompt, responses)
     folder = root / R.PREFMODELS_DIR / scorer
-    model = preference_model(str(folder), _stamp(folder, "preference_model.json"))
-    values = model.scores_batch([prompt] * len(responses), responses)
-    accuracy = model.info.get("metrics", {}).get("test", {})
-    acc = ", ".join(f"{o} {m['accuracy']:.0%}" for o, m in accuracy.items() if "accuracy" in m)
-    return (pd.DataFrame(values, columns=list(model.objectives)),
-            f"Preference model {scorer}: Bradley-Terry rewards minus the mean training reward (0 = as good as an "
-            f"average training response; higher is better)" + (f"; its held-out pair accuracy: {acc}." if acc else "."))
+    return S.score_samples(prompt, responses, preference_model(str(folder), _stamp(folder, "preference_model.json")),
+                           scorer)
 
 
 # ----------------------------------------------------------------------------- page
@@ -402,12 +328,13 @@ if loaded is not None:
         prompt = st.text_area("Prompt", key="models_prompt", height=80)
         c = st.columns(5)
         n = c[0].number_input("Samples", 1, 32, 4, key="models_n")
-        max_new = c[1].number_input("Max new tokens", 1, 512, 16 if word_level(tokenizer) else 48, key="models_max_new")
+        max_new = c[1].number_input("Max new tokens", 1, 512, 16 if S.word_level(tokenizer) else 48,
+                                    key="models_max_new")
         temperature = c[2].number_input("Temperature (0: greedy)", 0.0, 5.0, 1.0, 0.1, key="models_temperature")
         seed = c[3].number_input("Seed", 0, 1_000_000, 0, key="models_seed")
         as_chat = c[4].toggle("Chat template", value=templated, disabled=not templated, key="models_as_chat",
                               help="Wrap the prompt as one user turn in the tokenizer's chat template.")
-        unknown = unknown_words(tokenizer, prompt)
+        unknown = S.unknown_words(tokenizer, prompt)
         if unknown:
             st.warning(f"Not in {loaded['name']}'s vocabulary (read as <unk>): {', '.join(unknown)}. Its vocabulary is "
                        "the text task's words; pick an example prompt.")

@@ -196,7 +196,7 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
                             line=dict(color="black", width=1.5, dash="dash"),
                             name=f"run {run_id}: threshold b{c['j']} = {c['threshold']:.3g} (feasible to its right)",
                             hoverinfo="skip")
-    title = (f"Pareto plane: finished runs' points{f' ({plane})' if plane else ''}<br><sup>"
+    title = (f"Pareto plane: finished runs' points<br><sup>{f'The {plane}<br>' if plane else ''}"
              f"Reference point ({ref[1]:g}, {ref[0]:g}) = the reference model against itself<br>"
              "Error bars: ± one standard error over the held-out prompts</sup>")
     style(fig, title,
@@ -207,7 +207,7 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
     # The shared subtitle says "against the behaviour policy": here that policy is the reference model.
     fig.update_layout(title_text=f"{title}<br><sup>All objectives maximised · values are win-rates against the "
                                  "reference model (the behaviour policy of these runs)</sup>")
-    return fig.update_layout(margin=dict(t=140))
+    return fig.update_layout(margin=dict(t=160 if plane else 140))
 
 
 # ----------------------------------------------------------------------------- the live part
@@ -233,8 +233,8 @@ def _queue_rows(path: str, queue: pd.DataFrame) -> None:
             else:
                 progress = f"step {r['step']} / {r['steps']}" + (" · evaluating" if r["evaluating"] else "")
             cols[4].markdown(progress)
-            note = r["error"] or (f"run {r['run_status']}" if r["run_status"] not in (None, "finished", "running")
-                                  else "")
+            ended = isinstance(r["run_status"], str) and r["run_status"] not in ("finished", "running")
+            note = r["error"] or (f"run {r['run_status']}" if ended else "")
             cols[5].caption(note[:160] + ("…" if len(note) > 160 else ""), help=note if len(note) > 160 else None)
             if r["status"] in jobs.ACTIVE_STATUSES:
                 cols[6].button(f"Cancel job {r['job']}", key=f"train_cancel_{r['job']}", on_click=_cancel,

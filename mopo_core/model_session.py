@@ -1,0 +1,228 @@
+"""The engine side of the app's Models page: load one registry entry (the built-in tiny model or a
+checkpoint folder) with its tokenizer, unload it and say what memory came back, check prompts
+against a word-level vocabulary, and score sampled responses per objective. No Streamlit: the
+page (``app/views/models.py``) keeps the loaded model in its session state, draws the progress
+bar, the memory log and the tables, and caches the preference model it passes in.
+
+Conventions:
+
+- memory is measured with :func:`mopo_core.model_memory.memory_use` (process RSS in bytes,
+  ``None`` without ``/proc``; CUDA memory allocated / reserved by torch, 0 without CUDA);
+- one model at a time: :func:`unload_model` empties the model's tensors in place
+  (:func:`mopo_core.model_memory.unload`), so a stale reference elsewhere keeps no memory alive;
+- the built-in model is fitted once per process (:func:`builtin_weights`, a few hundred KiB kept
+  for the process's lifetime) so that loading it again only copies its weights;
+- scores: a ``(n_responses, n_objectives)`` DataFrame, one row per response in the given order,
+  one column per objective, higher is better.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .model_memory import MemoryUse, memory_use, unload
+from .model_registry import ModelEntry
+from .models import load_model, load_tokenizer, resolve_device, resolve_dtype, tiny_gpt
+
+#: ``progress(fraction, text)``: fraction in [0, 1], a sentence saying what is being done.
+Progress = Callable[[float, str], None]
+#: Appended to the text-task scorers' note when a prompt names no topic word.
+UNDEFINED_HELPFULNESS = (" Helpfulness is undefined here: the prompt names none of the task's topic words (e.g. "
+                         "garlic, passport, budget, compost), so it is left empty.")
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model and how loading it went.
+
+    ``kind``: the entry's (``"builtin"`` or ``"checkpoint"``). ``device`` / ``dtype``: of its
+    first parameter, as text (``"cpu"``, ``"float32"``). ``seconds``: wall time of the load.
+    ``before`` / ``after``: the process's memory around it. ``parameters``: parameter count
+    (tied weights once). ``prompts``: held-out prompts the model knows (the built-in model's
+    text-task test prompts; empty for a checkpoint).
+    """
+
+    name: str
+    kind: str
+    model: torch.nn.Module
+    tokenizer: object
+    device: str
+    dtype: str
+    seconds: float
+    before: MemoryUse
+    after: MemoryUse
+    parameters: int
+    prompts: list[str]
+
+    def as_dict(self) -> dict:
+        """The fields as a plain dict (shallow: the same model and tokenizer objects, no copies)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Unloaded:
+    """What unloading a model freed. ``before`` / ``after``: the process's memory around the
+    unload; ``cuda_*_freed``: CUDA bytes freed by emptying the model's tensors; ``loaded_rss``:
+    the RSS right after the model was loaded (``None`` if unknown)."""
+
+    name: str
+    before: MemoryUse
+    after: MemoryUse
+    cuda_allocated_freed: int
+    cuda_reserved_freed: int
+    loaded_rss: int | None = None
+
+    @property
+    def rss_before(self) -> int | None:
+        return self.before.rss
+
+    @property
+    def rss_after(self) -> int | None:
+        return self.after.rss
+
+    @property
+    def rss_freed(self) -> int | None:
+        """RSS before minus after (bytes; negative if it grew), ``None`` where unmeasured."""
+        return None if self.before.rss is None or self.after.rss is None else self.before.rss - self.after.rss
+
+
+# ----------------------------------------------------------------------------- load / unload
+
+
+@cache
+def builtin_weights() -> tuple[dict[str, torch.Tensor], object, list[str]]:
+    """The built-in model fitted on the text task (``build_text_task(TextTaskSetup())``, seeded),
+    once per process: (its state dict, cloned and detached; its word-level tokenizer; the test
+    split's prompts). Callers copy the weights into a fresh model, never modify them."""
+    from .text_runs import TextTaskSetup, build_text_task
+
+    _, tokenizer, reference, (_, _, test) = build_text_task(TextTaskSetup())
+    weights = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    return weights, tokenizer, test.prompts()
+
+
+def _no_progress(fraction: float, text: str) -> None:
+    pass
+
+
+def load_entry(entry: ModelEntry, dtype: str = "auto", device: str = "auto",
+               progress: Progress | None = None) -> LoadedModel:
+    """Load ``entry`` and its tokenizer, in eval mode, measuring memory and time.
+
+    ``dtype``: ``"auto"`` (bf16 on a GPU, fp32 on the CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``;
+    ``device``: ``"auto"``, ``"cpu"`` or ``"cuda"``. ``progress(fraction, text)`` is called with
+    increasing fractions, the last 1.0. The built-in model is built from :func:`builtin_weights`
+    (fitted on the first call: seconds to minutes on a busy CPU); a checkpoint folder is read by
+    :func:`mopo_core.models.load_model`. A checkpoint folder without a usable tokenizer raises
+    ``ValueError`` naming its path, after the half-loaded model is unloaded.
+    """
+    progress = progress or _no_progress
+    before = memory_use()
+    start = time.perf_counter()
+    target = resolve_device(device)
+    if entry.kind == "builtin":
+        progress(0.1, "Fitting the built-in model on the text task (SFT of a tiny GPT-2; once per server, "
+                      "a minute or two on a busy CPU)…")
+        weights, tokenizer, prompts = builtin_weights()
+        progress(0.7, "Building the model from its fitted weights…")
+        model = tiny_gpt(len(tokenizer))
+        model.load_state_dict(weights)
+        model = model.to(device=target, dtype=resolve_dtype(dtype, target)).eval()
+        prompts = list(prompts)
+    else:
+        progress(0.1, f"Checking {entry.name}'s config and that its weights fit in the available memory…")
+        progress(0.3, f"Reading {entry.name}'s weights ({entry.dtype}) onto {target}…")
+        model = load_model(entry.path, dtype=dtype, device=target)
+        progress(0.85, "Loading the tokenizer…")
+        try:
+            tokenizer = load_tokenizer(entry.path)
+        except (OSError, ValueError) as exc:
+            unload(model)
+            raise ValueError(f"{entry.path}: no usable tokenizer in the checkpoint folder ({exc})") from None
+        prompts = []
+    progress(1.0, "Loaded.")
+    seconds = time.perf_counter() - start
+    gc.collect()
+    after = memory_use()
+    param = next(model.parameters())
+    return LoadedModel(entry.name, entry.kind, model, tokenizer, str(param.device),
+                       str(param.dtype).removeprefix("torch."), seconds, before, after,
+                       sum(p.numel() for p in model.parameters()), prompts)
+
+
+def unload_model(model: torch.nn.Module, name: str, loaded_rss: int | None = None,
+                 release: Callable[[], None] | None = None) -> Unloaded:
+    """Unload ``model`` (named ``name``): empty its tensors in place, call ``release()`` (the
+    caller drops its other references: the tokenizer, caches of companion models), collect
+    garbage and give CUDA's cached blocks back; return what was freed. ``loaded_rss``: the
+    RSS right after it was loaded, passed through. The model is unusable afterwards."""
+    before = memory_use()
+    freed = unload(model)
+    if release is not None:
+        release()
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    after = memory_use()
+    return Unloaded(name, before, after, freed.cuda_allocated, freed.cuda_reserved, loaded_rss)
+
+
+# ----------------------------------------------------------------------------- tokenizer checks
+
+
+def word_level(tokenizer) -> bool:
+    """Whether ``tokenizer`` is a fast tokenizer with a word-level model (one token per known word)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.model).__name__ == "WordLevel"
+
+
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """Words of ``text`` (split on whitespace, first occurrence order, no repeats) that a
+    word-level tokenizer maps to its unknown token; ``[]`` for any other tokenizer."""
+    if not word_level(tokenizer):
+        return []
+    unk = tokenizer.unk_token_id
+    return [w for w in dict.fromkeys(text.split()) if tokenizer.convert_tokens_to_ids(w) == unk]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score_samples(prompt: str, responses: list[str], preference_model=None,
+                  name: str = "") -> tuple[pd.DataFrame, str]:
+    """Per-objective scores of ``responses`` to ``prompt`` and a sentence saying what they are.
+
+    Without ``preference_model``: the text task's programmatic scorers
+    (:func:`synthetic.text_task.score`, each in [0, 1]); columns
+    :data:`synthetic.text_task.OBJECTIVES`. Helpfulness is NaN, and the note says why, when the
+    prompt names no topic word. With ``preference_model`` (a
+    :class:`mopo_core.preference_models.PreferenceModel`, named ``name`` in the note): its
+    centred Bradley-Terry rewards, one column per objective of the model.
+    Returns a ``(len(responses), n_objectives)`` DataFrame and the note.
+    """
+    if preference_model is None:
+        from synthetic.text_task import OBJECTIVES, score
+
+        rows, note = [], ""
+        for r in responses:
+            try:
+                rows.append(score(prompt, r, OBJECTIVES))
+            except ValueError:  # the prompt names no topic word: helpfulness is undefined
+                rows.append([np.nan, *score("any tips on sauce ?", r, OBJECTIVES[1:])])
+                note = UNDEFINED_HELPFULNESS
+        return (pd.DataFrame(rows, columns=list(OBJECTIVES)),
+                "Text-task scorers, each in [0, 1], higher is better: helpfulness = share of the prompt's topic "
+                "words the response contains, harmlessness = exp(−risky words), brevity = 1 − words/12." + note)
+    values = preference_model.scores_batch([prompt] * len(responses), responses)
+    accuracy = preference_model.info.get("metrics", {}).get("test", {})
+    acc = ", ".join(f"{o} {m['accuracy']:.0%}" for o, m in accuracy.items() if "accuracy" in m)
+    return (pd.DataFrame(values, columns=list(preference_model.objectives)),
+            f"Preference model {name}: Bradley-Terry rewards minus the mean training reward (0 = as good as an "
+            f"average training response; higher is better)" + (f"; its held-out pair accuracy: {acc}." if acc else "."))
