@@ -10,15 +10,36 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    BertConfig,
+    BertModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from mopo_core.models import save_model, word_tokenizer
-from mopo_core.preference_models import HeadSettings, SentenceEncoder, train_preference_model
+from mopo_core.preference_models import (
+    HeadSettings,
+    SentenceEncoder,
+    train_preference_model,
+)
 from mopo_core.preferences import PreferenceDataset, save_preferences
 
 WORDS = [f"w{i}" for i in range(30)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for a test module that imports this fixture: on a shared, busy CPU more
+    threads make these tiny models far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 OBJECTIVES = ("helpfulness", "harmlessness")
 BOS, EOS = "<|im_start|>", "<|im_end|>"
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -35,25 +35,17 @@ from mopo_core.models import load_model, load_tokenizer, sequence_ids, word_toke
 from mopo_core.preference_models import SentenceEncoder
 from mopo_core.preferences import PreferenceDataset
 from mopo_core.runs import RunStore
-from tests.lm_fixtures import (
+from tests.lm_fixtures import (  # one_thread: autouse, one torch thread
     BOS,
     OBJECTIVES,
     SPLIT,
     chat_tokenizer,
     fit_judge,
+    one_thread,  # noqa: F401
     save_chat_checkpoint,
     tiny_encoder,
     write_preference_file,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared, busy CPU more threads make these tiny models far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

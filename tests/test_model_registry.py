@@ -43,16 +43,7 @@ from mopo_core.models import (
     tiny_gpt,
     word_tokenizer,
 )
-from tests.lm_fixtures import CHAT_TEMPLATE
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared, busy CPU more threads make these tiny models far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.lm_fixtures import CHAT_TEMPLATE, one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 @pytest.fixture

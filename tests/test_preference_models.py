@@ -26,19 +26,10 @@ from mopo_core.preference_models import (
 )
 from mopo_core.preferences import PreferenceDataset, save_preferences
 from mopo_core.runs import RunStore
-from tests.lm_fixtures import save_tiny_encoder
+from tests.lm_fixtures import one_thread, save_tiny_encoder  # noqa: F401  (one_thread: autouse)
 
 WORDS = [f"w{i}" for i in range(40)]
 OBJECTIVES = ("helpfulness", "harmlessness")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared, busy CPU more threads make these tiny models far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ import torch
 
 from app.shared import export_buttons, show_table
 from mopo_core import model_registry as R
-from mopo_core.checkpoints import available_memory, estimate_training_memory
 from mopo_core import model_session as S
+from mopo_core.checkpoints import available_memory, estimate_training_memory
 from mopo_core.model_memory import MemoryUse, memory_use
 from mopo_core.models import LoraSettings, resolve_device, sample
 
@@ -69,9 +69,8 @@ def fmt_count(n) -> str:
 @st.cache_resource(show_spinner=False)
 def builtin_model_config():
     """The built-in tiny model's transformers config (the untrained model is built once: it is tiny)."""
-    from synthetic.text_task import vocabulary
-
     from mopo_core.models import tiny_gpt, word_tokenizer
+    from synthetic.text_task import vocabulary
 
     return tiny_gpt(len(word_tokenizer(vocabulary()))).config
 

@@ -124,8 +124,11 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
                 why = "KL estimate off for this run<br>(sidebar: KL estimate every)"
             else:
                 why = "no step logged yet"
+            # Paper coordinates at the panel's centre: Streamlit's Plotly misplaces "x2 domain" references
+            # on a subplot without traces (seen in a screenshot: every note landed on the first panel).
             axis = "" if i == 0 else str(i + 1)
-            fig.add_annotation(text=why, x=0.5, y=0.5, xref=f"x{axis} domain", yref=f"y{axis} domain",
+            x_domain, y_domain = fig.layout[f"xaxis{axis}"].domain, fig.layout[f"yaxis{axis}"].domain
+            fig.add_annotation(text=why, x=sum(x_domain) / 2, y=sum(y_domain) / 2, xref="paper", yref="paper",
                                showarrow=False, font=dict(color="grey"))
         fig.update_yaxes(title_text=y_title, row=row, col=col, title_font_size=11)
         fig.update_xaxes(title_text="training step →", row=row, col=col, title_font_size=11)
@@ -197,8 +200,8 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
                             name=f"run {run_id}: threshold b{c['j']} = {c['threshold']:.3g} (feasible to its right)",
                             hoverinfo="skip")
     title = (f"Pareto plane: finished runs' points<br><sup>{f'The {plane}<br>' if plane else ''}"
-             f"Reference point ({ref[1]:g}, {ref[0]:g}) = the reference model against itself<br>"
-             "Error bars: ± one standard error over the held-out prompts</sup>")
+             f"Reference point ({ref[1]:g}, {ref[0]:g}) = the reference model against itself · error bars: ± one "
+             "standard error over the held-out prompts</sup>")
     style(fig, title,
           x_title=f"V1 {names[1]} (win-rate vs the reference model; higher is better →)",
           y_title=f"V0 {names[0]} (win-rate vs the<br>reference model; higher is better ↑)", height=520)
@@ -207,7 +210,7 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
     # The shared subtitle says "against the behaviour policy": here that policy is the reference model.
     fig.update_layout(title_text=f"{title}<br><sup>All objectives maximised · values are win-rates against the "
                                  "reference model (the behaviour policy of these runs)</sup>")
-    return fig.update_layout(margin=dict(t=160 if plane else 140))
+    return fig.update_layout(margin=dict(t=140))
 
 
 # ----------------------------------------------------------------------------- the live part
