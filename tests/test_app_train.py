@@ -530,8 +530,8 @@ def test_a_dataset_run_from_the_page_trains_in_the_worker_and_lands_on_its_own_p
     assert not at.exception
     assert ":green-badge[done]" in _text(at) and "step 3 / 3" in _text(at)
     plane = figures(at)[1]
-    assert "runs of tiny-chat on prefs.jsonl (split [0.6, 0.2, 0.2], seed 0), judged by tiny-judge" in \
-        plane["layout"]["title"]["text"]
+    assert "On this plane: the runs of tiny-chat on prefs.jsonl (split [0.6, 0.2, 0.2], seed 0), judged by " \
+           "tiny-judge" in _text(at)
     assert plane["layout"]["xaxis"]["title"]["text"].startswith("V1 harmlessness")
     assert "run 1's evaluated point" in _names(plane)
     points = next(df.value for df in at.dataframe if "on the front" in df.value.columns)

@@ -151,10 +151,9 @@ def _plane_range(values: list[float], min_span: float = 0.2) -> list[float]:
 
 
 def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run_status: str | None,
-                 names: tuple[str, ...] = TV.OBJECTIVES, plane: str = "") -> go.Figure:
+                 names: tuple[str, ...] = TV.OBJECTIVES) -> go.Figure:
     """x = V1, y = V0 of ``names`` (win-rates vs the reference model); the finished runs' points,
-    their front, the reference point and the selected run's live constraint on V1. ``plane``
-    says which runs the points are from."""
+    their front, the reference point and the selected run's live constraint on V1."""
     ref = TV.REFERENCE_POINT
     xs = [ref[1], *points["v1"], *[c["estimate"] for c in live], *[c["threshold"] for c in live
                                                                     if np.isfinite(c["threshold"])]]
@@ -199,9 +198,9 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
                             line=dict(color="black", width=1.5, dash="dash"),
                             name=f"run {run_id}: threshold b{c['j']} = {c['threshold']:.3g} (feasible to its right)",
                             hoverinfo="skip")
-    title = (f"Pareto plane: finished runs' points<br><sup>{f'The {plane}<br>' if plane else ''}"
-             f"Reference point ({ref[1]:g}, {ref[0]:g}) = the reference model against itself · error bars: ± one "
-             "standard error over the held-out prompts</sup>")
+    title = ("Pareto plane: finished runs' points<br><sup>"
+             f"Reference point ({ref[1]:g}, {ref[0]:g}) = the reference model against itself<br>"
+             "Error bars: ± one standard error over the held-out prompts</sup>")
     style(fig, title,
           x_title=f"V1 {names[1]} (win-rate vs the reference model; higher is better →)",
           y_title=f"V0 {names[0]} (win-rate vs the<br>reference model; higher is better ↑)", height=520)
@@ -338,8 +337,9 @@ def live_panel(path: str) -> None:
     else:
         left, right = st.columns([3, 2])
         with left:
-            show_figure(plane_figure(points, live, run_id, run.status, objectives, TV.describe_plane(key)), "train_plane",
-                        data=points)
+            st.caption(f"On this plane: the {TV.describe_plane(key)} (points measured another way are on the "
+                       "Compare page).")
+            show_figure(plane_figure(points, live, run_id, run.status, objectives), "train_plane", data=points)
         with right:
             st.markdown("**How to read the Pareto plane**")
             st.markdown(
