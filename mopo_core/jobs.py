@@ -202,7 +202,10 @@ def _widen_job_kinds(path: Path) -> None:
 
 @contextmanager
 def _transaction(path: Path, immediate: bool = False, foreign_keys: bool = True) -> Iterator[sqlite3.Connection]:
-    """One transaction on a fresh connection; ``immediate`` takes the write lock at once."""
+    """One transaction on a fresh connection; ``immediate`` takes the write lock at once, which
+    every transaction that writes must do: a deferred one that reads first and writes later
+    fails at once with "database is locked" (SQLite's WAL snapshot rule) when another process
+    wrote meanwhile, whatever the timeout."""
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     try:
         conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
@@ -262,7 +265,7 @@ def enqueue_training(store_path: str | os.PathLike, config: TrainConfig, setup: 
     config.validate(len(objectives))
     spec = json.dumps(to_jsonable({"config": asdict(config), "setup": asdict(setup)}, "job"), allow_nan=False)
     path = _prepare(store_path)
-    with _transaction(path) as conn:
+    with _transaction(path, immediate=True) as conn:
         job_id = int(conn.execute("INSERT INTO jobs (kind, name, spec, status, created_at) VALUES (?, ?, ?, ?, ?)",
                                   (kind, name, spec, "queued", _now())).lastrowid)
         checkpoint_dir = jobs_dir(path) / "checkpoints" / f"job-{job_id}"
@@ -547,7 +550,7 @@ class _Worker:
             try:
                 self._run(job)
             except KeyboardInterrupt:
-                with _transaction(self.path) as conn:
+                with _transaction(self.path, immediate=True) as conn:
                     _retire(conn, self.id, "stopped at once by a second signal")
                 return 130
         return 0
@@ -587,7 +590,7 @@ class _Worker:
         """Trainer callback after each step: record the run id, then stop if asked to."""
         if self.run_id is None:
             self.run_id = self.trainer.run_id
-            with _transaction(self.path) as conn:
+            with _transaction(self.path, immediate=True) as conn:
                 conn.execute("UPDATE jobs SET run_id = ? WHERE id = ?", (self.run_id, self.job.id))
         self._poll()
 
@@ -658,7 +661,7 @@ class _Worker:
 
     def _end(self, status: str, error: str | None, run_id: int | None, end_run: bool = False) -> None:
         """End the job; with ``end_run``, its run too (unless it had finished with its point)."""
-        with _transaction(self.path) as conn:
+        with _transaction(self.path, immediate=True) as conn:
             if end_run and _run_status(conn, run_id) not in (None, "finished"):
                 _set_run_status(conn, run_id, status, error)
             _end_job(conn, self.job.id, status, error, run_id)
