@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_run.add_argument("--model", metavar="NAME_OR_DIR", help="checkpoint folder or models-registry name")
     data_run.add_argument("--prefmodel", metavar="DIR",
                           help="preference model that judges the test prompts (it must not have seen them)")
+    data_run.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                          help="recompute each layer's activations in backward (less memory, slower steps)")
     data_run.add_argument("--lora-r", type=int, metavar="R",
                           help="train LoRA adapters of rank R (default: all weights)")
     data_run.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
@@ -352,7 +354,7 @@ class _TrainSession:
 #: ``train`` flags that only a run on a preference file (--data) uses, as (flag, attribute).
 DATA_FLAGS = (("--format", "format"), ("--objective", "objective"), ("--model", "model"), ("--prefmodel", "prefmodel"),
               ("--lora-r", "lora_r"), ("--split", "split"), ("--max-response-tokens", "max_response_tokens"),
-              ("--eval-samples", "eval_samples"))
+              ("--eval-samples", "eval_samples"), ("--gradient-checkpointing", "gradient_checkpointing"))
 
 
 def _dataset_setup(args):

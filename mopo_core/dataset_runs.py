@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
@@ -53,7 +54,15 @@ from scipy.special import expit
 from .lm_eval import Evaluation
 from .lm_trainer import Trainer, TrainConfig, TrainResult, implicit_rewards
 from .model_registry import find_model, format_prompt
-from .models import LoraSettings, apply_lora, load_model, load_tokenizer, sample
+from .models import (
+    LoraSettings,
+    apply_lora,
+    enable_gradient_checkpointing,
+    load_model,
+    load_tokenizer,
+    sample,
+    sequence_ids,
+)
 from .preference_models import NATIVE_FORMAT, PreferenceModel, load_dataset, read_meta, seen_prompts
 from .preferences import PreferenceDataset
 from .public_formats import FORMATS
@@ -84,7 +93,8 @@ class DatasetSetup:
     fine-tuning); split: train/validation/test fractions by prompt, split_seed its seed;
     max_response_tokens: responses cut to that many tokens; eval_samples: samples per test
     prompt and model; max_new_tokens: their length cap; eval_seed: their seed; dtype, device:
-    as :func:`mopo_core.models.load_model` takes them.
+    as :func:`mopo_core.models.load_model` takes them; gradient_checkpointing: the policy
+    recomputes each layer's activations in backward (less memory, slower steps).
     """
 
     data: str
@@ -101,6 +111,7 @@ class DatasetSetup:
     eval_seed: int = 0
     dtype: str = "auto"
     device: str = "auto"
+    gradient_checkpointing: bool = False
 
     def validate(self) -> None:
         """``SetupError`` naming the first bad field."""
@@ -249,11 +260,17 @@ def load_judge(path: str | Path, objectives: tuple[str, ...], eval_prompts: list
 @dataclass(frozen=True)
 class SetupCheck:
     """What :func:`check_setup` found: the checkpoint folder, the data's objectives (V0 the
-    primary) and the pairs per split (train, validation, test) after cutting the responses."""
+    primary), the pairs per split (train, validation, test) after cutting the responses, and
+    the training split's shape in tokens: the longest chat-formatted prompt, the longest cut
+    response (eos included) and the mean number of distinct responses per prompt (a MOPO
+    step's rows per prompt)."""
 
     model_dir: Path
     objectives: tuple[str, ...]
     n_pairs: tuple[int, int, int]
+    max_prompt_tokens: int = 0
+    max_response_tokens: int = 0
+    rows_per_prompt: float = 2.0
 
 
 def check_setup(setup: DatasetSetup, models_folder: str | Path | None = None) -> SetupCheck:
@@ -269,7 +286,46 @@ def check_setup(setup: DatasetSetup, models_folder: str | Path | None = None) ->
         raise SetupError("model", f"{model_dir}: no usable tokenizer ({exc})") from None
     splits = load_splits(setup, tokenizer)
     check_judge(setup.prefmodel, splits[0].objectives, splits[2].prompts())
-    return SetupCheck(model_dir, splits[0].objectives, tuple(len(part) for part in splits))
+    train = splits[0]
+    responses = {p: set() for p in train.prompts()}
+    for pair in train:
+        responses[pair.prompt] |= {pair.response_a, pair.response_b}
+    eos = int(tokenizer.eos_token_id is not None)
+    return SetupCheck(
+        model_dir, train.objectives, tuple(len(part) for part in splits),
+        max_prompt_tokens=max(len(sequence_ids(tokenizer, format_prompt(tokenizer, p), add_eos=False))
+                              for p in responses),
+        max_response_tokens=max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) + eos
+                                for rs in responses.values() for r in rs),
+        rows_per_prompt=float(np.mean([len(rs) for rs in responses.values()])))
+
+
+def training_memory(found: SetupCheck, setup: DatasetSetup, config: TrainConfig):
+    """The :class:`mopo_core.checkpoints.MemoryEstimate` of one training step of ``config`` on
+    the checked setup: the rows alive at once (MOPO: ``batch_size`` prompts times their mean
+    distinct responses, online ``n_candidates`` each; DPO-style methods: two per pair; SFT:
+    one), divided over ``gradient_accumulation_steps``; padded to the longest prompt plus the
+    longest response (online: plus ``max_new_tokens``); the fused log-prob's logits chunk;
+    the reference copy every dataset run holds (it samples the evaluation's reference)."""
+    from .checkpoints import estimate_training_memory, read_config
+    from .lm_losses import FUSED_CHUNK_ELEMENTS
+
+    if config.method == "mopo":
+        rows = config.batch_size * (config.n_candidates if config.online else found.rows_per_prompt)
+    else:
+        rows = config.batch_size * (1 if config.method == "sft" else 2)
+    response = config.max_new_tokens + 1 if config.online else found.max_response_tokens
+    vocab = read_config(found.model_dir).vocab_size
+    return estimate_training_memory(
+        found.model_dir, max(1, math.ceil(rows / config.gradient_accumulation_steps)),
+        found.max_prompt_tokens + response, setup.dtype, lora_settings(setup),
+        gradient_checkpointing=setup.gradient_checkpointing, reference_copy=True,
+        logits_chunk=max(1, FUSED_CHUNK_ELEMENTS // vocab))
+
+
+def lora_settings(setup: DatasetSetup) -> LoraSettings | None:
+    """The LoRA adapters ``setup`` asks for (None: full fine-tuning)."""
+    return None if setup.lora_r is None else LoraSettings(r=setup.lora_r)
 
 
 def judge_summary(judge: PreferenceModel, path: str | Path, test: PreferenceDataset) -> dict:
@@ -344,11 +400,13 @@ class DatasetTask:
 
     @property
     def lora(self) -> LoraSettings | None:
-        return None if self.setup.lora_r is None else LoraSettings(r=self.setup.lora_r)
+        return lora_settings(self.setup)
 
     def start_policy(self, seed: int = 0):
         """A trainable copy of the reference (LoRA-wrapped, adapters seeded by ``seed``, when set up)."""
         policy = copy.deepcopy(self.reference).train()
+        if self.setup.gradient_checkpointing:
+            enable_gradient_checkpointing(policy, lora=self.lora is not None)
         return policy if self.lora is None else apply_lora(policy, self.lora, seed=seed)
 
     def scores(self, prompts: list[str], responses: list[str]) -> np.ndarray:

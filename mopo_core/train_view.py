@@ -43,6 +43,7 @@ DATASET_LABELS = {
     "eval_seed": "Evaluation seed",
     "dtype": "Weights dtype",
     "device": "Device",
+    "gradient_checkpointing": "Gradient checkpointing",
 }
 #: The text task's objectives as the worker trains them (V0 primary, V1 secondary).
 OBJECTIVES: tuple[str, ...] = TextTask().objectives

@@ -477,6 +477,8 @@ def test_a_dataset_run_is_set_up_checked_and_queued_from_the_sidebar(store_path,
     assert f"{sum(n)} pairs: {n[0]} train / {n[1]} validation / {n[2]} test" in at.success[0].value
     assert "V0 helpfulness, V1 harmlessness" in at.success[0].value
     assert at.number_input(key="train_threshold").label == "Threshold b1 on harmlessness"
+    assert any(c.value.startswith("One training step needs about **") and "reference" in c.value
+               for c in at.caption)  # the step's memory against what is free now
     at.button(key="train_start").click().run()
     assert not at.exception
     (job,) = jobs.list_jobs(store_path)

@@ -7,6 +7,8 @@ preference file; a preference model on a tiny BERT encoder fitted on the trainin
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from mopo_core.dataset_runs import (
     SetupError,
     chat_dataset,
     check_setup,
+    lora_settings,
     load_data,
     load_splits,
     model_directory,
@@ -257,6 +260,40 @@ def test_a_cancelled_dataset_run_resumes_to_the_uninterrupted_runs_metrics(data_
     assert "only runs that are" in capsys.readouterr().err
 
 
+def test_training_memory_counts_the_rows_and_tokens_a_step_holds(data_file, checkpoint, judge_dir):
+    from mopo_core.checkpoints import estimate_training_memory
+    from mopo_core.dataset_runs import training_memory
+    from mopo_core.lm_losses import FUSED_CHUNK_ELEMENTS
+
+    setup = setup_for(data_file, checkpoint, judge_dir, lora_r=2)
+    found = check_setup(setup)
+    assert found.max_prompt_tokens > 0 and found.max_response_tokens <= setup.max_response_tokens + 1
+    assert 2.0 <= found.rows_per_prompt <= 4.0  # two pairs per prompt: 2 to 4 distinct responses
+
+    def by_hand(rows, seq_len, **changes):
+        return estimate_training_memory(checkpoint, rows, seq_len, "auto", lora_settings(setup),
+                                        reference_copy=True, logits_chunk=FUSED_CHUNK_ELEMENTS // 36, **changes)
+
+    seq = found.max_prompt_tokens + found.max_response_tokens
+    mopo = TrainConfig(batch_size=4)
+    assert training_memory(found, setup, mopo) == by_hand(math.ceil(4 * found.rows_per_prompt), seq)
+    dpo = TrainConfig(method="dpo", batch_size=4, gradient_accumulation_steps=3)
+    assert training_memory(found, setup, dpo) == by_hand(3, seq)  # 8 sequences over 3 micro-batches
+    online = TrainConfig(batch_size=2, online=True, n_candidates=5, max_new_tokens=7)
+    assert training_memory(found, setup, online) == by_hand(10, found.max_prompt_tokens + 8)
+    recomputed = training_memory(found, replace(setup, gradient_checkpointing=True), mopo)
+    assert recomputed == by_hand(math.ceil(4 * found.rows_per_prompt), seq, gradient_checkpointing=True)
+
+
+def test_gradient_checkpointing_changes_no_number_of_a_dataset_run(data_file, checkpoint, judge_dir, tmp_path):
+    config = TrainConfig(method="mopo", thresholds=(0.6,), steps=2, batch_size=2, seed=1)
+    runs = [train_on_dataset(config, setup_for(data_file, checkpoint, judge_dir, lora_r=2, gradient_checkpointing=g),
+                             RunStore(tmp_path / f"{g}.sqlite"))[0].history for g in (False, True)]
+    for plain, recomputed in zip(*runs, strict=True):
+        assert plain["loss"] == pytest.approx(recomputed["loss"], rel=1e-5)
+        assert plain["grad_norm"] == pytest.approx(recomputed["grad_norm"], rel=1e-4)
+
+
 def test_a_preference_model_that_saw_evaluation_prompts_is_refused(data_file, checkpoint, encoder, tmp_path, capsys):
     everything = fit_judge(load_data(data_file), encoder, tmp_path / "all-prompts")
     with pytest.raises(SetupError, match=r"prefmodel: .*was fitted on \d+ of the \d+ evaluation prompts") as info:
@@ -303,6 +340,7 @@ def test_check_setup_reports_the_splits_and_objectives_without_loading_weights(d
 
 @pytest.mark.parametrize("flags, message", [
     (["--model", "x"], "--model: only used with --data"),
+    (["--gradient-checkpointing"], "--gradient-checkpointing: only used with --data"),
     (["--data", "prefs.jsonl", "--prefmodel", "p"], "--model: required with --data"),
     (["--data", "prefs.jsonl", "--model", "m", "--prefmodel", "p", "--lora-r", "-1"], "--lora-r: must be >= 1"),
     (["--data", "missing.jsonl", "--model", "m", "--prefmodel", "p"], "--model: "),

@@ -452,6 +452,9 @@ def dataset_form():
             "dtype": st.selectbox(L["dtype"], ["auto", "float32", "bfloat16", "float16"], key="train_dtype"),
             "device": st.selectbox(L["device"], ["auto", "cpu", "cuda"], key="train_device",
                                    help="auto: the GPU when there is one."),
+            "gradient_checkpointing": st.checkbox(L["gradient_checkpointing"], key="train_checkpointing",
+                                                  help="Recompute each layer's activations in backward: much "
+                                                       "less activation memory, slower steps."),
         }
     try:
         split = [float(w) for w in split_text.replace(",", " ").split()]
@@ -469,6 +472,37 @@ def dataset_form():
     status, found = check_dataset(repr(setup), _stamp(setup.data, Path(model) / "config.json",
                                                       Path(judge) / R.PREFMODEL_META), setup)
     return (setup, found, None) if status == "ok" else (setup, None, found)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def step_memory(key: str, _found, _setup, _config) -> tuple[int, str, tuple[str, ...]]:
+    """(bytes, parts, advice) of one training step of the dataset run ``key`` describes."""
+    from mopo_core.dataset_runs import training_memory
+
+    estimate = training_memory(_found, _setup, _config)
+    return estimate.total, estimate.describe(), estimate.advice
+
+
+def memory_note(setup, found, method: str, values: dict) -> None:
+    """The memory one step of the dataset run set up in the sidebar needs, against what the
+    worker's device has free now (the worker is another process on this machine)."""
+    from mopo_core.checkpoints import available_memory
+
+    try:
+        config = TV.train_config(method, **values)
+    except ValueError:
+        return  # the form's error is shown when Start is pressed
+    total, parts, advice = step_memory(repr((setup, found, config)), found, setup, config)
+    try:
+        free = available_memory(setup.device)
+    except RuntimeError:
+        free = None
+    text = (f"One training step needs about **{total / 2**30:.2f} GiB** ({parts}; model-size terms exact, "
+            f"activations estimated)" + (f"; {free / 2**30:.2f} GiB free now on {setup.device}." if free else "."))
+    if free is not None and total > free:
+        st.warning(text + " It may not fit: " + ("; ".join(advice) or "lower the batch size") + ".")
+    else:
+        st.caption(text)
 
 
 # ----------------------------------------------------------------------------- the page
@@ -576,6 +610,8 @@ with st.sidebar:
                 "eval_samples": st.number_input(F["eval_samples"], 1, 256, D["eval_samples"], key="train_eval"),
                 "seed": st.number_input(F["task_seed"], 0, 1_000_000, D["task_seed"], key="train_task_seed"),
             }
+    if checked is not None and setup_error is None:
+        memory_note(setup, checked, method, values)
     job_label = st.text_input("Job name (optional)", key="train_name", placeholder="default: method and settings")
     start = st.button("Start training", type="primary", key="train_start", width="stretch",
                       disabled=setup_error is not None,
