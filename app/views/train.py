@@ -487,18 +487,20 @@ def memory_note(setup, found, method: str, values: dict) -> None:
     """The memory one step of the dataset run set up in the sidebar needs, against what the
     worker's device has free now (the worker is another process on this machine)."""
     from mopo_core.checkpoints import available_memory
+    from mopo_core.models import resolve_device
 
     try:
         config = TV.train_config(method, **values)
     except ValueError:
         return  # the form's error is shown when Start is pressed
     total, parts, advice = step_memory(repr((setup, found, config)), found, setup, config)
+    device = resolve_device(setup.device).type.upper()  # what "auto" means on this machine: CPU or CUDA
     try:
         free = available_memory(setup.device)
     except RuntimeError:
         free = None
     text = (f"One training step needs about **{total / 2**30:.2f} GiB** ({parts}; model-size terms exact, "
-            f"activations estimated)" + (f"; {free / 2**30:.2f} GiB free now on {setup.device}." if free else "."))
+            f"activations estimated)" + (f"; {free / 2**30:.2f} GiB free now on the {device}." if free else "."))
     if free is not None and total > free:
         st.warning(text + " It may not fit: " + ("; ".join(advice) or "lower the batch size") + ".")
     else:
