@@ -49,17 +49,20 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.special import expit
 
 from .lm_eval import Evaluation
 from .lm_trainer import Trainer, TrainConfig, TrainResult, implicit_rewards
 from .model_registry import find_model, format_prompt
 from .models import (
+    DTYPES,
     LoraSettings,
     apply_lora,
     enable_gradient_checkpointing,
     load_model,
     load_tokenizer,
+    resolve_device,
     sample,
     sequence_ids,
 )
@@ -114,9 +117,17 @@ class DatasetSetup:
     gradient_checkpointing: bool = False
 
     def validate(self) -> None:
-        """``SetupError`` naming the first bad field."""
+        """``SetupError`` naming the first bad field (a CUDA device is checked to exist)."""
         if self.format not in DATA_FORMATS:
             raise SetupError("format", f"expected one of {', '.join(DATA_FORMATS)}, got {self.format!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise SetupError("dtype", f"expected auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        try:
+            device = resolve_device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise SetupError("device", f"expected auto, cpu or cuda[:N], got {self.device!r} ({exc})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SetupError("device", f"{self.device!r}: this machine has no CUDA device (use auto or cpu)")
         if len(self.split) != 3:
             raise SetupError("split", f"expected three fractions (train, validation, test), got {list(self.split)}")
         minimum = {"split_seed": 0, "max_response_tokens": 1, "eval_samples": 1, "max_new_tokens": 1, "eval_seed": 0}

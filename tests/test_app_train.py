@@ -479,10 +479,13 @@ def test_a_dataset_run_is_set_up_checked_and_queued_from_the_sidebar(store_path,
     assert at.number_input(key="train_threshold").label == "Threshold b1 on harmlessness"
     assert any(c.value.startswith("One training step needs about **") and "reference" in c.value
                for c in at.caption)  # the step's memory against what is free now
+    assert at.selectbox(key="train_dtype").options == ["auto", "fp32", "bf16", "fp16"]  # what load_model takes
+    at.selectbox(key="train_dtype").set_value("bf16").run()
     at.button(key="train_start").click().run()
     assert not at.exception
     (job,) = jobs.list_jobs(store_path)
     assert job.kind == "train_dataset" and job.status == "queued" and no_worker
+    assert job.setup["dtype"] == "bf16"
     assert job.config["thresholds"] == [0.6] and job.config["steps"] == 3 and job.config["batch_size"] == 2
     assert job.setup == {**job.setup, "data": str(data), "model": str(checkpoint), "lora_r": 2,
                          "split": [0.6, 0.2, 0.2], "max_response_tokens": 5, "eval_samples": 2, "max_new_tokens": 3}

@@ -315,6 +315,8 @@ def test_a_preference_model_that_saw_evaluation_prompts_is_refused(data_file, ch
     ({"model": "no-such-model"}, "model", "not a checkpoint folder"),
     ({"model": "tiny-text-task"}, "model", "built-in text-task model"),
     ({"prefmodel": "/nonexistent"}, "prefmodel", "missing"),
+    ({"dtype": "float32"}, "dtype", "expected auto or one of fp32, bf16, fp16"),
+    ({"device": "tpu"}, "device", "expected auto, cpu or cuda"),
 ])
 def test_bad_setups_name_the_field(data_file, checkpoint, judge_dir, changes, field, message):
     setup = setup_for(data_file, checkpoint, judge_dir, **changes)
@@ -322,6 +324,13 @@ def test_bad_setups_name_the_field(data_file, checkpoint, judge_dir, changes, fi
         with pytest.raises(SetupError, match=message) as info:
             build(setup)
         assert info.value.field == field
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_cuda_device_is_refused_where_there_is_none(data_file, checkpoint, judge_dir):
+    with pytest.raises(SetupError, match="this machine has no CUDA device") as info:
+        check_setup(setup_for(data_file, checkpoint, judge_dir, device="cuda"))
+    assert info.value.field == "device"
 
 
 def test_check_setup_reports_the_splits_and_objectives_without_loading_weights(data_file, checkpoint, judge_dir,
