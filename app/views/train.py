@@ -465,7 +465,7 @@ def dataset_form():
         missing = [L[f] for f, v in (("data", data.strip()), ("model", model), ("prefmodel", judge)) if not v]
         return None, None, f"Set up the dataset run: {', '.join(missing)} still to choose."
     try:
-        setup = TV.dataset_setup(data=str(Path(data.strip()).expanduser()), format=fmt, objective=objective,
+        setup = TV.dataset_setup(data=str(Path(data.strip()).expanduser().resolve()), format=fmt, objective=objective,
                                  model=model, prefmodel=judge, lora_r=lora_r, split=split, split_seed=split_seed,
                                  **values)
     except ValueError as exc:
