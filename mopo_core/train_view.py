@@ -403,15 +403,19 @@ def constraint_count(frame: pd.DataFrame) -> int:
 def live_constraints(frame: pd.DataFrame) -> list[dict]:
     """Per constraint j (1-based), at the last step that logged it: ``j``, ``step``,
     ``estimate`` (the secondary's win-rate estimate on the step's batch), ``threshold`` (in
-    force then) and ``lam``."""
+    force then), ``lam``, and ``below``: for how many of the last logged steps in a row the
+    estimate stayed under its threshold (λ grows at each of them)."""
     out = []
     for j in range(1, constraint_count(frame) + 1):
         rows = frame[frame[f"constraint_{j}"].notna()]
         if rows.empty:
             continue
         last = rows.iloc[-1]
+        under = (rows[f"constraint_{j}"] < rows[f"threshold_{j}"]).to_numpy() if f"threshold_{j}" in rows else []
+        below = len(under) - (np.flatnonzero(~under)[-1] + 1) if len(under) and not under.all() else len(under)
         out.append({"j": j, "step": int(last["step"]), "estimate": float(last[f"constraint_{j}"]),
-                    "threshold": float(last.get(f"threshold_{j}", np.nan)), "lam": float(last.get(f"lambda_{j}", np.nan))})
+                    "threshold": float(last.get(f"threshold_{j}", np.nan)), "lam": float(last.get(f"lambda_{j}", np.nan)),
+                    "below": int(below)})
     return out
 
 

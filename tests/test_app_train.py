@@ -296,6 +296,21 @@ def test_every_figure_has_a_title_axis_titles_a_legend_and_threshold_lines(store
     assert "V0 is measured when the run ends" in live["name"]
 
 
+def test_a_constraint_stuck_below_its_threshold_gets_a_warning(store_path, no_worker, monkeypatch):
+    store = RunStore(store_path)
+    run_id = store.create_run("train", {"task": "text", "method": "mopo", "steps": 30, "thresholds": [0.9],
+                                        "objectives": list(TV.OBJECTIVES), "eps": 0.15})
+    for step in range(1, 13):
+        store.log_metrics(run_id, step, {"loss": 1.0, "constraint_1": 0.45, "threshold_1": 0.9, "lambda_1": 0.4 * step,
+                                         "chi_1": 1.0})
+    monkeypatch.setattr(jobs, "list_jobs", lambda path, status=None: [jobs.Job(
+        1, "train_text", "MOPO b1=0.9 ε=0.15", {"steps": 30, "method": "mopo"}, {}, None, "running", run_id, False, 99,
+        None, "t", "t", None)])
+    at = _page()
+    (warning,) = [w.value for w in at.warning]
+    assert "below b1 = 0.9 for the last 12 steps while λ1 grew to 4.8" in warning and "ε = 0.15" in warning
+
+
 # ----------------------------------------------------------------------------- the engine side
 
 
@@ -377,7 +392,11 @@ def test_metric_frame_live_constraints_and_front_points():
                    (3, "loss", 1.0)])
     frame = TV.metric_frame(run)
     assert frame["step"].tolist() == [1, 2, 3] and np.isnan(frame["constraint_1"].iloc[2])
-    assert TV.live_constraints(frame) == [{"j": 1, "step": 2, "estimate": 0.7, "threshold": 0.6, "lam": 0.1}]
+    assert TV.live_constraints(frame) == [{"j": 1, "step": 2, "estimate": 0.7, "threshold": 0.6, "lam": 0.1,
+                                           "below": 0}]
+    under = TV.metric_frame(_run(1, [(t, n, v) for t in (1, 2, 3, 4) for n, v in
+                                     (("constraint_1", 0.7 if t == 1 else 0.4), ("threshold_1", 0.6))]))
+    assert TV.live_constraints(under)[0]["below"] == 3  # steps 2-4 in a row
     point = lambda v, se: {"idx": 0, "label": "mopo", "params": {"tau": 0.08}, "values": v,  # noqa: E731
                            "extra": {"win_rate_stderr": se}, "v0": v[0], "v1": v[1]}
     runs = [_run(1, [], [point([0.6, 0.5], [0.01, 0.02])]), _run(2, [], [point([0.5, 0.7], [0.01, 0.02])]),

@@ -29,6 +29,8 @@ from mopo_core import train_view as TV
 from mopo_core.runs import RunStore
 
 POLL_S = 1.5
+#: Steps in a row a constraint estimate must stay below its threshold before the page warns.
+STUCK_STEPS = 10
 POLLING = "train_polling"
 MESSAGE = "train_message"
 RUN_CHOICE = "train_run"
@@ -315,6 +317,16 @@ def live_panel(path: str) -> None:
         st.caption(f"Run {run_id}: {run.error}")
     objectives = TV.run_objectives(run)
     live = TV.live_constraints(frame)
+    stuck = [c for c in live if c["below"] >= STUCK_STEPS]
+    if stuck:
+        st.warning(" ".join(
+            f"The {objectives[c['j']]} estimate has stayed below b{c['j']} = {c['threshold']:.3g} for the last "
+            f"{c['below']} steps while λ{c['j']} grew to {c['lam']:.3g}." for c in stuck)
+            + " The threshold may be out of reach for this model, data and batch"
+            + (f" (and the robust radius ε = {run.config['eps']:g}: on a few responses per prompt the worst case "
+               "in the ball is low)" if run.config.get("eps") else "")
+            + ": a lower threshold, a smaller ε or a larger batch would tell. (A rule of thumb shown after "
+              f"{STUCK_STEPS} steps, not a proof.)")
     if live and run.status == "running":
         st.caption(" · ".join(f"Step {c['step']}: {objectives[c['j']]} estimate {c['estimate']:.3f} against threshold "
                               f"b{c['j']} = {c['threshold']:.3g} (λ{c['j']} = {c['lam']:.3f})" for c in live)
