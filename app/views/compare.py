@@ -240,7 +240,13 @@ def hypervolume_figure(table: pd.DataFrame, colours: dict, short_of: dict, ref, 
     style(fig, f"Hypervolume per series above r = {_fmt_point(ref)}<br><sup>r: {source}</sup>",
           x_title="series", y_title="hypervolume above r (higher is better ↑)", height=440)
     fig.update_layout(margin=dict(t=110), showlegend=True)
-    fig.update_yaxes(range=[0, 1.15 * max(union, float(rows["hypervolume"].max()) if len(rows) else 0.0, 1e-12)])
+    top = max(union, float(rows["hypervolume"].max()) if len(rows) else 0.0)
+    if top > 0:
+        fig.update_yaxes(range=[0, 1.15 * top])
+    else:  # a [0, 1e-12] axis would read "1p": say it instead
+        fig.update_yaxes(range=[0, 1])
+        fig.add_annotation(text="every hypervolume is 0: no point lies beyond r in every objective",
+                           x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(color="grey"))
     return fig.update_layout(height=440)
 
 
