@@ -8,6 +8,7 @@ mid-run with its charts and the finished run's point)."""
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -140,7 +141,7 @@ def _charts_drawn(driver) -> bool:
         "return c.length >= 2 && Array.from(c).every(e => e.querySelector('.scatterlayer .trace'));")
 
 
-def _midrun_shot(driver):
+def _midrun_shot(driver, name="train_midrun"):
     """The page mid-run, tall enough for the queue, the curves and the Pareto plane; no tooltip,
     and taken again if a chart was being redrawn by the polling at that moment."""
     driver.set_window_size(1400, 2700)
@@ -149,7 +150,7 @@ def _midrun_shot(driver):
     webdriver.ActionChains(driver).move_to_element(driver.find_element(By.CSS_SELECTOR, "h1")).perform()
     for _ in range(20):
         before = _charts_drawn(driver)
-        tb._shot(driver, "train_midrun")
+        tb._shot(driver, name)
         if before and _charts_drawn(driver):
             return
         time.sleep(0.3)
@@ -249,3 +250,66 @@ def test_train_page_runs_cancels_finishes_survives_a_restart_and_resumes(browser
     assert len(RunStore(store).get_run(run3).points) == 1
     tb._assert_no_errors(browser, "train after the resume")
     _shot(browser, "train_resumed")
+
+
+def _real_setup():
+    """(judge folder, its data file) when the README's dataset screenshot can be taken: asked for
+    with MOPO_SCREENSHOT_REAL_MODELS=1, SmolLM2 fetched and a preference model whose recorded data
+    file exists, in this machine's default models folder; else None."""
+    import os
+
+    from mopo_core.model_registry import checkpoint_problem, list_prefmodels, models_dir
+    from mopo_core.preference_models import read_meta
+
+    if os.environ.get("MOPO_SCREENSHOT_REAL_MODELS") != "1" or os.environ.get("MOPO_MODELS"):
+        return None
+    if checkpoint_problem(models_dir() / "SmolLM2-135M-Instruct") is not None:
+        return None
+    for judge in list_prefmodels():
+        data = (read_meta(judge)["info"].get("data") or {}).get("file")
+        if data and Path(data).is_file():
+            return judge, data
+    return None
+
+
+@pytest.mark.skipif(_real_setup() is None, reason="README screenshot only: set MOPO_SCREENSHOT_REAL_MODELS=1 with "
+                                                  "SmolLM2 and a preference model in the default models folder")
+def test_train_page_trains_a_real_checkpoint_on_a_preference_file(browser, servers, tmp_path):
+    """SmolLM2-135M-Instruct on the judge's own data file, robust MOPO from the sidebar; the
+    screenshot ``train_dataset.png`` mid-run (the README's), then Cancel."""
+    judge, data = _real_setup()
+    store = tmp_path / "runs.sqlite"
+    browser.store = store
+    proc, url = tb.start_server({"MOPO_STORE": str(store), "OMP_NUM_THREADS": "2"})
+    servers.append(proc)
+    _open_train(browser, url)
+    _retry(lambda: next(e for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label')
+                        if "Preference file" in e.text).click())
+    tb._settle(browser)
+    box = _retry(lambda: next(e for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stTextInput"]')
+                              if e.text.startswith("Preference file")).find_element(By.CSS_SELECTOR, "input"))
+    box.send_keys(data, Keys.ENTER)
+    tb._settle(browser, 120)
+    WebDriverWait(browser, 60).until(lambda d: "The judge has seen none of the test prompts" in d.page_source)
+
+    def expand(title):
+        _retry(lambda: next(e for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary')
+                            if title in e.text).click())
+        tb._settle(browser)
+    expand("Split and evaluation")
+    _number(browser, "Evaluation samples per prompt", 2)
+    expand("Split and evaluation")
+    _number(browser, "Threshold b1 on harmlessness", "0.88")
+    _number(browser, "Steps", 16)
+    expand("Optimiser, logging")
+    _number(browser, "Batch size", 2)
+    expand("Optimiser, logging")
+    expand("MOPO: robust constraints")
+    _number(browser, "Robust radius ε (KL ball) (0: off)", "0.150")
+    expand("MOPO: robust constraints")
+    _click(browser, "Start training")
+    _wait_progress(browser, "the run's middle", lambda r, s, n, st: s >= 11 and st == "running", timeout=900)
+    _midrun_shot(browser, "train_dataset")
+    tb._assert_no_errors(browser, "train on a preference file")
+    _click(browser, "Cancel job 1")
+    _wait_job(store, 1, "cancelled", timeout=120)
