@@ -188,12 +188,16 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def encode_rows(tokenizer, prompts: list[str], responses: list[str]):
+def encode_rows(tokenizer, prompts: list[str], responses: list[str], finished: list[bool] | None = None):
     """Right-padded ``[bos] prompt response [eos]`` rows: (input_ids, attention_mask, response_mask),
-    each (B, T); the response mask covers the response tokens and eos."""
+    each (B, T); the response mask covers the response tokens and eos. ``finished[i] = False``
+    leaves eos off row i: a sample cut at its token budget is a prefix, and its log-prob is
+    that of the prefix, not of a response that ends there."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     prompt_ids = [sequence_ids(tokenizer, p, add_eos=False) for p in prompts]
-    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + eos for r in responses]
+    ends = [True] * len(responses) if finished is None else finished
+    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + (eos if end else [])
+                    for r, end in zip(responses, ends)]
     rows = [p + r for p, r in zip(prompt_ids, response_ids)]
     width = max(len(r) for r in rows)
     pad = pad_token_id(tokenizer)
@@ -405,18 +409,20 @@ class Trainer:
     def _batch_pairs(self) -> list:
         return [self.dataset[int(i)] for i in self._rng().integers(len(self.dataset), size=self.config.batch_size)]
 
-    def _logprobs(self, model, prompts, responses):
-        ids, attention, response = (t.to(self.device) for t in encode_rows(self.tokenizer, prompts, responses))
+    def _logprobs(self, model, prompts, responses, finished=None):
+        ids, attention, response = (t.to(self.device) for t in encode_rows(self.tokenizer, prompts, responses,
+                                                                              finished))
         scorer = model if model is self._parallel else _SequenceScorer(model)
         return scorer(ids, attention, response), int(attention.sum())
 
     @torch.no_grad()
-    def _eval_logprobs(self, model, prompts, responses) -> np.ndarray:
-        """Summed response log-probs (B,) under ``model`` in eval mode, without gradient."""
+    def _eval_logprobs(self, model, prompts, responses, finished=None) -> np.ndarray:
+        """Summed response log-probs (B,) under ``model`` in eval mode, without gradient
+        (``finished`` as :func:`encode_rows` takes it)."""
         was_training = model.training
         model.eval()
         try:
-            return self._logprobs(model, prompts, responses)[0].double().cpu().numpy()
+            return self._logprobs(model, prompts, responses, finished)[0].double().cpu().numpy()
         finally:
             model.train(was_training)
 
@@ -477,6 +483,7 @@ class Trainer:
             pools = distributed.gather_objects([self._pool(i, prompts[i])
                                                 for i in range(*distributed.shard_bounds(len(prompts)))])
             responses = [r for pool in pools for r in pool["responses"]]
+            finished = [f for pool in pools for f in pool["finished"]]
             w = torch.from_numpy(np.concatenate([pool["win_rates"] for pool in pools], axis=1))
             log_importance = torch.from_numpy(np.concatenate([pool["log_ratio"] for pool in pools]))
             group = torch.tensor([i for i, pool in enumerate(pools) for _ in pool["responses"]])
@@ -488,6 +495,7 @@ class Trainer:
             w = torch.cat([t.win_rates for t in tables], dim=1)  # (K, rows)
             group = torch.tensor([i for i, t in enumerate(tables) for _ in t.responses])
             log_importance = self._offline_base_measure(prompts, tables)
+            finished = [True] * len(responses)  # dataset responses are whole
         row_prompts = [prompts[int(g)] for g in group]
         weights, _ = mopo_weights(w, self.lam, self.config.tau, group, log_importance)
         if self.config.eps > 0:
@@ -504,10 +512,11 @@ class Trainer:
         for j in range(self.lam.numel()):
             metrics.update({f"lambda_{j + 1}": float(self.lam[j]), f"constraint_{j + 1}": float(estimate[j]),
                             f"threshold_{j + 1}": float(self.thresholds[j])})
-        rows = list(zip(row_prompts, responses, weights.tolist()))
+        rows = list(zip(row_prompts, responses, weights.tolist(), finished))
 
         def loss_sum(chunk):
-            logp, tokens = self._logprobs(self._forward_model, [r[0] for r in chunk], [r[1] for r in chunk])
+            logp, tokens = self._logprobs(self._forward_model, [r[0] for r in chunk], [r[1] for r in chunk],
+                                          [r[3] for r in chunk])
             weight = torch.tensor([r[2] for r in chunk], dtype=logp.dtype, device=logp.device)
             return -(weight * logp).sum(), tokens
 
@@ -529,16 +538,19 @@ class Trainer:
     def _pool(self, index: int, prompt: str) -> dict:
         """Online candidates for the batch's ``index``-th prompt: responses sampled from the policy
         (seeded by seed, step and index, so the split over processes changes nothing), their
-        importance-corrected pool win-rates (K, n), ``log r = log pi_ref - log pi_psi`` (n,) and
-        the pool's KL(pi_psi || pi_ref) estimate."""
+        importance-corrected pool win-rates (K, n), ``log r = log pi_ref - log pi_psi`` (n,), the
+        pool's KL(pi_psi || pi_ref) estimate, and which samples ended with eos (``finished``; one
+        cut at ``max_new_tokens`` is scored and cloned as the prefix it is, without eos)."""
         cfg = self.config
         seed = int(np.random.default_rng([cfg.seed, self.step, index]).integers(2**31))
-        responses = sample(self.model, self.tokenizer, [prompt], cfg.n_candidates, cfg.max_new_tokens, 1.0, seed)
+        responses, finished = sample(self.model, self.tokenizer, [prompt], cfg.n_candidates, cfg.max_new_tokens, 1.0,
+                                     seed, return_finished=True)
         repeated = [prompt] * len(responses)
-        log_ratio = (self._eval_logprobs(self.reference, repeated, responses)
-                     - self._eval_logprobs(self.model, repeated, responses))
+        log_ratio = (self._eval_logprobs(self.reference, repeated, responses, finished)
+                     - self._eval_logprobs(self.model, repeated, responses, finished))
         win_rates = pool_win_rates(pool_preferences(self.oracle, prompt, responses), log_ratio)
-        return {"responses": responses, "win_rates": win_rates, "log_ratio": log_ratio, "kl": float(-log_ratio.mean())}
+        return {"responses": responses, "finished": finished, "win_rates": win_rates, "log_ratio": log_ratio,
+                "kl": float(-log_ratio.mean())}
 
     def _ratchet(self, estimate: torch.Tensor) -> None:
         """Every t0 steps: b <- max(b_user, beta * the constraint estimate of t0 steps ago)."""

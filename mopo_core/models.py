@@ -427,13 +427,16 @@ def sample(
     temperature: float = 1.0,
     seed: int = 0,
     batch_size: int = 64,
-) -> list[str]:
+    return_finished: bool = False,
+):
     """``n`` responses per prompt, prompt-major (``prompts[i]``'s are at ``i*n:(i+1)*n``).
 
     Pure ancestral sampling from the model (no top-k/top-p), temperature 0 is greedy.
     Each response holds only the generated tokens up to the first eos, decoded without
     special tokens. The same seed and ``batch_size`` give the same responses; torch's
-    global RNG state is left as it was.
+    global RNG state is left as it was. ``return_finished``: return ``(responses,
+    finished)``, ``finished[i]`` telling whether response i ended with eos (``False``: cut at
+    ``max_new_tokens``, so it is a prefix, not a whole response).
     """
     check_int(n, "n", 1)
     check_int(max_new_tokens, "max_new_tokens", 1)
@@ -453,11 +456,13 @@ def sample(
                 out += _generate(model, tokenizer, queries[start : start + batch_size], config)
     finally:
         model.train(was_training)
-    return out
+    texts = [text for text, _ in out]
+    return (texts, [done for _, done in out]) if return_finished else texts
 
 
-def _generate(model, tokenizer, queries: list[list[int]], config: GenerationConfig) -> list[str]:
-    """Left-pad one batch of prompt ids, generate, and decode the new tokens to eos."""
+def _generate(model, tokenizer, queries: list[list[int]], config: GenerationConfig) -> list[tuple[str, bool]]:
+    """Left-pad one batch of prompt ids, generate, and decode the new tokens to eos; (text,
+    whether eos was generated) per query."""
     pad = config.pad_token_id
     width = max(len(q) for q in queries)
     ids = torch.tensor([[pad] * (width - len(q)) + q for q in queries])
@@ -467,8 +472,9 @@ def _generate(model, tokenizer, queries: list[list[int]], config: GenerationConf
     return [_decode_response(tokenizer, row[width:].tolist()) for row in tokens]
 
 
-def _decode_response(tokenizer, ids: list[int]) -> str:
+def _decode_response(tokenizer, ids: list[int]) -> tuple[str, bool]:
     eos = tokenizer.eos_token_id
-    if eos is not None and eos in ids:
+    finished = eos is not None and eos in ids
+    if finished:
         ids = ids[: ids.index(eos)]
-    return tokenizer.decode(ids, skip_special_tokens=True)
+    return tokenizer.decode(ids, skip_special_tokens=True), finished

@@ -115,7 +115,7 @@ def test_training_rows_and_sampling_encode_the_chat_prompt_exactly_once(monkeypa
     assert row == expected + tokenizer("w4 w5", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert response[0].sum() == 3
     queries = []
-    monkeypatch.setattr(lm, "_generate", lambda model, tok, batch, config: queries.extend(batch) or [""] * len(batch))
+    monkeypatch.setattr(lm, "_generate", lambda model, tok, batch, config: queries.extend(batch) or [("", True)] * len(batch))
     lm.sample(torch.nn.Linear(1, 1), tokenizer, [prompt], n=2)
     assert queries == [expected, expected]
 

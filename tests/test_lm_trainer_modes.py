@@ -76,6 +76,34 @@ def test_online_mopo_starts_with_plain_pool_averages_and_zero_kl(setting):
     assert pool["kl"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_online_samples_cut_at_the_token_budget_are_scored_as_prefixes(setting):
+    from mopo_core.lm_trainer import encode_rows
+    from mopo_core.models import sample
+
+    data, tok, oracle = setting
+    pair = next(iter(data))
+    prompt = pair.prompt
+    ids, attention, mask = encode_rows(tok, [prompt, prompt], [pair.response_a] * 2, finished=[True, False])
+    assert attention[0].sum() == attention[1].sum() + 1 and mask[0].sum() == mask[1].sum() + 1  # no eos on row 2
+    assert ids[0, int(attention[0].sum()) - 1] == tok.eos_token_id
+
+    model = _model(tok)
+    texts, finished = sample(model, tok, [prompt], 6, 2, 1.0, 0, return_finished=True)
+    assert texts == sample(model, tok, [prompt], 6, 2, 1.0, 0) and not all(finished)  # an untrained model rarely stops
+    config = TrainConfig(method="mopo", thresholds=(0.6,), online=True, n_candidates=6, steps=1, batch_size=1,
+                         max_new_tokens=2)
+    trainer = Trainer(model, tok, data, config, oracle=oracle)
+    trainer.step = 1
+    pool = trainer._pool(0, prompt)
+    assert len(pool["finished"]) == 6 and not all(pool["finished"])
+    repeated = [prompt] * 6
+    policy = trainer._eval_logprobs(trainer.model, repeated, pool["responses"], pool["finished"])
+    whole = trainer._eval_logprobs(trainer.model, repeated, pool["responses"])
+    cut = ~np.array(pool["finished"])
+    assert np.all(policy[cut] > whole[cut]) and np.allclose(policy[~cut], whole[~cut])  # no eos term for prefixes
+    np.testing.assert_allclose(pool["log_ratio"], 0.0, atol=1e-6)  # policy = reference at the start
+
+
 def test_online_mopo_trains_logs_kl_and_resumes_exactly(setting, tmp_path):
     data, tok, oracle = setting
     config = TrainConfig(method="mopo", thresholds=(0.95,), online=True, n_candidates=4, steps=6, batch_size=3,
