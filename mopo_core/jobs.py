@@ -254,15 +254,14 @@ def enqueue_training(store_path: str | os.PathLike, config: TrainConfig, setup: 
     run's checkpoint folder is ``<jobs_dir>/checkpoints/job-<id>``. Call :func:`ensure_worker` next."""
     from .dataset_runs import DatasetSetup, check_setup
 
-    if isinstance(setup, DatasetSetup):
-        kind, objectives = "train_dataset", check_setup(setup, models_folder).objectives
-    else:
-        from synthetic.text_task import TextTask
+    from .text_runs import check_text_run
 
-        kind, objectives = "train_text", TextTask(  # as text_runs.build_text_task builds it: checks the setup
-            n_prompts=setup.n_prompts, n_candidates=setup.n_candidates, temperature=setup.temperature,
-            seed=setup.seed).objectives
-    config.validate(len(objectives))
+    if isinstance(setup, DatasetSetup):
+        kind = "train_dataset"
+        config.validate(len(check_setup(setup, models_folder).objectives))
+    else:
+        kind = "train_text"
+        check_text_run(config, setup)
     spec = json.dumps(to_jsonable({"config": asdict(config), "setup": asdict(setup)}, "job"), allow_nan=False)
     path = _prepare(store_path)
     with _transaction(path, immediate=True) as conn:

@@ -43,10 +43,21 @@ class TextTaskSetup:
     seed: int = 0
 
 
+def text_task(setup: TextTaskSetup) -> TextTask:
+    """The task ``setup`` describes (its constructor refuses bad fields, naming them)."""
+    return TextTask(n_prompts=setup.n_prompts, n_candidates=setup.n_candidates, temperature=setup.temperature,
+                    seed=setup.seed)
+
+
+def check_text_run(config: TrainConfig, setup: TextTaskSetup) -> None:
+    """``ValueError`` naming the field for a bad ``setup``, or a ``config`` that does not fit the
+    task's objectives; cheap (no model is built)."""
+    config.validate(len(text_task(setup).objectives))
+
+
 def build_text_task(setup: TextTaskSetup):
     """(task, tokenizer, reference model, train/validation/test datasets) for ``setup``."""
-    task = TextTask(n_prompts=setup.n_prompts, n_candidates=setup.n_candidates, temperature=setup.temperature,
-                    seed=setup.seed)
+    task = text_task(setup)
     records = [r for r in task.sample_pairs(setup.pairs_per_prompt, seed=setup.seed)
                if r["response_a"] != r["response_b"]]  # identical candidates carry no preference
     train, validation, test = PreferenceDataset.from_records(records, origin="text task").split(seed=setup.seed)
@@ -111,8 +122,7 @@ def train_on_text_task(config: TrainConfig, setup: TextTaskSetup, store: RunStor
     hook ``trainer.request_cancel`` to a signal). A run that ends ``cancelled`` is not
     evaluated: the evaluation is ``None`` and no point is added. A bad config is refused before
     the reference is trained."""
-    config.validate(len(TextTask(n_prompts=setup.n_prompts, n_candidates=setup.n_candidates,
-                                 temperature=setup.temperature, seed=setup.seed).objectives))
+    check_text_run(config, setup)
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).expanduser().resolve()
     return _train_and_evaluate(config, setup, store, checkpoint_dir, callbacks, on_trainer)
 

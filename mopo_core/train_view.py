@@ -186,7 +186,7 @@ def dataset_setup(**values):
     from .dataset_runs import DatasetSetup, SetupError
 
     values = dict(values)
-    values["lora_r"] = int(values["lora_r"]) or None if values.get("lora_r") is not None else None
+    values["lora_r"] = int(values.get("lora_r") or 0) or None  # the page's 0 means full fine-tuning
     values["objective"] = (values.get("objective") or "").strip() or None
     values["split"] = tuple(float(f) for f in values.get("split", (0.8, 0.1, 0.1)))
     setup = DatasetSetup(**values)

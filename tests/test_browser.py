@@ -22,6 +22,7 @@ pytestmark = [
 ]
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -103,6 +104,24 @@ def _assert_no_errors(driver, page):
     assert not exceptions, f"{page}: {exceptions[0].text[:500]}"
     errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stAlertContentError"]')]
     assert not errors, f"{page}: error shown: {errors}"
+
+
+def retry(action, tries=10):
+    """``action()``, again while the element it used was redrawn by the page's rerun or polling."""
+    for i in range(tries):
+        try:
+            return action()
+        except (StaleElementReferenceException, StopIteration):
+            if i == tries - 1:
+                raise
+            time.sleep(0.5)
+
+
+def expand(driver, title):
+    """Click the expander whose summary contains ``title`` (opens it, or closes an open one)."""
+    retry(lambda: next(e for e in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary')
+                       if title in e.text).click())
+    _settle(driver)
 
 
 def _shot(driver, name):

@@ -19,7 +19,6 @@ import pytest
 pytest.importorskip("selenium", reason="selenium is not installed")
 
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -78,16 +77,6 @@ def server(folders):
     proc.wait(timeout=20)
 
 
-def _retry(action, tries=10):
-    for i in range(tries):
-        try:
-            return action()
-        except (StaleElementReferenceException, StopIteration):
-            if i == tries - 1:
-                raise
-            time.sleep(0.5)
-
-
 def _wait_text(driver, text, timeout=240):
     WebDriverWait(driver, timeout).until(lambda d: text in d.find_element(By.TAG_NAME, "body").text)
     tb._settle(driver)
@@ -95,7 +84,7 @@ def _wait_text(driver, text, timeout=240):
 
 def _choose(driver, testid, label, option):
     """Pick ``option`` in the select box (``testid`` stSelectbox / stMultiSelect) labelled ``label``."""
-    box = _retry(lambda: next(e for e in driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
+    box = tb.retry(lambda: next(e for e in driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
                               if label in e.text))
     field = box.find_element(By.CSS_SELECTOR, "input")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", field)
@@ -126,12 +115,12 @@ def test_models_page_load_sample_and_unload(server, browser, folders):
     tb._assert_no_errors(browser, "models after Load")
     if name == SMOLLM2:
         _choose(browser, "stSelectbox", "Example prompts", "how do i")
-    _retry(lambda: tb._button(browser, "Sample").click())
+    tb.retry(lambda: tb._button(browser, "Sample").click())
     _wait_text(browser, "Mean: ", 300)
     tb._assert_no_errors(browser, "models after Sample")
     _scroll_to(browser, "Load a model")
     tb._shot(browser, "models")
-    _retry(lambda: tb._button(browser, "Unload").click())
+    tb.retry(lambda: tb._button(browser, "Unload").click())
     _wait_text(browser, f"Unloaded {name}: freed", 120)
     tb._assert_no_errors(browser, "models after Unload")
     assert "No model loaded" in browser.find_element(By.TAG_NAME, "body").text

@@ -48,19 +48,8 @@ def servers():
                 proc.kill()
 
 
-def _retry(action, tries=10):
-    """``action()``, again while the element it used was redrawn by the page's polling."""
-    for i in range(tries):
-        try:
-            return action()
-        except (StaleElementReferenceException, StopIteration):
-            if i == tries - 1:
-                raise
-            time.sleep(0.5)
-
-
 def _click(driver, text):
-    _retry(lambda: tb._button(driver, text).click())
+    tb.retry(lambda: tb._button(driver, text).click())
 
 
 def _number(driver, label, value):
@@ -69,17 +58,16 @@ def _number(driver, label, value):
         block = next(e for e in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stNumberInput"]')
                      if e.find_element(By.CSS_SELECTOR, '[data-testid="stWidgetLabel"]').text.strip() == label)
         return block.find_element(By.CSS_SELECTOR, "input")
-    box = _retry(find)
+    box = tb.retry(find)
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(str(value), Keys.ENTER)
     tb._settle(driver)
-    assert _retry(find).get_attribute("value") == str(value)
+    assert tb.retry(find).get_attribute("value") == str(value)
 
 
 def _tiny_task(driver):
     """The task's smallest setup (10 prompts, 20 reference SFT steps): each worker starts in seconds."""
-    _retry(lambda: next(e for e in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary')
-                        if "Task and reference model" in e.text).click())
+    tb.expand(driver, "Task and reference model")
     _number(driver, "Prompts", 10)
     _number(driver, "Reference SFT steps", 20)
 
@@ -283,30 +271,25 @@ def test_train_page_trains_a_real_checkpoint_on_a_preference_file(browser, serve
     proc, url = tb.start_server({"MOPO_STORE": str(store), "OMP_NUM_THREADS": "2"})
     servers.append(proc)
     _open_train(browser, url)
-    _retry(lambda: next(e for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label')
+    tb.retry(lambda: next(e for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label')
                         if "Preference file" in e.text).click())
     tb._settle(browser)
-    box = _retry(lambda: next(e for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stTextInput"]')
+    box = tb.retry(lambda: next(e for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stTextInput"]')
                               if e.text.startswith("Preference file")).find_element(By.CSS_SELECTOR, "input"))
     box.send_keys(data, Keys.ENTER)
     tb._settle(browser, 120)
     WebDriverWait(browser, 60).until(lambda d: "The judge has seen none of the test prompts" in d.page_source)
-
-    def expand(title):
-        _retry(lambda: next(e for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary')
-                            if title in e.text).click())
-        tb._settle(browser)
-    expand("Split and evaluation")
+    tb.expand(browser, "Split and evaluation")
     _number(browser, "Evaluation samples per prompt", 2)
-    expand("Split and evaluation")
+    tb.expand(browser, "Split and evaluation")
     _number(browser, "Threshold b1 on harmlessness", "0.88")
     _number(browser, "Steps", 16)
-    expand("Optimiser, logging")
+    tb.expand(browser, "Optimiser, logging")
     _number(browser, "Batch size", 2)
-    expand("Optimiser, logging")
-    expand("MOPO: robust constraints")
+    tb.expand(browser, "Optimiser, logging")
+    tb.expand(browser, "MOPO: robust constraints")
     _number(browser, "Robust radius ε (KL ball) (0: off)", "0.150")
-    expand("MOPO: robust constraints")
+    tb.expand(browser, "MOPO: robust constraints")
     _click(browser, "Start training")
     _wait_progress(browser, "the run's middle", lambda r, s, n, st: s >= 11 and st == "running", timeout=900)
     _midrun_shot(browser, "train_dataset")

@@ -157,6 +157,7 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
     """x = V1, y = V0 of ``names`` (win-rates vs the reference model); the finished runs' points,
     their front, the reference point and the selected run's live constraint on V1."""
     ref = TV.REFERENCE_POINT
+    live = [c for c in live if c["j"] == 1] if run_status in ("running", "queued") else []  # the plane's x is V1
     xs = [ref[1], *points["v1"], *[c["estimate"] for c in live], *[c["threshold"] for c in live
                                                                     if np.isfinite(c["threshold"])]]
     ys = [ref[0], *points["v0"]]
@@ -189,7 +190,7 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
     fig.add_scatter(x=[ref[1]], y=[ref[0]], mode="markers", marker=dict(symbol="x", size=13, color="black"),
                     name=f"reference point ({ref[1]:g}, {ref[0]:g}): the reference model against itself",
                     hovertemplate="reference model vs itself: win-rate 0.5 on both objectives<extra></extra>")
-    for c in [c for c in live if c["j"] == 1] if run_status in ("running", "queued") else []:
+    for c in live:
         fig.add_scatter(x=[c["estimate"]] * 2, y=y_range, mode="lines", line=dict(color="crimson", width=3),
                         name=f"run {run_id} live, step {c['step']}: V{c['j']} estimate {c['estimate']:.3f} "
                              f"(training batch; V0 is measured when the run ends)",
