@@ -480,16 +480,17 @@ def test_a_dataset_run_is_set_up_checked_and_queued_from_the_sidebar(store_path,
 
     root, checkpoint, data = models_folder
     at = _dataset_page(monkeypatch, models_folder)
-    assert "Set up the dataset run: Preference file still to choose." in at.error[0].value
-    assert at.button(key="train_start").proto.disabled
+    assert "Set up the dataset run: Preference file still to choose." in [i.value for i in at.info]  # not an error
+    assert not at.error and at.button(key="train_start").proto.disabled
     assert at.selectbox(key="train_model").value == str(checkpoint)
     assert at.selectbox(key="train_model").options[0].startswith("tiny-chat · LlamaForCausalLM · ")
     assert at.selectbox(key="train_prefmodel").value == str(root / "prefmodels" / "tiny-judge")
     assert at.text_input(key="train_split").value == "0.6, 0.2, 0.2"  # the judge's own split, from its record
     assert "Preference file + local checkpoint" not in at.caption[0].value and "starting checkpoint" in _text(at)
 
-    at.text_input(key="train_data").set_value(str(data)).run()
-    assert not at.exception and not at.error
+    at.button(key="train_use_judge_data").click().run()  # the judge's recorded file, offered while the field is empty
+    assert at.text_input(key="train_data").value == str(data)
+    assert not at.exception and not at.error and not [b for b in at.button if b.key == "train_use_judge_data"]
     found = check_setup(DatasetSetup(str(data), str(checkpoint), str(root / "prefmodels" / "tiny-judge"),
                                      split=(0.6, 0.2, 0.2), max_response_tokens=5))
     n = found.n_pairs

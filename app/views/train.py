@@ -405,7 +405,8 @@ def check_dataset(key: str, stamps: tuple, _setup) -> tuple[str, object]:
 
 
 def dataset_form():
-    """The sidebar's dataset settings: (DatasetSetup or None, SetupCheck or None, error or None)."""
+    """The sidebar's dataset settings: (DatasetSetup or None, SetupCheck or None, message or None,
+    whether the message is an error rather than a field still to fill in)."""
     from mopo_core import model_registry as R
     from mopo_core.dataset_runs import DATA_FORMATS
     from mopo_core.preference_models import read_meta
@@ -437,9 +438,12 @@ def dataset_form():
             try:
                 meta = read_meta(judge)
                 fitted = meta["info"].get("data") or {}
-                st.caption(f"Judge scores {', '.join(meta['objectives'])}; fitted on "
-                           f"{Path(fitted.get('file', '?')).name}, split {fitted.get('split', '?')}, split seed "
-                           f"{fitted.get('split_seed', '?')}.")
+                st.caption(f"Judge scores {', '.join(meta['objectives'])}; fitted on `{fitted.get('file', '?')}`, "
+                           f"split {fitted.get('split', '?')}, split seed {fitted.get('split_seed', '?')}.")
+                if not data.strip() and fitted.get("file") and Path(fitted["file"]).is_file():
+                    st.button("Use the judge's data file", key="train_use_judge_data", on_click=st.session_state.update,
+                              kwargs={"train_data": fitted["file"]},
+                              help="Fill in the preference file the judge was fitted on (its test split is unseen).")
             except (OSError, ValueError) as exc:
                 st.caption(f"Judge unreadable: {exc}")
         else:
@@ -473,19 +477,19 @@ def dataset_form():
     try:
         split = [float(w) for w in split_text.replace(",", " ").split()]
     except ValueError:
-        return None, None, f"{L['split']} (split): {split_text!r} holds a word that is not a number"
+        return None, None, f"{L['split']} (split): {split_text!r} holds a word that is not a number", True
     if not data.strip() or not model or not judge:
         missing = [L[f] for f, v in (("data", data.strip()), ("model", model), ("prefmodel", judge)) if not v]
-        return None, None, f"Set up the dataset run: {', '.join(missing)} still to choose."
+        return None, None, f"Set up the dataset run: {', '.join(missing)} still to choose.", False
     try:
         setup = TV.dataset_setup(data=str(Path(data.strip()).expanduser().resolve()), format=fmt, objective=objective,
                                  model=model, prefmodel=judge, lora_r=lora_r, split=split, split_seed=split_seed,
                                  **values)
     except ValueError as exc:
-        return None, None, str(exc)
+        return None, None, str(exc), True
     status, found = check_dataset(repr(setup), _stamp(setup.data, Path(model) / "config.json",
                                                       Path(judge) / R.PREFMODEL_META), setup)
-    return (setup, found, None) if status == "ok" else (setup, None, found)
+    return (setup, found, None, False) if status == "ok" else (setup, None, found, True)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -533,9 +537,9 @@ with st.sidebar:
     task = st.radio("Task", list(TASKS), format_func=TASKS.get, key="train_task")
     setup, checked, setup_error = None, None, None
     if task == "dataset":
-        setup, checked, setup_error = dataset_form()
+        setup, checked, setup_error, is_error = dataset_form()
         if setup_error:
-            st.error(setup_error)
+            (st.error if is_error else st.info)(setup_error)
         else:
             n = checked.n_pairs
             st.success(f"{sum(n)} pairs: {n[0]} train / {n[1]} validation / {n[2]} test, split by prompt. Objectives: "
