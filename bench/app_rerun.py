@@ -1,7 +1,8 @@
 """Server time of a rerun of the default Explore page after a slider change (target < 150 ms),
 and of a 100-threshold sweep at the default size (target < 1 s).
 
-Run from the repository root: ``.venv/bin/python bench/app_rerun.py [--repeats 30]``.
+Run from the repository root: ``.venv/bin/python bench/app_rerun.py [--repeats 30]``, or with
+``--quick`` (3 threshold changes, one sweep: a smoke run in seconds whose medians mean little).
 Reruns are timed with Streamlit's AppTest, which executes the page script exactly as the
 server does (no browser, no network): the time is the script's server time. The peer is the
 same page with every cache warm and the threshold unchanged (a no-op rerun), so the ratio
@@ -63,11 +64,13 @@ def time_sweep(repeats: int) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, help="threshold changes timed (default 30; --quick 3)")
+    parser.add_argument("--quick", action="store_true", help="3 threshold changes and one sweep: a smoke run")
     args = parser.parse_args(argv)
-    changed, unchanged = time_reruns(args.repeats)
+    repeats = args.repeats if args.repeats is not None else 3 if args.quick else 30
+    changed, unchanged = time_reruns(repeats)
     med_changed, med_unchanged = statistics.median(changed), statistics.median(unchanged)
-    sweep = time_sweep(5)
+    sweep = time_sweep(1 if args.quick else 5)
     print(f"Explore rerun after a threshold change: median {med_changed:.1f} ms, p90 "
           f"{np.percentile(changed, 90):.1f} ms over {len(changed)} changes "
           f"(target < {RERUN_TARGET_MS:.0f} ms: {'met' if med_changed < RERUN_TARGET_MS else 'MISSED'})")

@@ -33,7 +33,8 @@ states included). MFU = 6 * N * tokens/s / peak dense bf16 FLOP/s, N = weights o
 layers (the head included, once when tied; embeddings and attention's T-dependent FLOPs
 left out), policy only: a DPO step's reference forward (2N per token more) is not counted.
 Peak: 989 TFLOP/s for H100 SXM and H200 (756 for H100 PCIe), from the device name; the
-measured bf16 matmul rate (8192^3) is printed beside it.
+measured bf16 matmul rate (8192^3; 1024^3 with ``--cpu``, 256^3 with ``--tiny``) is printed
+beside it.
 
 Targets (fused path, mopo, full fine-tuning, one H100): >= 60% MFU at 1.3B; >= 25% MFU at
 135M; peak memory at 135M, batch 8 x 512, under 5.45 GiB (half the plain baseline's 10.9 GiB).
@@ -371,7 +372,7 @@ def main(argv=None) -> int:
     device = torch.device("cpu" if args.cpu else "cuda")
     specs = TINY_MODELS if args.tiny else MODELS
     peak_tflops = peak_bf16_tflops(device)
-    env = environment(device, matmul_tflops(device, 1024 if args.cpu else 8192), peak_tflops)
+    env = environment(device, matmul_tflops(device, 256 if args.tiny else 1024 if args.cpu else 8192), peak_tflops)
     print(f"# bench/gpu_step.py on {env['device']}: torch {env['torch']}, transformers {env['transformers']}, "
           f"peft {env['peft']}; bf16 matmul {env['matmul_bf16_tflops']:.1f} TFLOP/s measured, "
           f"peak {_fmt(peak_tflops, '.0f')} TFLOP/s; batch {args.batch[0]} x {args.batch[1]}, "

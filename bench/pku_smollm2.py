@@ -3,6 +3,7 @@ threshold against DPO, MODPO and Rewarded Soups, the same small budget each, jud
 prompts by a preference model that saw none of them (issue 5, item 1).
 
     python bench/pku_smollm2.py [--steps 20] [--out bench/results/pku_smollm2] [--store runs.sqlite]
+    python bench/pku_smollm2.py --quick     # smoke run in seconds on tiny stand-ins (see below)
 
 Steps (every number measured here, nothing tuned on the test split):
 1. The sample (``../shared/data/pku_saferlhf_sample.jsonl``) is split by prompt 0.7 / 0.15 / 0.15
@@ -23,12 +24,21 @@ Steps (every number measured here, nothing tuned on the test split):
    counts, threshold satisfaction, the preference model's accuracies, wall times),
    ``samples.json`` (a few prompts' samples), ``front.html`` and ``front.png`` (when kaleido is
    importable); each train run and one ``comparison`` run (all points) go to the run store.
+
+``--quick`` runs these same steps, in seconds, on tiny stand-ins built in a temporary folder
+(those of ``tests/lm_fixtures.py``: a tiny Llama with a word-level chat tokenizer, a tiny BERT
+encoder, a generated helpfulness/harmlessness preference file of 30 prompts, split 0.6 / 0.2 /
+0.2, responses cut to 8 tokens), 2 steps per policy, 1 sample of at most 4 tokens per test
+prompt, a preference model fitted for at most 5 epochs; out and store default to that temporary
+folder. It needs neither ``../shared/data`` nor SmolLM2
+nor the MiniLM encoder, and its numbers mean nothing: it shows that the bench still runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -62,13 +72,14 @@ MODPO_WEIGHTS = (0.25, 0.75)
 SOUP_WEIGHTS = (0.5, 1.0)
 
 
-def fit_judge(setup: DatasetSetup, out: Path, store: RunStore) -> dict:
-    """Fit the preference model on the train split's prompts only, save it to ``out`` and record
-    a ``prefmodel`` run; returns its accuracies per split."""
+def fit_judge(setup: DatasetSetup, out: Path, store: RunStore, encoder_dir: Path,
+              settings: HeadSettings) -> dict:
+    """Fit the preference model (the encoder at ``encoder_dir``, a head trained with
+    ``settings``) on the train split's prompts only, save it to ``out`` and record a
+    ``prefmodel`` run; returns its accuracies per split."""
     tokenizer = load_tokenizer(model_directory(setup.model))
     train, validation, test = load_splits(setup, tokenizer)
-    encoder = SentenceEncoder.load(default_encoder_dir())
-    settings = HeadSettings()
+    encoder = SentenceEncoder.load(encoder_dir)
     config = {"data": {"file": setup.data, "split": list(setup.split), "split_seed": setup.split_seed,
                        "max_response_tokens": setup.max_response_tokens, "fitted_on": "train split only"},
               "encoder": encoder.path, **asdict(settings), "out": str(out)}
@@ -134,24 +145,58 @@ def constraint_trace(result) -> dict:
             "final_lambda": result.multipliers[0]}
 
 
+def quick_stand_ins(folder: Path, prefmodel: Path) -> tuple[DatasetSetup, Path]:
+    """The ``--quick`` run's setup (its preference model to be saved at ``prefmodel``) and
+    encoder folder: tiny stand-ins written into ``folder`` (see the module docstring)."""
+    from tests.lm_fixtures import WORDS, save_chat_checkpoint, save_tiny_encoder, write_preference_file
+
+    data = write_preference_file(folder / "preferences.jsonl")
+    model = save_chat_checkpoint(folder / "model")
+    encoder_dir = save_tiny_encoder(folder / "encoder", WORDS + ["user", "assistant"])
+    setup = DatasetSetup(data=str(data), model=str(model), prefmodel=str(prefmodel), lora_r=8, split=(0.6, 0.2, 0.2),
+                         max_response_tokens=8, eval_samples=1, max_new_tokens=4)
+    return setup, encoder_dir
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20, help="training steps per policy (the same for all)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pku_smollm2"))
-    parser.add_argument("--store", help="run store (default: $MOPO_STORE or the user data dir)")
+    parser.add_argument("--steps", type=int, help="training steps per policy, the same for all (default 20; --quick 2)")
+    parser.add_argument("--out", help="results folder (default bench/results/pku_smollm2; --quick: a temporary one)")
+    parser.add_argument("--store", help="run store (default: $MOPO_STORE or the user data dir; --quick: a temporary "
+                                        "one)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run in seconds on tiny stand-ins, not the sample or SmolLM2 (numbers mean nothing)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # on a busy 2-core machine one thread is much faster
+    if args.quick:
+        with tempfile.TemporaryDirectory(prefix="pku_smollm2_quick_") as tmp:
+            folder = Path(tmp)
+            out = Path(args.out or folder / "out")
+            print(f"quick run on tiny stand-ins in {folder}: not the PKU-SafeRLHF sample, SmolLM2 or MiniLM; "
+                  "its numbers mean nothing", flush=True)
+            setup, encoder_dir = quick_stand_ins(folder, out / "prefmodel")
+            return run(setup, encoder_dir, HeadSettings(max_epochs=5, patience=2),
+                       steps=2 if args.steps is None else args.steps, out=out,
+                       store=RunStore(args.store or folder / "runs.sqlite"))
     if not DATA.is_file():
         print(f"error: {DATA}: missing (the bench needs ../shared/data)", file=sys.stderr)
         return 2
-    out, store, start, cpu_start = Path(args.out), RunStore(args.store), time.perf_counter(), time.process_time()
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or ROOT / "bench" / "results" / "pku_smollm2")
     setup = DatasetSetup(data=str(DATA), model=MODEL, prefmodel=str(out / "prefmodel"), lora_r=8,
                          split=(0.7, 0.15, 0.15), max_response_tokens=32, eval_samples=4, max_new_tokens=24)
-    judge_metrics = fit_judge(setup, out / "prefmodel", store)
+    return run(setup, default_encoder_dir(), HeadSettings(), steps=20 if args.steps is None else args.steps,
+               out=out, store=RunStore(args.store))
+
+
+def run(setup: DatasetSetup, encoder_dir: Path, head: HeadSettings, steps: int, out: Path, store: RunStore) -> int:
+    """The module docstring's steps for ``setup`` (whose ``prefmodel`` is ``<out>/prefmodel``),
+    ``steps`` training steps per policy, the preference model's head trained with ``head``."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    out.mkdir(parents=True, exist_ok=True)
+    judge_metrics = fit_judge(setup, out / "prefmodel", store, encoder_dir, head)
     task = DatasetTask(setup)
     thresholds = threshold_grid(task.raw[0])
-    base = dict(tau=0.08, steps=args.steps, batch_size=4, lr=1e-3, checkpoint_every=args.steps)
+    base = dict(tau=0.08, steps=steps, batch_size=4, lr=1e-3, checkpoint_every=steps)
     rows, evaluations = [], {}
     for method, parameter, make in policies(task, base, store, thresholds):
         t0, c0 = time.perf_counter(), time.process_time()

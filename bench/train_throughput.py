@@ -63,14 +63,15 @@ METHODS = ("mopo", "dpo", "ipo", "sft")
 
 class CountingTrainer(Trainer):
     """The project's Trainer, unchanged, plus counts of the tokens and rows its policy processes
-    (read off ``_logprobs``, which every method calls; the reference's calls are not counted)."""
+    (read off ``_logprobs``, which every method calls, whatever further arguments it takes; the
+    reference's calls are not counted)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.tokens = self.rows = 0
 
-    def _logprobs(self, model, prompts, responses):
-        logp, n = super()._logprobs(model, prompts, responses)
+    def _logprobs(self, model, prompts, responses, *args, **kwargs):
+        logp, n = super()._logprobs(model, prompts, responses, *args, **kwargs)
         if model is self.model:
             self.tokens += n
             self.rows += len(prompts)

@@ -1,0 +1,99 @@
+"""Every benchmark under ``bench/`` still runs: each script's quick mode as a subprocess (this
+interpreter, the repository root as working directory, one BLAS/torch thread), which must exit
+0 and print its result lines (ratios, checks, tables). A script under ``bench/`` that no case
+runs fails ``test_every_bench_script_has_a_quick_run``, so a new benchmark gets a smoke run too.
+
+The quick modes write only to temporary folders (``MOPO_STORE`` and ``--out`` point into
+``tmp_path``); none needs the network, ``../shared`` data, a real model or TRL (without TRL the
+throughput bench prints that TRL's comparison was skipped)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+
+
+@dataclass(frozen=True)
+class QuickRun:
+    """A quick-mode command (``{python}`` and ``{tmp}`` filled in), the bench scripts it runs,
+    a pattern for each result line it must print with how many times it must match, and the
+    files (under ``{tmp}``) it must write."""
+
+    command: tuple[str, ...]
+    covers: tuple[str, ...]
+    expected: tuple[tuple[str, int], ...]
+    writes: tuple[str, ...]
+
+
+TRL_LINE = (r"vs TRL DPOTrainer tokens/s: our DPO [0-9.]+x, our MOPO [0-9.]+x"
+            if importlib.util.find_spec("trl") else r"TRL not installed: skipped")
+
+RUNS = {
+    "tabular": QuickRun(
+        ("{python}", "bench/tabular.py", "--quick", "--json", "{tmp}/tabular.json"),
+        ("tabular.py",),
+        ((rf"N=\s*8: median ratio {NUMBER}x", 1), (rf"N=\s*16: median ratio {NUMBER}x", 1),
+         (rf"ratio naive / sweep = {NUMBER}x", 1), (r"agreement with the peer: max \|V diff\|", 1),
+         (r"\| bt_conflict N=200 M=32 K=2 \| 100 \|", 1)),
+        ("tabular.json",)),
+    "train_throughput": QuickRun(
+        ("{python}", "bench/train_throughput.py", "--quick", "--threads", "1", "--json", "{tmp}/train.json"),
+        ("train_throughput.py",),
+        ((rf"MOPO / DPO tokens/s: {NUMBER}x \(same batch_size\), {NUMBER}x \(DPO with matched rows\)", 2),
+         (TRL_LINE, 2), (rf"\| gpt2 6x256 \| mopo \| 8 \| {NUMBER} \|", 1)),
+        ("train.json",)),
+    "app_rerun": QuickRun(
+        ("{python}", "bench/app_rerun.py", "--quick"),
+        ("app_rerun.py",),
+        ((rf"Explore rerun after a threshold change: median {NUMBER} ms", 1),
+         (rf"ratio change / no-op = {NUMBER}x", 1), (rf"100-threshold sweep at the default size .*: {NUMBER} ms", 1)),
+        ()),
+    "pku_smollm2": QuickRun(
+        ("{python}", "bench/pku_smollm2.py", "--quick", "--out", "{tmp}/pku"),
+        ("pku_smollm2.py",),
+        ((rf"helpfulness {NUMBER} ± {NUMBER}  harmlessness {NUMBER} ± {NUMBER}", 8),
+         (r"\| mopo +\| +3 \|", 1), (r"comparison run [0-9]+; wall time", 1)),
+        ("pku/points.csv", "pku/summary.md", "pku/prefmodel")),
+    "gpu_check": QuickRun(
+        ("bash", "bench/gpu_check.sh", "--cpu", "--tiny", "--out", "{tmp}/gpu"),
+        ("gpu_check.sh", "gpu_step.py"),
+        ((r"^check: PASS$", 1),
+         (rf"\| tiny-(llama|opt) \| (full|lora) \| (mopo|dpo) \| (plain|fused) \| {NUMBER} \|", 16)),
+        ("gpu/gpu_step.json", "gpu/gpu_step.md")),
+}
+SLOW = {"train_throughput", "pku_smollm2", "gpu_check"}  # each 5 to 15 s on a quiet 2-core machine
+
+
+def test_every_bench_script_has_a_quick_run():
+    scripts = {p.name for p in BENCH.iterdir() if p.suffix in (".py", ".sh")}
+    covered = {name for run in RUNS.values() for name in run.covers}
+    assert scripts == covered, f"bench scripts without a quick run: {sorted(scripts - covered)}; " \
+                               f"quick runs of missing scripts: {sorted(covered - scripts)}"
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in RUNS])
+def test_the_quick_run_exits_0_and_prints_its_results(name, tmp_path):
+    run = RUNS[name]
+    command = [part.format(python=sys.executable, tmp=tmp_path) for part in run.command]
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env.update({"PYTHON": sys.executable, "MOPO_STORE": str(tmp_path / "runs.sqlite"), "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)} exited {result.returncode}:\n{result.stdout[-3000:]}\n" \
+                                   f"{result.stderr[-3000:]}"
+    for pattern, count in run.expected:
+        found = re.findall(pattern, result.stdout, flags=re.MULTILINE)
+        assert len(found) == count, f"{name}: {count} lines matching {pattern!r} expected, {len(found)} printed:\n" \
+                                    f"{result.stdout[-3000:]}"
+    missing = [path for path in run.writes if not (tmp_path / path).exists()]
+    assert not missing, f"{name}: did not write {missing}"
