@@ -1,6 +1,11 @@
 """Command line: ``python -m mopo_core {solve,sweep,suite,train,evaluate,compare-text,runs,data,
 models,prefmodel} ...``. Commands that compute something record a run in the run store
-(``--store`` or $MOPO_STORE); ``runs`` reads it; ``data`` and ``models`` do not touch it."""
+(``--store`` or $MOPO_STORE); ``runs`` reads it; ``data`` and ``models`` do not touch it.
+
+Bad input (a ``ValueError``, ``KeyError`` or ``OSError``: a file, argument, row or field that
+is wrong, a run that does not exist, a file that cannot be read) prints ``error: <message>`` on
+one line of stderr, naming what is wrong, and exits with status 2; anything else is a bug and
+keeps its traceback."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +27,7 @@ from .public_formats import FORMATS, format_report, load_public
 from .runs import RunStore
 from .suite import METHODS, SuiteConfig, config_dict, results_table, run_suite, summary_table
 from .tabular import TabularProblem, policy_values
-from .validation import read_preference_array
+from .validation import read_preference_file
 
 
 #: lm_trainer.METHODS, repeated here so that the CLI does not import torch for the other commands.
@@ -32,11 +37,7 @@ TRAIN_METHODS = ("mopo", "dpo", "ipo", "weighted_dpo", "modpo", "sft")
 def _instance(args) -> tuple[TabularProblem, dict]:
     """The problem to solve (a structure or a file) and its config for the run store."""
     if args.preferences:
-        try:
-            data = Path(args.preferences).read_bytes()
-        except OSError as exc:
-            raise ValueError(f"{args.preferences}: cannot read the file ({exc})") from None
-        array = read_preference_array(args.preferences, data)
+        array = read_preference_file(args.preferences)
         try:
             problem = TabularProblem.build(array)
         except ValueError as exc:
@@ -406,7 +407,8 @@ def cmd_train(args, store: RunStore) -> int:
                     result, evaluation = train_on_text_task(config, setup, store, args.checkpoint_dir,
                                                             callbacks=(session.progress,), on_trainer=session.attach)
     except SetupError as exc:
-        print(f"error: --{exc.field.replace('_', '-')}: {exc.detail}", file=sys.stderr)
+        flag = "--" + exc.field.replace("_", "-")
+        print(f"error: {one_line(f'{flag}: {exc.detail}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         run_id = getattr(session.trainer, "run_id", None)
@@ -504,11 +506,29 @@ COMMANDS = {"solve": cmd_solve, "sweep": cmd_sweep, "suite": cmd_suite, "runs": 
             "models": cmd_models, "prefmodel": cmd_prefmodel}
 
 
+def one_line(message: str) -> str:
+    """A (possibly multi-line) error message on one line: the first line, then the indented
+    lines that list rows, joined by ``; ``."""
+    first, *rest = str(message).splitlines() or [""]
+    listed = [line.strip() for line in rest if line.strip()]
+    return f"{first} {'; '.join(listed)}" if listed else first
+
+
+def _error_text(exc: Exception) -> str:
+    """What to print for a named error: a KeyError's message without its quotes, an OSError's
+    file and reason."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        return exc.args[0]
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         store = None if args.command in ("data", "models") else RunStore(args.store)
         return COMMANDS[args.command](args, store)
-    except (ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"error: {one_line(_error_text(exc))}", file=sys.stderr)
         return 2

@@ -15,13 +15,16 @@ On disk (JSONL line or Parquet row) a record is::
 ``"labels": [label, ...]`` is accepted when the objective names are passed separately.
 Bad input raises ``ValueError`` naming the file, the 1-based row and the field; all row
 errors are collected into one message. Nothing is silently dropped, repaired or clipped.
+Texts must be valid Unicode: bytes that are not UTF-8, and lone surrogates (a JSON
+``"\ud800"`` escape), are row errors, so no tokenizer ever sees them. JSON nested too deeply
+to parse is a row error too.
 """
 from __future__ import annotations
 
 import json
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -37,6 +40,10 @@ SUFFIXES = (".jsonl", ".parquet")
 MAX_LISTED_ERRORS = 20
 #: The label of a tie.
 TIE = 0.5
+#: Bytes read from a file at a time by :func:`numbered_lines`.
+READ_CHUNK_BYTES = 1 << 20
+#: Labels closer than this are the same label (a duplicate's ``1 - l`` after an a/b swap is rounded).
+LABEL_ATOL = 1e-12
 
 
 # --------------------------------------------------------------------------- field checks
@@ -48,6 +55,12 @@ def _text_problem(value) -> str | None:
         return f"expected a string, got {_describe(value)}"
     if not value.strip():
         return "empty or whitespace-only text"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"not valid Unicode text: lone surrogate U+{ord(value[exc.start]):04X} at character "
+                    f"{exc.start} (a broken \\u escape?)")
     return None
 
 
@@ -190,24 +203,45 @@ class PreferenceDataset:
                 first[key] = i
         return found
 
+    def label_conflicts(self) -> list[tuple[int, int]]:
+        """The :meth:`duplicates` ``(first index, duplicate index)`` whose labels contradict:
+        on some objective the duplicate's label, read in the first pair's a/b order (``1 - l``
+        when a and b are swapped), differs from the first pair's label."""
+        conflicts = []
+        for i, j in self.duplicates():
+            first, repeat = self.pairs[i], self.pairs[j]
+            swapped = repeat.response_a != first.response_a
+            aligned = [1.0 - label if swapped else label for label in repeat.labels]
+            if any(abs(a - b) > LABEL_ATOL for a, b in zip(first.labels, aligned, strict=True)):
+                conflicts.append((i, j))
+        return conflicts
+
     def report(self) -> dict:
         """A summary for logs and the app.
 
         Keys: ``n_pairs``, ``n_prompts``, ``K``, ``objectives`` (list), ``primary``,
         ``single_objective`` (K = 1), ``label_kind`` (per objective: ``"hard"`` when every
         label is 0 or 1, else ``"soft"``), ``n_ties`` (per objective: labels equal to 0.5),
-        ``n_duplicates`` (see :meth:`duplicates`) and ``notes`` (list of plain sentences).
+        ``n_duplicates`` (see :meth:`duplicates`), ``n_label_conflicts`` (the duplicates whose
+        labels contradict the pair they repeat, see :meth:`label_conflicts`) and ``notes``
+        (list of plain sentences).
         """
         labels = np.array([pair.labels for pair in self.pairs], dtype=float).reshape(len(self), self.n_objectives)
         hard = np.all((labels == 0.0) | (labels == 1.0), axis=0)
         ties = np.sum(labels == TIE, axis=0)
         single = self.n_objectives == 1
+        conflicts = self.label_conflicts()
         notes = []
         if single:
             notes.append(
                 f"single objective (K = 1: {self.objectives[0]}): usable by single-objective trainers "
                 "(SFT, DPO, IPO); MOPO needs a primary and at least one secondary objective"
             )
+        if conflicts:
+            shown = ", ".join(f"{self._where(j)} contradicts {self._where(i)}"
+                              for i, j in conflicts[:MAX_LISTED_ERRORS])
+            notes.append(f"{len(conflicts)} label conflict(s): the same pair again with other labels ({shown}"
+                         f"{', ...' if len(conflicts) > MAX_LISTED_ERRORS else ''})")
         return {
             "n_pairs": len(self),
             "n_prompts": len(self.prompts()),
@@ -218,8 +252,13 @@ class PreferenceDataset:
             "label_kind": {name: "hard" if h else "soft" for name, h in zip(self.objectives, hard, strict=True)},
             "n_ties": {name: int(t) for name, t in zip(self.objectives, ties, strict=True)},
             "n_duplicates": len(self.duplicates()),
+            "n_label_conflicts": len(conflicts),
             "notes": notes,
         }
+
+    def _where(self, index: int) -> str:
+        """Pair ``index``'s origin, or ``"pairs[<index>]"`` when it has none."""
+        return self.pairs[index].origin or f"pairs[{index}]"
 
     def split(self, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> tuple[PreferenceDataset, ...]:
         """Split by prompt into ``len(fractions)`` datasets (e.g. train/validation/test).
@@ -446,24 +485,46 @@ def _suffix(path: Path) -> str:
 def _read_jsonl(path: Path) -> tuple[list[tuple[int, object]], list[tuple[int, str]]]:
     """``(rows, errors)`` of the JSON Lines file at ``path`` (see :func:`parse_json_lines`)."""
     with path.open("rb") as handle:
-        return parse_json_lines(handle)
+        return parse_json_lines(numbered_lines(iter(lambda: handle.read(READ_CHUNK_BYTES), b"")))
 
 
-def parse_json_lines(lines: Iterable[bytes]) -> tuple[list[tuple[int, object]], list[tuple[int, str]]]:
+def numbered_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """``(1-based line number, line)`` for the lines of the byte stream ``chunks`` that are not
+    blank, split on ``\\n`` only (so U+2028 and similar inside strings are safe). A chunk of
+    ASCII whitespace only is counted without being split, so a file of millions of empty
+    lines costs neither time nor memory."""
+    line_number, pending = 1, b""
+    for chunk in chunks:
+        if not pending and not chunk.strip():
+            line_number += chunk.count(b"\n")
+            continue
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for offset, line in enumerate(lines):
+            if line.strip():
+                yield line_number + offset, line
+        line_number += len(lines)
+    if pending.strip():
+        yield line_number, pending
+
+
+def parse_json_lines(lines: Iterable[tuple[int, bytes]]) -> tuple[list[tuple[int, object]], list[tuple[int, str]]]:
     """``(rows, errors)``: parsed records by 1-based line number, and lines that are not valid JSON.
 
-    ``lines`` are raw byte lines split on ``\\n`` only (so U+2028 and similar inside strings
-    are safe); a UTF-8 byte-order mark on the first line is allowed; blank lines are skipped;
-    duplicate keys are an error.
+    ``lines`` are ``(line number, raw bytes)`` as :func:`numbered_lines` gives them; a UTF-8
+    byte-order mark on line 1 is allowed; lines blank after decoding are skipped; duplicate
+    keys and nesting too deep to parse are errors.
     """
     rows, errors = [], []
-    for row, raw in enumerate(lines, start=1):
+    for row, raw in lines:
         try:
             line = raw.decode("utf-8-sig" if row == 1 else "utf-8")
             if line.strip():
                 rows.append((row, json.loads(line, object_pairs_hook=_unique_keys)))
         except UnicodeDecodeError as exc:
             errors.append((row, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"))
+        except RecursionError:
+            errors.append((row, "invalid JSON (nested too deeply to read)"))
         except ValueError as exc:
             errors.append((row, f"invalid JSON ({exc})"))
     return rows, errors

@@ -37,7 +37,9 @@ messages ``[{"role": "system"|"user"|"assistant", "content": str}]`` (for chat
 templates) is kept in the pair's metadata under ``"messages"``.
 
 Files are UTF-8 JSON Lines or one JSON array, optionally gzip-compressed (detected from
-the content, not the name). Rows are numbered from 1: line numbers for JSON Lines, array
+the content, not the name; decompressed as a stream, at most :data:`MAX_DECOMPRESSED_BYTES`,
+and a corrupt gzip is a ``ValueError`` naming the file). JSON Lines are read as a stream:
+runs of blank lines cost neither time nor memory. Rows are numbered from 1: line numbers for JSON Lines, array
 index + 1 for an array. Bad rows raise one ``ValueError`` naming the file, each row and the
 field (all errors collected, the first ``MAX_LISTED_ERRORS`` listed, as in
 :mod:`mopo_core.preferences`). Nothing is dropped silently: duplicates are kept and
@@ -47,17 +49,21 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import itertools
 import json
 import os
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .preferences import (
     MAX_LISTED_ERRORS,
+    READ_CHUNK_BYTES,
     TIE,
     PreferenceDataset,
     PreferencePair,
+    numbered_lines,
     parse_json_lines,
     _describe,
     _objective_names,
@@ -65,6 +71,7 @@ from .preferences import (
     _text_problem,
     _unique_keys,
 )
+from .validation import format_bytes
 
 #: The formats :func:`load_public` reads (besides ``"auto"``).
 FORMATS = ("pku", "hh", "sharegpt", "alpaca")
@@ -75,6 +82,8 @@ PKU_LABEL_FIELDS = ("better_response_id", "safer_response_id")
 DEFAULT_OBJECTIVE = "helpfulness"
 #: How many rows the format sniffer looks at.
 SNIFF_ROWS = 5
+#: The most bytes a gzip file may decompress to (1 GiB); a bigger one is refused, not read.
+MAX_DECOMPRESSED_BYTES = 2**30
 
 _PKU_TEXTS = ("prompt", "response_0", "response_1")
 #: Optional PKU fields that must have this type when present (kept as metadata).
@@ -117,17 +126,19 @@ class PublicDataset:
 
     def report(self) -> dict:
         """:meth:`PreferenceDataset.report` plus ``file``, ``format``, ``label_balance``,
-        ``n_objective_conflicts``, ``duplicates``, ``n_skipped`` and ``skipped``.
+        ``n_objective_conflicts``, ``duplicates``, ``label_conflicts``, ``n_skipped`` and ``skipped``.
 
         ``label_balance[objective]`` counts pairs by winner: ``"a"`` (label > 0.5), ``"b"``
         (< 0.5) and ``"tie"``. ``n_objective_conflicts`` counts pairs that one objective
         decides for ``response_a`` and another for ``response_b``. ``duplicates`` and
-        ``skipped`` list the first ``MAX_LISTED_ERRORS`` entries (``"row <n>: <problem>"``);
-        ``n_duplicates`` and ``n_skipped`` (rows left out) give the totals. Everything is
-        JSON-serializable.
+        ``label_conflicts`` (duplicates whose labels contradict the pair they repeat) list
+        ``[first origin, repeat origin]``, ``skipped`` ``"row <n>: <problem>"``, each the first
+        ``MAX_LISTED_ERRORS`` entries; ``n_duplicates``, ``n_label_conflicts`` and ``n_skipped``
+        (rows left out) give the totals. Everything is JSON-serializable.
         """
         base = self.dataset.report()
         duplicates = [[self.dataset[i].origin, self.dataset[j].origin] for i, j in self.dataset.duplicates()]
+        conflicts = [[self.dataset[i].origin, self.dataset[j].origin] for i, j in self.dataset.label_conflicts()]
         return {
             "file": self.source,
             "format": self.format,
@@ -135,6 +146,7 @@ class PublicDataset:
             "label_balance": _label_balance(self.dataset),
             "n_objective_conflicts": sum(_conflicting(pair.labels) for pair in self.dataset),
             "duplicates": duplicates[:MAX_LISTED_ERRORS],
+            "label_conflicts": conflicts[:MAX_LISTED_ERRORS],
             "n_skipped": len({row for row, _ in self.skipped}),
             "skipped": [f"row {row}: {problem}" for row, problem in self.skipped[:MAX_LISTED_ERRORS]],
             "notes": base["notes"] + list(self.notes),
@@ -169,6 +181,7 @@ def format_report(report: dict) -> str:
         f"objective conflicts: {report['n_objective_conflicts']}",
         f"duplicates: {report['n_duplicates']}",
         *(f"  {dup} repeats {first}" for first, dup in report["duplicates"]),
+        f"label conflicts (a duplicate with other labels): {report['n_label_conflicts']}",
         f"skipped rows: {report['n_skipped']}",
         *(f"  {entry}" for entry in report["skipped"]),
         *(f"note: {note}" for note in report["notes"]),
@@ -257,20 +270,48 @@ def _format_of(keys: set[str]) -> str | None:
 def _read_rows(path: Path) -> tuple[list[tuple[int, object]], list[tuple[int, str]]]:
     """``(rows, errors)``: ``(1-based row, record)`` and ``(row, problem)`` for unreadable rows.
 
-    A gzip file is decompressed first. Content starting with ``[`` is one JSON array
-    (rows numbered by index + 1, a syntax error fails the whole file); anything else is
+    A gzip file is decompressed as it is read. Content starting with ``[`` is one JSON
+    array (rows numbered by index + 1, a syntax error fails the whole file); anything else is
     JSON Lines (line numbers; blank lines carry no row).
     """
+    chunks = _content_chunks(path)
+    first = next(chunks, b"").removeprefix(codecs.BOM_UTF8)
+    blank_lines = 0
+    while first and not first.strip():  # leading blank lines: counted, not kept
+        blank_lines += first.count(b"\n")
+        first = next(chunks, b"")
+    if first.lstrip()[:1] == b"[":
+        return _json_array_rows(path, first + b"".join(chunks)), []
+    lines = numbered_lines(itertools.chain([first], chunks))
+    return parse_json_lines((number + blank_lines, line) for number, line in lines)
+
+
+def _content_chunks(path: Path) -> Iterator[bytes]:
+    """The file's content in chunks, gunzipped when it starts with the gzip magic bytes;
+    ``ValueError`` naming ``path`` for an unreadable file, a corrupt gzip or one that
+    decompresses to more than :data:`MAX_DECOMPRESSED_BYTES`."""
     try:
-        data = path.read_bytes()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-    except (OSError, EOFError) as exc:
+        handle = path.open("rb")
+    except OSError as exc:
         raise ValueError(f"{path}: cannot read the file ({exc})") from None
-    data = data.removeprefix(codecs.BOM_UTF8)
-    if data.lstrip()[:1] == b"[":
-        return _json_array_rows(path, data), []
-    return parse_json_lines(data.split(b"\n"))
+    with handle:
+        compressed = handle.read(2) == b"\x1f\x8b"
+        handle.seek(0)
+        source = gzip.GzipFile(fileobj=handle, mode="rb") if compressed else handle
+        total = 0
+        while True:
+            try:
+                chunk = source.read(READ_CHUNK_BYTES)
+            except (OSError, EOFError, zlib.error) as exc:
+                problem = "not a valid gzip file" if compressed else "cannot read the file"
+                raise ValueError(f"{path}: {problem} ({exc or type(exc).__name__})") from None
+            if not chunk:
+                return
+            total += len(chunk)
+            if compressed and total > MAX_DECOMPRESSED_BYTES:
+                raise ValueError(f"{path}: decompresses to more than {format_bytes(MAX_DECOMPRESSED_BYTES)}, the "
+                                 "limit for a gzip file (decompress it first to read it anyway)")
+            yield chunk
 
 
 def _json_array_rows(path: Path, data: bytes) -> list[tuple[int, object]]:
@@ -278,6 +319,8 @@ def _json_array_rows(path: Path, data: bytes) -> list[tuple[int, object]]:
         records = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: invalid JSON (nested too deeply to read)") from None
     except ValueError as exc:
         raise ValueError(f"{path}: invalid JSON ({exc})") from None
     return list(enumerate(records, start=1))

@@ -16,7 +16,9 @@ Tables (schema version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``):
 The database runs in WAL mode and every operation opens its own connection, so several
 threads or processes (the app and a worker) can share one file. JSON columns accept numpy
 scalars and arrays; NaN is stored as null. Infinite values in JSON columns are rejected
-(JSON has no infinity), naming the field.
+(JSON has no infinity), naming the field. A path that is a folder, a file that is not an
+SQLite database (text, garbage, truncated or corrupt) or a store with a newer schema raises
+:class:`StoreError`, a ``ValueError`` whose message names the file.
 """
 from __future__ import annotations
 
@@ -71,6 +73,11 @@ CREATE TABLE IF NOT EXISTS points (
     PRIMARY KEY (run_id, idx)
 );
 """
+
+#: The first 16 bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+#: SQLite primary result codes that mean the file itself is unusable (not busy or locked).
+_UNREADABLE_FILE_ERRORS = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_CANTOPEN", "SQLITE_IOERR"})
 
 _RUN_COLUMNS = ("id", "kind", "name", "config", "status", "error", "created_at", "started_at", "finished_at")
 _POINT_KEYS = ("label", "params", "values")
@@ -128,6 +135,11 @@ def _float_or_nan(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+class StoreError(ValueError):
+    """The run store's file cannot be used: a folder, not an SQLite file, corrupt or
+    unreadable, or written by a newer schema. The message names the file."""
+
+
 @dataclasses.dataclass(eq=False)
 class Run:
     """One stored run.
@@ -154,32 +166,60 @@ class RunStore:
     """Runs, metric series and result points in one SQLite file (see the module doc).
 
     ``path``: the database file; ``None`` uses :func:`default_store_path`. Parent
-    directories are created. Unknown run ids raise ``KeyError`` naming the id.
+    directories are created. Unknown run ids raise ``KeyError`` naming the id; a path that
+    is not a usable run store raises :class:`StoreError` (a ``ValueError``) naming it.
     """
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path).expanduser() if path is not None else default_store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the run store's folder ({exc})") from None
+        self._check_file()
         self._init_schema()
 
     # ------------------------------------------------------------------ connection
 
+    def _check_file(self) -> None:
+        """:class:`StoreError` unless the path is missing, empty or starts with the SQLite header."""
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is not a readable SQLite run store: it is a folder")
+        try:
+            with self.path.open("rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"{self.path} is not a readable SQLite run store: {exc}") from None
+        if header and header != SQLITE_HEADER:
+            raise StoreError(f"{self.path} is not a readable SQLite run store: it does not start with the SQLite "
+                             "header (a text or other file)")
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A fresh connection with foreign keys on, committed (or rolled back) and closed."""
-        conn = sqlite3.connect(self.path, timeout=30.0)
+        """A fresh connection with foreign keys on, committed (or rolled back) and closed.
+
+        A file SQLite cannot open or finds corrupt raises :class:`StoreError` naming it."""
         try:
-            conn.execute("PRAGMA foreign_keys = ON")
-            with conn:
-                yield conn
-        finally:
-            conn.close()
+            conn = sqlite3.connect(self.path, timeout=30.0)
+            try:
+                conn.execute("PRAGMA foreign_keys = ON")
+                with conn:
+                    yield conn
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            primary_code = "_".join((exc.sqlite_errorname or "").split("_")[:2])  # SQLITE_IOERR_READ -> SQLITE_IOERR
+            if primary_code not in _UNREADABLE_FILE_ERRORS:
+                raise
+            raise StoreError(f"{self.path} is not a readable SQLite run store: {exc}") from None
 
     def _init_schema(self) -> None:
         with self._connect() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise RuntimeError(
+                raise StoreError(
                     f"run store {self.path}: schema version {version} is newer than this "
                     f"code's ({SCHEMA_VERSION}); upgrade mopo-studio"
                 )

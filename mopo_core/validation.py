@@ -1,25 +1,48 @@
 """Input checks shared by the engine and the synthetic suite.
 
 Every check raises ``ValueError`` whose message names the argument (and the index of the
-offending entry) so that a user sees what to fix. Nothing is clipped or repaired silently.
+offending entry) so that a user sees what to fix. Nothing is clipped or repaired silently:
+complex input is refused, not cut to its real part.
+
+Array sizes are capped at :data:`MAX_ARRAY_BYTES` before anything of that size is allocated
+(:func:`check_array_bytes`): a ``.npy`` header is checked against the limit and against the
+bytes the file actually holds, and the synthetic structures check ``N``, ``M`` and ``K``.
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import operator
+import os
+import tokenize
 
 import numpy as np
 
 #: Absolute tolerance for ``P + P^T = 1`` and for distributions summing to one.
 ATOL = 1e-8
+#: The largest array (in bytes) a file or a size argument may ask for: 1 GiB.
+MAX_ARRAY_BYTES = 2**30
+#: Bytes a preference file may hold beyond :data:`MAX_ARRAY_BYTES` (a ``.npy`` header).
+_NPY_HEADER_ROOM = 2**16
+#: ``.npy`` dtype kinds read as numbers: bool, signed and unsigned integers, floats.
+_REAL_KINDS = "biuf"
 
 
 def as_finite_array(value, name: str) -> np.ndarray:
+    """``value`` as a float64 array; ``ValueError`` naming ``name`` for anything that is not
+    an array of finite real numbers (complex values, text that is not a number, ragged nesting,
+    NaN, infinity)."""
     try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: cannot be read as an array of numbers ({exc})") from None
+        raw = np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{name}: cannot be read as an array of real numbers ({exc})") from None
+    if raw.dtype.kind == "c":
+        raise ValueError(f"{name}: complex values (dtype {raw.dtype}) are not accepted; pass real numbers")
+    try:
+        arr = raw.astype(np.float64, copy=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{name}: cannot be read as an array of real numbers ({exc})") from None
     bad = ~np.isfinite(arr)
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -70,21 +93,101 @@ def _check_prompt_matrices(block: np.ndarray, prompt: int, name: str) -> None:
         )
 
 
+def format_bytes(size: int) -> str:
+    """``size`` in bytes for a message: ``"149 GiB"``, ``"5 MiB"``, ``"12 KiB"``, ``"100 bytes"``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
+
+
+def check_array_bytes(shape, itemsize: int, name: str) -> None:
+    """``ValueError`` naming ``name`` when an array of ``shape`` and ``itemsize`` bytes per
+    entry would exceed :data:`MAX_ARRAY_BYTES`; call it before allocating."""
+    size = math.prod(int(d) for d in shape) * int(itemsize)
+    if size > MAX_ARRAY_BYTES:
+        raise ValueError(f"{name}: shape {tuple(int(d) for d in shape)} of {itemsize}-byte numbers needs "
+                         f"{format_bytes(size)}, over the {format_bytes(MAX_ARRAY_BYTES)} limit")
+
+
 def read_preference_array(name: str, data: bytes) -> np.ndarray:
     """Parse the bytes of a ``.npy`` or ``.json`` preference file (an array, or
     ``{"preferences": array}``) named ``name``; not validated (see :func:`check_preferences`).
 
+    A ``.npy`` header is checked before its array is allocated: real numbers only, at most
+    :data:`MAX_ARRAY_BYTES`, and exactly the bytes the header declares. JSON must be UTF-8.
     Errors are ValueErrors whose message starts with ``name``."""
-    try:
-        if name.endswith(".npy"):
-            return np.load(io.BytesIO(data), allow_pickle=False)
-        if name.endswith(".json"):
-            doc = json.loads(data.decode("utf-8"))
+    if name.endswith(".npy"):
+        return _read_npy(name, data)
+    if name.endswith(".json"):
+        doc = _load_json(name, data)
+        try:
             return np.asarray(doc["preferences"] if isinstance(doc, dict) else doc, dtype=float)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        reason = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ValueError(f"{name}: {reason}") from None
+        except KeyError:
+            raise ValueError(f"{name}: missing key 'preferences' "
+                             "(expected an array or {\"preferences\": array})") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"{name}: cannot be read as an array of real numbers ({exc})") from None
     raise ValueError(f"{name}: expected a .npy or .json file")
+
+
+def read_preference_file(path) -> np.ndarray:
+    """:func:`read_preference_array` of the file at ``path``, its size checked before it is
+    read (at most :data:`MAX_ARRAY_BYTES` plus room for a ``.npy`` header); ``ValueError``
+    starting with the path for a file that is missing, unreadable or too big."""
+    name = str(path)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_ARRAY_BYTES + _NPY_HEADER_ROOM:
+                raise ValueError(f"{name}: {format_bytes(size)}, over the {format_bytes(MAX_ARRAY_BYTES)} limit "
+                                 "for a preference file")
+            data = handle.read()
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
+    return read_preference_array(name, data)
+
+
+def _load_json(name: str, data: bytes):
+    """The JSON document in ``data`` (UTF-8, an optional byte-order mark); ``ValueError``
+    starting with ``name`` for invalid UTF-8, invalid JSON or nesting too deep to parse."""
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{name}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise ValueError(f"{name}: invalid JSON (nested too deeply to read)") from None
+    except ValueError as exc:
+        raise ValueError(f"{name}: invalid JSON ({exc})") from None
+
+
+def _read_npy(name: str, data: bytes) -> np.ndarray:
+    """A ``.npy`` file's array, its header checked against the limit and the file's size first."""
+    if not data:
+        raise ValueError(f"{name}: empty file (not a .npy array)")
+    handle = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]} (1.0 or 2.0 are read)")
+    except (ValueError, EOFError, SyntaxError, TypeError, RecursionError, tokenize.TokenError) as exc:
+        raise ValueError(f"{name}: not a readable .npy file ({exc})") from None
+    if dtype.kind not in _REAL_KINDS or dtype.hasobject:
+        raise ValueError(f"{name}: dtype {dtype} is not a real number type (bool, integer or float)")
+    check_array_bytes(shape, dtype.itemsize, name)
+    declared, present = math.prod(shape) * dtype.itemsize, len(data) - handle.tell()
+    if present != declared:
+        raise ValueError(f"{name}: the header declares shape {shape} of {dtype} ({declared} bytes) but the file "
+                         f"holds {present} bytes of data{' (truncated)' if present < declared else ''}")
+    handle.seek(0)
+    try:
+        return np.load(handle, allow_pickle=False)
+    except (ValueError, EOFError) as exc:
+        raise ValueError(f"{name}: not a readable .npy file ({exc})") from None
 
 
 def check_distribution(value, n_prompts: int, n_responses: int, name: str, row_label: str = "prompt") -> np.ndarray:

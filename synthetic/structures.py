@@ -27,6 +27,7 @@ import numpy as np
 from scipy.special import expit
 
 from mopo_core.validation import (
+    check_array_bytes,
     check_distribution,
     check_int,
     check_nonnegative,
@@ -393,7 +394,8 @@ def make_structure(
     entry is at least ``min(1e-3, 0.5 / N)`` (full support).
 
     Raises ``ValueError`` for an unknown name or parameter, ``n_responses < 2``,
-    ``n_prompts < 1``, a negative seed or an out-of-range parameter value.
+    ``n_prompts < 1``, preferences over :data:`mopo_core.validation.MAX_ARRAY_BYTES` (checked
+    before anything is allocated), a negative seed or an out-of-range parameter value.
     """
     if not isinstance(name, str) or name not in _SPECS:
         raise ValueError(f"name: unknown structure {name!r}; valid names: {STRUCTURES}")
@@ -401,6 +403,7 @@ def make_structure(
     n = check_int(n_responses, "n_responses", 2)
     m = check_int(n_prompts, "n_prompts", 1)
     seed = check_int(seed, "seed", 0)
+    check_array_bytes((len(spec.objective_names), m, n, n), 8, f"n_responses = {n}, n_prompts = {m}")
     effective = _effective_params(name, spec, params)
     pref_rng, ref_rng, beh_rng = np.random.default_rng(seed).spawn(3)
     preferences, latent = spec.generate(pref_rng, m, n, effective)

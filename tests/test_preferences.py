@@ -12,6 +12,7 @@ from mopo_core.preferences import (
     PreferenceDataset,
     PreferencePair,
     load_preferences,
+    numbered_lines,
     save_preferences,
 )
 
@@ -177,6 +178,34 @@ def test_invalid_utf8_names_the_row(tmp_path):
         load_preferences(path)
 
 
+def test_a_lone_surrogate_is_refused_at_read_time_naming_row_and_field(tmp_path):
+    # json.dumps writes the lone surrogate as the escape \ud800, which json.loads turns back into one
+    lines = [json.dumps(_record(0)), json.dumps(_record(1, response_b="x\ud800y"))]
+    path = _write_lines(tmp_path / "prefs.jsonl", lines)
+    assert "\\ud800" in path.read_text()
+    with pytest.raises(ValueError, match=r"prefs\.jsonl: row 2: field 'response_b': not valid Unicode text: lone "
+                                         r"surrogate U\+D800 at character 1"):
+        load_preferences(path)
+    with pytest.raises(ValueError, match=r"field 'prompt': not valid Unicode text: lone surrogate U\+DC00"):
+        PreferencePair("\udc00", "a", "b", (1.0,))
+    assert PreferencePair("caf\u00e9 \U0001F600", "a", "b", (1.0,)).prompt.endswith("\U0001F600")  # valid non-ASCII
+
+
+def test_json_nested_too_deeply_is_a_row_error(tmp_path):
+    path = _write_lines(tmp_path / "prefs.jsonl", [json.dumps(_record(0)), '{"prompt": ' + "[" * 100_000])
+    with pytest.raises(ValueError, match=r"prefs\.jsonl: row 2: invalid JSON \(nested too deeply to read\)"):
+        load_preferences(path)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"", b"  ", b"\t", b"{}", b"x y", b"\r"]), max_size=30), st.integers(1, 9))
+def test_numbered_lines_are_the_non_blank_lines_of_a_split_on_newlines(lines, chunk_size):
+    data = b"\n".join(lines)
+    chunks = [data[i:i + chunk_size] for i in range(0, len(data), chunk_size)]
+    expected = [(n, line) for n, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
+    assert list(numbered_lines(chunks)) == expected
+
+
 def test_rows_are_line_numbers_and_blank_lines_carry_no_record(tmp_path):
     bad = json.dumps(_record(3, prompt=" "))
     path = _write_lines(tmp_path / "prefs.jsonl", [json.dumps(_record(0)), "", json.dumps(_record(1)), bad])
@@ -307,10 +336,25 @@ def test_duplicates_and_swapped_duplicates(tmp_path):
     assert len(dataset) == 6  # kept
     assert dataset.duplicates() == [(0, 2), (0, 3), (1, 5)]
     assert dataset.report()["n_duplicates"] == 3
+    # each repeat says the other response wins on helpfulness and harmlessness: all three contradict
+    assert dataset.label_conflicts() == [(0, 2), (0, 3), (1, 5)]
+    assert dataset.report()["n_label_conflicts"] == 3
     with pytest.raises(ValueError, match=r"3 duplicate pair\(s\)") as info:
         load_preferences(path, strict_duplicates=True)
     assert "prefs.jsonl:row 3 repeats prefs.jsonl:row 1" in str(info.value)
     assert "prefs.jsonl:row 6 repeats prefs.jsonl:row 2" in str(info.value)
+
+
+def test_label_conflicts_read_a_swapped_repeat_in_the_first_pair_order():
+    first = PreferencePair("p", "a", "b", (1.0, 0.3), "f:row 1")
+    same_swapped = PreferencePair("p", "b", "a", (0.0, 0.7), "f:row 2")  # b loses, soft 0.3 seen from b
+    flipped = PreferencePair("p", "a", "b", (1.0, 0.7), "f:row 3")  # the soft label moved to the other side
+    dataset = PreferenceDataset(("helpfulness", "harmlessness"), (first, same_swapped, flipped))
+    assert dataset.duplicates() == [(0, 1), (0, 2)]
+    assert dataset.label_conflicts() == [(0, 2)]
+    report = dataset.report()
+    assert (report["n_duplicates"], report["n_label_conflicts"]) == (2, 1)
+    assert "1 label conflict(s): the same pair again with other labels (f:row 3 contradicts f:row 1)" in report["notes"]
 
 
 # --------------------------------------------------------------------------- split, select, report
@@ -404,7 +448,8 @@ def test_report_and_sequence_behaviour():
         "n_pairs": 6, "n_prompts": 3, "K": 2, "objectives": ["helpfulness", "harmlessness"],
         "primary": "helpfulness", "single_objective": False,
         "label_kind": {"helpfulness": "hard", "harmlessness": "hard"},
-        "n_ties": {"helpfulness": 0, "harmlessness": 0}, "n_duplicates": 0, "notes": [],
+        "n_ties": {"helpfulness": 0, "harmlessness": 0}, "n_duplicates": 0,
+        "n_label_conflicts": 0, "notes": [],
     }
     assert dataset.prompts() == ["p0", "p1", "p2"]
     assert len(dataset) == 6 and list(dataset)[1] is dataset[1]

@@ -406,3 +406,41 @@ def test_real_llamafactory_dpo_demo():
     assert len(multi_turn) == 106
     assert all(messages[-1]["role"] == "user" for messages in multi_turn)
     assert all(pair.response_a != pair.response_b for pair in loaded.dataset)
+
+
+# --------------------------------------------------------------------------- reading as a stream
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_rows_keep_their_line_numbers_across_read_chunks_and_leading_blank_lines(tmp_path, monkeypatch, compress):
+    import mopo_core.public_formats as public_formats
+
+    monkeypatch.setattr(public_formats, "READ_CHUNK_BYTES", 5)  # rows, blank runs and the BOM straddle chunks
+    lines = ["", "   ", "", json.dumps(_pku(0)), "", "", json.dumps(_pku(1)), "{broken", "",
+             json.dumps(_pku(2, better=7))]
+    data = b"\xef\xbb\xbf" + "\n".join(lines).encode()
+    path = tmp_path / "pku.jsonl"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    with pytest.raises(ValueError) as info:
+        load_public(path)
+    message = _errors(info)
+    assert "pku.jsonl: row 8: invalid JSON" in message and "pku.jsonl: row 10: field 'better_response_id'" in message
+    loaded = load_public(path, skip_bad_rows=True)
+    assert [pair.origin for pair in loaded.dataset] == ["pku.jsonl:row 4", "pku.jsonl:row 7"]
+
+
+def test_a_truncated_gzip_is_named(tmp_path):
+    path = tmp_path / "pku.jsonl.gz"
+    path.write_bytes(gzip.compress(json.dumps(_pku(0)).encode())[:-6])
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a valid gzip file")):
+        load_public(path)
+
+
+def test_a_label_conflict_is_counted_apart_from_plain_duplicates(tmp_path):
+    rows = [_pku(0), _pku(0), _pku(0, better=1)]  # row 2 repeats row 1; row 3 repeats it with the other winner
+    report = load_public(_write_lines(tmp_path / "pku.jsonl", rows)).report()
+    assert (report["n_duplicates"], report["n_label_conflicts"]) == (2, 1)
+    assert report["label_conflicts"] == [["pku.jsonl:row 1", "pku.jsonl:row 3"]]
+    text = format_report(report)
+    assert "label conflicts (a duplicate with other labels): 1" in text
+    assert "pku.jsonl:row 3 contradicts pku.jsonl:row 1" in text

@@ -179,3 +179,37 @@ def test_two_stores_and_threads_share_one_file(tmp_path):
     for t in threads:
         t.join()
     assert len(reader.get_run(run_id).metrics) == 80
+
+
+def test_a_file_that_is_not_a_run_store_is_named(tmp_path):
+    from mopo_core.runs import StoreError
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database")
+    with pytest.raises(StoreError, match=f"{text} is not a readable SQLite run store: it does not start with"):
+        RunStore(text)
+    with pytest.raises(ValueError, match="it is a folder"):
+        RunStore(tmp_path)
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    assert RunStore(empty).list_runs().empty  # an empty file is a new store
+
+
+def test_a_store_damaged_after_opening_is_named_on_the_next_operation(tmp_path):
+    from mopo_core.runs import StoreError
+
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    store.create_run("solve", {"note": "x" * 5000})
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(StoreError, match=f"{path} is not a readable SQLite run store: database disk image"):
+        store.list_runs()
+
+
+def test_a_newer_schema_is_refused_with_a_value_error(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    RunStore(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(ValueError, match=f"run store {path}: schema version {SCHEMA_VERSION + 1} is newer"):
+        RunStore(path)

@@ -96,3 +96,16 @@ def test_cli_marks_a_dead_running_run_interrupted(store_path, capsys):
     assert main(["runs", "mark-interrupted", str(run_id)]) == 2
     assert "only 'running' runs" in capsys.readouterr().err
     assert main(["runs", "mark-interrupted", "999"]) == 2
+
+
+def test_cli_errors_are_one_line_without_quotes_or_traceback(store_path, tmp_path, capsys):
+    assert main(["runs", "show", "999"]) == 2
+    assert capsys.readouterr().err == f"error: run 999 not found in the run store {store_path}\n"
+    rows = [{"prompt": "p", "response_0": "a", "response_1": "b", "better_response_id": 5, "safer_response_id": 0},
+            {"prompt": "q", "response_0": "a", "response_1": "a", "better_response_id": 0, "safer_response_id": 0}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["data", "inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {bad}: 2 error(s) in 2 row(s): bad.jsonl: row 1: ")
+    assert "; bad.jsonl: row 2: field 'response_1': identical to response_0" in err
