@@ -36,7 +36,9 @@ Records. A ``train`` run in the :class:`RunStore` with the training config, ``ta
 "dataset"``, the :class:`DatasetSetup`, the checkpoint folder, the metric series and the
 evaluated point (values: win-rates against the reference, in the data's objective order). A
 cancelled or killed run with a checkpoint folder continues with :func:`resume_dataset_run`
-(``train --resume RUN_ID``), rebuilt from the stored setup; it is evaluated when it finishes.
+(``train --resume RUN_ID``), rebuilt from the stored setup, unless a live process still trains
+it (its owner, see :mod:`mopo_core.jobs`); it is evaluated when it finishes. Checkpoints are
+read with ``torch.load(weights_only=True)`` only (:func:`mopo_core.lm_trainer.read_checkpoint`).
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ import torch
 from scipy.special import expit
 
 from .lm_eval import Evaluation
-from .lm_trainer import Trainer, TrainConfig, TrainResult, implicit_rewards
+from .jobs import check_run_owner
+from .lm_trainer import Trainer, TrainConfig, TrainResult, implicit_rewards, read_checkpoint
 from .model_registry import find_model, format_prompt
 from .models import (
     DTYPES,
@@ -519,8 +522,10 @@ def resume_dataset_run(store: RunStore, run_id: int, callbacks=(), on_trainer: C
     evaluate and add its point as :func:`train_on_dataset` does; the setup and training config
     come from the stored run (``task`` reused as there). ``ValueError`` for a run that is not a
     dataset train run, one that is not resumable (see
-    :data:`mopo_core.text_runs.RESUMABLE_STATUSES`) or has no checkpoint folder; the trainer
-    refuses a missing checkpoint or one written with another config."""
+    :data:`mopo_core.text_runs.RESUMABLE_STATUSES`), one that a live process is training
+    (naming it: :func:`mopo_core.jobs.check_run_owner`) or has no checkpoint folder; the
+    trainer refuses a missing checkpoint, one that cannot be read with ``weights_only=True``
+    or one written with another config, naming the file."""
     if not is_dataset_run(store, run_id):
         raise ValueError(f"run {run_id}: not a train run on a preference file in the run store {store.path}")
     run = store.get_run(run_id)
@@ -530,6 +535,7 @@ def resume_dataset_run(store: RunStore, run_id: int, callbacks=(), on_trainer: C
     if not run.config.get("checkpoint_dir"):
         raise ValueError(f"run {run_id}: was started without a checkpoint folder (--checkpoint-dir); it cannot be "
                          "resumed")
+    check_run_owner(store.path, run_id)
     setup = dataset_setup_from(run.config["dataset_setup"])
     return _train_and_evaluate(_task_for(setup, models_folder, task), train_config_from(run.config), store,
                                Path(run.config["checkpoint_dir"]), callbacks, on_trainer, resume_run_id=run_id)
@@ -547,8 +553,6 @@ def evaluate_dataset_run(store: RunStore, run_id: int, n_samples: int | None = N
     ``ValueError`` for a run that is not a dataset train run or has no readable checkpoint
     written with its config; ``SetupError`` when its data, checkpoint or judge changed so that
     it no longer checks."""
-    from .text_runs import read_checkpoint
-
     if not is_dataset_run(store, run_id):
         raise ValueError(f"run {run_id}: not a train run on a preference file in the run store {store.path}")
     run = store.get_run(run_id)
@@ -556,7 +560,7 @@ def evaluate_dataset_run(store: RunStore, run_id: int, n_samples: int | None = N
         raise ValueError(f"run {run_id}: was started without a checkpoint folder (--checkpoint-dir); it cannot be "
                          "evaluated")
     config = train_config_from(run.config)
-    state = read_checkpoint(run_id, Path(run.config["checkpoint_dir"]) / "last.pt", config)
+    state = read_checkpoint(run_id, run.config["checkpoint_dir"], config)
     setup = dataset_setup_from(run.config["dataset_setup"])
     if n_samples is not None:
         setup = replace(setup, eval_samples=int(n_samples))

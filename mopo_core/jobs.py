@@ -5,10 +5,11 @@ a time and trains through :mod:`mopo_core.text_runs`, writing metrics, status an
 the run store like the ``train`` command does. The app polls the store; it never trains in its
 own process, so a crash or an out-of-memory kill of the worker leaves the app running.
 
-Storage. Two tables in the run store's own SQLite file (WAL mode, one connection per
+Storage. Three tables in the run store's own SQLite file (WAL mode, one connection per
 operation), created here beside RunStore's tables (its schema version is unchanged):
-``jobs`` (one row per job) and ``job_workers`` (one row per worker process ever started: pid,
-its start time, the owning app's pid and start time, when and why it ended). Keeping them in
+``jobs`` (one row per job), ``job_workers`` (one row per worker process ever started: pid,
+its start time, the owning app's pid and start time, when and why it ended) and
+``run_owners`` (the process training each run, see "Run owners" below). Keeping them in
 the store's file makes every check-and-change atomic across processes (``BEGIN IMMEDIATE``):
 a job's status and its run's status change in one transaction, a claim cannot race a cancel,
 and "is a worker running? if not, start one" cannot start two. Processes are identified by
@@ -61,6 +62,15 @@ The worker exits when the queue is empty. The app calls :func:`reconcile` at sta
 poll, and :func:`ensure_worker` after enqueueing and on each poll (cheap when a worker runs;
 it restarts the queue after a worker stopped between jobs). Runs not started by a job (the
 ``train`` command) are not touched here (``python -m mopo_core runs mark-interrupted``).
+
+Run owners. Every training process, the worker's and the ``train`` command's alike, owns the
+run it trains: :class:`mopo_core.lm_trainer.Trainer` records its pid and start time with
+:func:`claim_run` (refused, naming the process, while another live process owns the run: the
+check and the record are one transaction) and removes the record with :func:`release_run`
+when training returns or raises. A killed process leaves its record behind; a record whose
+process is gone (or whose pid now belongs to a process with another start time) does not
+count, so such a run can be resumed. :func:`check_run_owner` is the same check without the
+claim, for refusing early (before a model is built).
 """
 from __future__ import annotations
 
@@ -124,6 +134,12 @@ CREATE TABLE IF NOT EXISTS job_workers (
 );
 CREATE TABLE IF NOT EXISTS jobs {_JOBS_TABLE};
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
+CREATE TABLE IF NOT EXISTS run_owners (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER,
+    claimed_at TEXT NOT NULL
+);
 """
 _JOB_SELECT = ("SELECT jobs.id, kind, name, spec, checkpoint_dir, status, run_id, cancel_requested, pid, error, "
                "created_at, jobs.started_at, jobs.ended_at FROM jobs LEFT JOIN job_workers ON worker_id = job_workers.id")
@@ -500,6 +516,53 @@ def _spawn_worker(path: Path) -> tuple[int, int | None]:
     start = _process_start(proc.pid)
     _children[(proc.pid, start)] = proc
     return proc.pid, start
+
+
+# ---------------------------------------------------------------------------- run owners
+
+
+def _live_owner(conn: sqlite3.Connection, run_id: int) -> tuple[int, str] | None:
+    """(pid, since when) of the live process that owns ``run_id``; ``None`` when there is none."""
+    row = conn.execute("SELECT pid, pid_start, claimed_at FROM run_owners WHERE run_id = ?", (int(run_id),)).fetchone()
+    return None if row is None or not _alive(row[0], row[1]) else (row[0], row[2])
+
+
+def _owned_error(run_id: int, pid: int, since: str) -> ValueError:
+    who = f"process {pid}" + (" (this process)" if pid == os.getpid() else "")
+    return ValueError(f"run {run_id}: {who} is training it (its owner since {since}); a run has one owner: "
+                      f"stop that process or wait for it to end before resuming the run")
+
+
+def check_run_owner(store_path: str | os.PathLike, run_id: int) -> None:
+    """``ValueError`` naming the process when a live process owns run ``run_id``."""
+    path = _prepare(store_path)
+    with _transaction(path) as conn:
+        owner = _live_owner(conn, run_id)
+    if owner is not None:
+        raise _owned_error(run_id, *owner)
+
+
+def claim_run(store_path: str | os.PathLike, run_id: int) -> None:
+    """Record this process (pid and start time) as the owner of run ``run_id``; ``ValueError``
+    for a run not in the store, and naming the process when another live process owns it
+    (checked in the same transaction)."""
+    path = _prepare(store_path)
+    with _transaction(path, immediate=True) as conn:
+        if conn.execute("SELECT 1 FROM runs WHERE id = ?", (int(run_id),)).fetchone() is None:
+            raise ValueError(f"run {run_id}: not found in the run store {path}")
+        owner = _live_owner(conn, run_id)
+        if owner is not None:
+            raise _owned_error(run_id, *owner)
+        conn.execute("INSERT OR REPLACE INTO run_owners (run_id, pid, pid_start, claimed_at) VALUES (?, ?, ?, ?)",
+                     (int(run_id), os.getpid(), _process_start(os.getpid()), _now()))
+
+
+def release_run(store_path: str | os.PathLike, run_id: int) -> None:
+    """Remove this process's ownership of run ``run_id`` (nothing when another process owns it)."""
+    path = _prepare(store_path)
+    with _transaction(path, immediate=True) as conn:
+        conn.execute("DELETE FROM run_owners WHERE run_id = ? AND pid = ? AND pid_start IS ?",
+                     (int(run_id), os.getpid(), _process_start(os.getpid())))
 
 
 # ---------------------------------------------------------------------------- the worker

@@ -1,6 +1,7 @@
 """Pure-torch building blocks of MOPO's language-model trainer (MOPO.md sections 3-5).
 
-No training loop and no data loading: log-probs of responses under a causal LM, the
+No training loop and no data loading: log-probs of responses under a causal LM (and, beside
+a reference, the exact per-token KL over the sampled positions), the
 normalised closed-form MOPO weights of a batch, the dual updates (lambda, and chi for the
 robust bound), and the losses (weighted behaviour cloning, DPO/MODPO, IPO, soft-label DPO, SFT).
 
@@ -210,6 +211,64 @@ def sequence_logprobs(
     if compile is None:
         compile = os.environ.get(COMPILE_ENV, "") == "1"
     return fused_response_logprobs(hidden, head, input_ids, mask, chunk_size, compile)
+
+
+def _position_logits(model, inputs: dict, rows: Tensor, cols: Tensor):
+    """``(logits_of, V)``: ``logits_of(a, b)`` gives the (b - a, V) logits at the positions
+    ``rows[a:b], cols[a:b]``; on the fused path (see :func:`sequence_logprobs`) only those
+    positions' hidden states are kept and the head runs per slice."""
+    parts = lm_body_and_head(model)
+    if parts is None:
+        logits = model(**inputs).logits[rows, cols]
+        return (lambda a, b: logits[a:b]), logits.shape[-1]
+    body, head = parts
+    hidden = body(**inputs, use_cache=False)[0][rows, cols]
+    return (lambda a, b: F.linear(hidden[a:b], head.weight, head.bias)), head.out_features
+
+
+@torch.no_grad()
+def policy_reference_scores(
+    policy, reference, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row (B,), without gradient: ``log pi(y|x)``, ``log pi_ref(y|x)`` (as
+    :func:`sequence_logprobs`) and the exact per-token KL summed over the response,
+    ``sum_t KL(pi(.|x, y_<t) || pi_ref(.|x, y_<t))``, each term over the whole vocabulary.
+
+    The KL column is never negative (each term is a KL; rounding below 0 is clipped to 0).
+    For ``y`` drawn from ``pi`` its mean over samples is an unbiased estimate of the sequence
+    KL(pi(.|x) || pi_ref(.|x)) (chain rule), as is the mean log-ratio ``log pi(y|x) -
+    log pi_ref(y|x)``, which can be negative on a finite sample. A sample cut at a token budget
+    (no eos) scores the KL of the process cut there. ``chunk_size`` positions share one
+    (chunk, V) pair of log-softmaxes (default ``FUSED_CHUNK_ELEMENTS // V``); the two models
+    share the tokenizer (the same V).
+    """
+    mask = response_mask.bool() & attention_mask.bool()
+    _check_response_mask(mask)
+    rows, cols = mask[:, 1:].nonzero(as_tuple=True)  # position (row, col) predicts token col + 1
+    labels = input_ids[rows, cols + 1]
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+              "position_ids": position_ids_from_mask(attention_mask)}
+    policy_logits, vocab = _position_logits(policy, inputs, rows, cols)
+    reference_logits, _ = _position_logits(reference, inputs, rows, cols)
+    chunk = max(1, FUSED_CHUNK_ELEMENTS // vocab) if chunk_size is None else chunk_size
+    if chunk < 1:
+        raise ValueError(f"chunk_size: must be >= 1 or None, got {chunk_size}")
+    per_position = []
+    for start in range(0, len(rows), chunk):
+        stop = min(start + chunk, len(rows))
+        logits = policy_logits(start, stop)
+        log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        log_q = F.log_softmax(reference_logits(start, stop).to(log_p.dtype), dim=-1)
+        terms = torch.where(torch.isneginf(log_p), 0.0, log_p.exp() * (log_p - log_q))
+        picked = labels[start:stop, None]
+        per_position.append(torch.stack([log_p.gather(-1, picked).squeeze(-1), log_q.gather(-1, picked).squeeze(-1),
+                                         terms.sum(dim=-1).clamp_min(0.0)]))
+    totals = torch.zeros(3, mask.shape[0], dtype=torch.float32, device=input_ids.device)
+    if per_position:
+        values = torch.cat(per_position, dim=1)
+        totals = totals.to(values.dtype).index_add(1, rows, values)
+    return totals[0], totals[1], totals[2]
 
 
 # --------------------------------------------------------------------------- batch weights

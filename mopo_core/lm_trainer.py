@@ -42,21 +42,40 @@ One step: the step's rows (MOPO: responses; others: pairs) are split over the pr
 ``gradient_accumulation_steps`` micro-batches; every loss is a sum over rows divided by the
 global row count, so the update equals one process taking the whole batch at once.
 
+KL to the reference (``kl_to_reference``, nats per response): for responses ``y`` sampled from
+the policy, the exact KL of the next-token distributions summed over y's positions,
+``sum_t KL(pi(.|x, y_<t) || pi_ref(.|x, y_<t))`` over the whole vocabulary, averaged over the
+samples (:func:`lm_losses.policy_reference_scores`). Its expectation is the sequence KL
+(chain rule) and every term is >= 0, so the estimate is never negative (the plain mean of
+``log pi - log pi_ref`` over a few samples can be). Online mode logs it over each step's pools
+(before the step's update); ``kl_every`` logs it over fixed prompts.
+
 Runs: the config, metric series (loss, gradient norm before clipping, lambda_j, constraint_j,
 threshold_j, ESS, KL to the reference, tokens/s) and status go to a :class:`mopo_core.runs.RunStore`; a checkpoint
-(model, optimizer, multipliers, thresholds, lagged references, step) is written atomically
-every ``checkpoint_every`` steps and at the end. Batches, samples and dropout are seeded by
-(seed, step), so resuming from a checkpoint reproduces an uninterrupted run's metrics.
-``request_cancel()`` ends the run after the current step with status ``cancelled`` and its
-checkpoint kept. Under torchrun only process 0 writes the store and the checkpoints.
+(model, optimizer, multipliers, thresholds, lagged references, step: tensors and plain
+Python types only) is written atomically every ``checkpoint_every`` steps and at the end, and
+read back with ``torch.load(weights_only=True)`` (:func:`read_checkpoint`: nothing in a
+checkpoint file can run code; a file that cannot be read that way is refused, naming it).
+Batches, samples and dropout are seeded by (seed, step), so resuming from a checkpoint
+reproduces an uninterrupted run's metrics. ``request_cancel()`` ends the run after the current
+step with status ``cancelled`` and its checkpoint kept. Under torchrun only process 0 writes the
+store and the checkpoints.
+
+A run has one owner: while it trains, the training process (pid and start time) is recorded
+as the run's owner in the store (:func:`mopo_core.jobs.claim_run`) and released when
+``train`` returns or raises; resuming a run whose owner is alive is refused, naming the
+process. A killed process leaves its record behind, but a dead owner does not count.
 """
 from __future__ import annotations
 
 import copy
 import math
 import os
+import pickle
+import re
 import time
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -65,12 +84,14 @@ import numpy as np
 import torch
 
 from . import distributed
+from .jobs import claim_run, release_run
 from .lm_losses import (
     chi_update,
     constraint_estimates,
     ipo_loss,
     lambda_update,
     mopo_weights,
+    policy_reference_scores,
     robust_constraint_estimates,
     sequence_logprobs,
     sft_loss,
@@ -106,8 +127,10 @@ class TrainConfig:
     the trainer's oracle; eps (MOPO only): radius of the robust constraints' KL ball (0: off),
     chi_lr: the step on their duals chi; gradient_accumulation_steps: micro-batches per process
     and step;
-    kl_every: every that many steps, log a sampled estimate of KL(policy || reference) over
-    kl_prompts fixed prompts (online mode logs its pool's estimate every step instead);
+    kl_every: every that many steps, log the estimate of KL(policy || reference) (exact
+    per-token KL summed over responses sampled from the policy, never negative; see the module
+    doc) over n_candidates samples of each of kl_prompts fixed prompts (online mode logs its
+    pools' estimate every step instead);
     seed; log_every, checkpoint_every (steps).
     """
 
@@ -354,19 +377,40 @@ class Trainer:
         self._cancel = True
 
     def train(self, resume_run_id: int | None = None) -> TrainResult:
-        """Run to ``config.steps`` (from the last checkpoint when ``resume_run_id`` is given)."""
+        """Run to ``config.steps`` (from the last checkpoint when ``resume_run_id`` is given),
+        as the run's owner (see the module doc); ``ValueError`` naming the process when
+        another live process owns the run, naming the file when its checkpoint is unusable.
+        A refused resume leaves the run as it was."""
         store = self.store if self.is_main else None
-        if resume_run_id is not None:
-            self._load_checkpoint()
-            self.run_id = resume_run_id
-            if store is not None:  # a killed run may have logged steps past its checkpoint
-                store.delete_metrics_after(resume_run_id, self.step)
-                store.set_status(resume_run_id, "running")
-        elif store is not None and self.run_id is None:
-            self.run_id = store.create_run("train", {
+        run_id = self.run_id if resume_run_id is None else resume_run_id
+        if run_id is None and store is not None:
+            run_id = store.create_run("train", {
                 **asdict(self.config), **self.run_config, "n_pairs": len(self.dataset),
                 "objectives": list(self.dataset.objectives), "world_size": distributed.world_size(),
                 "checkpoint_dir": None if self.checkpoint_dir is None else str(self.checkpoint_dir)})
+        with self._owning(store, run_id):
+            if resume_run_id is not None:
+                self._load_checkpoint(resume_run_id)
+                if store is not None:  # a killed run may have logged steps past its checkpoint
+                    store.delete_metrics_after(resume_run_id, self.step)
+                    store.set_status(resume_run_id, "running")
+            self.run_id = run_id
+            return self._train_from_here(store)
+
+    @contextmanager
+    def _owning(self, store: RunStore | None, run_id: int | None):
+        """This process owns ``run_id`` in ``store`` for the block (nothing without a store)."""
+        if store is None or run_id is None:
+            yield
+            return
+        claim_run(store.path, run_id)
+        try:
+            yield
+        finally:
+            release_run(store.path, run_id)
+
+    def _train_from_here(self, store: RunStore | None) -> TrainResult:
+        """The loop from ``self.step`` to ``config.steps`` (or a cancel), with the final checkpoint."""
         if distributed.is_distributed() and self._parallel is None:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -539,18 +583,18 @@ class Trainer:
         """Online candidates for the batch's ``index``-th prompt: responses sampled from the policy
         (seeded by seed, step and index, so the split over processes changes nothing), their
         importance-corrected pool win-rates (K, n), ``log r = log pi_ref - log pi_psi`` (n,), the
-        pool's KL(pi_psi || pi_ref) estimate, and which samples ended with eos (``finished``; one
+        pool's KL(pi_psi || pi_ref) estimate (the samples' mean exact per-token KL, never
+        negative; see the module doc), and which samples ended with eos (``finished``; one
         cut at ``max_new_tokens`` is scored and cloned as the prefix it is, without eos)."""
         cfg = self.config
         seed = int(np.random.default_rng([cfg.seed, self.step, index]).integers(2**31))
         responses, finished = sample(self.model, self.tokenizer, [prompt], cfg.n_candidates, cfg.max_new_tokens, 1.0,
                                      seed, return_finished=True)
-        repeated = [prompt] * len(responses)
-        log_ratio = (self._eval_logprobs(self.reference, repeated, responses, finished)
-                     - self._eval_logprobs(self.model, repeated, responses, finished))
+        logp, reference_logp, kl = self._policy_reference_scores([prompt] * len(responses), responses, finished)
+        log_ratio = reference_logp - logp
         win_rates = pool_win_rates(pool_preferences(self.oracle, prompt, responses), log_ratio)
         return {"responses": responses, "finished": finished, "win_rates": win_rates, "log_ratio": log_ratio,
-                "kl": float(-log_ratio.mean())}
+                "kl": float(kl.mean())}
 
     def _ratchet(self, estimate: torch.Tensor) -> None:
         """Every t0 steps: b <- max(b_user, beta * the constraint estimate of t0 steps ago)."""
@@ -573,17 +617,31 @@ class Trainer:
             self._lag_logprobs.clear()
         self.lag_snapshot = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    @torch.no_grad()
     def _sampled_kl(self) -> float:
-        """KL(policy || reference) in nats per response: mean of log pi - log pi_ref over
-        n_candidates samples from the policy for each of the first kl_prompts prompts."""
+        """KL(policy || reference) in nats per response, never negative: the mean exact
+        per-token KL summed over each of n_candidates samples from the policy for each of the
+        first kl_prompts prompts (see the module doc)."""
         prompts = sorted(self.responses)[: self.config.kl_prompts]
         seed = int(np.random.default_rng([self.config.seed, self.step, 1 << 20]).integers(2**31))
-        responses = sample(self.model, self.tokenizer, prompts, self.config.n_candidates, self.config.max_new_tokens,
-                           1.0, seed)
+        responses, finished = sample(self.model, self.tokenizer, prompts, self.config.n_candidates,
+                                     self.config.max_new_tokens, 1.0, seed, return_finished=True)
         repeated = [p for p in prompts for _ in range(self.config.n_candidates)]
-        return float(np.mean(self._eval_logprobs(self.model, repeated, responses)
-                             - self._eval_logprobs(self.reference, repeated, responses)))
+        return float(self._policy_reference_scores(repeated, responses, finished)[2].mean())
+
+    def _policy_reference_scores(self, prompts, responses, finished) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(log pi, log pi_ref, exact per-token KL summed over the response) per row, float64
+        (B,) each, both models in eval mode (:func:`lm_losses.policy_reference_scores`;
+        ``finished`` as :func:`encode_rows` takes it)."""
+        batch = [t.to(self.device) for t in encode_rows(self.tokenizer, prompts, responses, finished)]
+        modes = [(m, m.training) for m in (self.model, self.reference)]
+        for model, _ in modes:
+            model.eval()
+        try:
+            scores = policy_reference_scores(self.model, self.reference, *batch)
+        finally:
+            for model, training in modes:
+                model.train(training)
+        return tuple(x.double().cpu().numpy() for x in scores)
 
     # ------------------------------------------------------------------ pairwise baselines
 
@@ -682,16 +740,14 @@ class Trainer:
             os.fsync(handle.fileno())  # on disk before the rename, so last.pt is never partial
         os.replace(tmp, path)
 
-    def _load_checkpoint(self) -> None:
+    def _load_checkpoint(self, run_id: int) -> None:
+        if self.checkpoint_dir is None:
+            raise ValueError(f"run {run_id}: the trainer has no checkpoint folder to resume from")
+        state = read_checkpoint(run_id, self.checkpoint_dir, self.config, map_location=self.device)
         path = self._checkpoint_path()
-        if path is None or not path.exists():
-            raise ValueError(f"checkpoint: nothing to resume from at {path}")
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if not same_config(state["config"], self.config):
-            raise ValueError(f"checkpoint: {path} was written with a different config: {state['config']}")
         if state.get("fsdp", False) != self.fsdp:
-            raise ValueError(f"checkpoint: {path} was written {'with' if state.get('fsdp') else 'without'} FSDP; "
-                             f"resume it the same way")
+            raise ValueError(f"run {run_id}: the checkpoint {path} was written "
+                             f"{'with' if state.get('fsdp') else 'without'} FSDP; resume it the same way")
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -707,6 +763,49 @@ class Trainer:
         if self.lagged:
             self.reference.load_state_dict(state["reference"])
         self.step = state["step"]
+
+
+#: What every checkpoint holds: key -> the type its value must have.
+_CHECKPOINT_FIELDS = {"step": int, "model": dict, "optimizer": dict, "config": dict}
+
+
+def read_checkpoint(run_id: int, checkpoint_dir: str | os.PathLike, config: TrainConfig,
+                    map_location: str | torch.device = "cpu") -> dict:
+    """The training checkpoint in ``checkpoint_dir`` (:data:`CHECKPOINT_NAME`), read with
+    ``torch.load(weights_only=True)``: tensors and plain Python types only, so nothing in the
+    file runs. ``ValueError`` naming the run and the file when there is none, when it cannot be
+    read that way (written by an older version, or not a checkpoint: e.g. a pickle of other
+    objects), when it lacks a field, or when it was written with another config than ``config``."""
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ValueError(f"run {run_id}: no checkpoint at {path}")
+    try:
+        with warnings.catch_warnings():  # a bare pickle's protocol warning: the error below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
+            KeyError, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"run {run_id}: cannot read the checkpoint {path}: written by an older version or not a "
+                         f"checkpoint (read only with torch.load(weights_only=True): {_load_failure(exc)})") from None
+    missing = [f"{key} ({kind.__name__})" for key, kind in _CHECKPOINT_FIELDS.items()
+               if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
+    if missing:
+        raise ValueError(f"run {run_id}: cannot read the checkpoint {path}: not a training checkpoint "
+                         f"(no {', '.join(missing)})")
+    if not same_config(state["config"], config):
+        raise ValueError(f"run {run_id}: the checkpoint {path} was written with a different config "
+                         f"({state['config']}) than the stored run's ({asdict(config)})")
+    return state
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's reason on one short line: for a refused pickle, the unpickler's own
+    reason (e.g. "Unsupported global: GLOBAL posix.system ..."), without torch's advice to
+    load the file unsafely."""
+    text = str(exc)
+    refusal = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text, re.DOTALL)
+    reason = refusal.group(1) if refusal else text
+    return f"{type(exc).__name__}: {' '.join(reason.split())[:200]}".rstrip(": ")
 
 
 class _SequenceScorer(torch.nn.Module):

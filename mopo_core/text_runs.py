@@ -11,8 +11,13 @@ dropped first, so the resumed series equals an uninterrupted run's. A run that e
 ``cancelled`` is not evaluated (no point is added); it gets its point when a resume finishes it.
 
 A run whose process was killed (SIGKILL, power loss) keeps status ``running``: nothing is left
-to update it. :func:`resume_text_run` accepts such runs, so it must not be called for a run
-that is still training in another process."""
+to update it. :func:`resume_text_run` accepts such runs once their owning process is gone: a
+run still training in a live process (its owner, recorded in the store by the trainer: pid
+and start time, see :mod:`mopo_core.jobs`) is refused, naming that process.
+
+Checkpoints are read with ``torch.load(weights_only=True)`` only
+(:func:`mopo_core.lm_trainer.read_checkpoint`): a ``last.pt`` that holds anything but tensors
+and plain types is refused with its path, before any of it runs."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -24,7 +29,8 @@ import numpy as np
 from synthetic.text_task import TextTask, preference, score, vocabulary
 
 from .lm_eval import Evaluation, evaluate_policy
-from .lm_trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainResult, implicit_rewards, same_config
+from .jobs import check_run_owner
+from .lm_trainer import TrainConfig, Trainer, TrainResult, implicit_rewards, read_checkpoint
 from .models import tiny_gpt, train_sft, word_tokenizer
 from .preferences import PreferenceDataset
 from .runs import RunStore
@@ -134,13 +140,16 @@ def resume_text_run(store: RunStore, run_id: int, callbacks=(),
 
     The train config, task setup and checkpoint folder come from the run's stored config; the
     task, tokenizer and reference are rebuilt with the same seeds. Raises ``ValueError`` for an
-    unknown run, a run that is not a text-task train run, a finished run, a run without a
-    checkpoint folder or checkpoint, or a checkpoint written with another config."""
+    unknown run, a run that is not a text-task train run, a finished run, a run that a live
+    process is training (naming it), a run without a checkpoint folder or checkpoint, a
+    checkpoint that cannot be read with ``weights_only=True`` or was written with another
+    config (naming the file); a refused run is left as it was."""
     run, config, setup, checkpoint_dir = _stored_text_run(store, run_id, "resumed")
     if run.status not in RESUMABLE_STATUSES:
         state = "already finished" if run.status == "finished" else f"status {run.status!r}"
         raise ValueError(f"run {run_id}: {state}; only runs that are {', '.join(RESUMABLE_STATUSES)} can be resumed")
-    read_checkpoint(run_id, checkpoint_dir / CHECKPOINT_NAME, config)
+    check_run_owner(store.path, run_id)
+    read_checkpoint(run_id, checkpoint_dir, config)
     return _train_and_evaluate(config, setup, store, checkpoint_dir, callbacks, on_trainer, resume_run_id=run_id)
 
 
@@ -159,7 +168,7 @@ def evaluate_text_run(store: RunStore, run_id: int, n_samples: int | None = None
     if split not in splits[1:]:
         raise ValueError(f"split: expected 'test' or 'validation', got {split!r}")
     run, config, setup, checkpoint_dir = _stored_text_run(store, run_id, "evaluated")
-    state = read_checkpoint(run_id, checkpoint_dir / CHECKPOINT_NAME, config)
+    state = read_checkpoint(run_id, checkpoint_dir, config)
     task, tokenizer, reference, datasets = build_text_task(setup)
     policy = copy.deepcopy(reference)
     policy.load_state_dict(state["model"])
@@ -208,26 +217,6 @@ def text_setup_from(cfg: dict) -> TextTaskSetup:
     runs: the flat keys)."""
     stored = cfg.get("text_setup", cfg)
     return TextTaskSetup(**{f.name: stored[f.name] for f in fields(TextTaskSetup) if f.name in stored})
-
-
-def read_checkpoint(run_id: int, path: Path, config: TrainConfig) -> dict:
-    """The checkpoint at ``path``, after checking it was written with ``config``."""
-    import pickle
-
-    import torch
-
-    if not path.exists():
-        raise ValueError(f"run {run_id}: no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        int(state["step"]), state["model"]
-        written_with = state["config"]
-    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"run {run_id}: cannot read the checkpoint {path} ({type(exc).__name__}: {exc})") from None
-    if not same_config(written_with, config):
-        raise ValueError(f"run {run_id}: the checkpoint {path} was written with a different config "
-                         f"({written_with}) than the stored run's ({asdict(config)})")
-    return state
 
 
 def _train_and_evaluate(config: TrainConfig, setup: TextTaskSetup, store: RunStore, checkpoint_dir: Path | None,

@@ -204,7 +204,7 @@ def test_cancel_stops_a_running_job_after_the_current_step_and_a_resume_job_fini
     assert job.status == "cancelled" and job.run_id == run_id, job
     assert run.status == "cancelled" and run.points.empty
     assert stopped_at <= asked_at + 1 < STEPS  # within one step
-    state = torch.load(Path(job.checkpoint_dir) / "last.pt", map_location="cpu", weights_only=False)
+    state = torch.load(Path(job.checkpoint_dir) / "last.pt", map_location="cpu", weights_only=True)
     assert state["step"] == stopped_at
 
     resumed = resume(store_path, run_id)

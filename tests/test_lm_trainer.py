@@ -103,8 +103,10 @@ def test_bad_config_names_the_field(task_data, override, message):
 
 def test_resume_needs_a_checkpoint(task_data, tmp_path):
     data, tok = task_data
-    with pytest.raises(ValueError, match="checkpoint: nothing to resume from"):
+    with pytest.raises(ValueError, match=f"run 1: no checkpoint at {tmp_path / 'last.pt'}"):
         Trainer(_model(tok), tok, data, TrainConfig(steps=2), checkpoint_dir=tmp_path).train(resume_run_id=1)
+    with pytest.raises(ValueError, match="run 1: the trainer has no checkpoint folder to resume from"):
+        Trainer(_model(tok), tok, data, TrainConfig(steps=2)).train(resume_run_id=1)
 
 
 def test_ratchet_never_lowers_thresholds_below_the_users(task_data):

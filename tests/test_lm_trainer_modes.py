@@ -1,10 +1,12 @@
 """The trainer's other modes: online MOPO (pool win-rates, importance factors, KL), MODPO's
 margin, sampled KL logging, the lagged reference, and the DPO implicit reward."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from mopo_core.lm_losses import weighted_dpo_loss
+from mopo_core.lm_losses import policy_reference_scores, weighted_dpo_loss
 from mopo_core.lm_trainer import (
     Trainer,
     TrainConfig,
@@ -185,6 +187,67 @@ def test_sampled_kl_is_logged_and_starts_at_zero(setting):
     history = trainer.train().history
     logged = [h for h in history if "kl_to_reference" in h]
     assert [h["step"] for h in logged] == [2, 4] and logged[-1]["kl_to_reference"] > 0
+
+
+class _PlainLM(torch.nn.Module):
+    """A causal LM seen only through its logits (no body/head split): the plain path."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs):
+        return SimpleNamespace(logits=self.model(**inputs).logits)
+
+
+def test_per_token_kl_is_never_negative_and_its_mean_is_the_enumerated_sequence_kl():
+    """Vocabulary of 7 (eos = 1), a prompt, at most 2 new tokens: every response is [eos] or
+    [a, b] (a != eos; [a, b] with b != eos is cut at the budget), so the sequence KL of the
+    policy to the reference is a finite sum, computed here from the models' next-token
+    distributions alone. The policy is far from the reference (other weights, sharpened)."""
+    eos, prompt, vocab = 1, [0, 2, 3], 7
+    reference = tiny_gpt(vocab, n_layer=1, n_head=2, n_embd=16, seed=0).double().eval()
+    policy = tiny_gpt(vocab, n_layer=1, n_head=2, n_embd=16, seed=1).double().eval()
+    with torch.no_grad():
+        policy.transformer.wte.weight.mul_(20.0)  # (tied head) sharper next-token distributions
+
+    def next_token_logprobs(model, prefix):  # float64 (V,)
+        with torch.no_grad():
+            return torch.log_softmax(model(input_ids=torch.tensor([prefix])).logits[0, -1], -1).numpy()
+
+    responses, log_pi, log_rho = [], [], []
+    first_pi, first_rho = next_token_logprobs(policy, prompt), next_token_logprobs(reference, prompt)
+    responses.append([eos]), log_pi.append(first_pi[eos]), log_rho.append(first_rho[eos])
+    for a in range(vocab):
+        if a == eos:
+            continue
+        second_pi, second_rho = next_token_logprobs(policy, prompt + [a]), next_token_logprobs(reference, prompt + [a])
+        for b in range(vocab):
+            responses.append([a, b])
+            log_pi.append(first_pi[a] + second_pi[b])
+            log_rho.append(first_rho[a] + second_rho[b])
+    log_pi, log_rho = np.array(log_pi), np.array(log_rho)
+    pi = np.exp(log_pi)
+    assert pi.sum() == pytest.approx(1.0, abs=1e-12)  # the enumeration is the whole distribution
+    exact_kl = float(np.sum(pi * (log_pi - log_rho)))
+    assert exact_kl > 1.0  # far from the reference
+
+    width = len(prompt) + 2
+    ids = torch.zeros((len(responses), width), dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    response_mask = torch.zeros_like(ids)
+    for i, response in enumerate(responses):
+        ids[i, : len(prompt) + len(response)] = torch.tensor(prompt + response)
+        attention[i, : len(prompt) + len(response)] = 1
+        response_mask[i, len(prompt): len(prompt) + len(response)] = 1
+    for models, chunk in (((policy, reference), None), ((policy, reference), 3),
+                          ((_PlainLM(policy), _PlainLM(reference)), None)):
+        logp, ref_logp, kl = (x.numpy() for x in policy_reference_scores(*models, ids, attention, response_mask,
+                                                                         chunk_size=chunk))
+        np.testing.assert_allclose(logp, log_pi, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(ref_logp, log_rho, rtol=0, atol=1e-10)
+        assert (kl >= 0).all() and ((logp - ref_logp) < 0).any()  # single log-ratios can be negative
+        assert float(np.sum(pi * kl)) == pytest.approx(exact_kl, rel=1e-10)  # unbiased
 
 
 def test_lagged_reference_moves_every_t0_steps_and_resumes_exactly(setting, tmp_path):
