@@ -428,11 +428,17 @@ def cmd_train(args, store: RunStore) -> int:
         return 128 + int(session.signum) if session.signum is not None else 1
     point = evaluation.as_point(config.method, {"thresholds": list(config.thresholds), "tau": config.tau})
     judge = session.trainer.run_config.get("prefmodel")  # runs on a preference file: who judged them
+    dropped = session.trainer.run_config.get("dropped_identical_after_cut") or []
     if args.json:
         print(json.dumps({"run_id": result.run_id, "status": result.status, "multipliers": result.multipliers,
-                          "points": [point], **({"prefmodel": judge} if judge else {})}))
+                          "points": [point], **({"prefmodel": judge} if judge else {}),
+                          **({"dropped_identical_after_cut": dropped} if dropped else {})}))
         return 0
     print(f"run {result.run_id}: {result.status} after {result.step} steps; multipliers {result.multipliers}")
+    if dropped:
+        shown = ", ".join(dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+        print(f"note: {len(dropped)} pair(s) left out: their two responses are the same text once cut to "
+              f"--max-response-tokens ({shown})")
     if judge:
         print(f"judged by the preference model {judge['path']}: accuracy on the {judge['n_eval_pairs']} test pairs "
               f"{judge['eval_pairs_accuracy']}, on its own held-out splits {judge['held_out_accuracy']}")

@@ -166,25 +166,35 @@ def _native_schema(path: Path) -> bool:
         first = next((line for line in handle if line.strip()), b"")
     try:
         record = json.loads(first)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply: the public loaders name the problem
         return False
     return isinstance(record, dict) and {"response_a", "response_b", "labels"} <= set(record)
 
 
-def truncate_responses(dataset: PreferenceDataset, tokenizer, max_tokens: int) -> PreferenceDataset:
-    """Every response cut to its first ``max_tokens`` tokens (decoded back to text); pairs whose
-    two cut responses are the same text are left out."""
+def truncate_responses(dataset: PreferenceDataset, tokenizer, max_tokens: int) -> tuple[PreferenceDataset, tuple[str, ...]]:
+    """Every response cut to its first ``max_tokens`` tokens (decoded back to text), and the
+    origins (:meth:`PreferenceDataset.origin_of`) of the pairs left out because their two cut
+    responses are the same text."""
 
     def cut(text: str) -> str:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
 
-    pairs = []
-    for pair in dataset:
+    pairs, dropped = [], []
+    for index, pair in enumerate(dataset):
         a, b = cut(pair.response_a), cut(pair.response_b)
         if a != b:
             pairs.append(replace(pair, response_a=a, response_b=b))
-    return PreferenceDataset(dataset.objectives, tuple(pairs))
+        else:
+            dropped.append(dataset.origin_of(index))
+    return PreferenceDataset(dataset.objectives, tuple(pairs)), tuple(dropped)
+
+
+class Splits(tuple):
+    """``(train, validation, test)`` as :func:`load_splits` returns them; ``dropped``: the
+    origins of the pairs left out because their responses are the same text once cut."""
+
+    dropped: tuple[str, ...] = ()
 
 
 def chat_dataset(dataset: PreferenceDataset, tokenizer) -> PreferenceDataset:
@@ -193,9 +203,10 @@ def chat_dataset(dataset: PreferenceDataset, tokenizer) -> PreferenceDataset:
                              tuple(replace(p, prompt=format_prompt(tokenizer, p.prompt)) for p in dataset))
 
 
-def load_splits(setup: DatasetSetup, tokenizer) -> tuple[PreferenceDataset, PreferenceDataset, PreferenceDataset]:
+def load_splits(setup: DatasetSetup, tokenizer) -> Splits:
     """(train, validation, test) of ``setup.data``: raw prompts, responses cut to
-    ``setup.max_response_tokens`` tokens. ``SetupError`` (field ``data``) for an unreadable
+    ``setup.max_response_tokens`` tokens (pairs that become identical are left out and named
+    in ``dropped``). ``SetupError`` (field ``data``) for an unreadable
     file or one with an empty split."""
     try:
         dataset = load_data(setup.data, setup.format, setup.objective)
@@ -205,7 +216,9 @@ def load_splits(setup: DatasetSetup, tokenizer) -> tuple[PreferenceDataset, Pref
         parts = dataset.split(setup.split, seed=setup.split_seed)
     except ValueError as exc:
         raise SetupError("split", str(exc).removeprefix("fractions: ")) from None
-    splits = tuple(truncate_responses(part, tokenizer, setup.max_response_tokens) for part in parts)
+    cut = [truncate_responses(part, tokenizer, setup.max_response_tokens) for part in parts]
+    splits = Splits(part for part, _ in cut)
+    splits.dropped = tuple(origin for _, dropped in cut for origin in dropped)
     for name, part in zip(("train", "validation", "test"), splits):
         if name != "validation" and len(part) == 0:
             raise SetupError("data", f"{setup.data}: the {name} split is empty ({len(dataset)} pairs, "
@@ -277,7 +290,8 @@ class SetupCheck:
     primary), the pairs per split (train, validation, test) after cutting the responses, and
     the training split's shape in tokens: the longest chat-formatted prompt, the longest cut
     response (eos included) and the mean number of distinct responses per prompt (a MOPO
-    step's rows per prompt)."""
+    step's rows per prompt); ``dropped_after_cut``: the origins of the pairs left out because
+    their two responses are the same text once cut."""
 
     model_dir: Path
     objectives: tuple[str, ...]
@@ -285,6 +299,7 @@ class SetupCheck:
     max_prompt_tokens: int = 0
     max_response_tokens: int = 0
     rows_per_prompt: float = 2.0
+    dropped_after_cut: tuple[str, ...] = ()
 
 
 def check_setup(setup: DatasetSetup, models_folder: str | Path | None = None) -> SetupCheck:
@@ -311,7 +326,8 @@ def check_setup(setup: DatasetSetup, models_folder: str | Path | None = None) ->
                               for p in responses),
         max_response_tokens=max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) + eos
                                 for rs in responses.values() for r in rs),
-        rows_per_prompt=float(np.mean([len(rs) for rs in responses.values()])))
+        rows_per_prompt=float(np.mean([len(rs) for rs in responses.values()])),
+        dropped_after_cut=splits.dropped)
 
 
 def training_memory(found: SetupCheck, setup: DatasetSetup, config: TrainConfig):
@@ -410,7 +426,8 @@ class DatasetTask:
         return {"task": "dataset", "dataset_setup": asdict(self.setup), "model_dir": str(self.model_dir),
                 "lora": asdict(self.lora) if self.lora is not None else None,
                 "prefmodel": judge_summary(self.judge, self.setup.prefmodel, self.raw[2]),
-                "n_pairs_by_split": [len(part) for part in self.raw]}
+                "n_pairs_by_split": [len(part) for part in self.raw],
+                "dropped_identical_after_cut": list(self.raw.dropped)}
 
     @property
     def lora(self) -> LoraSettings | None:

@@ -238,7 +238,7 @@ class PreferenceDataset:
                 "(SFT, DPO, IPO); MOPO needs a primary and at least one secondary objective"
             )
         if conflicts:
-            shown = ", ".join(f"{self._where(j)} contradicts {self._where(i)}"
+            shown = ", ".join(f"{self.origin_of(j)} contradicts {self.origin_of(i)}"
                               for i, j in conflicts[:MAX_LISTED_ERRORS])
             notes.append(f"{len(conflicts)} label conflict(s): the same pair again with other labels ({shown}"
                          f"{', ...' if len(conflicts) > MAX_LISTED_ERRORS else ''})")
@@ -256,7 +256,7 @@ class PreferenceDataset:
             "notes": notes,
         }
 
-    def _where(self, index: int) -> str:
+    def origin_of(self, index: int) -> str:
         """Pair ``index``'s origin, or ``"pairs[<index>]"`` when it has none."""
         return self.pairs[index].origin or f"pairs[{index}]"
 

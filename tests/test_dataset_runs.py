@@ -155,8 +155,9 @@ def test_responses_are_cut_to_the_token_budget_and_prompts_wrapped_in_the_templa
     data = PreferenceDataset.from_records([
         {"prompt": "w1", "response_a": "w2 w3 w4", "response_b": "w2 w3 w5", "labels": {"h": 1.0}},
         {"prompt": "w1", "response_a": "w6 w7 w8", "response_b": "w9", "labels": {"h": 0.0}}])
-    cut = truncate_responses(data, tokenizer, 2)  # the first pair's cut responses coincide: dropped
+    cut, dropped = truncate_responses(data, tokenizer, 2)  # the first pair's cut responses coincide: dropped
     assert [(p.response_a, p.response_b) for p in cut] == [("w6 w7", "w9")]
+    assert dropped == ("records:row 1",)
     assert chat_dataset(cut, tokenizer)[0].prompt == "<|im_start|>user\nw1<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -363,3 +364,25 @@ def test_model_directory_takes_a_folder_or_a_registered_name(checkpoint, monkeyp
     assert model_directory(str(checkpoint)) == checkpoint
     monkeypatch.setenv(MODELS_ENV, str(checkpoint.parent))
     assert model_directory("tiny-chat") == checkpoint
+
+
+def test_pairs_whose_cut_responses_coincide_are_named(data_file, checkpoint, judge_dir, tmp_path, capsys):
+    """Cut to one token, a pair whose responses share their first word is left out: the check
+    names exactly those rows (found here from the file's own text)."""
+    records = [json.loads(line) for line in data_file.read_text().splitlines() if line.strip()]
+    for record in records[::5]:  # same prompts (so the same split), some responses made to share a first word
+        record["response_b"] = record["response_a"].split()[0] + " " + record["response_b"]
+    same_start = tmp_path / "same_start.jsonl"
+    same_start.write_text("".join(json.dumps(r) + "\n" for r in records))
+    expected = {f"{same_start.name}:row {i}" for i, r in enumerate(records, start=1)
+                if r["response_a"].split()[0] == r["response_b"].split()[0]}
+    found = check_setup(setup_for(same_start, checkpoint, judge_dir, max_response_tokens=1))
+    assert len(expected) >= len(records[::5])
+    assert set(found.dropped_after_cut) == expected
+    assert sum(found.n_pairs) == len(records) - len(expected)
+    argv = ["--store", str(tmp_path / "runs.sqlite"), "train", "--data", str(same_start), "--model", str(checkpoint),
+            "--prefmodel", str(judge_dir), "--method", "dpo", "--steps", "1", "--batch-size", "2",
+            "--split", *map(str, SPLIT), "--max-response-tokens", "1", "--max-new-tokens", "2", "--eval-samples", "1"]
+    assert main(argv) == 0
+    note = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("note:"))
+    assert note.startswith(f"note: {len(expected)} pair(s) left out") and sorted(expected)[0].split(":")[0] in note

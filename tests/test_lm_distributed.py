@@ -45,7 +45,7 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(tmp_path, setti
     single = train({k: v for k, v in settings.items() if k != "parallel"}, tmp_path / "one")
     _compare(single, distributed_run["history"])
     # the checkpoint process 0 wrote (gathered from the shards under FSDP) holds the same model
-    two, one = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("two", "one"))
+    two, one = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("two", "one"))
     assert two["fsdp"] == (settings.get("parallel") == "fsdp") and two["model"].keys() == one["model"].keys()
     for name, value in one["model"].items():
         torch.testing.assert_close(two["model"][name], value, rtol=1e-4, atol=1e-5)

@@ -116,7 +116,7 @@ def test_sigkill_leaves_a_readable_store_and_a_whole_checkpoint_and_resume_match
     # the checkpoint: whole (only ever renamed into place), written at a checkpoint step
     files = {p.name for p in killed_dir.iterdir()}
     assert "last.pt" in files and files <= {"last.pt", "last.tmp"}, files
-    state = torch.load(killed_dir / "last.pt", map_location="cpu", weights_only=False)
+    state = torch.load(killed_dir / "last.pt", map_location="cpu", weights_only=True)
     assert state["step"] % CHECKPOINT_EVERY == 0 and CHECKPOINT_EVERY <= state["step"] <= killed_at
     # a write that was cut off leaves a partial temporary file: resume ignores (and replaces) it
     (killed_dir / "last.tmp").write_bytes(b"\x80partial checkpoint")
@@ -133,7 +133,7 @@ def test_sigkill_leaves_a_readable_store_and_a_whole_checkpoint_and_resume_match
     run, reference = store.get_run(run_id), store.get_run(full_out["run_id"])
     assert run.status == "finished" and run.finished_at is not None and len(run.points) == 1
     assert {p.name for p in killed_dir.iterdir()} == {"last.pt"}
-    assert torch.load(killed_dir / "last.pt", map_location="cpu", weights_only=False)["step"] == STEPS
+    assert torch.load(killed_dir / "last.pt", map_location="cpu", weights_only=True)["step"] == STEPS
     # every step once (the killed process's steps after the checkpoint were dropped and redone),
     # each equal to the uninterrupted run's
     got, want = _series(run), _series(reference)
@@ -166,7 +166,7 @@ def test_sigterm_or_sigint_cancels_after_the_step_and_the_run_resumes(tmp_path, 
     assert stopped_at == out["step"] < STEPS
     assert {p.name for p in checkpoint_dir.iterdir()} == {"last.pt"}
     # the checkpoint is written at the step the run stopped at
-    assert torch.load(checkpoint_dir / "last.pt", map_location="cpu", weights_only=False)["step"] == stopped_at
+    assert torch.load(checkpoint_dir / "last.pt", map_location="cpu", weights_only=True)["step"] == stopped_at
 
     monkeypatch.setenv("MOPO_STORE", str(store_path))
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)

@@ -81,7 +81,7 @@ PANELS = [  # (metric prefix, subplot title, y-axis title)
     ("lambda_", "Multiplier λ per constraint (χ dotted)", "λ ≥ 0 (grows while the<br>estimate is below b ↑)"),
     ("constraint_", "Constraint estimate and threshold b", "secondary win-rate<br>estimate (higher is better ↑)"),
     ("ess", "Effective sample size", "ESS / rows (1 = even<br>weights; higher ↑)"),
-    ("kl_to_reference", "KL to the reference", "KL(π ‖ π_ref)<br>(nats per response)"),
+    ("kl_to_reference", "KL to the reference", "KL(π ‖ π_ref), nats per response<br>(exact per token over samples; ≥ 0)"),
     ("tokens_per_s", "Throughput", "tokens per second<br>(higher is faster ↑)"),
 ]
 
@@ -112,7 +112,7 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
                     traces.append((f"threshold_{j}", f"threshold b{j} in force", dict(color="black", dash="dash")))
         elif prefix in frame:
             label = {"loss": f"loss ({TV.SHORT_NAMES.get(method, method)})", "ess": "ESS / rows",
-                     "kl_to_reference": "KL(π ‖ π_ref), sampled", "tokens_per_s": "tokens/s"}[prefix]
+                     "kl_to_reference": "KL(π ‖ π_ref): exact per-token KL summed over sampled responses", "tokens_per_s": "tokens/s"}[prefix]
             traces.append((prefix, label, dict(color=palette[[0, 0, 0, 3, 4, 5][i]])))
         for column, name, line in traces:
             data = frame[frame[column].notna()]
@@ -545,6 +545,11 @@ with st.sidebar:
             st.success(f"{sum(n)} pairs: {n[0]} train / {n[1]} validation / {n[2]} test, split by prompt. Objectives: "
                        + ", ".join(f"V{k} {o}" for k, o in enumerate(checked.objectives))
                        + " (V0 the primary). The judge has seen none of the test prompts.")
+            if checked.dropped_after_cut:
+                dropped = checked.dropped_after_cut
+                st.warning(f"{len(dropped)} pair(s) left out: their two responses are the same text once cut to "
+                           f"{setup.max_response_tokens} tokens ({', '.join(dropped[:5])}"
+                           + (f" and {len(dropped) - 5} more)" if len(dropped) > 5 else ")"))
     objectives = TV.OBJECTIVES if task == "text" else (checked.objectives if checked else TV.OBJECTIVES)
     n_objectives = len(objectives)
     methods = [m for m in TV.METHODS if n_objectives > 1 or m not in TV.WEIGHTED_METHODS]
