@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from scipy.optimize import root
 
 from .optim import Adam, AdamConfig
 from .robust import chi_dual_value, chi_gradient
@@ -38,8 +37,7 @@ class Algorithm1Config:
     chi_lr: eta_chi; adam: the behaviour-cloning optimiser; t0: lagged-reference period in
     steps (None: off); beta: ratchet factor for thresholds (None: off; needs t0);
     variant: "lagrangian" (MOPO-Lag) or "log_barrier" (MOPO-LB) with barrier_sigma and
-    barrier_delta (where the log-barrier switches to its quadratic extension) and
-    barrier_damping (share of the new barrier multiplier mixed in per step);
+    barrier_delta (where the log-barrier switches to its quadratic extension);
     log_every: metric logging period.
     """
 
@@ -57,11 +55,11 @@ class Algorithm1Config:
     def validate(self) -> None:
         for name in ("steps", "log_every"):
             check_int(getattr(self, name), name, 1)
-        check_positive(self.adam.lr, "adam.lr")
+        self.adam.validate("adam")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
-        if self.t0 is not None and self.t0 < 1:
-            raise ValueError(f"t0: must be >= 1 or None, got {self.t0}")
+        if self.t0 is not None:
+            check_int(self.t0, "t0", 1)
         if self.beta is not None and (self.t0 is None or not 0 < self.beta <= 1):
             raise ValueError(f"beta: needs t0 and must lie in (0, 1], got beta={self.beta}, t0={self.t0}")
         if self.lambda_lr is not None:
@@ -89,34 +87,127 @@ class Algorithm1Result:
 def barrier_multiplier(slack: np.ndarray, sigma: float, delta: float) -> np.ndarray:
     """Multiplier ``-d/dslack`` of the smoothed barrier: ``sigma / slack`` for slack >= delta,
     continued linearly (the derivative of a C^2 quadratic extension) on the infeasible side."""
-    safe = np.maximum(slack, delta)
-    return np.where(slack >= delta, sigma / safe, sigma * (2 * delta - slack) / delta**2)
+    slack = np.asarray(slack, dtype=float)
+    feasible_side = slack >= delta
+    multiplier = np.empty_like(slack)
+    multiplier[feasible_side] = sigma / slack[feasible_side]
+    multiplier[~feasible_side] = sigma * (2 * delta - slack[~feasible_side]) / (delta * delta)
+    return multiplier
+
+
+def barrier_slack(lam: np.ndarray, sigma: float, delta: float) -> np.ndarray:
+    """The inverse of :func:`barrier_multiplier` for lam > 0: the slack whose multiplier is lam
+    (``sigma / lam`` up to lam = sigma / delta, then ``2 delta - lam delta^2 / sigma``)."""
+    switch = sigma / delta
+    return np.where(lam <= switch, sigma / np.minimum(lam, switch), 2 * delta - lam * (delta * delta / sigma))
+
+
+def _barrier_potential(lam: np.ndarray, sigma: float, delta: float) -> tuple[float, np.ndarray]:
+    """``sum_j Psi(lam_j)`` with ``Psi' = -barrier_slack`` and ``Psi(sigma / delta) = 0``, and the
+    diagonal of its Hessian ``Psi''(lam_j) = -d barrier_slack / d lam`` (J,), for lam > 0."""
+    switch = sigma / delta
+    inside = lam <= switch
+    beyond = lam[~inside] - switch
+    potential = -sigma * np.sum(np.log(lam[inside] / switch)) + np.sum(
+        -2 * delta * beyond + (delta * delta / (2 * sigma)) * beyond * (lam[~inside] + switch))
+    curvature = np.full(lam.shape, delta * delta / sigma)
+    curvature[inside] = sigma / lam[inside] / lam[inside]
+    return float(potential), curvature
+
+
+#: Fixed-point residual of MOPO-LB's multipliers, in slack (win-rate) units per unit of
+#: ``1 + |b_j|``, below which the multipliers count as solved.
+BARRIER_TOL = 1e-12
+#: Safety bound on the Newton iterations (random instances over wide ranges need at most ~50).
+BARRIER_MAX_ITER = 200
 
 
 def barrier_multipliers(family: TiltFamily, thresholds: np.ndarray, sigma: float, delta: float) -> np.ndarray:
     """MOPO-LB's multipliers: the fixed point ``lam_j = barrier_multiplier(V_j(pi_lam) - b_j)``.
 
-    For each j the left side increases and the right side decreases in lam_j, so each
-    coordinate's root is unique given the others; one bisection pass per coordinate starts
-    the solve, and for J >= 2 a hybrid Newton (scipy ``root``) finishes the coupled system.
-    """
-    def residual(lam):
-        slack = policy_values(family.policy(lam), family.secondary, family.prompt_weights) - thresholds
-        return lam - barrier_multiplier(slack, sigma, delta)
+    Derivation. :func:`barrier_multiplier` B is strictly decreasing from +inf (slack -> -inf)
+    to 0 (slack -> +inf), so it has an inverse s = :func:`barrier_slack` on lam > 0 and the
+    fixed point reads ``V_j(pi_lam) - b_j - s(lam_j) = 0`` for every j. The dual's gradient is
+    ``dg/dlam_j = V_j(pi_lam) - b_j`` (:meth:`TiltFamily.dual`), so with ``Psi' = -s`` these
+    are the stationarity conditions of
 
-    lam = np.zeros(thresholds.size)
-    upper = sigma * (2 * delta + 1.0) / delta**2  # win-rate slack is never below -1
-    for j in range(lam.size):
-        lo, hi = 0.0, upper
-        for _ in range(80):
-            lam[j] = 0.5 * (lo + hi)
-            lo, hi = (lo, lam[j]) if residual(lam)[j] > 0 else (lam[j], hi)
-    if lam.size > 1:
-        solved = root(residual, lam, method="hybr", options={"xtol": 1e-14})
-        if not solved.success or np.max(np.abs(residual(np.maximum(solved.x, 0)))) > 1e-8:
-            raise RuntimeError(f"MOPO-LB multipliers did not converge: {solved.message}")
-        lam = np.maximum(solved.x, 0.0)
+        G(lam) = g(lam) + sum_j Psi(lam_j),
+        Psi(lam) = -sigma log(lam delta / sigma)                       for lam <= sigma / delta,
+                   -2 delta (lam - sigma/delta) + delta^2 (lam^2 - (sigma/delta)^2) / (2 sigma)  beyond.
+
+    g is convex and ``Psi'' = -s' > 0`` (``sigma / lam^2``, then ``delta^2 / sigma``), so G is
+    strictly convex; Psi -> +inf as lam -> 0 and grows quadratically as lam -> inf while g
+    grows at most linearly (its gradient is a bounded win-rate minus b), so G has exactly one
+    minimiser, and it is interior (every barrier multiplier is > 0). Damped Newton on G (the
+    dual's Hessian plus ``diag(Psi'')``, positive definite), with a backtracking line search
+    that starts inside lam > 0 and asks for Armijo decrease of G, converges from any start;
+    once the predicted decrease is below G's rounding error, steps are ranked by the
+    residual's norm instead (the Newton step lowers it too). It stops when the residual
+    ``|V_j - b_j - s(lam_j)|`` is at most ``BARRIER_TOL (1 + |b_j|)`` in slack units, or when
+    no representable step lowers G or the residual any further (floating-point resolution,
+    reached only at extreme tilts such as lam / tau ~ 1e7), or after ``BARRIER_MAX_ITER``
+    steps, and returns the multipliers (J,).
+    """
+    b = np.asarray(thresholds, dtype=float)
+    _check_barrier_range(family, b, sigma, delta)
+    tol = BARRIER_TOL * (1.0 + np.abs(b))
+    # Start from each multiplier as if the others stayed at 0.
+    lam = barrier_multiplier(family.dual(np.zeros(b.size), b, order=1)[1], sigma, delta)
+    for _ in range(BARRIER_MAX_ITER):
+        value, grad, hess = family.dual(lam, b)
+        potential, curvature = _barrier_potential(lam, sigma, delta)
+        residual = grad - barrier_slack(lam, sigma, delta)  # the gradient of G, in slack units
+        if np.all(np.abs(residual) <= tol):
+            break
+        step = -np.linalg.solve(hess + np.diag(curvature), residual)
+        trial = _barrier_line_search(family, b, sigma, delta, lam, step, value + potential, residual)
+        if trial is None:
+            break  # no representable step lowers G or the residual: lam is as exact as floats allow
+        lam = trial
     return lam
+
+
+def _check_barrier_range(family: TiltFamily, b: np.ndarray, sigma: float, delta: float) -> None:
+    """ValueError when MOPO-LB's multipliers or curvature could leave the floating-point range.
+
+    V_j lies between the smallest and largest secondary score q, so the fixed point has slack
+    in [min q - b_j, max q - b_j] and lam_j between the barrier multipliers of those slacks.
+    """
+    with np.errstate(all="ignore"):
+        smallest = barrier_multiplier(np.max(family.secondary) - b, sigma, delta)
+        largest = barrier_multiplier(np.min(family.secondary) - b, sigma, delta)
+        logit_scale = largest * np.max(np.abs(family.secondary)) / family.tau
+        curvature = np.where(smallest < sigma / delta, sigma / smallest / smallest, delta * delta / sigma)
+    if not (np.all(logit_scale < 1e300) and np.all(curvature < 1e300)):
+        raise ValueError(f"thresholds: MOPO-LB multipliers for thresholds {b.tolist()} with barrier_sigma={sigma:g} "
+                         f"and barrier_delta={delta:g} leave the floating-point range (multipliers between "
+                         f"{smallest.tolist()} and {largest.tolist()}); use thresholds within the win-rates' "
+                         f"range [0, 1] and a barrier_delta not far below barrier_sigma")
+
+
+def _barrier_line_search(family, b, sigma, delta, lam, step, objective, residual):
+    """Backtracking from the largest step that keeps lam > 0 (times 0.99): the first trial with
+    Armijo decrease of G, or once the predicted decrease is below G's rounding error (where G
+    cannot rank steps), with a smaller residual norm (the Newton step is a descent direction
+    for it too). None when the step is not finite, or the trials shrink to lam itself without either."""
+    if not np.all(np.isfinite(step)):
+        return None
+    shrinking = step < 0
+    alpha = min(1.0, 0.99 * float(np.min(lam[shrinking] / -step[shrinking]))) if shrinking.any() else 1.0
+    slope, size = float(residual @ step), float(np.linalg.norm(residual))
+    within_rounding = -slope <= 1e-12 * max(1.0, abs(objective))
+    trial = lam + alpha * step
+    while not np.array_equal(trial, lam):
+        t_value, t_grad, _ = family.dual(trial, b, order=1)
+        if within_rounding:
+            accepted = np.linalg.norm(t_grad - barrier_slack(trial, sigma, delta)) <= (1 - 1e-4 * alpha) * size
+        else:
+            accepted = t_value + _barrier_potential(trial, sigma, delta)[0] <= objective + 1e-4 * alpha * slope
+        if accepted:
+            return trial
+        alpha *= 0.5
+        trial = lam + alpha * step
+    return None
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ from typing import Callable
 
 import numpy as np
 
+from .validation import check_nonnegative, check_positive
+
 
 @dataclass
 class AdamConfig:
@@ -17,6 +19,15 @@ class AdamConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+
+    def validate(self, name: str = "adam") -> None:
+        """ValueError naming ``name.field`` unless lr > 0, 0 <= beta1, beta2 < 1 and eps > 0 (all finite)."""
+        check_positive(self.lr, f"{name}.lr")
+        check_positive(self.eps, f"{name}.eps")
+        for field in ("beta1", "beta2"):
+            value = check_nonnegative(getattr(self, field), f"{name}.{field}")
+            if value >= 1:
+                raise ValueError(f"{name}.{field}: must be < 1, got {value}")
 
 
 class Adam:
@@ -29,6 +40,7 @@ class Adam:
     def __init__(self, params: np.ndarray, config: AdamConfig | None = None):
         self.params = params
         self.config = config or AdamConfig()
+        self.config.validate()
         self._m = np.zeros_like(params)
         self._v = np.zeros_like(params)
         self._t = 0

@@ -21,7 +21,9 @@ from scipy.optimize import brentq, linprog, minimize, minimize_scalar
 
 from .robust import robust_lower_bound
 from .validation import (
+    as_finite_array,
     check_distribution,
+    check_int,
     check_nonnegative,
     check_positive,
     check_preferences,
@@ -33,8 +35,11 @@ from .validation import (
 FEASIBILITY_TOL = 1e-8
 #: How far inside the attainable set infeasible thresholds are moved (win-rate units).
 INFEASIBLE_BACKOFF = 1e-3
-#: Safety bound on multipliers; never reached by a feasible threshold in practice.
+#: Bound on multipliers. A threshold that needs more (e.g. tau ~ 1e9) is reported as
+#: feasible=False, converged=False rather than met.
 MAX_MULTIPLIER = 1e9
+#: The dual methods :func:`solve_family` accepts.
+METHODS = ("newton", "lbfgsb", "projected_gradient")
 
 
 def win_rates(preferences: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
@@ -62,19 +67,25 @@ def _log_reference(reference: np.ndarray) -> np.ndarray:
 class TiltFamily:
     """The closed-form family ``pi_lam`` for fixed scores, with the dual and its derivatives.
 
-    primary (M, N), secondary (J, M, N), reference (M, N), prompt_weights (M,), tau > 0.
-    Precomputes ``log pi_ref + s_0 / tau`` so each evaluation is one pass per constraint.
+    primary (M, N), secondary (J, M, N), reference (M, N), prompt_weights (M,), tau > 0
+    (checked: ValueError when it is not finite and positive, or so small that scores / tau
+    overflow). Precomputes ``log pi_ref + s_0 / tau`` so each evaluation is one pass per constraint.
     """
 
     def __init__(self, primary, secondary, reference, prompt_weights, tau):
+        tau = check_positive(tau, "tau")
+        with np.errstate(over="ignore"):
+            self._slopes = secondary / tau
+            scaled_primary = primary / tau
+        if not (np.all(np.isfinite(self._slopes)) and np.all(np.isfinite(scaled_primary))):
+            raise ValueError(f"tau: {tau:g} is too small for these scores (scores / tau overflows)")
         self.primary = primary
         self.secondary = secondary
         self.reference = reference
         self.log_reference = _log_reference(reference)
         self.prompt_weights = prompt_weights
         self.tau = tau
-        self._base = self.log_reference + primary / tau
-        self._slopes = secondary / tau
+        self._base = self.log_reference + scaled_primary
         self.max_attainable = attainable_maxima(secondary, reference, prompt_weights)
         self.reference_values = np.einsum("m,mn,jmn->j", prompt_weights, reference, secondary)
 
@@ -229,8 +240,12 @@ class TabularSolution:
 
     policy: (N,) for one prompt given as (K, N, N), else (M, N).
     multipliers (J,), values (K,) = V_k(policy), max_attainable (J,) per-objective maxima.
-    thresholds (J,) as requested; effective_thresholds (J,) the ones enforced (moved inside the
-    attainable set by INFEASIBLE_BACKOFF when the request cannot be met).
+    thresholds (J,) as requested; effective_thresholds (J,) the ones enforced (when the request
+    cannot be met: each clipped to its attainable maximum, then all moved inside the attainable
+    set, by INFEASIBLE_BACKOFF beyond the nearest attainable uniform shift).
+    feasible: the requested thresholds are attainable (robust bounds when eps > 0), so that a
+    converged solution meets them up to FEASIBILITY_TOL; False when they are not, and also when
+    meeting them would need a multiplier above MAX_MULTIPLIER (then converged is False too).
     robust_values (J,) and chi (J,) are the robust bounds and their duals when eps > 0.
     trace: (T, J) multipliers per projected-gradient iteration (method="projected_gradient").
     """
@@ -292,9 +307,19 @@ def _solve_dual(family, b, lam0, method, tol, max_iter, step_size):
         return lam, it, ok, None
     if method == "lbfgsb":
         return (*_lbfgsb(family, b, lam0, tol, 10 * max_iter), None)
-    if method == "projected_gradient":
-        return _projected_gradient(family, b, lam0, tol, max_iter, step_size)
-    raise ValueError(f"method: expected 'newton', 'lbfgsb' or 'projected_gradient', got {method!r}")
+    return _projected_gradient(family, b, lam0, tol, max_iter, step_size)
+
+
+def _check_multipliers(value, n_constraints: int) -> np.ndarray:
+    """``initial_multipliers``: (J,) finite and >= 0."""
+    lam = np.atleast_1d(as_finite_array(value, "initial_multipliers"))
+    if lam.shape != (n_constraints,):
+        raise ValueError(f"initial_multipliers: expected {n_constraints} value(s), one per secondary objective, "
+                         f"got shape {lam.shape}")
+    if np.any(lam < 0):
+        j = int(np.argmax(lam < 0))
+        raise ValueError(f"initial_multipliers: must be >= 0, got {lam[j]} at index {j}")
+    return lam
 
 
 def _robust_values(family: TiltFamily, policy: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -393,9 +418,21 @@ def solve_family(
     max_iter: int = 100,
     step_size: float | None = None,
 ) -> TabularSolution:
-    """:func:`solve_scores` on a prebuilt :class:`TiltFamily` (reused across a sweep)."""
+    """:func:`solve_scores` on a prebuilt :class:`TiltFamily` (reused across a sweep).
+
+    Arguments are checked (ValueError naming the argument): eps finite >= 0, method one of
+    METHODS, initial_multipliers None or (J,) finite >= 0, tol finite >= 0, max_iter an
+    integer >= 1, step_size None or finite > 0.
+    """
     b = check_thresholds(thresholds, family.secondary.shape[0])
-    lam0 = np.zeros(b.size) if initial_multipliers is None else np.asarray(initial_multipliers, float)
+    eps = check_nonnegative(eps, "eps")
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    lam0 = np.zeros(b.size) if initial_multipliers is None else _check_multipliers(initial_multipliers, b.size)
+    tol = check_nonnegative(tol, "tol")
+    max_iter = check_int(max_iter, "max_iter", 1)
+    if step_size is not None:
+        step_size = check_positive(step_size, "step_size")
     robust_values = chi = None
     if eps > 0:
         lam, it, ok, robust_values, chi, feasible = _solve_robust(
@@ -405,15 +442,22 @@ def solve_family(
         effective = b
     else:
         already_met = bool(np.all(family.reference_values >= b - FEASIBILITY_TOL))
-        margin = np.inf if already_met else chebyshev_margin(family.secondary, family.reference, family.prompt_weights, b)
+        # Clip before measuring the margin: b + (margin - backoff) with b ~ 1e16 would lose the
+        # attainable part to cancellation. A clipped threshold sits on its maximum: margin <= 0.
+        reachable = np.minimum(b, family.max_attainable)
+        margin = np.inf if already_met else chebyshev_margin(
+            family.secondary, family.reference, family.prompt_weights, reachable)
         feasible = margin > FEASIBILITY_TOL
         # Infeasible: enforce the nearest thresholds (uniform shift) strictly inside the attainable set.
-        effective = b if feasible else b + (margin - INFEASIBLE_BACKOFF)
+        effective = b if feasible else reachable + (margin - INFEASIBLE_BACKOFF)
         lam, it, ok, trace = _solve_dual(family, effective, lam0, method, tol, max_iter, step_size)
     log_pi, policy, _ = family.log_policy(lam)
     nu = family.prompt_weights
     values = np.concatenate([[nu @ (policy * family.primary).sum(axis=1)],
                              np.einsum("m,mn,jmn->j", nu, policy, family.secondary)])
+    achieved = values[1:] if robust_values is None else robust_values
+    if np.any((lam >= MAX_MULTIPLIER) & (achieved < effective - FEASIBILITY_TOL)):
+        feasible = ok = False  # the cap, not the thresholds, stopped the solve
     with np.errstate(invalid="ignore"):
         kl = float(nu @ np.where(policy > 0, policy * (log_pi - family.log_reference), 0.0).sum(axis=1))
     return TabularSolution(

@@ -1,7 +1,8 @@
-"""Independent ground truth for the tests: general-purpose solvers that share no code with
-the MOPO dual (scipy SLSQP in the primal on softmax logits)."""
+"""Independent ground truth for the tests: general-purpose scipy solvers that share no code
+with mopo_core (SLSQP in the primal on softmax logits; nested brentq for MOPO-LB's fixed point,
+with the tilt and the barrier written out here)."""
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import brentq, minimize
 
 
 def _log_softmax_rows(z):
@@ -69,3 +70,52 @@ def robust_bound_slsqp(z, reference, prompt_weights, eps):
                    constraints=[{"type": "ineq", "fun": lambda u: eps - parts(u)[1]}],
                    options={"ftol": 1e-15, "maxiter": 2000})
     return float(res.fun)
+
+
+def barrier_slack_reference(lam, sigma, delta):
+    """The slack at which MOPO-LB's barrier has multiplier ``lam`` > 0, written from its definition:
+    the barrier ``-sigma log(slack)`` has multiplier ``sigma / slack`` down to slack = delta, and
+    its C^2 quadratic extension has multiplier ``sigma (2 delta - slack) / delta^2`` below."""
+    lam = np.asarray(lam, dtype=float)
+    return np.where(sigma / lam >= delta, sigma / lam, 2 * delta - lam * delta**2 / sigma)
+
+
+def barrier_residual_reference(lam, rates, reference, prompt_weights, thresholds, tau, sigma, delta):
+    """MOPO-LB's fixed-point residual ``V_j(pi_lam) - b_j - slack(lam_j)`` (J,) in slack units,
+    with ``pi_lam ∝ pi_ref exp((w_0 + lam . w) / tau)`` per prompt written out here. rates (K, M, N)."""
+    logits = np.log(reference) + (rates[0] + np.tensordot(lam, rates[1:], axes=1)) / tau
+    policy = np.exp(logits - logits.max(axis=1, keepdims=True))
+    policy /= policy.sum(axis=1, keepdims=True)
+    values = np.einsum("m,mn,jmn->j", prompt_weights, policy, rates[1:])
+    return values - np.asarray(thresholds, dtype=float) - barrier_slack_reference(lam, sigma, delta)
+
+
+def barrier_fixed_point_nested(rates, reference, prompt_weights, thresholds, tau, sigma, delta):
+    """MOPO-LB multipliers (J,) by nested one-dimensional root finding (scipy brentq).
+
+    The fixed point solves ``r_j(lam) = V_j(pi_lam) - b_j - slack(lam_j) = 0`` for every j,
+    where r is the gradient of a strictly convex function of lam. So, with lam_{j+1..J}
+    solved for given lam_{1..j}, r_j is increasing in lam_j (it is the derivative of a
+    partial minimum of a strictly convex function), and each level is a bracketed scalar root.
+    V_j is a win-rate in [0, 1], so the root lies where the slack is in [-b_j - 1, 2 - b_j].
+    rates (K, M, N).
+    """
+    b = np.asarray(thresholds, dtype=float)
+
+    def multiplier(slack):  # the barrier's multiplier at this slack (inverse of barrier_slack_reference)
+        return sigma / slack if slack >= delta else sigma * (2 * delta - slack) / delta**2
+
+    def solve_from(level, fixed):
+        """lam[level:] solving r_level.. = 0 given lam[:level] = fixed."""
+        if level == b.size:
+            return fixed
+
+        def level_residual(x):
+            lam = np.array(solve_from(level + 1, fixed + [x]))
+            return barrier_residual_reference(lam, rates, reference, prompt_weights, b, tau, sigma, delta)[level]
+
+        lo, hi = multiplier(2.0 - b[level]), multiplier(-b[level] - 1.0)
+        x = brentq(level_residual, lo, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
+        return solve_from(level + 1, fixed + [x])
+
+    return np.array(solve_from(0, []))

@@ -2,22 +2,19 @@
 
 Reference answers: the exact tabular solver (``solve_tabular``, projected Newton on the dual),
 thresholds built from a chosen multiplier (``b = V_sec(pi_lam_true)``, whose solution has
-multipliers ``lam_true`` by the KKT conditions), the barrier fixed point computed from the
-closed-form family, and hand-derived bookkeeping for lagged references and ratchets.
+multipliers ``lam_true`` by the KKT conditions), MOPO-LB's fixed point by nested brentq
+(``tests.reference_solvers``) and its residual in slack units from the barrier's definition,
+and hand-derived bookkeeping for lagged references and ratchets.
 Everything runs on N = 6 responses and a few thousand tabular steps (well under a second each).
 """
 import numpy as np
 import pytest
 
 from mopo_core import solve_tabular
-from mopo_core.iterative import (
-    Algorithm1Config,
-    barrier_multiplier,
-    barrier_multipliers,
-    run_algorithm1,
-)
+from mopo_core.iterative import Algorithm1Config, barrier_multiplier, barrier_slack, run_algorithm1
 from mopo_core.tabular import TiltFamily, policy_values, win_rates
 from synthetic import estimate_preferences, make_structure, sample_comparisons
+from tests.reference_solvers import barrier_fixed_point_nested, barrier_slack_reference
 
 TAU = 0.2
 N = 6
@@ -138,9 +135,10 @@ def test_estimated_solution_approaches_exact_one_as_data_grows():
 
 
 def _barrier_residual(s, res, b, sigma, delta):
+    """The fixed-point residual ``V_j(pi_lam) - b_j - slack(lam_j)`` in slack (win-rate) units."""
     rates, fam = _family(s.preferences, s)
     slack = policy_values(fam.policy(res.multipliers), rates[1:], s.prompt_weights) - b
-    return res.multipliers - barrier_multiplier(slack, sigma, delta)
+    return slack - barrier_slack_reference(res.multipliers, sigma, delta)
 
 
 @pytest.mark.parametrize(
@@ -161,8 +159,8 @@ def test_log_barrier_meets_threshold_and_is_close_to_lagrangian(name, m, lam_tru
     res = run_algorithm1(s.preferences, b, TAU, **_kw(s), config=cfg)
     assert np.all(res.values[1:] - b >= -delta), "threshold met up to barrier_delta"
     assert abs(res.values[0] - lag.values[0]) < 5e-3
-    # The barrier fixed point lam = barrier_multiplier(V(pi_lam) - b), and the learned policy is pi_lam.
-    np.testing.assert_allclose(_barrier_residual(s, res, b, sigma, delta), 0.0, atol=1e-8)
+    # The barrier fixed point lam = barrier_multiplier(V(pi_lam) - b) in slack units; the learned policy is pi_lam.
+    np.testing.assert_allclose(_barrier_residual(s, res, b, sigma, delta), 0.0, atol=1e-10)
     _, fam = _family(s.preferences, s)
     assert np.max(np.abs(_as_2d(res.policy) - fam.policy(res.multipliers))) < 1e-6
     # Multipliers are recomputed only when the reference changes: constant over the run.
@@ -181,17 +179,19 @@ def test_log_barrier_violation_is_bounded_by_the_extension_slope():
     slack = policy_values(fam.policy(res.multipliers), rates[1:], s.prompt_weights) - b
     assert res.multipliers[0] <= 10.0
     assert slack[0] >= 2 * delta - 10.0 * delta**2 / sigma - 1e-12
-    np.testing.assert_allclose(_barrier_residual(s, res, b, sigma, delta), 0.0, atol=1e-8)
+    np.testing.assert_allclose(_barrier_residual(s, res, b, sigma, delta), 0.0, atol=1e-10)
 
 
-def test_log_barrier_fixed_point_three_objectives():
-    s = _structure("three_objectives")
-    b = _thresholds_for(s, [0.7, 1.5])
-    _, fam = _family(s.preferences, s)
-    lam = barrier_multipliers(fam, b, 1e-3, 1e-3)
+@pytest.mark.parametrize("m,lam_true", [(1, [0.7, 1.5]), (1, [3.0, 0.2]), (3, [0.7, 1.5]), (3, [2.0, 2.0])])
+def test_log_barrier_fixed_point_three_objectives(m, lam_true):
+    """The coupled J = 2 fixed point, on the instance that failed on other CPUs (scipy root's xtol)."""
+    s = _structure("three_objectives", m)
+    b = _thresholds_for(s, lam_true)
     res = run_algorithm1(s.preferences, b, TAU, **_kw(s), config=Algorithm1Config(steps=50, variant="log_barrier"))
-    np.testing.assert_allclose(res.multipliers, lam)
-    np.testing.assert_allclose(_barrier_residual(s, res, b, 1e-3, 1e-3), 0.0, atol=1e-6)
+    np.testing.assert_allclose(_barrier_residual(s, res, b, 1e-3, 1e-3), 0.0, atol=1e-10)
+    rates, _ = _family(s.preferences, s)
+    expected = barrier_fixed_point_nested(rates, s.reference, s.prompt_weights, b, TAU, 1e-3, 1e-3)
+    np.testing.assert_allclose(res.multipliers, expected, rtol=1e-8)
 
 
 def test_barrier_multiplier_is_continuous_and_decreasing():
@@ -203,6 +203,16 @@ def test_barrier_multiplier_is_continuous_and_decreasing():
     np.testing.assert_allclose(lam[3], lam[5], rtol=1e-8)  # C^1 barrier at the switch
     np.testing.assert_allclose(lam[-1], sigma / 0.5)
     np.testing.assert_allclose(lam[0], sigma * (2 * delta + 0.5) / delta**2)
+
+
+def test_barrier_slack_inverts_the_barrier_multiplier():
+    sigma, delta = 1e-3, 1e-2
+    # Hand values: the switch, the zero slack of the extension (multiplier 2 sigma / delta), far sides.
+    lam = np.array([sigma / delta, 2 * sigma / delta, sigma / 0.5, sigma * (2 * delta + 0.5) / delta**2])
+    np.testing.assert_allclose(barrier_slack(lam, sigma, delta), [delta, 0.0, 0.5, -0.5], atol=1e-15)
+    slack = np.array([-3.0, -0.2, 0.0, delta / 2, delta, 0.3, 7.0])
+    np.testing.assert_allclose(barrier_slack(barrier_multiplier(slack, sigma, delta), sigma, delta), slack,
+                               rtol=1e-13, atol=1e-15)
 
 
 # --------------------------------------------------------------------------- lagged reference, ratchet
