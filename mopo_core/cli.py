@@ -27,7 +27,7 @@ from .public_formats import FORMATS, format_report, load_public
 from .runs import RunStore
 from .suite import METHODS, SuiteConfig, config_dict, results_table, run_suite, summary_table
 from .tabular import TabularProblem, policy_values
-from .validation import read_preference_file
+from .validation import as_finite_array, read_preference_file
 
 
 #: lm_trainer.METHODS, repeated here so that the CLI does not import torch for the other commands.
@@ -57,6 +57,7 @@ def _point(sol, label: str) -> dict:
 
 def cmd_solve(args, store: RunStore) -> int:
     problem, config = _instance(args)
+    as_finite_array(args.threshold, "--threshold")  # named here, before the run store sees it
     config.update(thresholds=args.threshold, tau=args.tau, eps=args.eps, method=args.method)
     with store.record("solve", config) as run_id:
         sol = problem.solve(args.threshold, args.tau, args.eps, method=args.method)
@@ -66,7 +67,7 @@ def cmd_solve(args, store: RunStore) -> int:
         return 0
     print(f"run {run_id}  feasible={sol.feasible}  converged={sol.converged} ({sol.iterations} iterations)")
     print(f"values V_k       : {np.round(sol.values, 6).tolist()}  (objective 0 is the primary)")
-    print(f"thresholds       : {np.round(sol.thresholds, 6).tolist()}")
+    print(f"thresholds       : {[round(float(b), 6) for b in sol.thresholds]}")  # np.round overflows at 1e308
     print(f"multipliers      : {np.round(sol.multipliers, 6).tolist()}")
     print(f"max attainable   : {np.round(sol.max_attainable, 6).tolist()}")
     if sol.robust_values is not None:
