@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.shared import run_store
-from mopo_core import jobs
+from mopo_core.training import jobs
 
 st.set_page_config(page_title="MOPO Studio", layout="wide")
 

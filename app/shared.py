@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mopo_core.runs import RunStore, to_jsonable
-from mopo_core.suite import ExactReference, exact_answers
-from mopo_core.tabular import TabularProblem
+from mopo_core.experiments.suite import ExactReference, exact_answers
+from mopo_core.tabular.solver import TabularProblem
 from mopo_core.validation import check_preferences, read_preference_array
 from synthetic import PARAMETER_CHOICES, STRUCTURES, Structure, make_structure, structure_parameters
 
@@ -27,7 +27,7 @@ MAX_UPLOAD_BYTES = 5 * 2**20
 @dataclass
 class Instance:
     """What a page works on: a label and the instance's exact answers
-    (:class:`mopo_core.suite.ExactReference`: the validated problem, the exact front, the
+    (:class:`mopo_core.experiments.suite.ExactReference`: the validated problem, the exact front, the
     reference policy's values = the hypervolume reference point)."""
 
     label: str

@@ -24,7 +24,7 @@ os.environ.setdefault("MOPO_STORE", str(Path("/tmp") / "mopo_bench_store.sqlite"
 import numpy as np  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from mopo_core.tabular import TabularProblem  # noqa: E402
+from mopo_core.tabular.solver import TabularProblem  # noqa: E402
 from synthetic import make_structure  # noqa: E402
 
 PAGE = str(ROOT / "app" / "views" / "explore.py")

@@ -4,7 +4,7 @@
     .venv/bin/python bench/gpu_step.py --cpu --tiny     # smoke run on a CPU: tiny configs, 2 steps a cell
 
 It needs torch, transformers, peft, numpy and scipy only (no network, no pip): the
-``mopo_core`` submodules it uses (lm_losses, models, robust, validation) are imported without
+``mopo_core`` submodules it uses (lm.losses, lm.models, tabular.robust, validation) are imported without
 running ``mopo_core/__init__.py``, which pulls in pandas and platformdirs.
 
 1. Check. A MOPO weighted-BC step (loss = weighted_bc_loss(sequence_logprobs(...)), backward)
@@ -16,7 +16,7 @@ running ``mopo_core/__init__.py``, which pulls in pandas and platformdirs.
    SmolLM2-135M (LlamaConfig: hidden 576, 30 layers, 9 heads, 3 kv heads, intermediate 1536,
    vocabulary 49152, tied embeddings) and OPT-1.3B (hidden 2048, 24 layers, 32 heads, ffn
    8192, vocabulary 50272, tied). Batch 8 x 512 random tokens, no padding; each row's prompt
-   is 64 to 256 tokens, the response runs to the end. A step is what ``mopo_core.lm_trainer``
+   is 64 to 256 tokens, the response runs to the end. A step is what ``mopo_core.lm.trainer``
    does: forward, loss, backward, ``clip_grad_norm_(1.0)``, AdamW step (fused on CUDA).
    Cells: {mopo: weighted BC, no reference forward; dpo: 4 pairs, the 8 sequences through
    the policy plus a no-grad reference forward} x {full fine-tuning; LoRA r 16 on every
@@ -74,8 +74,8 @@ def _core(name: str):
     return importlib.import_module(f"mopo_core.{name}")
 
 
-losses = _core("lm_losses")
-models = _core("models")
+losses = _core("lm.losses")
+models = _core("lm.models")
 
 SMOLLM2_135M = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
                 "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,

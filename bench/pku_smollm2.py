@@ -7,7 +7,7 @@ prompts by a preference model that saw none of them (issue 5, item 1).
 
 Steps (every number measured here, nothing tuned on the test split):
 1. The sample (``../shared/data/pku_saferlhf_sample.jsonl``) is split by prompt 0.7 / 0.15 / 0.15
-   (seed 0) and every response cut to 32 SmolLM2 tokens (:mod:`mopo_core.dataset_runs`).
+   (seed 0) and every response cut to 32 SmolLM2 tokens (:mod:`mopo_core.training.dataset_task`).
 2. A preference model (frozen all-MiniLM-L6-v2 + one linear Bradley-Terry head per objective) is
    fitted on the TRAIN split's prompts only (early stopping on 15% of them) and scored on the
    validation and test splits; it is saved in ``<out>/prefmodel`` and recorded as a
@@ -50,18 +50,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mopo_core.dataset_runs import DatasetSetup, DatasetTask, load_splits, model_directory  # noqa: E402
-from mopo_core.lm_soups import soup  # noqa: E402
-from mopo_core.lm_trainer import TrainConfig  # noqa: E402
-from mopo_core.models import load_tokenizer  # noqa: E402
-from mopo_core.preference_models import (  # noqa: E402
+from mopo_core.training.dataset_task import DatasetSetup, DatasetTask, load_splits, model_directory  # noqa: E402
+from mopo_core.lm.soups import soup  # noqa: E402
+from mopo_core.lm.trainer import TrainConfig  # noqa: E402
+from mopo_core.lm.models import load_tokenizer  # noqa: E402
+from mopo_core.lm.judge import (  # noqa: E402
     HeadSettings,
     SentenceEncoder,
     default_encoder_dir,
     train_preference_model,
 )
 from mopo_core.runs import RunStore  # noqa: E402
-from mopo_core.text_experiment import ComparisonSettings, comparison_figure, summarise  # noqa: E402
+from mopo_core.training.text_comparison import ComparisonSettings, comparison_figure, summarise  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "pku_saferlhf_sample.jsonl"
 MODEL = "SmolLM2-135M-Instruct"

@@ -53,9 +53,9 @@ import numpy as np
 import scipy
 from scipy.optimize import minimize
 
-from mopo_core import tabular
+from mopo_core.tabular import solver as tabular
 from mopo_core.pareto import attainable_max
-from mopo_core.tabular import (
+from mopo_core.tabular.solver import (
     TabularProblem,
     policy_values,
     solve_tabular,

@@ -14,7 +14,7 @@ TRL's dataset mapping) is excluded. The methods take their steps in turn, one ro
 so a change in the machine's load hits them alike. DPO and IPO also run a frozen reference
 forward on the same tokens; those are not counted again (they are the cost MOPO avoids).
 
-Every method runs through the project's ``Trainer`` (``mopo_core.lm_trainer``) on the
+Every method runs through the project's ``Trainer`` (``mopo_core.lm.trainer``) on the
 synthetic text task's training pairs (``build_text_task``, no SFT: weights do not change
 the cost), from the same initial weights, with the same ``batch_size`` (prompts per step for
 MOPO, whose rows are each prompt's distinct responses; pairs per step for the others), on
@@ -48,9 +48,9 @@ import numpy as np
 import torch
 import transformers
 
-from mopo_core.lm_trainer import Trainer, TrainConfig, response_win_rates
-from mopo_core.models import build_model
-from mopo_core.text_runs import TextTaskSetup, build_text_task
+from mopo_core.lm.trainer import Trainer, TrainConfig, response_win_rates
+from mopo_core.lm.models import build_model
+from mopo_core.training.text_task import TextTaskSetup, build_text_task
 
 SEED = 0
 BATCH_SIZE = 8

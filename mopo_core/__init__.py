@@ -1,7 +1,7 @@
 """MOPO Studio's engine: exact tabular MOPO, Algorithm 1, baselines, Pareto metrics, run store."""
-from .iterative import Algorithm1Config, Algorithm1Result, run_algorithm1
-from .runs import RunStore
-from .tabular import SweepResult, TabularSolution, policy_values, solve_tabular, sweep_thresholds, win_rates
+from mopo_core.tabular.algorithm1 import Algorithm1Config, Algorithm1Result, run_algorithm1
+from mopo_core.runs import RunStore
+from mopo_core.tabular.solver import SweepResult, TabularSolution, policy_values, solve_tabular, sweep_thresholds, win_rates
 
 __all__ = [
     "solve_tabular",

@@ -7,10 +7,10 @@ import sys
 
 import torch
 
-from mopo_core import distributed
-from mopo_core.lm_trainer import Trainer, TrainConfig
-from mopo_core.models import tiny_gpt, word_tokenizer
-from mopo_core.preferences import PreferenceDataset
+from mopo_core.lm import distributed
+from mopo_core.lm.trainer import Trainer, TrainConfig
+from mopo_core.lm.models import tiny_gpt, word_tokenizer
+from mopo_core.data.preferences import PreferenceDataset
 from synthetic.text_task import TextTask, vocabulary
 
 

@@ -21,13 +21,13 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from mopo_core.models import save_model, word_tokenizer
-from mopo_core.preference_models import (
+from mopo_core.lm.models import save_model, word_tokenizer
+from mopo_core.lm.judge import (
     HeadSettings,
     SentenceEncoder,
     train_preference_model,
 )
-from mopo_core.preferences import PreferenceDataset, save_preferences
+from mopo_core.data.preferences import PreferenceDataset, save_preferences
 
 WORDS = [f"w{i}" for i in range(30)]
 

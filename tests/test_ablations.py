@@ -1,4 +1,4 @@
-"""Threshold sweeps and ablations (mopo_core.ablations) against independent answers.
+"""Threshold sweeps and ablations (mopo_core.experiments.ablations) against independent answers.
 
 Independent answers: the LP optimum at each threshold (scipy HiGHS through ``lp_best_primary``)
 and a hand-written 2-D staircase hypervolume, ``solve_tabular`` / ``run_algorithm1`` called
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mopo_core import run_algorithm1, solve_tabular
-from mopo_core.ablations import (
+from mopo_core.experiments.ablations import (
     DEFAULT_VALUES,
     METRIC_COLUMNS,
     PARAMETERS,
@@ -21,10 +21,10 @@ from mopo_core.ablations import (
     threshold_sweep,
     value_label,
 )
-from mopo_core.iterative import Algorithm1Config
+from mopo_core.tabular.algorithm1 import Algorithm1Config
 from mopo_core.pareto import lp_best_primary
 from mopo_core.runs import RunStore
-from mopo_core.tabular import policy_values, win_rates
+from mopo_core.tabular.solver import policy_values, win_rates
 from synthetic import estimate_preferences, make_structure, sample_comparisons
 
 

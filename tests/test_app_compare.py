@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from tests.app_support import figures
 
 from app.shared import CONVENTION
-from mopo_core import compare as C
+from mopo_core.experiments import compare_runs as C
 from mopo_core.runs import RunStore
 
 PAGE = str(Path(__file__).parents[1] / "app" / "views" / "compare.py")

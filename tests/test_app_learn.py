@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.app_support import figures
 
-from mopo_core.teaching import QUESTIONS
+from app.presenters.learn import QUESTIONS
 
 PAGE = Path(__file__).parents[1] / "app" / "views" / "learn.py"
 

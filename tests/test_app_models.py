@@ -15,9 +15,9 @@ import torch
 from streamlit.testing.v1 import AppTest
 from transformers import BertConfig, BertModel
 
-from mopo_core import model_registry as R
-from mopo_core.models import save_model, tiny_gpt, train_sft, word_tokenizer
-from mopo_core.preference_models import PreferenceModel, RewardHeads, SentenceEncoder
+from mopo_core.lm import registry as R
+from mopo_core.lm.models import save_model, tiny_gpt, train_sft, word_tokenizer
+from mopo_core.lm.judge import PreferenceModel, RewardHeads, SentenceEncoder
 from synthetic.text_task import OBJECTIVES, TextTask, vocabulary
 
 PAGE = str(Path(__file__).parents[1] / "app" / "views" / "models.py")

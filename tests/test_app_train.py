@@ -1,4 +1,4 @@
-"""The Train page through Streamlit's AppTest, and its engine side (mopo_core.train_view).
+"""The Train page through Streamlit's AppTest, and its engine side (app.presenters.train).
 
 The store is a temporary file ($MOPO_STORE). Most tests replace jobs.ensure_worker by a recorder,
 so that queued jobs stay queued; the cancel/resume test runs the worker's loop in a thread of
@@ -21,8 +21,8 @@ from streamlit.testing.v1 import AppTest
 from tests.app_support import figures
 
 from app import shared
-from mopo_core import jobs
-from mopo_core import train_view as TV
+from mopo_core.training import jobs
+from app.presenters import train as TV
 from mopo_core.runs import Run, RunStore
 
 TASKS = {"text": "Synthetic text task (built-in tiny model)", "dataset": "Preference file + local checkpoint"}
@@ -315,8 +315,8 @@ def test_a_constraint_stuck_below_its_threshold_gets_a_warning(store_path, no_wo
 
 
 def test_page_defaults_are_the_trainer_and_task_defaults():
-    from mopo_core.lm_trainer import TrainConfig
-    from mopo_core.text_runs import TextTaskSetup
+    from mopo_core.lm.trainer import TrainConfig
+    from mopo_core.training.text_task import TextTaskSetup
 
     config, setup = TrainConfig(), TextTaskSetup()
     for name in ("tau", "steps", "batch_size", "lr", "lambda_lr", "online", "n_candidates", "max_new_tokens",
@@ -327,7 +327,7 @@ def test_page_defaults_are_the_trainer_and_task_defaults():
         assert TV.DEFAULTS[name] == getattr(setup, name), name
     assert (TV.DEFAULTS["task_n_candidates"], TV.DEFAULTS["task_seed"]) == (setup.n_candidates, setup.seed)
     assert TV.text_setup() == setup
-    from mopo_core.lm_trainer import METHODS
+    from mopo_core.lm.trainer import METHODS
 
     assert TV.METHODS == METHODS
 
@@ -445,8 +445,8 @@ def models_folder(tmp_path_factory):
     """A models folder with a tiny chat checkpoint and, in prefmodels/, a judge fitted on the
     training split of a tiny preference file (recorded with its split, as `prefmodel train`
     does); (folder, checkpoint, data file)."""
-    from mopo_core.dataset_runs import DatasetSetup, load_splits
-    from mopo_core.models import load_tokenizer
+    from mopo_core.training.dataset_task import DatasetSetup, load_splits
+    from mopo_core.lm.models import load_tokenizer
     from tests.lm_fixtures import SPLIT, fit_judge, save_chat_checkpoint, tiny_encoder, write_preference_file
 
     root = tmp_path_factory.mktemp("models-folder")
@@ -476,7 +476,7 @@ def _dataset_page(monkeypatch, models_folder, data: str = "") -> AppTest:
 
 def test_a_dataset_run_is_set_up_checked_and_queued_from_the_sidebar(store_path, no_worker, models_folder,
                                                                     monkeypatch):
-    from mopo_core.dataset_runs import DatasetSetup, check_setup
+    from mopo_core.training.dataset_task import DatasetSetup, check_setup
 
     root, checkpoint, data = models_folder
     at = _dataset_page(monkeypatch, models_folder)
@@ -527,7 +527,7 @@ def test_a_dataset_run_is_set_up_checked_and_queued_from_the_sidebar(store_path,
 
 def test_a_one_objective_file_offers_no_weighted_method_and_no_threshold(store_path, no_worker, models_folder,
                                                                         monkeypatch, tmp_path):
-    from mopo_core.preferences import load_preferences, save_preferences
+    from mopo_core.data.preferences import load_preferences, save_preferences
 
     one = tmp_path / "helpful.jsonl"
     save_preferences(load_preferences(models_folder[2]).select(("helpfulness",)), one)

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mopo_core.cli import main
-from mopo_core.preferences import load_preferences
-from mopo_core.public_formats import load_public
+from mopo_core.cli.main import main
+from mopo_core.data.preferences import load_preferences
+from mopo_core.data.public_formats import load_public
 from mopo_core.runs import RunStore
 from mopo_core.validation import check_preferences
 
@@ -313,7 +313,7 @@ def test_a_gzip_of_newlines_says_empty_quickly_and_in_little_memory(tmp_path):
 
 
 def test_a_gzip_over_the_decompressed_limit_is_refused(tmp_path, monkeypatch):
-    import mopo_core.public_formats as public_formats
+    import mopo_core.data.public_formats as public_formats
 
     monkeypatch.setattr(public_formats, "MAX_DECOMPRESSED_BYTES", 2**20)
     path = tmp_path / "big.jsonl.gz"

@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mopo_core.cli import main
-from mopo_core.model_registry import (
+from mopo_core.cli.main import main
+from mopo_core.lm.registry import (
     MODELS_ENV,
     PREFMODEL_META,
     PREFMODELS_DIR,
@@ -32,8 +32,8 @@ from mopo_core.model_registry import (
     list_prefmodels,
     register,
 )
-from mopo_core.model_session import load_entry
-from mopo_core.models import load_model, load_tokenizer, save_model, tiny_gpt, word_tokenizer
+from app.presenters.models import load_entry
+from mopo_core.lm.models import load_model, load_tokenizer, save_model, tiny_gpt, word_tokenizer
 from tests.lm_fixtures import one_thread  # noqa: F401  (autouse: one torch thread)
 
 

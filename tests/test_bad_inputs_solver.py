@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from mopo_core import solve_tabular, sweep_thresholds
-from mopo_core.cli import main
-from mopo_core.iterative import Algorithm1Config, run_algorithm1
-from mopo_core.optim import AdamConfig, minimise
-from mopo_core.tabular import INFEASIBLE_BACKOFF, solve_scores
+from mopo_core.cli.main import main
+from mopo_core.tabular.algorithm1 import Algorithm1Config, run_algorithm1
+from mopo_core.tabular.optim import AdamConfig, minimise
+from mopo_core.tabular.solver import INFEASIBLE_BACKOFF, solve_scores
 from synthetic import make_structure
 from tests.reference_solvers import barrier_residual_reference, primal_slsqp
 

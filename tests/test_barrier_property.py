@@ -1,4 +1,4 @@
-"""MOPO-LB's multipliers (``mopo_core.iterative.barrier_multipliers``) on random instances.
+"""MOPO-LB's multipliers (``mopo_core.tabular.algorithm1.barrier_multipliers``) on random instances.
 
 For every instance the solver must return, without an exception, multipliers at which the
 fixed point ``lam_j = barrier_multiplier(V_j(pi_lam) - b_j)`` holds to 1e-9 in slack
@@ -12,8 +12,8 @@ extension), tau in [0.02, 1] and sigma, delta in [1e-4, 1e-2].
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from mopo_core.iterative import barrier_multipliers
-from mopo_core.tabular import TiltFamily
+from mopo_core.tabular.algorithm1 import barrier_multipliers
+from mopo_core.tabular.solver import TiltFamily
 from tests.reference_solvers import barrier_fixed_point_nested, barrier_residual_reference
 
 log_uniform = st.floats(-4.0, -2.0).map(lambda e: 10.0**e)

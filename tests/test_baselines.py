@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from mopo_core import baselines as bl
-from mopo_core.optim import AdamConfig
-from mopo_core.tabular import solve_scores
+from mopo_core.tabular import baselines as bl
+from mopo_core.tabular.optim import AdamConfig
+from mopo_core.tabular.solver import solve_scores
 
 STABLE_IPO = AdamConfig(eps=1e-2)
 STABLE_DPO = AdamConfig(lr=0.1, eps=1e-3)

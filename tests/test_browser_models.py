@@ -32,7 +32,7 @@ SMOLLM2 = "SmolLM2-135M-Instruct"
 
 
 def _smollm2_available() -> bool:
-    from mopo_core.model_registry import checkpoint_problem
+    from mopo_core.lm.registry import checkpoint_problem
 
     wanted = os.environ.get("MOPO_SCREENSHOT_REAL_MODELS") == "1"
     return wanted and checkpoint_problem(USER_MODELS / SMOLLM2) is None
@@ -42,11 +42,11 @@ def _smollm2_available() -> bool:
 def folders(tmp_path_factory):
     """(store, models folder): example runs plus two MOPO/DPO runs trained live on the text task;
     a tiny checkpoint (and SmolLM2 with the preference models, when present on this machine)."""
-    from mopo_core import compare as C
-    from mopo_core.lm_trainer import TrainConfig
-    from mopo_core.models import save_model, tiny_gpt, train_sft, word_tokenizer
+    from mopo_core.experiments import compare_runs as C
+    from mopo_core.lm.trainer import TrainConfig
+    from mopo_core.lm.models import save_model, tiny_gpt, train_sft, word_tokenizer
     from mopo_core.runs import RunStore
-    from mopo_core.text_runs import TextTaskSetup, train_on_text_task
+    from mopo_core.training.text_task import TextTaskSetup, train_on_text_task
     from synthetic.text_task import TextTask, vocabulary
 
     root = tmp_path_factory.mktemp("browser_models")

@@ -20,7 +20,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from mopo_core import jobs  # noqa: E402
+from mopo_core.training import jobs  # noqa: E402
 from mopo_core.runs import RunStore  # noqa: E402
 from tests import test_browser as tb  # noqa: E402
 
@@ -246,8 +246,8 @@ def _real_setup():
     file exists, in this machine's default models folder; else None."""
     import os
 
-    from mopo_core.model_registry import checkpoint_problem, list_prefmodels, models_dir
-    from mopo_core.preference_models import read_meta
+    from mopo_core.lm.registry import checkpoint_problem, list_prefmodels, models_dir
+    from mopo_core.lm.judge import read_meta
 
     if os.environ.get("MOPO_SCREENSHOT_REAL_MODELS") != "1" or os.environ.get("MOPO_MODELS"):
         return None

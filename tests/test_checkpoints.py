@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel, GPTNeoXConfig, LlamaConfig, OPTConfig
 
-from mopo_core.checkpoints import (
+from mopo_core.lm.checkpoints import (
     InsufficientMemoryError,
     MemoryEstimate,
     available_memory,
@@ -25,8 +25,8 @@ from mopo_core.checkpoints import (
     inspect_checkpoint,
     safetensors_header,
 )
-from mopo_core.lm_losses import sequence_logprobs
-from mopo_core.models import LoraSettings, build_model, load_model, sequence_ids, word_tokenizer
+from mopo_core.lm.losses import sequence_logprobs
+from mopo_core.lm.models import LoraSettings, build_model, load_model, sequence_ids, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 96
@@ -361,7 +361,7 @@ def test_load_model_refuses_before_loading_when_memory_is_short(tmp_path, monkey
     free = available_memory("cpu")
     meminfo = dict(line.split(":") for line in Path("/proc/meminfo").read_text().splitlines())
     assert 0 < free <= int(meminfo["MemTotal"].split()[0]) * 1024
-    monkeypatch.setattr("mopo_core.checkpoints.available_memory", lambda device: 4096)
+    monkeypatch.setattr("mopo_core.lm.checkpoints.available_memory", lambda device: 4096)
     with pytest.raises(InsufficientMemoryError, match=r"needs 0.00 GiB \(parameters 0.00 GiB\), 0.00 GiB available "
                                                       r"on cpu: use bf16"):
         load_model(folder, device="cpu")
@@ -373,7 +373,7 @@ def test_cpu_memory_is_capped_by_the_cgroup_working_set(tmp_path, monkeypatch):
     limit, usage, stat = (tmp_path / name for name in ("memory.max", "memory.current", "memory.stat"))
     usage.write_text(str(3 * 2**30))
     stat.write_text("anon 1\ninactive_file 1073741824\n\n")
-    monkeypatch.setattr("mopo_core.checkpoints._CGROUPS", ((str(limit), str(usage), str(stat), "inactive_file"),))
+    monkeypatch.setattr("mopo_core.lm.checkpoints._CGROUPS", ((str(limit), str(usage), str(stat), "inactive_file"),))
     limit.write_text("max\n")
     uncapped = available_memory("cpu")
     limit.write_text(str(4 * 2**30))
@@ -398,7 +398,7 @@ def _response(seed: int) -> str:
 
 
 def _preferences():
-    from mopo_core.preferences import PreferenceDataset
+    from mopo_core.data.preferences import PreferenceDataset
 
     records = [{"prompt": p, "response_a": _response(2 * k), "response_b": _response(2 * k + 1),
                 "labels": {"helpful": 1.0, "harmless": 0.0}} for k, p in enumerate(PROMPTS)]
@@ -426,7 +426,7 @@ def _lora_step(folder: str) -> dict:
     then reset (``/proc/self/clear_refs``: 5) and ``step_peak`` is the highest RSS during
     the training step alone (the model, adapters, optimizer state, activations, logits).
     """
-    from mopo_core.lm_trainer import Trainer, TrainConfig
+    from mopo_core.lm.trainer import Trainer, TrainConfig
 
     tokenizer, dataset = word_tokenizer(WORDS), _preferences()
     rss_before_load = _status_kib("VmRSS")

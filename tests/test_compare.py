@@ -1,4 +1,4 @@
-"""The Compare page's engine (mopo_core.compare) against hand computations."""
+"""The Compare page's engine (mopo_core.experiments.compare_runs) against hand computations."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mopo_core import compare as C
+from mopo_core.experiments import compare_runs as C
 from mopo_core.runs import RunStore
 
 # Two tiny runs (both objectives maximised), worked out by hand:

@@ -15,8 +15,8 @@ from streamlit.testing.v1 import AppTest
 from tests.app_support import figures
 
 from app.shared import CONVENTION
-from mopo_core import compare as C
-from mopo_core.lm_eval import POINT_PROMPTS, POINT_SAMPLES, Evaluation
+from mopo_core.experiments import compare_runs as C
+from mopo_core.lm.evaluation import POINT_PROMPTS, POINT_SAMPLES, Evaluation
 from mopo_core.runs import RunStore
 from synthetic.text_task import score
 
@@ -137,8 +137,8 @@ def test_lm_point_details_generations_and_curves(store):
 @pytest.fixture(scope="module")
 def lm_store(tmp_path_factory) -> tuple[Path, int]:
     """Example runs 1-5 (tabular) and one MOPO run trained live on the text task (run 6)."""
-    from mopo_core.lm_trainer import TrainConfig
-    from mopo_core.text_runs import TextTaskSetup, train_on_text_task
+    from mopo_core.lm.trainer import TrainConfig
+    from mopo_core.training.text_task import TextTaskSetup, train_on_text_task
 
     path = tmp_path_factory.mktemp("lm_store") / "runs.sqlite"
     store = RunStore(path)

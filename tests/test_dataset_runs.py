@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-import mopo_core.models as lm
-from mopo_core.cli import main
-from mopo_core.dataset_runs import (
+import mopo_core.lm.models as lm
+from mopo_core.cli.main import main
+from mopo_core.training.dataset_task import (
     DatasetSetup,
     DatasetTask,
     SetupError,
@@ -31,12 +31,12 @@ from mopo_core.dataset_runs import (
     train_on_dataset,
     truncate_responses,
 )
-from mopo_core.lm_eval import evaluate_policy
-from mopo_core.lm_trainer import TrainConfig, encode_rows
-from mopo_core.model_registry import MODELS_ENV, find_model, format_prompt
-from mopo_core.models import load_model, load_tokenizer, sequence_ids, word_tokenizer
-from mopo_core.preference_models import SentenceEncoder
-from mopo_core.preferences import PreferenceDataset
+from mopo_core.lm.evaluation import evaluate_policy
+from mopo_core.lm.trainer import TrainConfig, encode_rows
+from mopo_core.lm.registry import MODELS_ENV, find_model, format_prompt
+from mopo_core.lm.models import load_model, load_tokenizer, sequence_ids, word_tokenizer
+from mopo_core.lm.judge import SentenceEncoder
+from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.runs import RunStore
 from tests.lm_fixtures import (  # one_thread: autouse, one torch thread
     BOS,
@@ -262,9 +262,9 @@ def test_a_cancelled_dataset_run_resumes_to_the_uninterrupted_runs_metrics(data_
 
 
 def test_training_memory_counts_the_rows_and_tokens_a_step_holds(data_file, checkpoint, judge_dir):
-    from mopo_core.checkpoints import estimate_training_memory
-    from mopo_core.dataset_runs import training_memory
-    from mopo_core.lm_losses import FUSED_CHUNK_ELEMENTS
+    from mopo_core.lm.checkpoints import estimate_training_memory
+    from mopo_core.training.dataset_task import training_memory
+    from mopo_core.lm.losses import FUSED_CHUNK_ELEMENTS
 
     setup = setup_for(data_file, checkpoint, judge_dir, lora_r=2)
     found = check_setup(setup)
@@ -338,8 +338,8 @@ def test_check_setup_reports_the_splits_and_objectives_without_loading_weights(d
                                                                                encoder, tmp_path, monkeypatch):
     setup = setup_for(data_file, checkpoint, judge_dir)
     splits = load_splits(setup, load_tokenizer(checkpoint))
-    monkeypatch.setattr("mopo_core.dataset_runs.load_model", lambda *a, **k: pytest.fail("loaded the weights"))
-    monkeypatch.setattr("mopo_core.dataset_runs.PreferenceModel.load", lambda *a, **k: pytest.fail("loaded the judge"))
+    monkeypatch.setattr("mopo_core.training.dataset_task.load_model", lambda *a, **k: pytest.fail("loaded the weights"))
+    monkeypatch.setattr("mopo_core.training.dataset_task.PreferenceModel.load", lambda *a, **k: pytest.fail("loaded the judge"))
     found = check_setup(setup)
     assert found.objectives == OBJECTIVES and found.model_dir == checkpoint
     assert found.n_pairs == tuple(len(part) for part in splits) and found.n_pairs[0] > found.n_pairs[2] > 0

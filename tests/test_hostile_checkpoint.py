@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mopo_core import jobs
-from mopo_core.cli import main
-from mopo_core.lm_trainer import TrainConfig
+from mopo_core.training import jobs
+from mopo_core.cli.main import main
+from mopo_core.lm.trainer import TrainConfig
 from mopo_core.runs import RunStore
-from mopo_core.text_runs import TextTaskSetup, train_on_text_task
+from mopo_core.training.text_task import TextTaskSetup, train_on_text_task
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = TextTaskSetup(n_prompts=10, sft_steps=20, eval_samples=2, seed=3)
@@ -99,7 +99,7 @@ def test_a_hostile_checkpoint_is_refused_by_evaluate_resume_and_the_queue_and_ne
 
     # the app's queue: a resume job, run by a real worker process until the queue is empty
     job_id = jobs.resume(store_path, run_id)
-    worker = subprocess.run([sys.executable, "-m", "mopo_core.jobs", "worker", "--store", str(store_path)],
+    worker = subprocess.run([sys.executable, "-m", "mopo_core.training.jobs", "worker", "--store", str(store_path)],
                             cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=TIMEOUT, check=False)
     assert worker.returncode == 0, worker.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Algorithm 1 (mopo_core.iterative) against independent answers.
+"""Algorithm 1 (mopo_core.tabular.algorithm1) against independent answers.
 
 Reference answers: the exact tabular solver (``solve_tabular``, projected Newton on the dual),
 thresholds built from a chosen multiplier (``b = V_sec(pi_lam_true)``, whose solution has
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mopo_core import solve_tabular
-from mopo_core.iterative import Algorithm1Config, barrier_multiplier, barrier_slack, run_algorithm1
-from mopo_core.tabular import TiltFamily, policy_values, win_rates
+from mopo_core.tabular.algorithm1 import Algorithm1Config, barrier_multiplier, barrier_slack, run_algorithm1
+from mopo_core.tabular.solver import TiltFamily, policy_values, win_rates
 from synthetic import estimate_preferences, make_structure, sample_comparisons
 from tests.reference_solvers import barrier_fixed_point_nested, barrier_slack_reference
 

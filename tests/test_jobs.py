@@ -1,5 +1,5 @@
-"""The job queue and its worker process (mopo_core.jobs), and releasing a model's memory
-(mopo_core.model_memory).
+"""The job queue and its worker process (mopo_core.training.jobs), and releasing a model's memory
+(mopo_core.lm.memory).
 
 The training tests start real worker processes on a tiny text task (one thread each) and play
 the app's part from the test process: enqueue, ensure_worker, reconcile, cancel, resume. The
@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mopo_core import jobs
-from mopo_core.jobs import cancel, enqueue_training, ensure_worker, get_job, list_jobs, reconcile, resume
-from mopo_core.lm_trainer import TrainConfig
+from mopo_core.training import jobs
+from mopo_core.training.jobs import cancel, enqueue_training, ensure_worker, get_job, list_jobs, reconcile, resume
+from mopo_core.lm.trainer import TrainConfig
 from mopo_core.runs import RunStore
-from mopo_core.text_runs import TextTaskSetup
+from mopo_core.training.text_task import TextTaskSetup
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 180
@@ -30,7 +30,7 @@ STEPS = 80  # long enough to act on a run mid-way (about 50 ms a step on one thr
 SETUP = TextTaskSetup(n_prompts=10, sft_steps=20, eval_samples=2, seed=3)
 ENDED = ("done", "cancelled", "failed", "interrupted")
 #: A stand-in for the app: starts the worker (so it owns it) and stays up until killed.
-FAKE_APP = "import sys, time; from mopo_core.jobs import ensure_worker; ensure_worker(sys.argv[1]); time.sleep(600)"
+FAKE_APP = "import sys, time; from mopo_core.training.jobs import ensure_worker; ensure_worker(sys.argv[1]); time.sleep(600)"
 
 
 def _config(steps: int = STEPS, method: str = "mopo") -> TrainConfig:
@@ -166,8 +166,8 @@ def test_resume_refuses_runs_it_cannot_continue(store_path, tmp_path):
 @pytest.mark.slow
 def test_the_queue_survives_an_app_restart_and_one_worker_runs_the_jobs_in_order(store_path):
     # the first "app" queues two jobs and exits before any worker starts
-    script = ("import sys; from mopo_core.jobs import enqueue_training; from mopo_core.lm_trainer import TrainConfig; "
-              "from mopo_core.text_runs import TextTaskSetup; s = TextTaskSetup(n_prompts=10, sft_steps=20, "
+    script = ("import sys; from mopo_core.training.jobs import enqueue_training; from mopo_core.lm.trainer import TrainConfig; "
+              "from mopo_core.training.text_task import TextTaskSetup; s = TextTaskSetup(n_prompts=10, sft_steps=20, "
               "eval_samples=2, seed=3); [enqueue_training(sys.argv[1], TrainConfig(method=m, thresholds=(0.6,), "
               "steps=6, batch_size=4, checkpoint_every=4, seed=3), s, name=m) for m in ('mopo', 'sft')]")
     subprocess.run([sys.executable, "-c", script, str(store_path)], cwd=ROOT, check=True, timeout=TIMEOUT)
@@ -298,7 +298,7 @@ def test_one_worker_per_store_and_sigterm_interrupts_its_run_after_the_step(stor
     (pid,) = set(pids)
     (worker,) = jobs._children.values()
     # a worker started by hand refuses to serve the same store
-    other = subprocess.run([sys.executable, "-m", "mopo_core.jobs", "worker", "--store", str(store_path)], cwd=ROOT,
+    other = subprocess.run([sys.executable, "-m", "mopo_core.training.jobs", "worker", "--store", str(store_path)], cwd=ROOT,
                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert other.returncode == jobs.EXIT_ANOTHER_WORKER, other.stderr
     assert f"worker process {pid} already serves the run store" in other.stderr
@@ -320,8 +320,8 @@ def test_one_worker_per_store_and_sigterm_interrupts_its_run_after_the_step(stor
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))])
 def test_loading_and_unloading_a_model_three_times_returns_the_memory(tmp_path, device):
-    from mopo_core.model_memory import memory_use, unload
-    from mopo_core.models import build_model, load_model, save_model
+    from mopo_core.lm.memory import memory_use, unload
+    from mopo_core.lm.models import build_model, load_model, save_model
 
     config = {"model_type": "gpt2", "n_layer": 8, "n_embd": 512, "n_head": 8, "vocab_size": 16000,
               "n_positions": 128, "bos_token_id": 1, "eos_token_id": 2}
@@ -358,8 +358,8 @@ def test_loading_and_unloading_a_model_three_times_returns_the_memory(tmp_path, 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A tiny chat checkpoint, a preference file and a judge fitted on its training split only."""
-    from mopo_core.dataset_runs import load_splits
-    from mopo_core.models import load_tokenizer
+    from mopo_core.training.dataset_task import load_splits
+    from mopo_core.lm.models import load_tokenizer
     from tests.lm_fixtures import SPLIT, fit_judge, save_chat_checkpoint, tiny_encoder, write_preference_file
 
     root = tmp_path_factory.mktemp("dataset")
@@ -372,7 +372,7 @@ def dataset(tmp_path_factory):
 
 
 def _dataset_setup(data, checkpoint, judge, **changes):
-    from mopo_core.dataset_runs import DatasetSetup
+    from mopo_core.training.dataset_task import DatasetSetup
     from tests.lm_fixtures import SPLIT
 
     return DatasetSetup(**{"data": str(data), "model": str(checkpoint), "prefmodel": str(judge), "split": SPLIT,
@@ -406,7 +406,7 @@ def test_a_store_from_before_dataset_jobs_is_widened_keeping_its_jobs(store_path
 def test_a_dataset_job_is_checked_when_it_is_queued(store_path, dataset):
     from dataclasses import replace as dataclasses_replace
 
-    from mopo_core.dataset_runs import SetupError
+    from mopo_core.training.dataset_task import SetupError
 
     bad = [(dataclasses_replace(dataset, prefmodel=str(store_path.parent / "none")), "prefmodel"),
            (dataclasses_replace(dataset, data=str(store_path.parent / "none.jsonl")), "data"),

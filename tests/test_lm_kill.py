@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from mopo_core.cli import main
+from mopo_core.cli.main import main
 from mopo_core.runs import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]

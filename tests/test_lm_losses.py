@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mopo_core import lm_losses as L
-from mopo_core.tabular import TiltFamily
+from mopo_core.lm import losses as L
+from mopo_core.tabular.solver import TiltFamily
 from tests.reference_solvers import robust_bound_slsqp
 
 VOCAB = 11

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from mopo_core.lm_trainer import Trainer, TrainConfig, encode_rows
-from mopo_core.models import tiny_gpt, word_tokenizer
-from mopo_core.preferences import PreferenceDataset
+from mopo_core.lm.trainer import Trainer, TrainConfig, encode_rows
+from mopo_core.lm.models import tiny_gpt, word_tokenizer
+from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.runs import RunStore
 from synthetic.text_task import TextTask, vocabulary
 
@@ -119,7 +119,7 @@ def test_ratchet_never_lowers_thresholds_below_the_users(task_data):
 
 
 def test_evaluating_a_policy_against_itself_gives_win_rate_one_half(task_data):
-    from mopo_core.lm_eval import evaluate_policy
+    from mopo_core.lm.evaluation import evaluate_policy
     from synthetic.text_task import preference, score
 
     data, tok = task_data
@@ -159,7 +159,7 @@ class TabularLM(torch.nn.Module):
 
 
 def test_with_exact_win_rates_the_trainer_reaches_the_exact_tabular_solution():
-    from mopo_core.tabular import solve_scores
+    from mopo_core.tabular.solver import solve_scores
     from synthetic import make_structure
 
     m_count, n = 2, 4
@@ -187,7 +187,7 @@ def test_with_exact_win_rates_the_trainer_reaches_the_exact_tabular_solution():
 def test_cli_train_records_a_run_with_an_evaluated_point(tmp_path, monkeypatch, capsys):
     import json
 
-    from mopo_core.cli import main
+    from mopo_core.cli.main import main
 
     store_path = tmp_path / "runs.sqlite"
     monkeypatch.setenv("MOPO_STORE", str(store_path))
@@ -212,7 +212,7 @@ def test_weighted_dpo_runs_and_validates_its_weights(task_data):
 
 
 def test_soup_interpolates_weights_exactly(task_data):
-    from mopo_core.lm_soups import interpolate_state_dicts, soup
+    from mopo_core.lm.soups import interpolate_state_dicts, soup
 
     _, tok = task_data
     a, b = _model(tok, seed=1), _model(tok, seed=2)

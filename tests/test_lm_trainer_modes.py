@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from mopo_core.lm_losses import policy_reference_scores, weighted_dpo_loss
-from mopo_core.lm_trainer import (
+from mopo_core.lm.losses import policy_reference_scores, weighted_dpo_loss
+from mopo_core.lm.trainer import (
     Trainer,
     TrainConfig,
     implicit_rewards,
     pool_preferences,
     pool_win_rates,
 )
-from mopo_core.models import tiny_gpt, word_tokenizer
-from mopo_core.preferences import PreferenceDataset
+from mopo_core.lm.models import tiny_gpt, word_tokenizer
+from mopo_core.data.preferences import PreferenceDataset
 from synthetic.text_task import TextTask, preference, vocabulary
 
 
@@ -79,8 +79,8 @@ def test_online_mopo_starts_with_plain_pool_averages_and_zero_kl(setting):
 
 
 def test_online_samples_cut_at_the_token_budget_are_scored_as_prefixes(setting):
-    from mopo_core.lm_trainer import encode_rows
-    from mopo_core.models import sample
+    from mopo_core.lm.trainer import encode_rows
+    from mopo_core.lm.models import sample
 
     data, tok, oracle = setting
     pair = next(iter(data))
@@ -276,7 +276,7 @@ def test_robust_constraints_tighten_the_estimate_follow_chi_and_resume_exactly(s
     """The step-1 estimate is the dual value at chi after one ascent step from 1 (checked against
     lm_losses on the same batch), below the plain estimate; chi converges to the exact bound's
     optimum on a fixed batch; the run resumes with chi from the checkpoint."""
-    from mopo_core.lm_losses import chi_update, mopo_weights, robust_constraint_estimates, robust_lower_bounds
+    from mopo_core.lm.losses import chi_update, mopo_weights, robust_constraint_estimates, robust_lower_bounds
 
     data, tok, _ = setting
     plain = TrainConfig(method="mopo", thresholds=(0.6,), steps=6, batch_size=4, lr=1e-2, checkpoint_every=3)
@@ -332,7 +332,7 @@ def test_eps_is_checked_and_only_mopo_has_it(setting):
 def test_cli_online_train_then_evaluate_reproduces_the_runs_own_point(tmp_path, monkeypatch, capsys):
     import json
 
-    from mopo_core.cli import main
+    from mopo_core.cli.main import main
     from mopo_core.runs import RunStore
 
     monkeypatch.setenv("MOPO_STORE", str(tmp_path / "runs.sqlite"))
@@ -358,7 +358,7 @@ def test_cli_online_train_then_evaluate_reproduces_the_runs_own_point(tmp_path, 
 def test_cli_train_takes_the_robust_radius(tmp_path, monkeypatch, capsys):
     import json
 
-    from mopo_core.cli import main
+    from mopo_core.cli.main import main
     from mopo_core.runs import RunStore
 
     monkeypatch.setenv("MOPO_STORE", str(tmp_path / "runs.sqlite"))
@@ -373,7 +373,7 @@ def test_cli_train_takes_the_robust_radius(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_method_list_matches_the_trainers():
-    from mopo_core.cli import TRAIN_METHODS
-    from mopo_core.lm_trainer import METHODS
+    from mopo_core.cli.main import TRAIN_METHODS
+    from mopo_core.lm.trainer import METHODS
 
     assert TRAIN_METHODS == METHODS

@@ -17,8 +17,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-from mopo_core.cli import main
-from mopo_core.model_registry import (
+from mopo_core.cli.main import main
+from mopo_core.lm.registry import (
     BUILTIN_NAME,
     MODELS_ENV,
     REGISTRY_FILE,
@@ -36,7 +36,7 @@ from mopo_core.model_registry import (
     models_dir,
     register,
 )
-from mopo_core.models import (
+from mopo_core.lm.models import (
     load_model,
     load_tokenizer,
     save_model,

@@ -1,4 +1,4 @@
-"""The Models page's engine (:mod:`mopo_core.model_session`) without Streamlit: loading the
+"""The Models page's engine (:mod:`app.presenters.models`) without Streamlit: loading the
 built-in model and a tiny checkpoint folder (progress reported, memory and time measured), a
 folder without a tokenizer refused, unloading (tensors emptied, what was freed returned), the
 word-level vocabulary checks, and scoring samples with the text-task scorers and with a
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from mopo_core import model_session as S
-from mopo_core.model_registry import MODELS_ENV, builtin_entry, describe_checkpoint
-from mopo_core.preference_models import PreferenceModel
-from mopo_core.preferences import load_preferences
+from app.presenters import models as S
+from mopo_core.lm.registry import MODELS_ENV, builtin_entry, describe_checkpoint
+from mopo_core.lm.judge import PreferenceModel
+from mopo_core.data.preferences import load_preferences
 from synthetic.text_task import OBJECTIVES
 from tests.lm_fixtures import (
     fit_judge,
@@ -94,7 +94,7 @@ def test_a_checkpoint_folder_without_its_tokenizer_is_refused(checkpoint):
 
 
 def test_unknown_words_of_a_word_level_tokenizer(checkpoint):
-    from mopo_core.models import load_tokenizer
+    from mopo_core.lm.models import load_tokenizer
 
     tokenizer = load_tokenizer(checkpoint)
     assert S.unknown_words(tokenizer, "w1 garlic w2 garlic pasta") == ["garlic", "pasta"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaConfig
 
-from mopo_core.models import (
+from mopo_core.lm.models import (
     LoraSettings,
     build_model,
     load_model,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from mopo_core.cli import main
-from mopo_core.model_registry import _HEAD_OPTIONS
-from mopo_core.preference_models import (
+from mopo_core.cli.main import main
+from mopo_core.lm.registry import _HEAD_OPTIONS
+from mopo_core.lm.judge import (
     HEADS_FILE,
     META_FILE,
     HeadSettings,
@@ -24,7 +24,7 @@ from mopo_core.preference_models import (
     load_dataset,
     train_preference_model,
 )
-from mopo_core.preferences import PreferenceDataset, save_preferences
+from mopo_core.data.preferences import PreferenceDataset, save_preferences
 from mopo_core.runs import RunStore
 from tests.lm_fixtures import one_thread, save_tiny_encoder  # noqa: F401  (one_thread: autouse)
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mopo_core.preferences import (
+from mopo_core.data.preferences import (
     MAX_LISTED_ERRORS,
     PreferenceDataset,
     PreferencePair,

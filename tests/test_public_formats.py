@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mopo_core.cli import main
-from mopo_core.preferences import MAX_LISTED_ERRORS
-from mopo_core.public_formats import PKU_OBJECTIVES, format_report, load_public
+from mopo_core.cli.main import main
+from mopo_core.data.preferences import MAX_LISTED_ERRORS
+from mopo_core.data.public_formats import PKU_OBJECTIVES, format_report, load_public
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -413,7 +413,7 @@ def test_real_llamafactory_dpo_demo():
 
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
 def test_rows_keep_their_line_numbers_across_read_chunks_and_leading_blank_lines(tmp_path, monkeypatch, compress):
-    import mopo_core.public_formats as public_formats
+    import mopo_core.data.public_formats as public_formats
 
     monkeypatch.setattr(public_formats, "READ_CHUNK_BYTES", 5)  # rows, blank runs and the BOM straddle chunks
     lines = ["", "   ", "", json.dumps(_pku(0)), "", "", json.dumps(_pku(1)), "{broken", "",

@@ -21,8 +21,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mopo_core.preferences import PreferenceDataset, load_preferences
-from mopo_core.public_formats import PublicDataset, load_public
+from mopo_core.data.preferences import PreferenceDataset, load_preferences
+from mopo_core.data.public_formats import PublicDataset, load_public
 from mopo_core.validation import check_preferences, read_preference_array
 
 

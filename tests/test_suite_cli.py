@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from mopo_core.cli import main
+from mopo_core.cli.main import main
 from mopo_core.runs import RunStore
-from mopo_core.suite import METHODS, SuiteConfig, results_table, run_suite
+from mopo_core.experiments.suite import METHODS, SuiteConfig, results_table, run_suite
 
 
 @pytest.fixture()

@@ -5,8 +5,8 @@ from hypothesis import given, settings, strategies as st
 
 from mopo_core import solve_tabular, sweep_thresholds
 from mopo_core.pareto import attainable_max, lp_best_primary
-from mopo_core.robust import robust_lower_bound
-from mopo_core.tabular import policy_values, win_rates
+from mopo_core.tabular.robust import robust_lower_bound
+from mopo_core.tabular.solver import policy_values, win_rates
 from synthetic import STRUCTURES, make_structure
 from tests.reference_solvers import primal_slsqp, robust_bound_slsqp
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from mopo_core import solve_tabular
-from mopo_core.tabular import TabularProblem
-from mopo_core.teaching import (
+from mopo_core.tabular.solver import TabularProblem
+from app.presenters.learn import (
     CAPABILITIES,
     QUESTIONS,
     VERDICTS,
@@ -199,7 +199,7 @@ def test_capability_summary_is_the_verdicts_of_the_full_table():
         for verdict, answer in zip(summary[q], full[q]):
             assert answer.startswith(f"{verdict}: ") and len(answer) > len(verdict) + 10
     by_method = summary.set_index("Method")
-    # where the families differ by construction (MOPO.md section 7, mopo_core.baselines)
+    # where the families differ by construction (MOPO.md section 7, mopo_core.tabular.baselines)
     assert by_method.loc["MOPO (this project)"].tolist() == ["No", "No", "Yes", "Yes", "Yes"]
     assert by_method.loc["DPO (primary only)", "Works with intransitive preferences?"] == "No"
     assert by_method.loc["Scalarised IPO", "Works with intransitive preferences?"] == "Yes"

@@ -4,8 +4,8 @@ import pytest
 
 from mopo_core.pareto import hypervolume
 from mopo_core.runs import RunStore
-from mopo_core.text_experiment import ComparisonSettings, comparison_figure, run_comparison
-from mopo_core.text_runs import TextTaskSetup
+from mopo_core.training.text_comparison import ComparisonSettings, comparison_figure, run_comparison
+from mopo_core.training.text_task import TextTaskSetup
 
 
 @pytest.mark.slow

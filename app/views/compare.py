@@ -1,5 +1,5 @@
 """Compare: pick runs from the run store; overlay their fronts; dominance, hypervolume, attainment
-over seeds; click a point to see its config, values and policy (a thin view over mopo_core.compare).
+over seeds; click a point to see its config, values and policy (a thin view over mopo_core.experiments.compare_runs).
 
 Language-model runs (train/evaluate runs: values are win-rates against the reference model's
 samples) are listed beside the tabular ones (values: win-rates against the behaviour policy) but
@@ -27,7 +27,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app.shared import CONVENTION, axis_title, run_store, show_figure, show_table, style
-from mopo_core import compare as C
+from mopo_core.experiments import compare_runs as C
 from mopo_core.runs import RunStore
 
 RUNS = "compare_runs"

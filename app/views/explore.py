@@ -6,8 +6,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.shared import axis_title, instance_picker, show_figure, show_table, style
-from mopo_core.suite import METHODS, THRESHOLD_METHODS, SuiteConfig, comparison_data, run_method
-from mopo_core.tabular import policy_values
+from mopo_core.experiments.suite import METHODS, THRESHOLD_METHODS, SuiteConfig, comparison_data, run_method
+from mopo_core.tabular.solver import policy_values
 
 TAUS = [0.005, 0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.5, 1.0]
 BASELINES = [m for m in METHODS if m not in ("mopo", "mopo_oracle")]

@@ -1,9 +1,9 @@
-"""Learn: a guided walk through MOPO on a small instance (a thin view over mopo_core.teaching).
+"""Learn: a guided walk through MOPO on a small instance (a thin view over app.presenters.learn).
 
 Six numbered steps: the reference policy, the win-rates, the tilt for a chosen λ, the dual
 steps (Step / Play / Reset; the current step lives in st.session_state["learn_step"]), the
 effect of τ, and a capability table of the methods. Every number comes from
-mopo_core.teaching / mopo_core.tabular; this file only draws.
+app.presenters.learn / mopo_core.tabular.solver; this file only draws.
 """
 import time
 
@@ -14,7 +14,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app.shared import CONVENTION, axis_title, export_buttons, show_figure, show_table, structure_instance, style
-from mopo_core import teaching
+from app.presenters import learn as teaching
 from synthetic import TWO_OBJECTIVE_STRUCTURES
 
 #: Dual steps computed for the walk-through (Play runs to the last one).

@@ -3,13 +3,13 @@ folder in the models folder) with their size and the memory one training step wo
 one, sample from it or chat with it, score its samples; unload it and see the memory come back.
 
 A thin view: loading, unloading, the vocabulary checks and scoring live in the engine module
-:mod:`mopo_core.model_session` (no Streamlit there); this page holds the widgets, the session
+:mod:`app.presenters.models` (no Streamlit there); this page holds the widgets, the session
 state, the caches (``st.cache_*``) and the memory log.
 
 One model is loaded at a time, kept in ``st.session_state["models_loaded"]`` (this browser
 session's model, not shared between sessions; the fields of
-:class:`mopo_core.model_session.LoadedModel` as a dict). Loading another first unloads it through
-:func:`mopo_core.model_session.unload_model` (its tensors are emptied in place, so nothing that
+:class:`app.presenters.models.LoadedModel` as a dict). Loading another first unloads it through
+:func:`app.presenters.models.unload_model` (its tensors are emptied in place, so nothing that
 still refers to the model keeps its memory alive). Every load and unload is measured (process RSS
 before and after, CUDA memory allocated and reserved) and listed in the memory log, so a leak
 when switching models would show as RSS that does not come back.
@@ -25,11 +25,11 @@ import streamlit as st
 import torch
 
 from app.shared import export_buttons, show_table
-from mopo_core import model_registry as R
-from mopo_core import model_session as S
-from mopo_core.checkpoints import available_memory, estimate_training_memory
-from mopo_core.model_memory import MemoryUse, memory_use
-from mopo_core.models import LoraSettings, resolve_device, sample
+from mopo_core.lm import registry as R
+from app.presenters import models as S
+from mopo_core.lm.checkpoints import available_memory, estimate_training_memory
+from mopo_core.lm.memory import MemoryUse, memory_use
+from mopo_core.lm.models import LoraSettings, resolve_device, sample
 
 LOADED = "models_loaded"
 LOG = "models_memory_log"
@@ -69,7 +69,7 @@ def fmt_count(n) -> str:
 @st.cache_resource(show_spinner=False)
 def builtin_model_config():
     """The built-in tiny model's transformers config (the untrained model is built once: it is tiny)."""
-    from mopo_core.models import tiny_gpt, word_tokenizer
+    from mopo_core.lm.models import tiny_gpt, word_tokenizer
     from synthetic.text_task import vocabulary
 
     return tiny_gpt(len(word_tokenizer(vocabulary()))).config
@@ -95,7 +95,7 @@ def training_estimate(path: str | None, stamp: float, batch: int, seq_len: int, 
 
 @st.cache_resource(show_spinner="Loading the preference model (its encoder and heads)…", max_entries=1)
 def preference_model(folder: str, stamp: float):
-    from mopo_core.preference_models import PreferenceModel
+    from mopo_core.lm.judge import PreferenceModel
 
     return PreferenceModel.load(folder)
 
@@ -121,7 +121,7 @@ def _log(action: str, name: str, before: MemoryUse, after: MemoryUse, seconds: f
 
 
 def unload_current() -> S.Unloaded | None:
-    """Unload the loaded model (if any, :func:`mopo_core.model_session.unload_model`), drop every
+    """Unload the loaded model (if any, :func:`app.presenters.models.unload_model`), drop every
     reference the page holds (its samples, chat, tokenizer, the cached preference model); log
     and return what was freed."""
     loaded = st.session_state.pop(LOADED, None)
@@ -149,7 +149,7 @@ def freed_text(f: S.Unloaded) -> str:
 
 
 def load(entry: R.ModelEntry, dtype: str, device: str, progress) -> dict:
-    """Load ``entry`` (:func:`mopo_core.model_session.load_entry`), log it; the session-state dict."""
+    """Load ``entry`` (:func:`app.presenters.models.load_entry`), log it; the session-state dict."""
     loaded = S.load_entry(entry, dtype, device, progress)
     _log("load", loaded.name, loaded.before, loaded.after, loaded.seconds)
     return loaded.as_dict()

@@ -1,6 +1,6 @@
 """Sweep: threshold sweeps (the MOPO front as the threshold moves) and ablations over τ, ε, n, β and t0,
 for one or several structures, with the SYNTHETIC.md metrics beside each figure. A thin view over
-mopo_core.ablations; every number comes from there, and "Save as run" writes it to the run store."""
+mopo_core.experiments.ablations; every number comes from there, and "Save as run" writes it to the run store."""
 from __future__ import annotations
 
 import re
@@ -13,7 +13,7 @@ from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
 from app import shared
-from mopo_core import ablations as ab
+from mopo_core.experiments import ablations as ab
 from synthetic import STRUCTURES
 
 TAUS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.5, 1.0]

@@ -1,9 +1,9 @@
 """Train: queue MOPO or a baseline, on the built-in synthetic text task (tiny word-level GPT) or
 on a preference file with a local checkpoint (optionally LoRA) judged by a saved preference
-model, run in a worker process (mopo_core.jobs), and watch it live: the queue with Cancel /
+model, run in a worker process (mopo_core.training.jobs), and watch it live: the queue with Cancel /
 Resume, the selected run's curves (loss, λ, constraint estimates against their thresholds, ESS,
 KL, tokens/s) and the Pareto plane of the finished runs' points measured the same way. A thin
-view over mopo_core.jobs, mopo_core.train_view and mopo_core.dataset_runs.
+view over mopo_core.training.jobs, app.presenters.train and mopo_core.training.dataset_task.
 
 Polling: the live part is a fragment re-run every POLL_S seconds while a job is queued or
 running (it calls jobs.reconcile and jobs.ensure_worker each time); when the last job ends it
@@ -24,8 +24,8 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app.shared import export_buttons, run_store, show_figure, show_table, style
-from mopo_core import jobs
-from mopo_core import train_view as TV
+from mopo_core.training import jobs
+from app.presenters import train as TV
 from mopo_core.runs import RunStore
 
 POLL_S = 1.5
@@ -396,7 +396,7 @@ def _stamp(*paths) -> tuple:
 @st.cache_data(show_spinner="Checking the preference file, the checkpoint and the judge…", max_entries=32)
 def check_dataset(key: str, stamps: tuple, _setup) -> tuple[str, object]:
     """("ok", SetupCheck) or ("error", message naming the page's field) for the setup ``key`` describes."""
-    from mopo_core.dataset_runs import SetupError, check_setup
+    from mopo_core.training.dataset_task import SetupError, check_setup
 
     try:
         return "ok", check_setup(_setup)
@@ -407,9 +407,9 @@ def check_dataset(key: str, stamps: tuple, _setup) -> tuple[str, object]:
 def dataset_form():
     """The sidebar's dataset settings: (DatasetSetup or None, SetupCheck or None, message or None,
     whether the message is an error rather than a field still to fill in)."""
-    from mopo_core import model_registry as R
-    from mopo_core.dataset_runs import DATA_FORMATS
-    from mopo_core.preference_models import read_meta
+    from mopo_core.lm import registry as R
+    from mopo_core.training.dataset_task import DATA_FORMATS
+    from mopo_core.lm.judge import read_meta
 
     L = TV.DATASET_LABELS
     root = R.models_dir()
@@ -495,7 +495,7 @@ def dataset_form():
 @st.cache_data(show_spinner=False, max_entries=64)
 def step_memory(key: str, _found, _setup, _config) -> tuple[int, str, tuple[str, ...]]:
     """(bytes, parts, advice) of one training step of the dataset run ``key`` describes."""
-    from mopo_core.dataset_runs import training_memory
+    from mopo_core.training.dataset_task import training_memory
 
     estimate = training_memory(_found, _setup, _config)
     return estimate.total, estimate.describe(), estimate.advice
@@ -504,8 +504,8 @@ def step_memory(key: str, _found, _setup, _config) -> tuple[int, str, tuple[str,
 def memory_note(setup, found, method: str, values: dict) -> None:
     """The memory one step of the dataset run set up in the sidebar needs, against what the
     worker's device has free now (the worker is another process on this machine)."""
-    from mopo_core.checkpoints import available_memory
-    from mopo_core.models import resolve_device
+    from mopo_core.lm.checkpoints import available_memory
+    from mopo_core.lm.models import resolve_device
 
     try:
         config = TV.train_config(method, **values)

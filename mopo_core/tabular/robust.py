@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import brentq
 
-from .validation import check_nonnegative
+from mopo_core.validation import check_nonnegative
 
 
 def _worst_case(z: np.ndarray, log_ref: np.ndarray, chi: float) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from .validation import check_nonnegative, check_positive
+from mopo_core.validation import check_nonnegative, check_positive
 
 
 @dataclass

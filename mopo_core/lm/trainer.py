@@ -62,7 +62,7 @@ step with status ``cancelled`` and its checkpoint kept. Under torchrun only proc
 store and the checkpoints.
 
 A run has one owner: while it trains, the training process (pid and start time) is recorded
-as the run's owner in the store (:func:`mopo_core.jobs.claim_run`) and released when
+as the run's owner in the store (:func:`mopo_core.training.jobs.claim_run`) and released when
 ``train`` returns or raises; resuming a run whose owner is alive is refused, naming the
 process. A killed process leaves its record behind, but a dead owner does not count.
 """
@@ -83,9 +83,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import distributed
-from .jobs import claim_run, release_run
-from .lm_losses import (
+from mopo_core.lm import distributed
+from mopo_core.training.jobs import claim_run, release_run
+from mopo_core.lm.losses import (
     chi_update,
     constraint_estimates,
     ipo_loss,
@@ -97,10 +97,10 @@ from .lm_losses import (
     sft_loss,
     weighted_dpo_loss,
 )
-from .models import pad_token_id, sample, sequence_ids
-from .preferences import PreferenceDataset
-from .runs import RunStore
-from .validation import check_int, check_positive
+from mopo_core.lm.models import pad_token_id, sample, sequence_ids
+from mopo_core.data.preferences import PreferenceDataset
+from mopo_core.runs import RunStore
+from mopo_core.validation import check_int, check_positive
 
 METHODS = ("mopo", "dpo", "ipo", "weighted_dpo", "modpo", "sft")
 PAIRWISE_METHODS = ("dpo", "ipo", "weighted_dpo", "modpo")
@@ -314,7 +314,7 @@ class Trainer:
     ``oracle`` scores candidate pools in online mode; ``secondary_rewards`` gives MODPO its
     margins; ``parallel`` ("ddp" | "fsdp") is how a torchrun launch splits the work.
 
-    Under torchrun (the process group started, e.g. by :func:`mopo_core.distributed.init_from_env`,
+    Under torchrun (the process group started, e.g. by :func:`mopo_core.lm.distributed.init_from_env`,
     before the trainer is built) "ddp" replicates the model and averages gradients; "fsdp"
     shards parameters, gradients and optimizer state over the processes (torch FSDP2,
     ``fully_shard`` on each transformer block and on the whole), for models whose training state

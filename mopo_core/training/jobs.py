@@ -1,7 +1,7 @@
 """A persistent queue of training jobs and the worker process that runs them.
 
 The app (or anything else) enqueues jobs; one worker process per run store takes them one at
-a time and trains through :mod:`mopo_core.text_runs`, writing metrics, status and points to
+a time and trains through :mod:`mopo_core.training.text_task`, writing metrics, status and points to
 the run store like the ``train`` command does. The app polls the store; it never trains in its
 own process, so a crash or an out-of-memory kill of the worker leaves the app running.
 
@@ -45,7 +45,7 @@ process as the worker's owner; the worker checks after every training step (and 
 jobs) that its owner is alive. When the owner is gone (the app was restarted or killed) the
 worker stops the run after the current step, marks the run and its job ``interrupted`` and
 exits; queued jobs stay queued for the next app's worker. SIGTERM or SIGINT to the worker do
-the same (a second one stops at once). A worker started by hand (``python -m mopo_core.jobs
+the same (a second one stops at once). A worker started by hand (``python -m mopo_core.training.jobs
 worker``) has no owner and serves until the queue is empty.
 
 Failed versus interrupted, when a worker dies without ending its job (SIGKILL, out-of-memory
@@ -64,7 +64,7 @@ it restarts the queue after a worker stopped between jobs). Runs not started by 
 ``train`` command) are not touched here (``python -m mopo_core runs mark-interrupted``).
 
 Run owners. Every training process, the worker's and the ``train`` command's alike, owns the
-run it trains: :class:`mopo_core.lm_trainer.Trainer` records its pid and start time with
+run it trains: :class:`mopo_core.lm.trainer.Trainer` records its pid and start time with
 :func:`claim_run` (refused, naming the process, while another live process owns the run: the
 check and the record are one transaction) and removes the record with :func:`release_run`
 when training returns or raises. A killed process leaves its record behind; a record whose
@@ -88,12 +88,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .runs import RunStore, to_jsonable
+from mopo_core.runs import RunStore, to_jsonable
 
 if TYPE_CHECKING:  # the app imports this module without torch until it trains
-    from .dataset_runs import DatasetSetup, DatasetTask
-    from .lm_trainer import TrainConfig
-    from .text_runs import TextTaskSetup
+    from mopo_core.training.dataset_task import DatasetSetup, DatasetTask
+    from mopo_core.lm.trainer import TrainConfig
+    from mopo_core.training.text_task import TextTaskSetup
 
 JOB_KINDS = ("train_text", "train_dataset", "resume")
 #: The run config ``task`` of the runs each training kind writes (what ``resume`` continues).
@@ -268,9 +268,9 @@ def enqueue_training(store_path: str | os.PathLike, config: TrainConfig, setup: 
     Config and setup are checked now against each other (``ValueError`` naming the field; for a
     dataset, :func:`dataset_runs.check_setup`: data, splits, checkpoint folder, judge); the
     run's checkpoint folder is ``<jobs_dir>/checkpoints/job-<id>``. Call :func:`ensure_worker` next."""
-    from .dataset_runs import DatasetSetup, check_setup
+    from mopo_core.training.dataset_task import DatasetSetup, check_setup
 
-    from .text_runs import check_text_run
+    from mopo_core.training.text_task import check_text_run
 
     if isinstance(setup, DatasetSetup):
         kind = "train_dataset"
@@ -295,7 +295,7 @@ def resume(store_path: str | os.PathLike, run_id: int, name: str | None = None) 
     :data:`RESUMABLE_RUN_STATUSES` (a ``running`` run may still be training somewhere: call
     :func:`reconcile` first), one without its checkpoint file, or one that already has a
     queued or running job."""
-    from .lm_trainer import CHECKPOINT_NAME
+    from mopo_core.lm.trainer import CHECKPOINT_NAME
 
     path = _prepare(store_path)
     try:
@@ -358,7 +358,7 @@ def list_jobs(store_path: str | os.PathLike, status: str | None = None) -> list[
 
 def ensure_worker(store_path: str | os.PathLike) -> int | None:
     """Make sure a worker serves the store's queue and return its pid; ``None`` when no
-    worker runs and nothing is queued. Starts ``python -m mopo_core.jobs worker`` (its own
+    worker runs and nothing is queued. Starts ``python -m mopo_core.training.jobs worker`` (its own
     session, output appended to ``<jobs_dir>/worker.log``, this process as its owner) only
     when no live worker is registered; the check and the start hold the store's write lock,
     so concurrent callers (threads or processes) never start two. A worker whose app is gone
@@ -510,7 +510,7 @@ def _spawn_worker(path: Path) -> tuple[int, int | None]:
     log_dir = jobs_dir(path)
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "worker.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mopo_core.jobs", "worker", "--store", str(path)],
+        proc = subprocess.Popen([sys.executable, "-m", "mopo_core.training.jobs", "worker", "--store", str(path)],
                                 cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     start = _process_start(proc.pid)
@@ -696,8 +696,8 @@ class _Worker:
 
     def _train(self, job: Job):
         """Train (or resume) the job's run through the module of its task; its TrainResult."""
-        from . import dataset_runs
-        from .text_runs import resume_text_run, text_setup_from, train_config_from, train_on_text_task
+        from mopo_core.training import dataset_task as dataset_runs
+        from mopo_core.training.text_task import resume_text_run, text_setup_from, train_config_from, train_on_text_task
 
         store, hooks = RunStore(self.path), {"callbacks": (self.on_step,), "on_trainer": self.attach}
         kind = job.kind
@@ -745,7 +745,7 @@ def run_worker(store_path: str | os.PathLike) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mopo_core.jobs", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mopo_core.training.jobs", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="run the store's queued jobs one at a time, exit when none is left")
     worker.add_argument("--store", required=True, help="run store SQLite file")

@@ -21,10 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from .optim import Adam, AdamConfig
-from .robust import chi_dual_value, chi_gradient
-from .tabular import TabularProblem, TiltFamily, _default_step_size, kl_divergence, policy_values
-from .validation import check_int, check_nonnegative, check_positive, check_thresholds
+from mopo_core.tabular.optim import Adam, AdamConfig
+from mopo_core.tabular.robust import chi_dual_value, chi_gradient
+from mopo_core.tabular.solver import TabularProblem, TiltFamily, _default_step_size, kl_divergence, policy_values
+from mopo_core.validation import check_int, check_nonnegative, check_positive, check_thresholds
 
 VARIANTS = ("lagrangian", "log_barrier")
 

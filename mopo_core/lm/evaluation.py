@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .models import sample
+from mopo_core.lm.models import sample
 
 #: oracle(prompt, a, b) -> (K,) probabilities that a beats b on each objective.
 Oracle = Callable[[str, str, str], np.ndarray]

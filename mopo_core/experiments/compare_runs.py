@@ -34,12 +34,12 @@ import pandas as pd
 
 from synthetic import STRUCTURES, estimate_preferences, make_structure, sample_comparisons
 
-from .baselines import BASELINES, weight_grid
-from .pareto import attainable_max, dominance_matrix, hypervolume
-from .runs import Run, RunStore, to_jsonable
-from .suite import SuiteConfig, config_dict, threshold_grid
-from .tabular import TabularProblem, kl_divergence, policy_values, win_rates
-from .validation import read_preference_array
+from mopo_core.tabular.baselines import BASELINES, weight_grid
+from mopo_core.pareto import attainable_max, dominance_matrix, hypervolume
+from mopo_core.runs import Run, RunStore, to_jsonable
+from mopo_core.experiments.suite import SuiteConfig, config_dict, threshold_grid
+from mopo_core.tabular.solver import TabularProblem, kl_divergence, policy_values, win_rates
+from mopo_core.validation import read_preference_array
 
 #: Config keys that make runs "seeds of one experiment" when they are the only difference.
 SEED_KEYS = ("seed",)
@@ -549,7 +549,7 @@ def point_details(run: Run, idx: int) -> dict:
     ``kl`` (KL to the reference policy when both are known, else None), ``scale``
     (:func:`value_scale`), ``objectives`` (:func:`objective_names_for`), ``samples`` (an LM
     point's generations, ``[{"prompt", "policy": [...], "reference": [...]}]``, as
-    :meth:`mopo_core.lm_eval.Evaluation.as_point` stores them; None when it has none) and
+    :meth:`mopo_core.lm.evaluation.Evaluation.as_point` stores them; None when it has none) and
     ``samples_kept`` (how many of how many were stored, or None); both are left out of ``extra``.
     Unknown ``idx`` raises KeyError naming the run and index.
     """
@@ -670,7 +670,7 @@ def create_example_runs(store: RunStore, seeds=(0, 1, 2), structure: str = "bt_c
       threshold grid (from the reference policy's value to 95% of the attainable maximum).
       The configs differ only by ``seed`` (the instance's is ``structure_seed``), so the page
       draws the median front and its spread over seeds.
-    - The baselines (every method of :data:`mopo_core.baselines.BASELINES`) on the first
+    - The baselines (every method of :data:`mopo_core.tabular.baselines.BASELINES`) on the first
       seed's comparisons, with the same KL strength (beta = tau) and the suite's grids (kind
       "suite", config as the suite records it).
     - One exact MOPO sweep on ``three_objectives`` (K = 3, a 4 x 4 threshold grid) for the

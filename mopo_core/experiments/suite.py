@@ -15,8 +15,8 @@ import pandas as pd
 
 from synthetic import STRUCTURES, Structure, estimate_preferences, exact_win_counts, make_structure, sample_comparisons
 
-from .baselines import BASELINES, MethodResult, weight_grid
-from .pareto import (
+from mopo_core.tabular.baselines import BASELINES, MethodResult, weight_grid
+from mopo_core.pareto import (
     ExactFront,
     attainable_max,
     dominance_matrix,
@@ -26,8 +26,8 @@ from .pareto import (
     igd_plus,
     lp_best_primary,
 )
-from .tabular import TabularProblem, kl_divergence, policy_values
-from .validation import check_int
+from mopo_core.tabular.solver import TabularProblem, kl_divergence, policy_values
+from mopo_core.validation import check_int
 
 METHODS = ("mopo", "mopo_oracle", *BASELINES)
 THRESHOLD_METHODS = ("mopo", "mopo_oracle", "reward_lagrangian")

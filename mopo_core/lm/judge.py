@@ -48,7 +48,7 @@ import torch
 from scipy.special import expit
 from torch import nn
 
-from .model_registry import (
+from mopo_core.lm.registry import (
     PREFMODEL_META,
     DownloadError,
     default_cache_dir,
@@ -57,7 +57,7 @@ from .model_registry import (
     inside_models_folder,
     models_dir,
 )
-from .preferences import TIE, PreferenceDataset
+from mopo_core.data.preferences import TIE, PreferenceDataset
 
 #: The files of a saved preference model.
 HEADS_FILE = "heads.safetensors"
@@ -75,7 +75,7 @@ Progress = Callable[[int, dict], None]
 
 
 def default_encoder_dir(folder: str | os.PathLike | None = None) -> Path:
-    """``<models folder>/encoders/all-MiniLM-L6-v2`` (see :func:`mopo_core.model_registry.models_dir`)."""
+    """``<models folder>/encoders/all-MiniLM-L6-v2`` (see :func:`mopo_core.lm.registry.models_dir`)."""
     return models_dir(folder) / "encoders" / ENCODER_NAME
 
 
@@ -238,7 +238,7 @@ class PreferenceModel:
 
     ``objectives`` name the heads in order; ``info`` is the training report (settings,
     data, ``metrics`` per split as :func:`bt_metrics` gives them, best epochs). :meth:`oracle`
-    matches :data:`mopo_core.lm_eval.Oracle` and :meth:`scores` :data:`mopo_core.lm_eval.Scorer`.
+    matches :data:`mopo_core.lm.evaluation.Oracle` and :meth:`scores` :data:`mopo_core.lm.evaluation.Scorer`.
     """
 
     def __init__(self, encoder: SentenceEncoder, heads: RewardHeads, objectives, info: dict | None = None):
@@ -558,17 +558,17 @@ def _digest(prompt: str) -> str:
 
 # --------------------------------------------------------------------------- command line
 
-#: ``--format`` values besides :data:`mopo_core.public_formats.FORMATS`: ``"mopo"`` is this
-#: project's JSONL/Parquet schema (:func:`mopo_core.preferences.load_preferences`).
+#: ``--format`` values besides :data:`mopo_core.data.public_formats.FORMATS`: ``"mopo"`` is this
+#: project's JSONL/Parquet schema (:func:`mopo_core.data.preferences.load_preferences`).
 NATIVE_FORMAT = "mopo"
 
 
 def load_dataset(path: str | os.PathLike, fmt: str = NATIVE_FORMAT, objective: str | None = None) -> PreferenceDataset:
     """A preference file in this project's schema (``fmt="mopo"``) or a public format
-    (``"auto"`` or one of :data:`mopo_core.public_formats.FORMATS`; ``objective`` names the
+    (``"auto"`` or one of :data:`mopo_core.data.public_formats.FORMATS`; ``objective`` names the
     one objective of single-objective formats)."""
-    from .preferences import load_preferences
-    from .public_formats import load_public
+    from mopo_core.data.preferences import load_preferences
+    from mopo_core.data.public_formats import load_public
 
     if fmt == NATIVE_FORMAT:
         if objective is not None:
@@ -579,7 +579,7 @@ def load_dataset(path: str | os.PathLike, fmt: str = NATIVE_FORMAT, objective: s
 
 def run_prefmodel_command(args, store) -> int:
     """Run ``prefmodel fetch-encoder|train|eval`` (arguments:
-    :func:`mopo_core.model_registry.add_prefmodel_command`); ``train`` records a
+    :func:`mopo_core.lm.registry.add_prefmodel_command`); ``train`` records a
     ``prefmodel`` run in ``store``."""
     try:
         if args.action == "fetch-encoder":

@@ -1,7 +1,7 @@
 """Language models: word-level tokenizers, tiny GPTs, SFT, local checkpoints, LoRA, sampling.
 
 Nothing here downloads: checkpoints are local directories (safetensors, or weights-only
-pickles; see :mod:`mopo_core.checkpoints`), tokenizers are built with the ``tokenizers``
+pickles; see :mod:`mopo_core.lm.checkpoints`), tokenizers are built with the ``tokenizers``
 library or loaded from a local folder.
 
 Sequence convention (shared by :func:`train_sft`, :func:`sample` and any trainer that
@@ -36,7 +36,7 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from .validation import check_int, check_nonnegative
+from mopo_core.validation import check_int, check_nonnegative
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -115,7 +115,7 @@ def one_line(exc: BaseException) -> str:
 def sequence_ids(tokenizer, text: str, add_eos: bool = True) -> list[int]:
     """``[bos] + ids(text) (+ [eos])``; bos/eos are skipped when the tokenizer lacks them, and
     bos when ``text`` already starts with the bos token's text (a chat-formatted prompt, see
-    :func:`mopo_core.model_registry.format_prompt`: the template wrote it, and a second one
+    :func:`mopo_core.lm.registry.format_prompt`: the template wrote it, and a second one
     derails the model). The one place where prompts become ids, for training and sampling."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     has_bos = tokenizer.bos_token_id is not None and not text.startswith(tokenizer.bos_token)
@@ -216,7 +216,7 @@ def load_model(
     The directory holds ``config.json`` and safetensors (one file or shards with
     ``model.safetensors.index.json``) or, when it has no safetensors, weights-only pickles
     (``pytorch_model.bin`` or shards with its index), read only through
-    ``torch.load(weights_only=True)``; see :mod:`mopo_core.checkpoints`. Never downloads
+    ``torch.load(weights_only=True)``; see :mod:`mopo_core.lm.checkpoints`. Never downloads
     (``local_files_only``) or runs repository code (``trust_remote_code=False``). Weights
     go straight to ``device`` in ``dtype`` (``"auto"``: see :func:`resolve_dtype`) shard by
     shard: transformers 5 builds the model without memory first and always loads this
@@ -227,7 +227,7 @@ def load_model(
     lora: wrap with adapters (:func:`apply_lora`). gradient_checkpointing: recompute each
     layer's activations in backward (:func:`enable_gradient_checkpointing`). quantize: 4
     or 8 bits with bitsandbytes, on a CUDA device only. check_memory: first refuse with
-    :class:`mopo_core.checkpoints.InsufficientMemoryError` when the parameters would not
+    :class:`mopo_core.lm.checkpoints.InsufficientMemoryError` when the parameters would not
     fit in the device's available memory (weights only; check a training step with
     ``estimate_training_memory(...).check_fits()``).
 
@@ -235,10 +235,10 @@ def load_model(
     directory or file for a file, a missing, unreadable, non-causal-LM or remote-code
     ``config.json``, missing weights, a missing shard, a file cut short, pickled weights
     that hold more than named tensors, a stored tensor whose shape differs from what
-    ``config.json`` implies (:func:`mopo_core.checkpoints.model_for_weights`) or a tensor
+    ``config.json`` implies (:func:`mopo_core.lm.checkpoints.model_for_weights`) or a tensor
     the model needs and the checkpoint lacks. The model comes back in eval mode.
     """
-    from . import checkpoints  # checkpoints builds on this module
+    from mopo_core.lm import checkpoints  # checkpoints builds on this module
 
     folder = _existing_directory(path)
     config = checkpoints.read_config(folder)

@@ -13,10 +13,10 @@ dropped first, so the resumed series equals an uninterrupted run's. A run that e
 A run whose process was killed (SIGKILL, power loss) keeps status ``running``: nothing is left
 to update it. :func:`resume_text_run` accepts such runs once their owning process is gone: a
 run still training in a live process (its owner, recorded in the store by the trainer: pid
-and start time, see :mod:`mopo_core.jobs`) is refused, naming that process.
+and start time, see :mod:`mopo_core.training.jobs`) is refused, naming that process.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` only
-(:func:`mopo_core.lm_trainer.read_checkpoint`): a ``last.pt`` that holds anything but tensors
+(:func:`mopo_core.lm.trainer.read_checkpoint`): a ``last.pt`` that holds anything but tensors
 and plain types is refused with its path, before any of it runs."""
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ import numpy as np
 
 from synthetic.text_task import TextTask, preference, score, vocabulary
 
-from .lm_eval import Evaluation, evaluate_policy
-from .jobs import check_run_owner
-from .lm_trainer import TrainConfig, Trainer, TrainResult, implicit_rewards, read_checkpoint
-from .models import tiny_gpt, train_sft, word_tokenizer
-from .preferences import PreferenceDataset
-from .runs import RunStore
+from mopo_core.lm.evaluation import Evaluation, evaluate_policy
+from mopo_core.training.jobs import check_run_owner
+from mopo_core.lm.trainer import TrainConfig, Trainer, TrainResult, implicit_rewards, read_checkpoint
+from mopo_core.lm.models import tiny_gpt, train_sft, word_tokenizer
+from mopo_core.data.preferences import PreferenceDataset
+from mopo_core.runs import RunStore
 
 
 @dataclass

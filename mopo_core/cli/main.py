@@ -21,13 +21,13 @@ import numpy as np
 
 from synthetic import STRUCTURES, make_structure
 
-from .model_registry import add_models_command, add_prefmodel_command, cmd_models, cmd_prefmodel
-from .pareto import attainable_max
-from .public_formats import FORMATS, format_report, load_public
-from .runs import RunStore
-from .suite import METHODS, SuiteConfig, config_dict, results_table, run_suite, summary_table
-from .tabular import TabularProblem, policy_values
-from .validation import as_finite_array, read_preference_file
+from mopo_core.lm.registry import add_models_command, add_prefmodel_command, cmd_models, cmd_prefmodel
+from mopo_core.pareto import attainable_max
+from mopo_core.data.public_formats import FORMATS, format_report, load_public
+from mopo_core.runs import RunStore
+from mopo_core.experiments.suite import METHODS, SuiteConfig, config_dict, results_table, run_suite, summary_table
+from mopo_core.tabular.solver import TabularProblem, policy_values
+from mopo_core.validation import as_finite_array, read_preference_file
 
 
 #: lm_trainer.METHODS, repeated here so that the CLI does not import torch for the other commands.
@@ -360,9 +360,9 @@ DATA_FLAGS = (("--format", "format"), ("--objective", "objective"), ("--model", 
 
 
 def _dataset_setup(args):
-    """The :class:`mopo_core.dataset_runs.DatasetSetup` of ``train --data`` (None without --data);
+    """The :class:`mopo_core.training.dataset_task.DatasetSetup` of ``train --data`` (None without --data);
     ``ValueError`` naming the flag when a data-run flag comes without --data or a needed one is missing."""
-    from .dataset_runs import DatasetSetup
+    from mopo_core.training.dataset_task import DatasetSetup
 
     if args.data is None:
         given = [flag for flag, name in DATA_FLAGS if getattr(args, name) is not None]
@@ -379,9 +379,9 @@ def _dataset_setup(args):
 
 
 def cmd_train(args, store: RunStore) -> int:
-    from .dataset_runs import SetupError, is_dataset_run, resume_dataset_run, train_on_dataset
-    from .lm_trainer import TrainConfig
-    from .text_runs import TextTaskSetup, resume_text_run, train_on_text_task
+    from mopo_core.training.dataset_task import SetupError, is_dataset_run, resume_dataset_run, train_on_dataset
+    from mopo_core.lm.trainer import TrainConfig
+    from mopo_core.training.text_task import TextTaskSetup, resume_text_run, train_on_text_task
 
     session = _TrainSession(quiet=args.json)
     try:
@@ -448,8 +448,8 @@ def cmd_train(args, store: RunStore) -> int:
 
 
 def cmd_evaluate(args, store: RunStore) -> int:
-    from .dataset_runs import SetupError, evaluate_dataset_run, is_dataset_run
-    from .text_runs import evaluate_text_run
+    from mopo_core.training.dataset_task import SetupError, evaluate_dataset_run, is_dataset_run
+    from mopo_core.training.text_task import evaluate_text_run
 
     if is_dataset_run(store, args.run):
         if args.split != "test":
@@ -481,8 +481,8 @@ def _print_evaluation(evaluation) -> None:
 def cmd_compare_text(args, store: RunStore) -> int:
     from tqdm import tqdm
 
-    from .text_experiment import ComparisonSettings, comparison_figure, run_comparison
-    from .text_runs import TextTaskSetup
+    from mopo_core.training.text_comparison import ComparisonSettings, comparison_figure, run_comparison
+    from mopo_core.training.text_task import TextTaskSetup
 
     setup = TextTaskSetup(n_prompts=args.n_prompts, seed=args.seed)
     settings = ComparisonSettings(steps=args.steps, thresholds=tuple(args.thresholds))

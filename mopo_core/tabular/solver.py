@@ -19,8 +19,8 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import brentq, linprog, minimize, minimize_scalar
 
-from .robust import robust_lower_bound
-from .validation import (
+from mopo_core.tabular.robust import robust_lower_bound
+from mopo_core.validation import (
     as_finite_array,
     check_distribution,
     check_int,

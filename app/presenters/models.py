@@ -6,10 +6,10 @@ bar, the memory log and the tables, and caches the preference model it passes in
 
 Conventions:
 
-- memory is measured with :func:`mopo_core.model_memory.memory_use` (process RSS in bytes,
+- memory is measured with :func:`mopo_core.lm.memory.memory_use` (process RSS in bytes,
   ``None`` without ``/proc``; CUDA memory allocated / reserved by torch, 0 without CUDA);
 - one model at a time: :func:`unload_model` empties the model's tensors in place
-  (:func:`mopo_core.model_memory.unload`), so a stale reference elsewhere keeps no memory alive;
+  (:func:`mopo_core.lm.memory.unload`), so a stale reference elsewhere keeps no memory alive;
 - the built-in model is fitted once per process (:func:`builtin_weights`, a few hundred KiB kept
   for the process's lifetime) so that loading it again only copies its weights;
 - scores: a ``(n_responses, n_objectives)`` DataFrame, one row per response in the given order,
@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .model_memory import MemoryUse, memory_use, unload
-from .model_registry import ModelEntry, inside_models_folder
-from .models import load_model, load_tokenizer, resolve_device, resolve_dtype, tiny_gpt
+from mopo_core.lm.memory import MemoryUse, memory_use, unload
+from mopo_core.lm.registry import ModelEntry, inside_models_folder
+from mopo_core.lm.models import load_model, load_tokenizer, resolve_device, resolve_dtype, tiny_gpt
 
 #: ``progress(fraction, text)``: fraction in [0, 1], a sentence saying what is being done.
 Progress = Callable[[float, str], None]
@@ -102,7 +102,7 @@ def builtin_weights() -> tuple[dict[str, torch.Tensor], object, list[str]]:
     """The built-in model fitted on the text task (``build_text_task(TextTaskSetup())``, seeded),
     once per process: (its state dict, cloned and detached; its word-level tokenizer; the test
     split's prompts). Callers copy the weights into a fresh model, never modify them."""
-    from .text_runs import TextTaskSetup, build_text_task
+    from mopo_core.training.text_task import TextTaskSetup, build_text_task
 
     _, tokenizer, reference, (_, _, test) = build_text_task(TextTaskSetup())
     weights = {k: v.detach().clone() for k, v in reference.state_dict().items()}
@@ -121,9 +121,9 @@ def load_entry(entry: ModelEntry, dtype: str = "auto", device: str = "auto",
     ``device``: ``"auto"``, ``"cpu"`` or ``"cuda"``. ``progress(fraction, text)`` is called with
     increasing fractions, the last 1.0. The built-in model is built from :func:`builtin_weights`
     (fitted on the first call: seconds to minutes on a busy CPU); a checkpoint folder is read by
-    :func:`mopo_core.models.load_model`. ``folder``: the models folder the entry was listed from
-    (default: :func:`mopo_core.model_registry.models_dir`'s). A checkpoint entry with a
-    ``problem``, one that :func:`mopo_core.model_registry.inside_models_folder` refuses now (a
+    :func:`mopo_core.lm.models.load_model`. ``folder``: the models folder the entry was listed from
+    (default: :func:`mopo_core.lm.registry.models_dir`'s). A checkpoint entry with a
+    ``problem``, one that :func:`mopo_core.lm.registry.inside_models_folder` refuses now (a
     link to outside the models folder), or one without a usable tokenizer raises ``ValueError``
     naming its path; the last after the half-loaded model is unloaded.
     """
@@ -210,7 +210,7 @@ def score_samples(prompt: str, responses: list[str], preference_model=None,
     (:func:`synthetic.text_task.score`, each in [0, 1]); columns
     :data:`synthetic.text_task.OBJECTIVES`. Helpfulness is NaN, and the note says why, when the
     prompt names no topic word. With ``preference_model`` (a
-    :class:`mopo_core.preference_models.PreferenceModel`, named ``name`` in the note): its
+    :class:`mopo_core.lm.judge.PreferenceModel`, named ``name`` in the note): its
     centred Bradley-Terry rewards, one column per objective of the model.
     Returns a ``(len(responses), n_objectives)`` DataFrame and the note.
     """

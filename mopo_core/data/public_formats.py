@@ -1,4 +1,4 @@
-"""Loaders for public preference formats, mapped onto :class:`~mopo_core.preferences.PreferenceDataset`.
+"""Loaders for public preference formats, mapped onto :class:`~mopo_core.data.preferences.PreferenceDataset`.
 
 Formats (``load_public(path, format=...)``; ``"auto"`` sniffs the keys of the first rows):
 
@@ -42,7 +42,7 @@ and a corrupt gzip is a ``ValueError`` naming the file). JSON Lines are read as 
 runs of blank lines cost neither time nor memory. Rows are numbered from 1: line numbers for JSON Lines, array
 index + 1 for an array. Bad rows raise one ``ValueError`` naming the file, each row and the
 field (all errors collected, the first ``MAX_LISTED_ERRORS`` listed, as in
-:mod:`mopo_core.preferences`). Nothing is dropped silently: duplicates are kept and
+:mod:`mopo_core.data.preferences`). Nothing is dropped silently: duplicates are kept and
 counted; ``skip_bad_rows=True`` leaves bad rows out only on request, and lists them.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .preferences import (
+from mopo_core.data.preferences import (
     MAX_LISTED_ERRORS,
     READ_CHUNK_BYTES,
     TIE,
@@ -71,7 +71,7 @@ from .preferences import (
     _text_problem,
     _unique_keys,
 )
-from .validation import format_bytes
+from mopo_core.validation import format_bytes
 
 #: The formats :func:`load_public` reads (besides ``"auto"``).
 FORMATS = ("pku", "hh", "sharegpt", "alpaca")

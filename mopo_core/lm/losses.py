@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .robust import chi_dual_value, chi_gradient, robust_lower_bound
+from mopo_core.tabular.robust import chi_dual_value, chi_gradient, robust_lower_bound
 
 # --------------------------------------------------------------------------- log-probs
 

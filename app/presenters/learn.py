@@ -2,12 +2,12 @@
 
 Small pure functions that turn one two-objective instance into the tables the walk-through
 draws. Nothing here re-implements the method: the tilt, its values and the dual come from
-:class:`mopo_core.tabular.TiltFamily`, and the dual steps from
+:class:`mopo_core.tabular.solver.TiltFamily`, and the dual steps from
 ``solve_tabular(method="projected_gradient")``'s trace. No Streamlit here.
 
 Every function takes ``preferences`` either as an array ((2, N, N) for one prompt or
 (2, M, N, N)) with optional ``reference`` / ``behaviour`` (None: uniform; (N,) or (M, N)),
-or as an already validated :class:`mopo_core.tabular.TabularProblem` (then ``reference`` and
+or as an already validated :class:`mopo_core.tabular.solver.TabularProblem` (then ``reference`` and
 ``behaviour`` must be None). The walk-through has one primary and one secondary objective
 (K = 2); other K raise ``ValueError``.
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .tabular import TabularProblem, TiltFamily, _default_step_size
-from .validation import as_finite_array, check_nonnegative, check_positive
+from mopo_core.tabular.solver import TabularProblem, TiltFamily, _default_step_size
+from mopo_core.validation import as_finite_array, check_nonnegative, check_positive
 
 #: The yes/no questions of the capability table, in column order.
 QUESTIONS: tuple[str, ...] = (
@@ -38,7 +38,7 @@ QUESTIONS: tuple[str, ...] = (
 VERDICTS: tuple[str, ...] = ("Yes", "No", "Partly", "n/a")
 
 # (method, one (verdict, reason) per question). Consistent with MOPO.md section 7, SYNTHETIC.md and
-# mopo_core.baselines (where the project's tabular version of a method differs from its paper, the
+# mopo_core.tabular.baselines (where the project's tabular version of a method differs from its paper, the
 # reason says so).
 _CAPABILITY_ROWS = [
     ("MOPO (this project)", (

@@ -5,20 +5,20 @@ Pure functions (no Streamlit): the Sweep page and scripts call them and get pand
 - :func:`exact_reference`: a structure with its exact answers (true win-rates, the reference
   policy's values = the hypervolume reference point, the exact unregularised front).
 - :func:`threshold_sweep`: MOPO's threshold sweep on one structure (the exact dual solver,
-  :meth:`mopo_core.tabular.TabularProblem.sweep`), one row per threshold, and its metrics.
+  :meth:`mopo_core.tabular.solver.TabularProblem.sweep`), one row per threshold, and its metrics.
 - :func:`ablation`: one row of metrics per value of ``tau``, ``eps``, ``n`` (comparisons per
   prompt) with the exact solver, or ``beta``, ``t0`` with Algorithm 1
-  (:func:`mopo_core.iterative.run_algorithm1`, lagged reference every ``t0`` steps, ratchet ``beta``).
+  (:func:`mopo_core.tabular.algorithm1.run_algorithm1`, lagged reference every ``t0`` steps, ratchet ``beta``).
 - :func:`save_run`: store a sweep (kind ``"sweep"``) or an ablation (kind ``"ablation"``) in a
   :class:`mopo_core.runs.RunStore`.
 
-Thresholds are the suite's (:func:`mopo_core.suite.threshold_grid`): from the reference policy's
+Thresholds are the suite's (:func:`mopo_core.experiments.suite.threshold_grid`): from the reference policy's
 secondary values to 95% of the way to the attainable maximum, computed on the TRUE win-rates.
 For K = 2, ``n_thresholds`` values of b1; for K >= 3 a product grid of ``ceil(n ** (1/(K-1)))``
 values per secondary (100 -> 10 x 10 for ``three_objectives``), some of which may be jointly
 unattainable (they are left out of satisfaction and regret, as in the suite).
 
-Metrics (SYNTHETIC.md, the same definitions as :mod:`mopo_core.suite`), always on the TRUE
+Metrics (SYNTHETIC.md, the same definitions as :mod:`mopo_core.experiments.suite`), always on the TRUE
 preferences whatever data the policies were fitted on:
 
 - ``hypervolume`` of the points, reference point = the reference policy's values; ``hv_ratio``
@@ -26,7 +26,7 @@ preferences whatever data the policies were fitted on:
   bound, so the ratio may exceed 1);
 - ``igd_plus`` to the exact front restricted to its part that dominates the reference point;
 - ``satisfaction`` (share of attainable thresholds where the true ``V_sec >= b``, tolerance
-  :data:`mopo_core.suite.MET_TOL`), ``max_violation``, ``mean_regret`` (LP optimum minus the
+  :data:`mopo_core.experiments.suite.MET_TOL`), ``max_violation``, ``mean_regret`` (LP optimum minus the
   primary value, over the thresholds met);
 - ``mean_kl`` to the reference policy, ``feasible_share`` (share of thresholds the solver
   declared feasible), ``n_points``;
@@ -45,11 +45,11 @@ import pandas as pd
 
 from synthetic import estimate_preferences, make_structure, sample_comparisons
 
-from .iterative import Algorithm1Config, run_algorithm1
-from .runs import RunStore
-from .suite import MET_TOL, ExactReference, exact_answers, score_points
-from .tabular import TabularProblem, kl_divergence, policy_values
-from .validation import check_int, check_nonnegative, check_positive
+from mopo_core.tabular.algorithm1 import Algorithm1Config, run_algorithm1
+from mopo_core.runs import RunStore
+from mopo_core.experiments.suite import MET_TOL, ExactReference, exact_answers, score_points
+from mopo_core.tabular.solver import TabularProblem, kl_divergence, policy_values
+from mopo_core.validation import check_int, check_nonnegative, check_positive
 
 #: Ablatable parameters: the first three use the exact dual solver, the last two Algorithm 1.
 PARAMETERS = ("tau", "eps", "n", "beta", "t0")

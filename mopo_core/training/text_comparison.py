@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .lm_soups import soup
-from .lm_trainer import Trainer, TrainConfig, implicit_rewards
-from .pareto import dominance_matrix, hypervolume
-from .runs import RunStore
-from .text_runs import TextTaskSetup, build_text_task, evaluate_on_task, secondary_experts, task_oracle
+from mopo_core.lm.soups import soup
+from mopo_core.lm.trainer import Trainer, TrainConfig, implicit_rewards
+from mopo_core.pareto import dominance_matrix, hypervolume
+from mopo_core.runs import RunStore
+from mopo_core.training.text_task import TextTaskSetup, build_text_task, evaluate_on_task, secondary_experts, task_oracle
 
 
 @dataclass

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .validation import ATOL, as_finite_array, check_int
+from mopo_core.validation import ATOL, as_finite_array, check_int
 
 #: The keys of a record, in the order they are written.
 FIELDS = ("prompt", "response_a", "response_b", "labels")

@@ -10,14 +10,14 @@ coincide carry no preference and are dropped). The policy trains on the train sp
 the evaluation uses the test prompts only.
 
 Prompts. Each user prompt is wrapped in the model's chat template
-(:func:`mopo_core.model_registry.format_prompt`, the text unchanged for a model without one)
-for training and for sampling; :func:`mopo_core.models.sequence_ids` then encodes it without
+(:func:`mopo_core.lm.registry.format_prompt`, the text unchanged for a model without one)
+for training and for sampling; :func:`mopo_core.lm.models.sequence_ids` then encodes it without
 a second bos. The preference model always sees the raw user prompt, as in its training data.
 
-Training. :class:`mopo_core.lm_trainer.Trainer` with any of its methods, from the checkpoint
+Training. :class:`mopo_core.lm.trainer.Trainer` with any of its methods, from the checkpoint
 (full fine-tuning, or LoRA adapters of rank ``lora_r``); the reference is the starting
 checkpoint. MODPO's margin comes from one DPO expert per secondary objective trained with the
-run's budget (:func:`mopo_core.text_runs.secondary_experts`, DPO implicit rewards); online
+run's budget (:func:`mopo_core.training.text_task.secondary_experts`, DPO implicit rewards); online
 MOPO scores its candidates with the preference model (the judge of the evaluation, so online
 win-rates are optimistic).
 
@@ -27,7 +27,7 @@ reference's are drawn once per :class:`DatasetTask`). Objective k's win-rate is 
 all (policy sample, reference sample) pairs of ``P_k(a beats b) = sigmoid(r_k(x, a) -
 r_k(x, b))``, the preference model's Bradley-Terry oracle, averaged per prompt and then
 over prompts, with the prompt-level standard error: the definitions of
-:func:`mopo_core.lm_eval.evaluate_policy`, computed from one batch of samples and one
+:func:`mopo_core.lm.evaluation.evaluate_policy`, computed from one batch of samples and one
 reward per response. A preference model fitted on any evaluation prompt (or without a record
 of its prompts) is refused. The run's config names the preference model and its held-out
 accuracies (its own test split, and the pairs of this run's test split).
@@ -37,8 +37,8 @@ Records. A ``train`` run in the :class:`RunStore` with the training config, ``ta
 evaluated point (values: win-rates against the reference, in the data's objective order). A
 cancelled or killed run with a checkpoint folder continues with :func:`resume_dataset_run`
 (``train --resume RUN_ID``), rebuilt from the stored setup, unless a live process still trains
-it (its owner, see :mod:`mopo_core.jobs`); it is evaluated when it finishes. Checkpoints are
-read with ``torch.load(weights_only=True)`` only (:func:`mopo_core.lm_trainer.read_checkpoint`).
+it (its owner, see :mod:`mopo_core.training.jobs`); it is evaluated when it finishes. Checkpoints are
+read with ``torch.load(weights_only=True)`` only (:func:`mopo_core.lm.trainer.read_checkpoint`).
 """
 from __future__ import annotations
 
@@ -54,11 +54,11 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from .lm_eval import Evaluation
-from .jobs import check_run_owner
-from .lm_trainer import Trainer, TrainConfig, TrainResult, implicit_rewards, read_checkpoint
-from .model_registry import find_model, format_prompt
-from .models import (
+from mopo_core.lm.evaluation import Evaluation
+from mopo_core.training.jobs import check_run_owner
+from mopo_core.lm.trainer import Trainer, TrainConfig, TrainResult, implicit_rewards, read_checkpoint
+from mopo_core.lm.registry import find_model, format_prompt
+from mopo_core.lm.models import (
     DTYPES,
     LoraSettings,
     apply_lora,
@@ -69,12 +69,12 @@ from .models import (
     sample,
     sequence_ids,
 )
-from .preference_models import NATIVE_FORMAT, PreferenceModel, load_dataset, read_meta, seen_prompts
-from .preferences import PreferenceDataset
-from .public_formats import FORMATS
-from .runs import RunStore
-from .text_runs import RESUMABLE_STATUSES, secondary_experts, train_config_from
-from .validation import check_int
+from mopo_core.lm.judge import NATIVE_FORMAT, PreferenceModel, load_dataset, read_meta, seen_prompts
+from mopo_core.data.preferences import PreferenceDataset
+from mopo_core.data.public_formats import FORMATS
+from mopo_core.runs import RunStore
+from mopo_core.training.text_task import RESUMABLE_STATUSES, secondary_experts, train_config_from
+from mopo_core.validation import check_int
 
 #: ``format`` values: "auto", this project's schema, the public formats.
 DATA_FORMATS = ("auto", NATIVE_FORMAT, *FORMATS)
@@ -99,7 +99,7 @@ class DatasetSetup:
     fine-tuning); split: train/validation/test fractions by prompt, split_seed its seed;
     max_response_tokens: responses cut to that many tokens; eval_samples: samples per test
     prompt and model; max_new_tokens: their length cap; eval_seed: their seed; dtype, device:
-    as :func:`mopo_core.models.load_model` takes them; gradient_checkpointing: the policy
+    as :func:`mopo_core.lm.models.load_model` takes them; gradient_checkpointing: the policy
     recomputes each layer's activations in backward (less memory, slower steps).
     """
 
@@ -331,14 +331,14 @@ def check_setup(setup: DatasetSetup, models_folder: str | Path | None = None) ->
 
 
 def training_memory(found: SetupCheck, setup: DatasetSetup, config: TrainConfig):
-    """The :class:`mopo_core.checkpoints.MemoryEstimate` of one training step of ``config`` on
+    """The :class:`mopo_core.lm.checkpoints.MemoryEstimate` of one training step of ``config`` on
     the checked setup: the rows alive at once (MOPO: ``batch_size`` prompts times their mean
     distinct responses, online ``n_candidates`` each; DPO-style methods: two per pair; SFT:
     one), divided over ``gradient_accumulation_steps``; padded to the longest prompt plus the
     longest response (online: plus ``max_new_tokens``); the fused log-prob's logits chunk;
     the reference copy every dataset run holds (it samples the evaluation's reference)."""
-    from .checkpoints import estimate_training_memory, read_config
-    from .lm_losses import FUSED_CHUNK_ELEMENTS
+    from mopo_core.lm.checkpoints import estimate_training_memory, read_config
+    from mopo_core.lm.losses import FUSED_CHUNK_ELEMENTS
 
     if config.method == "mopo":
         rows = config.batch_size * (config.n_candidates if config.online else found.rows_per_prompt)
@@ -377,7 +377,7 @@ def preference_evaluation(scores: Callable[[list[str], list[str]], np.ndarray], 
     ``scores(prompts, responses) -> (N, K)`` rewards; samples are prompt-major, n per prompt
     for each model. ``P_k(a beats b) = sigmoid(s_k(a) - s_k(b))``; the win-rate, its
     prompt-level standard error and the mean scores are those of
-    :func:`mopo_core.lm_eval.evaluate_policy`."""
+    :func:`mopo_core.lm.evaluation.evaluate_policy`."""
     m, k = len(prompts), len(objectives)
     n = len(policy_samples) // max(m, 1)
     if m == 0 or n == 0 or len(policy_samples) != m * n or len(reference_samples) != m * n:
@@ -446,7 +446,7 @@ class DatasetTask:
         return self.judge.scores_batch(raw, responses)[:, self._judge_columns]
 
     def oracle(self, prompt: str, a: str, b: str) -> np.ndarray:
-        """The judge's ``(K,)`` P(a beats b) (a :data:`mopo_core.lm_trainer.Oracle`)."""
+        """The judge's ``(K,)`` P(a beats b) (a :data:`mopo_core.lm.trainer.Oracle`)."""
         score_a, score_b = self.scores([prompt, prompt], [a, b])
         return expit(score_a - score_b)
 
@@ -539,8 +539,8 @@ def resume_dataset_run(store: RunStore, run_id: int, callbacks=(), on_trainer: C
     evaluate and add its point as :func:`train_on_dataset` does; the setup and training config
     come from the stored run (``task`` reused as there). ``ValueError`` for a run that is not a
     dataset train run, one that is not resumable (see
-    :data:`mopo_core.text_runs.RESUMABLE_STATUSES`), one that a live process is training
-    (naming it: :func:`mopo_core.jobs.check_run_owner`) or has no checkpoint folder; the
+    :data:`mopo_core.training.text_task.RESUMABLE_STATUSES`), one that a live process is training
+    (naming it: :func:`mopo_core.training.jobs.check_run_owner`) or has no checkpoint folder; the
     trainer refuses a missing checkpoint, one that cannot be read with ``weights_only=True``
     or one written with another config, naming the file."""
     if not is_dataset_run(store, run_id):

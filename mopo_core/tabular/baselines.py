@@ -13,7 +13,7 @@ Conventions (shapes):
     policies        (G, M, N)     one policy per grid point
 
 Policies are softmaxes over per-prompt logits theta (M, N), initialised at log pi_ref, and
-every gradient-trained method runs :func:`mopo_core.optim.minimise` (the one Adam) for the
+every gradient-trained method runs :func:`mopo_core.tabular.optim.minimise` (the one Adam) for the
 same number of steps. A grid is trained in one call, batched along a leading axis; Adam is
 element-wise, so this equals training each grid point alone. With h = log pi - log pi_ref,
 all pairwise losses depend on theta only through h_i - h_j, and are written with analytic
@@ -42,9 +42,9 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
 
-from .optim import AdamConfig, minimise
-from .tabular import solve_scores
-from .validation import as_finite_array, check_distribution, check_positive, check_prompt_weights
+from mopo_core.tabular.optim import AdamConfig, minimise
+from mopo_core.tabular.solver import solve_scores
+from mopo_core.validation import as_finite_array, check_distribution, check_positive, check_prompt_weights
 
 #: MODPO divides by the primary weight: rows with w_0 below this are floored to it (and the
 #: secondaries rescaled to keep the row on the simplex). The weight actually used is reported.
@@ -386,7 +386,7 @@ def reward_lagrangian(
     rhat = :func:`fit_bt_rewards` (win_counts, l2). Primary score rhat_0; secondary scores the
     BT-implied win-rates against mu, :func:`bt_win_rates` (rhat_{1:}). For each row b of
     ``thresholds`` (T, K-1) (or (T,) when K = 2) the exact KL-regularised solution
-    ``max E[rhat_0] - tau KL s.t. E[wbt_j] >= b_j`` by :func:`mopo_core.tabular.solve_scores`
+    ``max E[rhat_0] - tau KL s.t. E[wbt_j] >= b_j`` by :func:`mopo_core.tabular.solver.solve_scores`
     (warm-started from the previous row). parameters: threshold, feasible, multipliers.
     """
     counts = _check_win_counts(win_counts)

@@ -3,10 +3,10 @@ configs and sweep job lists, the job queue as a table, a run's metric series for
 curves, and the finished runs' points on the Pareto plane. No Streamlit, and no torch until a
 config is built (:func:`train_config`, :func:`sweep_configs`), so the page loads fast.
 
-The worker (:mod:`mopo_core.jobs`) trains either the built-in synthetic text task with the
-tiny word-level GPT (:mod:`mopo_core.text_runs`: objective 0, the primary V0, is helpfulness,
+The worker (:mod:`mopo_core.training.jobs`) trains either the built-in synthetic text task with the
+tiny word-level GPT (:mod:`mopo_core.training.text_task`: objective 0, the primary V0, is helpfulness,
 objective 1, the secondary V1, harmlessness) or a local checkpoint on a preference file judged
-by a preference model (:mod:`mopo_core.dataset_runs`: the file's objectives, its first the
+by a preference model (:mod:`mopo_core.training.dataset_task`: the file's objectives, its first the
 primary). A finished run's point holds the policy's win-rates against the reference model on
 held-out prompts; while a run trains, only its constraint estimates (the secondary objectives'
 win-rates on the step's batch) are logged, not the primary's. Points share a plane only when
@@ -23,9 +23,9 @@ import pandas as pd
 
 from synthetic.text_task import TextTask
 
-from . import jobs
-from .compare import format_params, staircase, union_front_mask
-from .runs import Run
+from mopo_core.training import jobs
+from mopo_core.experiments.compare_runs import format_params, staircase, union_front_mask
+from mopo_core.runs import Run
 
 #: Field labels of the dataset form and the DatasetSetup field each fills (errors name these).
 DATASET_LABELS = {
@@ -129,13 +129,13 @@ def train_config(method: str, *, thresholds=(0.6,), objective_weights=(0.5, 0.5)
                  online: bool = False, n_candidates: int = 8,
                  max_new_tokens: int = 16, gradient_accumulation_steps: int = 1, kl_every: int = 0, seed: int = 0,
                  checkpoint_every: int = 25):
-    """A checked :class:`mopo_core.lm_trainer.TrainConfig` from the page's values for a task
+    """A checked :class:`mopo_core.lm.trainer.TrainConfig` from the page's values for a task
     with ``n_objectives`` objectives (V0 the primary). ``t0``, ``beta_ratchet`` and ``kl_every``
     of 0 mean off, and so does ``eps`` (MOPO's robust radius); ``thresholds`` (one per secondary objective, win-rates in [0, 1]) are used by
     MOPO, ``objective_weights`` (one per objective, summing to 1; with two objectives the page's
     w on the secondary gives (1 - w, w): :func:`secondary_weights`) by weighted DPO and MODPO,
     the online settings by MOPO only. ``ValueError`` names the page's field."""
-    from .lm_trainer import TrainConfig
+    from mopo_core.lm.trainer import TrainConfig
 
     if method not in METHODS:
         raise ValueError(f"{FIELD_LABELS['method']} (method): expected one of {', '.join(METHODS)}, got {method!r}")
@@ -179,11 +179,11 @@ def secondary_weights(w: float) -> tuple[float, float]:
 
 
 def dataset_setup(**values):
-    """A checked :class:`mopo_core.dataset_runs.DatasetSetup` from the page's dataset form
+    """A checked :class:`mopo_core.training.dataset_task.DatasetSetup` from the page's dataset form
     (``lora_r`` 0: full fine-tuning; empty ``objective``: none). Its fields only: the data,
-    checkpoint and judge are checked by :func:`mopo_core.dataset_runs.check_setup`.
+    checkpoint and judge are checked by :func:`mopo_core.training.dataset_task.check_setup`.
     ``ValueError`` names the page's field (:data:`DATASET_LABELS`)."""
-    from .dataset_runs import DatasetSetup, SetupError
+    from mopo_core.training.dataset_task import DatasetSetup, SetupError
 
     values = dict(values)
     values["lora_r"] = int(values.get("lora_r") or 0) or None  # the page's 0 means full fine-tuning
@@ -198,15 +198,15 @@ def dataset_setup(**values):
 
 
 def dataset_error(exc) -> ValueError:
-    """A :class:`mopo_core.dataset_runs.SetupError` restated with the page's label for its field."""
+    """A :class:`mopo_core.training.dataset_task.SetupError` restated with the page's label for its field."""
     return ValueError(f"{DATASET_LABELS.get(exc.field, exc.field)} ({exc.field}): {exc.detail}")
 
 
 def text_setup(n_prompts: int = 40, n_candidates: int = 8, pairs_per_prompt: int = 8, temperature: float = 0.1,
                sft_steps: int = 300, eval_samples: int = 8, seed: int = 0):
-    """A checked :class:`mopo_core.text_runs.TextTaskSetup`; ``ValueError`` names the page's field."""
-    from .text_runs import TextTaskSetup
-    from .validation import check_int
+    """A checked :class:`mopo_core.training.text_task.TextTaskSetup`; ``ValueError`` names the page's field."""
+    from mopo_core.training.text_task import TextTaskSetup
+    from mopo_core.validation import check_int
 
     labels = {"n_prompts": FIELD_LABELS["n_prompts"], "n_candidates": "Candidate responses per prompt",
               "temperature": FIELD_LABELS["temperature"], "seed": FIELD_LABELS["task_seed"],

@@ -1,0 +1,1 @@
+"""The command line (``python -m mopo_core ...``): the only place with argparse."""

@@ -1,0 +1,75 @@
+"""Training runs end to end: the text task and dataset runs behind one interface (``tasks``), the
+text-task comparison, and the job queue with its worker. Names are re-exported lazily (they
+import torch)."""
+from importlib import import_module
+
+_HOME = {  # public name -> the module that defines it (imported on first use)
+    'ACTIVE_STATUSES': 'jobs',
+    'ComparisonSettings': 'text_comparison',
+    'DATA_FORMATS': 'dataset_task',
+    'DatasetSetup': 'dataset_task',
+    'DatasetTask': 'dataset_task',
+    'EXIT_ANOTHER_WORKER': 'jobs',
+    'JOB_KINDS': 'jobs',
+    'JOB_STATUSES': 'jobs',
+    'Job': 'jobs',
+    'RESUMABLE_RUN_STATUSES': 'jobs',
+    'RESUMABLE_STATUSES': 'text_task',
+    'SetupCheck': 'dataset_task',
+    'SetupError': 'dataset_task',
+    'Splits': 'dataset_task',
+    'TASK_OF_KIND': 'jobs',
+    'TextTaskSetup': 'text_task',
+    'WorkerAlreadyRunning': 'jobs',
+    'build_text_task': 'text_task',
+    'cancel': 'jobs',
+    'chat_dataset': 'dataset_task',
+    'check_judge': 'dataset_task',
+    'check_run_owner': 'jobs',
+    'check_setup': 'dataset_task',
+    'check_text_run': 'text_task',
+    'claim_run': 'jobs',
+    'comparison_figure': 'text_comparison',
+    'dataset_setup_from': 'dataset_task',
+    'enqueue_training': 'jobs',
+    'ensure_worker': 'jobs',
+    'evaluate_dataset_run': 'dataset_task',
+    'evaluate_on_task': 'text_task',
+    'evaluate_text_run': 'text_task',
+    'get_job': 'jobs',
+    'is_dataset_run': 'dataset_task',
+    'jobs_dir': 'jobs',
+    'judge_summary': 'dataset_task',
+    'list_jobs': 'jobs',
+    'load_data': 'dataset_task',
+    'load_judge': 'dataset_task',
+    'load_splits': 'dataset_task',
+    'lora_settings': 'dataset_task',
+    'main': 'jobs',
+    'model_directory': 'dataset_task',
+    'preference_evaluation': 'dataset_task',
+    'reconcile': 'jobs',
+    'release_run': 'jobs',
+    'resume': 'jobs',
+    'resume_dataset_run': 'dataset_task',
+    'resume_text_run': 'text_task',
+    'run_comparison': 'text_comparison',
+    'run_worker': 'jobs',
+    'secondary_experts': 'text_task',
+    'summarise': 'text_comparison',
+    'task_oracle': 'text_task',
+    'text_setup_from': 'text_task',
+    'text_task': 'text_task',
+    'train_config_from': 'text_task',
+    'train_on_dataset': 'dataset_task',
+    'train_on_text_task': 'text_task',
+    'training_memory': 'dataset_task',
+    'truncate_responses': 'dataset_task',
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(import_module(f"{__name__}.{_HOME[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
