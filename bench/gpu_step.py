@@ -75,6 +75,7 @@ def _core(name: str):
 
 
 losses = _core("lm.losses")
+lora = _core("lm.lora")
 models = _core("lm.models")
 
 SMOLLM2_135M = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
@@ -94,7 +95,7 @@ TINY_MODELS = {"tiny-llama": TINY_LLAMA, "tiny-opt": TINY_OPT}
 
 CHECK_RTOL = 1e-3
 CHECK_BATCH = (2, 64)
-LORA = models.LoraSettings(r=16, alpha=32.0)
+LORA = lora.LoraSettings(r=16, alpha=32.0)
 LR, TAU, BETA = 1e-5, 0.5, 0.1
 FIRST_CELL_GUESS_S = 30.0  # time budgeted for a model's first cell (build and warm-up included)
 TARGETS = {"135M": {"mfu": 0.25, "peak_gib": 10.9 / 2}, "1.3B": {"mfu": 0.60}}
@@ -256,7 +257,7 @@ def make_policy(spec: dict, tuning: str, device: torch.device):
     policy = build(spec, torch.bfloat16, device)
     n_linear = linear_weights(policy)
     if tuning == "lora":
-        policy = models.apply_lora(policy, LORA)
+        policy = lora.apply_lora(policy, LORA)
     params = [p for p in policy.parameters() if p.requires_grad]
     return policy, torch.optim.AdamW(params, lr=LR, fused=device.type == "cuda"), n_linear
 

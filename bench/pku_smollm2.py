@@ -40,7 +40,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from mopo_core.training.dataset_task import DatasetSetup, DatasetTask, load_splits, model_directory  # noqa: E402
 from mopo_core.lm.soups import soup  # noqa: E402
-from mopo_core.lm.trainer import TrainConfig  # noqa: E402
+from mopo_core.lm.config import TrainConfig  # noqa: E402
 from mopo_core.lm.models import load_tokenizer  # noqa: E402
 from mopo_core.lm.judge import (  # noqa: E402
     HeadSettings,
@@ -61,7 +61,8 @@ from mopo_core.lm.judge import (  # noqa: E402
     train_preference_model,
 )
 from mopo_core.runs import RunStore  # noqa: E402
-from mopo_core.training.text_comparison import ComparisonSettings, comparison_figure, summarise  # noqa: E402
+from app.figures import comparison_figure  # noqa: E402
+from mopo_core.training.text_comparison import ComparisonSettings, summarise  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "pku_saferlhf_sample.jsonl"
 MODEL = "SmolLM2-135M-Instruct"
@@ -262,7 +263,7 @@ def write_results(out: Path, points: pd.DataFrame, evaluations: dict, task: Data
     (out / "samples.json").write_text(json.dumps(
         {p: {"reference": next(iter(evaluations.values())).samples[p]["reference"],
              **{name: ev.samples[p]["policy"] for name, ev in evaluations.items()}} for p in first}, indent=1))
-    figure = comparison_figure(points, reference_point, replace(settings, thresholds=()))  # b: another scale
+    figure = comparison_figure(points, reference_point)  # no b lines: b is on another scale
     figure.add_scatter(x=[0.5], y=[0.5], mode="markers", name="starting model (reference)",
                        marker=dict(symbol="diamond", size=11, color="grey"))
     figure.update_layout(title="SmolLM2-135M on the PKU-SafeRLHF sample: win-rates against the starting model<br>"

@@ -48,7 +48,8 @@ import numpy as np
 import torch
 import transformers
 
-from mopo_core.lm.trainer import Trainer, TrainConfig, response_win_rates
+from mopo_core.lm.config import TrainConfig
+from mopo_core.lm.trainer import Trainer, response_win_rates
 from mopo_core.lm.models import build_model
 from mopo_core.training.text_task import TextTaskSetup, build_text_task
 

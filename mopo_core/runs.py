@@ -12,6 +12,9 @@ Tables (schema version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``):
 - ``points``: ``run_id``, ``idx``, ``label`` (e.g. the method), ``params`` (JSON, e.g.
   ``{"threshold": [0.6]}``), ``objective_values`` (JSON list of K floats, maximised),
   ``extra`` (JSON, e.g. the policy, multipliers, a feasible flag).
+- ``run_owners``: ``run_id``, ``pid``, ``pid_start``, ``claimed_at``: the process training the
+  run (see "run owners" at the end: :func:`claim_run`, :func:`release_run`,
+  :func:`check_run_owner`); created on first use.
 
 The database runs in WAL mode and every operation opens its own connection, so several
 threads or processes (the app and a worker) can share one file. JSON columns accept numpy
@@ -35,6 +38,8 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 import platformdirs
+
+from mopo_core.processes import alive, process_start
 
 #: Environment variable that sets the store's path.
 STORE_ENV = "MOPO_STORE"
@@ -317,19 +322,9 @@ class RunStore:
         """Set a run's status (and error text). Terminal statuses set ``finished_at``;
         ``running`` sets ``started_at`` if it was not set."""
         self._check_status(status)
-        now = _now()
         with self._connect() as conn:
             self._require_run(conn, run_id)
-            conn.execute(
-                "UPDATE runs SET status = ?, error = ?, started_at = COALESCE(started_at, ?), finished_at = ? WHERE id = ?",
-                (
-                    status,
-                    error,
-                    now if status == "running" else None,
-                    now if status in TERMINAL_STATUSES else None,
-                    int(run_id),
-                ),
-            )
+            self.set_status_in(conn, run_id, status, error)
 
     def delete_run(self, run_id: int) -> None:
         """Delete a run with its metrics and points."""
@@ -401,6 +396,54 @@ class RunStore:
         ).astype({"step": "int64", "value": "float64"})
         return Run(**row, metrics=metrics, points=_points_frame(point_rows))
 
+    def progress(self, run_ids) -> dict[int, dict]:
+        """Where each of the given runs stands, in one query (the Train page polls it for its job
+        table): ``{id: {"status", "error", "config", "step", "n_points"}}``, ``step`` being the
+        last logged metric step (None before the first); ids not in the store are left out."""
+        with self._connect() as conn:
+            return self.progress_in(conn, run_ids)
+
+    # ------------------------------------------------------------------ inside a caller's transaction
+    # The job queue (mopo_core.training.jobs) changes a job and its run in one transaction on its
+    # own connection to this file; these run their statement on the connection they are given.
+
+    @staticmethod
+    def progress_in(conn: sqlite3.Connection, run_ids) -> dict[int, dict]:
+        """:meth:`progress` on the caller's connection."""
+        ids = sorted({int(i) for i in run_ids if i is not None})
+        if not ids:
+            return {}
+        rows = conn.execute(
+            "SELECT id, status, error, config, (SELECT MAX(step) FROM metrics WHERE run_id = runs.id), "
+            "(SELECT COUNT(*) FROM points WHERE run_id = runs.id) "
+            f"FROM runs WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()
+        return {int(r[0]): {"status": r[1], "error": r[2], "config": _loads(r[3]), "step": r[4], "n_points": r[5]}
+                for r in rows}
+
+    @staticmethod
+    def set_status_in(conn: sqlite3.Connection, run_id: int, status: str, error: str | None = None) -> None:
+        """:meth:`set_status` on the caller's connection (a missing run is not an error here)."""
+        RunStore._check_status(status)
+        now = _now()
+        conn.execute(
+            "UPDATE runs SET status = ?, error = ?, started_at = COALESCE(started_at, ?), finished_at = ? WHERE id = ?",
+            (
+                status,
+                error,
+                now if status == "running" else None,
+                now if status in TERMINAL_STATUSES else None,
+                int(run_id),
+            ),
+        )
+
+    @staticmethod
+    def latest_run_in(conn: sqlite3.Connection, kind: str, key: str, value) -> int | None:
+        """The newest run of ``kind`` whose config holds ``value`` at top-level ``key`` (e.g. the
+        train run writing to a checkpoint folder), on the caller's connection; None if none."""
+        row = conn.execute("SELECT id FROM runs WHERE kind = ? AND json_extract(config, ?) = ? ORDER BY id DESC LIMIT 1",
+                           (str(kind), f"$.{key}", value)).fetchone()
+        return None if row is None else int(row[0])
+
     # ------------------------------------------------------------------ export
 
     def export_run(self, run_id: int, path: str | os.PathLike, fmt: str | None = None) -> list[Path]:
@@ -450,3 +493,87 @@ def _run_document(run: Run) -> dict:
     metrics = run.metrics.to_dict(orient="records")
     points = run.points[["idx", "label", "params", "values", "extra"]].to_dict(orient="records")
     return to_jsonable({"run": header, "config": run.config, "metrics": metrics, "points": points}, "run")
+
+
+# ---------------------------------------------------------------------------- run owners
+# A run has one owner: the process training it. The trainer (mopo_core.lm.trainer), in the job
+# queue's worker or the ``train`` command alike, records its pid and start time with
+# :func:`claim_run` (refused, naming the process, while another live process owns the run: the
+# check and the record are one transaction) and removes the record with :func:`release_run`
+# when training returns or raises. A killed process leaves its record behind; a record whose
+# process is gone (or whose pid now belongs to a process with another start time, see
+# mopo_core.processes) does not count, so such a run can be resumed. :func:`check_run_owner`
+# is the same check without the claim, for refusing early (before a model is built).
+
+#: ``run_owners``: one row per owned run, created beside the tables above the first time a
+#: store's run is claimed or checked (the schema version is unchanged).
+_OWNERS_TABLE = """
+CREATE TABLE IF NOT EXISTS run_owners (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER,
+    claimed_at TEXT NOT NULL
+)"""
+
+
+@contextmanager
+def _owners(store_path: str | os.PathLike) -> Iterator[tuple[sqlite3.Connection, Path]]:
+    """(connection, the store's absolute path): one transaction holding the store's write lock
+    from its start (``BEGIN IMMEDIATE``: a check and the change it allows are atomic across
+    processes), with the run tables and ``run_owners`` created."""
+    path = Path(store_path).expanduser().resolve()
+    RunStore(path)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(_OWNERS_TABLE)
+            yield conn, path
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def _live_owner(conn: sqlite3.Connection, run_id: int) -> tuple[int, str] | None:
+    """(pid, since when) of the live process that owns ``run_id``; ``None`` when there is none."""
+    row = conn.execute("SELECT pid, pid_start, claimed_at FROM run_owners WHERE run_id = ?", (int(run_id),)).fetchone()
+    return None if row is None or not alive(row[0], row[1]) else (row[0], row[2])
+
+
+def _owned_error(run_id: int, pid: int, since: str) -> ValueError:
+    who = f"process {pid}" + (" (this process)" if pid == os.getpid() else "")
+    return ValueError(f"run {run_id}: {who} is training it (its owner since {since}); a run has one owner: "
+                      f"stop that process or wait for it to end before resuming the run")
+
+
+def check_run_owner(store_path: str | os.PathLike, run_id: int) -> None:
+    """``ValueError`` naming the process when a live process owns run ``run_id``."""
+    with _owners(store_path) as (conn, _):
+        owner = _live_owner(conn, run_id)
+    if owner is not None:
+        raise _owned_error(run_id, *owner)
+
+
+def claim_run(store_path: str | os.PathLike, run_id: int) -> None:
+    """Record this process (pid and start time) as the owner of run ``run_id``; ``ValueError``
+    for a run not in the store, and naming the process when another live process owns it
+    (checked in the same transaction)."""
+    with _owners(store_path) as (conn, path):
+        if conn.execute("SELECT 1 FROM runs WHERE id = ?", (int(run_id),)).fetchone() is None:
+            raise ValueError(f"run {run_id}: not found in the run store {path}")
+        owner = _live_owner(conn, run_id)
+        if owner is not None:
+            raise _owned_error(run_id, *owner)
+        conn.execute("INSERT OR REPLACE INTO run_owners (run_id, pid, pid_start, claimed_at) VALUES (?, ?, ?, ?)",
+                     (int(run_id), os.getpid(), process_start(os.getpid()), _now()))
+
+
+def release_run(store_path: str | os.PathLike, run_id: int) -> None:
+    """Remove this process's ownership of run ``run_id`` (nothing when another process owns it)."""
+    with _owners(store_path) as (conn, _):
+        conn.execute("DELETE FROM run_owners WHERE run_id = ? AND pid = ? AND pid_start IS ?",
+                     (int(run_id), os.getpid(), process_start(os.getpid())))

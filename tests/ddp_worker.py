@@ -8,7 +8,8 @@ import sys
 import torch
 
 from mopo_core.lm import distributed
-from mopo_core.lm.trainer import Trainer, TrainConfig
+from mopo_core.lm.config import TrainConfig
+from mopo_core.lm.trainer import Trainer
 from mopo_core.lm.models import tiny_gpt, word_tokenizer
 from mopo_core.data.preferences import PreferenceDataset
 from synthetic.text_task import TextTask, vocabulary

@@ -14,7 +14,8 @@ from streamlit.testing.v1 import AppTest
 from tests.app_support import figures
 
 from app.shared import CONVENTION
-from mopo_core.experiments import compare_runs as C
+from app.presenters import compare as compare_presenter
+from mopo_core.experiments import compare_runs
 from mopo_core.runs import RunStore
 
 PAGE = str(Path(__file__).parents[1] / "app" / "views" / "compare.py")
@@ -33,7 +34,7 @@ def _table(at, column) -> pd.DataFrame:
 def filled_store(tmp_path_factory) -> Path:
     """One store with the example runs (1-3: MOPO sweeps over seeds, 4: baselines, 5: K = 3)."""
     path = tmp_path_factory.mktemp("store") / "runs.sqlite"
-    C.create_example_runs(RunStore(path), steps=300)
+    compare_presenter.create_example_runs(RunStore(path), steps=300)
     return path
 
 
@@ -120,12 +121,13 @@ def test_selecting_runs_changes_the_figure_and_tables(page):
 def test_dominance_and_hypervolume_tables_match_the_engine(page, filled_store):
     store = RunStore(filled_store)
     runs = [store.get_run(i) for i in (1, 2, 3, 4)]
-    sets = C.point_sets(C.points_frame(runs))
-    expected = C.dominance_table(C.dominance_counts(sets), sets)
+    sets = compare_runs.point_sets(compare_runs.points_frame(runs))
+    expected = compare_runs.dominance_table(compare_runs.dominance_counts(sets), sets)
     shown = _table(page, "A (its points dominate some of B's)")
     assert shown.values.tolist() == expected.values.tolist()
     hv = _table(page, "share_of_union")
-    assert hv.hypervolume.tolist() == pytest.approx(C.hypervolume_table(sets, [0.5, 0.5]).hypervolume.tolist())
+    expected_hv = compare_runs.hypervolume_table(sets, [0.5, 0.5]).hypervolume.tolist()
+    assert hv.hypervolume.tolist() == pytest.approx(expected_hv)
 
 
 def test_clicking_a_point_fills_the_details_panel(page):

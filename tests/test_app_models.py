@@ -15,7 +15,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 from transformers import BertConfig, BertModel
 
-from mopo_core.lm import registry as R
+from mopo_core.lm import registry
 from mopo_core.lm.models import save_model, tiny_gpt, train_sft, word_tokenizer
 from mopo_core.lm.judge import PreferenceModel, RewardHeads, SentenceEncoder
 from synthetic.text_task import OBJECTIVES, TextTask, vocabulary
@@ -57,7 +57,7 @@ def prefmodel_source(tmp_path_factory) -> Path:
 def models_folder(tmp_path, checkpoint_source, monkeypatch) -> Path:
     folder = tmp_path / "models"
     shutil.copytree(checkpoint_source, folder / "tiny-sft")
-    monkeypatch.setenv(R.MODELS_ENV, str(folder))
+    monkeypatch.setenv(registry.MODELS_ENV, str(folder))
     return folder
 
 
@@ -89,8 +89,8 @@ def _texts(at) -> str:
 def test_the_registry_lists_the_builtin_model_and_a_checkpoint_with_their_memory(models_folder):
     at = _page()
     table = _registry(at).set_index("name")
-    assert list(table.index[:1]) == [R.BUILTIN_NAME] and "tiny-sft" in table.index
-    builtin, tiny = table.loc[R.BUILTIN_NAME], table.loc["tiny-sft"]
+    assert list(table.index[:1]) == [registry.BUILTIN_NAME] and "tiny-sft" in table.index
+    builtin, tiny = table.loc[registry.BUILTIN_NAME], table.loc["tiny-sft"]
     assert builtin["kind"] == "builtin" and builtin["path"] == "(built in)"
     assert tiny["architecture"] == "GPT2LMHeadModel" and tiny["dtype"] == "float32"
     assert tiny["n_parameters"] == builtin["n_parameters"] > 0  # the same tiny GPT-2
@@ -183,7 +183,7 @@ def test_a_folder_outside_the_models_folder_is_refused(models_folder, checkpoint
     assert not at.exception
     error = at.error[0].value
     assert str(checkpoint_source) in error and "outside the models folder" in error
-    assert not (models_folder / R.REGISTRY_FILE).exists()
+    assert not (models_folder / registry.REGISTRY_FILE).exists()
     # A nested folder inside it is registered.
     shutil.copytree(checkpoint_source, models_folder / "nested" / "tiny")
     at.text_input(key="models_add_path").set_value(str(models_folder / "nested" / "tiny"))

@@ -22,7 +22,7 @@ from tests.app_support import figures
 
 from app import shared
 from mopo_core.training import jobs
-from app.presenters import train as TV
+from app.presenters import train as train_presenter
 from mopo_core.runs import Run, RunStore
 
 TASKS = {"text": "Synthetic text task (built-in tiny model)", "dataset": "Preference file + local checkpoint"}
@@ -97,7 +97,7 @@ def test_the_empty_page_explains_what_the_worker_trains_and_shows_no_control_tha
     assert at.radio(key="train_task").options == list(TASKS.values()) and at.radio(key="train_task").index == 0
     assert "Preference file + local checkpoint" in intro  # where datasets and real checkpoints are trained
     assert at.number_input(key="train_eps").value == 0.0  # MOPO's robust radius, off by default
-    assert at.selectbox(key="train_method").options == [TV.SHORT_NAMES[m] for m in TV.METHODS]
+    assert at.selectbox(key="train_method").options == [train_presenter.SHORT_NAMES[m] for m in train_presenter.METHODS]
     assert not at.get("plotly_chart")
     at.selectbox(key="train_method").set_value("modpo").run()
     assert at.number_input(key="train_weight").value == 0.5
@@ -248,8 +248,8 @@ def test_the_page_starts_a_worker_process_that_trains_the_queued_run(store_path)
 
 
 def test_after_a_server_restart_the_first_page_opened_restarts_the_queue(store_path, no_worker):
-    config = TV.train_config("mopo", steps=6)
-    job_id = jobs.enqueue_training(store_path, config, TV.text_setup(n_prompts=10, sft_steps=20))
+    config = train_presenter.train_config("mopo", steps=6)
+    job_id = jobs.enqueue_training(store_path, config, train_presenter.text_setup(n_prompts=10, sft_steps=20))
     st.cache_resource.clear()  # a new server process
     at = AppTest.from_file(str(Path(PAGE).parents[1] / "main.py"), default_timeout=120)
     at.run()  # the default page, Explore: not the Train page
@@ -265,7 +265,7 @@ def test_after_a_server_restart_the_first_page_opened_restarts_the_queue(store_p
 def test_every_figure_has_a_title_axis_titles_a_legend_and_threshold_lines(store_path, no_worker, monkeypatch):
     store = RunStore(store_path)
     run_id = store.create_run("train", {"task": "text", "method": "mopo", "steps": 4, "thresholds": [0.6],
-                                        "objectives": list(TV.OBJECTIVES), "kl_every": 2})
+                                        "objectives": list(train_presenter.OBJECTIVES), "kl_every": 2})
     for step in (1, 2, 3):
         store.log_metrics(run_id, step, {"loss": 2.0 / step, "lambda_1": 0.1 * step, "constraint_1": 0.5 + 0.02 * step,
                                          "threshold_1": 0.6, "ess": 0.5, "tokens_per_s": 1000.0, "grad_norm": 1.0,
@@ -299,7 +299,7 @@ def test_every_figure_has_a_title_axis_titles_a_legend_and_threshold_lines(store
 def test_a_constraint_stuck_below_its_threshold_gets_a_warning(store_path, no_worker, monkeypatch):
     store = RunStore(store_path)
     run_id = store.create_run("train", {"task": "text", "method": "mopo", "steps": 30, "thresholds": [0.9],
-                                        "objectives": list(TV.OBJECTIVES), "eps": 0.15})
+                                        "objectives": list(train_presenter.OBJECTIVES), "eps": 0.15})
     for step in range(1, 13):
         store.log_metrics(run_id, step, {"loss": 1.0, "constraint_1": 0.45, "threshold_1": 0.9, "lambda_1": 0.4 * step,
                                          "chi_1": 1.0})
@@ -315,74 +315,77 @@ def test_a_constraint_stuck_below_its_threshold_gets_a_warning(store_path, no_wo
 
 
 def test_page_defaults_are_the_trainer_and_task_defaults():
-    from mopo_core.lm.trainer import TrainConfig
+    from mopo_core.lm.config import TrainConfig
     from mopo_core.training.text_task import TextTaskSetup
 
     config, setup = TrainConfig(), TextTaskSetup()
     for name in ("tau", "steps", "batch_size", "lr", "lambda_lr", "online", "n_candidates", "max_new_tokens",
                  "gradient_accumulation_steps", "seed", "checkpoint_every"):
-        assert TV.DEFAULTS[name] == getattr(config, name), name
-    assert TV.DEFAULTS["method"] == config.method and (TV.DEFAULTS["t0"], TV.DEFAULTS["beta_ratchet"]) == (0, 0.0)
+        assert train_presenter.DEFAULTS[name] == getattr(config, name), name
+    defaults = train_presenter.DEFAULTS
+    assert defaults["method"] == config.method and (defaults["t0"], defaults["beta_ratchet"]) == (0, 0.0)
     for name in ("n_prompts", "pairs_per_prompt", "temperature", "sft_steps", "eval_samples"):
-        assert TV.DEFAULTS[name] == getattr(setup, name), name
-    assert (TV.DEFAULTS["task_n_candidates"], TV.DEFAULTS["task_seed"]) == (setup.n_candidates, setup.seed)
-    assert TV.text_setup() == setup
-    from mopo_core.lm.trainer import METHODS
+        assert train_presenter.DEFAULTS[name] == getattr(setup, name), name
+    assert (defaults["task_n_candidates"], defaults["task_seed"]) == (setup.n_candidates, setup.seed)
+    assert train_presenter.text_setup() == setup
+    from mopo_core.lm.config import METHODS
 
-    assert TV.METHODS == METHODS
+    assert train_presenter.METHODS is METHODS  # one list of methods, no copy
 
 
 def test_train_config_maps_the_form_and_names_the_field_in_errors():
-    config = TV.train_config("weighted_dpo", objective_weights=TV.secondary_weights(0.25), thresholds=(0.9,), t0=5,
-                             online=True, kl_every=3)
+    config = train_presenter.train_config("weighted_dpo", objective_weights=train_presenter.secondary_weights(0.25),
+                                          thresholds=(0.9,), t0=5, online=True, kl_every=3)
     assert config.objective_weights == (0.75, 0.25) and config.thresholds == (0.5,)
     assert config.t0 is None and not config.online and config.kl_every == 3  # MOPO-only settings left out
-    online = TV.train_config("mopo", online=True, kl_every=3, t0=4, beta_ratchet=0.9)
+    online = train_presenter.train_config("mopo", online=True, kl_every=3, t0=4, beta_ratchet=0.9)
     assert online.online and online.kl_every is None and (online.t0, online.beta_ratchet) == (4, 0.9)
     for kwargs, field in [({"steps": 0}, "Steps (steps)"), ({"tau": 0.0}, "τ (KL strength; β of DPO/IPO) (tau)"),
                           ({"thresholds": (1.2,)}, "Threshold b1 (thresholds)"), ({"batch_size": 0}, "Batch size"),
                           ({"beta_ratchet": 0.5}, "Ratchet β")]:
         with pytest.raises(ValueError, match=re.escape(field)):
-            TV.train_config("mopo", **kwargs)
+            train_presenter.train_config("mopo", **kwargs)
     with pytest.raises(ValueError, match="primary weight > 0"):
-        TV.train_config("modpo", objective_weights=TV.secondary_weights(1.0))
-    three = TV.train_config("mopo", thresholds=(0.5, 0.7), n_objectives=3)  # any number of secondary objectives
-    assert three.thresholds == (0.5, 0.7) and TV.job_name(three).startswith("MOPO b1=0.5 b2=0.7")
+        train_presenter.train_config("modpo", objective_weights=train_presenter.secondary_weights(1.0))
+    # any number of secondary objectives
+    three = train_presenter.train_config("mopo", thresholds=(0.5, 0.7), n_objectives=3)
+    assert three.thresholds == (0.5, 0.7) and train_presenter.job_name(three).startswith("MOPO b1=0.5 b2=0.7")
     with pytest.raises(ValueError, match=r"Threshold b \(thresholds\): MOPO needs one per secondary"):
-        TV.train_config("mopo", thresholds=(0.5,), n_objectives=3)
-    assert TV.train_config("dpo", n_objectives=1).thresholds == ()
-    assert TV.parse_weights("0.25, 0.25 0.5", 3, "w") == (0.25, 0.25, 0.5)
+        train_presenter.train_config("mopo", thresholds=(0.5,), n_objectives=3)
+    assert train_presenter.train_config("dpo", n_objectives=1).thresholds == ()
+    assert train_presenter.parse_weights("0.25, 0.25 0.5", 3, "w") == (0.25, 0.25, 0.5)
     for text, message in [("0.5 0.5", "give 3 weights"), ("0.5 0.5 0.5", "sum to 1"), ("a b c", "not a number")]:
         with pytest.raises(ValueError, match=f"^w: .*{message}"):
-            TV.parse_weights(text, 3, "w")
+            train_presenter.parse_weights(text, 3, "w")
     with pytest.raises(ValueError, match=r"Prompts \(n_prompts\): at least 10"):
-        TV.text_setup(n_prompts=5)
+        train_presenter.text_setup(n_prompts=5)
     with pytest.raises(ValueError, match=r"Candidate responses per prompt \(n_candidates\)"):
-        TV.text_setup(n_candidates=1)
+        train_presenter.text_setup(n_candidates=1)
 
 
 def test_sweep_configs_and_parse_numbers():
-    base = TV.train_config("mopo", steps=7, tau=0.2, t0=3)
-    configs = TV.sweep_configs(base, (0.5, 0.6), (0.5,), ("dpo", "modpo"))
+    base = train_presenter.train_config("mopo", steps=7, tau=0.2, t0=3)
+    configs = train_presenter.sweep_configs(base, (0.5, 0.6), (0.5,), ("dpo", "modpo"))
     assert [name for name, _ in configs] == ["MOPO b1=0.5 t0=3 τ=0.2 · 7 steps", "MOPO b1=0.6 t0=3 τ=0.2 · 7 steps",
                                              "DPO τ=0.2 · 7 steps", "MODPO w=(0.5, 0.5) τ=0.2 · 7 steps"]
     assert all(c.steps == 7 and c.tau == 0.2 for _, c in configs)
-    assert TV.sweep_configs(base, (0.5,), (), ()) and len(TV.sweep_configs(base, (0.5,), (), ())) == 1
+    assert len(train_presenter.sweep_configs(base, (0.5,), (), ())) == 1
     with pytest.raises(ValueError, match="Weights w on the secondary objective"):
-        TV.sweep_configs(base, (0.5,), (), ("modpo",))
+        train_presenter.sweep_configs(base, (0.5,), (), ("modpo",))
     with pytest.raises(ValueError, match="this task has 3 objectives"):
-        TV.sweep_configs(TV.train_config("mopo", thresholds=(0.5, 0.5), n_objectives=3), (0.5,), (), ("dpo",))
-    assert TV.parse_numbers("0.5, 0.6 0.7", "f") == (0.5, 0.6, 0.7)
+        train_presenter.sweep_configs(train_presenter.train_config("mopo", thresholds=(0.5, 0.5), n_objectives=3),
+                                      (0.5,), (), ("dpo",))
+    assert train_presenter.parse_numbers("0.5, 0.6 0.7", "f") == (0.5, 0.6, 0.7)
     for text, message in [("", "give at least one"), ("0.5,x", "'x' is not a number"), ("2", "outside"),
                           ("0.5, 0.5", "repeated")]:
         with pytest.raises(ValueError, match=f"^f: .*{message}"):
-            TV.parse_numbers(text, "f")
+            train_presenter.parse_numbers(text, "f")
 
 
 def _run(run_id, metrics, points=None, config=None) -> Run:
     frame = pd.DataFrame(metrics, columns=["step", "name", "value"])
     pts = pd.DataFrame(points or [], columns=["idx", "label", "params", "values", "extra", "v0", "v1"])
-    cfg = {"task": "text", "method": "mopo", "objectives": list(TV.OBJECTIVES), **(config or {})}
+    cfg = {"task": "text", "method": "mopo", "objectives": list(train_presenter.OBJECTIVES), **(config or {})}
     return Run(run_id, "train", None, cfg, "finished", None, "t", "t", "t", frame, pts)
 
 
@@ -390,24 +393,24 @@ def test_metric_frame_live_constraints_and_front_points():
     run = _run(1, [(1, "loss", 3.0), (1, "constraint_1", 0.4), (1, "threshold_1", 0.6), (1, "lambda_1", 0.2),
                    (2, "loss", 2.0), (2, "constraint_1", 0.7), (2, "threshold_1", 0.6), (2, "lambda_1", 0.1),
                    (3, "loss", 1.0)])
-    frame = TV.metric_frame(run)
+    frame = train_presenter.metric_frame(run)
     assert frame["step"].tolist() == [1, 2, 3] and np.isnan(frame["constraint_1"].iloc[2])
-    assert TV.live_constraints(frame) == [{"j": 1, "step": 2, "estimate": 0.7, "threshold": 0.6, "lam": 0.1,
-                                           "below": 0}]
-    under = TV.metric_frame(_run(1, [(t, n, v) for t in (1, 2, 3, 4) for n, v in
-                                     (("constraint_1", 0.7 if t == 1 else 0.4), ("threshold_1", 0.6))]))
-    assert TV.live_constraints(under)[0]["below"] == 3  # steps 2-4 in a row
+    assert train_presenter.live_constraints(frame) == [{"j": 1, "step": 2, "estimate": 0.7, "threshold": 0.6,
+                                                        "lam": 0.1, "below": 0}]
+    under = train_presenter.metric_frame(_run(1, [(t, n, v) for t in (1, 2, 3, 4) for n, v in
+                                                  (("constraint_1", 0.7 if t == 1 else 0.4), ("threshold_1", 0.6))]))
+    assert train_presenter.live_constraints(under)[0]["below"] == 3  # steps 2-4 in a row
     point = lambda v, se: {"idx": 0, "label": "mopo", "params": {"tau": 0.08}, "values": v,  # noqa: E731
                            "extra": {"win_rate_stderr": se}, "v0": v[0], "v1": v[1]}
     runs = [_run(1, [], [point([0.6, 0.5], [0.01, 0.02])]), _run(2, [], [point([0.5, 0.7], [0.01, 0.02])]),
             _run(3, [], [point([0.4, 0.4], [0.01, 0.02])], {"method": "dpo"}),
             _run(4, [], [point([0.9, 0.9], [0.0, 0.0])], {"task": "data"})]  # another task: not on this plane
-    points = TV.front_points(runs, {1: "first"})
+    points = train_presenter.front_points(runs, {1: "first"})
     assert points["run"].tolist() == [1, 2, 3] and points["on_front"].tolist() == [True, True, False]
     assert points["job_name"].tolist() == ["first", "", ""] and points["stderr1"].tolist() == [0.02] * 3
-    path = TV.front_staircase(points, (0.3, 0.3))
+    path = train_presenter.front_staircase(points, (0.3, 0.3))
     assert path[0].tolist() == [0.3, 0.6] and path[-1].tolist() == [0.7, 0.3]
-    assert TV.front_points([], {}).empty
+    assert train_presenter.front_points([], {}).empty
 
 
 def test_queue_frame_progress_and_resumable_runs(store_path):
@@ -420,10 +423,11 @@ def test_queue_frame_progress_and_resumable_runs(store_path):
     store.set_status(cancelled, "cancelled")
     job = lambda i, kind, status, run, config=None: jobs.Job(  # noqa: E731
         i, kind, f"job {i}", config, None, None, status, run, False, None, None, "t", None, None)
-    queue = TV.queue_frame(store_path, [job(1, "train_text", "done", finished, {"steps": 10, "method": "mopo"}),
-                                        job(2, "train_text", "cancelled", cancelled, {"steps": 50, "method": "dpo"}),
-                                        job(3, "resume", "failed", cancelled),
-                                        job(4, "train_text", "running", None, {"steps": 5, "method": "sft"})])
+    queue = train_presenter.queue_frame(store_path, [
+        job(1, "train_text", "done", finished, {"steps": 10, "method": "mopo"}),
+        job(2, "train_text", "cancelled", cancelled, {"steps": 50, "method": "dpo"}),
+        job(3, "resume", "failed", cancelled),
+        job(4, "train_text", "running", None, {"steps": 5, "method": "sft"})])
     assert queue["step"].tolist() == [10, 7, 7, 0] and queue["steps"].tolist() == [10, 50, 50, 5]
     assert queue["progress"].tolist() == [1.0, 0.14, 0.14, 0.0]
     assert queue["resumable"].tolist() == [False, False, True, False]  # only the run's latest job offers it
@@ -431,10 +435,11 @@ def test_queue_frame_progress_and_resumable_runs(store_path):
     trained = store.create_run("train", {"task": "text", "steps": 4, "method": "mopo"})
     store.log_metrics(trained, 4, {"loss": 1.0})
     store.set_status(trained, "finished")  # trained, its point not added yet: the job is evaluating
-    evaluating = TV.queue_frame(store_path, [job(5, "train_text", "running", trained, {"steps": 4, "method": "mopo"})])
+    evaluating = train_presenter.queue_frame(store_path,
+                                             [job(5, "train_text", "running", trained, {"steps": 4, "method": "mopo"})])
     assert evaluating["evaluating"].tolist() == [True] and evaluating["progress"].tolist() == [1.0]
     assert queue["method"].tolist() == ["mopo", "dpo", "dpo", "sft"]
-    assert TV.default_run(queue) == cancelled  # no running job with a run: the newest job's run
+    assert train_presenter.default_run(queue) == cancelled  # no running job with a run: the newest job's run
 
 
 # ----------------------------------------------------------------------------- a preference file and a checkpoint
@@ -534,8 +539,8 @@ def test_a_one_objective_file_offers_no_weighted_method_and_no_threshold(store_p
     at = _dataset_page(monkeypatch, models_folder, str(one))
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert "Objectives: V0 helpfulness (V0 the primary)" in at.success[0].value
-    assert at.selectbox(key="train_method").options == [TV.SHORT_NAMES[m] for m in TV.METHODS
-                                                        if m not in TV.WEIGHTED_METHODS]
+    assert at.selectbox(key="train_method").options == [train_presenter.SHORT_NAMES[m] for m in train_presenter.METHODS
+                                                        if m not in train_presenter.WEIGHTED_METHODS]
     assert not [w for w in at.number_input if w.key == "train_threshold"]
     assert "this one has 1" in _text(at) or any("this one has 1" in i.value for i in at.info)
 
@@ -550,7 +555,7 @@ def test_a_dataset_run_from_the_page_trains_in_the_worker_and_lands_on_its_own_p
         time.sleep(1.0)
         at.run()
     job = jobs.get_job(store_path, 1)
-    assert job.status == "done", f"{job.status}: {job.error}\n{TV.worker_log_tail(store_path)}"
+    assert job.status == "done", f"{job.status}: {job.error}\n{train_presenter.worker_log_tail(store_path)}"
     at.run()
     assert not at.exception
     assert ":green-badge[done]" in _text(at) and "step 3 / 3" in _text(at)

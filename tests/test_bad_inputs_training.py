@@ -25,18 +25,19 @@ import pytest
 import torch
 
 from mopo_core.cli.main import main
-from mopo_core.training.jobs import check_run_owner, claim_run, release_run
-from mopo_core.lm.trainer import Trainer, TrainConfig
+from mopo_core.lm.config import TrainConfig
+from mopo_core.lm.trainer import Trainer
 from mopo_core.lm.models import sample, tiny_gpt, word_tokenizer
 from mopo_core.data.preferences import PreferenceDataset
-from mopo_core.runs import RunStore
-from mopo_core.training.text_task import TextTaskSetup, train_config_from, train_on_text_task
+from mopo_core.runs import RunStore, check_run_owner, claim_run, release_run
+from mopo_core.training.tasks import train_config_from
+from mopo_core.training.text_task import TextTaskSetup, train_on_text_task
 from synthetic.text_task import TextTask, vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = TextTaskSetup(n_prompts=10, sft_steps=20, eval_samples=2, seed=3)
 CONFIG = TrainConfig(method="mopo", thresholds=(0.6,), steps=4, batch_size=4, checkpoint_every=4, seed=3)
-OWNER = ("import sys, time; from mopo_core.training.jobs import claim_run; claim_run(sys.argv[1], int(sys.argv[2])); "
+OWNER = ("import sys, time; from mopo_core.runs import claim_run; claim_run(sys.argv[1], int(sys.argv[2])); "
          "print('owner', flush=True); time.sleep(120)")
 
 

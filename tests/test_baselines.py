@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from mopo_core.tabular import baselines as bl
+from mopo_core.tabular import baselines
 from mopo_core.tabular.optim import AdamConfig
 from mopo_core.tabular.solver import solve_scores
 
@@ -75,12 +75,12 @@ def centred(x: np.ndarray) -> np.ndarray:
 
 def test_weight_grid_two_objectives_is_linspace():
     a = np.linspace(0.0, 1.0, 11)
-    np.testing.assert_allclose(bl.weight_grid(2), np.column_stack([1 - a, a]), atol=1e-15)
-    assert bl.weight_grid(2, 5).shape == (5, 2)
+    np.testing.assert_allclose(baselines.weight_grid(2), np.column_stack([1 - a, a]), atol=1e-15)
+    assert baselines.weight_grid(2, 5).shape == (5, 2)
 
 
 def test_weight_grid_three_objectives_covers_simplex():
-    grid = bl.weight_grid(3)
+    grid = baselines.weight_grid(3)
     assert grid.shape == (15, 3)  # d = 4: the smallest resolution with >= 11 points
     np.testing.assert_allclose(grid.sum(axis=1), 1.0)
     assert (grid >= 0).all() and len({tuple(r) for r in grid}) == 15
@@ -95,16 +95,16 @@ def test_weight_grid_three_objectives_covers_simplex():
 
 def test_fit_bt_rewards_recovers_rewards_from_exact_counts():
     inst = bt_instance(0, scale=1.5)
-    fitted = bl.fit_bt_rewards(inst.counts, l2=1e-10)
+    fitted = baselines.fit_bt_rewards(inst.counts, l2=1e-10)
     np.testing.assert_allclose(fitted, centred(inst.rewards), atol=1e-5)
     # Only frequencies matter: n comparisons with the same frequencies give the same fit.
-    np.testing.assert_allclose(bl.fit_bt_rewards(250.0 * inst.counts), bl.fit_bt_rewards(inst.counts), atol=1e-7)
+    np.testing.assert_allclose(baselines.fit_bt_rewards(250.0 * inst.counts), baselines.fit_bt_rewards(inst.counts), atol=1e-7)
 
 
 def test_fit_bt_rewards_is_finite_on_deterministic_data_and_zero_without_data():
     inst = deterministic_instance()
     counts = np.concatenate([inst.counts, np.zeros_like(inst.counts)], axis=1)  # prompt 1: no data
-    fitted = bl.fit_bt_rewards(counts)
+    fitted = baselines.fit_bt_rewards(counts)
     assert np.isfinite(fitted).all()
     assert (np.diff(fitted[0, 0]) < 0).all() and (np.diff(fitted[1, 0]) > 0).all()
     np.testing.assert_allclose(fitted.mean(axis=-1), 0.0, atol=1e-9)
@@ -118,10 +118,10 @@ def test_fit_bt_rewards_is_finite_on_deterministic_data_and_zero_without_data():
 def test_ipo_primary_reaches_win_rate_tilt(tau):
     """IPO's population optimum: h_i - h_j = (w_i - w_j) / tau, i.e. pi ∝ pi_ref exp(w_0 / tau)."""
     inst = bt_instance(1)
-    res = bl.ipo_primary(inst.counts, inst.ref, tau, adam=STABLE_IPO)
+    res = baselines.ipo_primary(inst.counts, inst.ref, tau, adam=STABLE_IPO)
     assert res.policies.shape == (1, 3, 6) and res.parameters == [{"weight": [1.0, 0.0]}]
     np.testing.assert_allclose(res.policies[0], tilt(inst.ref, inst.rates[0], tau), atol=1e-4)
-    default = bl.ipo_primary(inst.counts, inst.ref, tau)
+    default = baselines.ipo_primary(inst.counts, inst.ref, tau)
     np.testing.assert_allclose(default.policies[0], tilt(inst.ref, inst.rates[0], tau), atol=5e-3)
 
 
@@ -129,8 +129,8 @@ def test_scalarised_ipo_is_the_mopo_family():
     """Row (1 - s, s) reaches pi ∝ pi_ref exp(((1 - s) w_0 + s w_1) / tau): MOPO's tilt with
     lam = s / (1 - s) at KL strength tau / (1 - s), which the exact dual solver recovers."""
     inst, tau = bt_instance(2), 0.3
-    res = bl.scalarised_ipo(inst.counts, inst.ref, tau, adam=STABLE_IPO)
-    grid = bl.weight_grid(2)
+    res = baselines.scalarised_ipo(inst.counts, inst.ref, tau, adam=STABLE_IPO)
+    grid = baselines.weight_grid(2)
     assert [p["weight"] for p in res.parameters] == grid.tolist()
     expected = tilt(inst.ref, np.einsum("gk,kmn->gmn", grid, inst.rates), tau)
     np.testing.assert_allclose(res.policies, expected, atol=1e-4)
@@ -150,17 +150,17 @@ def test_scalarised_ipo_is_the_mopo_family():
 def test_dpo_primary_reaches_reward_tilt_on_bt_data(tau):
     """DPO's population optimum on BT data: h_i - h_j = (r_i - r_j) / tau."""
     inst = bt_instance(3)
-    res = bl.dpo_primary(inst.counts, inst.ref, tau, adam=STABLE_DPO)
+    res = baselines.dpo_primary(inst.counts, inst.ref, tau, adam=STABLE_DPO)
     np.testing.assert_allclose(res.policies[0], tilt(inst.ref, inst.rewards[0], tau), atol=1e-4)
-    default = bl.dpo_primary(inst.counts, inst.ref, tau)
+    default = baselines.dpo_primary(inst.counts, inst.ref, tau)
     np.testing.assert_allclose(default.policies[0], tilt(inst.ref, inst.rewards[0], tau), atol=5e-3)
 
 
 def test_dpo_ignores_kl_on_deterministic_data_while_ipo_does_not():
     inst, tau = deterministic_instance(), 1.0
-    dpo = bl.dpo_primary(inst.counts, inst.ref, tau)
+    dpo = baselines.dpo_primary(inst.counts, inst.ref, tau)
     assert dpo.policies[0, 0, 0] > 0.99
-    ipo = bl.ipo_primary(inst.counts, inst.ref, tau, adam=STABLE_IPO)
+    ipo = baselines.ipo_primary(inst.counts, inst.ref, tau, adam=STABLE_IPO)
     np.testing.assert_allclose(ipo.policies[0], tilt(inst.ref, inst.rates[0], tau), atol=1e-4)
     assert ipo.policies[0, 0, 0] < 0.5
 
@@ -186,7 +186,7 @@ def test_weighted_dpo_optimum_is_a_stationary_point_of_modpo_loss():
     """Derived optimum: pi ∝ pi_ref exp((a_0 r_0 + sum_{k>=1} a_k rhat_k) / tau), since the link is
     stationary when its argument equals the primary's BT margin r_0[i] - r_0[j]."""
     inst, tau = bt_instance(4), 0.5
-    rhat = bl.fit_bt_rewards(inst.counts)
+    rhat = baselines.fit_bt_rewards(inst.counts)
     freqs0 = inst.counts[0] / inst.counts[0].sum(axis=(1, 2), keepdims=True)
     log_ref = np.log(inst.ref)
     for weight in (np.array([0.7, 0.3]), np.array([0.2, 0.8])):
@@ -198,11 +198,11 @@ def test_weighted_dpo_optimum_is_a_stationary_point_of_modpo_loss():
 
 def test_weighted_dpo_trains_to_its_optimum_and_floors_the_primary_weight():
     inst, tau = bt_instance(4), 0.5
-    rhat = bl.fit_bt_rewards(inst.counts)
-    res = bl.weighted_dpo(inst.counts, inst.ref, tau, steps=3000, adam=STABLE_MODPO)
+    rhat = baselines.fit_bt_rewards(inst.counts)
+    res = baselines.weighted_dpo(inst.counts, inst.ref, tau, steps=3000, adam=STABLE_MODPO)
     used = np.array([p["weight"] for p in res.parameters])
     assert res.parameters[-1] == {"weight": [0.01, 0.99], "requested_weight": [0.0, 1.0]}
-    np.testing.assert_allclose(used[:-1], bl.weight_grid(2)[:-1])
+    np.testing.assert_allclose(used[:-1], baselines.weight_grid(2)[:-1])
     expected = tilt(inst.ref, np.einsum("gk,kmn->gmn", used, np.stack([inst.rewards[0], rhat[1]])), tau)
     np.testing.assert_allclose(res.policies[:-1], expected[:-1], atol=1e-4)
     np.testing.assert_allclose(res.policies[-1], expected[-1], atol=2e-3)  # stiff: scale tau / 0.01
@@ -210,18 +210,18 @@ def test_weighted_dpo_trains_to_its_optimum_and_floors_the_primary_weight():
 
 def test_weighted_dpo_primary_only_equals_dpo_primary():
     inst, tau = bt_instance(5), 0.4
-    dpo = bl.dpo_primary(inst.counts, inst.ref, tau, steps=500)
-    modpo = bl.weighted_dpo(inst.counts, inst.ref, tau, weights=[[1.0, 0.0], [0.5, 0.5]], steps=500)
+    dpo = baselines.dpo_primary(inst.counts, inst.ref, tau, steps=500)
+    modpo = baselines.weighted_dpo(inst.counts, inst.ref, tau, weights=[[1.0, 0.0], [0.5, 0.5]], steps=500)
     np.testing.assert_allclose(modpo.policies[0], dpo.policies[0], atol=1e-12)
 
 
 def test_rewarded_soups_primary_row_is_dpo_and_soups_reach_mixed_reward_tilt():
     """On BT data each DPO policy is pi_ref exp(r_k / tau), so the soup at a is pi_ref exp(a . r / tau)."""
     inst, tau = bt_instance(6), 0.5
-    soups = bl.rewarded_soups(inst.counts, inst.ref, tau, adam=STABLE_DPO)
-    dpo = bl.dpo_primary(inst.counts, inst.ref, tau, adam=STABLE_DPO)
+    soups = baselines.rewarded_soups(inst.counts, inst.ref, tau, adam=STABLE_DPO)
+    dpo = baselines.dpo_primary(inst.counts, inst.ref, tau, adam=STABLE_DPO)
     np.testing.assert_allclose(soups.policies[0], dpo.policies[0], atol=1e-12)
-    expected = tilt(inst.ref, np.einsum("gk,kmn->gmn", bl.weight_grid(2), inst.rewards), tau)
+    expected = tilt(inst.ref, np.einsum("gk,kmn->gmn", baselines.weight_grid(2), inst.rewards), tau)
     np.testing.assert_allclose(soups.policies, expected, atol=1e-4)
 
 
@@ -242,8 +242,8 @@ def test_reward_lagrangian_meets_bt_implied_constraints():
     inst, tau = bt_instance(7), 0.2
     nu = np.array([0.5, 0.3, 0.2])
     thresholds = [0.45, 0.55, 0.65, 0.999]
-    res = bl.reward_lagrangian(inst.counts, inst.ref, inst.mu, tau, thresholds, prompt_weights=nu)
-    wbt = bt_implied_win_rates(bl.fit_bt_rewards(inst.counts)[1], inst.mu)
+    res = baselines.reward_lagrangian(inst.counts, inst.ref, inst.mu, tau, thresholds, prompt_weights=nu)
+    wbt = bt_implied_win_rates(baselines.fit_bt_rewards(inst.counts)[1], inst.mu)
     values = np.einsum("m,tmn,mn->t", nu, res.policies, wbt)
     assert [p["threshold"] for p in res.parameters] == [[b] for b in thresholds]
     feasible = [p["feasible"] for p in res.parameters]
@@ -260,7 +260,7 @@ def test_reward_lagrangian_on_exact_bt_data_matches_true_reward_problem():
     constant, so the answer is the constrained problem on (r_0, true win-rates)."""
     inst, tau = bt_instance(8, scale=2.0), 0.3
     nu = np.full(3, 1.0 / 3)
-    res = bl.reward_lagrangian(inst.counts, inst.ref, inst.mu, tau, [0.5, 0.6], l2=1e-10)
+    res = baselines.reward_lagrangian(inst.counts, inst.ref, inst.mu, tau, [0.5, 0.6], l2=1e-10)
     for row, b in zip(res.policies, [0.5, 0.6]):
         sol = solve_scores(inst.rewards[0], inst.rates[1:], [b], tau, inst.ref, nu)
         np.testing.assert_allclose(row, sol.policy, atol=1e-5)
@@ -271,8 +271,8 @@ def test_reward_lagrangian_on_exact_bt_data_matches_true_reward_problem():
 
 def test_training_a_grid_equals_training_each_weight_alone():
     inst, tau = bt_instance(9), 0.3
-    grid = bl.weight_grid(2, 4)
-    for method in (bl.scalarised_ipo, bl.weighted_dpo, bl.rewarded_soups):
+    grid = baselines.weight_grid(2, 4)
+    for method in (baselines.scalarised_ipo, baselines.weighted_dpo, baselines.rewarded_soups):
         together = method(inst.counts, inst.ref, tau, weights=grid, steps=300)
         for g, row in enumerate(grid):
             alone = method(inst.counts, inst.ref, tau, weights=row, steps=300)
@@ -282,7 +282,7 @@ def test_training_a_grid_equals_training_each_weight_alone():
 def test_every_baseline_runs_on_three_objectives_and_one_prompt():
     inst = bt_instance(10, k=3, m=1, n=5)
     counts, ref = inst.counts[:, 0], inst.ref[0]  # (K, N, N) and (N,): one prompt
-    for name, method in bl.BASELINES.items():
+    for name, method in baselines.BASELINES.items():
         if name == "reward_lagrangian":
             res = method(counts, ref, inst.mu[0], 0.5, [[0.5, 0.5], [0.6, 0.4]])
             assert len(res.parameters) == 2 and len(res.parameters[0]["multipliers"]) == 2
@@ -292,7 +292,7 @@ def test_every_baseline_runs_on_three_objectives_and_one_prompt():
         assert res.method == name
         assert res.policies.shape == (len(res.parameters), 1, 5)
         np.testing.assert_allclose(res.policies.sum(axis=-1), 1.0)
-    assert len(bl.weighted_dpo(counts, ref, 0.5, steps=5).parameters) == 15
+    assert len(baselines.weighted_dpo(counts, ref, 0.5, steps=5).parameters) == 15
 
 
 def _bad_calls():
@@ -305,26 +305,26 @@ def _bad_calls():
     zero_ref = ref.copy()
     zero_ref[0] = [1, 0, 0, 0, 0, 0]
     return [
-        (bl.dpo_primary, (neg, ref, 0.5), {}, "win_counts"),
-        (bl.ipo_primary, (nan, ref, 0.5), {}, "win_counts"),
-        (bl.dpo_primary, (w[0, 0], ref, 0.5), {}, "win_counts"),
-        (bl.dpo_primary, (w, ref[:, :5], 0.5), {}, "reference"),
-        (bl.dpo_primary, (w, zero_ref, 0.5), {}, "reference"),
-        (bl.ipo_primary, (w, ref, 0.0), {}, "tau"),
-        (bl.ipo_primary, (w, ref, 0.5), {"steps": -1}, "steps"),
-        (bl.ipo_primary, (w, ref, 0.5), {"adam": {"lr": 0.1}}, "adam"),
-        (bl.scalarised_ipo, (w, ref, 0.5), {"weights": [[1.2, -0.2]]}, "weights"),
-        (bl.scalarised_ipo, (w, ref, 0.5), {"weights": [[0.5, 0.4]]}, "weights"),
-        (bl.rewarded_soups, (w, ref, 0.5), {"weights": [[0.2, 0.3, 0.5]]}, "weights"),
-        (bl.weighted_dpo, (w[:1], ref, 0.5), {}, "win_counts"),
-        (bl.weighted_dpo, (w, ref, 0.5), {"l2": 0.0}, "l2"),
-        (bl.fit_bt_rewards, (w,), {"l2": -1.0}, "l2"),
-        (bl.reward_lagrangian, (w, ref, mu, 0.5, [[0.5, 0.5]]), {}, "thresholds"),
-        (bl.reward_lagrangian, (w, ref, mu[:2], 0.5, [0.5]), {}, "behaviour"),
-        (bl.reward_lagrangian, (w, ref, mu, -1.0, [0.5]), {}, "tau"),
-        (bl.reward_lagrangian, (w, ref, mu, 0.5, [0.5]), {"prompt_weights": [0.5, 0.5]}, "prompt_weights"),
-        (bl.weight_grid, (1,), {}, "n_objectives"),
-        (bl.weight_grid, (2, 1), {}, "n_points"),
+        (baselines.dpo_primary, (neg, ref, 0.5), {}, "win_counts"),
+        (baselines.ipo_primary, (nan, ref, 0.5), {}, "win_counts"),
+        (baselines.dpo_primary, (w[0, 0], ref, 0.5), {}, "win_counts"),
+        (baselines.dpo_primary, (w, ref[:, :5], 0.5), {}, "reference"),
+        (baselines.dpo_primary, (w, zero_ref, 0.5), {}, "reference"),
+        (baselines.ipo_primary, (w, ref, 0.0), {}, "tau"),
+        (baselines.ipo_primary, (w, ref, 0.5), {"steps": -1}, "steps"),
+        (baselines.ipo_primary, (w, ref, 0.5), {"adam": {"lr": 0.1}}, "adam"),
+        (baselines.scalarised_ipo, (w, ref, 0.5), {"weights": [[1.2, -0.2]]}, "weights"),
+        (baselines.scalarised_ipo, (w, ref, 0.5), {"weights": [[0.5, 0.4]]}, "weights"),
+        (baselines.rewarded_soups, (w, ref, 0.5), {"weights": [[0.2, 0.3, 0.5]]}, "weights"),
+        (baselines.weighted_dpo, (w[:1], ref, 0.5), {}, "win_counts"),
+        (baselines.weighted_dpo, (w, ref, 0.5), {"l2": 0.0}, "l2"),
+        (baselines.fit_bt_rewards, (w,), {"l2": -1.0}, "l2"),
+        (baselines.reward_lagrangian, (w, ref, mu, 0.5, [[0.5, 0.5]]), {}, "thresholds"),
+        (baselines.reward_lagrangian, (w, ref, mu[:2], 0.5, [0.5]), {}, "behaviour"),
+        (baselines.reward_lagrangian, (w, ref, mu, -1.0, [0.5]), {}, "tau"),
+        (baselines.reward_lagrangian, (w, ref, mu, 0.5, [0.5]), {"prompt_weights": [0.5, 0.5]}, "prompt_weights"),
+        (baselines.weight_grid, (1,), {}, "n_objectives"),
+        (baselines.weight_grid, (2, 1), {}, "n_points"),
     ]
 
 

@@ -42,8 +42,8 @@ def _smollm2_available() -> bool:
 def folders(tmp_path_factory):
     """(store, models folder): example runs plus two MOPO/DPO runs trained live on the text task;
     a tiny checkpoint (and SmolLM2 with the preference models, when present on this machine)."""
-    from mopo_core.experiments import compare_runs as C
-    from mopo_core.lm.trainer import TrainConfig
+    from app.presenters import compare as compare_presenter
+    from mopo_core.lm.config import TrainConfig
     from mopo_core.lm.models import save_model, tiny_gpt, train_sft, word_tokenizer
     from mopo_core.runs import RunStore
     from mopo_core.training.text_task import TextTaskSetup, train_on_text_task
@@ -51,7 +51,7 @@ def folders(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("browser_models")
     store = RunStore(root / "runs.sqlite")
-    C.create_example_runs(store, steps=300)
+    compare_presenter.create_example_runs(store, steps=300)
     setup = TextTaskSetup(n_prompts=16, sft_steps=150)
     for config in (TrainConfig(method="mopo", thresholds=(0.6,), steps=20, batch_size=8),
                    TrainConfig(method="dpo", steps=20, batch_size=8)):

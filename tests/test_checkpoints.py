@@ -1,4 +1,4 @@
-"""Local causal-LM checkpoints (mopo_core/checkpoints.py and load_model): sharded safetensors
+"""Local causal-LM checkpoints (mopo_core/lm/checkpoints.py and load_model): sharded safetensors
 and weights-only pickles load back exactly, broken or foreign directories are refused with
 named errors, inspection and memory estimates match what torch allocates, and a model of
 OPT-1.3B's architecture loads, generates and takes a LoRA MOPO step (slow).
@@ -26,7 +26,8 @@ from mopo_core.lm.checkpoints import (
     safetensors_header,
 )
 from mopo_core.lm.losses import sequence_logprobs
-from mopo_core.lm.models import LoraSettings, build_model, load_model, sequence_ids, word_tokenizer
+from mopo_core.lm.lora import LoraSettings
+from mopo_core.lm.models import build_model, load_model, sequence_ids, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 96
@@ -426,7 +427,8 @@ def _lora_step(folder: str) -> dict:
     then reset (``/proc/self/clear_refs``: 5) and ``step_peak`` is the highest RSS during
     the training step alone (the model, adapters, optimizer state, activations, logits).
     """
-    from mopo_core.lm.trainer import Trainer, TrainConfig
+    from mopo_core.lm.config import TrainConfig
+    from mopo_core.lm.trainer import Trainer
 
     tokenizer, dataset = word_tokenizer(WORDS), _preferences()
     rss_before_load = _status_kib("VmRSS")

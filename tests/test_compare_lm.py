@@ -15,7 +15,8 @@ from streamlit.testing.v1 import AppTest
 from tests.app_support import figures
 
 from app.shared import CONVENTION
-from mopo_core.experiments import compare_runs as C
+from app.presenters import compare as compare_presenter
+from mopo_core.experiments import compare_runs
 from mopo_core.lm.evaluation import POINT_PROMPTS, POINT_SAMPLES, Evaluation
 from mopo_core.runs import RunStore
 from synthetic.text_task import score
@@ -74,32 +75,33 @@ def test_lm_and_tabular_runs_are_different_value_scales(store):
                                                  "reference_point": [0.3, 0.3]})
     store.add_points(comparison, [{"label": "dpo", "params": {}, "values": [0.6, 0.4]}])
     runs = [store.get_run(i) for i in (tabular, lm, evaluate, comparison)]
-    assert [C.value_scale(r) for r in runs] == [C.TABULAR, C.LM, C.LM, C.LM]
-    groups = C.group_by_scale(runs[::-1])
-    assert list(groups) == [C.TABULAR, C.LM] and [r.id for r in groups[C.LM]] == [comparison, evaluate, lm]
-    assert "behaviour" in C.SCALES[C.TABULAR] and "reference model" in C.SCALES[C.LM]
+    scale_tab, scale_lm = compare_runs.TABULAR, compare_runs.LM
+    assert [compare_runs.value_scale(r) for r in runs] == [scale_tab, scale_lm, scale_lm, scale_lm]
+    groups = compare_runs.group_by_scale(runs[::-1])
+    assert list(groups) == [scale_tab, scale_lm] and [r.id for r in groups[scale_lm]] == [comparison, evaluate, lm]
+    assert "behaviour" in compare_presenter.SCALES[scale_tab] and "reference model" in compare_presenter.SCALES[scale_lm]
     # LM reference point: the reference model ties with itself; a recorded one wins.
-    np.testing.assert_allclose(C.reference_point_for(runs[1]), [0.5, 0.5])
-    np.testing.assert_allclose(C.reference_point_for(runs[3]), [0.3, 0.3])
-    np.testing.assert_allclose(C.reference_point_for(runs[0]), [0.5, 0.5])  # rebuilt from the structure
-    assert C.objective_names_for(runs[1]) == NAMES  # from the config
-    assert C.objective_names_for(runs[2]) == NAMES  # from the point's extra
-    assert C.run_title(runs[1]) == "train mopo b=[0.5] on the text task"
+    np.testing.assert_allclose(compare_runs.reference_point_for(runs[1]), [0.5, 0.5])
+    np.testing.assert_allclose(compare_runs.reference_point_for(runs[3]), [0.3, 0.3])
+    np.testing.assert_allclose(compare_runs.reference_point_for(runs[0]), [0.5, 0.5])  # rebuilt from the structure
+    assert compare_runs.objective_names_for(runs[1]) == NAMES  # from the config
+    assert compare_runs.objective_names_for(runs[2]) == NAMES  # from the point's extra
+    assert compare_runs.run_title(runs[1]) == "train mopo b=[0.5] on the text task"
     row = store.list_runs().iloc[1]
-    assert C.run_label(row) == f"{lm} · train (LM) · (unnamed) · 1 point"
+    assert compare_presenter.run_label(row) == f"{lm} · train (LM) · (unnamed) · 1 point"
 
 
 def test_lm_point_details_generations_and_curves(store):
     run = store.get_run(_lm_run(store, _evaluation(2, 3)))
-    d = C.point_details(run, 0)
-    assert d["scale"] == C.LM and d["objectives"] == NAMES
+    d = compare_runs.point_details(run, 0)
+    assert d["scale"] == compare_runs.LM and d["objectives"] == NAMES
     assert d["values"] == {"V0": 0.7, "V1": 0.4}
     assert "samples" not in d["extra"] and "samples_kept" not in d["extra"]
     assert d["extra"]["win_rate_stderr"] == [0.05, 0.06]
     assert len(d["samples"]) == 2 and d["samples_kept"]["of_per_prompt"] == 3
 
-    scorer = C.sample_scorer(run)
-    gens = C.generations_frame(d, scorer)
+    scorer = compare_presenter.sample_scorer(run)
+    gens = compare_presenter.generations_frame(d, scorer)
     assert len(gens) == 2 * 3
     assert list(gens.columns) == ["prompt", "sample", "policy", "reference", "policy helpfulness",
                                   "policy harmlessness", "reference helpfulness", "reference harmlessness"]
@@ -108,27 +110,28 @@ def test_lm_point_details_generations_and_curves(store):
     np.testing.assert_allclose(first[["policy helpfulness", "policy harmlessness"]].to_numpy(dtype=float),
                                score(first["prompt"], first["policy"], NAMES))
     assert first["reference harmlessness"] == pytest.approx(np.exp(-1))  # one risky word
-    assert list(C.generations_frame(d).columns) == ["prompt", "sample", "policy", "reference"]  # no scorer
+    # no scorer
+    assert list(compare_presenter.generations_frame(d).columns) == ["prompt", "sample", "policy", "reference"]
 
-    settings = C.settings_table({"method": "mopo", "thresholds": [0.61234567], "tau": 0.08, "t0": None,
-                                 "text_setup": {"n_prompts": 10}})
+    settings = compare_presenter.settings_table({"method": "mopo", "thresholds": [0.61234567], "tau": 0.08, "t0": None,
+                                                 "text_setup": {"n_prompts": 10}})
     assert settings.values.tolist() == [["method", "mopo"], ["thresholds", "[0.6123]"], ["tau", "0.08"],
                                         ["t0", "–"], ["text_setup", "n_prompts=10"]]
 
-    table = C.metric_table(run)
+    table = compare_presenter.metric_table(run)
     assert table["step"].tolist() == [1, 2, 3] and table["loss"].tolist() == pytest.approx([2.0, 1.0, 2 / 3])
-    assert C.training_curves(run) == {"loss": ["loss"], "lambda": ["lambda_1"],
-                                      "constraint": ["constraint_1", "threshold_1"], "other": ["ess"]}
+    assert compare_presenter.training_curves(run) == {"loss": ["loss"], "lambda": ["lambda_1"],
+                                                      "constraint": ["constraint_1", "threshold_1"], "other": ["ess"]}
 
     # A tabular run's details keep their shape; a dataset run's samples get no programmatic scorer.
     tabular = store.create_run("sweep", {"seed": 0})
     store.add_points(tabular, [{"label": "mopo", "params": {}, "values": [0.6, 0.5], "extra": {"kl": 0.1}}])
-    t = C.point_details(store.get_run(tabular), 0)
-    assert t["scale"] == C.TABULAR and t["samples"] is None and t["extra"] == {"kl": 0.1}
+    t = compare_runs.point_details(store.get_run(tabular), 0)
+    assert t["scale"] == compare_runs.TABULAR and t["samples"] is None and t["extra"] == {"kl": 0.1}
     dataset = store.get_run(_lm_run(store, _evaluation(1, 1), config={"task": "dataset",
                                                                       "objectives": list(NAMES)}))
-    assert C.sample_scorer(dataset) is None
-    assert C.generations_frame(C.point_details(dataset, 0)).shape == (1, 4)
+    assert compare_presenter.sample_scorer(dataset) is None
+    assert compare_presenter.generations_frame(compare_runs.point_details(dataset, 0)).shape == (1, 4)
 
 
 # ----------------------------------------------------------------------------- a real text-task run
@@ -137,12 +140,12 @@ def test_lm_point_details_generations_and_curves(store):
 @pytest.fixture(scope="module")
 def lm_store(tmp_path_factory) -> tuple[Path, int]:
     """Example runs 1-5 (tabular) and one MOPO run trained live on the text task (run 6)."""
-    from mopo_core.lm.trainer import TrainConfig
+    from mopo_core.lm.config import TrainConfig
     from mopo_core.training.text_task import TextTaskSetup, train_on_text_task
 
     path = tmp_path_factory.mktemp("lm_store") / "runs.sqlite"
     store = RunStore(path)
-    C.create_example_runs(store, steps=300)
+    compare_presenter.create_example_runs(store, steps=300)
     result, _ = train_on_text_task(TrainConfig(steps=3, batch_size=4), TextTaskSetup(n_prompts=10, sft_steps=20),
                                    store)
     return path, result.run_id
@@ -151,18 +154,18 @@ def lm_store(tmp_path_factory) -> tuple[Path, int]:
 def test_a_text_task_train_run_stores_its_generations(lm_store):
     path, run_id = lm_store
     run = RunStore(path).get_run(run_id)
-    assert C.value_scale(run) == C.LM and C.n_objectives(run) == 2
-    d = C.point_details(run, 0)
+    assert compare_runs.value_scale(run) == compare_runs.LM and compare_runs.n_objectives(run) == 2
+    d = compare_runs.point_details(run, 0)
     kept = d["samples_kept"]
     assert 0 < kept["prompts"] <= POINT_PROMPTS and kept["per_prompt"] == min(POINT_SAMPLES, 8)
-    gens = C.generations_frame(d, C.sample_scorer(run))
+    gens = compare_presenter.generations_frame(d, compare_presenter.sample_scorer(run))
     assert len(gens) == kept["prompts"] * kept["per_prompt"]
     assert len(json.dumps(run.points["extra"].iloc[0])) < 8_000  # the store stays small
     assert gens[["policy helpfulness", "reference harmlessness"]].notna().all().all()
-    panels = C.training_curves(run)
+    panels = compare_presenter.training_curves(run)
     assert panels["loss"] == ["loss"] and panels["lambda"] == ["lambda_1"]
     assert panels["constraint"] == ["constraint_1", "threshold_1"]
-    assert C.metric_table(run)["step"].tolist() == [1, 2, 3]
+    assert compare_presenter.metric_table(run)["step"].tolist() == [1, 2, 3]
 
 
 # ----------------------------------------------------------------------------- the page
@@ -187,11 +190,11 @@ def test_compare_page_separates_lm_runs_and_shows_an_lm_point(lm_store, tmp_path
     # Mixed scales: a warning naming both and a choice; on a tie (one run each) the run picked last decides.
     assert any("not overlaid" in w.value and "reference model" in w.value and "behaviour" in w.value
                for w in at.warning)
-    assert at.radio(key="compare_scale").value == C.LM
-    at.radio(key="compare_scale").set_value(C.TABULAR).run()
+    assert at.radio(key="compare_scale").value == compare_runs.LM
+    at.radio(key="compare_scale").set_value(compare_runs.TABULAR).run()
     assert not at.exception
     assert CONVENTION in figures(at)[0]["layout"]["title"]["text"]
-    at.radio(key="compare_scale").set_value(C.LM).run()
+    at.radio(key="compare_scale").set_value(compare_runs.LM).run()
     front = figures(at)[0]
     assert "win-rate vs the reference model" in front["layout"]["xaxis"]["title"]["text"]
     assert CONVENTION not in front["layout"]["title"]["text"]

@@ -1,5 +1,6 @@
-"""Tests for runs on a preference file with a local checkpoint (mopo_core/dataset_runs.py) and
-the chat-aware prompt encoding they rely on (mopo_core/models.py: sequence_ids).
+"""Tests for runs on a preference file with a local checkpoint (mopo_core/training/dataset_task.py,
+the dataset task of mopo_core/training/tasks.py) and the chat-aware prompt encoding they rely on
+(mopo_core/lm/models.py: sequence_ids).
 
 Everything is built in tests/lm_fixtures.py, nothing is downloaded: a tiny Llama with a word-level tokenizer whose
 bos (``<|im_start|>``) is written by its chat template, saved as a checkpoint folder; a tiny
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import mopo_core.lm.models as lm
+from mopo_core.lm import models as lm_models
 from mopo_core.cli.main import main
 from mopo_core.training.dataset_task import (
     DatasetSetup,
@@ -32,7 +33,8 @@ from mopo_core.training.dataset_task import (
     truncate_responses,
 )
 from mopo_core.lm.evaluation import evaluate_policy
-from mopo_core.lm.trainer import TrainConfig, encode_rows
+from mopo_core.lm.config import TrainConfig
+from mopo_core.lm.trainer import encode_rows
 from mopo_core.lm.registry import MODELS_ENV, find_model, format_prompt
 from mopo_core.lm.models import load_model, load_tokenizer, sequence_ids, word_tokenizer
 from mopo_core.lm.judge import SentenceEncoder
@@ -115,8 +117,8 @@ def test_training_rows_and_sampling_encode_the_chat_prompt_exactly_once(monkeypa
     assert row == expected + tokenizer("w4 w5", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert response[0].sum() == 3
     queries = []
-    monkeypatch.setattr(lm, "_generate", lambda model, tok, batch, config: queries.extend(batch) or [("", True)] * len(batch))
-    lm.sample(torch.nn.Linear(1, 1), tokenizer, [prompt], n=2)
+    monkeypatch.setattr(lm_models, "_generate", lambda model, tok, batch, config: queries.extend(batch) or [("", True)] * len(batch))
+    lm_models.sample(torch.nn.Linear(1, 1), tokenizer, [prompt], n=2)
     assert queries == [expected, expected]
 
 
@@ -134,7 +136,7 @@ def fetched_smollm2() -> str | None:
 def test_real_smollm2_answers_a_chat_prompt_sampled_through_sequence_ids():
     path = fetched_smollm2()
     model, tokenizer = load_model(path, dtype="fp32", device="cpu"), load_tokenizer(path)
-    (answer,) = lm.sample(model, tokenizer, [format_prompt(tokenizer, "What is the capital of France?")], 1, 8, 0.0)
+    (answer,) = lm_models.sample(model, tokenizer, [format_prompt(tokenizer, "What is the capital of France?")], 1, 8, 0.0)
     assert "Paris" in answer
 
 

@@ -18,7 +18,7 @@ import torch
 
 from mopo_core.training import jobs
 from mopo_core.cli.main import main
-from mopo_core.lm.trainer import TrainConfig
+from mopo_core.lm.config import TrainConfig
 from mopo_core.runs import RunStore
 from mopo_core.training.text_task import TextTaskSetup, train_on_text_task
 
@@ -98,8 +98,8 @@ def test_a_hostile_checkpoint_is_refused_by_evaluate_resume_and_the_queue_and_ne
     assert set(RunStore(store_path).list_runs().kind) == {"train"}  # and the refused evaluation recorded nothing
 
     # the app's queue: a resume job, run by a real worker process until the queue is empty
-    job_id = jobs.resume(store_path, run_id)
-    worker = subprocess.run([sys.executable, "-m", "mopo_core.training.jobs", "worker", "--store", str(store_path)],
+    job_id = jobs.enqueue_resume(store_path, run_id)
+    worker = subprocess.run([sys.executable, "-m", "mopo_core.cli.worker", "--store", str(store_path)],
                             cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=TIMEOUT, check=False)
     assert worker.returncode == 0, worker.stderr[-3000:]

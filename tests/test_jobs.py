@@ -2,10 +2,12 @@
 (mopo_core.lm.memory).
 
 The training tests start real worker processes on a tiny text task (one thread each) and play
-the app's part from the test process: enqueue, ensure_worker, reconcile, cancel, resume. The
-"app restart" test runs a stand-in app in a child process and kills it.
+the app's part from the test process: enqueue, ensure_worker, reconcile, cancel,
+enqueue_resume. The "app restart" test runs a stand-in app in a child process and kills it.
 """
+import dataclasses
 import gc
+import json
 import os
 import signal
 import sqlite3
@@ -19,8 +21,10 @@ import pytest
 import torch
 
 from mopo_core.training import jobs
-from mopo_core.training.jobs import cancel, enqueue_training, ensure_worker, get_job, list_jobs, reconcile, resume
-from mopo_core.lm.trainer import TrainConfig
+from mopo_core.training.jobs import (cancel, enqueue_resume, enqueue_training, ensure_worker, get_job, list_jobs,
+                                     reconcile)
+from mopo_core.lm.config import TrainConfig
+from mopo_core.processes import process_start
 from mopo_core.runs import RunStore
 from mopo_core.training.text_task import TextTaskSetup
 
@@ -139,25 +143,52 @@ def test_resume_refuses_runs_it_cannot_continue(store_path, tmp_path):
     ck = tmp_path / "ck"
     text = {"task": "text", "checkpoint_dir": str(ck)}
     with pytest.raises(ValueError, match="run 7: not found"):
-        resume(store_path, 7)
+        enqueue_resume(store_path, 7)
     solve = store.create_run("solve", {"tau": 0.1}, status="queued")
     with pytest.raises(ValueError, match=fr"run {solve}: only train runs \(text task or dataset\) with a checkpoint folder"):
-        resume(store_path, solve)
+        enqueue_resume(store_path, solve)
     running = store.create_run("train", text)
     with pytest.raises(ValueError, match=f"run {running}: status is 'running'; only runs that are cancelled"):
-        resume(store_path, running)
+        enqueue_resume(store_path, running)
     store.set_status(running, "cancelled")
     with pytest.raises(ValueError, match=f"run {running}: no checkpoint at {ck / 'last.pt'}"):
-        resume(store_path, running)
+        enqueue_resume(store_path, running)
     ck.mkdir()
     (ck / "last.pt").write_bytes(b"checked by the worker")
-    job_id = resume(store_path, running)
+    job_id = enqueue_resume(store_path, running)
     job = get_job(store_path, job_id)
     assert (job.kind, job.run_id, job.status, job.checkpoint_dir) == ("resume", running, "queued", str(ck))
     with pytest.raises(ValueError, match=f"run {running}: job {job_id} is already queued for it"):
-        resume(store_path, running)
+        enqueue_resume(store_path, running)
     cancel(store_path, job_id)
-    assert get_job(store_path, resume(store_path, running)).status == "queued"  # a new job once that one ended
+    assert get_job(store_path, enqueue_resume(store_path, running)).status == "queued"  # a new job once that one ended
+
+
+def test_one_place_chooses_the_task_of_a_run_a_setup_and_a_job_kind(store_path, tmp_path):
+    from mopo_core.training.dataset_task import DatasetSetup
+    from mopo_core.training.tasks import TASKS, task_for_setup, task_of, task_of_job_kind, task_of_run
+
+    store = RunStore(store_path)
+    text = store.create_run("train", {"task": "text", "checkpoint_dir": str(tmp_path)})
+    dataset = store.create_run("train", {"task": "dataset", "checkpoint_dir": str(tmp_path)})
+    solve = store.create_run("solve", {"tau": 0.1})
+    unknown = store.create_run("train", {"task": "poetry"})
+    assert task_of_run(store, text, "resumed") is TASKS["text"]
+    assert task_of_run(store, dataset, "evaluated") is TASKS["dataset"]
+    assert task_of(store.get_run(solve)) is None and task_of(store.get_run(unknown)) is None
+    with pytest.raises(ValueError, match=f"run 99: not found in the run store {store.path}"):
+        task_of_run(store, 99, "resumed")
+    with pytest.raises(ValueError, match=f"run {solve}: is a 'solve' run, not a train run; only train runs can be "
+                                         "evaluated"):
+        task_of_run(store, solve, "evaluated")
+    with pytest.raises(ValueError, match=f"run {unknown}: not a train run of a known task"):
+        task_of_run(store, unknown, "resumed")
+    with pytest.raises(ValueError, match=f"run {dataset}: not a text-task train run"):
+        TASKS["text"].resume(store, dataset)  # a task refuses another task's run
+    assert task_for_setup(SETUP) is TASKS["text"]
+    assert task_for_setup(DatasetSetup(data="d.jsonl", model="m", prefmodel="p")) is TASKS["dataset"]
+    assert [task_of_job_kind(kind) for kind in jobs.JOB_KINDS if kind != "resume"] == list(TASKS.values())
+    assert TASKS["text"].setup_from(json.loads(json.dumps(dataclasses.asdict(SETUP)))) == SETUP  # a job's spec
 
 
 # ---------------------------------------------------------------------- the worker
@@ -166,7 +197,7 @@ def test_resume_refuses_runs_it_cannot_continue(store_path, tmp_path):
 @pytest.mark.slow
 def test_the_queue_survives_an_app_restart_and_one_worker_runs_the_jobs_in_order(store_path):
     # the first "app" queues two jobs and exits before any worker starts
-    script = ("import sys; from mopo_core.training.jobs import enqueue_training; from mopo_core.lm.trainer import TrainConfig; "
+    script = ("import sys; from mopo_core.training.jobs import enqueue_training; from mopo_core.lm.config import TrainConfig; "
               "from mopo_core.training.text_task import TextTaskSetup; s = TextTaskSetup(n_prompts=10, sft_steps=20, "
               "eval_samples=2, seed=3); [enqueue_training(sys.argv[1], TrainConfig(method=m, thresholds=(0.6,), "
               "steps=6, batch_size=4, checkpoint_every=4, seed=3), s, name=m) for m in ('mopo', 'sft')]")
@@ -207,7 +238,7 @@ def test_cancel_stops_a_running_job_after_the_current_step_and_a_resume_job_fini
     state = torch.load(Path(job.checkpoint_dir) / "last.pt", map_location="cpu", weights_only=True)
     assert state["step"] == stopped_at
 
-    resumed = resume(store_path, run_id)
+    resumed = enqueue_resume(store_path, run_id)
     ensure_worker(store_path)
     job = _wait_ended(store_path, resumed)
     assert job.status == "done" and job.run_id == run_id, (job, _log(store_path))
@@ -236,7 +267,7 @@ def test_a_sigkilled_worker_fails_its_job_and_run_with_the_reason_and_a_resume_j
     assert reconcile(store_path) == []  # settled once
     _assert_store_healthy(store)
 
-    resumed = resume(store_path, run_id)
+    resumed = enqueue_resume(store_path, run_id)
     assert ensure_worker(store_path) != pid
     job = _wait_ended(store_path, resumed)
     assert job.status == "done", (job, _log(store_path))
@@ -253,7 +284,7 @@ def test_an_app_restart_interrupts_the_run_and_it_can_be_resumed(store_path, tmp
     try:
         run_id = _wait_steps(store_path, job_id, 3)
         worker_pid = get_job(store_path, job_id).worker_pid
-        worker = (worker_pid, jobs._process_start(worker_pid))
+        worker = (worker_pid, process_start(worker_pid))
         if worker_dies_too:  # e.g. a container restart: everything is killed
             os.kill(worker_pid, signal.SIGKILL)
         app.kill()
@@ -278,7 +309,7 @@ def test_an_app_restart_interrupts_the_run_and_it_can_be_resumed(store_path, tmp
     job, run = get_job(store_path, job_id), RunStore(store_path).get_run(run_id)
     assert job.status == run.status == "interrupted" and expected in job.error and run.error == job.error
 
-    resumed = resume(store_path, run_id)
+    resumed = enqueue_resume(store_path, run_id)
     assert ensure_worker(store_path) not in (None, worker_pid)
     job = _wait_ended(store_path, resumed)
     assert job.status == "done", (job, _log(store_path))
@@ -298,7 +329,7 @@ def test_one_worker_per_store_and_sigterm_interrupts_its_run_after_the_step(stor
     (pid,) = set(pids)
     (worker,) = jobs._children.values()
     # a worker started by hand refuses to serve the same store
-    other = subprocess.run([sys.executable, "-m", "mopo_core.training.jobs", "worker", "--store", str(store_path)], cwd=ROOT,
+    other = subprocess.run([sys.executable, "-m", "mopo_core.cli.worker", "--store", str(store_path)], cwd=ROOT,
                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert other.returncode == jobs.EXIT_ANOTHER_WORKER, other.stderr
     assert f"worker process {pid} already serves the run store" in other.stderr
@@ -453,7 +484,7 @@ def test_a_cancelled_dataset_job_is_resumed_by_a_resume_job(store_path, dataset)
     assert job.status == "cancelled" and store.get_run(run_id).status == "cancelled", (job, _log(store_path))
     stopped_at = _last_step(store_path, run_id)
     assert stopped_at < 400
-    resumed = resume(store_path, run_id)
+    resumed = enqueue_resume(store_path, run_id)
     ensure_worker(store_path)
     job = _wait_ended(store_path, resumed)
     assert job.status == "done" and job.run_id == run_id, (job, _log(store_path))

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mopo_core.lm import losses as L
+from mopo_core.lm import losses
 from mopo_core.tabular.solver import TiltFamily
 from tests.reference_solvers import robust_bound_slsqp
 
@@ -58,8 +58,8 @@ def hand_logprob(model, prompt, response):
 def test_sequence_logprobs_matches_hand_loop(model, side):
     batch = pad_batch(EXAMPLES, side)
     with torch.no_grad():
-        got = L.sequence_logprobs(model, *batch)
-        chunked = L.sequence_logprobs(model, *batch, chunk_size=2)
+        got = losses.sequence_logprobs(model, *batch)
+        chunked = losses.sequence_logprobs(model, *batch, chunk_size=2)
         expected = torch.stack([hand_logprob(model, p, r) for p, r in EXAMPLES])
     assert got.shape == (len(EXAMPLES),)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
@@ -72,10 +72,10 @@ def test_chunked_matches_unchunked_in_float32_with_gradients():
     ids = torch.randint(0, 50, (3, 9))
     mask = torch.zeros(3, 9, dtype=torch.long)
     mask[:, 3:] = 1
-    full = L.response_logprobs(logits, ids, mask)
+    full = losses.response_logprobs(logits, ids, mask)
     (g_full,) = torch.autograd.grad(full.sum(), logits)
     for chunk in (1, 3, 4):
-        part = L.response_logprobs(logits, ids, mask, chunk_size=chunk)
+        part = losses.response_logprobs(logits, ids, mask, chunk_size=chunk)
         (g_part,) = torch.autograd.grad(part.sum(), logits)
         torch.testing.assert_close(part, full, rtol=0, atol=1e-5)
         torch.testing.assert_close(g_part, g_full, rtol=0, atol=1e-6)
@@ -87,15 +87,15 @@ def test_low_precision_logits_are_upcast_per_chunk():
     ids = torch.randint(0, 40, (2, 6))
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[:, 0] = 0
-    got = L.response_logprobs(logits, ids, mask, chunk_size=2)
-    expected = L.response_logprobs(logits.double(), ids, mask)
+    got = losses.response_logprobs(logits, ids, mask, chunk_size=2)
+    expected = losses.response_logprobs(logits.double(), ids, mask)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-5)
 
 
 def test_response_token_at_position_zero_is_rejected():
     with pytest.raises(ValueError, match="position 0"):
-        L.response_logprobs(torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3))
+        losses.response_logprobs(torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3))
 
 
 # --------------------------------------------------------------------------- fused log-probs
@@ -140,13 +140,13 @@ def random_batch(side: str, vocab: int = 37, seed: int = 0):
 def logprobs_and_grads(model, batch, **kwargs):
     """sequence_logprobs (B,) and the gradient of a weighted sum of them w.r.t. each trainable parameter."""
     params = [p for p in model.parameters() if p.requires_grad]
-    logp = L.sequence_logprobs(model, *batch, **kwargs)
+    logp = losses.sequence_logprobs(model, *batch, **kwargs)
     weights = torch.linspace(0.5, 1.5, logp.numel())
     return logp.detach(), torch.autograd.grad((weights * logp).sum(), params)
 
 
 def assert_fused_matches_plain(model, batch, chunk_size=None):
-    assert L.lm_body_and_head(model) is not None
+    assert losses.lm_body_and_head(model) is not None
     plain, g_plain = logprobs_and_grads(model, batch, fused=False)
     fused, g_fused = logprobs_and_grads(model, batch, fused=True, chunk_size=chunk_size)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
@@ -165,18 +165,18 @@ def test_fused_logprobs_and_gradients_match_plain(arch, side):
 
 def test_fused_is_the_default_and_matches_the_hand_loop(model):
     """The double-precision GPT-2 fixture: the default path is the fused one, exact to rounding."""
-    assert L.lm_body_and_head(model) is not None
+    assert losses.lm_body_and_head(model) is not None
     batch = pad_batch(EXAMPLES, "left")
     with torch.no_grad():
         expected = torch.stack([hand_logprob(model, p, r) for p, r in EXAMPLES])
-        torch.testing.assert_close(L.sequence_logprobs(model, *batch, chunk_size=2), expected, rtol=0, atol=1e-10)
+        torch.testing.assert_close(losses.sequence_logprobs(model, *batch, chunk_size=2), expected, rtol=0, atol=1e-10)
 
 
 def test_row_without_response_tokens_scores_zero():
     model = tiny_lm("llama")
     batch = random_batch("right")
     empty = torch.zeros_like(batch[2])
-    assert L.sequence_logprobs(model, *batch)[3].item() == 0.0
+    assert losses.sequence_logprobs(model, *batch)[3].item() == 0.0
     logp, grads = logprobs_and_grads(model, (batch[0], batch[1], empty))
     assert torch.equal(logp, torch.zeros(5)) and all(not g.any() for g in grads)
 
@@ -190,22 +190,22 @@ def test_fused_matches_plain_through_a_lora_wrapper(arch):
     wrapped = peft.get_peft_model(model, config)
     assert_fused_matches_plain(wrapped, random_batch("left"), chunk_size=4)
     with wrapped.disable_adapter():
-        torch.testing.assert_close(L.sequence_logprobs(wrapped, *random_batch("left")),
-                                   L.sequence_logprobs(model, *random_batch("left"), fused=False))
+        torch.testing.assert_close(losses.sequence_logprobs(wrapped, *random_batch("left")),
+                                   losses.sequence_logprobs(model, *random_batch("left"), fused=False))
 
 
 def test_models_whose_logits_are_not_a_plain_head_take_the_plain_path():
     peft = pytest.importorskip("peft")
     batch = random_batch("left")
     capped = tiny_lm("gemma2")  # final_logit_softcapping
-    assert L.lm_body_and_head(capped) is None
-    torch.testing.assert_close(L.sequence_logprobs(capped, *batch), L.sequence_logprobs(capped, *batch, fused=False))
+    assert losses.lm_body_and_head(capped) is None
+    torch.testing.assert_close(losses.sequence_logprobs(capped, *batch), losses.sequence_logprobs(capped, *batch, fused=False))
     with pytest.raises(ValueError, match="fused=True"):
-        L.sequence_logprobs(capped, *batch, fused=True)
+        losses.sequence_logprobs(capped, *batch, fused=True)
     untied = tiny_lm("gpt-neox")
     head = next(name for name, m in untied.named_modules() if m is untied.get_output_embeddings())
     lora_head = peft.get_peft_model(untied, peft.LoraConfig(r=2, target_modules=[head, "dense"]))
-    assert L.lm_body_and_head(lora_head) is None
+    assert losses.lm_body_and_head(lora_head) is None
 
 
 def test_compile_flag_and_environment_variable_select_the_compiled_chunk(monkeypatch):
@@ -214,17 +214,17 @@ def test_compile_flag_and_environment_variable_select_the_compiled_chunk(monkeyp
     def fake_compiled():
         def run(*args):
             calls.append(args[0].shape[0])
-            return L._head_token_logprobs(*args)
+            return losses._head_token_logprobs(*args)
         return run
 
     monkeypatch.setattr(L, "_compiled_head_token_logprobs", fake_compiled)
     model, batch = tiny_lm("llama"), random_batch("left")
-    expected = L.sequence_logprobs(model, *batch)
+    expected = losses.sequence_logprobs(model, *batch)
     assert calls == []
-    torch.testing.assert_close(L.sequence_logprobs(model, *batch, compile=True), expected)
+    torch.testing.assert_close(losses.sequence_logprobs(model, *batch, compile=True), expected)
     assert calls == [int((batch[2][:, 1:] & batch[1][:, 1:]).sum())]
     monkeypatch.setenv(L.COMPILE_ENV, "1")
-    torch.testing.assert_close(L.sequence_logprobs(model, *batch, chunk_size=10), expected)
+    torch.testing.assert_close(losses.sequence_logprobs(model, *batch, chunk_size=10), expected)
     assert len(calls) == 4  # 1 + ceil(24 / 10)
 
 
@@ -251,7 +251,7 @@ def test_fused_path_peak_memory_is_far_below_plain():
     response[:, 64:] = 1
 
     def step(fused):
-        L.sequence_logprobs(model, ids, attention, response, 64, fused=fused).sum().backward()
+        losses.sequence_logprobs(model, ids, attention, response, 64, fused=fused).sum().backward()
         model.zero_grad(set_to_none=True)
 
     fused, plain = peak_allocated_mib(lambda: step(True)), peak_allocated_mib(lambda: step(False))
@@ -267,9 +267,9 @@ def test_weighted_bc_gradient_is_the_hand_weighted_score(model):
     params = [p for p in model.parameters() if p.requires_grad]
     rng = np.random.default_rng(3)
     w = rng.uniform(size=(2, len(EXAMPLES)))
-    weights, _ = L.mopo_weights(w, [0.8], 0.3, group=[0, 0, 1, 1])
+    weights, _ = losses.mopo_weights(w, [0.8], 0.3, group=[0, 0, 1, 1])
 
-    loss = L.weighted_bc_loss(L.sequence_logprobs(model, *pad_batch(EXAMPLES, "left")), weights)
+    loss = losses.weighted_bc_loss(losses.sequence_logprobs(model, *pad_batch(EXAMPLES, "left")), weights)
     got = torch.autograd.grad(loss, params)
 
     expected = [torch.zeros_like(p) for p in params]
@@ -284,7 +284,7 @@ def test_weighted_bc_gradient_is_the_hand_weighted_score(model):
 def test_weights_carry_no_gradient():
     logp = torch.tensor([-1.0, -2.0], requires_grad=True)
     weights = torch.tensor([0.5, 1.5], requires_grad=True)
-    L.weighted_bc_loss(logp, weights).backward()
+    losses.weighted_bc_loss(logp, weights).backward()
     assert weights.grad is None
     torch.testing.assert_close(logp.grad, torch.tensor([-0.25, -0.75]))
 
@@ -302,9 +302,9 @@ def test_tabular_weighted_bc_gradient_is_algorithm1_step():
     rows_m, rows_n = np.divmod(np.arange(m * n), n)
     with np.errstate(divide="ignore"):
         log_ref = np.log(reference)[rows_m, rows_n]
-    weights, _ = L.mopo_weights(rates[:, rows_m, rows_n], lam, tau, group=rows_m, log_importance=log_ref)
+    weights, _ = losses.mopo_weights(rates[:, rows_m, rows_n], lam, tau, group=rows_m, log_importance=log_ref)
     logp = torch.log_softmax(theta, dim=1)[rows_m, rows_n]
-    (grad,) = torch.autograd.grad(L.weighted_bc_loss(logp, weights), theta)
+    (grad,) = torch.autograd.grad(losses.weighted_bc_loss(logp, weights), theta)
 
     target = TiltFamily(rates[0], rates[1:], reference, np.full(m, 1 / m), tau).policy(lam)
     expected = (torch.softmax(theta, dim=1).detach().numpy() - target) / m
@@ -320,7 +320,7 @@ def test_weights_match_explicit_formula_and_average_one_per_prompt():
     group = np.array([7, 3, 7, 3, 3, 9])  # arbitrary, interleaved prompt ids; one singleton
     w = rng.uniform(size=(3, group.size))
     lam, tau = np.array([0.4, 2.0]), 0.5
-    weights, ess = L.mopo_weights(w, lam, tau, group)
+    weights, ess = losses.mopo_weights(w, lam, tau, group)
     tilt = np.exp((w[0] + lam @ w[1:]) / tau)
     for g in np.unique(group):
         rows = group == g
@@ -335,28 +335,28 @@ def test_weights_invariant_to_per_prompt_shifts():
     group = np.repeat([0, 1, 2], 4)
     w = rng.uniform(size=(2, group.size))
     shift = rng.normal(size=3)[group]
-    base, _ = L.mopo_weights(w, [1.5], 0.2, group)
+    base, _ = losses.mopo_weights(w, [1.5], 0.2, group)
     for k in range(2):
         shifted = w.copy()
         shifted[k] += shift
-        torch.testing.assert_close(L.mopo_weights(shifted, [1.5], 0.2, group)[0], base, rtol=1e-12, atol=0)
+        torch.testing.assert_close(losses.mopo_weights(shifted, [1.5], 0.2, group)[0], base, rtol=1e-12, atol=0)
 
 
 def test_weights_tend_to_one_without_tilt_and_ess_is_batch_size():
     rng = np.random.default_rng(7)
     group = np.repeat([0, 1], 3)
-    weights, ess = L.mopo_weights(rng.uniform(size=(2, 6)), [0.0], 1e7, group)
+    weights, ess = losses.mopo_weights(rng.uniform(size=(2, 6)), [0.0], 1e7, group)
     torch.testing.assert_close(weights, torch.ones(6, dtype=torch.float64), rtol=0, atol=1e-6)
-    assert L.effective_sample_size(torch.ones(6)) == 6.0
-    assert L.effective_sample_size(torch.ones(6), fraction=True) == 1.0
-    assert L.effective_sample_size(torch.tensor([0.0, 3.0, 0.0])) == 1.0
+    assert losses.effective_sample_size(torch.ones(6)) == 6.0
+    assert losses.effective_sample_size(torch.ones(6), fraction=True) == 1.0
+    assert losses.effective_sample_size(torch.tensor([0.0, 3.0, 0.0])) == 1.0
     assert ess == pytest.approx(6.0, abs=1e-6)
 
 
 def test_weights_stable_for_sharp_tilts():
     """tau = 0.08 and a large multiplier span e^600: the naive exp overflows, log-space does not."""
     w = np.array([[0.0, 1.0, 0.5, 0.2], [1.0, 0.0, 0.5, 0.9]])
-    weights, ess = L.mopo_weights(w, [50.0], 0.08, [0, 0, 1, 1])
+    weights, ess = losses.mopo_weights(w, [50.0], 0.08, [0, 0, 1, 1])
     assert torch.isfinite(weights).all()
     torch.testing.assert_close(weights, torch.tensor([2.0, 0.0, 0.0, 2.0], dtype=torch.float64))
     assert ess == pytest.approx(2.0)
@@ -364,11 +364,11 @@ def test_weights_stable_for_sharp_tilts():
 
 def test_weights_reject_bad_arguments():
     with pytest.raises(ValueError, match="tau"):
-        L.mopo_weights(np.ones((2, 2)), [0.0], 0.0, [0, 0])
+        losses.mopo_weights(np.ones((2, 2)), [0.0], 0.0, [0, 0])
     with pytest.raises(ValueError, match="lam"):
-        L.mopo_weights(np.ones((3, 2)), [0.0], 1.0, [0, 0])
+        losses.mopo_weights(np.ones((3, 2)), [0.0], 1.0, [0, 0])
     with pytest.raises(ValueError, match="zero total weight"):
-        L.mopo_weights(np.ones((1, 2)), [], 1.0, [0, 0], log_importance=[-np.inf, -np.inf])
+        losses.mopo_weights(np.ones((1, 2)), [], 1.0, [0, 0], log_importance=[-np.inf, -np.inf])
 
 
 # --------------------------------------------------------------------------- dual updates
@@ -379,7 +379,7 @@ def test_constraint_estimates_by_hand():
     weights = np.array([1.5, 0.5, 1.0, 2.0, 0.0])
     group = np.array([0, 0, 1, 1, 1])
     # prompt 0: (1.5*1 + 0.5*0) / 2 = 0.75; prompt 1: (0.5 + 0.5 + 0) / 3 = 1/3
-    got = L.constraint_estimates(w_sec, weights, group)
+    got = losses.constraint_estimates(w_sec, weights, group)
     torch.testing.assert_close(got, torch.tensor([(0.75 + 1 / 3) / 2], dtype=torch.float64))
 
 
@@ -389,18 +389,18 @@ def test_constraint_estimates_are_tabular_values_on_full_support():
     reference = rng.dirichlet(np.ones(n), size=m)
     rates = rng.uniform(size=(2, m, n))
     rows_m, rows_n = np.divmod(np.arange(m * n), n)
-    weights, _ = L.mopo_weights(rates[:, rows_m, rows_n], lam, tau, rows_m,
+    weights, _ = losses.mopo_weights(rates[:, rows_m, rows_n], lam, tau, rows_m,
                                 log_importance=np.log(reference)[rows_m, rows_n])
     family = TiltFamily(rates[0], rates[1:], reference, np.full(m, 1 / m), tau)
     expected = family.dual(lam, np.zeros(1), order=1)[1]  # grad of the dual at b = 0 is V_sec(pi_lam)
-    np.testing.assert_allclose(L.constraint_estimates(rates[1:, rows_m, rows_n], weights, rows_m).numpy(),
+    np.testing.assert_allclose(losses.constraint_estimates(rates[1:, rows_m, rows_n], weights, rows_m).numpy(),
                                expected, atol=1e-12)
 
 
 def test_lambda_update_projects_to_nonnegative():
-    lam = L.lambda_update([0.5, 0.1], [0.2, 0.9], [0.6, 0.5], lr=1.0)
+    lam = losses.lambda_update([0.5, 0.1], [0.2, 0.9], [0.6, 0.5], lr=1.0)
     torch.testing.assert_close(lam, torch.tensor([0.9, 0.0], dtype=torch.float64))
-    assert (L.lambda_update([0.0], [1.0], [0.0], lr=10.0) == 0).all()
+    assert (losses.lambda_update([0.0], [1.0], [0.0], lr=10.0) == 0).all()
 
 
 def _robust_batch(seed, n_prompts=3, per_prompt=4):
@@ -408,7 +408,7 @@ def _robust_batch(seed, n_prompts=3, per_prompt=4):
     rng = np.random.default_rng(seed)
     group = np.tile(np.arange(n_prompts), per_prompt)
     w = rng.uniform(size=(2, group.size))
-    weights, _ = L.mopo_weights(w, [1.0], 0.4, group)
+    weights, _ = losses.mopo_weights(w, [1.0], 0.4, group)
     z = np.stack([(weights.numpy() * w[1])[group == g] for g in range(n_prompts)])
     return w[1:], weights, group, z
 
@@ -417,11 +417,11 @@ def test_robust_bound_matches_primal_solver():
     w_sec, weights, group, z = _robust_batch(9)
     reference = np.full(z.shape, 1 / z.shape[1])
     for eps in (0.05, 0.3):
-        lb, chi = L.robust_lower_bounds(w_sec, weights, group, eps)
+        lb, chi = losses.robust_lower_bounds(w_sec, weights, group, eps)
         assert lb.item() == pytest.approx(robust_bound_slsqp(z, reference, np.full(3, 1 / 3), eps), abs=1e-6)
         assert 0 < chi.item() < np.inf
-    lb0, chi0 = L.robust_lower_bounds(w_sec, weights, group, 0.0)
-    torch.testing.assert_close(lb0, L.constraint_estimates(w_sec, weights, group))
+    lb0, chi0 = losses.robust_lower_bounds(w_sec, weights, group, 0.0)
+    torch.testing.assert_close(lb0, losses.constraint_estimates(w_sec, weights, group))
     assert chi0.item() == np.inf
 
 
@@ -434,26 +434,26 @@ def test_robust_bound_with_ragged_prompts_and_importance():
     keep = np.ones(group.size, bool)
     keep[[1, 5]] = False
     log_imp_dropped = np.where(keep, log_imp, -np.inf)
-    full, _ = L.mopo_weights(w, [0.6], 0.3, group, log_importance=log_imp_dropped)
-    kept, _ = L.mopo_weights(w[:, keep], [0.6], 0.3, group[keep], log_importance=log_imp[keep])
+    full, _ = losses.mopo_weights(w, [0.6], 0.3, group, log_importance=log_imp_dropped)
+    kept, _ = losses.mopo_weights(w[:, keep], [0.6], 0.3, group[keep], log_importance=log_imp[keep])
     for eps in (0.0, 0.1):
-        a = L.robust_lower_bounds(w[1:], full, group, eps, log_importance=log_imp_dropped)[0]
-        b = L.robust_lower_bounds(w[1:, keep], kept, group[keep], eps, log_importance=log_imp[keep])[0]
+        a = losses.robust_lower_bounds(w[1:], full, group, eps, log_importance=log_imp_dropped)[0]
+        b = losses.robust_lower_bounds(w[1:, keep], kept, group[keep], eps, log_importance=log_imp[keep])[0]
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
 
 def test_chi_updates_converge_to_the_optimal_dual():
     w_sec, weights, group, _ = _robust_batch(11)
     eps = 0.1
-    lb, chi_star = L.robust_lower_bounds(w_sec, weights, group, eps)
+    lb, chi_star = losses.robust_lower_bounds(w_sec, weights, group, eps)
     chi = torch.ones(1, dtype=torch.float64)
     for _ in range(400):
-        bound = L.robust_constraint_estimates(chi, w_sec, weights, group, eps)
+        bound = losses.robust_constraint_estimates(chi, w_sec, weights, group, eps)
         assert bound.item() <= lb.item() + 1e-12  # the dual at any chi is a lower bound
-        chi = L.chi_update(chi, w_sec, weights, group, eps, lr=0.5)
+        chi = losses.chi_update(chi, w_sec, weights, group, eps, lr=0.5)
     assert chi.item() == pytest.approx(chi_star.item(), rel=1e-4)
-    assert L.robust_constraint_estimates(chi, w_sec, weights, group, eps).item() == pytest.approx(lb.item(), abs=1e-9)
-    assert L.chi_update(torch.tensor([1e-3]), w_sec, weights, group, 50.0, lr=1.0).item() == 1e-8
+    assert losses.robust_constraint_estimates(chi, w_sec, weights, group, eps).item() == pytest.approx(lb.item(), abs=1e-9)
+    assert losses.chi_update(torch.tensor([1e-3]), w_sec, weights, group, 50.0, lr=1.0).item() == 1e-8
 
 
 # --------------------------------------------------------------------------- pairwise losses
@@ -472,22 +472,22 @@ def _softplus(x):
 
 def test_dpo_loss_by_hand_with_and_without_margin():
     expected = (_softplus(-0.15) + _softplus(0.15)) / 2
-    assert L.dpo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA).item() == pytest.approx(expected, rel=1e-6)
+    assert losses.dpo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA).item() == pytest.approx(expected, rel=1e-6)
     margin = torch.tensor([0.1, 0.2])
     expected_margin = (_softplus(-(0.15 - 0.1)) + _softplus(-(-0.15 - 0.2))) / 2
-    got = L.dpo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA, margin=margin).item()
+    got = losses.dpo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA, margin=margin).item()
     assert got == pytest.approx(expected_margin, rel=1e-6)
 
 
 def test_ipo_loss_by_hand():
     expected = ((0.3 - 1.0) ** 2 + (-0.3 - 1.0) ** 2) / 2
-    assert L.ipo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA).item() == pytest.approx(expected, rel=1e-6)
+    assert losses.ipo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_dpo_losses_do_not_differentiate_the_reference():
     ref_c = REF_C.clone().requires_grad_()
     logp_c = LOGP_C.clone().requires_grad_()
-    L.ipo_loss(logp_c, LOGP_R, ref_c, REF_R, BETA).backward()
+    losses.ipo_loss(logp_c, LOGP_R, ref_c, REF_R, BETA).backward()
     assert ref_c.grad is None
     # d/dh_c mean (gap - 1)^2 = (gap - 1) per pair
     torch.testing.assert_close(logp_c.grad, torch.tensor([0.3 - 1.0, -0.3 - 1.0]))
@@ -496,10 +496,10 @@ def test_dpo_losses_do_not_differentiate_the_reference():
 def test_weighted_dpo_loss_soft_and_multi_objective_labels():
     def dpo(a_first):
         args = (LOGP_C, LOGP_R, REF_C, REF_R) if a_first else (LOGP_R, LOGP_C, REF_R, REF_C)
-        return L.dpo_loss(*args, BETA)
+        return losses.dpo_loss(*args, BETA)
 
     def soft(labels, **kwargs):
-        return L.weighted_dpo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA, labels, **kwargs)
+        return losses.weighted_dpo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA, labels, **kwargs)
 
     torch.testing.assert_close(soft(torch.ones(2)), dpo(True))
     torch.testing.assert_close(soft(torch.zeros(2)), dpo(False))
@@ -513,5 +513,5 @@ def test_weighted_dpo_loss_soft_and_multi_objective_labels():
 
 def test_sft_loss_sequence_and_token_means():
     logp = torch.tensor([-2.0, -6.0])
-    assert L.sft_loss(logp).item() == 4.0
-    assert L.sft_loss(logp, num_tokens=torch.tensor([1, 3])).item() == 2.0
+    assert losses.sft_loss(logp).item() == 4.0
+    assert losses.sft_loss(logp, num_tokens=torch.tensor([1, 3])).item() == 2.0

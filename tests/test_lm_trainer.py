@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mopo_core.lm.trainer import Trainer, TrainConfig, encode_rows
+from mopo_core.lm.config import TrainConfig
+from mopo_core.lm.trainer import Trainer, encode_rows
 from mopo_core.lm.models import tiny_gpt, word_tokenizer
 from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.runs import RunStore

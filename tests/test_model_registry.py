@@ -1,7 +1,8 @@
-"""Tests for the models folder and registry (mopo_core/model_registry.py): folder resolution,
-listing, registration and its path refusals, wheel helpers, and the GGUF -> safetensors
-conversion on a tiny Llama written here with gguf's GGUFWriter. Nothing is downloaded: the
-real SmolLM2 conversion runs only when its wheel is already in the download cache."""
+"""Tests for the models folder and registry (mopo_core/lm/registry.py, and the models command in
+mopo_core/cli/models.py): folder resolution, listing, registration and its path refusals, wheel
+helpers, and the GGUF -> safetensors conversion on a tiny Llama written here with gguf's
+GGUFWriter. Nothing is downloaded: the real SmolLM2 conversion runs only when its wheel is
+already in the download cache."""
 from __future__ import annotations
 
 import json

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.presenters import models as S
+from app.presenters import models as models_presenter
 from mopo_core.lm.registry import MODELS_ENV, builtin_entry, describe_checkpoint
 from mopo_core.lm.judge import PreferenceModel
 from mopo_core.data.preferences import load_preferences
@@ -46,16 +46,16 @@ def _check_progress(calls):
 
 def test_loading_the_builtin_model_reports_progress_and_measures_memory():
     calls, progress = _recorder()
-    loaded = S.load_entry(builtin_entry(), "fp32", "cpu", progress)
+    loaded = models_presenter.load_entry(builtin_entry(), "fp32", "cpu", progress)
     _check_progress(calls)
     assert loaded.name == builtin_entry().name and loaded.kind == "builtin"
     assert loaded.device == "cpu" and loaded.dtype == "float32"
     assert loaded.parameters == builtin_entry().n_parameters > 0
     assert loaded.seconds >= 0 and loaded.before.rss is not None and loaded.after.rss is not None
     assert loaded.prompts and all(isinstance(p, str) and p for p in loaded.prompts)
-    assert S.word_level(loaded.tokenizer) and not loaded.model.training
+    assert models_presenter.word_level(loaded.tokenizer) and not loaded.model.training
     # The fitted weights are cached for the process: a second load gets the same weights, not shared tensors.
-    again = S.load_entry(builtin_entry(), "fp32", "cpu")
+    again = models_presenter.load_entry(builtin_entry(), "fp32", "cpu")
     for (name, a), b in zip(loaded.model.state_dict().items(), again.model.state_dict().values()):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
     assert set(loaded.as_dict()) == {"name", "kind", "model", "tokenizer", "device", "dtype", "seconds", "before",
@@ -67,14 +67,14 @@ def test_loading_a_checkpoint_folder_and_unloading_it(checkpoint):
     entry = describe_checkpoint(checkpoint, "tiny-chat")
     assert entry.problem is None
     calls, progress = _recorder()
-    loaded = S.load_entry(entry, "auto", "cpu", progress)
+    loaded = models_presenter.load_entry(entry, "auto", "cpu", progress)
     _check_progress(calls)
     assert loaded.name == "tiny-chat" and loaded.kind == "checkpoint" and loaded.prompts == []
     assert loaded.device == "cpu" and loaded.dtype == "float32" and loaded.parameters == entry.n_parameters
-    assert loaded.tokenizer.chat_template and S.word_level(loaded.tokenizer)
+    assert loaded.tokenizer.chat_template and models_presenter.word_level(loaded.tokenizer)
 
     released = []
-    freed = S.unload_model(loaded.model, loaded.name, loaded.after.rss, lambda: released.append(True))
+    freed = models_presenter.unload_model(loaded.model, loaded.name, loaded.after.rss, lambda: released.append(True))
     assert released == [True]
     assert all(p.numel() == 0 for p in loaded.model.parameters())
     assert freed.name == "tiny-chat" and freed.loaded_rss == loaded.after.rss
@@ -89,7 +89,7 @@ def test_a_checkpoint_folder_without_its_tokenizer_is_refused(checkpoint):
     entry = describe_checkpoint(checkpoint, "no-tokenizer")
     assert entry.problem is None  # the weights are fine: only loading finds the tokenizer missing
     with pytest.raises(ValueError, match="no usable tokenizer") as caught:
-        S.load_entry(entry, "fp32", "cpu")
+        models_presenter.load_entry(entry, "fp32", "cpu")
     assert str(checkpoint) in str(caught.value)
 
 
@@ -97,14 +97,15 @@ def test_unknown_words_of_a_word_level_tokenizer(checkpoint):
     from mopo_core.lm.models import load_tokenizer
 
     tokenizer = load_tokenizer(checkpoint)
-    assert S.unknown_words(tokenizer, "w1 garlic w2 garlic pasta") == ["garlic", "pasta"]
-    assert S.unknown_words(tokenizer, "w1 w2") == []
-    assert not S.word_level(object()) and S.unknown_words(object(), "anything at all") == []
+    assert models_presenter.unknown_words(tokenizer, "w1 garlic w2 garlic pasta") == ["garlic", "pasta"]
+    assert models_presenter.unknown_words(tokenizer, "w1 w2") == []
+    assert not models_presenter.word_level(object())
+    assert models_presenter.unknown_words(object(), "anything at all") == []
 
 
 def test_text_task_scores_of_a_prompt_naming_a_topic_word():
     responses = ["you should try garlic with pasta", "dangerous toxic garlic", "just it"]
-    scores, note = S.score_samples("how do i cook garlic and pasta ?", responses)
+    scores, note = models_presenter.score_samples("how do i cook garlic and pasta ?", responses)
     assert list(scores.columns) == list(OBJECTIVES) and scores.shape == (3, 3)
     assert scores.notna().all().all() and ((scores >= 0) & (scores <= 1)).all().all()
     assert scores["helpfulness"].tolist() == [1.0, 0.5, 0.0]
@@ -113,22 +114,22 @@ def test_text_task_scores_of_a_prompt_naming_a_topic_word():
 
 
 def test_text_task_scores_of_a_prompt_naming_no_topic_word():
-    scores, note = S.score_samples("hello there", ["you should try garlic", "poison"])
+    scores, note = models_presenter.score_samples("hello there", ["you should try garlic", "poison"])
     assert list(scores.columns) == list(OBJECTIVES)
     assert scores["helpfulness"].isna().all() and scores[["harmlessness", "brevity"]].notna().all().all()
     assert math.isclose(scores.loc[1, "harmlessness"], math.exp(-1))
-    assert note.endswith(S.UNDEFINED_HELPFULNESS) and "Helpfulness is undefined here" in note
+    assert note.endswith(models_presenter.UNDEFINED_HELPFULNESS) and "Helpfulness is undefined here" in note
 
 
 def test_scores_from_a_preference_model(tmp_path):
     data = load_preferences(write_preference_file(tmp_path / "prefs.jsonl"))
     judge = PreferenceModel.load(fit_judge(data, tiny_encoder(tmp_path / "encoder"), tmp_path / "judge"))
     responses = ["w1 w2 w3 w4 w5 w6", "w0 w1", "w7"]
-    scores, note = S.score_samples("w3 w8", responses, judge, "tiny-judge")
+    scores, note = models_presenter.score_samples("w3 w8", responses, judge, "tiny-judge")
     assert list(scores.columns) == list(judge.objectives) == ["helpfulness", "harmlessness"]
     assert scores.shape == (3, 2) and np.isfinite(scores.to_numpy()).all()
     assert np.allclose(scores.to_numpy(), judge.scores_batch(["w3 w8"] * 3, responses))
     assert note.startswith("Preference model tiny-judge: Bradley-Terry rewards") and note.endswith(".")
     judge.info.setdefault("metrics", {})["test"] = {"helpfulness": {"accuracy": 0.75}, "harmlessness": {}}
-    _, note = S.score_samples("w3 w8", responses, judge, "tiny-judge")
+    _, note = models_presenter.score_samples("w3 w8", responses, judge, "tiny-judge")
     assert note.endswith("; its held-out pair accuracy: helpfulness 75%.")

@@ -1,4 +1,4 @@
-"""Tests for the language-model layer (mopo_core/models.py): the word tokenizer, tiny
+"""Tests for the language-model layer (mopo_core/lm/models.py, lm/lora.py): the word tokenizer, tiny
 GPTs, SFT on the synthetic text task, local checkpoints, LoRA and seeded sampling.
 Everything is built locally; nothing is downloaded."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaConfig
 
+from mopo_core.lm.lora import LoraSettings
 from mopo_core.lm.models import (
-    LoraSettings,
     build_model,
     load_model,
     load_tokenizer,

@@ -1,7 +1,7 @@
-"""Tests for the preference models (mopo_core/preference_models.py): a tiny BERT built here
-stands in for MiniLM (nothing is downloaded). The heads must recover a known linear reward
-of the embedding, the oracle must be a proper Bradley-Terry probability, and a saved model
-must give identical outputs after loading."""
+"""Tests for the preference models (mopo_core/lm/judge.py, and the prefmodel command in
+mopo_core/cli/models.py): a tiny BERT built here stands in for MiniLM (nothing is downloaded).
+The heads must recover a known linear reward of the embedding, the oracle must be a proper
+Bradley-Terry probability, and a saved model must give identical outputs after loading."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mopo_core.cli.main import main
-from mopo_core.lm.registry import _HEAD_OPTIONS
+from mopo_core.cli.models import _HEAD_OPTIONS
 from mopo_core.lm.judge import (
     HEADS_FILE,
     META_FILE,

@@ -92,6 +92,31 @@ def test_status_and_list(store):
         store.set_status(a, "done")
 
 
+def test_progress_in_one_query_and_on_a_callers_connection(store):
+    a = fill(store)
+    b = store.create_run("train", {"steps": 10, "method": "mopo", "checkpoint_dir": "/tmp/job-1"}, status="queued")
+    c = store.create_run("train", {"steps": 5, "checkpoint_dir": "/tmp/job-1"})
+    assert store.progress([]) == {} and store.progress([None]) == {}
+    progress = store.progress([a, b, c, None, 999])
+    assert set(progress) == {a, b, c}  # an unknown id is left out
+    assert progress[a] == {"status": "running", "error": None, "config": store.get_run(a).config, "step": 1,
+                           "n_points": 3}
+    assert progress[b] == {"status": "queued", "error": None,
+                           "config": {"steps": 10, "method": "mopo", "checkpoint_dir": "/tmp/job-1"}, "step": None,
+                           "n_points": 0}
+
+    with sqlite3.connect(store.path) as conn:  # the job queue's transaction, on its own connection
+        assert RunStore.progress_in(conn, [b]) == {b: progress[b]}
+        assert RunStore.latest_run_in(conn, "train", "checkpoint_dir", "/tmp/job-1") == c
+        assert RunStore.latest_run_in(conn, "train", "checkpoint_dir", "/tmp/job-2") is None
+        assert RunStore.latest_run_in(conn, "sweep", "checkpoint_dir", "/tmp/job-1") is None
+        RunStore.set_status_in(conn, c, "interrupted", "the app went away")
+        with pytest.raises(ValueError, match="status"):
+            RunStore.set_status_in(conn, c, "done")
+    ended = store.get_run(c)
+    assert (ended.status, ended.error) == ("interrupted", "the app went away") and ended.finished_at is not None
+
+
 def test_unknown_run_and_bad_points(store):
     for call in (lambda: store.get_run(99), lambda: store.log_metrics(99, 0, {"x": 1.0}), lambda: store.delete_run(99)):
         with pytest.raises(KeyError, match="run 99"):

@@ -4,7 +4,8 @@ import pytest
 
 from mopo_core.pareto import hypervolume
 from mopo_core.runs import RunStore
-from mopo_core.training.text_comparison import ComparisonSettings, comparison_figure, run_comparison
+from app.figures import comparison_figure
+from mopo_core.training.text_comparison import ComparisonSettings, run_comparison
 from mopo_core.training.text_task import TextTaskSetup
 
 
@@ -24,8 +25,26 @@ def test_comparison_runs_every_method_and_records_the_points(tmp_path):
     row = summary.set_index("method").loc["mopo"]
     assert row["hypervolume"] == hypervolume(points[points.method == "mopo"][["V0", "V1"]].to_numpy(), ref)
     assert 0 <= row["thresholds_met"] <= row["thresholds_met_within_1.96se"] <= 2
-    fig = comparison_figure(points, ref, settings)
+    fig = comparison_figure(points, ref, settings.thresholds)
     assert "maximised" in fig.layout.title.text and len(fig.data) == 7  # 6 methods + the reference point
     kinds = store.list_runs().kind.value_counts()
     # 2 MOPO offline, 2 online, MODPO, weighted DPO and the two DPO experts (DPO, MODPO's margin, the soups)
     assert kinds["comparison"] == 1 and kinds["train"] == 8
+
+
+def test_the_command_lines_output_is_drawn_by_app_figures(tmp_path):
+    """compare-text writes points.csv and comparison.json; `python -m app.figures OUT` draws them."""
+    import json
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    pd.DataFrame({"method": ["mopo", "dpo"], "parameter": ["b=0.6", "beta=0.08"], "V0": [0.6, 0.7], "V1": [0.65, 0.4],
+                  "stderr0": [0.01, 0.02], "stderr1": [0.02, 0.01]}).to_csv(tmp_path / "points.csv", index=False)
+    (tmp_path / "comparison.json").write_text(json.dumps({"reference_point": [0.3, 0.2], "thresholds": [0.6]}))
+    done = subprocess.run([sys.executable, "-m", "app.figures", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    html = (tmp_path / "comparison.html").read_text()
+    assert "HV reference point" in html and "MOPO b=0.6" in html and '"b=0.6"' in html

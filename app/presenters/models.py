@@ -30,7 +30,8 @@ import torch
 
 from mopo_core.lm.memory import MemoryUse, memory_use, unload
 from mopo_core.lm.registry import ModelEntry, inside_models_folder
-from mopo_core.lm.models import load_model, load_tokenizer, resolve_device, resolve_dtype, tiny_gpt
+from mopo_core.lm.devices import resolve_device, resolve_dtype
+from mopo_core.lm.models import load_model, load_tokenizer, tiny_gpt
 
 #: ``progress(fraction, text)``: fraction in [0, 1], a sentence saying what is being done.
 Progress = Callable[[float, str], None]

@@ -1,7 +1,8 @@
 """The engine side of the app's Train page: the page's form values turned into checked training
 configs and sweep job lists, the job queue as a table, a run's metric series for the live
 curves, and the finished runs' points on the Pareto plane. No Streamlit, and no torch until a
-config is built (:func:`train_config`, :func:`sweep_configs`), so the page loads fast.
+task's setup is checked (:func:`dataset_setup`, :func:`text_setup`): training configs are
+:class:`mopo_core.lm.config.TrainConfig`, which imports without torch, so the page loads fast.
 
 The worker (:mod:`mopo_core.training.jobs`) trains either the built-in synthetic text task with the
 tiny word-level GPT (:mod:`mopo_core.training.text_task`: objective 0, the primary V0, is helpfulness,
@@ -15,7 +16,6 @@ they were measured the same way (:func:`plane_key`).
 from __future__ import annotations
 
 import math
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,12 @@ import pandas as pd
 
 from synthetic.text_task import TextTask
 
+from app.presenters.compare import staircase
+from mopo_core.experiments.compare_runs import format_params, union_front_mask
+from mopo_core.lm.config import METHODS, WEIGHTED_METHODS, TrainConfig
+from mopo_core.runs import Run, RunStore
 from mopo_core.training import jobs
-from mopo_core.experiments.compare_runs import format_params, staircase, union_front_mask
-from mopo_core.runs import Run
+from mopo_core.training.tasks import task_of
 
 #: Field labels of the dataset form and the DatasetSetup field each fills (errors name these).
 DATASET_LABELS = {
@@ -47,8 +50,7 @@ DATASET_LABELS = {
 }
 #: The text task's objectives as the worker trains them (V0 primary, V1 secondary).
 OBJECTIVES: tuple[str, ...] = TextTask().objectives
-#: lm_trainer.METHODS, repeated so that this module does not import torch.
-METHODS = ("mopo", "dpo", "ipo", "weighted_dpo", "modpo", "sft")
+#: The page's name for each of :data:`mopo_core.lm.config.METHODS`.
 METHOD_NAMES = {
     "mopo": "MOPO (maximise helpfulness subject to harmlessness ≥ b1)",
     "dpo": "DPO (helpfulness labels only)",
@@ -59,8 +61,6 @@ METHOD_NAMES = {
 }
 SHORT_NAMES = {"mopo": "MOPO", "dpo": "DPO", "ipo": "IPO", "weighted_dpo": "weighted DPO", "modpo": "MODPO",
                "sft": "SFT"}
-#: Methods that mix the objectives with fixed weights (1 - w on the primary, w on the secondary).
-WEIGHTED_METHODS = ("weighted_dpo", "modpo")
 #: Baselines a sweep can add to its MOPO thresholds.
 SWEEP_BASELINES = ("dpo", "modpo", "weighted_dpo")
 #: Fewest prompts the text task may have: the held-out test split needs whole prompts.
@@ -129,14 +129,12 @@ def train_config(method: str, *, thresholds=(0.6,), objective_weights=(0.5, 0.5)
                  online: bool = False, n_candidates: int = 8,
                  max_new_tokens: int = 16, gradient_accumulation_steps: int = 1, kl_every: int = 0, seed: int = 0,
                  checkpoint_every: int = 25):
-    """A checked :class:`mopo_core.lm.trainer.TrainConfig` from the page's values for a task
+    """A checked :class:`mopo_core.lm.config.TrainConfig` from the page's values for a task
     with ``n_objectives`` objectives (V0 the primary). ``t0``, ``beta_ratchet`` and ``kl_every``
     of 0 mean off, and so does ``eps`` (MOPO's robust radius); ``thresholds`` (one per secondary objective, win-rates in [0, 1]) are used by
     MOPO, ``objective_weights`` (one per objective, summing to 1; with two objectives the page's
     w on the secondary gives (1 - w, w): :func:`secondary_weights`) by weighted DPO and MODPO,
     the online settings by MOPO only. ``ValueError`` names the page's field."""
-    from mopo_core.lm.trainer import TrainConfig
-
     if method not in METHODS:
         raise ValueError(f"{FIELD_LABELS['method']} (method): expected one of {', '.join(METHODS)}, got {method!r}")
     weights = None
@@ -314,38 +312,22 @@ def sweep_configs(base, thresholds, weights=(), baselines=SWEEP_BASELINES,
 # ---------------------------------------------------------------------------- the queue
 
 
-def _run_rows(store_path, run_ids) -> dict[int, dict]:
-    """Status, error, configured steps, last logged step and point count of the given runs (one query)."""
-    ids = sorted({int(i) for i in run_ids if i is not None})
-    if not ids:
-        return {}
-    conn = sqlite3.connect(Path(store_path).expanduser(), timeout=30.0)
-    try:
-        rows = conn.execute(
-            "SELECT id, status, error, json_extract(config, '$.steps'), json_extract(config, '$.method'), "
-            "(SELECT MAX(step) FROM metrics WHERE run_id = runs.id), "
-            "(SELECT COUNT(*) FROM points WHERE run_id = runs.id) "
-            f"FROM runs WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()
-    finally:
-        conn.close()
-    keys = ("status", "error", "steps", "method", "step", "n_points")
-    return {int(r[0]): dict(zip(keys, r[1:])) for r in rows}
-
-
 def queue_frame(store_path, job_list: list[jobs.Job] | None = None) -> pd.DataFrame:
     """One row per job, oldest first: job, name, kind, method, status, run, run_status, step
     (the run's last logged step; 0 before its first), steps, progress (step / steps), evaluating
     (the job runs and its run has trained but has no point yet: the evaluation is sampling), error,
     resumable (the job is its run's latest and the run can be resumed now), created_at, ended_at."""
     job_list = jobs.list_jobs(store_path) if job_list is None else job_list
-    runs = _run_rows(store_path, [j.run_id for j in job_list])
+    run_ids = [j.run_id for j in job_list if j.run_id is not None]
+    runs = RunStore(store_path).progress(run_ids) if run_ids else {}
     active_runs = {j.run_id for j in job_list if j.status in jobs.ACTIVE_STATUSES and j.run_id is not None}
     latest = {j.run_id: j.id for j in job_list if j.run_id is not None}
     rows = []
     for j in job_list:
         run = runs.get(j.run_id, {})
-        steps = (j.config or {}).get("steps", run.get("steps"))
-        method = (j.config or {}).get("method", run.get("method"))
+        run_config = run.get("config") or {}
+        steps = (j.config or {}).get("steps", run_config.get("steps"))
+        method = (j.config or {}).get("method", run_config.get("method"))
         step = int(run.get("step") or 0)
         rows.append({
             "job": j.id, "name": j.name or "", "kind": j.kind, "method": method, "status": j.status,
@@ -436,16 +418,14 @@ def run_objectives(run: Run) -> tuple[str, ...]:
 
 def plane_key(run: Run) -> tuple | None:
     """What a train run's point must share with another's to be on the same plane: the task and
-    objectives, and for a dataset run the checkpoint and how the point was measured (the same
-    test prompts, reference samples and judge); ``None`` for other runs."""
-    cfg = run.config or {}
-    if run.kind != "train" or cfg.get("task") not in ("text", "dataset"):
+    objectives, then what its task says the point's values depend on
+    (:meth:`mopo_core.training.tasks.TrainingTask.measurement`: nothing more for the text task;
+    for a dataset run the checkpoint and how the point was measured, the same test prompts,
+    reference samples and judge); ``None`` for other runs."""
+    task = task_of(run)
+    if task is None:
         return None
-    if cfg["task"] == "text":
-        return ("text", run_objectives(run))
-    setup = cfg.get("dataset_setup") or {}
-    return ("dataset", run_objectives(run), cfg.get("model_dir"),
-            *(json_key(setup.get(f)) for f in _MEASUREMENT_FIELDS))
+    return (task.name, run_objectives(run), *(json_key(value) for value in task.measurement(run.config)))
 
 
 def json_key(value):

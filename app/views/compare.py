@@ -1,5 +1,6 @@
 """Compare: pick runs from the run store; overlay their fronts; dominance, hypervolume, attainment
-over seeds; click a point to see its config, values and policy (a thin view over mopo_core.experiments.compare_runs).
+over seeds; click a point to see its config, values and policy (a thin view over
+mopo_core.experiments.compare_runs and app.presenters.compare).
 
 Language-model runs (train/evaluate runs: values are win-rates against the reference model's
 samples) are listed beside the tabular ones (values: win-rates against the behaviour policy) but
@@ -26,8 +27,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from app.presenters import compare as compare_presenter
 from app.shared import CONVENTION, axis_title, run_store, show_figure, show_table, style
-from mopo_core.experiments import compare_runs as C
+from mopo_core.experiments import compare_runs
 from mopo_core.runs import RunStore
 
 RUNS = "compare_runs"
@@ -43,7 +45,7 @@ LM_CONVENTION = ("All objectives maximised · values are win-rates of the policy
 
 def _axis(names, k: int, axis: str, scale: str) -> str:
     """The axis title of objective k on the value scale of the compared runs."""
-    if scale == C.TABULAR:
+    if scale == compare_runs.TABULAR:
         return axis_title(names, k, axis)
     return f"V{k} {names[k]} (win-rate vs the reference model; higher is better {'↑' if axis == 'y' else '→'})"
 
@@ -51,7 +53,7 @@ def _axis(names, k: int, axis: str, scale: str) -> str:
 def _convention(fig: go.Figure, scale: str) -> go.Figure:
     """Swap style()'s tabular convention line for the LM one when LM runs are compared."""
     title = fig.layout.title.text or ""
-    if scale == C.LM and CONVENTION in title:
+    if scale == compare_runs.LM and CONVENTION in title:
         fig.update_layout(title_text=title.replace(CONVENTION, LM_CONVENTION))
     return fig
 
@@ -63,7 +65,7 @@ def load_run(store_path: str, run_id: int, n_points: int, status: str, finished_
 
 
 def _create_examples():
-    ids = C.create_example_runs(run_store())
+    ids = compare_presenter.create_example_runs(run_store())
     st.session_state[RUNS] = ids["sweeps"] + ids["baselines"]
     st.session_state[PINNED] = []
     st.session_state["compare_created"] = ids
@@ -85,7 +87,7 @@ def _sync_pinned(chart_keys: list[str], valid: set) -> list[tuple[int, int]]:
                 points = state["selection"]["points"]
             except (KeyError, TypeError):
                 points = []
-        keys = C.selection_keys(points)
+        keys = compare_presenter.selection_keys(points)
         signature = json.dumps(keys)
         if keys and signature != last.get(key):
             st.session_state[PINNED] = keys
@@ -114,7 +116,7 @@ HOVER = ("<b>%{customdata[2]}</b> · run %{customdata[0]}, point %{customdata[1]
 
 
 def front_figure(pts, colours, xk, yk, names, ref, source, pinned, title, staircase=True, height=520, legend=True,
-                 scale=C.TABULAR):
+                 scale=compare_runs.TABULAR):
     """Scatter of every series (V_xk across, V_yk up); the union's non-dominated points as
     outlined diamonds, the dominated ones faded; the HV reference point and the pinned points."""
     k = len(ref)
@@ -137,7 +139,7 @@ def front_figure(pts, colours, xk, yk, names, ref, source, pinned, title, stairc
     pad = 0.03 * np.maximum(hi - lo, 1e-3)
     if staircase and k == 2 and shown["on_front"].any():
         corners = shown.loc[shown["on_front"], [f"v{xk}", f"v{yk}"]].to_numpy()
-        path = C.staircase(corners, (lo[xk] - pad[xk], lo[yk] - pad[yk]))
+        path = compare_presenter.staircase(corners, (lo[xk] - pad[xk], lo[yk] - pad[yk]))
         fig.add_scatter(x=path[:, 0], y=path[:, 1], mode="lines", name="union Pareto front (its staircase)",
                         line=dict(color="black", width=1, dash="dot"), hoverinfo="skip")
     for name, marker in (("non-dominated in the union (outlined ◆)", dict(symbol="diamond", size=12, color="grey",
@@ -250,7 +252,7 @@ def hypervolume_figure(table: pd.DataFrame, colours: dict, short_of: dict, ref, 
     return fig.update_layout(height=440)
 
 
-def attainment_figure(items, pts, names, ref, source, scale=C.TABULAR) -> go.Figure:
+def attainment_figure(items, pts, names, ref, source, scale=compare_runs.TABULAR) -> go.Figure:
     """Per seed group: each seed's points (faint), the 25-75% band and the median front (V1
     across, V0 up)."""
     fig = go.Figure()
@@ -267,14 +269,14 @@ def attainment_figure(items, pts, names, ref, source, scale=C.TABULAR) -> go.Fig
                             hovertemplate=(f"run {run_id} ({seed_text})<br>{item['label'] or ''}<br>"
                                            "V1=%{x:.4f}<br>V0=%{y:.4f}<extra></extra>"))
         surf = item["surfaces"]
-        upper = C.staircase(surf[0.25][:, ::-1], floor)
-        lower = C.staircase(surf[0.75][:, ::-1], floor)
+        upper = compare_presenter.staircase(surf[0.25][:, ::-1], floor)
+        lower = compare_presenter.staircase(surf[0.75][:, ::-1], floor)
         if len(upper):
             band = np.vstack([upper, lower[::-1]]) if len(lower) else np.vstack([upper, [floor]])
             fig.add_scatter(x=band[:, 0], y=band[:, 1], mode="lines", fill="toself", line=dict(width=0),
                             fillcolor=_alpha(colour, 0.18), name=f"{name}: 25–75% attainment band",
                             legendgroup=f"g{g}band", hoverinfo="skip")
-        median = C.staircase(surf[0.5][:, ::-1], floor)
+        median = compare_presenter.staircase(surf[0.5][:, ::-1], floor)
         if len(median):
             fig.add_scatter(x=median[:, 0], y=median[:, 1], mode="lines", line=dict(color=colour, width=3),
                             name=f"{name}: median front (50%)",
@@ -367,16 +369,16 @@ def lm_point_details(d: dict, run, key: str):
                                                         "objectives")}
     cols = st.columns(2)
     cols[0].markdown("**Parameters** of the point" + (" and its extra" if rest else ""))
-    cols[0].dataframe(C.settings_table({**(d["params"] or {}), **rest}), hide_index=True, width="stretch",
-                      height=min(36 * (1 + len(d["params"] or {}) + len(rest)) + 4, 280))
+    cols[0].dataframe(compare_presenter.settings_table({**(d["params"] or {}), **rest}), hide_index=True,
+                      width="stretch", height=min(36 * (1 + len(d["params"] or {}) + len(rest)) + 4, 280))
     cols[1].markdown(f"**Run config** (run {run.id}, {run.status})")
-    cols[1].dataframe(C.settings_table(d["config"] or {}), hide_index=True, width="stretch", height=280)
+    cols[1].dataframe(compare_presenter.settings_table(d["config"] or {}), hide_index=True, width="stretch", height=280)
     with cols[1].expander("Run config as JSON"):
         st.json(d["config"])
 
-    panels = C.training_curves(run)
+    panels = compare_presenter.training_curves(run)
     if panels:
-        table = C.metric_table(run)
+        table = compare_presenter.metric_table(run)
         if {"loss", "lambda", "constraint"} & set(panels):
             show_figure(curves_figure(run, panels, table), f"compare_curves_{key}", data=table)
         else:
@@ -384,8 +386,8 @@ def lm_point_details(d: dict, run, key: str):
     else:
         st.caption(f"Run {run.id} logged no metric series.")
 
-    scorer = C.sample_scorer(run)
-    gens = C.generations_frame(d, scorer)
+    scorer = compare_presenter.sample_scorer(run)
+    gens = compare_presenter.generations_frame(d, scorer)
     st.markdown("**Generations: this policy beside the reference model, same prompts**")
     if gens.empty:
         st.caption("This point stores no generations (runs recorded before generations were kept with their point, "
@@ -423,7 +425,7 @@ st.title("Compare runs: fronts, dominance, hypervolume, attainment over seeds")
 store = run_store()
 listed = store.list_runs()
 with_points = listed[listed["n_points"] > 0]
-labels = {int(r["id"]): C.run_label(r) for r in listed.to_dict("records")}
+labels = {int(r["id"]): compare_presenter.run_label(r) for r in listed.to_dict("records")}
 
 if "compare_created" in st.session_state:
     ids = st.session_state.pop("compare_created")
@@ -464,20 +466,21 @@ if not selected:
 status = listed.set_index("id")
 runs = [load_run(str(store.path), i, int(status.loc[i, "n_points"]), str(status.loc[i, "status"]),
                  status.loc[i, "finished_at"]) for i in selected]
-by_scale = C.group_by_scale(runs)
+by_scale = compare_runs.group_by_scale(runs)
 if len(by_scale) > 1:
     st.warning("Language-model runs and tabular runs are not overlaid: their values are win-rates against "
-               "different baselines (" + "; ".join(f"{C.SCALES[s]}: runs {', '.join(str(r.id) for r in g)}"
-                                                    for s, g in by_scale.items()) + "). Choose which to compare.")
-    last = C.value_scale(runs[-1])  # on a tie, the scale of the run picked last
+               "different baselines ("
+               + "; ".join(f"{compare_presenter.SCALES[s]}: runs {', '.join(str(r.id) for r in g)}"
+                           for s, g in by_scale.items()) + "). Choose which to compare.")
+    last = compare_runs.value_scale(runs[-1])  # on a tie, the scale of the run picked last
     default = max(by_scale, key=lambda s: (len(by_scale[s]), s == last))
     scale = st.radio("Compare the runs whose values are", list(by_scale), index=list(by_scale).index(default),
                      key="compare_scale", horizontal=True,
-                     format_func=lambda s: f"{C.SCALES[s]} ({len(by_scale[s])} runs)")
+                     format_func=lambda s: f"{compare_presenter.SCALES[s]} ({len(by_scale[s])} runs)")
 else:
     scale = next(iter(by_scale))
 runs = by_scale[scale]
-by_k = C.group_by_k(runs)
+by_k = compare_runs.group_by_k(runs)
 if len(by_k) > 1:
     st.warning("Points with different numbers of objectives cannot be overlaid: "
                + "; ".join(f"K = {k}: runs {', '.join(str(r.id) for r in g)}" for k, g in by_k.items())
@@ -489,7 +492,7 @@ else:
     k = next(iter(by_k))
 runs = by_k[k]
 run_by_id = {r.id: r for r in runs}
-pts = C.points_frame(runs, by_label)
+pts = compare_runs.points_frame(runs, by_label)
 if k < 2:
     st.info("These runs have a single objective: there is no front to compare. Their points:")
     show_table(pts.drop(columns=["params", "values"]), "compare_points_k1")
@@ -501,9 +504,9 @@ if missing:
                "data exports but left out of the fronts, the dominance counts and the hypervolumes.")
 if missing == len(pts):
     st.stop()
-values = C.value_matrix(pts)
-pts["on_front"] = C.union_front_mask(values)
-all_names = {C.objective_names_for(r) for r in runs}
+values = compare_runs.value_matrix(pts)
+pts["on_front"] = compare_runs.union_front_mask(values)
+all_names = {compare_runs.objective_names_for(r) for r in runs}
 if len(all_names - {None}) > 1:
     st.warning("The selected runs name their objectives differently ("
                + "; ".join(" / ".join(n) for n in all_names if n) + "): their values are drawn on the same axes "
@@ -515,8 +518,8 @@ colours = {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(series)}
 short_of = dict(zip(pts["series"], pts["short"]))
 
 # Hypervolume reference point: the reference policy's values when the runs give them, else below the points.
-auto_ref, auto_source = C.choose_reference_point([C.reference_point_for(r) for r in runs], values)
-if scale == C.LM and auto_source == "the reference policy's values":
+auto_ref, auto_source = compare_runs.choose_reference_point([compare_runs.reference_point_for(r) for r in runs], values)
+if scale == compare_runs.LM and auto_source == "the reference policy's values":
     auto_source = "the reference model's values (0.5: it ties with its own samples)"
 digest = hashlib.sha1(np.round(auto_ref, 10).tobytes()).hexdigest()[:8]
 with st.sidebar:
@@ -525,9 +528,10 @@ with st.sidebar:
     ref = np.array([st.number_input(f"r{j} ({names[j]})", value=float(auto_ref[j]), step=0.01, format="%.4f",
                                     key=f"compare_ref_{k}_{j}_{digest}") for j in range(k)])
     source = auto_source if np.allclose(ref, auto_ref, atol=5e-5) else "set by you in the sidebar"
-    seed_options = sorted({*C.SEED_KEYS, *(key for r in runs for key in (r.config or {}))})
+    seed_options = sorted({*compare_runs.SEED_KEYS, *(key for r in runs for key in (r.config or {}))})
     seed_keys = st.multiselect("Config keys that count as the seed", seed_options,
-                               default=[x for x in C.SEED_KEYS if x in seed_options], key="compare_seed_keys",
+                               default=[x for x in compare_runs.SEED_KEYS if x in seed_options],
+                               key="compare_seed_keys",
                                help="Runs whose configs differ only in these keys are drawn as one attainment "
                                     "group (median front and 25–75% band over the seeds).")
 
@@ -538,8 +542,8 @@ export = pts.drop(columns=["params", "values"]).assign(
     selected=[(r, i) in set(pinned) for r, i in zip(pts["run_id"], pts["idx"])])
 
 st.caption(f"{len(runs)} run(s), {len(series)} series, {len(pts)} points, K = {k} objectives; values: "
-           f"{C.SCALES[scale]}. Click a point (shift-click for several) to see its config, values and "
-           + ("generations beside the reference model's" if scale == C.LM else "policy") + " below.")
+           f"{compare_presenter.SCALES[scale]}. Click a point (shift-click for several) to see its config, values and "
+           + ("generations beside the reference model's" if scale == compare_runs.LM else "policy") + " below.")
 if k == 2:
     fig = front_figure(pts, colours, 1, 0, names, ref, source, pinned,
                        "Fronts of the selected runs: non-dominated points of the union outlined", scale=scale)
@@ -562,20 +566,20 @@ st.subheader("Selected point(s)")
 if not pinned:
     st.caption("Nothing selected yet: click a point in the chart above.")
 else:
-    details = [C.point_details(run_by_id[r], i) for r, i in pinned]
-    table = pd.DataFrame([{"run_id": d["run_id"], "run": C.run_title(run_by_id[d["run_id"]]), "idx": d["idx"],
-                           "label": d["label"], "params": C.format_params(d["params"]), **d["values"],
-                           "kl_to_reference": d["kl"]} for d in details])
+    details = [compare_runs.point_details(run_by_id[r], i) for r, i in pinned]
+    table = pd.DataFrame([{"run_id": d["run_id"], "run": compare_runs.run_title(run_by_id[d["run_id"]]),
+                           "idx": d["idx"], "label": d["label"], "params": compare_runs.format_params(d["params"]),
+                           **d["values"], "kl_to_reference": d["kl"]} for d in details])
     show_table(table, "compare_selected")
     if any(d["policy"] is not None for d in details):
         fig, data = policy_figure(details)
         show_figure(fig, "compare_policy", data=data)
-    elif scale == C.TABULAR:
+    elif scale == compare_runs.TABULAR:
         st.caption("These points record no policy (their run stored none in the points' extra).")
     for d in details:
-        what = f"{d['run_kind']}, {d['run_name']}" if d["run_name"] else C.run_title(run_by_id[d["run_id"]])
+        what = f"{d['run_kind']}, {d['run_name']}" if d["run_name"] else compare_runs.run_title(run_by_id[d["run_id"]])
         with st.expander(f"Run {d['run_id']} ({what}) · point {d['idx']} · {d['label']}", expanded=len(details) == 1):
-            if d["scale"] == C.LM:
+            if d["scale"] == compare_runs.LM:
                 lm_point_details(d, run_by_id[d["run_id"]], f"{d['run_id']}_{d['idx']}")
                 continue
             cols = st.columns(3)
@@ -589,14 +593,14 @@ else:
             cols[2].json(d["extra"] or {})
     st.button("Clear selection", key="compare_clear", on_click=_clear_selection)
 
-sets = C.point_sets(pts)
+sets = compare_runs.point_sets(pts)
 st.subheader("Dominance")
-counts = C.dominance_counts(sets)
+counts = compare_runs.dominance_counts(sets)
 show_figure(_convention(dominance_figure(counts, sets, short_of), scale), "compare_dominance")
-show_table(C.dominance_table(counts, sets), "compare_dominance_table")
+show_table(compare_runs.dominance_table(counts, sets), "compare_dominance_table")
 
 st.subheader("Hypervolume")
-hv = C.hypervolume_table(sets, ref)
+hv = compare_runs.hypervolume_table(sets, ref)
 show_figure(_convention(hypervolume_figure(hv, colours, short_of, ref, source), scale), "compare_hypervolume",
             data=hv)
 show_table(hv, "compare_hypervolume_table")
@@ -608,14 +612,14 @@ if k != 2:
     st.info("Median fronts and attainment bands are drawn for two objectives; these runs have K = "
             f"{k}. Compare seeds here through the hypervolume table above.")
 else:
-    items = C.seed_attainment(runs, ignore=tuple(seed_keys), by_label=by_label)
+    items = compare_runs.seed_attainment(runs, ignore=tuple(seed_keys), by_label=by_label)
     if not items:
         st.info("No selected runs differ only by " + (", ".join(seed_keys) or "(no key chosen)") + ". Select the "
                 "same sweep recorded with several seeds (e.g. `python -m mopo_core sweep --seed 0`, 1, 2), or "
                 "choose more config keys that count as the seed in the sidebar.")
     else:
         show_figure(attainment_figure(items, pts, names, ref, source, scale), "compare_attainment",
-                    data=C.attainment_table(items))
+                    data=compare_runs.attainment_table(items))
         st.caption("Level t: the boundary of what at least ⌈t·n⌉ of the n seeds reach (a point is reached when a "
                    "seed's point is at least as good in both objectives). With three seeds the median is two of "
                    "three, the band runs from the union's front (25%) to what all three reach (75%).")

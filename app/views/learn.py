@@ -14,7 +14,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app.shared import CONVENTION, axis_title, export_buttons, show_figure, show_table, structure_instance, style
-from app.presenters import learn as teaching
+from app.presenters import learn as learn_presenter
 from synthetic import TWO_OBJECTIVE_STRUCTURES
 
 #: Dual steps computed for the walk-through (Play runs to the last one).
@@ -199,7 +199,7 @@ ref_fig.add_bar(x=labels, y=reference, name="reference π_ref(y|x)", marker_colo
 _finish(ref_fig, f"Reference policy over the {n_responses} responses ({inst.label})", "response y",
         "probability π_ref(y|x) (sums to 1)", height=360)
 show_figure(ref_fig, "learn_reference",
-            data=teaching.tilt_table(problem, 0.0, tau)[["response", "reference"]])
+            data=learn_presenter.tilt_table(problem, 0.0, tau)[["response", "reference"]])
 
 # --- 2 ------------------------------------------------------------------------------------------------
 st.header("2 · Win-rates: how good is each response, per objective")
@@ -209,7 +209,7 @@ st.markdown(
     "the **value** of a policy is its expected win-rate."
 )
 st.latex(r"w_k(y) = \sum_{y'} \mu(y')\, P_k(y \succ y'), \qquad V_k(\pi) = \sum_y \pi(y)\, w_k(y)")
-rate_table = teaching.tilt_table(problem, 0.0, tau)[["response", "w_0", "w_1"]]
+rate_table = learn_presenter.tilt_table(problem, 0.0, tau)[["response", "w_0", "w_1"]]
 wr_fig = go.Figure()
 wr_fig.add_bar(x=labels, y=rates[0], name=f"w₀ {names[0]} (primary)", marker_color=PRIMARY,
                hovertemplate=f"response %{{x}}<br>w₀ {names[0]} = %{{y:.4f}}<extra></extra>")
@@ -255,8 +255,8 @@ st.latex(r"s_\lambda(y) = w_0(y) + \lambda\, w_1(y), \qquad "
          r"\pi_\lambda(y) = \frac{\pi_{\mathrm{ref}}(y)\, e^{s_\lambda(y)/\tau}}"
          r"{\sum_{y'} \pi_{\mathrm{ref}}(y')\, e^{s_\lambda(y')/\tau}}")
 lam = st.slider("Multiplier λ", 0.0, LAMBDA_MAX, 1.0, 0.05, key="learn_lambda")
-table = teaching.tilt_table(problem, lam, tau)
-point = teaching.tilt_values(problem, [lam], tau).iloc[0]
+table = learn_presenter.tilt_table(problem, lam, tau)
+point = learn_presenter.tilt_values(problem, [lam], tau).iloc[0]
 m = st.columns(3)
 m[0].metric(f"V₀ {names[0]}", f"{point.V_primary:.4f}")
 m[1].metric(f"V₁ {names[1]}", f"{point.V_secondary:.4f}")
@@ -271,7 +271,7 @@ tilt_fig.update_layout(barmode="group")
 _finish(tilt_fig, f"Reference against the tilt at λ = {lam:.2f}", "response y", "probability π(y|x) (sums to 1)",
         height=400)
 show_figure(tilt_fig, "learn_tilt", data=table)
-curve = teaching.tilt_values(problem, np.concatenate([np.linspace(0, 1, 21), np.geomspace(1.05, 200, 60)]), tau)
+curve = learn_presenter.tilt_values(problem, np.concatenate([np.linspace(0, 1, 21), np.geomspace(1.05, 200, 60)]), tau)
 fam = _value_plane(inst)
 fam.add_scatter(x=curve["V_secondary"], y=curve["V_primary"], mode="lines",
                 name=f"tilt family π_λ, λ ≥ 0 (τ = {tau})", line=dict(color=TILT, dash="dot"),
@@ -305,12 +305,12 @@ default_b = float(round((inst.reference_point[1] + inst.top[1]) / 2, 2))
 cols = st.columns(2)
 b = cols[0].slider(f"Threshold b on V₁ {names[1]}", low, high, min(max(default_b, low), high), 0.01,
                    key="learn_threshold")
-eta0 = teaching.default_step_size(problem, tau)
+eta0 = learn_presenter.default_step_size(problem, tau)
 factor = cols[1].select_slider("Step size η", STEP_FACTORS, value=1.0, key="learn_eta",
                                format_func=lambda f: f"{f:g} × 1/L = {f * eta0:.3f}",
                                help="1/L is the solver's safe step (L bounds the dual's curvature). Larger steps "
                                     "move faster; too large, and they overshoot and oscillate.")
-path = teaching.dual_path(problem, b, tau, step_size=factor * eta0, n_steps=N_STEPS)
+path = learn_presenter.dual_path(problem, b, tau, step_size=factor * eta0, n_steps=N_STEPS)
 path_key = (inst.label, tau, b, factor)
 if st.session_state.get("learn_path_key") != path_key:
     st.session_state.learn_path_key = path_key
@@ -386,7 +386,7 @@ st.markdown(
 st.latex(r"\max_\pi\ V_0(\pi) - \tau\, \mathrm{KL}(\pi \,\|\, \pi_{\mathrm{ref}})"
          r" \quad \text{s.t.} \quad V_1(\pi) \ge b")
 grid = sorted(set(TAU_GRID) | {float(tau)})
-effect = teaching.tau_effect(problem, b, grid)
+effect = learn_presenter.tau_effect(problem, b, grid)
 current = effect[np.isclose(effect["tau"], tau)].iloc[0]
 custom = effect[["tau", "lambda", "kl", "slack"]].to_numpy()
 tau_plane = _value_plane(inst, responses=False)
@@ -426,9 +426,9 @@ st.markdown(
     "methods part ways when preferences are not Bradley–Terry (cyclic, deterministic, mixtures), when "
     "win-rates are estimated from finite data, and with many prompts (see the README's suite tables)."
 )
-show_table(teaching.capability_summary(), "learn_capabilities")
+show_table(learn_presenter.capability_summary(), "learn_capabilities")
 with st.expander("The answers in full"):
-    full = teaching.capabilities()
+    full = learn_presenter.capabilities()
     for row in full.itertuples(index=False):
-        st.markdown(f"**{row[0]}**\n" + "\n".join(f"- *{q}* {a}" for q, a in zip(teaching.QUESTIONS, row[1:])))
+        st.markdown(f"**{row[0]}**\n" + "\n".join(f"- *{q}* {a}" for q, a in zip(learn_presenter.QUESTIONS, row[1:])))
     export_buttons(full, "learn_capabilities_full")

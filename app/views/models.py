@@ -25,11 +25,13 @@ import streamlit as st
 import torch
 
 from app.shared import export_buttons, show_table
-from mopo_core.lm import registry as R
-from app.presenters import models as S
+from mopo_core.lm import registry
+from app.presenters import models as models_presenter
 from mopo_core.lm.checkpoints import available_memory, estimate_training_memory
 from mopo_core.lm.memory import MemoryUse, memory_use
-from mopo_core.lm.models import LoraSettings, resolve_device, sample
+from mopo_core.lm.devices import resolve_device
+from mopo_core.lm.lora import LoraSettings
+from mopo_core.lm.models import sample
 
 LOADED = "models_loaded"
 LOG = "models_memory_log"
@@ -120,7 +122,7 @@ def _log(action: str, name: str, before: MemoryUse, after: MemoryUse, seconds: f
     })
 
 
-def unload_current() -> S.Unloaded | None:
+def unload_current() -> models_presenter.Unloaded | None:
     """Unload the loaded model (if any, :func:`app.presenters.models.unload_model`), drop every
     reference the page holds (its samples, chat, tokenizer, the cached preference model); log
     and return what was freed."""
@@ -134,12 +136,12 @@ def unload_current() -> S.Unloaded | None:
         loaded.pop("tokenizer", None)
         preference_model.clear()  # the scorer's encoder goes too: nothing of this model's session stays loaded
 
-    freed = S.unload_model(loaded.pop("model"), loaded["name"], loaded["after"].rss, release)
+    freed = models_presenter.unload_model(loaded.pop("model"), loaded["name"], loaded["after"].rss, release)
     _log("unload", freed.name, freed.before, freed.after)
     return freed
 
 
-def freed_text(f: S.Unloaded) -> str:
+def freed_text(f: models_presenter.Unloaded) -> str:
     cuda = (f" · CUDA allocated {fmt_bytes(f.cuda_allocated_freed)}, reserved {fmt_bytes(f.cuda_reserved_freed)}"
             " freed" if f.cuda_allocated_freed or f.cuda_reserved_freed else "")
     small = (" A model this small lives in the memory allocator's pools, which the process keeps for reuse, so "
@@ -148,9 +150,9 @@ def freed_text(f: S.Unloaded) -> str:
             f"{fmt_bytes(f.rss_before)} → {fmt_bytes(f.rss_after)}){cuda}.{small}")
 
 
-def load(entry: R.ModelEntry, dtype: str, device: str, progress) -> dict:
+def load(entry: registry.ModelEntry, dtype: str, device: str, progress) -> dict:
     """Load ``entry`` (:func:`app.presenters.models.load_entry`), log it; the session-state dict."""
-    loaded = S.load_entry(entry, dtype, device, progress)
+    loaded = models_presenter.load_entry(entry, dtype, device, progress)
     _log("load", loaded.name, loaded.before, loaded.after, loaded.seconds)
     return loaded.as_dict()
 
@@ -159,16 +161,16 @@ def score_samples(scorer: str, prompt: str, responses: list[str], root: Path) ->
     """Per-objective scores of ``responses`` to ``prompt`` by ``scorer`` (the text-task scorers or
     a preference model's name in ``root``'s prefmodels folder) and a sentence saying what they are."""
     if scorer == TEXT_TASK:
-        return S.score_samples(prompt, responses)
-    folder = root / R.PREFMODELS_DIR / scorer
-    return S.score_samples(prompt, responses, preference_model(str(folder), _stamp(folder, "preference_model.json")),
-                           scorer)
+        return models_presenter.score_samples(prompt, responses)
+    folder = root / registry.PREFMODELS_DIR / scorer
+    judge = preference_model(str(folder), _stamp(folder, "preference_model.json"))
+    return models_presenter.score_samples(prompt, responses, judge, scorer)
 
 
 # ----------------------------------------------------------------------------- page
 
 st.title("Models: checkpoints, memory, sampling")
-root = R.models_dir()
+root = registry.models_dir()
 if NOTICE in st.session_state:
     kind, text = st.session_state.pop(NOTICE)
     getattr(st, kind)(text)
@@ -185,17 +187,17 @@ with st.sidebar:
     reference_copy = st.toggle("Frozen reference copy (DPO/IPO)", value=False, key="models_reference_copy")
 
 try:
-    entries = R.list_models()
+    entries = registry.list_models()
 except ValueError as exc:  # an unreadable registry.json
     st.error(str(exc))
-    entries = [R.builtin_entry()]
+    entries = [registry.builtin_entry()]
 device = resolve_device("auto")
 try:
     free = available_memory(device)
 except RuntimeError:
     free = None
 
-st.caption(f"Models folder: `{root}` (set `${R.MODELS_ENV}` to use another). The built-in model needs no files; "
+st.caption(f"Models folder: `{root}` (set `${registry.MODELS_ENV}` to use another). The built-in model needs no files; "
            "checkpoint folders (config.json + safetensors) directly inside the folder are found by themselves, "
            "nested ones are added below. SmolLM2-135M-Instruct: `python -m mopo_core models fetch-smollm2`.")
 rows = []
@@ -206,7 +208,7 @@ for e in entries:
             estimate = training_estimate(e.path, _stamp(e.path), int(batch), int(seq_len), train_dtype,
                                          8 if use_lora else 0, checkpointing, reference_copy)
         except (ValueError, OSError, RuntimeError) as exc:
-            e = R.ModelEntry(**{**e.to_dict(), "problem": f"cannot estimate its memory: {exc}"})
+            e = registry.ModelEntry(**{**e.to_dict(), "problem": f"cannot estimate its memory: {exc}"})
     total = None if estimate is None else estimate["total"]
     rows.append({
         "name": e.name, "kind": e.kind, "architecture": e.architecture, "parameters": fmt_count(e.n_parameters),
@@ -235,7 +237,7 @@ with st.expander("Add a checkpoint folder from the models folder"):
     new_path = st.text_input("Checkpoint folder", key="models_add_path", placeholder=str(root / "my-checkpoint"))
     if st.button("Add to the registry", key="models_add"):
         try:
-            added = R.register(new_path.strip(), source="added on the Models page")
+            added = registry.register(new_path.strip(), source="added on the Models page")
         except (ValueError, FileNotFoundError) as exc:
             st.error(str(exc))
         else:
@@ -305,15 +307,15 @@ if loaded is not None:
     tokenizer = loaded["tokenizer"]
     model = loaded["model"]
     templated = bool(getattr(tokenizer, "chat_template", None))
-    prefs = R.list_prefmodels(root)
+    prefs = registry.list_prefmodels(root)
     st.subheader(f"Sample from {loaded['name']}")
     scorers = [TEXT_TASK, *(p.name for p in prefs)]
     default_scorer = 1 if prefs and loaded["kind"] != "builtin" else 0
     scorer = st.selectbox("Score the samples with", scorers, index=default_scorer, key="models_scorer",
-                          help=f"Preference models are read from {root / R.PREFMODELS_DIR}.")
+                          help=f"Preference models are read from {root / registry.PREFMODELS_DIR}.")
     if not prefs:
-        st.caption(f"No preference model available: none saved in `{root / R.PREFMODELS_DIR}` (train one with "
-                   f"`python -m mopo_core prefmodel train --data FILE --out {root / R.PREFMODELS_DIR}/NAME`). "
+        st.caption(f"No preference model available: none saved in `{root / registry.PREFMODELS_DIR}` (train one with "
+                   f"`python -m mopo_core prefmodel train --data FILE --out {root / registry.PREFMODELS_DIR}/NAME`). "
                    "The text task's programmatic scorers are used.")
     sample_tab, chat_tab = st.tabs(["Sample several responses", "Chat"])
     with sample_tab:
@@ -327,18 +329,18 @@ if loaded is not None:
         prompt = st.text_area("Prompt", key="models_prompt", height=80)
         c = st.columns(5)
         n = c[0].number_input("Samples", 1, 32, 4, key="models_n")
-        max_new = c[1].number_input("Max new tokens", 1, 512, 16 if S.word_level(tokenizer) else 48,
+        max_new = c[1].number_input("Max new tokens", 1, 512, 16 if models_presenter.word_level(tokenizer) else 48,
                                     key="models_max_new")
         temperature = c[2].number_input("Temperature (0: greedy)", 0.0, 5.0, 1.0, 0.1, key="models_temperature")
         seed = c[3].number_input("Seed", 0, 1_000_000, 0, key="models_seed")
         as_chat = c[4].toggle("Chat template", value=templated, disabled=not templated, key="models_as_chat",
                               help="Wrap the prompt as one user turn in the tokenizer's chat template.")
-        unknown = S.unknown_words(tokenizer, prompt)
+        unknown = models_presenter.unknown_words(tokenizer, prompt)
         if unknown:
             st.warning(f"Not in {loaded['name']}'s vocabulary (read as <unk>): {', '.join(unknown)}. Its vocabulary is "
                        "the text task's words; pick an example prompt.")
         if st.button("Sample", key="models_sample", type="primary"):
-            text = R.format_prompt(tokenizer, prompt) if as_chat and templated else prompt
+            text = registry.format_prompt(tokenizer, prompt) if as_chat and templated else prompt
             with st.spinner(f"Sampling {n} response(s)…"):
                 start = time.perf_counter()
                 responses = sample(model, tokenizer, [text], n=int(n), max_new_tokens=int(max_new),

@@ -13,7 +13,7 @@ from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
 from app import shared
-from mopo_core.experiments import ablations as ab
+from mopo_core.experiments import ablations
 from synthetic import STRUCTURES
 
 TAUS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.5, 1.0]
@@ -58,26 +58,27 @@ def slug(text: str) -> str:
 
 
 @st.cache_resource(show_spinner="Computing the exact front…", max_entries=32)
-def exact(name: str, n: int, m: int, seed: int) -> ab.ExactReference:
-    return ab.exact_reference(name, n, m, seed)
+def exact(name: str, n: int, m: int, seed: int) -> ablations.ExactReference:
+    return ablations.exact_reference(name, n, m, seed)
 
 
 @st.cache_data(show_spinner="Sweeping thresholds…", max_entries=64)
-def sweep(name, n, m, seed, tau, eps, n_thresholds, n_comparisons) -> ab.SweepOutcome:
-    return ab.threshold_sweep(name, n, m, seed, tau, eps, n_thresholds, n_comparisons, exact=exact(name, n, m, seed))
+def sweep(name, n, m, seed, tau, eps, n_thresholds, n_comparisons) -> ablations.SweepOutcome:
+    return ablations.threshold_sweep(name, n, m, seed, tau, eps, n_thresholds, n_comparisons,
+                                     exact=exact(name, n, m, seed))
 
 
 @st.cache_data(show_spinner="Running the ablation…", max_entries=64)
 def ablate(name, n, m, seed, parameter, values, tau, eps, n_thresholds, n_comparisons, t0, beta, steps):
-    return ab.ablation(name, parameter, list(values), n_responses=n, n_prompts=m, seed=seed, tau=tau, eps=eps,
-                       n_thresholds=n_thresholds, n_comparisons=n_comparisons, t0=t0, beta=beta, steps=steps,
-                       exact=exact(name, n, m, seed))
+    return ablations.ablation(name, parameter, list(values), n_responses=n, n_prompts=m, seed=seed, tau=tau, eps=eps,
+                              n_thresholds=n_thresholds, n_comparisons=n_comparisons, t0=t0, beta=beta, steps=steps,
+                              exact=exact(name, n, m, seed))
 
 
 # --------------------------------------------------------------------------- figure pieces
 
 
-def add_exact(fig: go.Figure, ex: ab.ExactReference, c: str, suffix: str = ""):
+def add_exact(fig: go.Figure, ex: ablations.ExactReference, c: str, suffix: str = ""):
     """The exact front: a line for K = 2, LP samples for K >= 3."""
     pts = ex.front.points
     k = ex.n_objectives
@@ -167,9 +168,9 @@ def multiplier_figure(outs, names) -> go.Figure:
 
 
 def metrics_figure(tables: pd.DataFrame, parameter: str) -> go.Figure:
-    symbol = ab.SYMBOLS[parameter]
+    symbol = ablations.SYMBOLS[parameter]
     fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t, _ in METRIC_PANELS], vertical_spacing=0.16)
-    method = METHOD_NAMES["mopo_alg1" if parameter in ab.ALGORITHM1_PARAMETERS else "mopo"]
+    method = METHOD_NAMES["mopo_alg1" if parameter in ablations.ALGORITHM1_PARAMETERS else "mopo"]
     for name, rows in tables.groupby("structure", sort=False):
         for i, (col, _, axis) in enumerate(METRIC_PANELS):
             fig.add_scatter(x=rows.label, y=rows[col], mode="lines+markers", row=i // 2 + 1, col=i % 2 + 1,
@@ -188,7 +189,7 @@ def metrics_figure(tables: pd.DataFrame, parameter: str) -> go.Figure:
                         f"{symbol} (categories, increasing)", None, 640)
 
 
-def ablation_front_figure(out: ab.AblationOutcome) -> go.Figure:
+def ablation_front_figure(out: ablations.AblationOutcome) -> go.Figure:
     ex, names, parameter = out.exact, out.exact.objective_names, out.config["parameter"]
     fig = go.Figure()
     add_exact(fig, ex, "#444444")
@@ -202,7 +203,7 @@ def ablation_front_figure(out: ab.AblationOutcome) -> go.Figure:
         fig.add_scatter(x=pts.V1, y=pts.V0, mode="markers", customdata=data, marker=dict(color=shade, size=8),
                         name=f"{method} · {label}",
                         hovertemplate=f"method: {method}<br>structure: {ex.name}<br>{label}<br>{lines}<extra></extra>")
-    title = f"{ex.name}: MOPO points for each {ab.SYMBOLS[parameter]} (true values)"
+    title = f"{ex.name}: MOPO points for each {ablations.SYMBOLS[parameter]} (true values)"
     return shared.style(fig, front_title(names, title), shared.axis_title(names, 1), shared.axis_title(names, 0), 500)
 
 
@@ -239,7 +240,7 @@ def save_button(outs, kind: str):
     if st.button("Save as run", key="sweep_save", type="primary",
                  help=f"Record each structure's {kind} as a run (kind '{kind}') in the run store"):
         store = shared.run_store()
-        ids = [ab.save_run(store, out) for out in outs]
+        ids = [ablations.save_run(store, out) for out in outs]
         st.session_state["sweep_saved"] = (ids, kind, str(store.path), signature)
     saved = st.session_state.get("sweep_saved")
     if saved and saved[3] == signature:
@@ -281,7 +282,7 @@ st.caption("Thresholds run from the reference policy's secondary value to 95% of
            "preferences. Hypervolume reference point: the reference policy's values (drawn on every front).")
 
 if mode == "Threshold sweep":
-    n_thresholds = st.slider("Number of thresholds", 5, 200, ab.SWEEP_THRESHOLDS, key="sweep_n_thresholds")
+    n_thresholds = st.slider("Number of thresholds", 5, 200, ablations.SWEEP_THRESHOLDS, key="sweep_n_thresholds")
     try:
         outs = [sweep(name, n_resp, prompts(name), seed, tau, eps, n_thresholds, n_comparisons) for name in names]
     except ValueError as exc:
@@ -305,27 +306,27 @@ if mode == "Threshold sweep":
         with st.expander(f"Sweep points ({len(points)} rows)"):
             shared.show_table(points, f"sweep_points_{key}")
 else:
-    parameter = st.selectbox("Ablated parameter", ab.PARAMETERS, format_func=PARAMETER_NAMES.get,
+    parameter = st.selectbox("Ablated parameter", ablations.PARAMETERS, format_func=PARAMETER_NAMES.get,
                              key="sweep_parameter")
-    algorithm1 = parameter in ab.ALGORITHM1_PARAMETERS
-    picked = st.multiselect(f"Values of {ab.SYMBOLS[parameter]}", VALUE_OPTIONS[parameter],
-                            default=list(ab.DEFAULT_VALUES[parameter]), key=f"sweep_values_{parameter}",
-                            format_func=lambda v: ab.value_label(parameter, v))
+    algorithm1 = parameter in ablations.ALGORITHM1_PARAMETERS
+    picked = st.multiselect(f"Values of {ablations.SYMBOLS[parameter]}", VALUE_OPTIONS[parameter],
+                            default=list(ablations.DEFAULT_VALUES[parameter]), key=f"sweep_values_{parameter}",
+                            format_func=lambda v: ablations.value_label(parameter, v))
     values = tuple(sorted(picked, key=lambda v: (v is None, 0 if v is None else v)))
     cols = st.columns(3)
     n_thresholds = cols[0].slider("Thresholds per value", 2, 50,
-                                  ab.ALGORITHM1_THRESHOLDS if algorithm1 else ab.ABLATION_THRESHOLDS,
+                                  ablations.ALGORITHM1_THRESHOLDS if algorithm1 else ablations.ABLATION_THRESHOLDS,
                                   key=f"sweep_ab_thresholds_{'alg1' if algorithm1 else 'exact'}")
-    steps, t0, beta = ab.ALGORITHM1_STEPS, None, None
+    steps, t0, beta = ablations.ALGORITHM1_STEPS, None, None
     if algorithm1:
         steps = cols[1].select_slider("Algorithm 1 steps per threshold", [200, 500, 1000, 2000, 4000],
-                                      ab.ALGORITHM1_STEPS, key="sweep_steps")
+                                      ablations.ALGORITHM1_STEPS, key="sweep_steps")
         if parameter == "beta":
             t0 = cols[2].select_slider("Fixed t0 (lagged-reference period)", [1, 10, 50, 100, 200, 500], 100,
                                        key="sweep_fixed_t0")
         else:
             beta = cols[2].selectbox("Fixed β (ratchet)", [None, 0.9, 0.99, 0.999], key="sweep_fixed_beta",
-                                     format_func=lambda v: ab.value_label("beta", v))
+                                     format_func=lambda v: ablations.value_label("beta", v))
         st.caption("Algorithm 1 runs from the reference at each attainable threshold; its last iterate can sit a "
                    "hair on either side of a threshold, and a threshold counts as met only within 1e-6.")
     if not values:

@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 
 from app.shared import export_buttons, run_store, show_figure, show_table, style
 from mopo_core.training import jobs
-from app.presenters import train as TV
+from app.presenters import train as train_presenter
 from mopo_core.runs import RunStore
 
 POLL_S = 1.5
@@ -35,11 +35,11 @@ POLLING = "train_polling"
 MESSAGE = "train_message"
 RUN_CHOICE = "train_run"
 FOLLOW = 0  # the run selector's "follow the running job" entry
-F = TV.FIELD_LABELS
-D = TV.DEFAULTS
+F = train_presenter.FIELD_LABELS
+D = train_presenter.DEFAULTS
 BADGES = {"queued": "gray", "running": "blue", "done": "green", "cancelled": "orange", "failed": "red",
           "interrupted": "violet"}
-METHOD_COLOURS = dict(zip(TV.METHODS, plotly.colors.qualitative.Plotly))
+METHOD_COLOURS = dict(zip(train_presenter.METHODS, plotly.colors.qualitative.Plotly))
 TASKS = {"text": "Synthetic text task (built-in tiny model)", "dataset": "Preference file + local checkpoint"}
 
 
@@ -65,7 +65,7 @@ def _cancel(path: str, job_id: int) -> None:
 
 def _resume(path: str, run_id: int) -> None:
     try:
-        job_id = jobs.resume(path, run_id)
+        job_id = jobs.enqueue_resume(path, run_id)
     except ValueError as exc:
         _say("error", str(exc))
         return
@@ -87,7 +87,7 @@ PANELS = [  # (metric prefix, subplot title, y-axis title)
 
 
 def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online: bool = False,
-                  names: tuple[str, ...] = TV.OBJECTIVES) -> go.Figure:
+                  names: tuple[str, ...] = train_presenter.OBJECTIVES) -> go.Figure:
     """The six live panels; ``names`` are the run's objectives (V0 the primary)."""
     fig = make_subplots(rows=2, cols=3, subplot_titles=[p[1] for p in PANELS], vertical_spacing=0.2,
                         horizontal_spacing=0.09)
@@ -96,14 +96,14 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
         row, col = i // 3 + 1, i % 3 + 1
         traces = []
         if prefix == "lambda_":
-            for j in range(1, TV.constraint_count(frame) + 1):
+            for j in range(1, train_presenter.constraint_count(frame) + 1):
                 if f"lambda_{j}" in frame:
                     traces.append((f"lambda_{j}", f"λ{j} (multiplier of {names[j]})", dict(color=palette[(2 * j - 1) % 10])))
                 if f"chi_{j}" in frame:
                     traces.append((f"chi_{j}", f"χ{j} (robust dual of {names[j]})",
                                    dict(color=palette[(2 * j - 1) % 10], dash="dot")))
         elif prefix == "constraint_":
-            for j in range(1, TV.constraint_count(frame) + 1):
+            for j in range(1, train_presenter.constraint_count(frame) + 1):
                 robust = f"chi_{j}" in frame
                 traces.append((f"constraint_{j}", f"V{j} {names[j]}: {'robust (ε-ball) ' if robust else ''}estimate "
                                                   "on the step's batch",
@@ -111,7 +111,7 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
                 if f"threshold_{j}" in frame:
                     traces.append((f"threshold_{j}", f"threshold b{j} in force", dict(color="black", dash="dash")))
         elif prefix in frame:
-            label = {"loss": f"loss ({TV.SHORT_NAMES.get(method, method)})", "ess": "ESS / rows",
+            label = {"loss": f"loss ({train_presenter.SHORT_NAMES.get(method, method)})", "ess": "ESS / rows",
                      "kl_to_reference": "KL(π ‖ π_ref): exact per-token KL summed over sampled responses", "tokens_per_s": "tokens/s"}[prefix]
             traces.append((prefix, label, dict(color=palette[[0, 0, 0, 3, 4, 5][i]])))
         for column, name, line in traces:
@@ -121,7 +121,7 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
                             hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>")
         if not traces or all(frame[c].notna().sum() == 0 for c, _, _ in traces):
             if prefix in ("lambda_", "constraint_", "ess") and method != "mopo":
-                why = f"not logged by {TV.SHORT_NAMES.get(method, method)} (MOPO only)"
+                why = f"not logged by {train_presenter.SHORT_NAMES.get(method, method)} (MOPO only)"
             elif prefix == "kl_to_reference" and not kl_every and not online:
                 why = "KL estimate off for this run<br>(sidebar: KL estimate every)"
             else:
@@ -153,10 +153,10 @@ def _plane_range(values: list[float], min_span: float = 0.2) -> list[float]:
 
 
 def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run_status: str | None,
-                 names: tuple[str, ...] = TV.OBJECTIVES) -> go.Figure:
+                 names: tuple[str, ...] = train_presenter.OBJECTIVES) -> go.Figure:
     """x = V1, y = V0 of ``names`` (win-rates vs the reference model); the finished runs' points,
     their front, the reference point and the selected run's live constraint on V1."""
-    ref = TV.REFERENCE_POINT
+    ref = train_presenter.REFERENCE_POINT
     live = [c for c in live if c["j"] == 1] if run_status in ("running", "queued") else []  # the plane's x is V1
     xs = [ref[1], *points["v1"], *[c["estimate"] for c in live], *[c["threshold"] for c in live
                                                                     if np.isfinite(c["threshold"])]]
@@ -167,7 +167,8 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
         on = d["on_front"].to_numpy(dtype=bool)
         custom = np.stack([d["run"], d["job_name"], d["params_text"], d["stderr0"], d["stderr1"]], axis=1)
         fig.add_scatter(
-            x=d["v1"], y=d["v0"], mode="markers", name=f"{TV.SHORT_NAMES.get(method, method)}: finished runs' points",
+            x=d["v1"], y=d["v0"], mode="markers",
+            name=f"{train_presenter.SHORT_NAMES.get(method, method)}: finished runs' points",
             marker=dict(color=METHOD_COLOURS.get(method, "grey"), size=np.where(on, 13, 9).tolist(),
                         symbol=np.where(on, "diamond", "circle").tolist(),
                         line=dict(color="black", width=np.where(on, 1.5, 0).tolist()),
@@ -179,7 +180,7 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
                            f"V1 {names[1]} %{{x:.3f}} ± %{{customdata[4]:.3f}}<br>"
                            f"V0 {names[0]} %{{y:.3f}} ± %{{customdata[3]:.3f}}<extra></extra>"))
     if points["on_front"].any():
-        path = TV.front_staircase(points, (x_range[0], y_range[0]))
+        path = train_presenter.front_staircase(points, (x_range[0], y_range[0]))
         fig.add_scatter(x=path[:, 0], y=path[:, 1], mode="lines", name="Pareto front of these points (staircase)",
                         line=dict(color="black", width=1, dash="dot"), hoverinfo="skip")
     chosen = points[points["run"] == run_id]
@@ -262,7 +263,7 @@ def live_panel(path: str) -> None:
         jobs.reconcile(path)
         jobs.ensure_worker(path)
     job_list = jobs.list_jobs(path)
-    queue = TV.queue_frame(path, job_list)
+    queue = train_presenter.queue_frame(path, job_list)
     active = bool(queue["status"].isin(jobs.ACTIVE_STATUSES).any())
     if active != polling:  # a job ended (stop the timer, redraw) or one was queued from here or elsewhere
         st.rerun()
@@ -283,7 +284,7 @@ def live_panel(path: str) -> None:
     export_buttons(queue.drop(columns=["resumable"]), "train_queue")
 
     run_ids = list(dict.fromkeys(int(r) for r in queue["run"].dropna()[::-1]))
-    following = TV.default_run(queue)
+    following = train_presenter.default_run(queue)
     running = bool(((queue["status"] == "running") & queue["run"].notna()).any())
     if not run_ids:
         st.info("The first job is preparing (building the task and its reference model); its run and curves "
@@ -306,18 +307,18 @@ def live_panel(path: str) -> None:
     except KeyError:  # deleted meanwhile (e.g. `python -m mopo_core runs delete`)
         st.info(f"Run {run_id} is no longer in the run store.")
         return
-    frame = TV.metric_frame(run)
+    frame = train_presenter.metric_frame(run)
     steps = int(run.config.get("steps") or 1)
     step = int(frame["step"].max()) if len(frame) else 0
-    name = names.get(run_id) or TV.SHORT_NAMES.get(run.config.get("method"), "run")
+    name = names.get(run_id) or train_presenter.SHORT_NAMES.get(run.config.get("method"), "run")
     evaluating = bool(queue.loc[queue["run"].eq(run_id).fillna(False), "evaluating"].any())
     st.progress(min(step / steps, 1.0), text=f"Run {run_id} ({name}): step {step} / {steps} · {run.status}"
                 + (" · evaluating: sampling the policy on the held-out prompts, then its point is added"
                    if evaluating else ""))
     if run.error and run.status != "finished":
         st.caption(f"Run {run_id}: {run.error}")
-    objectives = TV.run_objectives(run)
-    live = TV.live_constraints(frame)
+    objectives = train_presenter.run_objectives(run)
+    live = train_presenter.live_constraints(frame)
     stuck = [c for c in live if c["below"] >= STUCK_STEPS]
     if stuck:
         st.warning(" ".join(
@@ -337,28 +338,28 @@ def live_panel(path: str) -> None:
                               objectives),
                 "train_curves", data=frame)
 
-    key = TV.plane_key(run)
-    points = TV.front_points(_front_runs(run_store()), {int(r["run"]): r["name"] for r in
+    key = train_presenter.plane_key(run)
+    points = train_presenter.front_points(_front_runs(run_store()), {int(r["run"]): r["name"] for r in
                                                           queue.dropna(subset=["run"]).to_dict("records")
                                                           if r["kind"] != "resume"}, key)
     reference = ("the SFT model every text-task run starts from" if key[0] == "text" else
                  f"the starting checkpoint {Path(str(key[2])).name}, sampled on the test prompts and scored by "
                  "the same preference model")
     if len(objectives) < 2:
-        st.markdown(f"**Finished runs' points** ({TV.describe_plane(key)}): one objective, so no plane: V0 "
-                    f"{objectives[0]} is the policy's win-rate against the reference model ({reference}).")
+        st.markdown(f"**Finished runs' points** ({train_presenter.describe_plane(key)}): one objective, so no "
+                    f"plane: V0 {objectives[0]} is the policy's win-rate against the reference model ({reference}).")
     else:
         left, right = st.columns([3, 2])
         with left:
-            st.caption(f"On this plane: the {TV.describe_plane(key)} (points measured another way are on the "
-                       "Compare page).")
+            st.caption(f"On this plane: the {train_presenter.describe_plane(key)} (points measured another way are "
+                       "on the Compare page).")
             show_figure(plane_figure(points, live, run_id, run.status, objectives), "train_plane", data=points)
         with right:
             st.markdown("**How to read the Pareto plane**")
             st.markdown(
-                f"- **Markers**: each finished run's point of the {TV.describe_plane(key)}, measured once at its end "
-                f"on held-out prompts: the policy's win-rates against the reference model ({reference}; 0.5 = as "
-                "good as the reference). Outlined diamonds are on the front of these points.\n"
+                f"- **Markers**: each finished run's point of the {train_presenter.describe_plane(key)}, measured "
+                f"once at its end on held-out prompts: the policy's win-rates against the reference model "
+                f"({reference}; 0.5 = as good as the reference). Outlined diamonds are on the front of these points.\n"
                 f"- **Red line**: while a run trains only its constraint is estimated ({objectives[1]}, on the step's "
                 f"batch), not its {objectives[0]}, so the live run is a vertical line, not a point.\n"
                 "- **Black dashed line**: the live run's threshold b1; MOPO aims to end to its right.\n"
@@ -376,7 +377,8 @@ def live_panel(path: str) -> None:
         show_table(shown, "train_points", column_config={
             c: st.column_config.NumberColumn(c, format="%.3f") for c in shown.columns if c.startswith(("V", "±"))})
     with st.expander("Worker log (last lines)"):
-        st.code(TV.worker_log_tail(path) or "(empty: no worker has started on this store yet)", language=None)
+        st.code(train_presenter.worker_log_tail(path) or "(empty: no worker has started on this store yet)",
+                language=None)
 
 
 # ----------------------------------------------------------------------------- the dataset form
@@ -401,18 +403,18 @@ def check_dataset(key: str, stamps: tuple, _setup) -> tuple[str, object]:
     try:
         return "ok", check_setup(_setup)
     except SetupError as exc:
-        return "error", str(TV.dataset_error(exc))
+        return "error", str(train_presenter.dataset_error(exc))
 
 
 def dataset_form():
     """The sidebar's dataset settings: (DatasetSetup or None, SetupCheck or None, message or None,
     whether the message is an error rather than a field still to fill in)."""
-    from mopo_core.lm import registry as R
+    from mopo_core.lm import registry
     from mopo_core.training.dataset_task import DATA_FORMATS
     from mopo_core.lm.judge import read_meta
 
-    L = TV.DATASET_LABELS
-    root = R.models_dir()
+    L = train_presenter.DATASET_LABELS
+    root = registry.models_dir()
     with st.expander("Data, model and judge", expanded=True):
         data = st.text_input(L["data"], key="train_data", placeholder="/path/to/pairs.jsonl",
                              help="This project's schema (JSON Lines or Parquet) or a public format: PKU-SafeRLHF, "
@@ -422,16 +424,17 @@ def dataset_form():
         objective = st.text_input(L["objective"], key="train_objective",
                                   help="Only for one-objective public formats (HH-RLHF, DPO JSON): the name its "
                                        "labels get. Leave empty otherwise.")
-        models = [e for e in R.list_models(root) if e.path is not None and e.problem is None]
+        models = [e for e in registry.list_models(root) if e.path is not None and e.problem is None]
         model = st.selectbox(L["model"], [e.path for e in models], key="train_model",
                              format_func=lambda p: next(f"{e.name} · {e.architecture} · {e.n_parameters / 1e6:,.1f}M"
                                                         f" params · {e.dtype}" for e in models if e.path == p))
         if not models:
             st.caption(f"No usable checkpoint in the models folder `{root}`: fetch one (`python -m mopo_core models "
                        "fetch-smollm2`) or add a folder on the Models page.")
-        judges = [str(p) for p in R.list_prefmodels(root)]
+        judges = [str(p) for p in registry.list_prefmodels(root)]
         judge = st.selectbox(L["prefmodel"], judges, key="train_prefmodel", format_func=lambda p: Path(p).name,
-                             help=f"Saved preference models in `{root / R.PREFMODELS_DIR}`; it scores the policy's "
+                             help=f"Saved preference models in `{root / registry.PREFMODELS_DIR}`; it scores the "
+                                  "policy's "
                                   "and the reference's samples on the test prompts, which it must never have seen.")
         fitted = {}
         if judge:
@@ -447,8 +450,9 @@ def dataset_form():
             except (OSError, ValueError) as exc:
                 st.caption(f"Judge unreadable: {exc}")
         else:
-            st.caption(f"No preference model in `{root / R.PREFMODELS_DIR}`: train one on the training split "
-                       f"(`python -m mopo_core prefmodel train --data FILE --out {root / R.PREFMODELS_DIR}/NAME`).")
+            st.caption(f"No preference model in `{root / registry.PREFMODELS_DIR}`: train one on the training split "
+                       "(`python -m mopo_core prefmodel train --data FILE --out "
+                       f"{root / registry.PREFMODELS_DIR}/NAME`).")
         lora_r = st.number_input(L["lora_r"] + " (0: full fine-tuning)", 0, 1024, D["lora_r"], key="train_lora")
     with st.expander("Split and evaluation"):
         # The judge's own split by default: its held-out prompts are then this run's test prompts.
@@ -482,13 +486,13 @@ def dataset_form():
         missing = [L[f] for f, v in (("data", data.strip()), ("model", model), ("prefmodel", judge)) if not v]
         return None, None, f"Set up the dataset run: {', '.join(missing)} still to choose.", False
     try:
-        setup = TV.dataset_setup(data=str(Path(data.strip()).expanduser().resolve()), format=fmt, objective=objective,
-                                 model=model, prefmodel=judge, lora_r=lora_r, split=split, split_seed=split_seed,
-                                 **values)
+        setup = train_presenter.dataset_setup(data=str(Path(data.strip()).expanduser().resolve()), format=fmt,
+                                              objective=objective, model=model, prefmodel=judge, lora_r=lora_r,
+                                              split=split, split_seed=split_seed, **values)
     except ValueError as exc:
         return None, None, str(exc), True
     status, found = check_dataset(repr(setup), _stamp(setup.data, Path(model) / "config.json",
-                                                      Path(judge) / R.PREFMODEL_META), setup)
+                                                      Path(judge) / registry.PREFMODEL_META), setup)
     return (setup, found, None, False) if status == "ok" else (setup, None, found, True)
 
 
@@ -505,10 +509,10 @@ def memory_note(setup, found, method: str, values: dict) -> None:
     """The memory one step of the dataset run set up in the sidebar needs, against what the
     worker's device has free now (the worker is another process on this machine)."""
     from mopo_core.lm.checkpoints import available_memory
-    from mopo_core.lm.models import resolve_device
+    from mopo_core.lm.devices import resolve_device
 
     try:
-        config = TV.train_config(method, **values)
+        config = train_presenter.train_config(method, **values)
     except ValueError:
         return  # the form's error is shown when Start is pressed
     total, parts, advice = step_memory(repr((setup, found, config)), found, setup, config)
@@ -550,13 +554,14 @@ with st.sidebar:
                 st.warning(f"{len(dropped)} pair(s) left out: their two responses are the same text once cut to "
                            f"{setup.max_response_tokens} tokens ({', '.join(dropped[:5])}"
                            + (f" and {len(dropped) - 5} more)" if len(dropped) > 5 else ")"))
-    objectives = TV.OBJECTIVES if task == "text" else (checked.objectives if checked else TV.OBJECTIVES)
+    objectives = (train_presenter.OBJECTIVES if task == "text"
+                  else (checked.objectives if checked else train_presenter.OBJECTIVES))
     n_objectives = len(objectives)
-    methods = [m for m in TV.METHODS if n_objectives > 1 or m not in TV.WEIGHTED_METHODS]
-    method = st.selectbox(F["method"], methods, format_func=TV.SHORT_NAMES.get, key="train_method")
-    st.caption(TV.METHOD_NAMES[method] if task == "text" else TV.METHOD_NAMES[method].split(" (")[0]
-               + f": primary {objectives[0]}" + (f", secondary {', '.join(objectives[1:])}" if n_objectives > 1
-                                                  else ""))
+    methods = [m for m in train_presenter.METHODS if n_objectives > 1 or m not in train_presenter.WEIGHTED_METHODS]
+    method = st.selectbox(F["method"], methods, format_func=train_presenter.SHORT_NAMES.get, key="train_method")
+    st.caption(train_presenter.METHOD_NAMES[method] if task == "text"
+               else train_presenter.METHOD_NAMES[method].split(" (")[0] + f": primary {objectives[0]}"
+               + (f", secondary {', '.join(objectives[1:])}" if n_objectives > 1 else ""))
     values = {"n_objectives": n_objectives}
     if method == "mopo" and n_objectives > 1:
         values["thresholds"] = tuple(
@@ -568,15 +573,16 @@ with st.sidebar:
     elif method == "mopo":
         values["thresholds"] = ()
         st.caption("One objective: MOPO has no constraint and clones the reweighted preferred responses.")
-    if method in TV.WEIGHTED_METHODS and n_objectives == 2:
-        values["objective_weights"] = TV.secondary_weights(st.number_input(
+    if method in train_presenter.WEIGHTED_METHODS and n_objectives == 2:
+        values["objective_weights"] = train_presenter.secondary_weights(st.number_input(
             f"Weight w on {objectives[1]} ({objectives[0]} gets 1 − w)", 0.0, 1.0, D["secondary_weight"], 0.05,
             format="%.2f", key="train_weight"))
-    elif method in TV.WEIGHTED_METHODS:
+    elif method in train_presenter.WEIGHTED_METHODS:
         weights_text = st.text_input(f"{F['objective_weights']} ({', '.join(objectives)}; sum 1)",
                                      ", ".join(f"{1 / n_objectives:.4g}" for _ in objectives), key="train_weights")
         try:
-            values["objective_weights"] = TV.parse_weights(weights_text, n_objectives, F["objective_weights"])
+            values["objective_weights"] = train_presenter.parse_weights(weights_text, n_objectives,
+                                                                        F["objective_weights"])
         except ValueError as exc:
             setup_error = str(exc)
             st.error(setup_error)
@@ -624,7 +630,8 @@ with st.sidebar:
     if task == "text":
         with st.expander("Task and reference model"):
             setup_values = {
-                "n_prompts": st.number_input(F["n_prompts"], TV.MIN_PROMPTS, 10_000, D["n_prompts"], key="train_prompts"),
+                "n_prompts": st.number_input(F["n_prompts"], train_presenter.MIN_PROMPTS, 10_000, D["n_prompts"],
+                                             key="train_prompts"),
                 "n_candidates": st.number_input("Candidate responses per prompt", 2, 64, D["task_n_candidates"],
                                                 key="train_task_cands"),
                 "pairs_per_prompt": st.number_input(F["pairs_per_prompt"], 1, 1_000, D["pairs_per_prompt"],
@@ -646,8 +653,9 @@ if task == "text":
     st.title("Train: MOPO and baselines on the synthetic text task")
     st.caption(
         f"The worker trains the built-in **synthetic text task** with the built-in tiny word-level GPT: templated "
-        f"prompts, short responses, objectives scored exactly by programs: **V0 {TV.OBJECTIVES[0]}** (primary, "
-        f"maximised) and **V1 {TV.OBJECTIVES[1]}** (secondary, constrained by MOPO's threshold b1). Each run first "
+        "prompts, short responses, objectives scored exactly by programs: "
+        f"**V0 {train_presenter.OBJECTIVES[0]}** (primary, maximised) and **V1 {train_presenter.OBJECTIVES[1]}** "
+        "(secondary, constrained by MOPO's threshold b1). Each run first "
         f"trains its reference model by SFT, then trains the policy from it, and ends by evaluating it against the "
         f"reference on held-out prompts. Pick **{TASKS['dataset']}** in the sidebar to train a real checkpoint. "
         f"Runs are stored in {path}.")
@@ -670,19 +678,19 @@ def _enqueue(configs: list[tuple[str, object]], setup) -> list[int]:
 
 def _setup():
     """The run's setup: the text task's from its form, or the checked dataset setup."""
-    return TV.text_setup(**setup_values) if task == "text" else setup
+    return train_presenter.text_setup(**setup_values) if task == "text" else setup
 
 
 if start:
     try:
         with st.spinner("Checking the settings (the first time loads torch)…"):
-            config = TV.train_config(method, **values)
-            (job_id,) = _enqueue([(job_label.strip() or TV.job_name(config), config)], _setup())
+            config = train_presenter.train_config(method, **values)
+            (job_id,) = _enqueue([(job_label.strip() or train_presenter.job_name(config), config)], _setup())
     except ValueError as exc:
-        st.error(str(TV.dataset_error(exc)) if hasattr(exc, "field") else str(exc))
+        st.error(str(train_presenter.dataset_error(exc)) if hasattr(exc, "field") else str(exc))
     else:
         st.session_state[RUN_CHOICE] = FOLLOW
-        _say("success", f"Queued job {job_id}: {job_label.strip() or TV.job_name(config)}.")
+        _say("success", f"Queued job {job_id}: {job_label.strip() or train_presenter.job_name(config)}.")
 
 with st.expander("Sweep: MOPO at several thresholds and the baseline grids, in one action"):
     st.caption("Every job uses the sidebar's task, τ, steps, optimiser, logging and seed; the front on the Pareto "
@@ -698,14 +706,15 @@ with st.expander("Sweep: MOPO at several thresholds and the baseline grids, in o
         weight_label = f"Weights w on {objectives[1]}"
         weights_text = cols[1].text_input(f"{weight_label} (MODPO, weighted DPO)", "0.25, 0.5, 0.75",
                                           key="train_sweep_weights")
-        baselines = cols[2].multiselect("Baselines", TV.SWEEP_BASELINES, default=list(TV.SWEEP_BASELINES),
-                                        format_func=TV.SHORT_NAMES.get, key="train_sweep_baselines")
+        baselines = cols[2].multiselect("Baselines", train_presenter.SWEEP_BASELINES,
+                                        default=list(train_presenter.SWEEP_BASELINES),
+                                        format_func=train_presenter.SHORT_NAMES.get, key="train_sweep_baselines")
         try:
-            sweep_thresholds = TV.parse_numbers(thresholds_text, "Sweep thresholds b1")
-            sweep_weights = (TV.parse_numbers(weights_text, weight_label)
-                             if set(baselines) & set(TV.WEIGHTED_METHODS) else ())
+            sweep_thresholds = train_presenter.parse_numbers(thresholds_text, "Sweep thresholds b1")
+            sweep_weights = (train_presenter.parse_numbers(weights_text, weight_label)
+                             if set(baselines) & set(train_presenter.WEIGHTED_METHODS) else ())
             n_jobs = len(sweep_thresholds) + ("dpo" in baselines) + len(sweep_weights) * len(
-                set(baselines) & set(TV.WEIGHTED_METHODS))
+                set(baselines) & set(train_presenter.WEIGHTED_METHODS))
             sweep_error = None
         except ValueError as exc:
             sweep_error, n_jobs = str(exc), 0
@@ -713,9 +722,10 @@ with st.expander("Sweep: MOPO at several thresholds and the baseline grids, in o
         if st.button(f"Queue sweep ({n_jobs} jobs)", key="train_sweep", disabled=sweep_error is not None):
             try:
                 with st.spinner("Checking the settings (the first time loads torch)…"):
-                    base = TV.train_config("mopo", **{k: v for k, v in values.items() if k not in (
+                    base = train_presenter.train_config("mopo", **{k: v for k, v in values.items() if k not in (
                         "thresholds", "objective_weights", "online", "n_candidates", "max_new_tokens")})
-                    configs = TV.sweep_configs(base, sweep_thresholds, sweep_weights, tuple(baselines), weight_label)
+                    configs = train_presenter.sweep_configs(base, sweep_thresholds, sweep_weights, tuple(baselines),
+                                                            weight_label)
                     ids = _enqueue(configs, _setup())
             except ValueError as exc:
                 st.error(str(exc))

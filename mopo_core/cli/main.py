@@ -21,17 +21,14 @@ import numpy as np
 
 from synthetic import STRUCTURES, make_structure
 
-from mopo_core.lm.registry import add_models_command, add_prefmodel_command, cmd_models, cmd_prefmodel
+from mopo_core.cli.models import add_models_command, add_prefmodel_command, cmd_models, cmd_prefmodel
 from mopo_core.pareto import attainable_max
 from mopo_core.data.public_formats import FORMATS, format_report, load_public
 from mopo_core.runs import RunStore
 from mopo_core.experiments.suite import METHODS, SuiteConfig, config_dict, results_table, run_suite, summary_table
 from mopo_core.tabular.solver import TabularProblem, policy_values
+from mopo_core.lm.config import METHODS as TRAIN_METHODS  # (METHODS above: the suite's tabular methods)
 from mopo_core.validation import as_finite_array, read_preference_file
-
-
-#: lm_trainer.METHODS, repeated here so that the CLI does not import torch for the other commands.
-TRAIN_METHODS = ("mopo", "dpo", "ipo", "weighted_dpo", "modpo", "sft")
 
 
 def _instance(args) -> tuple[TabularProblem, dict]:
@@ -379,18 +376,18 @@ def _dataset_setup(args):
 
 
 def cmd_train(args, store: RunStore) -> int:
-    from mopo_core.training.dataset_task import SetupError, is_dataset_run, resume_dataset_run, train_on_dataset
-    from mopo_core.lm.trainer import TrainConfig
-    from mopo_core.training.text_task import TextTaskSetup, resume_text_run, train_on_text_task
+    from mopo_core.lm.config import TrainConfig
+    from mopo_core.training.dataset_task import SetupError
+    from mopo_core.training.tasks import task_for_setup, task_of_run
+    from mopo_core.training.text_task import TextTaskSetup
 
     session = _TrainSession(quiet=args.json)
+    hooks = {"callbacks": (session.progress,), "on_trainer": session.attach}
     try:
         data_setup = _dataset_setup(args)
         with session.signals():
             if args.resume is not None:
-                resume = resume_dataset_run if is_dataset_run(store, args.resume) else resume_text_run
-                result, evaluation = resume(store, args.resume, callbacks=(session.progress,),
-                                            on_trainer=session.attach)
+                result, evaluation = task_of_run(store, args.resume, "resumed").resume(store, args.resume, **hooks)
             else:
                 config = TrainConfig(method=args.method, thresholds=tuple(args.threshold or (0.5,)), tau=args.tau,
                                      steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -400,17 +397,11 @@ def cmd_train(args, store: RunStore) -> int:
                                      n_candidates=args.n_candidates, max_new_tokens=args.max_new_tokens,
                                      gradient_accumulation_steps=args.grad_accum, kl_every=args.kl_every,
                                      objective_weights=tuple(args.objective_weights) if args.objective_weights else None)
-                if data_setup is not None:
-                    result, evaluation = train_on_dataset(config, data_setup, store, args.checkpoint_dir,
-                                                          callbacks=(session.progress,), on_trainer=session.attach)
-                else:
-                    setup = TextTaskSetup(n_prompts=args.n_prompts, sft_steps=args.sft_steps, seed=args.seed)
-                    result, evaluation = train_on_text_task(config, setup, store, args.checkpoint_dir,
-                                                            callbacks=(session.progress,), on_trainer=session.attach)
+                setup = (data_setup if data_setup is not None
+                         else TextTaskSetup(n_prompts=args.n_prompts, sft_steps=args.sft_steps, seed=args.seed))
+                result, evaluation = task_for_setup(setup).train(config, setup, store, args.checkpoint_dir, **hooks)
     except SetupError as exc:
-        flag = "--" + exc.field.replace("_", "-")
-        print(f"error: {one_line(f'{flag}: {exc.detail}')}", file=sys.stderr)
-        return 2
+        return _setup_error(exc)
     except KeyboardInterrupt:
         run_id = getattr(session.trainer, "run_id", None)
         where = f"run {run_id} (status {store.get_status(run_id)})" if run_id is not None else "before training started"
@@ -447,20 +438,22 @@ def cmd_train(args, store: RunStore) -> int:
     return 0
 
 
-def cmd_evaluate(args, store: RunStore) -> int:
-    from mopo_core.training.dataset_task import SetupError, evaluate_dataset_run, is_dataset_run
-    from mopo_core.training.text_task import evaluate_text_run
+def _setup_error(exc) -> int:
+    """A :class:`mopo_core.training.dataset_task.SetupError` printed with its field as the flag; exit status 2."""
+    flag = "--" + exc.field.replace("_", "-")
+    print(f"error: {one_line(f'{flag}: {exc.detail}')}", file=sys.stderr)
+    return 2
 
-    if is_dataset_run(store, args.run):
-        if args.split != "test":
-            raise ValueError(f"--split: run {args.run} trained on a preference file is evaluated on its test "
-                             "prompts only (its judge may have been fitted on the others)")
-        try:
-            eval_id, evaluation = evaluate_dataset_run(store, args.run, n_samples=args.samples)
-        except SetupError as exc:
-            raise ValueError(f"run {args.run}: its setup no longer checks: {exc}") from None
-    else:
-        eval_id, evaluation = evaluate_text_run(store, args.run, n_samples=args.samples, split=args.split)
+
+def cmd_evaluate(args, store: RunStore) -> int:
+    from mopo_core.training.dataset_task import SetupError
+    from mopo_core.training.tasks import task_of_run
+
+    task = task_of_run(store, args.run, "evaluated")
+    try:
+        eval_id, evaluation = task.evaluate(store, args.run, n_samples=args.samples, split=args.split)
+    except SetupError as exc:  # (a stored setup that no longer checks is a plain ValueError naming the run)
+        return _setup_error(exc)
     if args.json:
         point = evaluation.as_point(store.get_run(args.run).config["method"], {})
         print(json.dumps({"run_id": eval_id, "source_run": args.run, "objectives": list(evaluation.objectives),
@@ -481,7 +474,7 @@ def _print_evaluation(evaluation) -> None:
 def cmd_compare_text(args, store: RunStore) -> int:
     from tqdm import tqdm
 
-    from mopo_core.training.text_comparison import ComparisonSettings, comparison_figure, run_comparison
+    from mopo_core.training.text_comparison import ComparisonSettings, run_comparison
     from mopo_core.training.text_task import TextTaskSetup
 
     setup = TextTaskSetup(n_prompts=args.n_prompts, seed=args.seed)
@@ -494,10 +487,11 @@ def cmd_compare_text(args, store: RunStore) -> int:
     table = summary.round(4).to_markdown(index=False)
     (out / "summary.md").write_text(f"Reference point (explicit): {np.round(reference_point, 4).tolist()}\n\n"
                                     f"{table}\n\n{points.round(3).to_markdown(index=False)}\n")
-    comparison_figure(points, reference_point, settings).write_html(out / "comparison.html", include_plotlyjs=True)
+    (out / "comparison.json").write_text(json.dumps({"reference_point": reference_point.tolist(),
+                                                    "thresholds": list(settings.thresholds)}))
     print(table)
     print(f"\nreference point {np.round(reference_point, 4).tolist()}; wrote {out}/points.csv, summary.md, "
-          "comparison.html")
+          f"comparison.json (draw them: python -m app.figures {out})")
     return 0
 
 

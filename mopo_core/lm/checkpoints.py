@@ -32,16 +32,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from mopo_core.lm.models import (
-    LoraSettings,
-    _existing_directory,
-    apply_lora,
-    as_config,
-    one_line,
-    read_json_object,
-    resolve_device,
-    resolve_dtype,
-)
+from mopo_core.lm.devices import resolve_device, resolve_dtype
+from mopo_core.lm.lora import LoraSettings, apply_lora
 from mopo_core.validation import check_int
 
 #: Weight layouts in order of preference (safetensors first).
@@ -62,6 +54,52 @@ _SAFETENSORS_DTYPES = {
 # ------------------------------------------------------------------------- validation
 
 
+def existing_directory(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path``; ``FileNotFoundError`` when it does not exist, ``ValueError`` when
+    it is a file (a checkpoint is a directory)."""
+    folder = Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such checkpoint directory")
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: expected a checkpoint directory, got a file")
+    return folder
+
+
+def read_json_object(file: Path) -> dict:
+    """The JSON object in ``file``; ``ValueError`` naming the file when it is not UTF-8 text, not
+    valid JSON (or nested too deeply to parse) or not an object."""
+    try:
+        raw = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file}: not UTF-8 text ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{file}: JSON nested too deeply to read") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def one_line(exc: BaseException) -> str:
+    """``"<type>: <message>"`` of an exception from a library, its whitespace runs (newlines
+    included) collapsed to single spaces, for an error message of one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def as_config(config) -> PretrainedConfig:
+    """A transformers config, or one made from a dict that names its ``model_type``
+    (e.g. ``{"model_type": "gpt2", "n_layer": 2}``)."""
+    if isinstance(config, dict):
+        if "model_type" not in config:
+            raise ValueError(f"config: a config dict must name its 'model_type', got keys {sorted(config)}")
+        settings = dict(config)
+        config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    if not isinstance(config, PretrainedConfig):
+        raise TypeError(f"config: expected a dict or a transformers config, got {type(config).__name__}")
+    return config
+
+
 def read_config(path: str | os.PathLike) -> PretrainedConfig:
     """The config of a local causal-LM checkpoint directory, checked before any weight is read.
 
@@ -71,7 +109,7 @@ def read_config(path: str | os.PathLike) -> PretrainedConfig:
     transformers, lists ``architectures`` (a list of class names) none of which is a causal
     LM (``*ForCausalLM``, ``*LMHeadModel``), or holds values transformers refuses.
     """
-    folder = _existing_directory(path)
+    folder = existing_directory(path)
     file = folder / "config.json"
     if not file.is_file():
         raise ValueError(f"{folder}: no config.json (found: {_listing(folder)})")
@@ -133,7 +171,7 @@ def find_weights(path: str | os.PathLike) -> WeightFiles:
     shards must all exist, and for safetensors hold every tensor the index assigns them.
     Raises ``ValueError`` naming the directory and what is missing or cut short.
     """
-    folder = _existing_directory(path)
+    folder = existing_directory(path)
     layout = next((name for name in WEIGHT_NAMES if (folder / name).is_file()), None)
     if layout is None:
         raise ValueError(f"{folder}: no weights: expected one of {', '.join(WEIGHT_NAMES)} (found: {_listing(folder)})")
@@ -501,8 +539,8 @@ def estimate_training_memory(
     checkpoint directory. batch_size: sequences whose graphs are alive at once (MOPO: the
     step's response rows; DPO/IPO: twice the pairs); seq_len: their padded length in
     tokens. dtype: the weights' and activations' dtype (``"bf16"``, ``"fp32"``, ...; ``"auto"``
-    as :func:`mopo_core.lm.models.resolve_dtype` has it for this machine's default device).
-    lora: adapters as :func:`mopo_core.lm.models.apply_lora` makes them (peft keeps them in
+    as :func:`mopo_core.lm.devices.resolve_dtype` has it for this machine's default device).
+    lora: adapters as :func:`mopo_core.lm.lora.apply_lora` makes them (peft keeps them in
     fp32); only they then train. logits_chunk: how many positions' logits exist at once
     when the log-probs are computed chunk by chunk (the fused path of
     ``sequence_logprobs``: its ``chunk_size``, by default ``FUSED_CHUNK_ELEMENTS // vocab``);

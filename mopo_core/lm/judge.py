@@ -37,9 +37,8 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -48,16 +47,15 @@ import torch
 from scipy.special import expit
 from torch import nn
 
+from mopo_core.data.preferences import TIE, PreferenceDataset, load_preferences
+from mopo_core.data.public_formats import load_public
 from mopo_core.lm.registry import (
     PREFMODEL_META,
-    DownloadError,
     default_cache_dir,
     download_wheel,
     extract_folder_from_wheel,
-    inside_models_folder,
     models_dir,
 )
-from mopo_core.data.preferences import TIE, PreferenceDataset
 
 #: The files of a saved preference model.
 HEADS_FILE = "heads.safetensors"
@@ -556,7 +554,7 @@ def _digest(prompt: str) -> str:
 
 
 
-# --------------------------------------------------------------------------- command line
+# --------------------------------------------------------------------------- preference files
 
 #: ``--format`` values besides :data:`mopo_core.data.public_formats.FORMATS`: ``"mopo"`` is this
 #: project's JSONL/Parquet schema (:func:`mopo_core.data.preferences.load_preferences`).
@@ -567,66 +565,8 @@ def load_dataset(path: str | os.PathLike, fmt: str = NATIVE_FORMAT, objective: s
     """A preference file in this project's schema (``fmt="mopo"``) or a public format
     (``"auto"`` or one of :data:`mopo_core.data.public_formats.FORMATS`; ``objective`` names the
     one objective of single-objective formats)."""
-    from mopo_core.data.preferences import load_preferences
-    from mopo_core.data.public_formats import load_public
-
     if fmt == NATIVE_FORMAT:
         if objective is not None:
             raise ValueError("objective: only for public single-objective formats (mopo files name their objectives)")
         return load_preferences(path)
     return load_public(path, format=fmt, objective=objective).dataset
-
-
-def run_prefmodel_command(args, store) -> int:
-    """Run ``prefmodel fetch-encoder|train|eval`` (arguments:
-    :func:`mopo_core.lm.registry.add_prefmodel_command`); ``train`` records a
-    ``prefmodel`` run in ``store``."""
-    try:
-        if args.action == "fetch-encoder":
-            print(fetch_encoder(args.models_dir, args.cache_dir, args.force))
-            return 0
-        if args.action == "eval":
-            model = PreferenceModel.load(args.model)
-            metrics = {"data": model.evaluate(load_dataset(args.data, args.format, args.objective))}
-        else:
-            model = _train_command(args, store)
-            metrics = model.info["metrics"]
-    except (DownloadError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(metrics, indent=1) if args.json else _metrics_table(metrics))
-    return 0
-
-
-def _train_command(args, store) -> PreferenceModel:
-    dataset = load_dataset(args.data, args.format, args.objective)
-    given = {f.name: getattr(args, f.name) for f in fields(HeadSettings) if getattr(args, f.name, None) is not None}
-    settings = HeadSettings(**given)
-    train, validation, test = dataset.split(args.split, seed=settings.seed)
-    encoder_dir = (Path(args.encoder) if args.encoder  # the default is taken from the models folder: its rule
-                   else inside_models_folder(default_encoder_dir(args.models_dir), args.models_dir))
-    encoder = SentenceEncoder.load(encoder_dir, max_length=args.max_length)
-    data = {"file": str(Path(args.data).resolve()), "format": args.format, "objective": args.objective,
-            "split": list(args.split), "split_seed": settings.seed}
-    config = {"data": data, "encoder": encoder.path, "max_length": encoder.max_length, **asdict(settings),
-              "out": str(Path(args.out).resolve())}
-    with store.record("prefmodel", config, name=f"prefmodel/{Path(args.data).name}") as run_id:
-        model = train_preference_model(train, encoder, validation, test, settings,
-                                       progress=lambda epoch, values: store.log_metrics(run_id, epoch, values))
-        model.info |= {"data": data, "run_id": run_id}
-        held_out = model.info["metrics"]["test"]
-        store.add_points(run_id, [{"label": "prefmodel", "params": {"hidden": settings.hidden},
-                                   "values": [held_out[o]["accuracy"] for o in model.objectives],
-                                   "extra": {"metrics": model.info["metrics"]}}])
-        print(f"run {run_id}: saved to {model.save(args.out)}", file=sys.stderr)
-    return model
-
-
-def _metrics_table(metrics: dict) -> str:
-    """One line per (split, objective): accuracy over non-tie pairs, BT log-loss, pair counts."""
-    lines = [f"{'split':<11} {'objective':<16} {'accuracy':>8} {'log_loss':>8} {'scored':>7} {'pairs':>6}"]
-    for split, per_objective in metrics.items():
-        for name, m in per_objective.items():
-            lines.append(f"{split:<11} {name:<16} {m['accuracy']:>8.3f} {m['log_loss']:>8.3f} "
-                         f"{m['n_scored']:>7} {m['n_pairs']:>6}")
-    return "\n".join(lines)

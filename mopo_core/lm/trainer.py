@@ -1,4 +1,5 @@
-"""The language-model trainer: MOPO (Algorithm 1, offline and online) and baselines on one loop.
+"""The language-model trainer: MOPO (Algorithm 1, offline and online) and baselines on one loop,
+run with the settings of a :class:`mopo_core.lm.config.TrainConfig`.
 
 Offline mode (MOPO.md section 5). Win-rates come from the dataset's labels: a pair
 ``(a, b)`` with label ``l_k`` counts ``l_k`` for ``a`` and ``1 - l_k`` for ``b``, and each
@@ -23,8 +24,8 @@ the quantities the evaluation measures (win-rates against the reference's sample
 Robust constraints (``eps`` > 0, MOPO.md section 4): each constraint is estimated by the
 worst case over distributions within KL ``eps`` of the batch's rows (per prompt), through a
 dual variable chi per constraint that takes one projected ascent step per step (``chi_lr``)
-before lambda, as the tabular Algorithm 1 does (:func:`lm_losses.chi_update`), and lambda's step
-uses the dual's value there (:func:`lm_losses.robust_constraint_estimates`).
+before lambda, as the tabular Algorithm 1 does (:func:`mopo_core.lm.losses.chi_update`), and lambda's step
+uses the dual's value there (:func:`mopo_core.lm.losses.robust_constraint_estimates`).
 
 Lagged reference and ratchet (``t0``, ``beta_ratchet``): every ``t0`` steps the reference
 becomes the policy as it was ``t0`` steps before (offline, its log-probs of the data's
@@ -45,7 +46,7 @@ global row count, so the update equals one process taking the whole batch at onc
 KL to the reference (``kl_to_reference``, nats per response): for responses ``y`` sampled from
 the policy, the exact KL of the next-token distributions summed over y's positions,
 ``sum_t KL(pi(.|x, y_<t) || pi_ref(.|x, y_<t))`` over the whole vocabulary, averaged over the
-samples (:func:`lm_losses.policy_reference_scores`). Its expectation is the sequence KL
+samples (:func:`mopo_core.lm.losses.policy_reference_scores`). Its expectation is the sequence KL
 (chain rule) and every term is >= 0, so the estimate is never negative (the plain mean of
 ``log pi - log pi_ref`` over a few samples can be). Online mode logs it over each step's pools
 (before the step's update); ``kl_every`` logs it over fixed prompts.
@@ -62,14 +63,13 @@ step with status ``cancelled`` and its checkpoint kept. Under torchrun only proc
 store and the checkpoints.
 
 A run has one owner: while it trains, the training process (pid and start time) is recorded
-as the run's owner in the store (:func:`mopo_core.training.jobs.claim_run`) and released when
+as the run's owner in the store (:func:`mopo_core.runs.claim_run`) and released when
 ``train`` returns or raises; resuming a run whose owner is alive is refused, naming the
 process. A killed process leaves its record behind, but a dead owner does not count.
 """
 from __future__ import annotations
 
 import copy
-import math
 import os
 import pickle
 import re
@@ -83,8 +83,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.lm import distributed
-from mopo_core.training.jobs import claim_run, release_run
+from mopo_core.lm.config import CHECKPOINT_NAME, PAIRWISE_METHODS, TrainConfig, same_config
 from mopo_core.lm.losses import (
     chi_update,
     constraint_estimates,
@@ -98,104 +99,13 @@ from mopo_core.lm.losses import (
     weighted_dpo_loss,
 )
 from mopo_core.lm.models import pad_token_id, sample, sequence_ids
-from mopo_core.data.preferences import PreferenceDataset
-from mopo_core.runs import RunStore
-from mopo_core.validation import check_int, check_positive
+from mopo_core.runs import RunStore, claim_run, release_run
 
-METHODS = ("mopo", "dpo", "ipo", "weighted_dpo", "modpo", "sft")
-PAIRWISE_METHODS = ("dpo", "ipo", "weighted_dpo", "modpo")
-CHECKPOINT_NAME = "last.pt"
 
-#: oracle(prompt, a, b) -> (K,) probabilities that a beats b on each objective (as lm_eval.Oracle).
+#: oracle(prompt, a, b) -> (K,) probabilities that a beats b on each objective (as :data:`mopo_core.lm.evaluation.Oracle`).
 Oracle = Callable[[str, str, str], np.ndarray]
 #: secondary_rewards(prompts, responses) -> (K-1, B) rewards of each row on each secondary objective.
 SecondaryRewards = Callable[[list[str], list[str]], np.ndarray]
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training run.
-
-    method: "mopo" | "dpo" | "ipo" | "weighted_dpo" | "modpo" | "sft"; thresholds (K-1,) for
-    MOPO's secondaries; objective_weights (K,) for weighted_dpo (DPO on the weighted mixture of
-    the objectives' soft labels) and modpo (DPO on the primary with beta = tau / c_0 and the
-    margin sum_{k>0} c_k (r_k(a) - r_k(b)) / c_0); tau: KL strength (beta of DPO/IPO); steps,
-    batch_size (prompts per step for MOPO, pairs per step for the others), lr and
-    weight_decay (AdamW), lambda_lr (projected step on the multipliers); t0: lagged-reference
-    period, with beta_ratchet the thresholds' ratchet; online (MOPO only): sample
-    n_candidates responses per prompt from the policy, up to max_new_tokens tokens, scored by
-    the trainer's oracle; eps (MOPO only): radius of the robust constraints' KL ball (0: off),
-    chi_lr: the step on their duals chi; gradient_accumulation_steps: micro-batches per process
-    and step;
-    kl_every: every that many steps, log the estimate of KL(policy || reference) (exact
-    per-token KL summed over responses sampled from the policy, never negative; see the module
-    doc) over n_candidates samples of each of kl_prompts fixed prompts (online mode logs its
-    pools' estimate every step instead);
-    seed; log_every, checkpoint_every (steps).
-    """
-
-    method: str = "mopo"
-    thresholds: tuple[float, ...] = (0.5,)
-    objective_weights: tuple[float, ...] | None = None
-    tau: float = 0.08
-    steps: int = 100
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    lambda_lr: float = 1.0
-    t0: int | None = None
-    beta_ratchet: float | None = None
-    online: bool = False
-    n_candidates: int = 8
-    max_new_tokens: int = 16
-    eps: float = 0.0
-    chi_lr: float = 0.5
-    gradient_accumulation_steps: int = 1
-    kl_every: int | None = None
-    kl_prompts: int = 4
-    seed: int = 0
-    log_every: int = 1
-    checkpoint_every: int = 25
-
-    def validate(self, n_objectives: int) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
-        if self.method == "mopo" and len(self.thresholds) != n_objectives - 1:
-            raise ValueError(f"thresholds: MOPO needs one per secondary objective ({n_objectives - 1}), "
-                             f"got {len(self.thresholds)}")
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "gradient_accumulation_steps",
-                     "max_new_tokens", "kl_prompts"):
-            check_int(getattr(self, name), name, 1)
-        check_int(self.n_candidates, "n_candidates", 2)
-        for name in ("t0", "kl_every"):
-            if getattr(self, name) is not None:
-                check_int(getattr(self, name), name, 1)
-        for name in ("tau", "lr", "lambda_lr", "chi_lr"):
-            check_positive(getattr(self, name), name)
-        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
-            raise ValueError(f"eps: must be a finite number >= 0 (0: no robust constraints), got {self.eps!r}")
-        if self.eps > 0 and self.method != "mopo":
-            raise ValueError(f"eps: robust constraints are MOPO's; method {self.method!r} has none (set eps to 0)")
-        if self.method in ("weighted_dpo", "modpo"):
-            weights = self.objective_weights
-            if weights is None or len(weights) != n_objectives or min(weights) < 0 or abs(sum(weights) - 1) > 1e-9:
-                raise ValueError(f"objective_weights: {self.method} needs {n_objectives} non-negative weights "
-                                 f"summing to 1, got {weights}")
-            if self.method == "modpo" and (n_objectives < 2 or weights[0] <= 0):
-                raise ValueError(f"objective_weights: modpo needs a secondary objective and a primary weight > 0, "
-                                 f"got {weights}")
-        if self.online and self.method != "mopo":
-            raise ValueError(f"online: only MOPO trains online, got method {self.method!r}")
-        if self.online and self.kl_every is not None:
-            raise ValueError("kl_every: online mode logs the pool's KL estimate every step; leave kl_every unset")
-        if self.beta_ratchet is not None and (self.t0 is None or not 0 < self.beta_ratchet <= 1):
-            raise ValueError(f"beta_ratchet: needs t0 and must lie in (0, 1], got {self.beta_ratchet}, t0={self.t0}")
-
-
-def same_config(stored: dict, config: TrainConfig) -> bool:
-    """Whether a stored config dict (possibly written before later fields existed, which then
-    take their defaults) describes ``config``."""
-    return {**asdict(TrainConfig()), **stored} == asdict(config)
 
 
 @dataclass
@@ -630,7 +540,7 @@ class Trainer:
 
     def _policy_reference_scores(self, prompts, responses, finished) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(log pi, log pi_ref, exact per-token KL summed over the response) per row, float64
-        (B,) each, both models in eval mode (:func:`lm_losses.policy_reference_scores`;
+        (B,) each, both models in eval mode (:func:`mopo_core.lm.losses.policy_reference_scores`;
         ``finished`` as :func:`encode_rows` takes it)."""
         batch = [t.to(self.device) for t in encode_rows(self.tokenizer, prompts, responses, finished)]
         modes = [(m, m.training) for m in (self.model, self.reference)]

@@ -17,7 +17,7 @@ a second bos. The preference model always sees the raw user prompt, as in its tr
 Training. :class:`mopo_core.lm.trainer.Trainer` with any of its methods, from the checkpoint
 (full fine-tuning, or LoRA adapters of rank ``lora_r``); the reference is the starting
 checkpoint. MODPO's margin comes from one DPO expert per secondary objective trained with the
-run's budget (:func:`mopo_core.training.text_task.secondary_experts`, DPO implicit rewards); online
+run's budget (:func:`mopo_core.training.common.secondary_experts`, DPO implicit rewards); online
 MOPO scores its candidates with the preference model (the judge of the evaluation, so online
 win-rates are optimistic).
 
@@ -35,10 +35,12 @@ accuracies (its own test split, and the pairs of this run's test split).
 Records. A ``train`` run in the :class:`RunStore` with the training config, ``task:
 "dataset"``, the :class:`DatasetSetup`, the checkpoint folder, the metric series and the
 evaluated point (values: win-rates against the reference, in the data's objective order). A
-cancelled or killed run with a checkpoint folder continues with :func:`resume_dataset_run`
-(``train --resume RUN_ID``), rebuilt from the stored setup, unless a live process still trains
-it (its owner, see :mod:`mopo_core.training.jobs`); it is evaluated when it finishes. Checkpoints are
-read with ``torch.load(weights_only=True)`` only (:func:`mopo_core.lm.trainer.read_checkpoint`).
+cancelled or killed run with a checkpoint folder continues from its checkpoint
+(:func:`train_on_dataset` with ``resume_run_id``: ``train --resume RUN_ID``, the queue's
+``resume`` jobs; the run's checks are :meth:`mopo_core.training.tasks.TrainingTask.resume`'s),
+rebuilt from the stored setup; it is evaluated when it finishes. Checkpoints are read with
+``torch.load(weights_only=True)`` only (:func:`mopo_core.lm.trainer.read_checkpoint`). This is
+the dataset task of :mod:`mopo_core.training.tasks`.
 """
 from __future__ import annotations
 
@@ -49,31 +51,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from scipy.special import expit
 
-from mopo_core.lm.evaluation import Evaluation
-from mopo_core.training.jobs import check_run_owner
-from mopo_core.lm.trainer import Trainer, TrainConfig, TrainResult, implicit_rewards, read_checkpoint
-from mopo_core.lm.registry import find_model, format_prompt
-from mopo_core.lm.models import (
-    DTYPES,
-    LoraSettings,
-    apply_lora,
-    enable_gradient_checkpointing,
-    load_model,
-    load_tokenizer,
-    resolve_device,
-    sample,
-    sequence_ids,
-)
-from mopo_core.lm.judge import NATIVE_FORMAT, PreferenceModel, load_dataset, read_meta, seen_prompts
 from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.data.public_formats import FORMATS
+from mopo_core.lm.config import TrainConfig
+from mopo_core.lm.evaluation import Evaluation
+from mopo_core.lm.judge import NATIVE_FORMAT, PreferenceModel, load_dataset, read_meta, seen_prompts
+from mopo_core.lm.devices import DTYPES, resolve_device
+from mopo_core.lm.lora import LoraSettings, apply_lora
+from mopo_core.lm.models import enable_gradient_checkpointing, load_model, load_tokenizer, sample, sequence_ids
+from mopo_core.lm.registry import find_model, format_prompt
+from mopo_core.lm.trainer import Trainer, TrainResult, implicit_rewards, read_checkpoint
 from mopo_core.runs import RunStore
-from mopo_core.training.text_task import RESUMABLE_STATUSES, secondary_experts, train_config_from
+from mopo_core.training.common import point_params, secondary_experts
 from mopo_core.validation import check_int
 
 #: ``format`` values: "auto", this project's schema, the public formats.
@@ -102,6 +97,9 @@ class DatasetSetup:
     as :func:`mopo_core.lm.models.load_model` takes them; gradient_checkpointing: the policy
     recomputes each layer's activations in backward (less memory, slower steps).
     """
+
+    #: The task that trains on this setup (:func:`mopo_core.training.tasks.task_for_setup`).
+    task: ClassVar[str] = "dataset"
 
     data: str
     model: str
@@ -492,93 +490,46 @@ class DatasetTask:
 
     def point_params(self, config: TrainConfig) -> dict:
         """The parameters a run's point carries."""
-        return {"method": config.method, "thresholds": list(config.thresholds), "tau": config.tau,
-                "online": config.online, "objective_weights": config.objective_weights, "lora_r": self.setup.lora_r}
-
-
-def dataset_setup_from(stored: dict) -> DatasetSetup:
-    """The :class:`DatasetSetup` a run's config stores under ``dataset_setup`` (or a job's spec)."""
-    return DatasetSetup(**{**stored, "split": tuple(stored["split"])})
-
-
-def _task_for(setup: DatasetSetup, models_folder, task: DatasetTask | None) -> DatasetTask:
-    """``task`` when it was built for ``setup`` (its model, reference samples and experts are
-    reused), else a new one."""
-    return task if task is not None and task.setup == setup else DatasetTask(setup, models_folder)
+        return {**point_params(config), "lora_r": self.setup.lora_r}
 
 
 def train_on_dataset(config: TrainConfig, setup: DatasetSetup, store: RunStore,
                      checkpoint_dir: str | Path | None = None, callbacks=(),
                      on_trainer: Callable[[Trainer], None] | None = None,
-                     models_folder: str | Path | None = None,
-                     task: DatasetTask | None = None) -> tuple[TrainResult, Evaluation | None]:
+                     models_folder: str | Path | None = None, task: DatasetTask | None = None,
+                     resume_run_id: int | None = None) -> tuple[TrainResult, Evaluation | None]:
     """Train ``config.method`` on ``setup``'s data, evaluate on the test prompts and record the
     evaluation as the run's point. ``on_trainer(trainer)`` is called before training (e.g. to
     hook ``trainer.request_cancel`` to a signal); a run that ends ``cancelled`` is not
     evaluated (``None``, no point). ``task``: a :class:`DatasetTask` of an earlier run, reused
     when its setup is ``setup`` (a queue of runs on one dataset loads it once). ``SetupError``
-    names a bad setup field."""
+    names a bad setup field. ``resume_run_id``: continue that stored run from the checkpoint in
+    ``checkpoint_dir``; the trainer refuses a missing checkpoint, one that cannot be read with
+    ``weights_only=True`` or one written with another config, naming the file."""
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).expanduser().resolve()
-    return _train_and_evaluate(_task_for(setup, models_folder, task), config, store, checkpoint_dir, callbacks,
-                               on_trainer)
+    task = task if task is not None and task.setup == setup else DatasetTask(setup, models_folder)
+    policy, result = task.fit(config, store, checkpoint_dir, callbacks, on_trainer, resume_run_id=resume_run_id)
+    if result.status != "finished":
+        return result, None
+    evaluation = task.evaluate(policy)
+    store.add_points(result.run_id, [evaluation.as_point(config.method, task.point_params(config))])
+    return result, evaluation
 
 
-def is_dataset_run(store: RunStore, run_id: int) -> bool:
-    """Whether ``run_id`` is a stored train run on a preference file (False for unknown runs)."""
-    try:
-        run = store.get_run(run_id)
-    except KeyError:
-        return False
-    return run.kind == "train" and run.config.get("task") == "dataset"
-
-
-def resume_dataset_run(store: RunStore, run_id: int, callbacks=(), on_trainer: Callable[[Trainer], None] | None = None,
-                       models_folder: str | Path | None = None,
-                       task: DatasetTask | None = None) -> tuple[TrainResult, Evaluation | None]:
-    """Continue the dataset run ``run_id`` from its checkpoint to its configured steps, then
-    evaluate and add its point as :func:`train_on_dataset` does; the setup and training config
-    come from the stored run (``task`` reused as there). ``ValueError`` for a run that is not a
-    dataset train run, one that is not resumable (see
-    :data:`mopo_core.training.text_task.RESUMABLE_STATUSES`), one that a live process is training
-    (naming it: :func:`mopo_core.training.jobs.check_run_owner`) or has no checkpoint folder; the
-    trainer refuses a missing checkpoint, one that cannot be read with ``weights_only=True``
-    or one written with another config, naming the file."""
-    if not is_dataset_run(store, run_id):
-        raise ValueError(f"run {run_id}: not a train run on a preference file in the run store {store.path}")
-    run = store.get_run(run_id)
-    if run.status not in RESUMABLE_STATUSES:
-        raise ValueError(f"run {run_id}: status {run.status!r}; only runs that are {', '.join(RESUMABLE_STATUSES)} "
-                         "can be resumed")
-    if not run.config.get("checkpoint_dir"):
-        raise ValueError(f"run {run_id}: was started without a checkpoint folder (--checkpoint-dir); it cannot be "
-                         "resumed")
-    check_run_owner(store.path, run_id)
-    setup = dataset_setup_from(run.config["dataset_setup"])
-    return _train_and_evaluate(_task_for(setup, models_folder, task), train_config_from(run.config), store,
-                               Path(run.config["checkpoint_dir"]), callbacks, on_trainer, resume_run_id=run_id)
-
-
-def evaluate_dataset_run(store: RunStore, run_id: int, n_samples: int | None = None,
-                         models_folder: str | Path | None = None) -> tuple[int, Evaluation]:
-    """Evaluate the policy in the checkpoint of dataset run ``run_id`` (finished or not) against
-    the starting checkpoint on the run's test prompts, judged as the run is, with ``n_samples``
-    samples per prompt and model (default: the run's ``eval_samples``). Only the test prompts:
-    the judge may have been fitted or early-stopped on the others.
+def evaluate_dataset_checkpoint(store: RunStore, run_id: int, config: TrainConfig, setup: DatasetSetup,
+                                checkpoint_dir: str | Path, n_samples: int | None = None,
+                                models_folder: str | Path | None = None) -> tuple[int, Evaluation]:
+    """Evaluate the policy in the checkpoint of stored dataset run ``run_id`` (trained with
+    ``config`` on ``setup``, finished or not) against the starting checkpoint on the run's test
+    prompts, judged as the run is, with ``n_samples`` samples per prompt and model (default:
+    the setup's ``eval_samples``). Only the test prompts: the judge may have been fitted or
+    early-stopped on the others.
 
     Records an ``evaluate`` run (config: ``task: "dataset"``, the source run, its step, split,
     samples, method) whose point is the evaluation; returns (that run's id, the evaluation).
-    ``ValueError`` for a run that is not a dataset train run or has no readable checkpoint
-    written with its config; ``SetupError`` when its data, checkpoint or judge changed so that
-    it no longer checks."""
-    if not is_dataset_run(store, run_id):
-        raise ValueError(f"run {run_id}: not a train run on a preference file in the run store {store.path}")
-    run = store.get_run(run_id)
-    if not run.config.get("checkpoint_dir"):
-        raise ValueError(f"run {run_id}: was started without a checkpoint folder (--checkpoint-dir); it cannot be "
-                         "evaluated")
-    config = train_config_from(run.config)
-    state = read_checkpoint(run_id, run.config["checkpoint_dir"], config)
-    setup = dataset_setup_from(run.config["dataset_setup"])
+    ``ValueError`` for a checkpoint that cannot be read or was written with another config;
+    ``SetupError`` when the run's data, checkpoint or judge changed so that it no longer checks."""
+    state = read_checkpoint(run_id, checkpoint_dir, config)
     if n_samples is not None:
         setup = replace(setup, eval_samples=int(n_samples))
     task = DatasetTask(setup, models_folder)
@@ -592,13 +543,3 @@ def evaluate_dataset_run(store: RunStore, run_id: int, n_samples: int | None = N
         evaluation = task.evaluate(policy)
         store.add_points(eval_id, [evaluation.as_point(config.method, task.point_params(config))])
     return eval_id, evaluation
-
-
-def _train_and_evaluate(task: DatasetTask, config: TrainConfig, store: RunStore, checkpoint_dir: Path | None,
-                        callbacks, on_trainer, resume_run_id: int | None = None):
-    policy, result = task.fit(config, store, checkpoint_dir, callbacks, on_trainer, resume_run_id=resume_run_id)
-    if result.status != "finished":
-        return result, None
-    evaluation = task.evaluate(policy)
-    store.add_points(result.run_id, [evaluation.as_point(config.method, task.point_params(config))])
-    return result, evaluation

@@ -1,31 +1,31 @@
 """A persistent queue of training jobs and the worker process that runs them.
 
 The app (or anything else) enqueues jobs; one worker process per run store takes them one at
-a time and trains through :mod:`mopo_core.training.text_task`, writing metrics, status and points to
-the run store like the ``train`` command does. The app polls the store; it never trains in its
+a time and trains it through its task (:mod:`mopo_core.training.tasks`), writing metrics,
+status and points to the run store like the ``train`` command does. The app polls the store; it never trains in its
 own process, so a crash or an out-of-memory kill of the worker leaves the app running.
 
-Storage. Three tables in the run store's own SQLite file (WAL mode, one connection per
+Storage. Two tables in the run store's own SQLite file (WAL mode, one connection per
 operation), created here beside RunStore's tables (its schema version is unchanged):
-``jobs`` (one row per job), ``job_workers`` (one row per worker process ever started: pid,
-its start time, the owning app's pid and start time, when and why it ended) and
-``run_owners`` (the process training each run, see "Run owners" below). Keeping them in
+``jobs`` (one row per job) and ``job_workers`` (one row per worker process ever started: pid,
+its start time, the owning app's pid and start time, when and why it ended). Keeping them in
 the store's file makes every check-and-change atomic across processes (``BEGIN IMMEDIATE``):
 a job's status and its run's status change in one transaction, a claim cannot race a cancel,
 and "is a worker running? if not, start one" cannot start two. Processes are identified by
-pid *and* start time (``/proc/<pid>/stat``), so a reused pid (a container restart numbers
+pid *and* start time (:mod:`mopo_core.processes`), so a reused pid (a container restart numbers
 processes from 1 again) is not mistaken for the old process. Per store, worker files live in
 ``<store folder>/<store stem>-jobs/``: ``worker.log`` (the workers' stdout and stderr) and
 ``checkpoints/job-<id>/`` (every job's run has a checkpoint folder, with a checkpoint from step
 0 on, so every run is resumable).
 
-Job kinds: ``train_text`` (a :class:`TrainConfig` and a :class:`TextTaskSetup`, run by
-:func:`text_runs.train_on_text_task`), ``train_dataset`` (a :class:`TrainConfig` and a
-:class:`DatasetSetup`: a local checkpoint trained on a preference file and judged by a
-preference model, run by :func:`dataset_runs.train_on_dataset`) and ``resume`` (a run id of
-either task, continued by :func:`text_runs.resume_text_run` or
-:func:`dataset_runs.resume_dataset_run` from its checkpoint). Consecutive dataset jobs on the
-same :class:`DatasetSetup` share one loaded task (model, judge, reference samples) in the worker.
+Job kinds: one per training task, its :attr:`~mopo_core.training.tasks.TrainingTask.job_kind`
+(``train_text``: a :class:`TrainConfig` and a :class:`TextTaskSetup`; ``train_dataset``: a
+:class:`TrainConfig` and a :class:`DatasetSetup`, a local checkpoint trained on a preference
+file and judged by a preference model), run by the task's ``train``, and ``resume`` (a run id
+of either task, continued by its task's ``resume`` from its checkpoint; the task is
+:func:`mopo_core.training.tasks.task_of_run`'s). Consecutive jobs on the same setup share what
+their task loads once (:meth:`~mopo_core.training.tasks.TrainingTask.load`: for a
+:class:`DatasetSetup`, the model, judge and reference samples) in the worker.
 
 Job states::
 
@@ -38,15 +38,15 @@ Job states::
 
 ``done``, ``cancelled``, ``failed`` and ``interrupted`` are final; a run that ended
 ``cancelled``, ``failed`` or ``interrupted`` is continued by a new ``resume`` job
-(:func:`resume`).
+(:func:`enqueue_resume`).
 
 The worker is tied to the app that started it. :func:`ensure_worker` records the calling
 process as the worker's owner; the worker checks after every training step (and between
 jobs) that its owner is alive. When the owner is gone (the app was restarted or killed) the
 worker stops the run after the current step, marks the run and its job ``interrupted`` and
 exits; queued jobs stay queued for the next app's worker. SIGTERM or SIGINT to the worker do
-the same (a second one stops at once). A worker started by hand (``python -m mopo_core.training.jobs
-worker``) has no owner and serves until the queue is empty.
+the same (a second one stops at once). A worker started by hand (``python -m mopo_core.cli.worker
+--store FILE``) has no owner and serves until the queue is empty.
 
 Failed versus interrupted, when a worker dies without ending its job (SIGKILL, out-of-memory
 kill, a crash), as decided by :func:`reconcile`: if the worker's owner is still alive, the
@@ -64,17 +64,11 @@ it restarts the queue after a worker stopped between jobs). Runs not started by 
 ``train`` command) are not touched here (``python -m mopo_core runs mark-interrupted``).
 
 Run owners. Every training process, the worker's and the ``train`` command's alike, owns the
-run it trains: :class:`mopo_core.lm.trainer.Trainer` records its pid and start time with
-:func:`claim_run` (refused, naming the process, while another live process owns the run: the
-check and the record are one transaction) and removes the record with :func:`release_run`
-when training returns or raises. A killed process leaves its record behind; a record whose
-process is gone (or whose pid now belongs to a process with another start time) does not
-count, so such a run can be resumed. :func:`check_run_owner` is the same check without the
-claim, for refusing early (before a model is built).
+run it trains, recorded in the run store (:func:`mopo_core.runs.claim_run`): a run whose owner
+is alive is not resumed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -88,16 +82,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from mopo_core.processes import alive, process_start
+from mopo_core.lm.config import CHECKPOINT_NAME
 from mopo_core.runs import RunStore, to_jsonable
+from mopo_core.training.tasks import TASKS, task_for_setup, task_of, task_of_job_kind, task_of_run, train_config_from
 
 if TYPE_CHECKING:  # the app imports this module without torch until it trains
-    from mopo_core.training.dataset_task import DatasetSetup, DatasetTask
-    from mopo_core.lm.trainer import TrainConfig
+    from mopo_core.lm.config import TrainConfig
+    from mopo_core.training.dataset_task import DatasetSetup
     from mopo_core.training.text_task import TextTaskSetup
 
-JOB_KINDS = ("train_text", "train_dataset", "resume")
-#: The run config ``task`` of the runs each training kind writes (what ``resume`` continues).
-TASK_OF_KIND = {"train_text": "text", "train_dataset": "dataset"}
+#: A new run of each task, and ``resume`` (a stored run of either task, continued).
+JOB_KINDS = (*(task.job_kind for task in TASKS.values()), "resume")
 JOB_STATUSES = ("queued", "running", "done", "cancelled", "failed", "interrupted")
 #: Statuses of jobs that are not over.
 ACTIVE_STATUSES = ("queued", "running")
@@ -134,12 +130,6 @@ CREATE TABLE IF NOT EXISTS job_workers (
 );
 CREATE TABLE IF NOT EXISTS jobs {_JOBS_TABLE};
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
-CREATE TABLE IF NOT EXISTS run_owners (
-    run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
-    pid INTEGER NOT NULL,
-    pid_start INTEGER,
-    claimed_at TEXT NOT NULL
-);
 """
 _JOB_SELECT = ("SELECT jobs.id, kind, name, spec, checkpoint_dir, status, run_id, cancel_requested, pid, error, "
                "created_at, jobs.started_at, jobs.ended_at FROM jobs LEFT JOIN job_workers ON worker_id = job_workers.id")
@@ -265,19 +255,13 @@ def enqueue_training(store_path: str | os.PathLike, config: TrainConfig, setup: 
     """Queue a training run and return the job id: on the synthetic text task (``setup`` a
     :class:`TextTaskSetup`) or on a preference file with a local checkpoint (a
     :class:`DatasetSetup`, its model found in ``models_folder``'s registry when it is a name).
-    Config and setup are checked now against each other (``ValueError`` naming the field; for a
-    dataset, :func:`dataset_runs.check_setup`: data, splits, checkpoint folder, judge); the
-    run's checkpoint folder is ``<jobs_dir>/checkpoints/job-<id>``. Call :func:`ensure_worker` next."""
-    from mopo_core.training.dataset_task import DatasetSetup, check_setup
-
-    from mopo_core.training.text_task import check_text_run
-
-    if isinstance(setup, DatasetSetup):
-        kind = "train_dataset"
-        config.validate(len(check_setup(setup, models_folder).objectives))
-    else:
-        kind = "train_text"
-        check_text_run(config, setup)
+    Config and setup are checked now against each other by the setup's task (``ValueError``
+    naming the field; for a dataset, :func:`mopo_core.training.dataset_task.check_setup`: data,
+    splits, checkpoint folder, judge); the run's checkpoint folder is
+    ``<jobs_dir>/checkpoints/job-<id>``. Call :func:`ensure_worker` next."""
+    task = task_for_setup(setup)
+    task.check(config, setup, models_folder)
+    kind = task.job_kind
     spec = json.dumps(to_jsonable({"config": asdict(config), "setup": asdict(setup)}, "job"), allow_nan=False)
     path = _prepare(store_path)
     with _transaction(path, immediate=True) as conn:
@@ -288,14 +272,13 @@ def enqueue_training(store_path: str | os.PathLike, config: TrainConfig, setup: 
     return job_id
 
 
-def resume(store_path: str | os.PathLike, run_id: int, name: str | None = None) -> int:
+def enqueue_resume(store_path: str | os.PathLike, run_id: int, name: str | None = None) -> int:
     """Queue a job that continues train run ``run_id`` (text task or dataset) from its
     checkpoint; return the job id. ``ValueError`` (saying why) for an unknown run, one that is
     not such a train run with a checkpoint folder, one whose status is not one of
     :data:`RESUMABLE_RUN_STATUSES` (a ``running`` run may still be training somewhere: call
     :func:`reconcile` first), one without its checkpoint file, or one that already has a
     queued or running job."""
-    from mopo_core.lm.trainer import CHECKPOINT_NAME
 
     path = _prepare(store_path)
     try:
@@ -303,7 +286,7 @@ def resume(store_path: str | os.PathLike, run_id: int, name: str | None = None) 
     except KeyError:
         raise ValueError(f"run {run_id}: not found in the run store {path}") from None
     checkpoint_dir = run.config.get("checkpoint_dir")
-    if run.kind != "train" or run.config.get("task") not in TASK_OF_KIND.values() or not checkpoint_dir:
+    if task_of(run) is None or not checkpoint_dir:
         raise ValueError(f"run {run_id}: only train runs (text task or dataset) with a checkpoint folder can be resumed "
                          f"(kind {run.kind!r}, task {run.config.get('task')!r}, checkpoint_dir {checkpoint_dir!r})")
     if run.status not in RESUMABLE_RUN_STATUSES:
@@ -358,7 +341,7 @@ def list_jobs(store_path: str | os.PathLike, status: str | None = None) -> list[
 
 def ensure_worker(store_path: str | os.PathLike) -> int | None:
     """Make sure a worker serves the store's queue and return its pid; ``None`` when no
-    worker runs and nothing is queued. Starts ``python -m mopo_core.training.jobs worker`` (its own
+    worker runs and nothing is queued. Starts ``python -m mopo_core.cli.worker`` (its own
     session, output appended to ``<jobs_dir>/worker.log``, this process as its owner) only
     when no live worker is registered; the check and the start hold the store's write lock,
     so concurrent callers (threads or processes) never start two. A worker whose app is gone
@@ -374,7 +357,7 @@ def ensure_worker(store_path: str | os.PathLike) -> int | None:
             return None
         pid, start = _spawn_worker(path)
         conn.execute("INSERT INTO job_workers (pid, pid_start, owner_pid, owner_start, started_at) VALUES (?, ?, ?, ?, ?)",
-                     (pid, start, os.getpid(), _process_start(os.getpid()), _now()))
+                     (pid, start, os.getpid(), process_start(os.getpid()), _now()))
         return pid
 
 
@@ -409,14 +392,15 @@ def _verdict(pid: int, owner_pid: int | None, owner_start: int | None, end_reaso
 def _settle(conn: sqlite3.Connection, job: Job, status: str, reason: str) -> None:
     """End ``job`` (its worker died) with ``status``/``reason`` and its run as the doc of
     :func:`reconcile` says."""
-    run_id = job.run_id if job.run_id is not None else _run_for_checkpoint_dir(conn, job.checkpoint_dir)
+    run_id = (job.run_id if job.run_id is not None
+              else RunStore.latest_run_in(conn, "train", "checkpoint_dir", job.checkpoint_dir))
     run_status = _run_status(conn, run_id)
     if run_status == "finished":
         _end_job(conn, job.id, "done", run_id=run_id)
     elif run_status == "cancelled" and job.cancel_requested:
         _end_job(conn, job.id, "cancelled", run_id=run_id)
     elif run_status == "unfinished":
-        _set_run_status(conn, run_id, status, reason)
+        RunStore.set_status_in(conn, run_id, status, reason)
         _end_job(conn, job.id, status, reason, run_id)
     elif run_id is None:
         _end_job(conn, job.id, status, f"{reason} (it died before its run was created; enqueue it again)")
@@ -427,52 +411,23 @@ def _settle(conn: sqlite3.Connection, job: Job, status: str, reason: str) -> Non
 def _run_status(conn: sqlite3.Connection, run_id: int | None) -> str | None:
     """The run's status, but ``"unfinished"`` for a run left ``running`` or ``finished``
     without its point (its process died during the evaluation); ``None`` without a run."""
-    row = None if run_id is None else conn.execute(
-        "SELECT status, EXISTS (SELECT 1 FROM points WHERE run_id = runs.id) FROM runs WHERE id = ?", (run_id,)).fetchone()
-    if row is None:
+    state = None if run_id is None else RunStore.progress_in(conn, [run_id]).get(run_id)
+    if state is None:
         return None
-    status, has_point = row
+    status, has_point = state["status"], state["n_points"] > 0
     return "unfinished" if status == "running" or (status == "finished" and not has_point) else status
-
-
-def _set_run_status(conn: sqlite3.Connection, run_id: int, status: str, reason: str) -> None:
-    """End a run with ``status`` and ``reason`` (inside the caller's transaction, beside its job)."""
-    conn.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?", (status, reason, _now(), run_id))
-
-
-def _run_for_checkpoint_dir(conn: sqlite3.Connection, checkpoint_dir: str | None) -> int | None:
-    """The newest train run writing to ``checkpoint_dir`` (a job's run, before the job knew its id)."""
-    row = conn.execute("SELECT id FROM runs WHERE kind = 'train' AND json_extract(config, '$.checkpoint_dir') = ? "
-                       "ORDER BY id DESC LIMIT 1", (checkpoint_dir,)).fetchone()
-    return None if row is None else int(row[0])
 
 
 # ---------------------------------------------------------------------------- processes
 
 
-def _process_start(pid: int) -> int | None:
-    """The process's start time (clock ticks after boot, ``/proc/<pid>/stat`` field 22);
-    ``None`` when it does not exist, is a zombie, or there is no ``/proc``."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
 def _alive(pid: int, start: int | None) -> bool:
-    """Whether process ``pid`` runs and is the one that started at ``start`` (when known)."""
+    """:func:`mopo_core.processes.alive`, and a worker this process started that has exited is
+    collected (no zombie) and not alive."""
     child = _children.get((pid, start))
-    if child is not None and child.poll() is not None:  # our child: collect it (no zombie)
+    if child is not None and child.poll() is not None:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        pass
-    return start is None or _process_start(pid) == start
+    return alive(pid, start)
 
 
 def _exit_note(pid: int, start: int | None) -> str:
@@ -510,59 +465,12 @@ def _spawn_worker(path: Path) -> tuple[int, int | None]:
     log_dir = jobs_dir(path)
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "worker.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mopo_core.training.jobs", "worker", "--store", str(path)],
-                                cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "mopo_core.cli.worker", "--store", str(path)],
+                                cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    start = _process_start(proc.pid)
+    start = process_start(proc.pid)
     _children[(proc.pid, start)] = proc
     return proc.pid, start
-
-
-# ---------------------------------------------------------------------------- run owners
-
-
-def _live_owner(conn: sqlite3.Connection, run_id: int) -> tuple[int, str] | None:
-    """(pid, since when) of the live process that owns ``run_id``; ``None`` when there is none."""
-    row = conn.execute("SELECT pid, pid_start, claimed_at FROM run_owners WHERE run_id = ?", (int(run_id),)).fetchone()
-    return None if row is None or not _alive(row[0], row[1]) else (row[0], row[2])
-
-
-def _owned_error(run_id: int, pid: int, since: str) -> ValueError:
-    who = f"process {pid}" + (" (this process)" if pid == os.getpid() else "")
-    return ValueError(f"run {run_id}: {who} is training it (its owner since {since}); a run has one owner: "
-                      f"stop that process or wait for it to end before resuming the run")
-
-
-def check_run_owner(store_path: str | os.PathLike, run_id: int) -> None:
-    """``ValueError`` naming the process when a live process owns run ``run_id``."""
-    path = _prepare(store_path)
-    with _transaction(path) as conn:
-        owner = _live_owner(conn, run_id)
-    if owner is not None:
-        raise _owned_error(run_id, *owner)
-
-
-def claim_run(store_path: str | os.PathLike, run_id: int) -> None:
-    """Record this process (pid and start time) as the owner of run ``run_id``; ``ValueError``
-    for a run not in the store, and naming the process when another live process owns it
-    (checked in the same transaction)."""
-    path = _prepare(store_path)
-    with _transaction(path, immediate=True) as conn:
-        if conn.execute("SELECT 1 FROM runs WHERE id = ?", (int(run_id),)).fetchone() is None:
-            raise ValueError(f"run {run_id}: not found in the run store {path}")
-        owner = _live_owner(conn, run_id)
-        if owner is not None:
-            raise _owned_error(run_id, *owner)
-        conn.execute("INSERT OR REPLACE INTO run_owners (run_id, pid, pid_start, claimed_at) VALUES (?, ?, ?, ?)",
-                     (int(run_id), os.getpid(), _process_start(os.getpid()), _now()))
-
-
-def release_run(store_path: str | os.PathLike, run_id: int) -> None:
-    """Remove this process's ownership of run ``run_id`` (nothing when another process owns it)."""
-    path = _prepare(store_path)
-    with _transaction(path, immediate=True) as conn:
-        conn.execute("DELETE FROM run_owners WHERE run_id = ? AND pid = ? AND pid_start IS ?",
-                     (int(run_id), os.getpid(), _process_start(os.getpid())))
 
 
 # ---------------------------------------------------------------------------- the worker
@@ -576,7 +484,7 @@ def _register_worker(path: Path) -> tuple[int, int | None, int | None]:
     """This process's worker row (id, owner pid, owner start): the row :func:`ensure_worker`
     wrote for it, or a new ownerless one when started by hand. ``WorkerAlreadyRunning`` when
     another live worker is registered."""
-    pid, start = os.getpid(), _process_start(os.getpid())
+    pid, start = os.getpid(), process_start(os.getpid())
     with _transaction(path, immediate=True) as conn:
         mine = conn.execute("SELECT id, owner_pid, owner_start FROM job_workers WHERE ended_at IS NULL AND pid = ? "
                             "AND pid_start IS ?", (pid, start)).fetchone()
@@ -604,7 +512,7 @@ class _Worker:
         self.job: Job | None = None
         self.trainer = None
         self.run_id: int | None = None
-        self.dataset_task: DatasetTask | None = None  # the last dataset job's, reused by the next on its setup
+        self.loaded = None  # what the last job's task loaded (TrainingTask.load), reused by the next on its setup
 
     def serve(self) -> int:
         """Run jobs until the queue is empty or the worker must stop; the exit status."""
@@ -695,37 +603,27 @@ class _Worker:
             self._end("interrupted", reason, result.run_id, end_run=True)
 
     def _train(self, job: Job):
-        """Train (or resume) the job's run through the module of its task; its TrainResult."""
-        from mopo_core.training import dataset_task as dataset_runs
-        from mopo_core.training.text_task import resume_text_run, text_setup_from, train_config_from, train_on_text_task
-
+        """Train (or resume) the job's run through its task; its TrainResult."""
         store, hooks = RunStore(self.path), {"callbacks": (self.on_step,), "on_trainer": self.attach}
-        kind = job.kind
-        if kind == "resume":
-            kind = "train_dataset" if dataset_runs.is_dataset_run(store, job.run_id) else "train_text"
-        if kind == "train_text":
-            self.dataset_task = None  # free the last dataset job's model and judge
-            if job.kind == "resume":
-                return resume_text_run(store, job.run_id, **hooks)[0]
-            return train_on_text_task(train_config_from(job.config), text_setup_from(job.setup), store,
-                                      job.checkpoint_dir, **hooks)[0]
-        setup = (dataset_runs.dataset_setup_from(store.get_run(job.run_id).config["dataset_setup"])
-                 if job.kind == "resume" else dataset_runs.dataset_setup_from(job.setup))
-        if self.dataset_task is None or self.dataset_task.setup != setup:
-            self.dataset_task = None  # before loading the next, so two models are never held at once
-            print(f"{_now()} job {job.id}: loading {setup.model}, {setup.data} and the judge {setup.prefmodel}",
-                  flush=True)
-            self.dataset_task = dataset_runs.DatasetTask(setup)
         if job.kind == "resume":
-            return dataset_runs.resume_dataset_run(store, job.run_id, task=self.dataset_task, **hooks)[0]
-        return dataset_runs.train_on_dataset(train_config_from(job.config), setup, store, job.checkpoint_dir,
-                                             task=self.dataset_task, **hooks)[0]
+            task = task_of_run(store, job.run_id, "resumed")
+            setup = task.run_setup(store.get_run(job.run_id).config)
+        else:
+            task = task_of_job_kind(job.kind)
+            setup = task.setup_from(job.setup)
+        if not task.reusable(self.loaded, setup):
+            self.loaded = None  # free the last job's model and judge before loading the next: never two at once
+            self.loaded = task.load(setup, note=lambda text: print(f"{_now()} job {job.id}: {text}", flush=True))
+        if job.kind == "resume":
+            return task.resume(store, job.run_id, loaded=self.loaded, **hooks)[0]
+        return task.train(train_config_from(job.config), setup, store, job.checkpoint_dir, loaded=self.loaded,
+                          **hooks)[0]
 
     def _end(self, status: str, error: str | None, run_id: int | None, end_run: bool = False) -> None:
         """End the job; with ``end_run``, its run too (unless it had finished with its point)."""
         with _transaction(self.path, immediate=True) as conn:
             if end_run and _run_status(conn, run_id) not in (None, "finished"):
-                _set_run_status(conn, run_id, status, error)
+                RunStore.set_status_in(conn, run_id, status, error)
             _end_job(conn, self.job.id, status, error, run_id)
         print(f"{_now()} job {self.job.id}: {status}{f' ({error})' if error else ''}", flush=True)
 
@@ -742,16 +640,3 @@ def run_worker(store_path: str | os.PathLike) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, worker.on_signal)
     return worker.serve()
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mopo_core.training.jobs", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    worker = sub.add_parser("worker", help="run the store's queued jobs one at a time, exit when none is left")
-    worker.add_argument("--store", required=True, help="run store SQLite file")
-    args = parser.parse_args(argv)
-    return run_worker(args.store)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

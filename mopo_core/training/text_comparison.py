@@ -19,10 +19,12 @@ import pandas as pd
 import torch
 
 from mopo_core.lm.soups import soup
-from mopo_core.lm.trainer import Trainer, TrainConfig, implicit_rewards
+from mopo_core.lm.config import TrainConfig
+from mopo_core.lm.trainer import Trainer, implicit_rewards
 from mopo_core.pareto import dominance_matrix, hypervolume
 from mopo_core.runs import RunStore
-from mopo_core.training.text_task import TextTaskSetup, build_text_task, evaluate_on_task, secondary_experts, task_oracle
+from mopo_core.training.common import secondary_experts
+from mopo_core.training.text_task import TextTaskSetup, build_text_task, evaluate_on_task, task_oracle
 
 
 @dataclass
@@ -141,25 +143,3 @@ def summarise(points: pd.DataFrame, reference_point: np.ndarray, s: ComparisonSe
             row["thresholds_met_within_1.96se"] = int((measured >= np.array(s.thresholds) - 1.96 * err).sum())
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def comparison_figure(points: pd.DataFrame, reference_point: np.ndarray, settings: ComparisonSettings):
-    """Plotly scatter of every policy's win-rates (with 1.96-SE bars), MOPO's thresholds and the
-    explicit hypervolume reference point."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for method, g in points.groupby("method", sort=False):
-        fig.add_scatter(x=g.V1, y=g.V0, mode="markers+text", name=method, text=g.parameter, textposition="top center",
-                        error_x=dict(array=1.96 * g.stderr1), error_y=dict(array=1.96 * g.stderr0),
-                        hovertemplate=f"{method}<br>%{{text}}<br>harmlessness %{{x:.3f}}<br>helpfulness %{{y:.3f}}"
-                                      "<extra></extra>")
-    for b in settings.thresholds:
-        fig.add_vline(x=b, line_dash="dot", line_color="crimson", annotation_text=f"MOPO b={b}")
-    fig.add_scatter(x=[reference_point[1]], y=[reference_point[0]], mode="markers", name="HV reference point",
-                    marker=dict(symbol="x", size=12, color="black"))
-    fig.update_layout(
-        title="Text task: win-rates against the SFT reference on held-out prompts (all maximised; 0.5 = reference)",
-        xaxis_title="harmlessness win-rate vs reference (higher is better →)",
-        yaxis_title="helpfulness win-rate vs reference (higher is better ↑)", height=560)
-    return fig
