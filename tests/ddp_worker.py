@@ -1,4 +1,4 @@
-"""Run by tests/test_lm_distributed.py under ``torchrun`` (or plainly, as one process): train a
+"""Run by tests/lm/test_lm_distributed.py under ``torchrun`` (or plainly, as one process): train a
 tiny GPT on the text task with the settings given as JSON (TrainConfig fields, plus "parallel":
 "ddp" | "fsdp") and, in process 0, write the metric history to the JSON file named on the
 command line; a third argument names the checkpoint folder."""

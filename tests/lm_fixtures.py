@@ -32,14 +32,16 @@ from mopo_core.data.preferences import PreferenceDataset, save_preferences
 WORDS = [f"w{i}" for i in range(30)]
 
 
-@pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """One torch thread for a test module that imports this fixture: on a shared, busy CPU more
-    threads make these tiny models far slower."""
+    """One torch thread while a test module runs: on a shared, busy CPU more threads make these tiny
+    models far slower. A plain generator: the conftest.py of tests/lm, tests/training and tests/app
+    makes it an autouse, module-scoped fixture there (``pytest.fixture(...)(one_thread)``)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
 OBJECTIVES = ("helpfulness", "harmlessness")
 BOS, EOS = "<|im_start|>", "<|im_end|>"
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -6,7 +6,7 @@ Rules: ``tabular``, ``experiments``, ``data``, ``pareto``, ``runs`` and ``valida
 nothing from ``lm`` or ``training``; ``lm`` imports nothing from ``training``; nothing under
 ``mopo_core`` imports streamlit, plotly or ``app``; argparse only under ``mopo_core/cli``; SQL
 on the runs tables only in ``runs.py``; no import cycles among modules (module-level imports);
-the light layers import without torch (``mopo_core.lm.config``: tests/test_lm_config.py)."""
+the light layers import without torch (``mopo_core.lm.config``: tests/lm/test_lm_config.py)."""
 from __future__ import annotations
 
 import ast

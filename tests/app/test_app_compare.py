@@ -1,0 +1,188 @@
+"""The Compare page through Streamlit's AppTest: example runs, run selection, K groups, the
+selection-driven details panel, dominance/hypervolume/attainment tables; no exception."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from tests.app_support import figures
+
+from app.shared import CONVENTION
+from app.presenters import compare as compare_presenter
+from mopo_core.experiments import compare_runs
+from mopo_core.runs import RunStore
+
+PAGE = str(Path(__file__).parents[2] / "app" / "views" / "compare.py")
+FRONT = "fig_compare_front_1_0"
+
+
+def _trace_names(fig) -> list[str]:
+    return [t.get("name") or "" for t in fig["data"]]
+
+
+def _table(at, column) -> pd.DataFrame:
+    return next(df.value for df in at.dataframe if column in df.value.columns)
+
+
+@pytest.fixture(scope="module")
+def filled_store(tmp_path_factory) -> Path:
+    """One store with the example runs (1-3: MOPO sweeps over seeds, 4: baselines, 5: K = 3)."""
+    path = tmp_path_factory.mktemp("store") / "runs.sqlite"
+    compare_presenter.create_example_runs(RunStore(path), steps=300)
+    return path
+
+
+def _page(path: Path, monkeypatch, runs=None) -> AppTest:
+    monkeypatch.setenv("MOPO_STORE", str(path))
+    st.cache_resource.clear()  # shared.run_store() is cached per process
+    st.cache_data.clear()
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    if runs is not None:
+        at.session_state["compare_runs"] = runs
+    at.run()
+    assert not at.exception
+    return at
+
+
+@pytest.fixture
+def page(filled_store, tmp_path, monkeypatch) -> AppTest:
+    path = tmp_path / "runs.sqlite"
+    shutil.copy(filled_store, path)  # each test gets its own copy (the page may write)
+    return _page(path, monkeypatch, runs=[1, 2, 3, 4])
+
+
+def test_default_selection_is_the_latest_runs_and_the_larger_k_group(filled_store, tmp_path, monkeypatch):
+    path = tmp_path / "runs.sqlite"
+    shutil.copy(filled_store, path)
+    at = _page(path, monkeypatch)
+    assert at.multiselect(key="compare_runs").value == [2, 3, 4, 5]
+    assert at.radio(key="compare_k").value == 2  # three of the four runs have K = 2
+
+
+def test_empty_store_offers_example_runs_and_creating_them_fills_the_page(tmp_path, monkeypatch):
+    at = _page(tmp_path / "fresh.sqlite", monkeypatch)
+    assert [b.label for b in at.button] == ["Create example runs"]
+    assert not at.get("plotly_chart")
+    at.button(key="create_examples").click().run()
+    assert not at.exception
+    listed = RunStore(tmp_path / "fresh.sqlite").list_runs()
+    assert len(listed) == 5 and (listed.n_points > 1).all()
+    assert at.multiselect(key="compare_runs").value == [1, 2, 3, 4]
+    assert "Created example runs" in at.success[0].value
+    titles = [f["layout"]["title"]["text"] for f in figures(at)]
+    assert len(titles) == 4  # fronts, dominance, hypervolume, attainment
+    assert all(CONVENTION in t for t in titles)
+
+
+def test_front_figure_has_hover_customdata_reference_point_and_front_marking(page):
+    fig = figures(page)[0]
+    assert "HV reference point r = (0.5000, 0.5000): the reference policy's values" in fig["layout"]["title"]["text"]
+    assert "higher is better" in fig["layout"]["xaxis"]["title"]["text"]
+    assert "↑" in fig["layout"]["yaxis"]["title"]["text"]
+    names = _trace_names(fig)
+    assert "HV reference point r = (0.5000, 0.5000)" in names and "union Pareto front (its staircase)" in names
+    series = [t for t in fig["data"] if t.get("customdata")]
+    assert len(series) == 3 + 6  # three seeds + six baselines (one series per method label)
+    for trace in series:
+        assert "%{customdata[3]}" in trace["hovertemplate"]  # method, parameters and values on hover
+        run_id, idx = trace["customdata"][0][:2]
+        assert isinstance(run_id, int) and isinstance(idx, int)
+    symbols = {s for t in series for s in t["marker"]["symbol"]}
+    assert {"diamond", "circle"} <= symbols <= {"diamond", "circle", "diamond-open", "circle-open"}
+    # Non-dominated in the union vs dominated; open markers: the solver could not meet the threshold.
+    infeasible = [i for t in series for i, s in enumerate(t["marker"]["symbol"]) if s.endswith("-open")]
+    assert bool(infeasible) == ("threshold not met: infeasible (open marker)" in names)
+
+
+def test_selecting_runs_changes_the_figure_and_tables(page):
+    before = figures(page)[0]
+    page.multiselect(key="compare_runs").set_value([1, 2]).run()
+    assert not page.exception
+    after = figures(page)[0]
+    assert after != before
+    assert [n for n in _trace_names(after) if n.startswith("#")] == ["#1 example: mopo, bt_conflict, seed 0",
+                                                                    "#2 example: mopo, bt_conflict, seed 1"]
+    dominance = _table(page, "A (its points dominate some of B's)")
+    assert dominance.shape == (2, 4)
+    hv = _table(page, "share_of_union")
+    assert hv.series.tolist()[-1] == "union of all" and len(hv) == 3
+    # Two runs differing only by seed: the attainment figure is drawn.
+    attainment = figures(page)[-1]
+    assert any("median front" in n for n in _trace_names(attainment))
+    assert any("25–75%" in n for n in _trace_names(attainment))
+
+
+def test_dominance_and_hypervolume_tables_match_the_engine(page, filled_store):
+    store = RunStore(filled_store)
+    runs = [store.get_run(i) for i in (1, 2, 3, 4)]
+    sets = compare_runs.point_sets(compare_runs.points_frame(runs))
+    expected = compare_runs.dominance_table(compare_runs.dominance_counts(sets), sets)
+    shown = _table(page, "A (its points dominate some of B's)")
+    assert shown.values.tolist() == expected.values.tolist()
+    hv = _table(page, "share_of_union")
+    expected_hv = compare_runs.hypervolume_table(sets, [0.5, 0.5]).hypervolume.tolist()
+    assert hv.hypervolume.tolist() == pytest.approx(expected_hv)
+
+
+def test_clicking_a_point_fills_the_details_panel(page):
+    """Drives the chart's own selection state (what a click sends), then clears it."""
+    chart = page.get("plotly_chart")[0]
+    states = page._tree.get_widget_states()  # AppTest cannot click Plotly points: send the event it would
+    state = states.widgets.add()
+    state.id = chart.proto.id
+    state.string_value = json.dumps({"selection": {
+        "points": [{"curve_number": 0, "point_index": 3, "point_number": 3, "customdata": [1, 3, "mopo"]}],
+        "point_indices": [3], "box": [], "lasso": []}})
+    page._run(states)
+    assert not page.exception
+    assert page.session_state["compare_pinned"] == [(1, 3)]
+    assert any("point 3 · mopo" in e.label for e in page.expander)
+    selected = _table(page, "kl_to_reference")
+    assert selected[["run_id", "idx", "label"]].values.tolist() == [[1, 3, "mopo"]]
+    figs = figures(page)
+    assert "selected point(s)" in _trace_names(figs[0])
+    policy = next(f for f in figs if f["layout"]["title"]["text"].startswith("Policies"))
+    assert "reference policy π_ref" in _trace_names(policy)
+    page.run()  # the pin survives reruns that carry no new selection
+    assert page.session_state["compare_pinned"] == [(1, 3)]
+    page.button(key="compare_clear").click().run()
+    assert page.session_state["compare_pinned"] == []
+    assert "selected point(s)" not in _trace_names(figures(page)[0])
+
+
+def test_runs_of_different_k_are_not_overlaid_and_k3_views_are_linked(page):
+    page.multiselect(key="compare_runs").set_value([1, 5]).run()
+    assert not page.exception
+    assert any("cannot be overlaid" in w.value for w in page.warning)
+    page.radio(key="compare_k").set_value(3).run()
+    page.session_state["compare_pinned"] = [(5, 4)]
+    page.run()
+    assert not page.exception
+    figs = figures(page)
+    assert figs[0]["data"][0]["type"] == "parcoords"
+    projections = [f for f in figs if f["layout"]["title"]["text"].startswith("V")]
+    assert len(projections) == 3
+    assert all("selected point(s)" in _trace_names(f) for f in [figs[0], *projections])
+    assert any("two objectives" in i.value for i in page.info)  # attainment is drawn for K = 2
+
+
+def test_reference_point_is_editable_and_stated(page):
+    box = next(n for n in page.number_input if n.label.startswith("r0"))
+    assert box.value == pytest.approx(0.5)
+    box.set_value(0.3).run()
+    assert not page.exception
+    assert "r = (0.3000, 0.5000): set by you in the sidebar" in figures(page)[0]["layout"]["title"]["text"]
+    hv = _table(page, "share_of_union")
+    assert hv.hypervolume.iloc[-1] > 0.0107  # a lower reference point adds volume
+
+
+def test_attainment_follows_the_seed_keys(page):
+    page.multiselect(key="compare_seed_keys").set_value([]).run()
+    assert not page.exception
+    assert any("No selected runs differ only by" in i.value for i in page.info)

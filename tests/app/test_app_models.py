@@ -1,0 +1,204 @@
+"""The Models page through Streamlit's AppTest: the registry table (built-in model and checkpoints
+saved into a temporary models folder), the training-memory estimate following the sidebar
+settings, load -> sample -> per-objective scores (text-task scorers and a preference model from
+<models>/prefmodels), unload with the freed memory shown, switching models, and a checkpoint
+folder outside the models folder refused with the registry's error."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import streamlit as st
+import torch
+from streamlit.testing.v1 import AppTest
+from transformers import BertConfig, BertModel
+
+from mopo_core.lm import registry
+from mopo_core.lm.models import save_model, tiny_gpt, train_sft, word_tokenizer
+from mopo_core.lm.judge import PreferenceModel, RewardHeads, SentenceEncoder
+from synthetic.text_task import OBJECTIVES, TextTask, vocabulary
+
+PAGE = str(Path(__file__).parents[2] / "app" / "views" / "models.py")
+
+
+@pytest.fixture(scope="module")
+def checkpoint_source(tmp_path_factory) -> Path:
+    """A tiny GPT-2 fitted for a few steps on the text task, saved as a checkpoint folder."""
+    folder = tmp_path_factory.mktemp("source") / "tiny-sft"
+    tokenizer = word_tokenizer(vocabulary())
+    model = tiny_gpt(len(tokenizer), tokenizer=tokenizer, seed=0)
+    train_sft(model, tokenizer, TextTask(n_prompts=8).corpus(), steps=30, batch_size=16, seed=0)
+    save_model(model, tokenizer, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prefmodel_source(tmp_path_factory) -> Path:
+    """A preference model on a tiny BERT encoder (random linear heads on helpfulness, harmlessness)."""
+    root = tmp_path_factory.mktemp("pm")
+    tokenizer = word_tokenizer(vocabulary())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    BertModel(config).save_pretrained(root / "encoder")
+    tokenizer.save_pretrained(root / "encoder")
+    heads = RewardHeads(16, 2)
+    with torch.no_grad():
+        heads.weight.normal_()
+    PreferenceModel(SentenceEncoder.load(root / "encoder", max_length=32), heads, ("helpfulness", "harmlessness"),
+                    {"metrics": {"test": {"helpfulness": {"accuracy": 0.75}, "harmlessness": {"accuracy": 0.5}}}}
+                    ).save(root / "tiny-judge")
+    return root / "tiny-judge"
+
+
+@pytest.fixture
+def models_folder(tmp_path, checkpoint_source, monkeypatch) -> Path:
+    folder = tmp_path / "models"
+    shutil.copytree(checkpoint_source, folder / "tiny-sft")
+    monkeypatch.setenv(registry.MODELS_ENV, str(folder))
+    return folder
+
+
+def _page(**state) -> AppTest:
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _registry(at) -> pd.DataFrame:
+    return next(df.value for df in at.dataframe if "estimate_bytes" in df.value.columns)
+
+
+def _samples(at) -> pd.DataFrame:
+    """The table of scored samples (a static table: long responses wrap)."""
+    return next(t.value for t in at.table if "response" in t.value.columns)
+
+
+def _texts(at) -> str:
+    return "\n".join(e.value for kind in ("success", "info", "warning", "error", "caption", "markdown")
+                     for e in getattr(at, kind))
+
+
+def test_the_registry_lists_the_builtin_model_and_a_checkpoint_with_their_memory(models_folder):
+    at = _page()
+    table = _registry(at).set_index("name")
+    assert list(table.index[:1]) == [registry.BUILTIN_NAME] and "tiny-sft" in table.index
+    builtin, tiny = table.loc[registry.BUILTIN_NAME], table.loc["tiny-sft"]
+    assert builtin["kind"] == "builtin" and builtin["path"] == "(built in)"
+    assert tiny["architecture"] == "GPT2LMHeadModel" and tiny["dtype"] == "float32"
+    assert tiny["n_parameters"] == builtin["n_parameters"] > 0  # the same tiny GPT-2
+    assert tiny["estimate_bytes"] > 0 and "parameters" in tiny["breakdown"] and "activations" in tiny["breakdown"]
+    assert str(models_folder) in _texts(at)
+
+
+def test_the_memory_estimate_follows_batch_size_lora_and_checkpointing(models_folder):
+    at = _page()
+    first = _registry(at).set_index("name").loc["tiny-sft", "estimate_bytes"]
+    at.number_input(key="models_batch").set_value(64).run()
+    bigger = _registry(at).set_index("name").loc["tiny-sft", "estimate_bytes"]
+    assert bigger > first
+    at.toggle(key="models_checkpointing").set_value(True).run()
+    assert _registry(at).set_index("name").loc["tiny-sft", "estimate_bytes"] < bigger
+    at.toggle(key="models_lora").set_value(False).run()  # full fine-tune: gradients and AdamW state for every weight
+    full = _registry(at).set_index("name").loc["tiny-sft"]
+    assert "optimizer" in full["breakdown"]
+    assert any("batch 64 × 256 tokens" in c.value and "full fine-tune" in c.value for c in at.caption)
+
+
+def test_load_sample_scores_and_unload(models_folder):
+    at = _page()
+    assert any("No model loaded" in i.value for i in at.info)
+    at.selectbox(key="models_choice").set_value("tiny-sft")
+    at.button(key="models_load").click().run()
+    assert not at.exception
+    assert any("Loaded **tiny-sft** on cpu in float32" in s.value and "RSS" in s.value for s in at.success)
+    assert at.get("status")  # the progress indicator of the load
+    # No preference model in the folder: said, and the text-task scorers are used.
+    assert "No preference model available" in _texts(at)
+    assert at.selectbox(key="models_scorer").value == "text-task scorers"
+    at.number_input(key="models_n").set_value(3)
+    at.button(key="models_sample").click().run()
+    assert not at.exception
+    samples = _samples(at)
+    assert len(samples) == 3 and list(samples.columns) == ["response", *OBJECTIVES]
+    assert samples[list(OBJECTIVES)].notna().all().all()
+    assert ((samples[list(OBJECTIVES)] >= 0) & (samples[list(OBJECTIVES)] <= 1)).all().all()
+    assert any(c.value.startswith("Mean: helpfulness") for c in at.caption)
+
+    at.button(key="models_unload").click().run()
+    assert not at.exception
+    message = next(s.value for s in at.success if s.value.startswith("Unloaded"))
+    assert "Unloaded **tiny-sft**: freed" in message and "RSS" in message and "→" in message
+    assert LOADED_KEY not in at.session_state
+    log = next(df.value for df in at.dataframe if "RSS before" in df.value.columns)
+    assert log["action"].tolist() == ["load", "unload"] and log["rss_after_bytes"].notna().all()
+    assert any("No model loaded" in i.value for i in at.info)
+
+
+LOADED_KEY = "models_loaded"
+
+
+def test_loading_another_model_unloads_the_first_and_says_what_it_freed(models_folder, checkpoint_source):
+    shutil.copytree(checkpoint_source, models_folder / "tiny-sft-copy")
+    at = _page()
+    at.selectbox(key="models_choice").set_value("tiny-sft")
+    at.button(key="models_load").click().run()
+    model = at.session_state[LOADED_KEY]["model"]
+    at.selectbox(key="models_choice").set_value("tiny-sft-copy")
+    at.button(key="models_load").click().run()
+    assert not at.exception
+    assert at.session_state[LOADED_KEY]["name"] == "tiny-sft-copy"
+    assert all(p.numel() == 0 for p in model.parameters())  # the first model's tensors were emptied
+    assert any("Unloaded **tiny-sft**: freed" in i.value and "one model" in i.value.lower() for i in at.info)
+    log = next(df.value for df in at.dataframe if "RSS before" in df.value.columns)
+    assert log["action"].tolist() == ["load", "unload", "load"]
+
+
+def test_scores_from_a_preference_model_in_the_prefmodels_folder(models_folder, prefmodel_source):
+    shutil.copytree(prefmodel_source, models_folder / "prefmodels" / "tiny-judge")
+    at = _page()
+    at.selectbox(key="models_choice").set_value("tiny-sft")
+    at.button(key="models_load").click().run()
+    assert at.selectbox(key="models_scorer").value == "tiny-judge"  # a checkpoint: the preference model by default
+    assert "No preference model available" not in _texts(at)
+    at.button(key="models_sample").click().run()
+    assert not at.exception
+    samples = _samples(at)
+    assert list(samples.columns) == ["response", "helpfulness", "harmlessness"]
+    assert samples[["helpfulness", "harmlessness"]].notna().all().all()
+    assert any("Preference model tiny-judge" in c.value and "helpfulness 75%" in c.value for c in at.caption)
+
+
+def test_a_folder_outside_the_models_folder_is_refused(models_folder, checkpoint_source):
+    at = _page()
+    at.text_input(key="models_add_path").set_value(str(checkpoint_source))
+    at.button(key="models_add").click().run()
+    assert not at.exception
+    error = at.error[0].value
+    assert str(checkpoint_source) in error and "outside the models folder" in error
+    assert not (models_folder / registry.REGISTRY_FILE).exists()
+    # A nested folder inside it is registered.
+    shutil.copytree(checkpoint_source, models_folder / "nested" / "tiny")
+    at.text_input(key="models_add_path").set_value(str(models_folder / "nested" / "tiny"))
+    at.button(key="models_add").click().run()
+    assert any("Registered **nested/tiny**" in s.value for s in at.success)
+    assert "nested/tiny" in _registry(at)["name"].tolist()
+
+
+def test_chat_with_a_model(models_folder):
+    at = _page()
+    at.selectbox(key="models_choice").set_value("tiny-sft")
+    at.button(key="models_load").click().run()
+    at.chat_input(key="models_chat_input").set_value("how do i cook garlic pasta and butter ?").run()
+    assert not at.exception
+    history = at.session_state["models_chat"]
+    assert [t["role"] for t in history] == ["user", "assistant"]
+    assert len(at.chat_message) == 2
+    assert any("no chat template" in c.value for c in at.caption)

@@ -1,0 +1,145 @@
+"""The Sweep page through Streamlit's AppTest: widgets drive the figures, the metrics table sits beside the
+front, errors are shown, and "Save as run" writes to the run store. The store is a temporary file
+($MOPO_STORE) and the cached ``shared.run_store()`` is cleared so that each test gets its own."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app_support import figures
+
+from app import shared
+from mopo_core.runs import RunStore
+
+PAGE = str(Path(__file__).parents[2] / "app" / "views" / "sweep.py")
+
+
+def _trace(fig, prefix):
+    return [t for t in fig["data"] if t.get("name", "").startswith(prefix)]
+
+
+def _array(value) -> np.ndarray:
+    return np.asarray(value, dtype=float)
+
+
+def _n_points(trace):
+    return len(_array(trace["x"]))
+
+
+@pytest.fixture()
+def store_path(tmp_path, monkeypatch):
+    path = tmp_path / "runs.sqlite"
+    monkeypatch.setenv("MOPO_STORE", str(path))
+    shared.run_store.clear()  # st.cache_resource: drop a store built for another path
+    yield path
+    shared.run_store.clear()
+
+
+@pytest.fixture()
+def app(store_path):
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_sweep_shows_front_reference_point_mopo_and_metrics_table(app):
+    front, multipliers = figures(app)
+    names = [t["name"] for t in front["data"]]
+    assert any(n.startswith("exact front") for n in names)
+    assert any(n.startswith("HV reference point") for n in names)
+    mopo = _trace(front, "MOPO sweep")[0]
+    assert _n_points(mopo) == 100
+    assert "method: MOPO" in mopo["hovertemplate"] and "threshold b1" in mopo["hovertemplate"]
+    assert any("HV reference point" in a["text"] for a in front["layout"]["annotations"])
+    for fig in (front, multipliers):
+        assert "maximised" in fig["layout"]["title"]["text"]
+        assert "→" in fig["layout"]["xaxis"]["title"]["text"] and "↑" in fig["layout"]["yaxis"]["title"]["text"]
+        assert all("hovertemplate" in t for t in fig["data"])
+    metrics = app.dataframe[0].value.set_index("metric")
+    assert list(metrics.columns) == ["bt_conflict"]
+    assert metrics.loc["HV ratio", "bt_conflict"] > 0.95 and metrics.loc["satisfaction", "bt_conflict"] == 1.0
+    assert any("reference point (V0, V1, …) = the reference policy's values: bt_conflict (0.5000, 0.5000)" in c.value
+               for c in app.caption)
+    labels = [b.label for b in app.get("download_button")]
+    assert {"Figure HTML", "Data CSV", "Data JSON"} <= set(labels)
+
+
+def test_widgets_change_the_figure(app):
+    def front(at):
+        return figures(at)[0]
+
+    before = front(app)
+    app.select_slider(key="sweep_tau").set_value(0.1).run()
+    assert not app.exception
+    after_tau = front(app)
+    assert not np.allclose(_array(_trace(after_tau, "MOPO sweep")[0]["y"]), _array(_trace(before, "MOPO sweep")[0]["y"]))
+    assert "τ=0.1" in _trace(after_tau, "MOPO sweep")[0]["name"]
+
+    app.slider(key="sweep_n_thresholds").set_value(20).run()
+    assert not app.exception
+    assert _n_points(_trace(front(app), "MOPO sweep")[0]) == 20
+
+    app.multiselect(key="sweep_structures").set_value(["bt_conflict", "cyclic"]).run()
+    assert not app.exception
+    names = [t["name"] for t in _trace(front(app), "MOPO sweep")]
+    assert names == ["MOPO sweep (τ=0.1, ε=0) · bt_conflict", "MOPO sweep (τ=0.1, ε=0) · cyclic"]
+    assert list(app.dataframe[0].value.columns) == ["metric", "bt_conflict", "cyclic"]
+
+    app.radio(key="sweep_mode").set_value("Ablation").run()
+    assert not app.exception
+    figs = figures(app)
+    assert figs[0]["layout"]["title"]["text"].startswith("Ablation over τ")
+    assert len(figs) == 1 + 2  # the metrics panel, then one front per structure
+    table = app.dataframe[0].value
+    assert len(table) == 2 * 4 and {"HV ratio", "IGD+", "satisfaction", "mean regret"} <= set(table.columns)
+
+
+def test_ablation_parameters(app):
+    app.radio(key="sweep_mode").set_value("Ablation").run()
+    app.selectbox(key="sweep_parameter").set_value("n").run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert list(table.label) == ["n=10", "n=100", "n=1000", "n=10000"]
+    assert table["win-rate error"].is_monotonic_decreasing
+
+    app.selectbox(key="sweep_parameter").set_value("t0").run()
+    app.select_slider(key="sweep_steps").set_value(200)
+    app.slider(key="sweep_ab_thresholds_alg1").set_value(2).run()
+    assert not app.exception
+    fronts = figures(app)[1]
+    mopo = _trace(fronts, "MOPO (Algorithm 1)")
+    assert [t["name"].split(" · ")[1] for t in mopo] == ["t0=1", "t0=10", "t0=100", "t0=∞ (off)"]
+
+    # a fixed ratchet needs a lagged reference: t0 = off is refused with a message naming t0
+    app.selectbox(key="sweep_fixed_beta").set_value(0.9).run()
+    assert not app.exception
+    assert any("t0 = None (off)" in e.value for e in app.error)
+
+
+def test_no_structure_asks_for_one(app):
+    app.multiselect(key="sweep_structures").set_value([]).run()
+    assert not app.exception
+    assert any("at least one structure" in i.value for i in app.info)
+    assert not app.get("plotly_chart")
+
+
+def test_save_as_run_writes_to_the_store(app, store_path):
+    app.slider(key="sweep_n_thresholds").set_value(10).run()
+    app.button(key="sweep_save").click().run()
+    assert not app.exception
+    runs = RunStore(store_path).list_runs()
+    assert list(runs.kind) == ["sweep"] and runs.n_points.iloc[0] == 10
+    assert f"Saved as run {runs.id.iloc[0]}" in app.success[0].value
+    app.slider(key="sweep_n_thresholds").set_value(11).run()
+    assert not app.success  # the confirmation belongs to the settings that were saved
+
+    app.radio(key="sweep_mode").set_value("Ablation").run()
+    app.button(key="sweep_save").click().run()
+    assert not app.exception
+    runs = RunStore(store_path).list_runs()
+    assert list(runs.kind) == ["sweep", "ablation"]
+    run = RunStore(store_path).get_run(int(runs.id.iloc[1]))
+    assert run.config["parameter"] == "tau" and run.status == "finished"
+    assert set(run.metrics.name) >= {"hv_ratio", "igd_plus", "satisfaction", "mean_regret"}
