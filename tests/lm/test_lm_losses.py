@@ -217,13 +217,13 @@ def test_compile_flag_and_environment_variable_select_the_compiled_chunk(monkeyp
             return losses._head_token_logprobs(*args)
         return run
 
-    monkeypatch.setattr(L, "_compiled_head_token_logprobs", fake_compiled)
+    monkeypatch.setattr(losses, "_compiled_head_token_logprobs", fake_compiled)
     model, batch = tiny_lm("llama"), random_batch("left")
     expected = losses.sequence_logprobs(model, *batch)
     assert calls == []
     torch.testing.assert_close(losses.sequence_logprobs(model, *batch, compile=True), expected)
     assert calls == [int((batch[2][:, 1:] & batch[1][:, 1:]).sum())]
-    monkeypatch.setenv(L.COMPILE_ENV, "1")
+    monkeypatch.setenv(losses.COMPILE_ENV, "1")
     torch.testing.assert_close(losses.sequence_logprobs(model, *batch, chunk_size=10), expected)
     assert len(calls) == 4  # 1 + ceil(24 / 10)
 
