@@ -11,7 +11,6 @@ dead owner does not count), and the KL estimate stays >= 0 on a policy where the
 from __future__ import annotations
 
 import os
-import pathlib
 import pickle
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.runs import RunStore, check_run_owner, claim_run, release_run
 from mopo_core.training.tasks import train_config_from
 from mopo_core.training.text_task import TextTaskSetup, train_on_text_task
+from tests.training.hostile import SystemOnUnpickle, TouchOnUnpickle
 from synthetic.text_task import TextTask, vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,22 +39,6 @@ SETUP = TextTaskSetup(n_prompts=10, sft_steps=20, eval_samples=2, seed=3)
 CONFIG = TrainConfig(method="mopo", thresholds=(0.6,), steps=4, batch_size=4, checkpoint_every=4, seed=3)
 OWNER = ("import sys, time; from mopo_core.runs import claim_run; claim_run(sys.argv[1], int(sys.argv[2])); "
          "print('owner', flush=True); time.sleep(120)")
-
-
-class TouchOnUnpickle:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return pathlib.Path.touch, (self.marker,)
-
-
-class SystemOnUnpickle:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch '{self.marker}'",)
 
 
 @dataclass

@@ -7,7 +7,6 @@ folder, config and status are those a user's run has; only ``last.pt`` is swappe
 ends by unpickling the file the unsafe way, which does create the marker: the payload is live,
 so its absence before proves the refusals."""
 import os
-import pathlib
 import pickle
 import subprocess
 import sys
@@ -21,30 +20,11 @@ from mopo_core.cli.main import main
 from mopo_core.lm.config import TrainConfig
 from mopo_core.runs import RunStore
 from mopo_core.training.text_task import TextTaskSetup, train_on_text_task
+from tests.training.hostile import SystemOnUnpickle, TouchOnUnpickle
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = TextTaskSetup(n_prompts=10, sft_steps=20, eval_samples=2, seed=3)
 TIMEOUT = 180
-
-
-class TouchOnUnpickle:
-    """Unpickling this calls ``Path(marker).touch()``: code run from the file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return pathlib.Path.touch, (self.marker,)
-
-
-class SystemOnUnpickle:
-    """Unpickling this runs a shell command that creates the marker."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch '{self.marker}'",)
 
 
 def cancelled_run(store: RunStore, checkpoint_dir: Path) -> int:
