@@ -392,6 +392,13 @@ WORDS = "how do i cook rice keep it safe use salt water heat slowly stir often w
 PROMPTS = ("how do i cook rice", "how do i keep it safe")
 RESPONSE_WORDS = 48  # each row: bos + prompt + 48 words + eos
 LORA = LoraSettings(r=8)
+# The step computes in bf16 only on a CPU with native bf16 instructions. Without them torch's
+# bf16 backward is pathologically slow: on a 2-core AMD EPYC without avx512_bf16 (CI's kind of
+# machine) this one LoRA step took 706 s in backward against 5.6 s in fp32 (forward 10 s).
+# Elsewhere the bf16 files are loaded as fp32, which also checks loading with a dtype change.
+NATIVE_BF16 = any(flag in Path("/proc/cpuinfo").read_text().split() for flag in ("avx512_bf16", "amx_bf16")) \
+    if Path("/proc/cpuinfo").exists() else False
+STEP_DTYPE = "bf16" if NATIVE_BF16 else "fp32"
 
 
 def _response(seed: int) -> str:
@@ -433,7 +440,7 @@ def _lora_step(folder: str) -> dict:
     tokenizer, dataset = word_tokenizer(WORDS), _preferences()
     rss_before_load = _status_kib("VmRSS")
     start = time.perf_counter()
-    model = load_model(folder, dtype="bf16", device="cpu", lora=LORA)
+    model = load_model(folder, dtype=STEP_DTYPE, device="cpu", lora=LORA)
     load_s, load_peak = time.perf_counter() - start, _status_kib("VmHWM")
     prompt = torch.tensor([sequence_ids(tokenizer, PROMPTS[0], add_eos=False)])
     generated = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4,
@@ -472,14 +479,16 @@ def test_a_1_3b_model_loads_generates_and_takes_a_lora_mopo_step_within_its_memo
     tokenizer = word_tokenizer(WORDS)
     seq_len = max(len(sequence_ids(tokenizer, f"{p} {_response(0)}")) for p in PROMPTS)
     # a MOPO step over both prompts scores 4 rows (each prompt's 2 responses), padded to seq_len
-    estimate = estimate_training_memory(folder, batch_size=4, seq_len=seq_len, dtype="bf16", lora=LORA)
+    estimate = estimate_training_memory(folder, batch_size=4, seq_len=seq_len, dtype=STEP_DTYPE, lora=LORA)
     # what the step needs resident: its peak RSS above the process's RSS before the model was loaded
     # (the weights were paged in by generate; the estimate's total counts them as parameters)
     measured = report["step_peak"] - report["rss_before_load"]
-    print(f"\n1.3B LoRA MOPO step, 4 rows x {seq_len} tokens: estimate {estimate.total / 2**30:.2f} GiB "
+    print(f"\n1.3B LoRA MOPO step ({STEP_DTYPE}), 4 rows x {seq_len} tokens: estimate {estimate.total / 2**30:.2f} GiB "
           f"({estimate.describe()}), measured peak RSS increase {measured / 2**30:.2f} GiB; load peak "
           f"{(report['load_peak'] - report['rss_before_load']) / 2**30:.2f} GiB in {report['load_s']:.1f} s, "
           f"step {report['step_s']:.1f} s")
     assert abs(estimate.total - measured) <= 0.25 * measured, (estimate, report)
-    # loading makes no second copy (bf16 safetensors on the CPU even stay memory-mapped until first use)
-    assert report["load_peak"] - report["rss_before_load"] < 1.25 * estimate.parameters
+    # loading makes no second copy (bf16 safetensors on the CPU even stay memory-mapped until first
+    # use); converting to fp32 holds at most the files' pages beside the converted weights
+    file_pages = 0 if STEP_DTYPE == "bf16" else sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    assert report["load_peak"] - report["rss_before_load"] < 1.25 * estimate.parameters + file_pages
