@@ -61,6 +61,7 @@ _HOME = {  # public name -> the module that defines it (imported on first use)
     'as_config': 'checkpoints',
     'available_memory': 'checkpoints',
     'bt_metrics': 'judge',
+    'cpu_has_native_bf16': 'devices',
     'build_model': 'models',
     'builtin_entry': 'registry',
     'cached_wheel': 'registry',

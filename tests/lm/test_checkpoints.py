@@ -25,6 +25,7 @@ from mopo_core.lm.checkpoints import (
     inspect_checkpoint,
     safetensors_header,
 )
+from mopo_core.lm.devices import cpu_has_native_bf16
 from mopo_core.lm.losses import sequence_logprobs
 from mopo_core.lm.lora import LoraSettings
 from mopo_core.lm.models import build_model, load_model, sequence_ids, word_tokenizer
@@ -396,9 +397,7 @@ LORA = LoraSettings(r=8)
 # bf16 backward is pathologically slow: on a 2-core AMD EPYC without avx512_bf16 (CI's kind of
 # machine) this one LoRA step took 706 s in backward against 5.6 s in fp32 (forward 10 s).
 # Elsewhere the bf16 files are loaded as fp32, which also checks loading with a dtype change.
-NATIVE_BF16 = any(flag in Path("/proc/cpuinfo").read_text().split() for flag in ("avx512_bf16", "amx_bf16")) \
-    if Path("/proc/cpuinfo").exists() else False
-STEP_DTYPE = "bf16" if NATIVE_BF16 else "fp32"
+STEP_DTYPE = "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def _response(seed: int) -> str:

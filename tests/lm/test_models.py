@@ -4,6 +4,7 @@ Everything is built locally; nothing is downloaded."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -244,3 +245,22 @@ def test_left_padded_batches_generate_what_single_prompts_do(trained, tokenizer)
 def test_build_model_refuses_other_config_types():
     with pytest.raises(TypeError, match="config: expected a dict or a transformers config"):
         build_model(["gpt2"])
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_given_with_a_warning(tmp_path, monkeypatch):
+    from mopo_core.lm import devices
+
+    with_flags, without = tmp_path / "with", tmp_path / "without"
+    with_flags.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    without.write_text("flags\t\t: fpu sse2 avx2 fma\n")
+    assert devices.cpu_has_native_bf16(with_flags) and not devices.cpu_has_native_bf16(without)
+    assert not devices.cpu_has_native_bf16(tmp_path / "missing")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="bf16 on a CPU without bf16 instructions"):
+        assert devices.resolve_dtype("bf16", cpu) == torch.bfloat16
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert devices.resolve_dtype("bf16", cpu) == torch.bfloat16
+        assert devices.resolve_dtype("auto", cpu) == torch.float32
