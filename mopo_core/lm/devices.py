@@ -35,8 +35,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     """``"auto"``: bf16 on CUDA, fp32 elsewhere; or one of ``"fp32"``, ``"bf16"``, ``"fp16"``.
 
     bf16 asked for on a CPU without bf16 instructions is given, with a warning: torch's bf16
-    backward is very slow there (one LoRA step of a 1.3B model on a 2-core AMD EPYC: 706 s in
-    bf16, 5.6 s in fp32)."""
+    backward is very slow there (the 1.3B LoRA step of ``tests/lm/test_checkpoints.py`` on a 2-core
+    AMD EPYC: not done after 400 s in bf16, 10.7-12.0 s in fp32 over two runs)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -44,7 +44,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
     if dtype == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn("dtype: bf16 on a CPU without bf16 instructions (avx512_bf16/amx_bf16) trains about 100x "
+        warnings.warn("dtype: bf16 on a CPU without bf16 instructions (avx512_bf16/amx_bf16) trains many times "
                       "slower than fp32 here; use dtype 'fp32' or 'auto' unless memory forces bf16", stacklevel=2)
     return DTYPES[dtype]
 
