@@ -20,6 +20,7 @@ from scipy import sparse
 from scipy.optimize import brentq, linprog, minimize, minimize_scalar
 
 from mopo_core.tabular.robust import robust_lower_bound
+from mopo_core.tabular.robust_solver import RobustBarrier, robust_margin, solve_robust_barrier
 from mopo_core.validation import (
     as_finite_array,
     check_distribution,
@@ -40,6 +41,11 @@ INFEASIBLE_BACKOFF = 1e-3
 MAX_MULTIPLIER = 1e9
 #: The dual methods :func:`solve_family` accepts.
 METHODS = ("newton", "lbfgsb", "projected_gradient")
+#: How eps > 0 is solved: "exact" (the robust optimum over all policies, robust_solver.py) or
+#: "paper_tilt" (the paper's fixed-point reading: the plain tilt family, robust bound in the
+#: constraint only, which Algorithm 1 and the language-model trainer follow; it loses value and
+#: can call attainable thresholds infeasible, see docs/solver.md).
+ROBUST_FORMS = ("exact", "paper_tilt")
 
 
 def win_rates(preferences: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
@@ -88,6 +94,20 @@ class TiltFamily:
         self._base = self.log_reference + scaled_primary
         self.max_attainable = attainable_maxima(secondary, reference, prompt_weights)
         self.reference_values = np.einsum("m,mn,jmn->j", prompt_weights, reference, secondary)
+        self._robust: dict[float, tuple[RobustBarrier, np.ndarray]] = {}
+
+    def robust(self, eps: float) -> tuple[RobustBarrier, np.ndarray]:
+        """The robust problem at radius eps > 0 and its largest attainable robust values (J,)
+        (each secondary alone, over all policies), built once per eps."""
+        if eps not in self._robust:
+            barrier = RobustBarrier(self.primary, self.secondary, self.reference, self.prompt_weights, eps)
+            maxima = np.array([
+                robust_margin(RobustBarrier(self.primary, q[None], self.reference, self.prompt_weights, eps),
+                              np.zeros(1))[0]
+                for q in self.secondary
+            ])
+            self._robust[eps] = barrier, maxima
+        return self._robust[eps]
 
     def log_policy(self, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-prompt normalised log pi_lam (M, N), pi_lam itself (M, N) and log Z (M,)."""
@@ -239,7 +259,8 @@ class TabularSolution:
     """Result of :func:`solve_tabular` / :func:`solve_scores`.
 
     policy: (N,) for one prompt given as (K, N, N), else (M, N).
-    multipliers (J,), values (K,) = V_k(policy), max_attainable (J,) per-objective maxima.
+    multipliers (J,), values (K,) = V_k(policy), max_attainable (J,) per-objective maxima (with
+    eps > 0 and the exact robust form: the largest robust bound each secondary reaches alone).
     thresholds (J,) as requested; effective_thresholds (J,) the ones enforced (when the request
     cannot be met: each clipped to its attainable maximum, then all moved inside the attainable
     set, by INFEASIBLE_BACKOFF beyond the nearest attainable uniform shift).
@@ -248,6 +269,7 @@ class TabularSolution:
     meeting them would need a multiplier above MAX_MULTIPLIER (then converged is False too).
     robust_values (J,) and chi (J,) are the robust bounds and their duals when eps > 0.
     trace: (T, J) multipliers per projected-gradient iteration (method="projected_gradient").
+    method: the dual method used, or "robust_barrier" for the exact robust solve.
     """
 
     policy: np.ndarray
@@ -330,7 +352,28 @@ def _robust_values(family: TiltFamily, policy: np.ndarray, eps: float) -> tuple[
     return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
 
 
-def _solve_robust(family, b, lam0, tol, max_iter, step_size, eps):
+def _solve_robust_exact(family: TiltFamily, b: np.ndarray, eps: float):
+    """The robust optimum over all policies (robust_solver.py), with feasibility decided by the
+    robust Chebyshev margin s*: feasible when s* > FEASIBILITY_TOL or pi_ref meets b. An
+    infeasible b is moved to b + s* - INFEASIBLE_BACKOFF; a b that pi_ref meets with no strictly
+    feasible point to spare (s* <= FEASIBILITY_TOL) is loosened by at most that margin.
+    Returns (policy, lam, iterations, converged, effective thresholds, feasible, max_attainable).
+    """
+    barrier, maxima = family.robust(eps)
+    reference_met = bool(np.all(_robust_values(family, family.reference, eps)[0] >= b - FEASIBILITY_TOL))
+    lower, _, pi, chi, steps = robust_margin(barrier, b, decide_at=FEASIBILITY_TOL)
+    feasible = lower > FEASIBILITY_TOL or reference_met
+    effective = b
+    if lower <= FEASIBILITY_TOL:
+        lower, _, pi, chi, more = robust_margin(barrier, b)
+        steps += more
+        effective = b + lower - (INFEASIBLE_BACKOFF if not feasible else 1e-3 * FEASIBILITY_TOL)
+    result = solve_robust_barrier(barrier, family.tau, effective, pi, chi)
+    return (result.policy, result.multipliers, steps + result.iterations, result.converged, effective, feasible,
+            maxima)
+
+
+def _solve_robust_tilt(family, b, lam0, tol, max_iter, step_size, eps):
     """Multipliers for the robust constraints ``LB_j(pi_lam) >= b_j`` (the paper's fixed point).
 
     The policy stays in the tilt family; only the constraint uses the robust bound. LB is not
@@ -396,6 +439,7 @@ def solve_scores(
     tol: float = 1e-10,
     max_iter: int = 100,
     step_size: float | None = None,
+    robust_form: str = "exact",
 ) -> TabularSolution:
     """MOPO's constrained problem for arbitrary per-response scores (already validated arrays).
 
@@ -405,7 +449,7 @@ def solve_scores(
     Returns policy (M, N).
     """
     family = TiltFamily(primary, secondary, reference, prompt_weights, tau)
-    return solve_family(family, thresholds, eps, method, initial_multipliers, tol, max_iter, step_size)
+    return solve_family(family, thresholds, eps, method, initial_multipliers, tol, max_iter, step_size, robust_form)
 
 
 def solve_family(
@@ -417,28 +461,36 @@ def solve_family(
     tol: float = 1e-10,
     max_iter: int = 100,
     step_size: float | None = None,
+    robust_form: str = "exact",
 ) -> TabularSolution:
     """:func:`solve_scores` on a prebuilt :class:`TiltFamily` (reused across a sweep).
 
     Arguments are checked (ValueError naming the argument): eps finite >= 0, method one of
     METHODS, initial_multipliers None or (J,) finite >= 0, tol finite >= 0, max_iter an
-    integer >= 1, step_size None or finite > 0.
+    integer >= 1, step_size None or finite > 0, robust_form one of ROBUST_FORMS. With eps > 0
+    and robust_form "exact", method, initial_multipliers, tol, max_iter and step_size do not
+    apply (the barrier method has its own tolerances, robust_solver.GAP_TOL).
     """
     b = check_thresholds(thresholds, family.secondary.shape[0])
     eps = check_nonnegative(eps, "eps")
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if robust_form not in ROBUST_FORMS:
+        raise ValueError(f"robust_form: expected one of {ROBUST_FORMS}, got {robust_form!r}")
     lam0 = np.zeros(b.size) if initial_multipliers is None else _check_multipliers(initial_multipliers, b.size)
     tol = check_nonnegative(tol, "tol")
     max_iter = check_int(max_iter, "max_iter", 1)
     if step_size is not None:
         step_size = check_positive(step_size, "step_size")
-    robust_values = chi = None
-    if eps > 0:
-        lam, it, ok, robust_values, chi, feasible = _solve_robust(
+    robust_values = chi = trace = None
+    max_attainable = family.max_attainable
+    if eps > 0 and robust_form == "exact":
+        policy, lam, it, ok, effective, feasible, max_attainable = _solve_robust_exact(family, b, eps)
+        robust_values, chi = _robust_values(family, policy, eps)
+    elif eps > 0:
+        lam, it, ok, robust_values, chi, feasible = _solve_robust_tilt(
             family, b, lam0, tol, max_iter if method == "projected_gradient" else 20 * max_iter, step_size, eps
         )
-        trace = None
         effective = b
     else:
         already_met = bool(np.all(family.reference_values >= b - FEASIBILITY_TOL))
@@ -451,21 +503,21 @@ def solve_family(
         # Infeasible: enforce the nearest thresholds (uniform shift) strictly inside the attainable set.
         effective = b if feasible else reachable + (margin - INFEASIBLE_BACKOFF)
         lam, it, ok, trace = _solve_dual(family, effective, lam0, method, tol, max_iter, step_size)
-    log_pi, policy, _ = family.log_policy(lam)
+    if eps == 0 or robust_form != "exact":
+        policy = family.policy(lam)
     nu = family.prompt_weights
     values = np.concatenate([[nu @ (policy * family.primary).sum(axis=1)],
                              np.einsum("m,mn,jmn->j", nu, policy, family.secondary)])
     achieved = values[1:] if robust_values is None else robust_values
     if np.any((lam >= MAX_MULTIPLIER) & (achieved < effective - FEASIBILITY_TOL)):
         feasible = ok = False  # the cap, not the thresholds, stopped the solve
-    with np.errstate(invalid="ignore"):
-        kl = float(nu @ np.where(policy > 0, policy * (log_pi - family.log_reference), 0.0).sum(axis=1))
+    kl = kl_divergence(policy, family.reference, nu)
     return TabularSolution(
         policy=policy,
         multipliers=lam,
         values=values,
         feasible=bool(feasible),
-        max_attainable=family.max_attainable,
+        max_attainable=max_attainable,
         thresholds=b,
         effective_thresholds=np.asarray(effective, float),
         tau=family.tau,
@@ -474,7 +526,7 @@ def solve_family(
         objective=float(values[0] - family.tau * kl),
         converged=bool(ok),
         iterations=int(it),
-        method=method,
+        method=method if eps == 0 or robust_form != "exact" else "robust_barrier",
         robust_values=robust_values,
         chi=chi,
         trace=trace,
@@ -578,7 +630,9 @@ def solve_tabular(
     eps >= 0: robust KL-ball radius (MOPO.md section 4). prompt_weights: None (equal) or (M,).
     method: "newton" (projected Newton on the dual, default), "lbfgsb", or
     "projected_gradient" (the paper's update; ``sol.trace`` holds lambda per iteration).
-    Extra keyword arguments: ``initial_multipliers``, ``tol``, ``max_iter``, ``step_size``.
+    Extra keyword arguments: ``initial_multipliers``, ``tol``, ``max_iter``, ``step_size``,
+    ``robust_form`` ("exact", default: the robust optimum over all policies; "paper_tilt": the
+    paper's fixed point inside the plain tilt family).
 
     Returns a :class:`TabularSolution`; thresholds that cannot be met give ``feasible=False``,
     ``max_attainable`` and the policy for the nearest attainable thresholds (never NaN).
