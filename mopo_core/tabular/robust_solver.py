@@ -72,7 +72,7 @@ class RobustBarrier:
         self.nu = prompt_weights
         self.nu_row = prompt_weights[rows]
         self.eps = eps
-        self.same_prompt = rows[:, None] == rows[None, :]
+        self.same_prompt = (rows[:, None] == rows[None, :]).astype(float)
         self.n = rows.size
         self.n_constraints = secondary.shape[0]
         self.n_prompts = reference.shape[0]
@@ -86,38 +86,32 @@ class RobustBarrier:
         full[self.support] = pi
         return full
 
-    def constraint(self, j: int, pi: np.ndarray, chi: float, order: int):
-        """h_j, and for order >= 1 its gradient (n + 1,) over (pi, chi_j), for order 2 also minus
-        its Hessian (n + 1, n + 1) (positive semidefinite)."""
-        c = self.scores[j]
-        a = c * pi / chi
+    def constraints(self, pi: np.ndarray, chi: np.ndarray, order: int) -> dict:
+        """Every h_j at (pi (n,), chi (J,)): "value" (J,); for order >= 1 the gradients "d_pi"
+        (J, n) and "d_chi" (J,) (each h_j depends on its own chi_j only); for order 2 the pieces
+        of minus each Hessian (positive semidefinite): "cw" (J, n) = c_j w_j, "cross" (J, n)
+        the (pi, chi_j) entries and "chi_chi" (J,); the (pi, pi) block of minus the Hessian of
+        h_j is ``(diag(nu c_j cw_j) - same_prompt * nu outer(cw_j, cw_j)) / chi_j``."""
+        c = self.scores
+        a = c * pi / chi[:, None]
         logits = self.log_ref - a
-        peak = np.maximum.reduceat(logits, self.starts)
-        e = np.exp(logits - peak[self.rows])
+        peak = np.maximum.reduceat(logits, self.starts, axis=1)
+        e = np.exp(logits - peak[:, self.rows])
         total = self.prompt_sums(e)
         lse = peak + np.log(total)
-        value = float(-chi * (self.nu @ lse) - chi * self.eps)
+        out = {"value": -chi * (lse @ self.nu) - chi * self.eps}
         if order == 0:
-            return value, None, None
-        w = e / total[self.rows]  # the adversary Q_chi per prompt
+            return out
+        w = e / total[:, self.rows]  # the adversary Q_chi per prompt
         mean_a = self.prompt_sums(w * a)
         kl = -mean_a - lse  # KL(Q_chi || pi_ref) per prompt
-        grad = np.empty(self.n + 1)
-        grad[:-1] = self.nu_row * w * c
-        grad[-1] = float(self.nu @ kl) - self.eps
-        if order == 1:
-            return value, grad, None
-        cw = c * w
-        neg_hess = np.empty((self.n + 1, self.n + 1))
-        block = -np.outer(cw, cw) * self.same_prompt
-        block[np.diag_indices(self.n)] += c * cw
-        neg_hess[:-1, :-1] = block * self.nu_row[:, None] / chi
-        cross = -self.nu_row * c * (w * a - w * mean_a[self.rows]) / chi
-        neg_hess[:-1, -1] = cross
-        neg_hess[-1, :-1] = cross
-        variance = self.prompt_sums(w * a * a) - mean_a**2
-        neg_hess[-1, -1] = float(self.nu @ variance) / chi
-        return value, grad, neg_hess
+        out["d_pi"] = self.nu_row * w * c
+        out["d_chi"] = kl @ self.nu - self.eps
+        if order == 2:
+            out["cw"] = c * w
+            out["cross"] = -self.nu_row * c * (w * a - w * mean_a[:, self.rows]) / chi[:, None]
+            out["chi_chi"] = (self.prompt_sums(w * a * a) - mean_a**2) @ self.nu / chi
+        return out
 
 
 def _newton_centre(barrier_value, x, is_inside, eq_matrix, max_steps):
@@ -172,27 +166,30 @@ class _Layout:
 def _add_constraint_terms(problem, layout, x, thresholds, order, grad, hess):
     """Adds -sum_j log(h_j - b_j [- s]) to (grad, hess); returns (barrier value, slacks (J,))."""
     pi, chi, margin = layout.split(x)
-    total = 0.0
-    slacks = np.empty(problem.n_constraints)
-    for j in range(problem.n_constraints):
-        value, g, neg_h = problem.constraint(j, pi, float(chi[j]), order)
-        slack = value - thresholds[j] - (margin[0] if margin.size else 0.0)
-        slacks[j] = slack
-        if slack <= 0:
-            return np.inf, slacks
-        total -= np.log(slack)
-        if order == 0:
-            continue
-        index = np.r_[np.arange(layout.n), layout.n + j]
-        full = np.zeros(x.size)
-        full[index] = g
+    parts = problem.constraints(pi, chi, order)
+    slacks = parts["value"] - thresholds - (margin[0] if margin.size else 0.0)
+    if np.any(slacks <= 0):
+        return np.inf, slacks
+    if order:
+        n, j = layout.n, layout.j
+        full = np.zeros((j, x.size))  # gradient of each slack over x
+        full[:, :n] = parts["d_pi"]
+        full[np.arange(j), n + np.arange(j)] = parts["d_chi"]
         if margin.size:
-            full[-1] = -1.0
-        grad -= full / slack
-        if order == 2:
-            hess[np.ix_(index, index)] += neg_h / slack
-            hess += np.outer(full, full) / slack**2
-    return total, slacks
+            full[:, -1] = -1.0
+        grad -= full.T @ (1.0 / slacks)
+    if order == 2:
+        scale = 1.0 / (chi * slacks)
+        cw = parts["cw"]
+        pi_pi = -((cw.T * scale) @ cw) * problem.same_prompt
+        pi_pi[np.diag_indices(n)] += (problem.scores * cw).T @ scale
+        hess[:n, :n] += pi_pi * problem.nu_row[:, None]
+        cross = parts["cross"].T / slacks
+        hess[:n, n : n + j] += cross
+        hess[n : n + j, :n] += cross.T
+        hess[np.arange(n, n + j), np.arange(n, n + j)] += parts["chi_chi"] / slacks
+        hess += full.T @ (full / slacks[:, None] ** 2)
+    return -float(np.sum(np.log(slacks))), slacks
 
 
 def robust_margin(problem: RobustBarrier, thresholds: np.ndarray, decide_at: float | None = None):
@@ -206,8 +203,7 @@ def robust_margin(problem: RobustBarrier, thresholds: np.ndarray, decide_at: flo
     layout = _Layout(problem, with_margin=True)
     pi0 = problem.ref.copy()
     chi0 = np.maximum(np.ptp(problem.scores * pi0, axis=1), 1e-3)  # each chi at its scores' scale
-    values = np.array([problem.constraint(j, pi0, chi0[j], 0)[0] for j in range(problem.n_constraints)])
-    gaps = values - thresholds
+    gaps = problem.constraints(pi0, chi0, 0)["value"] - thresholds
     s0 = float(gaps.min() - max(1.0, abs(float(gaps.min()))) * 0.1)
     x = np.concatenate([pi0, chi0, [s0]])
     n_terms = 2 * problem.n_constraints + problem.n

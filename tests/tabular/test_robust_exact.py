@@ -40,7 +40,7 @@ def _reference_bounds(problem, eps):
 
 
 @pytest.mark.parametrize("eps", EPSILONS)
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instance=instances)
 def test_robust_optimum_matches_an_independent_conic_solver(eps, instance):
     problem = _problem(instance)
@@ -70,7 +70,7 @@ def test_robust_optimum_matches_an_independent_conic_solver(eps, instance):
 
 
 @pytest.mark.parametrize("eps", EPSILONS)
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(instance=instances, below=st.floats(0.0, 0.2))
 def test_a_threshold_the_reference_meets_is_never_infeasible(eps, instance, below):
     problem = _problem(instance)
