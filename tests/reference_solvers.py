@@ -1,8 +1,8 @@
 """Independent ground truth for the tests: general-purpose scipy solvers that share no code
 with mopo_core (SLSQP in the primal on softmax logits; nested brentq for MOPO-LB's fixed point,
-with the tilt and the barrier written out here)."""
+with the tilt and the barrier written out here; an LP (HiGHS) for feasibility over all policies)."""
 import numpy as np
-from scipy.optimize import brentq, minimize
+from scipy.optimize import brentq, linprog, minimize
 
 
 def _log_softmax_rows(z):
@@ -80,12 +80,27 @@ def barrier_slack_reference(lam, sigma, delta):
     return np.where(sigma / lam >= delta, sigma / lam, 2 * delta - lam * delta**2 / sigma)
 
 
+def rates_reference(preferences, behaviour):
+    """Win-rates ``w[k, m, i] = sum_j P_k[m, i, j] mu[m, j]`` written out: (K, M, N, N), (M, N) -> (K, M, N)."""
+    return np.einsum("kmij,mj->kmi", np.asarray(preferences, dtype=float), np.asarray(behaviour, dtype=float))
+
+
+def values_reference(policy, rates, prompt_weights):
+    """``V_k(pi) = sum_m nu_m sum_y pi[m, y] w[k, m, y]`` written out: (M, N), (K, M, N), (M,) -> (K,)."""
+    return np.einsum("m,mn,kmn->k", prompt_weights, np.atleast_2d(policy), rates)
+
+
+def tilt_policy_reference(lam, rates, reference, tau):
+    """``pi_lam ∝ pi_ref exp((w_0 + lam . w_sec) / tau)`` per prompt, written out (M, N). rates (K, M, N)."""
+    logits = np.log(reference) + (rates[0] + np.tensordot(np.asarray(lam, dtype=float), rates[1:], axes=1)) / tau
+    policy = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return policy / policy.sum(axis=1, keepdims=True)
+
+
 def barrier_residual_reference(lam, rates, reference, prompt_weights, thresholds, tau, sigma, delta):
     """MOPO-LB's fixed-point residual ``V_j(pi_lam) - b_j - slack(lam_j)`` (J,) in slack units,
     with ``pi_lam ∝ pi_ref exp((w_0 + lam . w) / tau)`` per prompt written out here. rates (K, M, N)."""
-    logits = np.log(reference) + (rates[0] + np.tensordot(lam, rates[1:], axes=1)) / tau
-    policy = np.exp(logits - logits.max(axis=1, keepdims=True))
-    policy /= policy.sum(axis=1, keepdims=True)
+    policy = tilt_policy_reference(lam, rates, reference, tau)
     values = np.einsum("m,mn,jmn->j", prompt_weights, policy, rates[1:])
     return values - np.asarray(thresholds, dtype=float) - barrier_slack_reference(lam, sigma, delta)
 
@@ -119,3 +134,24 @@ def barrier_fixed_point_nested(rates, reference, prompt_weights, thresholds, tau
         return solve_from(level + 1, fixed + [x])
 
     return np.array(solve_from(0, []))
+
+
+def best_worst_slack_lp(rates, prompt_weights, thresholds):
+    """``max over policies of min_j (V_j(pi) - b_j)`` by an LP (scipy HiGHS), and a maximiser (M, N).
+
+    The thresholds are jointly attainable by some policy (with any reference of full support)
+    exactly when this is >= 0. rates (K, M, N); thresholds (K - 1,). Variables: pi (M N) and t;
+    maximise t s.t. t - sum_m nu_m pi_m . w_j,m <= -b_j, each pi_m on the simplex.
+    """
+    k, m, n = rates.shape
+    b = np.asarray(thresholds, dtype=float)
+    nu = np.asarray(prompt_weights, dtype=float)
+    cost = np.zeros(m * n + 1)
+    cost[-1] = -1.0
+    secondary = np.vstack([(nu[:, None] * rates[j]).ravel() for j in range(1, k)])  # V_j = secondary[j-1] @ pi
+    a_ub = np.hstack([-secondary, np.ones((k - 1, 1))])
+    a_eq = np.hstack([np.kron(np.eye(m), np.ones((1, n))), np.zeros((m, 1))])
+    res = linprog(cost, A_ub=a_ub, b_ub=-b, A_eq=a_eq, b_eq=np.ones(m),
+                  bounds=[(0.0, 1.0)] * (m * n) + [(-2.0, 2.0)], method="highs")
+    assert res.status == 0, res.message
+    return float(res.x[-1]), res.x[:-1].reshape(m, n)

@@ -39,6 +39,11 @@ T_GROWTH = 16.0
 #: probability near its optimum's size from the first stage (at t * tau << 1 the constraint
 #: barriers alone drive some probabilities to ~1e-78, which Newton steps in pi recover slowly).
 START_WEIGHT = 10.0
+#: Squared Newton decrement at which a centring stage stops (barrier units), and the same per
+#: unit of barrier weight t (so in objective units: at t ~ 1e11 the last stage stops within
+#: ~1e-16 of its centre in V_0 - tau KL, well inside F's own rounding of ~1e-14 t).
+DECREMENT_TOL = 1e-12
+DECREMENT_PER_WEIGHT = 1e-16
 #: Newton steps allowed per centring stage.
 MAX_NEWTON = 200
 
@@ -114,13 +119,17 @@ class RobustBarrier:
         return out
 
 
-def _newton_centre(barrier_value, x, is_inside, eq_matrix, max_steps):
-    """Minimise a self-concordant-like barrier function from a strictly feasible x subject to
-    ``eq_matrix @ x`` staying constant. ``barrier_value(x, order)`` returns (F, grad, hess);
-    ``is_inside(x)`` says whether x is in the barrier's domain. Returns (x, steps, converged)."""
+def _newton_centre(barrier_value, x, is_inside, eq_matrix, weight):
+    """Minimise a barrier function F = weight * objective + barriers from a strictly feasible x
+    subject to ``eq_matrix @ x`` staying constant. ``barrier_value(x, order)`` returns
+    (F, grad, hess); ``is_inside(x)`` says whether x is in the barrier's domain. Stops when the
+    squared Newton decrement is below max(DECREMENT_TOL, DECREMENT_PER_WEIGHT * weight), i.e.
+    within ~DECREMENT_PER_WEIGHT of the centre in objective units. Returns (x, steps, converged)."""
+    tol = max(DECREMENT_TOL, DECREMENT_PER_WEIGHT * weight)
     n_eq = eq_matrix.shape[0]
+    gram = eq_matrix @ eq_matrix.T
     value, grad, hess = barrier_value(x, 2)
-    for step in range(1, max_steps + 1):
+    for step in range(1, MAX_NEWTON + 1):
         size = x.size
         kkt = np.zeros((size + n_eq, size + n_eq))
         kkt[:size, :size] = hess
@@ -131,10 +140,14 @@ def _newton_centre(barrier_value, x, is_inside, eq_matrix, max_steps):
             direction = np.linalg.solve(kkt, rhs)[:size]
         except np.linalg.LinAlgError:
             direction = np.linalg.lstsq(kkt, rhs, rcond=None)[0][:size]
-        decrement = float(-grad @ direction)  # the squared Newton decrement, ~ 2 (F - min F)
-        rounding = 64 * np.finfo(float).eps * max(1.0, abs(value))  # F's own rounding error
-        if decrement <= max(1e-12, rounding):  # centred as far as F can tell
+        # The squared Newton decrement (~ 2 (F - min F)). The gradient's part along the equality
+        # rows (large: t times the objective's per-prompt level) does not change it, since
+        # eq_matrix @ direction = 0; removing it first avoids its cancellation noise.
+        reduced = grad - eq_matrix.T @ np.linalg.solve(gram, eq_matrix @ grad)
+        decrement = float(-reduced @ direction)
+        if decrement <= tol:
             return x, step - 1, True
+        rounding = 64 * np.finfo(float).eps * max(1.0, abs(value))  # F's own rounding error
         alpha = 1.0
         while alpha > 1e-20:
             trial = x + alpha * direction
@@ -143,11 +156,11 @@ def _newton_centre(barrier_value, x, is_inside, eq_matrix, max_steps):
                 if np.isfinite(t_value) and t_value <= value - 0.25 * alpha * decrement + rounding:
                     break
             alpha *= 0.5
-        else:
-            return x, step, False
+        else:  # no decrease F can resolve: centred as far as F's rounding allows
+            return x, step, decrement <= rounding
         x = trial
         value, grad, hess = barrier_value(x, 2)
-    return x, max_steps, False
+    return x, MAX_NEWTON, False
 
 
 class _Layout:
@@ -228,7 +241,7 @@ def robust_margin(problem: RobustBarrier, thresholds: np.ndarray, decide_at: flo
 
     t, steps = 1.0, 0
     while True:
-        x, used, _ = _newton_centre(lambda z, order: barrier(z, order, t), x, inside, layout.eq, MAX_NEWTON)
+        x, used, _ = _newton_centre(lambda z, order: barrier(z, order, t), x, inside, layout.eq, t)
         steps += used
         pi, chi, margin = layout.split(x)
         lower = float(margin[0])
@@ -272,7 +285,7 @@ def solve_robust_barrier(problem: RobustBarrier, tau: float, thresholds: np.ndar
 
     t, steps, converged = START_WEIGHT / tau, 0, True
     while True:
-        x, used, ok = _newton_centre(lambda z, order: barrier(z, order, t), x, inside, layout.eq, MAX_NEWTON)
+        x, used, ok = _newton_centre(lambda z, order: barrier(z, order, t), x, inside, layout.eq, t)
         steps += used
         converged = converged and ok
         if n_terms / t <= GAP_TOL:

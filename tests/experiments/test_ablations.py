@@ -24,8 +24,9 @@ from mopo_core.experiments.ablations import (
 from mopo_core.tabular.algorithm1 import Algorithm1Config
 from mopo_core.pareto import lp_best_primary
 from mopo_core.runs import RunStore
-from mopo_core.tabular.solver import policy_values, win_rates
+from mopo_core.tabular.solver import win_rates
 from synthetic import estimate_preferences, make_structure, sample_comparisons
+from tests.reference_solvers import rates_reference, values_reference
 
 
 def _staircase_hv(points, ref):
@@ -106,13 +107,29 @@ def test_three_objectives_sweep_is_a_product_grid():
 
 
 def test_sweep_on_sampled_comparisons_scores_on_true_preferences(conflict):
+    """Fitted on an estimate from 50 comparisons (seed 0), scored on the truth. Independent answer:
+    the same comparisons drawn, estimated, turned into win-rates and solved here (solve_tabular per
+    threshold on the estimate and on the truth), values and both metrics computed by hand."""
     out = threshold_sweep("bt_conflict", tau=0.01, n_thresholds=11, n_comparisons=50, exact=conflict)
     s = make_structure("bt_conflict")
-    rates = win_rates(s.preferences, s.behaviour)
-    for i in (0, 6):
-        np.testing.assert_allclose(out.points[["V0", "V1"]].values[i],
-                                   policy_values(out.policies[i], rates, s.prompt_weights), atol=1e-12)
-    assert out.metrics["winrate_error"] > 0 and out.metrics["gap_to_oracle"] > 0
+    kw = dict(reference=s.reference, behaviour=s.behaviour, prompt_weights=s.prompt_weights)
+    true_rates = rates_reference(s.preferences, s.behaviour)
+    estimate = estimate_preferences(sample_comparisons(s, 50, seed=0).win_counts())
+    estimated_rates = rates_reference(estimate, s.behaviour)
+    assert out.metrics["winrate_error"] == pytest.approx(np.mean(np.abs(estimated_rates - true_rates)), abs=1e-15)
+
+    gaps, moved = [], []
+    for row, policy in zip(out.points.itertuples(), out.policies):
+        fitted = solve_tabular(estimate, [row.b1], 0.01, **kw)
+        np.testing.assert_allclose(policy, fitted.policy, atol=1e-9)  # fitted on the estimate, not the truth
+        true_values = values_reference(fitted.policy, true_rates, s.prompt_weights)
+        np.testing.assert_allclose([row.V0, row.V1], true_values, atol=1e-9)  # reported on the truth
+        moved.append(np.max(np.abs(true_values - values_reference(fitted.policy, estimated_rates, s.prompt_weights))))
+        oracle = solve_tabular(s.preferences, [row.b1], 0.01, **kw)
+        gaps.append(np.max(np.abs(true_values - values_reference(oracle.policy, true_rates, s.prompt_weights))))
+    # The instance tells the two apart: estimated and true values of the same policy differ.
+    assert max(moved) > 0.01
+    assert out.metrics["gap_to_oracle"] == pytest.approx(np.mean(gaps), abs=1e-9)
 
 
 # --------------------------------------------------------------------------- ablations

@@ -1,10 +1,12 @@
 """Algorithm 1 (mopo_core.tabular.algorithm1) against independent answers.
 
 Reference answers: the exact tabular solver (``solve_tabular``, projected Newton on the dual),
-thresholds built from a chosen multiplier (``b = V_sec(pi_lam_true)``, whose solution has
-multipliers ``lam_true`` by the KKT conditions), MOPO-LB's fixed point by nested brentq
-(``tests.reference_solvers``) and its residual in slack units from the barrier's definition,
-and hand-derived bookkeeping for lagged references and ratchets.
+thresholds built from a chosen multiplier (``b = V_sec(pi_lam_true)`` with the tilt written out in
+``tests.reference_solvers``, whose solution has multipliers ``lam_true`` by the KKT conditions),
+MOPO-LB's fixed point by nested brentq, its residual in slack units from the barrier's definition,
+its policy by the tilt written out and its primary value by an SLSQP primal (all in
+``tests.reference_solvers``, sharing no code with mopo_core), and hand-derived bookkeeping for
+lagged references and ratchets.
 Everything runs on N = 6 responses and a few thousand tabular steps (well under a second each).
 """
 import numpy as np
@@ -14,7 +16,14 @@ from mopo_core import solve_tabular
 from mopo_core.tabular.algorithm1 import Algorithm1Config, barrier_multiplier, barrier_slack, run_algorithm1
 from mopo_core.tabular.solver import TiltFamily, policy_values, win_rates
 from synthetic import estimate_preferences, make_structure, sample_comparisons
-from tests.reference_solvers import barrier_fixed_point_nested, barrier_slack_reference
+from tests.reference_solvers import (
+    barrier_fixed_point_nested,
+    barrier_residual_reference,
+    primal_slsqp,
+    rates_reference,
+    tilt_policy_reference,
+    values_reference,
+)
 
 TAU = 0.2
 N = 6
@@ -30,10 +39,16 @@ def _family(preferences, s, tau=TAU):
     return rates, TiltFamily(rates[0], rates[1:], s.reference, s.prompt_weights, tau)
 
 
+def _true_rates(s):
+    """The structure's win-rates (K, M, N), written out in tests.reference_solvers (not mopo_core's)."""
+    return rates_reference(np.asarray(s.preferences).reshape(-1, s.n_prompts, N, N), s.behaviour)
+
+
 def _thresholds_for(s, lam_true, tau=TAU):
-    """Thresholds whose exact solution has multipliers ``lam_true`` (all constraints active)."""
-    rates, fam = _family(s.preferences, s, tau)
-    return policy_values(fam.policy(np.asarray(lam_true, float)), rates[1:], s.prompt_weights)
+    """Thresholds whose exact solution has multipliers ``lam_true`` (all constraints active):
+    ``V_sec`` of the tilt at ``lam_true``, both written out in tests.reference_solvers."""
+    rates = _true_rates(s)
+    return values_reference(tilt_policy_reference(lam_true, rates, s.reference, tau), rates, s.prompt_weights)[1:]
 
 
 def _kw(s):
@@ -135,10 +150,25 @@ def test_estimated_solution_approaches_exact_one_as_data_grows():
 
 
 def _barrier_residual(s, res, b, sigma, delta):
-    """The fixed-point residual ``V_j(pi_lam) - b_j - slack(lam_j)`` in slack (win-rate) units."""
-    rates, fam = _family(s.preferences, s)
-    slack = policy_values(fam.policy(res.multipliers), rates[1:], s.prompt_weights) - b
-    return slack - barrier_slack_reference(res.multipliers, sigma, delta)
+    """The fixed-point residual ``V_j(pi_lam) - b_j - slack(lam_j)`` in slack (win-rate) units,
+    with the tilt, the values and the slack all written out in tests.reference_solvers."""
+    return barrier_residual_reference(res.multipliers, _true_rates(s), s.reference, s.prompt_weights, b, TAU,
+                                      sigma, delta)
+
+
+def _check_barrier_fixed_point(s, res, b, sigma, delta, converged=True):
+    """MOPO-LB's multipliers equal the nested-brentq fixed point and solve its residual, and
+    (``converged``: after enough steps) the learned policy is the tilt at them, all independent
+    of mopo_core; the reported values are the learned policy's. Returns the nested multipliers
+    and the true rates."""
+    rates = _true_rates(s)
+    expected = barrier_fixed_point_nested(rates, s.reference, s.prompt_weights, b, TAU, sigma, delta)
+    np.testing.assert_allclose(res.multipliers, expected, rtol=1e-8)
+    np.testing.assert_allclose(_barrier_residual(s, res, b, sigma, delta), 0.0, atol=1e-10)
+    if converged:
+        assert np.max(np.abs(_as_2d(res.policy) - tilt_policy_reference(expected, rates, s.reference, TAU))) < 1e-6
+    np.testing.assert_allclose(res.values, values_reference(res.policy, rates, s.prompt_weights), atol=1e-12)
+    return expected, rates
 
 
 @pytest.mark.parametrize(
@@ -154,15 +184,15 @@ def _barrier_residual(s, res, b, sigma, delta):
 def test_log_barrier_meets_threshold_and_is_close_to_lagrangian(name, m, lam_true, sigma, delta):
     s = _structure(name, m)
     b = _thresholds_for(s, lam_true)
-    lag = solve_tabular(s.preferences, b, TAU, **_kw(s))
     cfg = Algorithm1Config(steps=1000, log_every=100, variant="log_barrier", barrier_sigma=sigma, barrier_delta=delta)
     res = run_algorithm1(s.preferences, b, TAU, **_kw(s), config=cfg)
-    assert np.all(res.values[1:] - b >= -delta), "threshold met up to barrier_delta"
-    assert abs(res.values[0] - lag.values[0]) < 5e-3
-    # The barrier fixed point lam = barrier_multiplier(V(pi_lam) - b) in slack units; the learned policy is pi_lam.
-    np.testing.assert_allclose(_barrier_residual(s, res, b, sigma, delta), 0.0, atol=1e-10)
-    _, fam = _family(s.preferences, s)
-    assert np.max(np.abs(_as_2d(res.policy) - fam.policy(res.multipliers))) < 1e-6
+    # The barrier fixed point lam = barrier_multiplier(V(pi_lam) - b), solved independently; the learned policy is pi_lam.
+    _, rates = _check_barrier_fixed_point(s, res, b, sigma, delta)
+    values = values_reference(res.policy, rates, s.prompt_weights)
+    assert np.all(values[1:] - b >= -delta), "threshold met up to barrier_delta"
+    # Close to the constrained optimum (SLSQP in the primal, not the dual solver the code shares).
+    lagrangian = values_reference(primal_slsqp(rates, s.reference, s.prompt_weights, b, TAU), rates, s.prompt_weights)
+    assert abs(values[0] - lagrangian[0]) < 5e-3
     # Multipliers are recomputed only when the reference changes: constant over the run.
     assert np.all(res.history["lambda"] == res.multipliers)
 
@@ -175,11 +205,11 @@ def test_log_barrier_violation_is_bounded_by_the_extension_slope():
     sigma = delta = 1e-3
     b = _thresholds_for(s, [10.0])
     res = run_algorithm1(s.preferences, b, TAU, **_kw(s), config=Algorithm1Config(steps=50, variant="log_barrier"))
-    rates, fam = _family(s.preferences, s)
-    slack = policy_values(fam.policy(res.multipliers), rates[1:], s.prompt_weights) - b
+    expected, rates = _check_barrier_fixed_point(s, res, b, sigma, delta, converged=False)
+    slack = values_reference(tilt_policy_reference(expected, rates, s.reference, TAU), rates, s.prompt_weights)[1:] - b
     assert res.multipliers[0] <= 10.0
+    assert slack[0] < 0, "the threshold is violated: the multiplier is on the quadratic extension"
     assert slack[0] >= 2 * delta - 10.0 * delta**2 / sigma - 1e-12
-    np.testing.assert_allclose(_barrier_residual(s, res, b, sigma, delta), 0.0, atol=1e-10)
 
 
 @pytest.mark.parametrize("m,lam_true", [(1, [0.7, 1.5]), (1, [3.0, 0.2]), (3, [0.7, 1.5]), (3, [2.0, 2.0])])
@@ -188,10 +218,7 @@ def test_log_barrier_fixed_point_three_objectives(m, lam_true):
     s = _structure("three_objectives", m)
     b = _thresholds_for(s, lam_true)
     res = run_algorithm1(s.preferences, b, TAU, **_kw(s), config=Algorithm1Config(steps=50, variant="log_barrier"))
-    np.testing.assert_allclose(_barrier_residual(s, res, b, 1e-3, 1e-3), 0.0, atol=1e-10)
-    rates, _ = _family(s.preferences, s)
-    expected = barrier_fixed_point_nested(rates, s.reference, s.prompt_weights, b, TAU, 1e-3, 1e-3)
-    np.testing.assert_allclose(res.multipliers, expected, rtol=1e-8)
+    _check_barrier_fixed_point(s, res, b, 1e-3, 1e-3, converged=False)  # 50 steps: pi_psi is still moving
 
 
 def test_barrier_multiplier_is_continuous_and_decreasing():
@@ -286,17 +313,20 @@ def test_ratcheting_thresholds_follow_lagged_values_and_never_drop_below_user():
 
 
 @pytest.mark.parametrize("name,m,eps", [("bt_conflict", 1, 0.05), ("cyclic", 1, 0.1), ("multi_prompt", 3, 0.05)])
-def test_robust_multipliers_match_solve_tabular(name, m, eps):
+def test_robust_multipliers_match_the_paper_tilt_fixed_point(name, m, eps):
+    # Algorithm 1 keeps the policy in the plain tilt family, so with eps > 0 it converges to the
+    # paper's fixed point (robust_form="paper_tilt"), not to the exact robust optimum.
     # Thresholds must lie below the peak of the robust bound over the tilt family: LB(pi_lam) is not
-    # monotone in lam (a sharper tilt is more fragile). Beyond that peak solve_tabular reports
+    # monotone in lam (a sharper tilt is more fragile). Beyond that peak the tilt solve reports
     # feasible=False, while the paper's update (Algorithm 1) keeps raising lam without bound.
     s = _structure(name, m)
     kw = dict(_kw(s), eps=eps)
-    at_zero = solve_tabular(s.preferences, -1.0, TAU, **kw)  # lam = 0: the unconstrained tilt
-    peak = solve_tabular(s.preferences, 1.0, TAU, **kw)  # unattainable: returns the most robust tilt
+    tilt = dict(kw, robust_form="paper_tilt")
+    at_zero = solve_tabular(s.preferences, -1.0, TAU, **tilt)  # lam = 0: the unconstrained tilt
+    peak = solve_tabular(s.preferences, 1.0, TAU, **tilt)  # unattainable: returns the most robust tilt
     assert at_zero.multipliers[0] == 0.0 and not peak.feasible
     b = 0.5 * (at_zero.robust_values[0] + peak.robust_values[0])
-    exact = solve_tabular(s.preferences, b, TAU, **kw)
+    exact = solve_tabular(s.preferences, b, TAU, **tilt)
     assert exact.feasible and 0 < exact.multipliers[0] < peak.multipliers[0]
     np.testing.assert_allclose(exact.robust_values, b, atol=1e-8)
 

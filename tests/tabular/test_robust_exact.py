@@ -95,3 +95,15 @@ def test_the_exact_robust_optimum_beats_the_paper_tilt_fixed_point():
     exact, tilt = problem.solve(b, 0.1, 0.02), problem.solve(b, 0.1, 0.02, robust_form="paper_tilt")
     assert exact.feasible and tilt.feasible
     assert exact.objective > tilt.objective + 1e-3
+
+
+def test_an_inactive_robust_threshold_gives_the_unconstrained_tilt_and_an_unreachable_one_is_infeasible():
+    s = make_structure("bt_conflict", seed=1)
+    problem = TabularProblem.build(s.preferences, s.reference, s.behaviour)
+    rates, ref = problem.rates, problem.reference
+    tilt = ref * np.exp(rates[0] / 0.1)
+    tilt /= tilt.sum(axis=1, keepdims=True)  # pi_ref exp(p / tau), normalised here
+    loose = problem.solve([0.0], 0.1, 0.02)
+    assert loose.feasible and np.max(np.abs(np.atleast_2d(loose.policy) - tilt)) < 1e-7
+    far = problem.solve([0.99], 0.1, 0.02)
+    assert not far.feasible and far.robust_values[0] < 0.99 and np.isfinite(far.multipliers).all()

@@ -8,7 +8,13 @@ from mopo_core.pareto import attainable_max, lp_best_primary
 from mopo_core.tabular.robust import robust_lower_bound
 from mopo_core.tabular.solver import policy_values, win_rates
 from synthetic import STRUCTURES, make_structure
-from tests.reference_solvers import primal_slsqp, robust_bound_slsqp
+from tests.reference_solvers import (
+    best_worst_slack_lp,
+    primal_slsqp,
+    rates_reference,
+    robust_bound_slsqp,
+    values_reference,
+)
 
 
 def _thresholds_between(structure, fractions):
@@ -143,19 +149,49 @@ def test_robust_bound_matches_primal_and_eps_zero_is_plain():
     assert chi == 0.0 and lb == pytest.approx(nu @ z.min(1))
 
 
-def test_robust_solution_meets_robust_threshold_or_reports_infeasible():
-    s = make_structure("bt_conflict", seed=1)
-    plain = solve_tabular(s.preferences, [0.0], 0.1, eps=0.0)
-    zero = solve_tabular(s.preferences, [0.0], 0.1, eps=0.02)
-    assert zero.multipliers[0] == 0.0 and zero.feasible
-    np.testing.assert_allclose(zero.policy, plain.policy)
-    b = zero.robust_values[0] + 0.02
-    sol = solve_tabular(s.preferences, [b], 0.1, eps=0.02)
-    if sol.feasible:
-        assert sol.robust_values[0] == pytest.approx(b, abs=1e-7)
-        assert sol.multipliers[0] > 0
-    far = solve_tabular(s.preferences, [0.99], 0.1, eps=0.02)
-    assert not far.feasible and np.isfinite(far.multipliers).all() and far.robust_values[0] < 0.99
+FEASIBILITY_CASES = [
+    # (structure, M, seed, fraction of the way from pi_ref's secondary values to each one's own
+    #  maximum, attainable by some policy?): the verdict is the LP's, asserted so both branches run.
+    ("bt_conflict", 1, 2, 0.5, True),
+    ("bt_conflict", 1, 2, 0.97, True),  # LP margin 0.006: near the edge, still attainable
+    ("bt_conflict", 1, 2, 1.02, False),
+    ("cyclic", 1, 3, 0.97, True),
+    ("cyclic", 1, 3, 1.02, False),
+    ("mixture", 1, 0, 0.9, True),
+    ("multi_prompt", 3, 2, 0.97, True),
+    ("multi_prompt", 3, 2, 1.02, False),
+    ("three_objectives", 2, 3, 0.5, True),
+    ("three_objectives", 1, 5, 0.5, False),  # each secondary attainable alone, not both together
+]
+
+
+@pytest.mark.parametrize("name,m,seed,fraction,attainable", FEASIBILITY_CASES)
+def test_feasibility_is_decided_over_all_policies(name, m, seed, fraction, attainable):
+    """solve_tabular's ``feasible`` against an LP over ALL policies (tests.reference_solvers, scipy
+    HiGHS): the best worst-case slack ``max_pi min_j V_j(pi) - b_j`` is >= 0 exactly when the
+    thresholds are attainable. Attainable: the solution meets them and is SLSQP's primal optimum.
+    Unattainable: reported infeasible, with finite numbers."""
+    tau = 0.1
+    s = make_structure(name, n_responses=6, n_prompts=m, seed=seed, reference="dirichlet")
+    rates, nu = rates_reference(s.preferences, s.behaviour), s.prompt_weights
+    own_max = rates.max(axis=2) @ nu  # the largest value of each objective alone, by hand
+    start = values_reference(s.reference, rates, nu)[1:]
+    b = start + fraction * (own_max[1:] - start)
+    margin, _ = best_worst_slack_lp(rates, nu, b)
+    assert (margin >= 1e-3) if attainable else (margin <= -1e-3), f"the instance moved: LP margin {margin}"
+
+    sol = solve_tabular(s.preferences, b, tau, reference=s.reference, behaviour=s.behaviour)
+    np.testing.assert_allclose(sol.max_attainable, own_max[1:], atol=1e-12)
+    assert np.all(np.isfinite(sol.policy)) and np.all(np.isfinite(sol.multipliers))
+    values = values_reference(sol.policy, rates, nu)
+    if attainable:
+        assert sol.feasible, f"attainable (LP margin {margin:.4f}) but reported infeasible"
+        assert np.all(values[1:] >= b - 1e-8), "thresholds met"
+        expected = primal_slsqp(rates, s.reference, nu, b, tau)
+        assert np.max(np.abs(sol.policy - expected)) < 1e-5, "the constrained optimum (SLSQP primal)"
+    else:
+        assert not sol.feasible, f"unattainable (LP margin {margin:.4f}) but reported feasible"
+        assert np.any(values[1:] < b)
 
 
 BAD_INPUTS = [
