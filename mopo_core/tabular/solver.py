@@ -254,6 +254,25 @@ def chebyshev_margin(
     return float(-res.fun)
 
 
+def enforced_thresholds(thresholds, reference_values, max_attainable, secondary, reference, prompt_weights):
+    """The plain (eps = 0) feasibility rule: ``(feasible, effective thresholds (J,))``.
+
+    thresholds, reference_values (V_j(pi_ref)), max_attainable: (J,); secondary (J, M, N).
+    Feasible when pi_ref meets every threshold or the Chebyshev margin over all policies is above
+    FEASIBILITY_TOL; then the thresholds are enforced as asked. Otherwise the nearest thresholds
+    (a uniform shift) INFEASIBLE_BACKOFF inside the attainable set are enforced.
+    """
+    if np.all(reference_values >= thresholds - FEASIBILITY_TOL):
+        return True, thresholds
+    # Clip before measuring the margin: b + (margin - backoff) with b ~ 1e16 would lose the
+    # attainable part to cancellation. A clipped threshold sits on its maximum: margin <= 0.
+    reachable = np.minimum(thresholds, max_attainable)
+    margin = chebyshev_margin(secondary, reference, prompt_weights, reachable)
+    if margin > FEASIBILITY_TOL:
+        return True, thresholds
+    return False, reachable + (margin - INFEASIBLE_BACKOFF)
+
+
 @dataclass
 class TabularSolution:
     """Result of :func:`solve_tabular` / :func:`solve_scores`.
@@ -493,15 +512,8 @@ def solve_family(
         )
         effective = b
     else:
-        already_met = bool(np.all(family.reference_values >= b - FEASIBILITY_TOL))
-        # Clip before measuring the margin: b + (margin - backoff) with b ~ 1e16 would lose the
-        # attainable part to cancellation. A clipped threshold sits on its maximum: margin <= 0.
-        reachable = np.minimum(b, family.max_attainable)
-        margin = np.inf if already_met else chebyshev_margin(
-            family.secondary, family.reference, family.prompt_weights, reachable)
-        feasible = margin > FEASIBILITY_TOL
-        # Infeasible: enforce the nearest thresholds (uniform shift) strictly inside the attainable set.
-        effective = b if feasible else reachable + (margin - INFEASIBLE_BACKOFF)
+        feasible, effective = enforced_thresholds(b, family.reference_values, family.max_attainable,
+                                                  family.secondary, family.reference, family.prompt_weights)
         lam, it, ok, trace = _solve_dual(family, effective, lam0, method, tol, max_iter, step_size)
     if eps == 0 or robust_form != "exact":
         policy = family.policy(lam)

@@ -35,13 +35,12 @@ from scipy.stats import chi2
 
 from mopo_core.tabular.solver import (
     FEASIBILITY_TOL,
-    INFEASIBLE_BACKOFF,
     MAX_MULTIPLIER,
     TabularProblem,
     TabularSolution,
     TiltFamily,
     attainable_maxima,
-    chebyshev_margin,
+    enforced_thresholds,
     solve_family,
     win_rates,
 )
@@ -427,10 +426,7 @@ def solve_batched(rates, thresholds, tau: float, reference=None, prompt_weights=
     Returns ``(policies (B, M, N), multipliers (B, J), feasible (B,))``.
 
     Instance b gets what ``solve_family(TiltFamily(rates[b, 0], rates[b, 1:], ...), thresholds[b])``
-    gives: the same feasibility rule (thresholds the reference meets are feasible; otherwise
-    ``solver.chebyshev_margin`` on the thresholds clipped to ``solver.attainable_maxima``, and an
-    infeasible request enforces the nearest uniformly shifted thresholds INFEASIBLE_BACKOFF inside
-    the attainable set), then a projected Newton on the dual from lam = 0, vectorised over B
+    gives: the same feasibility rule (``solver.enforced_thresholds``), then a projected Newton on the dual from lam = 0, vectorised over B
     (einsum and batched ``linalg.solve``). An instance on which Newton stalls or hits its
     iteration cap is re-solved by ``solve_family`` itself (which falls back to L-BFGS-B).
     For J >= 2 the margin is one LP per instance whose thresholds the reference does not meet.
@@ -444,14 +440,11 @@ def solve_batched(rates, thresholds, tau: float, reference=None, prompt_weights=
     dual = _BatchedDual(rates, ref, nu, tau)
     secondary = dual.secondary
     # solve_family's feasibility rule, instance by instance.
-    already_met = np.all(np.einsum("m,mn,bjmn->bj", nu, ref, secondary) >= b - FEASIBILITY_TOL, axis=1)
+    at_reference = np.einsum("m,mn,bjmn->bj", nu, ref, secondary)
     maxima = attainable_maxima(secondary.reshape(-1, m, n), ref, nu).reshape(batch, k - 1)
-    reachable = np.minimum(b, maxima)
-    margin = np.full(batch, np.inf)
-    for i in np.flatnonzero(~already_met):
-        margin[i] = chebyshev_margin(secondary[i], ref, nu, reachable[i])
-    feasible = margin > FEASIBILITY_TOL
-    effective = np.where(feasible[:, None], b, reachable + (margin - INFEASIBLE_BACKOFF)[:, None])
+    rules = [enforced_thresholds(b[i], at_reference[i], maxima[i], secondary[i], ref, nu) for i in range(batch)]
+    feasible = np.array([rule[0] for rule in rules])
+    effective = np.array([rule[1] for rule in rules])
     lam, converged = _batched_newton(dual, effective)
     policies = dual.policy(lam, np.arange(batch))[0]
     achieved = np.einsum("m,bmn,bjmn->bj", nu, policies, secondary)
