@@ -87,9 +87,11 @@ class RobustBarrier:
         return np.add.reduceat(values, self.starts, axis=-1)
 
     def to_policy(self, pi: np.ndarray) -> np.ndarray:
+        """pi (n,) on the support -> (M, N), each row renormalised (Newton steps keep the rows'
+        sums at 1 only up to accumulated rounding)."""
         full = np.zeros(self.shape)
         full[self.support] = pi
-        return full
+        return full / full.sum(axis=1, keepdims=True)
 
     def constraints(self, pi: np.ndarray, chi: np.ndarray, order: int) -> dict:
         """Every h_j at (pi (n,), chi (J,)): "value" (J,); for order >= 1 the gradients "d_pi"

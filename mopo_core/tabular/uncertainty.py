@@ -257,7 +257,8 @@ def _margin_fixed_point(thresholds: np.ndarray, z: float, solve_rows):
 
 
 def solve_with_margin(win_counts, thresholds, tau: float, z: float, reference=None, behaviour=None,
-                      prompt_weights=None, prior: float = 1.0, eps: float = 0.0) -> MarginSolution:
+                      prompt_weights=None, prior: float = 1.0, eps: float = 0.0,
+                      initial_multipliers=None) -> MarginSolution:
     """MOPO on the estimated preferences, each secondary threshold raised by z standard errors.
 
     Solves on ``estimate_preferences(win_counts, prior)`` with thresholds ``b + z * SE_sec(pi)``
@@ -265,17 +266,19 @@ def solve_with_margin(win_counts, thresholds, tau: float, z: float, reference=No
     policy -> move the thresholds (a bracketed secant for J = 1, Anderson(1) for J >= 2) until
     ``|b + z SE_sec - enforced| <= MARGIN_TOL``, for at most MARGIN_MAX_ROUNDS solves (``rounds``
     and ``converged`` report it). z = 0 is the plain plug-in solve. z >= 0; eps >= 0 is passed to the solver (the
-    raised thresholds then bound the robust values). Shapes and the other arguments as in
-    :func:`standard_errors` and ``solve_tabular``.
+    raised thresholds then bound the robust values). ``initial_multipliers`` (J,) warm-starts the
+    first solve (e.g. from the previous threshold of a sweep); each later round starts from the
+    round before. Shapes and the other arguments as in :func:`standard_errors` and ``solve_tabular``.
     """
     z = check_nonnegative(z, "z")
     estimate, pair_var = _estimate(win_counts, prior)
     problem = TabularProblem.build(estimate, reference, behaviour, prompt_weights)
     b = check_thresholds(thresholds, estimate.shape[0] - 1)
-    last = {}
+    last = {"multipliers": initial_multipliers}
 
     def solve_rows(rows, x_rows):
-        last["solution"] = problem.solve(x_rows[0], tau, eps)
+        last["solution"] = problem.solve(x_rows[0], tau, eps, initial_multipliers=last["multipliers"])
+        last["multipliers"] = last["solution"].multipliers
         last["se"] = np.sqrt(_value_variances(last["solution"].policy[None], pair_var[None], problem.behaviour,
                                               problem.prompt_weights)[0])
         return last["se"][None]
