@@ -64,6 +64,27 @@ RUNS = {
         ((rf"helpfulness {NUMBER} ± {NUMBER}  harmlessness {NUMBER} ± {NUMBER}", 8),
          (r"\| mopo +\| +3 \|", 1), (r"comparison run [0-9]+; wall time", 1)),
         ("pku/points.csv", "pku/summary.md", "pku/prefmodel")),
+    "calibration": QuickRun(
+        ("{python}", "bench/calibration.py", "--quick", "--out", "{tmp}/calibration"),
+        ("calibration.py",),
+        ((r"^verdict mopo\S*: satisfaction >= 0\.95 in every \(structure, n\): (yes|no) \(lowest ", 4),
+         (rf"^calibration of the bootstrap: B = 20, 8 thresholds, Brier {NUMBER}, ECE {NUMBER}$", 1),
+         (r"^\| all +\| +400 \| ", 4)),
+        ("calibration/calibration.txt", "calibration/calibration.csv", "calibration/calibration_runs.csv",
+         "calibration/calibration_thresholds.csv")),
+    "bootstrap": QuickRun(
+        ("{python}", "bench/bootstrap.py", "--quick", "--json", "{tmp}/bootstrap.json"),
+        ("bootstrap.py",),
+        ((rf"solve_batched +{NUMBER} ms, loop of solve_tabular +{NUMBER} ms \(ratio {NUMBER}x\)", 2),
+         (r"agreement with the loop: max \|policy diff\| [0-9.e+-]+, feasibility flags differing 0/", 2),
+         (r"^\| bt_conflict N=8 M=1 K=2 \| 50 \| ", 1)),
+        ("bootstrap.json",)),
+    "robust": QuickRun(
+        ("{python}", "bench/robust.py", "--quick"),
+        ("robust.py",),
+        ((rf"ours +{NUMBER} ms, Clarabel +{NUMBER} ms, ratio +{NUMBER}x", 4),
+         (r"^\| 0\.1 \| 4 \| ", 1)),
+        ()),
     "gpu_check": QuickRun(
         ("bash", "bench/gpu_check.sh", "--cpu", "--tiny", "--out", "{tmp}/gpu"),
         ("gpu_check.sh", "gpu_step.py"),
@@ -71,7 +92,7 @@ RUNS = {
          (rf"\| tiny-(llama|opt) \| (full|lora) \| (mopo|dpo) \| (plain|fused) \| {NUMBER} \|", 16)),
         ("gpu/gpu_step.json", "gpu/gpu_step.md")),
 }
-SLOW = {"train_throughput", "pku_smollm2", "gpu_check"}  # each 5 to 15 s on a quiet 2-core machine
+SLOW = {"train_throughput", "pku_smollm2", "gpu_check", "calibration"}  # each 5 to 20 s on a quiet 2-core machine
 
 
 def test_every_bench_script_has_a_quick_run():

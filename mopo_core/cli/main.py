@@ -25,7 +25,16 @@ from mopo_core.cli.models import add_models_command, add_prefmodel_command, cmd_
 from mopo_core.pareto import attainable_max
 from mopo_core.data.public_formats import FORMATS, format_report, load_public
 from mopo_core.runs import RunStore
-from mopo_core.experiments.suite import METHODS, SuiteConfig, config_dict, results_table, run_suite, summary_table
+from mopo_core.experiments.suite import (
+    METHODS,
+    TEMPERATURES,
+    SuiteConfig,
+    config_dict,
+    dominance_totals,
+    markdown_report,
+    results_table,
+    run_suite,
+)
 from mopo_core.tabular.solver import TabularProblem, policy_values
 from mopo_core.lm.config import METHODS as TRAIN_METHODS  # (METHODS above: the suite's tabular methods)
 from mopo_core.validation import as_finite_array, read_preference_file
@@ -112,6 +121,8 @@ def cmd_sweep(args, store: RunStore) -> int:
 
 
 def cmd_suite(args, store: RunStore) -> int:
+    import time
+
     from tqdm import tqdm
 
     config = replace(
@@ -120,40 +131,42 @@ def cmd_suite(args, store: RunStore) -> int:
         n_comparisons=None if args.exact else args.n_comparisons,
         tau=args.tau,
         seed=args.seed,
+        n_seeds=args.n_seeds,
         steps=args.steps,
         **({"structures": tuple(args.structures)} if args.structures else {}),
         **({"methods": tuple(args.methods)} if args.methods else {}),
+        **({"temperatures": tuple(args.temperatures)} if args.temperatures else {}),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     results = run_suite(config, progress=lambda xs: tqdm(xs, desc="suite"))
+    elapsed = time.perf_counter() - start
     table = results_table(results)
-    run_ids = [_record_structure(store, config, r, table) for r in results]
+    run_ids = [_record_structure(store, config, r) for r in results]
     table.to_csv(out / "suite.csv", index=False)
-    markdown = table.round(4).to_markdown(index=False)
-    summary = summary_table(table).to_markdown()
-    (out / "suite.md").write_text(f"## Summary: hv_ratio / satisfaction / mean_regret\n\n{summary}\n\n"
-                                  f"## All metrics\n\n{markdown}\n")
-    dominance = {r.structure: r.dominance.to_dict() for r in results}
+    report = markdown_report(table, config)
+    (out / "suite.md").write_text(report)
+    dominance = {name: frame.to_dict() for name, frame in dominance_totals(results).items()}
     (out / "dominance.json").write_text(json.dumps(dominance, indent=1))
-    print(markdown)
-    print(f"\nhv_ratio / satisfaction / mean_regret:\n{summary}")
-    print(f"\nruns {run_ids[0]}..{run_ids[-1]} (one per structure); wrote {out / 'suite.csv'}, {out / 'suite.md'}, {out / 'dominance.json'}")
+    print(report)
+    print(f"\n{len(results)} (structure, seed) cases in {elapsed:.0f} s; runs {run_ids[0]}..{run_ids[-1]} "
+          f"(one per structure and seed); wrote {out / 'suite.csv'}, {out / 'suite.md'}, {out / 'dominance.json'}")
     return 0
 
 
-def _record_structure(store: RunStore, config: SuiteConfig, result, table) -> int:
-    """One run per structure (objective counts differ between structures): points per method, metrics."""
-    with store.record("suite", {**config_dict(config), "structure": result.structure},
-                      name=f"suite/{result.structure}") as run_id:
+def _record_structure(store: RunStore, config: SuiteConfig, result) -> int:
+    """One run per structure and seed (objective counts differ between structures; seeds group as seeds
+    of one experiment on the Compare page): each series' answers, its metrics."""
+    with store.record("suite", {**config_dict(config), "seed": result.seed, "structure": result.structure},
+                      name=f"suite/{result.structure}/seed {result.seed}") as run_id:
         store.add_points(run_id, [
-            {"label": method, "params": params, "values": values}
-            for method in result.points
-            for values, params in zip(result.points[method], result.parameters[method])
+            {"label": label, "params": params, "values": values}
+            for label in result.points
+            for values, params in zip(result.points[label], result.parameters[label])
         ])
-        for row in table[table.structure == result.structure].to_dict("records"):
-            store.log_metrics(run_id, 0, {f"{row['method']}/{k}": row[k]
-                                          for k in ("hv_ratio", "igd_plus", "satisfaction", "mean_regret")})
+        store.log_metrics(run_id, 0, {f"{label}/{k}": result.metrics[label][k] for label in result.metrics
+                                      for k in ("hv_ratio", "igd_plus", "satisfaction", "mean_regret", "mean_kl")})
     return run_id
 
 
@@ -209,9 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--exact", action="store_true", help="use exact preferences instead of sampled data")
     suite.add_argument("--tau", type=float, default=0.01)
     suite.add_argument("--steps", type=int, default=2000)
-    suite.add_argument("--seed", type=int, default=0)
+    suite.add_argument("--seed", type=int, default=0, help="first seed (structure and data)")
+    suite.add_argument("--n-seeds", type=int, default=SuiteConfig.n_seeds, help="seeds seed..seed+n-1")
     suite.add_argument("--structures", nargs="+", choices=STRUCTURES)
     suite.add_argument("--methods", nargs="+", choices=METHODS)
+    suite.add_argument("--temperatures", nargs="+", choices=TEMPERATURES,
+                       help="same_tau: every method at --tau; same_kl: each baseline's tau matched to MOPO's KL "
+                            "(default: both)")
     train = sub.add_parser(
         "train", help="fine-tune a tiny GPT on the synthetic text task, or a local checkpoint on a preference file "
                       "(--data), with MOPO or a baseline",

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mopo_core.cli.main import main
@@ -17,7 +18,8 @@ def store_path(tmp_path, monkeypatch):
 
 
 def test_suite_exact_mopo_meets_every_threshold_with_small_regret():
-    config = SuiteConfig(structures=("bt_conflict", "three_objectives"), n_comparisons=None, tau=0.01, steps=300)
+    config = SuiteConfig(structures=("bt_conflict", "three_objectives"), n_comparisons=None, tau=0.01, steps=300,
+                         n_seeds=1, temperatures=("same_tau",))
     table = results_table(run_suite(config))
     assert set(table.method) == set(METHODS)
     mopo = table[table.method == "mopo_oracle"]
@@ -28,7 +30,7 @@ def test_suite_exact_mopo_meets_every_threshold_with_small_regret():
 
 
 def test_suite_with_data_differs_from_oracle():
-    config = SuiteConfig(structures=("cyclic",), methods=("mopo", "mopo_oracle"), n_comparisons=20)
+    config = SuiteConfig(structures=("cyclic",), methods=("mopo", "mopo_oracle"), n_comparisons=20, n_seeds=1)
     table = results_table(run_suite(config)).set_index("method")
     assert table.loc["mopo", "hypervolume"] != table.loc["mopo_oracle", "hypervolume"]
 
@@ -38,6 +40,10 @@ def test_suite_config_rejects_unknown_names():
         run_suite(SuiteConfig(methods=("nope",)))
     with pytest.raises(ValueError, match="structures: unknown"):
         run_suite(SuiteConfig(structures=("nope",)))
+    with pytest.raises(ValueError, match="temperatures: need a non-empty subset"):
+        run_suite(SuiteConfig(temperatures=("hot",)))
+    with pytest.raises(ValueError, match="n_seeds: must be >= 1"):
+        run_suite(SuiteConfig(n_seeds=0))
 
 
 def test_cli_solve_json_and_run_recorded(store_path, capsys):
@@ -62,11 +68,17 @@ def test_cli_sweep_runs_and_export(store_path, tmp_path, capsys):
 def test_cli_suite_writes_csv_and_markdown(store_path, tmp_path, capsys):
     out_dir = tmp_path / "suite"
     args = ["suite", "--out", str(out_dir), "--structures", "bt_aligned", "--methods", "mopo", "dpo_primary",
-            "--steps", "100"]
+            "--steps", "100", "--n-seeds", "2"]
     assert main(args) == 0
     markdown = (out_dir / "suite.md").read_text()
-    assert (out_dir / "suite.csv").exists() and "| method " in markdown and "| structure " in markdown
-    assert RunStore(store_path).list_runs(kind="suite").shape[0] == 1
+    assert "## satisfaction" in markdown and "| dpo_primary (same KL) |" in markdown and " ± " in markdown
+    assert "### mopo - baseline: hv_ratio" in markdown
+    table = pd.read_csv(out_dir / "suite.csv")
+    assert sorted(set(table.seed)) == [0, 1] and set(table.temperature) == {"same_tau", "same_kl"}
+    runs = RunStore(store_path).list_runs(kind="suite")
+    assert runs.shape[0] == 2  # one per structure and seed
+    assert set(json.loads((out_dir / "dominance.json").read_text())["bt_aligned"]) == {
+        "mopo", "dpo_primary", "dpo_primary (same KL)"}
 
 
 def test_cli_bad_input_names_the_problem(store_path, tmp_path, capsys):
