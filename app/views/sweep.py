@@ -41,6 +41,13 @@ METRIC_PANELS = [  # (column, panel title, axis title with direction)
     ("satisfaction", "satisfaction ↑", "share of thresholds met (higher is better ↑)"),
     ("mean_regret", "mean regret ↓", "mean primary regret vs LP (lower is better ↓)"),
 ]
+#: Half-width of the intervals shown: estimate ± Z · SE (two-sided 95%).
+Z = 1.96
+#: Sweep points whose threshold is broken on the truth: hollow circles (in the structure's colour), larger than
+#: the filled points that meet theirs.
+BROKEN_MARKER = dict(symbol="circle-open", size=11, line=dict(width=2.5))
+#: Margins offered for the threshold sweep: enforce b + z·SE.
+MARGINS = [0.0, 1.0, 1.64]
 TABLE_COLUMNS = {
     "hv_ratio": "HV ratio", "hypervolume": "HV", "igd_plus": "IGD+", "satisfaction": "satisfaction",
     "max_violation": "max violation", "mean_regret": "mean regret", "mean_kl": "mean KL", "gap_to_oracle":
@@ -62,10 +69,10 @@ def exact(name: str, n: int, m: int, seed: int) -> ablations.ExactReference:
     return ablations.exact_reference(name, n, m, seed)
 
 
-@st.cache_data(show_spinner="Sweeping thresholds…", max_entries=64)
-def sweep(name, n, m, seed, tau, eps, n_thresholds, n_comparisons) -> ablations.SweepOutcome:
+@st.cache_data(show_spinner="Sweeping thresholds (with a margin: a fixed point per threshold)…", max_entries=64)
+def sweep(name, n, m, seed, tau, eps, n_thresholds, n_comparisons, margin=0.0) -> ablations.SweepOutcome:
     return ablations.threshold_sweep(name, n, m, seed, tau, eps, n_thresholds, n_comparisons,
-                                     exact=exact(name, n, m, seed))
+                                     exact=exact(name, n, m, seed), margin=margin)
 
 
 @st.cache_data(show_spinner="Running the ablation…", max_entries=64)
@@ -111,18 +118,39 @@ def add_reference_points(fig: go.Figure, exacts, c: str | None = None):
 
 
 def point_customdata(points: pd.DataFrame, k: int) -> tuple[np.ndarray, str]:
-    """customdata columns and the hover lines for MOPO points: thresholds, multipliers, V2.., verdicts."""
+    """customdata columns and the hover lines for MOPO points: thresholds, multipliers, V2.., verdicts,
+    and, for a sweep on sampled data, each value's estimate ± 1.96·SE and the enforced thresholds."""
     cols = [f"b{j}" for j in range(1, k)] + [f"lambda{j}" for j in range(1, k)] + [f"V{j}" for j in range(2, k)]
     data = points[cols].to_numpy(dtype=object)
     flags = np.stack([np.where(points.feasible, "yes", "no"), np.where(points.met, "yes", "no")], axis=1)
     data = np.concatenate([data, flags], axis=1)
     lines = [f"threshold b{j}=%{{customdata[{j - 1}]:.4f}}" for j in range(1, k)]
     lines += [f"λ{j}=%{{customdata[{k - 2 + j}]:.4f}}" for j in range(1, k)]
-    lines += ["V1=%{x:.4f}", "V0=%{y:.4f}"]
-    lines += [f"V{j}=%{{customdata[{2 * (k - 1) + j - 2}]:.4f}}" for j in range(2, k)]
+    lines += ["true V1=%{x:.4f}", "true V0=%{y:.4f}"]
+    lines += [f"true V{j}=%{{customdata[{2 * (k - 1) + j - 2}]:.4f}}" for j in range(2, k)]
     n = len(cols)
     lines += [f"solver feasible: %{{customdata[{n}]}}", f"meets b on true values: %{{customdata[{n + 1}]}}"]
+    if sampled(points):
+        extra = [points[f"V{i}_est"].to_numpy() for i in range(k)] + \
+                [Z * points[f"se{i}"].to_numpy() for i in range(k)] + \
+                [points[f"b{j}_enforced"].to_numpy() for j in range(1, k)]
+        start = data.shape[1]
+        data = np.concatenate([data, np.stack(extra, axis=1).astype(object)], axis=1)
+        lines += [f"estimate V{i}=%{{customdata[{start + i}]:.4f}} ± %{{customdata[{start + k + i}]:.4f}}"
+                  for i in range(k)]
+        lines += [f"enforced b{j}=%{{customdata[{start + 2 * k + j - 1}]:.4f}}" for j in range(1, k)]
     return data, "<br>".join(lines)
+
+
+def sampled(points: pd.DataFrame) -> bool:
+    """The points come from a sweep on sampled data (they carry estimates with standard errors)."""
+    return "se0" in points and bool((points["se0"] > 0).any())
+
+
+def broken_mask(points: pd.DataFrame) -> np.ndarray:
+    """Sweep points whose threshold is broken by the policy's TRUE values (some of them, for K >= 3,
+    at thresholds no policy meets: :func:`broken_caption` counts those apart)."""
+    return (~points.met).to_numpy()
 
 
 def front_title(names, what: str) -> str:
@@ -131,7 +159,8 @@ def front_title(names, what: str) -> str:
 
 
 def front_figure(outs, names, title: str) -> go.Figure:
-    """Exact fronts, HV reference points and MOPO sweep points, one colour per structure."""
+    """Exact fronts, HV reference points and MOPO sweep points, one colour per structure; the points
+    whose threshold is broken on the truth are drawn as hollow circles."""
     fig = go.Figure()
     for out in outs:
         ex, c = out.exact, colour(out.exact.name)
@@ -139,13 +168,81 @@ def front_figure(outs, names, title: str) -> go.Figure:
     add_reference_points(fig, [out.exact for out in outs], "black" if len(outs) > 1 else None)
     for out in outs:
         ex, c = out.exact, colour(out.exact.name)
-        data, lines = point_customdata(out.points, ex.n_objectives)
         cfg = out.config
-        fig.add_scatter(x=out.points.V1, y=out.points.V0, mode="markers", customdata=data, legendgroup=ex.name,
-                        marker=dict(color=c, size=7), name=f"MOPO sweep (τ={cfg['tau']:g}, ε={cfg['eps']:g}) · {ex.name}",
-                        hovertemplate=f"method: {METHOD_NAMES['mopo']}<br>structure: {ex.name}<br>τ={cfg['tau']:g}, "
-                                      f"ε={cfg['eps']:g}<br>{lines}<extra></extra>")
+        broken = broken_mask(out.points)
+        margin = f", z={cfg.get('margin', 0):g}" if cfg.get("margin") else ""
+        for subset, name, marker in (
+                (~broken, f"MOPO sweep (τ={cfg['tau']:g}, ε={cfg['eps']:g}{margin}) · {ex.name}",
+                 dict(color=c, size=7)),
+                (broken, f"threshold broken on the truth (hollow) · {ex.name}", BROKEN_MARKER | dict(color=c))):
+            pts = out.points[subset]
+            if not len(pts) and subset is broken:
+                continue
+            data, lines = point_customdata(pts, ex.n_objectives)
+            fig.add_scatter(x=pts.V1, y=pts.V0, mode="markers", customdata=data, legendgroup=ex.name,
+                            marker=marker, name=name,
+                            hovertemplate=f"method: {METHOD_NAMES['mopo']}<br>structure: {ex.name}<br>"
+                                          f"τ={cfg['tau']:g}, ε={cfg['eps']:g}{margin}<br>{lines}<extra></extra>")
     return shared.style(fig, front_title(names, title), shared.axis_title(names, 1), shared.axis_title(names, 0), 520)
+
+
+def estimate_figure(outs, names) -> go.Figure:
+    """Per secondary j: each sweep point's TRUE V_j (filled; hollow when its threshold is broken)
+    next to its ESTIMATE ± 1.96·SE (open diamond with error bar), against the threshold b_j; the
+    line V_j = b_j separates met (above) from broken (below)."""
+    k = len(names)
+    fig = make_subplots(rows=1, cols=k - 1, subplot_titles=[f"V{j} {names[j]}" for j in range(1, k)],
+                        horizontal_spacing=0.1)
+    for out in outs:
+        c, pts, name = colour(out.exact.name), out.points, out.exact.name
+        broken = broken_mask(pts)
+        for j in range(1, k):
+            b = pts[f"b{j}"]
+            fig.add_scatter(x=[b.min(), b.max()], y=[b.min(), b.max()], mode="lines", row=1, col=j,
+                            line=dict(color="grey", dash="dash", width=1), name="V = b (the threshold)",
+                            legendgroup="threshold", showlegend=j == 1 and out is outs[0],
+                            hovertemplate="V = b: on this line the threshold holds exactly<extra></extra>")
+            fig.add_scatter(x=b, y=pts[f"V{j}_est"], mode="markers", row=1, col=j,
+                            error_y=dict(type="data", array=Z * pts[f"se{j}"], color=c, thickness=1, width=0),
+                            marker=dict(symbol="diamond-open", color=c, size=6, opacity=0.6),
+                            name=f"estimate ± 1.96·SE · {name}", legendgroup=f"est {name}", showlegend=j == 1,
+                            customdata=Z * pts[f"se{j}"],
+                            hovertemplate=f"structure: {name}<br>b{j}=%{{x:.4f}}<br>estimate V{j}=%{{y:.4f}} ± "
+                                          "%{customdata:.4f}<extra></extra>")
+            for subset, label, marker in (
+                    (~broken, f"true value · {name}", dict(color=c, size=6)),
+                    (broken, f"true value, threshold broken (hollow) · {name}", BROKEN_MARKER | dict(color=c))):
+                if not subset.any():
+                    continue
+                fig.add_scatter(x=b[subset], y=pts[f"V{j}"][subset], mode="markers", row=1, col=j, marker=marker,
+                                name=label, legendgroup=label, showlegend=j == 1,
+                                customdata=np.stack([pts[f"V{j}_est"][subset], Z * pts[f"se{j}"][subset]], axis=1),
+                                hovertemplate=f"structure: {name}<br>b{j}=%{{x:.4f}}<br>true V{j}=%{{y:.4f}}<br>"
+                                              f"estimate V{j}=%{{customdata[0]:.4f}} ± %{{customdata[1]:.4f}}"
+                                              "<extra></extra>")
+        for j in range(1, k):
+            fig.update_xaxes(title_text=f"threshold b{j} (win-rate vs behaviour; stricter →)", row=1, col=j)
+            fig.update_yaxes(title_text=f"V{j} (win-rate vs behaviour; higher is better ↑)", row=1, col=j)
+    return shared.style(fig, "True value next to the estimate ± 1.96·SE at each threshold (below the dashed line: "
+                             "the threshold is broken)", None, None, 460)
+
+
+def broken_caption(outs) -> str:
+    """How many sweep points break their threshold on the truth, per structure."""
+    parts = []
+    for out in outs:
+        pts = out.points
+        broken = broken_mask(pts)
+        part = f"{out.exact.name}: {int(broken.sum())} of {len(pts)} thresholds broken on the truth"
+        unattainable = int((broken & pts.lp_V0.isna().to_numpy()).sum())
+        if unattainable:
+            part += f" ({unattainable} of them unattainable by any policy)"
+        parts.append(part)
+    data = outs[0].config["n_comparisons"]
+    z = outs[0].config.get("margin", 0)
+    source = "exact preferences" if data is None else f"{data} comparisons per prompt, margin z = {z:g}"
+    return (f"Fitted on {source}. " + "; ".join(parts) + ". Broken points are drawn as hollow circles; "
+            "'broken' means the policy's TRUE secondary value is below the threshold asked for.")
 
 
 def multiplier_figure(outs, names) -> go.Figure:
@@ -223,6 +320,17 @@ def sweep_metrics_table(outs) -> pd.DataFrame:
     return table
 
 
+def with_intervals(points: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The points with each estimate's 95% interval (estimate ± 1.96·SE) as columns, after the SEs."""
+    if "se0" not in points:
+        return points
+    out = points.copy()
+    for i in range(k):
+        out[f"V{i}_low"] = out[f"V{i}_est"] - Z * out[f"se{i}"]
+        out[f"V{i}_high"] = out[f"V{i}_est"] + Z * out[f"se{i}"]
+    return out
+
+
 def number_format(table: pd.DataFrame) -> dict:
     """Four significant digits on screen (the CSV / JSON exports keep full precision)."""
     return {c: st.column_config.NumberColumn(c, format="%.4g") for c in table.columns
@@ -282,9 +390,16 @@ st.caption("Thresholds run from the reference policy's secondary value to 95% of
            "preferences. Hypervolume reference point: the reference policy's values (drawn on every front).")
 
 if mode == "Threshold sweep":
-    n_thresholds = st.slider("Number of thresholds", 5, 200, ablations.SWEEP_THRESHOLDS, key="sweep_n_thresholds")
+    cols = st.columns(2)
+    n_thresholds = cols[0].slider("Number of thresholds", 5, 200, ablations.SWEEP_THRESHOLDS, key="sweep_n_thresholds")
+    margin = cols[1].select_slider("Margin z: enforce b + z·SE (sampled data only)", MARGINS, value=0.0,
+                                   key="sweep_margin", disabled=n_comparisons is None, format_func=lambda v: f"{v:g}",
+                                   help="Each threshold is raised by z standard errors of the chosen policy's "
+                                        "estimated value (z = 1.64: one-sided 95%)")
+    margin = 0.0 if n_comparisons is None else margin
     try:
-        outs = [sweep(name, n_resp, prompts(name), seed, tau, eps, n_thresholds, n_comparisons) for name in names]
+        outs = [sweep(name, n_resp, prompts(name), seed, tau, eps, n_thresholds, n_comparisons, margin)
+                for name in names]
     except ValueError as exc:
         st.error(str(exc))
         st.stop()
@@ -294,17 +409,23 @@ if mode == "Threshold sweep":
         points = pd.concat([o.points for o in group], ignore_index=True)
         left, right = st.columns([3, 2])
         with left:
-            fig = front_figure(group, objective_names, "Threshold sweep: MOPO against the exact front")
+            fig = front_figure(group, objective_names, "Threshold sweep: MOPO against the exact front (true values)")
             shared.show_figure(fig, f"sweep_front_{key}", data=points)
+            st.caption(broken_caption(group))
         with right:
             st.markdown("**Metrics** (SYNTHETIC.md; HV ratio to the exact front, IGD+ to its part above the "
                         "reference point, satisfaction and regret against the LP optimum)")
             metrics = sweep_metrics_table(group)
             shared.show_table(metrics, f"sweep_metrics_{key}", column_config=number_format(metrics))
             st.caption(reference_caption(group))
+        if n_comparisons is not None:
+            shared.show_figure(estimate_figure(group, objective_names), f"sweep_estimates_{key}", data=points)
+            st.caption(f"Each policy was fitted on {n_comparisons} comparisons per prompt. The open diamonds are what "
+                       "the data said (its estimated value, ± 1.96 standard errors); the dots are the truth. A "
+                       "threshold holds when the dot is on or above the dashed line V = b.")
         shared.show_figure(multiplier_figure(group, objective_names), f"sweep_multipliers_{key}", data=points)
         with st.expander(f"Sweep points ({len(points)} rows)"):
-            shared.show_table(points, f"sweep_points_{key}")
+            shared.show_table(with_intervals(points, len(objective_names)), f"sweep_points_{key}")
 else:
     parameter = st.selectbox("Ablated parameter", ablations.PARAMETERS, format_func=PARAMETER_NAMES.get,
                              key="sweep_parameter")

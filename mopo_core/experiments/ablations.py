@@ -34,6 +34,13 @@ preferences whatever data the policies were fitted on:
   is the dual solver on the TRUE preferences at the same tau with eps = 0 (0 when that is what
   was run); ``winrate_error``: mean ``|w_hat - w|`` of the win-rates the policies were fitted on
   (0 with exact preferences).
+
+A threshold sweep also reports, per point, what the data said next to the truth: the ESTIMATED
+values ``V{k}_est`` of each policy on the win-rates it was fitted on and their standard errors
+``se{k}`` (:func:`mopo_core.tabular.uncertainty.standard_errors`; 0 on exact preferences), and
+with ``margin`` z > 0 on sampled data it enforces ``b + z * SE`` (``b{j}_enforced``,
+:func:`mopo_core.tabular.uncertainty.solve_with_margin`); ``met`` is always judged against the
+requested ``b`` on the TRUE values.
 """
 from __future__ import annotations
 
@@ -49,6 +56,7 @@ from mopo_core.tabular.algorithm1 import Algorithm1Config, run_algorithm1
 from mopo_core.runs import RunStore
 from mopo_core.experiments.suite import MET_TOL, ExactReference, exact_answers, score_points
 from mopo_core.tabular.solver import TabularProblem, kl_divergence, policy_values
+from mopo_core.tabular.uncertainty import solve_with_margin, standard_errors
 from mopo_core.validation import check_int, check_nonnegative, check_positive
 
 #: Ablatable parameters: the first three use the exact dual solver, the last two Algorithm 1.
@@ -75,9 +83,6 @@ ABLATION_THRESHOLDS = 21
 ALGORITHM1_THRESHOLDS = 7
 #: Default Algorithm 1 step budget per threshold (about 30 ms at N = 8).
 ALGORITHM1_STEPS = 1000
-#: Dual iteration budget (x20 projected-gradient steps) for robust (eps > 0) solves with K >= 3,
-#: whose exact robust bound costs a root-find per evaluation; the least-violating iterate is kept.
-ROBUST_MAX_ITER = 5
 
 METRIC_COLUMNS = ("hypervolume", "hv_ratio", "igd_plus", "satisfaction", "max_violation", "mean_regret",
                   "mean_kl", "gap_to_oracle", "winrate_error", "feasible_share", "n_points")
@@ -138,37 +143,62 @@ def value_label(parameter: str, value) -> str:
 # --------------------------------------------------------------------------- building blocks
 
 
-def _data(exact: ExactReference, n_comparisons: int | None, seed: int) -> tuple[np.ndarray, float]:
-    """Preferences the policies are fitted on and the mean absolute error of their win-rates."""
+def _sample(exact: ExactReference, n_comparisons: int | None, seed: int):
+    """(win counts or None, preferences the policies are fitted on, mean absolute error of their win-rates)."""
     s = exact.structure
     if n_comparisons is None:
-        return s.preferences, 0.0
+        return None, s.preferences, 0.0
     counts = sample_comparisons(s, n_comparisons, seed=seed).win_counts()
     estimated = estimate_preferences(counts)
     rates = TabularProblem.build(estimated, s.reference, s.behaviour, s.prompt_weights).rates
-    return estimated, float(np.mean(np.abs(rates - exact.rates)))
+    return counts, estimated, float(np.mean(np.abs(rates - exact.rates)))
+
+
+def _data(exact: ExactReference, n_comparisons: int | None, seed: int) -> tuple[np.ndarray, float]:
+    """Preferences the policies are fitted on and the mean absolute error of their win-rates."""
+    return _sample(exact, n_comparisons, seed)[1:]
 
 
 def _tabular_sweep(exact: ExactReference, preferences, grid, tau: float, eps: float):
     """The exact dual solver over ``grid``: (true values (T, K), multipliers, feasible, kl, policies (T, M, N))."""
     s = exact.structure
     problem = TabularProblem.build(preferences, s.reference, s.behaviour, s.prompt_weights)
-    if eps > 0 and grid.shape[1] > 1:
-        rows, lam = [], None
-        for b in grid:
-            sol = problem.solve(b, tau, eps, initial_multipliers=lam, max_iter=ROBUST_MAX_ITER)
-            lam = sol.multipliers
-            rows.append(sol)
-        policies = np.array([sol.policy for sol in rows])
-        lams = np.array([sol.multipliers for sol in rows])
-        feasible = np.array([sol.feasible for sol in rows], dtype=bool)
-        kls = np.array([sol.kl for sol in rows])
-    else:
-        sweep = problem.sweep(grid, tau, eps)
-        policies, lams, feasible, kls = sweep.policies, sweep.multipliers, sweep.feasible, sweep.kl
+    sweep = problem.sweep(grid, tau, eps)
+    policies, lams, feasible, kls = sweep.policies, sweep.multipliers, sweep.feasible, sweep.kl
     policies = policies.reshape(len(grid), *s.reference.shape)
     values = np.array([policy_values(p, exact.rates, exact.prompt_weights) for p in policies])
     return values, lams.reshape(grid.shape), feasible, kls, policies
+
+
+def _margin_sweep(exact: ExactReference, counts, grid, tau: float, eps: float, z: float):
+    """:func:`solve_with_margin` at each row of ``grid``: like :func:`_tabular_sweep`, plus the
+    enforced thresholds (T, J)."""
+    s = exact.structure
+    outs, lam = [], None
+    for b in grid:  # each threshold warm-started from the previous one's multipliers
+        outs.append(solve_with_margin(counts, b, tau, z, reference=s.reference, behaviour=s.behaviour,
+                                      prompt_weights=s.prompt_weights, eps=eps, initial_multipliers=lam))
+        lam = outs[-1].solution.multipliers
+    policies = np.array([o.solution.policy for o in outs]).reshape(len(grid), *s.reference.shape)
+    values = np.array([policy_values(p, exact.rates, exact.prompt_weights) for p in policies])
+    lams = np.array([o.solution.multipliers for o in outs]).reshape(grid.shape)
+    feasible = np.array([o.solution.feasible for o in outs], dtype=bool)
+    kls = np.array([o.solution.kl for o in outs])
+    enforced = np.array([o.enforced_thresholds for o in outs]).reshape(grid.shape)
+    return values, lams, feasible, kls, policies, enforced
+
+
+def _estimates(exact: ExactReference, counts, preferences, policies) -> tuple[np.ndarray, np.ndarray]:
+    """Each policy's values on the preferences it was fitted on (T, K) and their standard errors
+    (T, K) from ``counts`` (zeros when ``counts`` is None: exact preferences)."""
+    s = exact.structure
+    rates = exact.rates if counts is None else TabularProblem.build(preferences, s.reference, s.behaviour,
+                                                                     s.prompt_weights).rates
+    est = np.array([policy_values(p, rates, exact.prompt_weights) for p in policies]).reshape(len(policies), -1)
+    if counts is None:
+        return est, np.zeros_like(est)
+    se = np.array([standard_errors(p, counts, s.behaviour, s.prompt_weights) for p in policies])
+    return est, se.reshape(est.shape)
 
 
 def _points_frame(exact: ExactReference, method: str, grid, values, lams, feasible, kls, best,
@@ -217,26 +247,37 @@ class SweepOutcome:
 
 def threshold_sweep(structure: str, n_responses: int = 8, n_prompts: int = 1, seed: int = 0, tau: float = 0.01,
                     eps: float = 0.0, n_thresholds: int = SWEEP_THRESHOLDS, n_comparisons: int | None = None,
-                    exact: ExactReference | None = None) -> SweepOutcome:
+                    exact: ExactReference | None = None, margin: float = 0.0) -> SweepOutcome:
     """MOPO's threshold sweep on one structure, scored on the true preferences.
 
     ``n_comparisons``: None fits on the exact preferences; an integer samples that many
     comparisons per prompt (``synthetic.sample_comparisons`` with ``seed``) and fits on the
     estimate. ``exact``: a prebuilt :func:`exact_reference` of the same structure (saves the
-    front's LPs for K >= 3).
+    front's LPs for K >= 3). ``margin`` z >= 0: with sampled data, each threshold is enforced as
+    ``b + z * SE`` (:func:`mopo_core.tabular.uncertainty.solve_with_margin`); ignored (no
+    uncertainty) on exact preferences.
 
     ``points`` columns: structure, method ("mopo"), b1..b{K-1} (thresholds), V0..V{K-1} (TRUE
     values), lambda1.. (multipliers), feasible (solver's verdict), kl (to the reference), met
-    (true V_sec >= b), lp_V0 (LP optimum at b), regret (lp_V0 - V0 where met), b1_end.. (= b).
+    (true V_sec >= b), lp_V0 (LP optimum at b), regret (lp_V0 - V0 where met), b1_end.. (= b),
+    V0_est..V{K-1}_est (values on the data the policy was fitted on; = V on exact preferences),
+    se0..se{K-1} (their standard errors; 0 on exact preferences), b1_enforced.. (b + z * SE with
+    a margin, else b).
     """
     tau = check_positive(tau, "tau")
     eps = check_nonnegative(eps, "eps")
+    margin = check_nonnegative(margin, "margin")
     n_comparisons = _check_comparisons(n_comparisons, "n_comparisons")
     exact = _reference_for(exact, structure, n_responses, n_prompts, seed)
     grid = exact.thresholds(n_thresholds)
     best = exact.best_primary(grid)
-    preferences, error = _data(exact, n_comparisons, seed)
-    values, lams, feasible, kls, policies = _tabular_sweep(exact, preferences, grid, tau, eps)
+    counts, preferences, error = _sample(exact, n_comparisons, seed)
+    if counts is not None and margin > 0:
+        values, lams, feasible, kls, policies, enforced = _margin_sweep(exact, counts, grid, tau, eps, margin)
+    else:
+        values, lams, feasible, kls, policies = _tabular_sweep(exact, preferences, grid, tau, eps)
+        enforced = grid
+    estimates, ses = _estimates(exact, counts, preferences, policies)
     metrics = score_points(values, grid, exact, best, kls)
     oracle = values if (n_comparisons is None and eps == 0) else _tabular_sweep(exact, exact.structure.preferences,
                                                                                  grid, tau, 0.0)[0]
@@ -245,8 +286,15 @@ def threshold_sweep(structure: str, n_responses: int = 8, n_prompts: int = 1, se
     config = {"structure": exact.name, "n_responses": exact.structure.n_responses,
               "n_prompts": exact.structure.n_prompts, "seed": exact.structure.seed, "tau": tau, "eps": eps,
               "n_thresholds": int(n_thresholds), "n_comparisons": n_comparisons,
+              "margin": margin if counts is not None else 0.0,
               "reference_point": exact.reference_point.tolist()}
     points = _points_frame(exact, "mopo", grid, values, lams, feasible, kls, best)
+    for k in range(exact.n_objectives):
+        points[f"V{k}_est"] = estimates[:, k]
+    for k in range(exact.n_objectives):
+        points[f"se{k}"] = ses[:, k]
+    for j in range(grid.shape[1]):
+        points[f"b{j + 1}_enforced"] = enforced[:, j]
     return SweepOutcome(points, metrics, config, policies, exact)
 
 
@@ -381,7 +429,8 @@ def save_run(store: RunStore, outcome: SweepOutcome | AblationOutcome, name: str
 
     Points: one per row of ``outcome.points`` with label ``mopo`` (sweep) or ``mopo <value label>``
     (ablation), params (threshold, tau, eps, the ablated value), values (the TRUE V0..V{K-1}),
-    extra (feasible, met, multipliers, kl, regret, the policy). An ablation's config records the ablated
+    extra (feasible, met, multipliers, kl, regret, the policy; a sweep's also estimated_values,
+    standard_errors and thresholds_enforced). An ablation's config records the ablated
     setting as "ablated" (its values are in ``config["values"]``). Metrics: a sweep logs its metrics
     at step 0; an ablation logs each value's metrics at step = the value's index in ``config["values"]``.
     """
@@ -409,6 +458,10 @@ def save_run(store: RunStore, outcome: SweepOutcome | AblationOutcome, name: str
         extra = {"feasible": bool(r["feasible"]), "met": bool(r["met"]), "kl": r["kl"], "regret": r["regret"],
                  "multipliers": [r[f"lambda{j}"] for j in range(1, k)],
                  "thresholds_end": [r[f"b{j}_end"] for j in range(1, k)], "policy": outcome.policies[i]}
+        if "V0_est" in r:  # a threshold sweep: what the data said, next to the true values
+            extra.update(estimated_values=[r[f"V{j}_est"] for j in range(k)],
+                         standard_errors=[r[f"se{j}"] for j in range(k)],
+                         thresholds_enforced=[r[f"b{j}_enforced"] for j in range(1, k)])
         points.append({"label": label, "params": params, "values": [r[f"V{j}"] for j in range(k)], "extra": extra})
     with store.record(outcome.kind, cfg, name=name) as run_id:
         store.add_points(run_id, points)

@@ -1,5 +1,6 @@
 """The Sweep page through Streamlit's AppTest: widgets drive the figures, the metrics table sits beside the
-front, errors are shown, and "Save as run" writes to the run store. The store is a temporary file
+front, errors are shown, sampled data show each point's true value next to its estimate and interval and
+mark the thresholds broken on the truth, and "Save as run" writes to the run store. The store is a temporary file
 ($MOPO_STORE) and the cached ``shared.run_store()`` is cleared so that each test gets its own."""
 from pathlib import Path
 
@@ -143,3 +144,57 @@ def test_save_as_run_writes_to_the_store(app, store_path):
     run = RunStore(store_path).get_run(int(runs.id.iloc[1]))
     assert run.config["parameter"] == "tau" and run.status == "finished"
     assert set(run.metrics.name) >= {"hv_ratio", "igd_plus", "satisfaction", "mean_regret"}
+
+
+def test_sampled_data_shows_truth_next_to_estimate_and_marks_broken_thresholds(app):
+    from mopo_core.experiments import ablations
+
+    app.selectbox(key="sweep_data").set_value(300).run()
+    app.slider(key="sweep_n_thresholds").set_value(30).run()
+    assert not app.exception
+    front, estimates, _ = figures(app)
+    outcome = ablations.threshold_sweep("bt_conflict", n_comparisons=300, n_thresholds=30, tau=0.01)
+    expected = int((~outcome.points.met).sum())
+    assert expected > 0  # plug-in MOPO on 300 comparisons misses some thresholds on the truth (seed 0)
+    broken = _trace(front, "threshold broken on the truth")[0]
+    assert _n_points(broken) == expected
+    met = _trace(front, "MOPO sweep")[0]
+    assert broken["marker"]["symbol"] == "circle-open" and met["marker"].get("symbol", "circle") == "circle"
+    assert broken["marker"]["color"] == met["marker"]["color"]  # hollow, in the structure's colour
+    assert _n_points(met) == 30 - expected
+    assert np.all(_array(broken["x"]) < _array(outcome.points.b1[~outcome.points.met]) + 1e-9)
+    assert "estimate V1=" in broken["hovertemplate"] and "± " in broken["hovertemplate"]
+    assert any(f"bt_conflict: {expected} of 30 thresholds broken on the truth" in c.value
+               for c in app.caption)
+
+    assert "True value next to the estimate" in estimates["layout"]["title"]["text"]
+    est = _trace(estimates, "estimate ± 1.96·SE")[0]
+    assert np.allclose(_array(est["y"]), outcome.points.V1_est)
+    assert np.allclose(_array(est["error_y"]["array"]), 1.96 * outcome.points.se1)
+    true_broken = _trace(estimates, "true value, threshold broken")[0]
+    assert _n_points(true_broken) == expected
+    assert np.all(_array(true_broken["y"]) < _array(true_broken["x"]))  # below the line V = b
+
+    table = app.dataframe[1].value  # the sweep points, with each estimate's interval
+    assert {"V1_est", "se1", "V1_low", "V1_high", "b1_enforced", "met"} <= set(table.columns)
+    assert np.allclose(table.V1_high - table.V1_low, 2 * 1.96 * table.se1)
+
+
+def test_a_margin_raises_the_enforced_thresholds_and_breaks_fewer(app):
+    app.selectbox(key="sweep_data").set_value(300).run()
+    app.slider(key="sweep_n_thresholds").set_value(10).run()
+    before = _n_points(_trace(figures(app)[0], "threshold broken on the truth")[0])
+    app.select_slider(key="sweep_margin").set_value(1.64).run()
+    assert not app.exception
+    front = figures(app)[0]
+    assert "z=1.64" in _trace(front, "MOPO sweep")[0]["name"]
+    after = _trace(front, "threshold broken on the truth")
+    assert (_n_points(after[0]) if after else 0) < before
+    table = app.dataframe[1].value
+    assert (table.b1_enforced > table.b1 + 1e-6).all()
+    assert any("margin z = 1.64" in c.value for c in app.caption)
+
+
+def test_exact_data_has_no_estimate_figure_and_the_margin_is_off(app):
+    assert len(figures(app)) == 2
+    assert app.select_slider(key="sweep_margin").disabled
