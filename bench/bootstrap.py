@@ -43,6 +43,7 @@ import time
 import numpy as np
 import scipy
 
+from mopo_core.runs import to_jsonable
 from mopo_core.tabular.solver import policy_values, solve_scores, solve_tabular, win_rates
 from mopo_core.tabular.uncertainty import bootstrap, resample_win_rates, solve_batched
 from synthetic import ComparisonData, estimate_preferences, make_structure, sample_comparisons
@@ -143,20 +144,6 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller cases: a smoke run in a few seconds")
@@ -182,7 +169,7 @@ def main(argv=None) -> int:
     env["load_1min_end"] = os.getloadavg()[0]
     log(f"\nwall time {time.perf_counter() - wall:.1f} s, load average at the end {env['load_1min_end']:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(_jsonable({"env": env, "cases": rows}), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(to_jsonable({"env": env, "cases": rows}, "report"), indent=2) + "\n")
         log(f"saved {args.json}")
     log("\n" + markdown(rows))
     return 0
