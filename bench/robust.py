@@ -71,7 +71,7 @@ def run(cfg, log) -> list[dict]:
             exact = problem.solve(b, TAU, eps)
             t_ours = time.perf_counter() - start
             start = time.perf_counter()
-            policy, value = robust_primal_cvxpy(rates[0], rates[1:], ref, nu, exact.effective_thresholds, TAU, eps)
+            policy, value, _ = robust_primal_cvxpy(rates[0], rates[1:], ref, nu, exact.effective_thresholds, TAU, eps)
             t_conic = time.perf_counter() - start
             tilt = problem.solve(b, TAU, eps, robust_form="paper_tilt")
             row = {"structure": name, "M": m, "K": rates.shape[0], "eps": eps, "threshold": label,

@@ -44,7 +44,8 @@ def _policy_variable(reference):
 def robust_primal_cvxpy(primary, secondary, reference, prompt_weights, thresholds, tau, eps):
     """max V_0 - tau KL s.t. LB_j >= b_j over all policies. primary (M, N), secondary (J, M, N).
 
-    Returns (policy (M, N), objective value), or (None, None) when the solver finds it infeasible.
+    Returns (policy (M, N), objective value, accurate): accurate is False when Clarabel stopped
+    short of its tolerances ("optimal_inaccurate"), (None, None, False) when it found no solution.
     """
     policy, simplex = _policy_variable(reference)
     bounds, cones = _robust_bounds(policy, secondary, reference, prompt_weights, eps)
@@ -56,8 +57,8 @@ def robust_primal_cvxpy(primary, secondary, reference, prompt_weights, threshold
                          simplex + cones + [bounds[j] >= thresholds[j] for j in range(len(bounds))])
     problem.solve(**CLARABEL)
     if policy.value is None:
-        return None, None
-    return np.clip(policy.value, 0.0, None), float(problem.value)
+        return None, None, False
+    return np.clip(policy.value, 0.0, None), float(problem.value), problem.status == cp.OPTIMAL
 
 
 def robust_maximum_cvxpy(secondary_j, reference, prompt_weights, eps):

@@ -60,13 +60,19 @@ def test_robust_optimum_matches_an_independent_conic_solver(eps, instance):
         # The nearest attainable thresholds: a uniform shift by the margin and the back-off.
         np.testing.assert_allclose(sol.effective_thresholds - b, margin - 1e-3, atol=AGREEMENT)
         b = sol.effective_thresholds
-    policy, value = robust_primal_cvxpy(rates[0], rates[1:], ref, nu, b, tau, eps)
+    policy, value, accurate = robust_primal_cvxpy(rates[0], rates[1:], ref, nu, b, tau, eps)
     ours = np.atleast_2d(sol.policy)
     assert sol.converged
-    assert np.max(np.abs(ours - policy)) < AGREEMENT
-    assert abs(sol.objective - value) < AGREEMENT
     assert sol.objective == pytest.approx(sol.values[0] - tau * kl_divergence(ours, ref, nu), abs=1e-12)
     assert np.all(sol.robust_values >= b - 1e-8)
+    if accurate:
+        assert np.max(np.abs(ours - policy)) < AGREEMENT
+        assert abs(sol.objective - value) < AGREEMENT
+    else:  # Clarabel stopped short of its tolerances: ours must be no worse than its answer where that is feasible
+        conic_bounds = np.array([robust_lower_bound(q * policy / ref, ref, nu, eps)[0] for q in rates[1:]])
+        conic_objective = nu @ (policy * rates[0]).sum(axis=1) - tau * kl_divergence(policy, ref, nu)
+        if np.all(conic_bounds >= b - 1e-9):
+            assert sol.objective >= conic_objective - 1e-9
 
 
 @pytest.mark.parametrize("eps", EPSILONS)
