@@ -7,9 +7,10 @@ library or loaded from a local folder.
 
 Sequence convention (shared by :func:`train_sft`, :func:`sample` and any trainer that
 scores ``log pi(y | x)``): a text is encoded as ``[bos] + words (+ [eos])``, with ``bos``
-and ``eos`` left out when the tokenizer has none, and ``bos`` also left out when the text
-already begins with the bos token's text (a prompt written by a chat template that opens
-with it, as SmolLM2's ``<|im_start|>``); a prompt is encoded without ``eos`` and its
+only where the tokenizer asks for one (:func:`asks_for_bos`; Qwen2.5's names a bos but never
+adds it) and not when the text already begins with the bos token's text (a prompt written by
+a chat template that opens with it, as SmolLM2's ``<|im_start|>``), ``eos`` left out when the
+tokenizer has none; a prompt is encoded without ``eos`` and its
 response's tokens (ending in ``eos``) follow it. See :func:`sequence_ids`.
 """
 from __future__ import annotations
@@ -88,13 +89,28 @@ def load_tokenizer(path: str | os.PathLike):
         raise ValueError(f"{folder}: cannot load the tokenizer ({one_line(exc)})") from None
 
 
+def asks_for_bos(tokenizer) -> bool:
+    """Whether ``tokenizer`` opens a text with its bos token: its own encoding with special tokens
+    does (a post-processor that adds it, as Llama's), or it is one of :func:`word_tokenizer`'s
+    (whose convention, ``SPECIAL_TOKENS``, always opens with ``<bos>``). Qwen2.5 and GPT-2 style
+    tokenizers name a bos token but never add it, so they get none."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    if tokenizer.bos_token == SPECIAL_TOKENS["bos_token"]:
+        return True
+    opening = tokenizer("", add_special_tokens=True)["input_ids"]
+    return bool(opening) and opening[0] == bos
+
+
 def sequence_ids(tokenizer, text: str, add_eos: bool = True) -> list[int]:
-    """``[bos] + ids(text) (+ [eos])``; bos/eos are skipped when the tokenizer lacks them, and
-    bos when ``text`` already starts with the bos token's text (a chat-formatted prompt, see
-    :func:`mopo_core.lm.registry.format_prompt`: the template wrote it, and a second one
-    derails the model). The one place where prompts become ids, for training and sampling."""
+    """``[bos] + ids(text) (+ [eos])``; bos only where the tokenizer asks for one
+    (:func:`asks_for_bos`) and the text does not already start with it (a chat-formatted prompt,
+    see :func:`mopo_core.lm.registry.format_prompt`: the template wrote it, and a second one
+    derails the model); eos skipped when the tokenizer has none. The one place where prompts
+    become ids, for training and sampling."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    has_bos = tokenizer.bos_token_id is not None and not text.startswith(tokenizer.bos_token)
+    has_bos = asks_for_bos(tokenizer) and not text.startswith(tokenizer.bos_token)
     bos = [tokenizer.bos_token_id] if has_bos else []
     eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
     return bos + ids + eos

@@ -65,6 +65,25 @@ def test_sequence_ids_wrap_a_text_in_bos_and_eos(tokenizer):
     assert sequence_ids(tokenizer, "how do i ?", add_eos=False) == [1, *words]
 
 
+def test_bos_only_where_the_tokenizer_asks_for_one():
+    from tokenizers import processors
+
+    from tests.lm_fixtures import chat_tokenizer
+
+    # Qwen2.5-like: names a bos but its own encoding never adds it -> no bos in front of a prompt.
+    named_only = chat_tokenizer()
+    assert named_only.bos_token_id is not None
+    assert named_only("w1 w2", add_special_tokens=True)["input_ids"][0] != named_only.bos_token_id
+    assert sequence_ids(named_only, "w1 w2", add_eos=False) == named_only("w1 w2", add_special_tokens=False)["input_ids"]
+    # Llama-like: a post-processor adds bos -> sequence_ids adds it too.
+    adds_it = chat_tokenizer()
+    bos = adds_it.bos_token
+    adds_it.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, adds_it.bos_token_id)])
+    assert adds_it("w1", add_special_tokens=True)["input_ids"][0] == adds_it.bos_token_id
+    assert sequence_ids(adds_it, "w1 w2", add_eos=False)[0] == adds_it.bos_token_id
+
+
 def test_word_tokenizer_saves_and_loads_offline(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     loaded = load_tokenizer(tmp_path)

@@ -97,9 +97,8 @@ def test_a_chat_prompt_keeps_the_one_bos_its_template_wrote():
     assert ids == tokenizer(prompt, add_special_tokens=False)["input_ids"]
     assert ids[:2] == [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("user")]
     assert ids.count(tokenizer.bos_token_id) == prompt.count(BOS) == 2  # one per template turn, none added
-    plain = sequence_ids(tokenizer, "w1 w2")  # text without the template still gets bos and eos
-    assert plain == [tokenizer.bos_token_id, *tokenizer("w1 w2", add_special_tokens=False)["input_ids"],
-                     tokenizer.eos_token_id]
+    plain = sequence_ids(tokenizer, "w1 w2")  # a tokenizer that never adds its bos gets none, only eos
+    assert plain == [*tokenizer("w1 w2", add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
 
 
 def test_the_word_tokenizer_still_gets_its_bos():
