@@ -1,6 +1,6 @@
 """Command line: ``python -m mopo_core {solve,sweep,suite,train,evaluate,compare-text,runs,data,
-models,prefmodel} ...``. Commands that compute something record a run in the run store
-(``--store`` or $MOPO_STORE); ``runs`` reads it; ``data`` and ``models`` do not touch it.
+models,prefmodel,preview} ...``. Commands that compute something record a run in the run store
+(``--store`` or $MOPO_STORE); ``runs`` reads it; ``data``, ``models`` and ``preview`` do not touch it.
 
 Bad input (a ``ValueError``, ``KeyError`` or ``OSError``: a file, argument, row or field that
 is wrong, a run that does not exist, a file that cannot be read) prints ``error: <message>`` on
@@ -24,6 +24,7 @@ from synthetic import STRUCTURES, make_structure
 from mopo_core.cli.models import add_models_command, add_prefmodel_command, cmd_models, cmd_prefmodel
 from mopo_core.pareto import attainable_max
 from mopo_core.data.public_formats import FORMATS, format_report, load_public
+from mopo_core.data.preview import PREVIEW_FORMATS, format_preview, threshold_preview
 from mopo_core.runs import RunStore
 from mopo_core.experiments.suite import (
     METHODS,
@@ -321,6 +322,25 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--objective", help="the objective of a one-objective file (hh, sharegpt, alpaca)")
     inspect.add_argument("--skip-bad-rows", action="store_true", help="leave bad rows out (they are listed)")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    preview = sub.add_parser(
+        "preview", help="threshold preview: exact tabular MOPO over a preference file's responses (no training)",
+        description="Before any training: the exact tabular MOPO over the file's own responses (win-rates from its "
+                    "labels, smoothed by --prior; pi_ref uniform over each prompt's responses; one lambda shared "
+                    "across prompts, prompts equally weighted). Prints, per threshold, whether it is attainable, "
+                    "the predicted lambda, values and KL, with pi_ref's values and the attainable maxima "
+                    "(mopo_core/data/preview.py). No run is recorded.")
+    preview.add_argument("file", help="preference file: this project's schema or a public format with K >= 2 "
+                                      "objectives (e.g. PKU-SafeRLHF)")
+    preview.add_argument("--format", default="auto", choices=PREVIEW_FORMATS)
+    preview.add_argument("--objective", help="the objective of a one-objective file (refused: a preview needs K >= 2)")
+    preview.add_argument("--tau", type=float, default=0.08, help="KL strength (default 0.08)")
+    preview.add_argument("--prior", type=float, default=1.0,
+                         help="pseudo-comparisons per pair, centred on a tie (default 1; 0: raw label averages)")
+    preview.add_argument("--thresholds", type=float, nargs="+", metavar="B",
+                         help="thresholds of the secondary objective (K = 2), or with K > 2 J values per row, "
+                              "rows one after another (default: pi_ref's value, then up to the attainable max)")
+    preview.add_argument("--n-thresholds", type=int, default=11, help="rows of the default grid")
+    preview.add_argument("--json", action="store_true", help="print the preview as JSON")
     add_models_command(sub)
     add_prefmodel_command(sub)
     return parser
@@ -519,9 +539,20 @@ def cmd_data(args, store: RunStore) -> int:
     return 0
 
 
+def cmd_preview(args, store) -> int:
+    """``preview FILE``: the threshold preview of a preference file (no run is recorded)."""
+    thresholds = None
+    if args.thresholds is not None:
+        thresholds = np.asarray(args.thresholds, dtype=float)
+    result = threshold_preview(args.file, thresholds=thresholds, tau=args.tau, prior=args.prior, fmt=args.format,
+                               objective=args.objective, n_thresholds=args.n_thresholds)
+    print(json.dumps(result.to_dict()) if args.json else format_preview(result))
+    return 0
+
+
 COMMANDS = {"solve": cmd_solve, "sweep": cmd_sweep, "suite": cmd_suite, "runs": cmd_runs, "train": cmd_train,
             "compare-text": cmd_compare_text, "evaluate": cmd_evaluate, "data": cmd_data,
-            "models": cmd_models, "prefmodel": cmd_prefmodel}
+            "models": cmd_models, "prefmodel": cmd_prefmodel, "preview": cmd_preview}
 
 
 def one_line(message: str) -> str:
@@ -545,7 +576,7 @@ def _error_text(exc: Exception) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        store = None if args.command in ("data", "models") else RunStore(args.store)
+        store = None if args.command in ("data", "models", "preview") else RunStore(args.store)
         return COMMANDS[args.command](args, store)
     except (ValueError, KeyError, OSError) as exc:
         print(f"error: {one_line(_error_text(exc))}", file=sys.stderr)

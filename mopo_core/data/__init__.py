@@ -12,18 +12,21 @@ _HOME = {  # public name -> the module that defines it (imported on first use)
     'PKU_LABEL_FIELDS': 'public_formats',
     'PKU_OBJECTIVES': 'public_formats',
     'PreferenceDataset': 'preferences',
+    'PreviewResult': 'preview',
     'PreferencePair': 'preferences',
     'PublicDataset': 'public_formats',
     'READ_CHUNK_BYTES': 'preferences',
     'SNIFF_ROWS': 'public_formats',
     'SUFFIXES': 'preferences',
     'TIE': 'preferences',
+    'format_preview': 'preview',
     'format_report': 'public_formats',
     'load_preferences': 'preferences',
     'load_public': 'public_formats',
     'numbered_lines': 'preferences',
     'parse_json_lines': 'preferences',
     'save_preferences': 'preferences',
+    'threshold_preview': 'preview',
 }
 __all__ = sorted(_HOME)
 
