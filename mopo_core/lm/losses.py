@@ -467,10 +467,18 @@ def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta: float, 
     return -F.logsigmoid(z).mean()
 
 
-def ipo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta: float) -> Tensor:
-    """IPO ``mean (h_c - h_r - 1/(2 beta))^2`` over pairs (P,); beta plays IPO's tau."""
-    gap = _log_ratio_gap(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    return ((gap - 1.0 / (2.0 * beta)) ** 2).mean()
+def ipo_loss(logp_a, logp_b, ref_a, ref_b, beta: float, labels=None) -> Tensor:
+    """IPO with soft labels, both orderings: ``mean [p (z - c)^2 + (1 - p) (z + c)^2]`` over
+    pairs (P,), z = h_a - h_b, c = 1/(2 beta) (beta plays IPO's tau); labels p = P(a beats b)
+    (P,) in [0, 1], default 1 (a chosen: IPO's ``(h_c - h_r - c)^2``). The minimiser in z is
+    ``(2p - 1) c``: the label handling of :func:`weighted_dpo_loss`, so DPO and IPO see the
+    same data."""
+    z = _log_ratio_gap(logp_a, logp_b, ref_a, ref_b)
+    c = 1.0 / (2.0 * beta)
+    if labels is None:
+        return ((z - c) ** 2).mean()
+    p = torch.as_tensor(labels, dtype=z.dtype, device=z.device)
+    return (p * (z - c) ** 2 + (1.0 - p) * (z + c) ** 2).mean()
 
 
 def weighted_dpo_loss(logp_a, logp_b, ref_a, ref_b, beta: float, labels, objective_weights=None,

@@ -595,13 +595,8 @@ class Trainer:
         return self._pairwise_plan(loss)
 
     def _plan_ipo(self) -> StepPlan:
-        def loss(pairs, la, lb, ra, rb):
-            a_wins = torch.tensor([p.labels[0] >= 0.5 for p in pairs], device=la.device)
-            chosen, rejected = torch.where(a_wins, la, lb), torch.where(a_wins, lb, la)
-            ref_c, ref_r = torch.where(a_wins, ra, rb), torch.where(a_wins, rb, ra)
-            return ipo_loss(chosen, rejected, ref_c, ref_r, self.config.tau)
-
-        return self._pairwise_plan(loss)
+        return self._pairwise_plan(lambda pairs, la, lb, ra, rb: ipo_loss(
+            la, lb, ra, rb, self.config.tau, self._labels(pairs, la)[0]))
 
     def _plan_sft(self) -> StepPlan:
         """SFT on the primary's preferred response of each pair."""

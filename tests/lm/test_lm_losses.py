@@ -484,6 +484,30 @@ def test_ipo_loss_by_hand():
     assert losses.ipo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_ipo_with_soft_labels_by_hand_and_its_minimiser():
+    # gaps z = (0.3, -0.3), c = 1/(2 beta) = 1; labels p = (0.25, 1).
+    p = torch.tensor([0.25, 1.0], dtype=torch.float64)
+    expected = ((0.25 * (0.3 - 1) ** 2 + 0.75 * (0.3 + 1) ** 2) + (-0.3 - 1) ** 2) / 2
+    got = losses.ipo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA, p).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+    # hard labels: p = 0 is a plain IPO term with b chosen
+    zero = losses.ipo_loss(LOGP_C, LOGP_R, REF_C, REF_R, BETA, torch.zeros(2, dtype=torch.float64)).item()
+    assert zero == pytest.approx(losses.ipo_loss(LOGP_R, LOGP_C, REF_R, REF_C, BETA).item(), rel=1e-6)
+    # the loss in z = h_a - h_b is minimal at (2p - 1) c, whatever p: zero slope there, higher on both sides
+    zero_t = torch.zeros(1, dtype=torch.float64)
+    for label in (0.0, 0.3, 0.5, 0.9):
+        def loss_at(value):
+            z = torch.tensor([value], dtype=torch.float64, requires_grad=True)
+            loss = losses.ipo_loss(z, zero_t, zero_t, zero_t, BETA, torch.tensor([label], dtype=torch.float64))
+            loss.backward()
+            return loss.item(), z.grad.item()
+
+        best = (2 * label - 1) / (2 * BETA)
+        value, slope = loss_at(best)
+        assert slope == pytest.approx(0.0, abs=1e-12)
+        assert loss_at(best - 0.1)[0] > value and loss_at(best + 0.1)[0] > value
+
+
 def test_dpo_losses_do_not_differentiate_the_reference():
     ref_c = REF_C.clone().requires_grad_()
     logp_c = LOGP_C.clone().requires_grad_()
