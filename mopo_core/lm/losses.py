@@ -318,8 +318,10 @@ def mopo_weights(w, lam, tau: float, group, log_importance=None) -> tuple[Tensor
     w (K, B) win-rates, lam (J,) = (K-1,) multipliers, tau > 0, group (B,) prompt ids,
     log_importance (B,) or None (see the module docstring; rows with -inf get weight 0).
     Returns ``(weights (B,) float64 detached, ess)``: weights are the per-prompt
-    self-normalised ``r exp((w_0 + lam . w_sec) / tau)``, averaging to 1 over each prompt's
-    rows; ``ess = (sum w)^2 / sum w^2`` in rows (B for equal weights).
+    self-normalised ``r exp((w_0 + lam . w_sec) / tau)``, each prompt's summing to B / G (G
+    prompts in the batch), so the loss weighs prompts equally, as :func:`constraint_estimates`
+    does, whatever their number of rows; they average to 1 over the batch.
+    ``ess = (sum w)^2 / sum w^2`` in rows (B for equal weights).
     """
     if not tau > 0:
         raise ValueError(f"tau: must be > 0, got {tau}")
@@ -332,7 +334,7 @@ def mopo_weights(w, lam, tau: float, group, log_importance=None) -> tuple[Tensor
         logits = logits + _as_float64(log_importance, w.device)
     index, n_groups = _group_index(group)
     index = index.to(w.device)
-    weights = _group_softmax(logits, index, n_groups) * _group_sizes(index, n_groups)[index]
+    weights = _group_softmax(logits, index, n_groups) * (w.shape[1] / n_groups)
     return weights, effective_sample_size(weights)
 
 
@@ -345,8 +347,7 @@ def constraint_estimates(w_sec, weights, group) -> Tensor:
     w_sec (J, B), weights (B,) from :func:`mopo_weights`, group (B,). Estimator: for each
     prompt the weighted mean ``sum_i weight_i w_sec_i / sum_i weight_i`` over its rows (a
     self-normalised importance-sampling estimate of ``E_{pi_lam(.|x)} w_sec``), then the plain
-    mean over the batch's prompts. Since weights average to 1 per prompt this equals the
-    per-prompt mean of ``weight * w_sec``. It is consistent but biased at O(1/n) per prompt,
+    mean over the batch's prompts (the same equal prompt weighting as the loss). It is consistent but biased at O(1/n) per prompt,
     and a prompt with a single row contributes its raw win-rate whatever lam is: the
     constraint only feels lam through prompts with several responses.
     """
@@ -383,7 +384,8 @@ def _robust_tables(w_sec, weights, group, log_importance):
         mass = 1.0 / sizes[index]
     else:
         mass = _group_softmax(_as_float64(log_importance).cpu(), index, n_groups)
-    rho = torch.where(mass > 0, weights / (sizes[index] * mass), torch.zeros_like(mass))
+    within = weights / torch.zeros(n_groups, dtype=torch.float64).index_add(0, index, weights)[index]
+    rho = torch.where(mass > 0, within / mass, torch.zeros_like(mass))
     order = torch.argsort(index, stable=True)
     starts = torch.cumsum(sizes, 0).long() - sizes.long()
     slot = torch.empty_like(index)

@@ -315,17 +315,18 @@ def test_tabular_weighted_bc_gradient_is_algorithm1_step():
 # --------------------------------------------------------------------------- MOPO weights
 
 
-def test_weights_match_explicit_formula_and_average_one_per_prompt():
+def test_weights_match_explicit_formula_and_weigh_prompts_equally():
     rng = np.random.default_rng(5)
     group = np.array([7, 3, 7, 3, 3, 9])  # arbitrary, interleaved prompt ids; one singleton
     w = rng.uniform(size=(3, group.size))
     lam, tau = np.array([0.4, 2.0]), 0.5
     weights, ess = losses.mopo_weights(w, lam, tau, group)
     tilt = np.exp((w[0] + lam @ w[1:]) / tau)
-    for g in np.unique(group):
+    for g in np.unique(group):  # 3 prompts of 2, 3 and 1 rows: each sums to 6 / 3 = 2
         rows = group == g
-        np.testing.assert_allclose(weights[rows].numpy(), tilt[rows] / tilt[rows].mean(), rtol=1e-12)
-        assert weights[rows].mean().item() == pytest.approx(1.0, abs=1e-12)
+        np.testing.assert_allclose(weights[rows].numpy(), 2.0 * tilt[rows] / tilt[rows].sum(), rtol=1e-12)
+        assert weights[rows].sum().item() == pytest.approx(2.0, abs=1e-12)
+    assert weights.mean().item() == pytest.approx(1.0, abs=1e-12)
     assert ess == pytest.approx(weights.sum().item() ** 2 / (weights**2).sum().item())
     assert weights.dtype == torch.float64 and not weights.requires_grad
 
