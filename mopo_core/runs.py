@@ -45,9 +45,11 @@ from mopo_core.processes import alive, process_start
 STORE_ENV = "MOPO_STORE"
 #: Version of the schema below, stored as ``PRAGMA user_version``.
 SCHEMA_VERSION = 1
-STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
-#: Statuses that end a run (they set ``finished_at``).
-TERMINAL_STATUSES = frozenset({"finished", "failed", "cancelled", "interrupted"})
+STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted", "diverged")
+#: Statuses that end a run (they set ``finished_at``). ``diverged``: a training run stopped
+#: because its loss, gradient norm or KL went wrong (the rule and the step are in
+#: :mod:`mopo_core.training.divergence`; the run's ``error`` says which step and why).
+TERMINAL_STATUSES = frozenset({"finished", "failed", "cancelled", "interrupted", "diverged"})
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -231,6 +233,35 @@ class RunStore:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._widen_statuses()
+
+    def _widen_statuses(self) -> None:
+        """Rebuild a ``runs`` table written before the newest status existed (its CHECK lists
+        fewer statuses; SQLite cannot change a CHECK in place), keeping every row, and every
+        metric and point (foreign keys are off during the rebuild, so nothing cascades). The
+        schema version is unchanged: the old statuses stay valid."""
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+            if all(repr(status) in sql for status in STATUSES):
+                return
+            conn.execute("PRAGMA foreign_keys = OFF")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+                if not all(repr(status) in sql for status in STATUSES):  # another process may have just done it
+                    table = _SCHEMA.split("CREATE TABLE IF NOT EXISTS runs", 1)[1].split(";", 1)[0]
+                    conn.execute(f"CREATE TABLE runs_widened {table}")
+                    conn.execute(f"INSERT INTO runs_widened ({', '.join(_RUN_COLUMNS)}) "
+                                 f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs")
+                    conn.execute("DROP TABLE runs")
+                    conn.execute("ALTER TABLE runs_widened RENAME TO runs")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
 
     def _require_run(self, conn: sqlite3.Connection, run_id: int) -> tuple:
         """The run's row (in :data:`_RUN_COLUMNS` order); ``KeyError`` if there is none."""

@@ -238,3 +238,43 @@ def test_a_newer_schema_is_refused_with_a_value_error(tmp_path):
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(ValueError, match=f"run store {path}: schema version {SCHEMA_VERSION + 1} is newer"):
         RunStore(path)
+
+
+def test_a_store_written_before_the_diverged_status_is_widened_keeping_every_row(tmp_path):
+    """A runs table whose CHECK lists the statuses before ``diverged`` existed (issue 14) is rebuilt
+    on opening: its runs, metrics and points stay, a run can become diverged, deletes still cascade."""
+    path = tmp_path / "old.sqlite"
+    old_statuses = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+    conn = sqlite3.connect(path)
+    conn.executescript(f"""
+        CREATE TABLE runs (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, name TEXT, config TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN {old_statuses!r}), error TEXT, created_at TEXT NOT NULL,
+            started_at TEXT, finished_at TEXT);
+        CREATE TABLE metrics (run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE, step INTEGER NOT NULL,
+            name TEXT NOT NULL, value REAL);
+        CREATE TABLE points (run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE, idx INTEGER NOT NULL,
+            label TEXT NOT NULL, params TEXT NOT NULL, objective_values TEXT NOT NULL, extra TEXT,
+            PRIMARY KEY (run_id, idx));
+        INSERT INTO runs VALUES (7, 'train', 'old', '{{"seed": 1}}', 'finished', NULL, '2026-01-01', '2026-01-01',
+            '2026-01-02');
+        INSERT INTO metrics VALUES (7, 1, 'loss', 2.5);
+        INSERT INTO points VALUES (7, 0, 'mopo', '{{}}', '[0.6, 0.4]', NULL);
+        PRAGMA user_version = 1;
+    """)
+    conn.commit()
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("UPDATE runs SET status = 'diverged' WHERE id = 7")
+    conn.close()
+
+    store = RunStore(path)
+    run = store.get_run(7)
+    assert (run.name, run.config, run.status, run.finished_at) == ("old", {"seed": 1}, "finished", "2026-01-02")
+    assert run.metrics.value.tolist() == [2.5] and run.points.v0.tolist() == [0.6]
+    store.set_status(7, "diverged", "diverged at step 1: the loss is nan")
+    assert store.get_run(7).status == "diverged" and store.get_run(7).error.startswith("diverged at step 1")
+    RunStore(path)  # opening again: nothing left to widen
+    assert len(store.get_run(7).metrics) == 1
+    store.delete_run(7)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(*) FROM points").fetchone() == (0,)

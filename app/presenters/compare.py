@@ -4,6 +4,8 @@ hypervolume, attainment, point details).
 
 - Names: :data:`SCALES` (how the page names the two value scales), :func:`run_label` (the run
   picker's label), :func:`settings_table` (a config as a two-column table).
+- Diverged runs: :func:`diverged_toggle_label` and :func:`diverged_note` (how the page says
+  that diverged runs are left off the fronts, dominance counts and hypervolumes, and why).
 - Selection: :func:`selection_keys` reads the ``(run_id, idx)`` of the points picked in a Plotly
   selection event.
 - Drawing: :func:`staircase`, the boundary polyline of the region a set of points dominates.
@@ -22,7 +24,16 @@ import pandas as pd
 
 from synthetic import estimate_preferences, make_structure, sample_comparisons
 
-from mopo_core.experiments.compare_runs import LM, LM_KINDS, TABULAR, format_params, format_value, objective_names_for
+from mopo_core.experiments.compare_runs import (
+    HIDDEN_STATUSES,
+    LM,
+    LM_KINDS,
+    TABULAR,
+    format_params,
+    format_value,
+    objective_names_for,
+    run_title,
+)
 from mopo_core.experiments.suite import SuiteConfig, config_dict, threshold_grid
 from mopo_core.pareto import attainable_max
 from mopo_core.runs import Run, RunStore
@@ -48,11 +59,34 @@ def settings_table(settings: dict) -> pd.DataFrame:
 
 def run_label(row) -> str:
     """``"id · kind · name · n_points"`` for a row of :meth:`RunStore.list_runs`; the kind of a
-    language-model run (:data:`LM_KINDS`) is followed by ``(LM)``."""
+    language-model run (:data:`LM_KINDS`) is followed by ``(LM)``, and a diverged run's label
+    ends with ``· DIVERGED``."""
     name = row["name"] if isinstance(row["name"], str) and row["name"] else "(unnamed)"  # None reads back as NaN
     n = int(row["n_points"])
     kind = f"{row['kind']} (LM)" if row["kind"] in LM_KINDS else row["kind"]
-    return f"{int(row['id'])} · {kind} · {name} · {n} point{'' if n == 1 else 's'}"
+    flag = " · DIVERGED" if row.get("status") in HIDDEN_STATUSES else ""
+    return f"{int(row['id'])} · {kind} · {name} · {n} point{'' if n == 1 else 's'}{flag}"
+
+
+def diverged_toggle_label(n_diverged: int) -> str:
+    """The page's checkbox for the ``n_diverged`` diverged runs among the selected ones, saying
+    how many it hides while unticked (the label does not change with the tick, so the box keeps
+    its state)."""
+    return (f"Show diverged runs ({n_diverged} diverged run{'' if n_diverged == 1 else 's'} hidden unless ticked)")
+
+
+def diverged_note(runs: list[Run], shown: bool) -> str:
+    """One sentence per diverged run (its id, title and stored reason: the step and the rule it
+    broke), and whether they are drawn and counted."""
+    if not runs:
+        return ""
+    what = "; ".join(f"run {r.id} ({run_title(r)}): {r.error or r.status}" for r in runs)
+    if shown:
+        return (f"Diverged runs are shown, marked (diverged), and counted in the fronts, dominance and hypervolume: "
+                f"{what}.")
+    return (f"{len(runs)} selected run{' is' if len(runs) == 1 else 's are'} diverged and left off the fronts, the "
+            f"dominance counts, the hypervolumes and the attainment: {what}. Tick \"Show diverged runs\" in the "
+            "sidebar to see them.")
 
 
 # --------------------------------------------------------------------------- selection, drawing

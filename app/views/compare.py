@@ -4,10 +4,12 @@ mopo_core.experiments.compare_runs and app.presenters.compare).
 
 Language-model runs (train/evaluate runs: values are win-rates against the reference model's
 samples) are listed beside the tabular ones (values: win-rates against the behaviour policy) but
-never overlaid with them: a selection of both asks which scale to compare. An LM point's details
-show its run's config, its win-rates and mean scores, its training curves (loss, multipliers,
-constraint estimates against the thresholds) and its stored generations side by side with the
-reference model's for the same prompts.
+never overlaid with them: a selection of both asks which scale to compare. Diverged runs (their
+loss, gradient norm or KL went wrong in training) are left off the fronts, dominance counts,
+hypervolumes and attainment unless "Show diverged runs" is ticked; the page says which and why.
+An LM point's details show its run's config, its win-rates and mean scores, its training curves
+(loss, multipliers, constraint estimates against the thresholds) and its stored generations side
+by side with the reference model's for the same prompts.
 
 Selection: the point charts use Plotly's native selection (``on_select="rerun"``). The chosen
 points are kept in ``st.session_state["compare_pinned"]`` as ``(run_id, idx)`` pairs (each
@@ -491,8 +493,22 @@ if len(by_k) > 1:
 else:
     k = next(iter(by_k))
 runs = by_k[k]
+n_diverged = sum(compare_runs.is_diverged(r) for r in runs)
+show_diverged = False
+if n_diverged:
+    with st.sidebar:
+        show_diverged = st.checkbox(compare_presenter.diverged_toggle_label(n_diverged),
+                                    key="compare_show_diverged",
+                                    help="Runs stopped because their loss, gradient norm or KL went wrong are "
+                                         "kept off the fronts, dominance counts and hypervolumes unless shown.")
+runs = compare_runs.split_diverged(runs, include_diverged=show_diverged)[0]
+if n_diverged:
+    note = compare_presenter.diverged_note([r for r in by_k[k] if compare_runs.is_diverged(r)], show_diverged)
+    (st.info if show_diverged else st.warning)(note)
+if not runs:
+    st.stop()
 run_by_id = {r.id: r for r in runs}
-pts = compare_runs.points_frame(runs, by_label)
+pts = compare_runs.points_frame(runs, by_label, include_diverged=show_diverged)
 if k < 2:
     st.info("These runs have a single objective: there is no front to compare. Their points:")
     show_table(pts.drop(columns=["params", "values"]), "compare_points_k1")
@@ -612,7 +628,8 @@ if k != 2:
     st.info("Median fronts and attainment bands are drawn for two objectives; these runs have K = "
             f"{k}. Compare seeds here through the hypervolume table above.")
 else:
-    items = compare_runs.seed_attainment(runs, ignore=tuple(seed_keys), by_label=by_label)
+    items = compare_runs.seed_attainment(runs, ignore=tuple(seed_keys), by_label=by_label,
+                                         include_diverged=show_diverged)
     if not items:
         st.info("No selected runs differ only by " + (", ".join(seed_keys) or "(no key chosen)") + ". Select the "
                 "same sweep recorded with several seeds (e.g. `python -m mopo_core sweep --seed 0`, 1, 2), or "

@@ -22,6 +22,13 @@ attained by a set ``A`` when some ``a`` in ``A`` weakly dominates it (``a >= z``
 ``ceil(t * n)`` of them; with three seeds the 0.5 level (the median front) is the region
 reached by two of the three, the 0.25 level the union's front and the 0.75 level the
 intersection's. Computed by :func:`moocore.eaf` (a minimiser, so on negated values).
+
+Diverged runs (status :data:`HIDDEN_STATUSES`, set when a run's loss, gradient norm or KL went
+wrong: :mod:`mopo_core.training.divergence`; or an ``evaluate`` run of such a run) are kept off
+fronts, hypervolumes, dominance counts and attainment: :func:`points_frame`,
+:func:`hypervolume_per_run` and :func:`seed_attainment` leave them out unless
+``include_diverged=True``; :func:`split_diverged` says which were left out. When included, their
+series names say ``(diverged)``.
 """
 from __future__ import annotations
 
@@ -55,6 +62,26 @@ REFERENCE_MARGIN = 0.05
 TABULAR, LM = "tabular", "lm"
 #: Run kinds of language-model runs.
 LM_KINDS = ("train", "evaluate")
+#: Run statuses whose points are kept off fronts, hypervolumes and dominance counts unless asked.
+HIDDEN_STATUSES = ("diverged",)
+
+
+# --------------------------------------------------------------------------- diverged runs
+
+
+def is_diverged(run: Run) -> bool:
+    """Whether ``run`` went wrong in training: its status is one of :data:`HIDDEN_STATUSES`, or it
+    evaluates a run that was (its config's ``source_status``, as recorded by an evaluation)."""
+    cfg = run.config or {}
+    return run.status in HIDDEN_STATUSES or cfg.get("source_status") in HIDDEN_STATUSES
+
+
+def split_diverged(runs: list[Run], include_diverged: bool = False) -> tuple[list[Run], list[Run]]:
+    """``(kept, hidden)``: the runs to compare and the diverged ones left out (none are left out
+    when ``include_diverged``); order kept."""
+    if include_diverged:
+        return list(runs), []
+    return [r for r in runs if not is_diverged(r)], [r for r in runs if is_diverged(r)]
 
 
 # --------------------------------------------------------------------------- labels
@@ -126,7 +153,7 @@ def run_points(run: Run, by_label: bool = True) -> pd.DataFrame:
     pts = run.points
     k = n_objectives(run)
     split = by_label and pts["label"].nunique() > 1
-    base = f"#{run.id} {run_title(run)}"
+    base = f"#{run.id} {run_title(run)}" + (" (diverged)" if is_diverged(run) else "")
     vcols = [f"v{j}" for j in range(k)]
     single = pts["label"].nunique() <= 1
     out = pd.DataFrame({
@@ -185,8 +212,10 @@ def group_by_scale(runs: list[Run]) -> dict[str, list[Run]]:
     return {scale: groups[scale] for scale in (TABULAR, LM) if scale in groups}
 
 
-def points_frame(runs: list[Run], by_label: bool = True) -> pd.DataFrame:
-    """:func:`run_points` of every run, concatenated. All runs must have the same K."""
+def points_frame(runs: list[Run], by_label: bool = True, include_diverged: bool = False) -> pd.DataFrame:
+    """:func:`run_points` of every run, concatenated; diverged runs (:func:`is_diverged`) are left
+    out unless ``include_diverged``. All runs must have the same K."""
+    runs = split_diverged(runs, include_diverged)[0]
     ks = {n_objectives(r) for r in runs}
     if len(ks) > 1:
         detail = "; ".join(f"K = {k}: runs {[r.id for r in g]}" for k, g in group_by_k(runs).items())
@@ -278,10 +307,11 @@ def hypervolume_table(sets: dict[str, np.ndarray], reference_point) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def hypervolume_per_run(runs: list[Run], reference_point) -> pd.DataFrame:
+def hypervolume_per_run(runs: list[Run], reference_point, include_diverged: bool = False) -> pd.DataFrame:
     """Hypervolume of each run's points (all labels together) above ``reference_point``:
-    :func:`hypervolume_table` with one series per run."""
-    return hypervolume_table(point_sets(points_frame(runs, by_label=False)), reference_point)
+    :func:`hypervolume_table` with one series per run (diverged runs only when ``include_diverged``)."""
+    return hypervolume_table(point_sets(points_frame(runs, by_label=False, include_diverged=include_diverged)),
+                             reference_point)
 
 
 # --------------------------------------------------------------------------- attainment
@@ -340,15 +370,18 @@ def group_by_seed(runs: list[Run], ignore=SEED_KEYS) -> dict[str, list[Run]]:
     return groups
 
 
-def seed_attainment(runs: list[Run], ignore=SEED_KEYS, by_label: bool = True, levels=LEVELS) -> list[dict]:
+def seed_attainment(runs: list[Run], ignore=SEED_KEYS, by_label: bool = True, levels=LEVELS,
+                    include_diverged: bool = False) -> list[dict]:
     """Attainment over seeds for every group of ``runs`` that differ only by the ``ignore``
-    keys (at least two runs, K = 2), per label when ``by_label``.
+    keys (at least two runs, K = 2), per label when ``by_label``; diverged runs are left out
+    unless ``include_diverged``.
 
     Each item: ``name``, ``label`` (None when not by label), ``run_ids``, ``seeds`` (the
     ignored keys' values per run), ``sets`` (one ``(P_i, 2)`` array per run, finite values
     only) and ``surfaces`` (:func:`attainment`).
     """
     out = []
+    runs = split_diverged(runs, include_diverged)[0]
     for group in group_by_seed(runs, ignore).values():
         if len(group) < 2 or any(n_objectives(r) != 2 for r in group):
             continue

@@ -1,6 +1,6 @@
 """Training runs end to end: the text task and dataset runs behind one interface (``tasks``), the
-text-task comparison, and the job queue with its worker. Names are re-exported lazily (they
-import torch)."""
+rule that names a run that went wrong ``diverged`` (``divergence``), the text-task comparison, and
+the job queue with its worker. Names are re-exported lazily (they import torch)."""
 from importlib import import_module
 
 _HOME = {  # public name -> the module that defines it (imported on first use)
@@ -10,6 +10,9 @@ _HOME = {  # public name -> the module that defines it (imported on first use)
     'DatasetSetup': 'dataset_task',
     'DatasetTask': 'dataset_task',
     'DatasetTraining': 'tasks',
+    'Divergence': 'divergence',
+    'DivergenceRule': 'divergence',
+    'DivergenceWatch': 'divergence',
     'EXIT_ANOTHER_WORKER': 'jobs',
     'JOB_KINDS': 'jobs',
     'JOB_STATUSES': 'jobs',
@@ -26,6 +29,7 @@ _HOME = {  # public name -> the module that defines it (imported on first use)
     'WorkerAlreadyRunning': 'jobs',
     'build_text_task': 'text_task',
     'cancel': 'jobs',
+    'divergence_reason': 'divergence',
     'chat_dataset': 'dataset_task',
     'check_judge': 'dataset_task',
     'check_setup': 'dataset_task',
@@ -62,6 +66,7 @@ _HOME = {  # public name -> the module that defines it (imported on first use)
     'train_config_from': 'tasks',
     'train_on_dataset': 'dataset_task',
     'train_on_text_task': 'text_task',
+    'train_watched': 'divergence',
     'training_memory': 'dataset_task',
     'truncate_responses': 'dataset_task',
 }

@@ -69,6 +69,7 @@ from mopo_core.lm.registry import find_model, format_prompt
 from mopo_core.lm.trainer import Trainer, TrainResult, implicit_rewards, read_checkpoint
 from mopo_core.runs import RunStore
 from mopo_core.training.common import point_params, secondary_experts
+from mopo_core.training.divergence import DIVERGED, finite_weights, train_watched
 from mopo_core.validation import check_int
 
 #: ``format`` values: "auto", this project's schema, the public formats.
@@ -473,7 +474,7 @@ class DatasetTask:
                           callbacks=tuple(callbacks), run_config={**self.run_config, **(run_config or {})}, **extras)
         if on_trainer is not None:
             on_trainer(trainer)
-        return policy, trainer.train(resume_run_id=resume_run_id)
+        return policy, train_watched(trainer, resume_run_id)  # a run that goes wrong is marked diverged
 
     @cached_property
     def reference_samples(self) -> list[str]:
@@ -501,15 +502,17 @@ def train_on_dataset(config: TrainConfig, setup: DatasetSetup, store: RunStore,
     """Train ``config.method`` on ``setup``'s data, evaluate on the test prompts and record the
     evaluation as the run's point. ``on_trainer(trainer)`` is called before training (e.g. to
     hook ``trainer.request_cancel`` to a signal); a run that ends ``cancelled`` is not
-    evaluated (``None``, no point). ``task``: a :class:`DatasetTask` of an earlier run, reused
-    when its setup is ``setup`` (a queue of runs on one dataset loads it once). ``SetupError``
-    names a bad setup field. ``resume_run_id``: continue that stored run from the checkpoint in
-    ``checkpoint_dir``; the trainer refuses a missing checkpoint, one that cannot be read with
-    ``weights_only=True`` or one written with another config, naming the file."""
+    evaluated (``None``, no point); one that goes wrong is stopped and marked ``diverged``
+    (:mod:`mopo_core.training.divergence`) and evaluated when its weights are finite. ``task``:
+    a :class:`DatasetTask` of an earlier run, reused when its setup is ``setup`` (a queue of runs
+    on one dataset loads it once). ``SetupError`` names a bad setup field. ``resume_run_id``:
+    continue that stored run from the checkpoint in ``checkpoint_dir``; the trainer refuses a
+    missing checkpoint, one that cannot be read with ``weights_only=True`` or one written with
+    another config, naming the file."""
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).expanduser().resolve()
     task = task if task is not None and task.setup == setup else DatasetTask(setup, models_folder)
     policy, result = task.fit(config, store, checkpoint_dir, callbacks, on_trainer, resume_run_id=resume_run_id)
-    if result.status != "finished":
+    if result.status not in ("finished", DIVERGED) or (result.status == DIVERGED and not finite_weights(policy)):
         return result, None
     evaluation = task.evaluate(policy)
     store.add_points(result.run_id, [evaluation.as_point(config.method, task.point_params(config))])
@@ -525,8 +528,8 @@ def evaluate_dataset_checkpoint(store: RunStore, run_id: int, config: TrainConfi
     the setup's ``eval_samples``). Only the test prompts: the judge may have been fitted or
     early-stopped on the others.
 
-    Records an ``evaluate`` run (config: ``task: "dataset"``, the source run, its step, split,
-    samples, method) whose point is the evaluation; returns (that run's id, the evaluation).
+    Records an ``evaluate`` run (config: ``task: "dataset"``, the source run and its status,
+    its step, split, samples, method) whose point is the evaluation; returns (that run's id, the evaluation).
     ``ValueError`` for a checkpoint that cannot be read or was written with another config;
     ``SetupError`` when the run's data, checkpoint or judge changed so that it no longer checks."""
     state = read_checkpoint(run_id, checkpoint_dir, config)
@@ -536,7 +539,8 @@ def evaluate_dataset_checkpoint(store: RunStore, run_id: int, config: TrainConfi
     policy = task.start_policy(config.seed)
     policy.load_state_dict(state["model"])
     policy.eval()
-    with store.record("evaluate", {"task": "dataset", "source_run": run_id, "step": int(state["step"]),
+    with store.record("evaluate", {"task": "dataset", "source_run": run_id,
+                                   "source_status": store.get_status(run_id), "step": int(state["step"]),
                                    "split": "test", "eval_samples": setup.eval_samples, "method": config.method,
                                    "objectives": list(task.objectives), "prefmodel": task.run_config["prefmodel"]},
                       name=f"evaluate run {run_id} at step {state['step']}") as eval_id:

@@ -32,6 +32,7 @@ Job states::
     queued --claimed by the worker--> running --run finished (with its point)--> done
        |                                 |----cancel(), after the current step--> cancelled
        |                                 |----exception in training------------> failed
+       |                                 |----run diverged (its run: diverged)--> failed
        |                                 |----app gone / SIGTERM, after the step-> interrupted
        |                                 `----worker died (found by reconcile)--> failed | interrupted
        `--cancel()--> cancelled (at once)
@@ -596,6 +597,9 @@ class _Worker:
             return
         if result.status == "finished":
             self._end("done", None, result.run_id)
+        elif result.status == "diverged":  # the run is marked diverged (with its step and reason) already
+            error = RunStore(self.path).progress([result.run_id]).get(result.run_id, {}).get("error")
+            self._end("failed", f"run {result.run_id} {error or 'diverged'}", result.run_id)
         elif self._cancel_requested():
             self._end("cancelled", f"cancelled after step {result.step}", result.run_id)
         else:  # stopped for the worker's sake: the trainer ended the run cancelled

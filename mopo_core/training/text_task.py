@@ -35,6 +35,7 @@ from mopo_core.lm.models import tiny_gpt, train_sft, word_tokenizer
 from mopo_core.lm.trainer import Trainer, TrainResult, implicit_rewards, read_checkpoint
 from mopo_core.runs import RunStore
 from mopo_core.training.common import point_params, secondary_experts
+from mopo_core.training.divergence import DIVERGED, finite_weights, train_watched
 
 
 @dataclass
@@ -108,7 +109,10 @@ def train_on_text_task(config: TrainConfig, setup: TextTaskSetup, store: RunStor
 
     ``on_trainer(trainer)`` is called once the trainer is built, before training (e.g. to
     hook ``trainer.request_cancel`` to a signal). A run that ends ``cancelled`` is not
-    evaluated: the evaluation is ``None`` and no point is added. A bad config is refused before
+    evaluated: the evaluation is ``None`` and no point is added. A run that goes wrong (loss,
+    gradient norm or KL: :mod:`mopo_core.training.divergence`) stops there and is marked
+    ``diverged`` (result status ``"diverged"``); its policy is still evaluated and gets its point
+    when its weights are finite (the Compare page keeps it off fronts unless asked). A bad config is refused before
     the reference is trained. ``resume_run_id``: continue that stored run from the checkpoint
     in ``checkpoint_dir``, which is read (and refused, naming the file, when it cannot be read
     with ``weights_only=True`` or was written with another config) before the reference is trained."""
@@ -127,7 +131,8 @@ def evaluate_text_checkpoint(store: RunStore, run_id: int, config: TrainConfig, 
     ("test" or "validation") prompts, with ``n_samples`` samples per prompt and model (default:
     the setup's ``eval_samples``).
 
-    Records an ``evaluate`` run (config: the source run, its step, split, samples) whose point
+    Records an ``evaluate`` run (config: the source run and its status, e.g. ``diverged``, its
+    step, split, samples) whose point
     is the evaluation; returns (that run's id, the evaluation). ``ValueError`` for a bad split
     and a checkpoint that cannot be read or was written with another config (naming the file)."""
     splits = ("train", "validation", "test")
@@ -138,8 +143,9 @@ def evaluate_text_checkpoint(store: RunStore, run_id: int, config: TrainConfig, 
     policy = copy.deepcopy(reference)
     policy.load_state_dict(state["model"])
     samples = n_samples or setup.eval_samples
-    with store.record("evaluate", {"source_run": run_id, "step": int(state["step"]), "split": split,
-                                   "eval_samples": samples, "method": config.method},
+    with store.record("evaluate", {"source_run": run_id, "source_status": store.get_status(run_id),
+                                   "step": int(state["step"]), "split": split, "eval_samples": samples,
+                                   "method": config.method},
                       name=f"evaluate run {run_id} at step {state['step']}") as eval_id:
         evaluation = evaluate_on_task(task, policy, reference, tokenizer, datasets[splits.index(split)].prompts(),
                                       setup, n_samples=samples)
@@ -163,8 +169,10 @@ def _train_and_evaluate(config: TrainConfig, setup: TextTaskSetup, store: RunSto
                       callbacks=tuple(callbacks), run_config=run_config, **extras)
     if on_trainer is not None:
         on_trainer(trainer)
-    result = trainer.train(resume_run_id=resume_run_id)
-    if result.status != "finished" or not trainer.is_main:  # under torchrun process 0 evaluates and records
+    result = train_watched(trainer, resume_run_id)  # a run that goes wrong stops and is marked diverged
+    if result.status not in ("finished", DIVERGED) or not trainer.is_main:  # under torchrun process 0 evaluates
+        return result, None
+    if result.status == DIVERGED and not finite_weights(policy):  # nothing to sample from
         return result, None
     evaluation = evaluate_on_task(task, policy, reference, tokenizer, test.prompts(), setup)
     store.add_points(result.run_id, [evaluation.as_point(config.method, point_params(config))])

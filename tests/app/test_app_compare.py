@@ -186,3 +186,25 @@ def test_attainment_follows_the_seed_keys(page):
     page.multiselect(key="compare_seed_keys").set_value([]).run()
     assert not page.exception
     assert any("No selected runs differ only by" in i.value for i in page.info)
+
+
+def test_a_diverged_run_is_off_the_plane_until_the_box_is_ticked(filled_store, tmp_path, monkeypatch):
+    path = tmp_path / "runs.sqlite"
+    shutil.copy(filled_store, path)
+    RunStore(path).set_status(2, "diverged", "diverged at step 4: the loss 1634 is more than 20 times the first")
+    at = _page(path, monkeypatch, runs=[1, 2, 3, 4])
+    box = at.checkbox(key="compare_show_diverged")
+    assert box.label == "Show diverged runs (1 diverged run hidden unless ticked)" and not box.value
+    assert any("run 2 (example: mopo, bt_conflict, seed 1): diverged at step 4" in w.value for w in at.warning)
+    named = [n for n in _trace_names(figures(at)[0]) if n.startswith("#")]
+    assert named and not any(n.startswith("#2 ") for n in named)
+    hv = _table(at, "share_of_union")
+    assert not any(s.startswith("#2 ") for s in hv.series)
+    assert all(not str(a).startswith("#2 ") for a in _table(at, "A (its points dominate some of B's)").iloc[:, 0])
+
+    at.checkbox(key="compare_show_diverged").check().run()
+    assert not at.exception
+    named = [n for n in _trace_names(figures(at)[0]) if n.startswith("#")]
+    assert "#2 example: mopo, bt_conflict, seed 1 (diverged)" in named
+    assert "#2 example: mopo, bt_conflict, seed 1 (diverged)" in _table(at, "share_of_union").series.tolist()
+    assert at.checkbox(key="compare_show_diverged").value

@@ -247,3 +247,55 @@ def test_create_example_runs_records_seed_group_baselines_and_k3(store):
     compare_presenter.create_example_runs(again, steps=200)
     for run in runs:
         np.testing.assert_array_equal(again.get_run(run.id).points[["v0", "v1"]], run.points[["v0", "v1"]])
+
+
+# --------------------------------------------------------------------------- diverged runs (issue 14, item 3)
+
+
+def test_diverged_runs_are_off_fronts_dominance_hypervolume_and_attainment_unless_asked(store):
+    a = _run(store, A, name="A", config={"seed": 0})
+    b = _run(store, B, name="B", config={"seed": 1})
+    store.set_status(b.id, "diverged", "diverged at step 4: the loss 1634 is more than 20 times the first")
+    b = store.get_run(b.id)
+    assert compare_runs.is_diverged(b) and not compare_runs.is_diverged(a)
+    assert compare_runs.split_diverged([a, b]) == ([a], [b])
+    assert compare_runs.split_diverged([a, b], include_diverged=True) == ([a, b], [])
+
+    hidden = compare_runs.points_frame([a, b])
+    assert hidden.run_id.tolist() == [a.id] * 3
+    # A alone: every point of A is on its own front; B's (0.4, 0.75) no longer knocks (0.3, 0.7) off.
+    assert compare_runs.union_front_mask(compare_runs.value_matrix(hidden)).tolist() == [True, True, True]
+    assert list(compare_runs.dominance_counts(compare_runs.point_sets(hidden)).index) == [f"#{a.id} A"]
+    hv = compare_runs.hypervolume_per_run([a, b], [0.0, 0.0]).set_index("series")
+    assert list(hv.index) == [f"#{a.id} A", "union of all"]
+    assert hv.loc["union of all", "hypervolume"] == pytest.approx(0.35)  # A's, not the union's 0.39
+    assert compare_runs.seed_attainment([a, b]) == []  # one run left: no group over seeds
+
+    shown = compare_runs.points_frame([a, b], include_diverged=True)
+    assert set(shown.series) == {f"#{a.id} A", f"#{b.id} B (diverged)"}
+    counts = compare_runs.dominance_counts(compare_runs.point_sets(shown))
+    assert counts.loc[f"#{a.id} A", f"#{b.id} B (diverged)"] == 3
+    assert counts.loc[f"#{b.id} B (diverged)", f"#{a.id} A"] == 1
+    assert compare_runs.hypervolume_per_run([a, b], [0.0, 0.0], include_diverged=True).set_index(
+        "series").loc["union of all", "hypervolume"] == pytest.approx(0.39)
+    assert len(compare_runs.seed_attainment([a, b], include_diverged=True)) == 1
+
+
+def test_an_evaluation_of_a_diverged_run_counts_as_diverged(store):
+    evaluation = _run(store, A, kind="evaluate", config={"source_run": 3, "source_status": "diverged"})
+    assert compare_runs.is_diverged(evaluation)
+    assert not compare_runs.is_diverged(_run(store, B, kind="evaluate", config={"source_run": 4,
+                                                                                 "source_status": "finished"}))
+
+
+def test_the_page_names_diverged_runs_and_says_how_many_are_hidden(store):
+    run = _run(store, B, name="B")
+    store.set_status(run.id, "diverged", "diverged at step 2: the KL to the reference is 84.15 nats per response")
+    row = store.list_runs().iloc[0]
+    assert compare_presenter.run_label(row).endswith("· DIVERGED")
+    assert compare_presenter.diverged_toggle_label(1) == "Show diverged runs (1 diverged run hidden unless ticked)"
+    assert "2 diverged runs hidden" in compare_presenter.diverged_toggle_label(2)
+    note = compare_presenter.diverged_note([store.get_run(run.id)], shown=False)
+    assert note.startswith("1 selected run is diverged and left off the fronts")
+    assert f"run {run.id} (B): diverged at step 2: the KL" in note
+    assert compare_presenter.diverged_note([], shown=False) == ""

@@ -489,3 +489,21 @@ def test_a_cancelled_dataset_job_is_resumed_by_a_resume_job(store_path, dataset)
     job = _wait_ended(store_path, resumed)
     assert job.status == "done" and job.run_id == run_id, (job, _log(store_path))
     _assert_finished_whole(store, run_id, steps=400)
+
+
+def test_a_job_whose_run_diverges_fails_naming_the_step_and_its_run_is_marked_diverged(store_path):
+    """lr = 1.0 (issue 14): the worker's run breaks the divergence rule, stops there and is marked
+    ``diverged`` with its step and reason; the job fails with the same text; it cannot be resumed."""
+    config = dataclasses.replace(_config(steps=12), lr=1.0, kl_every=2)
+    job_id = enqueue_training(store_path, config, SETUP, name="lr 1")
+    ensure_worker(store_path)
+    job = _wait_ended(store_path, job_id)
+    run = RunStore(store_path).get_run(job.run_id)
+    assert run.status == "diverged" and run.error.startswith("diverged at step "), (run.error, _log(store_path))
+    step = int(run.error.split()[3].rstrip(":"))
+    assert step < 12 and int(run.metrics.step.max()) == step
+    assert (job.status, job.error) == ("failed", f"run {run.id} {run.error}")
+    assert len(run.points) == 1  # its policy is finite: evaluated, kept off fronts unless asked
+    with pytest.raises(ValueError, match="status is 'diverged'"):
+        enqueue_resume(store_path, run.id)
+    _assert_store_healthy(RunStore(store_path))
