@@ -111,6 +111,112 @@ DEFAULTS = {
 }
 
 
+#: Each numeric form field's allowed values: (low, high, whole number, low excluded). The page's
+#: number fields have no bounds of their own (Streamlit would silently put back the old value of
+#: one typed out of range): :func:`check_value` refuses such a value, naming the field and this range.
+FIELD_RANGES = {
+    "threshold": (0.0, 1.0, False, False),
+    "secondary_weight": (0.0, 1.0, False, False),
+    "tau": (0.0, 10.0, False, True),
+    "steps": (1, 100_000, True, False),
+    "batch_size": (1, 512, True, False),
+    "lr": (0.0, 1.0, False, True),
+    "lambda_lr": (0.0, 100.0, False, True),
+    "gradient_accumulation_steps": (1, 64, True, False),
+    "kl_every": (0, 10_000, True, False),
+    "checkpoint_every": (1, 100_000, True, False),
+    "seed": (0, 1_000_000, True, False),
+    "eps": (0.0, 10.0, False, False),
+    "chi_lr": (0.0, 100.0, False, True),
+    "t0": (0, 100_000, True, False),
+    "beta_ratchet": (0.0, 1.0, False, False),
+    "n_candidates": (2, 64, True, False),
+    "max_new_tokens": (1, 64, True, False),
+    "n_prompts": (MIN_PROMPTS, 10_000, True, False),
+    "task_n_candidates": (2, 64, True, False),
+    "pairs_per_prompt": (1, 1_000, True, False),
+    "temperature": (0.0, 10.0, False, False),
+    "sft_steps": (1, 100_000, True, False),
+    "eval_samples": (1, 256, True, False),
+    "task_seed": (0, 1_000_000, True, False),
+    # the dataset form
+    "lora_r": (0, 1024, True, False),
+    "split_seed": (0, 1_000_000, True, False),
+    "max_response_tokens": (1, 4096, True, False),
+    "dataset_eval_samples": (1, 256, True, False),
+    "eval_max_new_tokens": (1, 1024, True, False),
+    "eval_seed": (0, 1_000_000, True, False),
+}
+#: Above this learning rate the page warns before Start (a step that large usually diverges).
+LR_WARN = 0.1
+#: The share of the text task's pairs (and prompts) its training split holds (PreferenceDataset.split).
+TEXT_TRAIN_SHARE = 0.8
+
+
+def allowed_range(field: str) -> str:
+    """The allowed values of ``field`` in words, e.g. ``(0, 10]`` or ``whole numbers in [1, 100000]``."""
+    low, high, whole, open_low = FIELD_RANGES[field]
+    interval = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+    return f"a whole number in {interval}" if whole else f"a number in {interval}"
+
+
+def check_value(value, field: str, label: str) -> str | None:
+    """None when ``value`` (as typed; None for an empty field) is allowed for ``field``
+    (:data:`FIELD_RANGES`), else a message naming ``label`` and the allowed range. Nothing is
+    clipped or replaced."""
+    low, high, whole, open_low = FIELD_RANGES[field]
+    allowed = allowed_range(field)
+    if value is None:
+        return f"{label}: empty; give {allowed}"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return f"{label}: {value!r} is not a number; give {allowed}"
+    if not math.isfinite(number):
+        return f"{label}: {value} is not finite; give {allowed}"
+    if whole and number != int(number):
+        return f"{label}: {value:g} is not a whole number; give {allowed}"
+    if number < low or number > high or (open_low and number <= low):
+        return f"{label}: {number:g} is outside the allowed range; give {allowed}"
+    return None
+
+
+def text_train_size(n_prompts: int, pairs_per_prompt: int) -> tuple[int, int]:
+    """About how many prompts and preference pairs the text task's training split holds (its
+    split gives :data:`TEXT_TRAIN_SHARE` of the prompts to training; pairs whose two responses
+    are identical are dropped first, so the pairs are an upper bound)."""
+    prompts = max(1, round(TEXT_TRAIN_SHARE * int(n_prompts)))
+    return prompts, prompts * int(pairs_per_prompt)
+
+
+def form_warnings(method: str, values: dict, train_prompts: int | None = None,
+                  train_pairs: int | None = None) -> list[str]:
+    """Settings that are allowed but implausible, each naming its field, for the page to show
+    before Start: a learning rate above :data:`LR_WARN`; a batch larger than the training data
+    (MOPO's batch counts prompts, the other methods' pairs; ``None``: size unknown); a KL
+    estimate period longer than the run. ``values`` are the form's (checked) values."""
+    out = []
+    lr = values.get("lr")
+    if lr is not None and lr > LR_WARN:
+        out.append(f"{FIELD_LABELS['lr']} (lr) = {lr:g} is above {LR_WARN:g}: steps that large usually make the "
+                   f"loss explode (the page's default is {DEFAULTS['lr']:g}).")
+    batch = values.get("batch_size")
+    if batch is not None:
+        if method == "mopo":
+            size, unit = (train_prompts, "prompts") if train_prompts is not None else (train_pairs, "pairs")
+        else:
+            size, unit = train_pairs, "pairs"
+        if size is not None and batch > size:
+            what = "prompts per step" if method == "mopo" else "pairs per step"
+            out.append(f"{FIELD_LABELS['batch_size']} (batch_size) = {batch} {what} is larger than the training "
+                       f"split (about {size} {unit}): every step sees all of it, so a smaller batch costs nothing.")
+    kl_every, steps = values.get("kl_every"), values.get("steps")
+    if kl_every and steps and kl_every > steps and not values.get("online"):
+        out.append(f"{FIELD_LABELS['kl_every']} (kl_every) = {kl_every} is more than {FIELD_LABELS['steps']} = "
+                   f"{steps}: the KL panel will stay empty.")
+    return out
+
+
 def _relabel(exc: ValueError) -> ValueError:
     """The error with its leading ``field:`` replaced by the page's label for the field."""
     text = str(exc)
@@ -442,25 +548,65 @@ def describe_plane(key: tuple) -> str:
             f"seed {setup['split_seed']}), judged by {Path(setup['prefmodel'] or '?').name}")
 
 
+def run_thresholds(run: Run) -> tuple[float, ...]:
+    """The thresholds b1, b2, ... a MOPO run was started with (its config; a ratchet may have
+    raised them during training, see its threshold curves); () for the other methods."""
+    config = run.config or {}
+    return tuple(float(b) for b in config.get("thresholds") or ()) if config.get("method") == "mopo" else ()
+
+
+def threshold_verdict(value: float, stderr: float, threshold: float) -> str:
+    """Whether a held-out win-rate ``value`` (± ``stderr``) met ``threshold``: "yes" or "no",
+    with "(within 1 SE)" when the gap is smaller than one standard error (the evaluation
+    cannot tell); "–" when there is no threshold or no value."""
+    if not np.isfinite(threshold) or not np.isfinite(value):
+        return "–"
+    verdict = "yes" if value >= threshold else "no"
+    return verdict + (" (within 1 SE)" if np.isfinite(stderr) and abs(value - threshold) < stderr else "")
+
+
 def front_points(runs: list[Run], job_names: dict[int, str] | None = None, key: tuple | None = None) -> pd.DataFrame:
     """The evaluated points of the finished runs among ``runs`` whose :func:`plane_key` is
     ``key`` (default: the text task's): run, job_name, method, label, v0 (primary), v1 (first
     secondary; NaN for one objective) win-rates against the reference, their standard errors,
-    params_text, on_front (non-dominated among these points)."""
+    params_text, on_front (non-dominated among these points); then per secondary objective j:
+    ``b{j}`` (a MOPO run's threshold, NaN for the other methods), ``met b{j}`` (whether the
+    held-out win-rate V_j reached it: :func:`threshold_verdict`); ``met`` (True when every
+    threshold was met, False when one was missed, None without thresholds) and
+    ``thresholds_text`` (one line for the plane's hover)."""
     key = ("text", OBJECTIVES) if key is None else key
+    n_secondary = max(len(key[1]) - 1, 0)
     rows = []
     for run in runs:
         if plane_key(run) != key or run.points.empty:
             continue
+        thresholds = run_thresholds(run)
         for _, p in run.points.iterrows():
             extra = p["extra"] or {}
-            stderr = list(extra.get("win_rate_stderr") or [np.nan, np.nan]) + [np.nan, np.nan]
-            rows.append({"run": run.id, "job_name": (job_names or {}).get(run.id, ""),
-                         "method": run.config.get("method", p["label"]), "label": p["label"],
-                         "v0": float(p["v0"]), "v1": _num(p["v1"]), "stderr0": _num(stderr[0]),
-                         "stderr1": _num(stderr[1]), "params_text": format_params(p["params"])})
+            values = [_num(v) for v in (p["values"] if p["values"] is not None else [p["v0"], p["v1"]])]
+            stderr = [_num(v) for v in (extra.get("win_rate_stderr") or [])]
+            stderr += [np.nan] * (n_secondary + 2 - len(stderr))
+            values += [np.nan] * (n_secondary + 2 - len(values))
+            row = {"run": run.id, "job_name": (job_names or {}).get(run.id, ""),
+                   "method": run.config.get("method", p["label"]), "label": p["label"],
+                   "v0": float(p["v0"]), "v1": _num(p["v1"]), "stderr0": stderr[0],
+                   "stderr1": stderr[1], "params_text": format_params(p["params"])}
+            met, lines = [], []
+            for j in range(1, n_secondary + 1):
+                b = thresholds[j - 1] if j - 1 < len(thresholds) else np.nan
+                verdict = threshold_verdict(values[j], stderr[j], b)
+                row[f"b{j}"], row[f"met b{j}"] = b, verdict
+                if np.isfinite(b):
+                    met.append(verdict.startswith("yes"))
+                    lines.append(f"b{j} = {b:g} on held-out V{j} {values[j]:.3f} ± {stderr[j]:.3f}: "
+                                 f"{'met' if met[-1] else 'missed'}"
+                                 + (" (within 1 SE)" if verdict.endswith("SE)") else ""))
+            row["met"] = all(met) if met else None
+            row["thresholds_text"] = "<br>".join(lines) or "no threshold (not MOPO)"
+            rows.append(row)
+    threshold_columns = [c for j in range(1, n_secondary + 1) for c in (f"b{j}", f"met b{j}")]
     frame = pd.DataFrame(rows, columns=["run", "job_name", "method", "label", "v0", "v1", "stderr0", "stderr1",
-                                        "params_text"])
+                                        "params_text", *threshold_columns, "met", "thresholds_text"])
     columns = ["v0", "v1"] if len(key[1]) > 1 else ["v0"]
     frame["on_front"] = union_front_mask(frame[columns].to_numpy(dtype=float)) if len(frame) else []
     return frame

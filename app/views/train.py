@@ -53,6 +53,27 @@ def _say(kind: str, text: str) -> None:
     st.session_state[MESSAGE] = (kind, text)
 
 
+#: The form's problems this rerun (messages naming the field and its allowed range).
+PROBLEMS: list[str] = []
+
+
+def number_field(label: str, field: str, key: str, default, step=None, help: str | None = None,
+                 disabled: bool = False, check_label: str | None = None):
+    """A number input with no bounds of its own, started at ``default``: the value as typed
+    (None when emptied), never put back to an old one; a value outside
+    ``train_presenter.FIELD_RANGES[field]`` is added to :data:`PROBLEMS` naming the field (and
+    the page turns Start off)."""
+    whole = train_presenter.FIELD_RANGES[field][2]
+    st.session_state.setdefault(key, int(default) if whole else float(default))
+    value = st.number_input(label, value=None, step=step if step is not None else (1 if whole else 0.01),
+                            format="%d" if whole else "%g", key=key, help=help, disabled=disabled,
+                            placeholder=train_presenter.allowed_range(field))
+    problem = None if disabled else train_presenter.check_value(value, field, check_label or label)
+    if problem:
+        PROBLEMS.append(problem)
+    return value
+
+
 def _cancel(path: str, job_id: int) -> None:
     try:
         status = jobs.cancel(path, job_id)
@@ -165,7 +186,8 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
     fig = go.Figure()
     for method, d in points.groupby("method", sort=False):
         on = d["on_front"].to_numpy(dtype=bool)
-        custom = np.stack([d["run"], d["job_name"], d["params_text"], d["stderr0"], d["stderr1"]], axis=1)
+        custom = np.stack([d["run"], d["job_name"], d["params_text"], d["stderr0"], d["stderr1"],
+                           d["thresholds_text"]], axis=1)
         fig.add_scatter(
             x=d["v1"], y=d["v0"], mode="markers",
             name=f"{train_presenter.SHORT_NAMES.get(method, method)}: finished runs' points",
@@ -178,7 +200,16 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
             customdata=custom,
             hovertemplate=("run %{customdata[0]} · %{customdata[1]}<br>%{customdata[2]}<br>"
                            f"V1 {names[1]} %{{x:.3f}} ± %{{customdata[4]:.3f}}<br>"
-                           f"V0 {names[0]} %{{y:.3f}} ± %{{customdata[3]:.3f}}<extra></extra>"))
+                           f"V0 {names[0]} %{{y:.3f}} ± %{{customdata[3]:.3f}}<br>%{{customdata[5]}}<extra></extra>"))
+    for met, symbol, colour, text in ((True, "circle-open", "seagreen", "met its threshold(s) b"),
+                                      (False, "x-thin-open", "crimson", "missed its threshold(s) b")):
+        marked = points[points["met"].eq(met).fillna(False).astype(bool)] if len(points) else points
+        if len(marked):
+            fig.add_scatter(x=marked["v1"], y=marked["v0"], mode="markers",
+                            name=f"MOPO run that {text} on the held-out evaluation",
+                            marker=dict(symbol=symbol, size=19, color=colour, line=dict(width=2, color=colour)),
+                            customdata=np.stack([marked["run"], marked["thresholds_text"]], axis=1),
+                            hovertemplate="run %{customdata[0]}<br>%{customdata[1]}<extra></extra>")
     if points["on_front"].any():
         path = train_presenter.front_staircase(points, (x_range[0], y_range[0]))
         fig.add_scatter(x=path[:, 0], y=path[:, 1], mode="lines", name="Pareto front of these points (staircase)",
@@ -193,14 +224,17 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
                     hovertemplate="reference model vs itself: win-rate 0.5 on both objectives<extra></extra>")
     for c in live:
         fig.add_scatter(x=[c["estimate"]] * 2, y=y_range, mode="lines", line=dict(color="crimson", width=3),
-                        name=f"run {run_id} live, step {c['step']}: V{c['j']} estimate {c['estimate']:.3f} "
-                             f"(training batch; V0 is measured when the run ends)",
-                        hovertemplate=f"run {run_id}, step {c['step']}<br>V{c['j']} estimate on the step's batch: "
-                                      f"{c['estimate']:.4f}<br>λ{c['j']} = {c['lam']:.4f}<extra></extra>")
+                        name=f"run {run_id} live, step {c['step']}: constraint on the training batch "
+                             f"{c['estimate']:.3f} ({names[c['j']]} estimated on the step's batch, not held out; "
+                             f"V0 is measured when the run ends)",
+                        hovertemplate=f"run {run_id}, step {c['step']}<br>constraint on the training batch "
+                                      f"({names[c['j']]}): {c['estimate']:.4f}<br>λ{c['j']} = {c['lam']:.4f}"
+                                      "<extra></extra>")
         if np.isfinite(c["threshold"]):
             fig.add_scatter(x=[c["threshold"]] * 2, y=y_range, mode="lines",
                             line=dict(color="black", width=1.5, dash="dash"),
-                            name=f"run {run_id}: threshold b{c['j']} = {c['threshold']:.3g} (feasible to its right)",
+                            name=f"run {run_id}: threshold b{c['j']} = {c['threshold']:.3g} on the training-batch "
+                                 "estimate (the red line)",
                             hoverinfo="skip")
     title = ("Pareto plane: finished runs' points<br><sup>"
              f"Reference point ({ref[1]:g}, {ref[0]:g}) = the reference model against itself<br>"
@@ -322,15 +356,16 @@ def live_panel(path: str) -> None:
     stuck = [c for c in live if c["below"] >= STUCK_STEPS]
     if stuck:
         st.warning(" ".join(
-            f"The {objectives[c['j']]} estimate has stayed below b{c['j']} = {c['threshold']:.3g} for the last "
-            f"{c['below']} steps while λ{c['j']} grew to {c['lam']:.3g}." for c in stuck)
+            f"The {objectives[c['j']]} estimate on the training batch has stayed below b{c['j']} = "
+            f"{c['threshold']:.3g} for the last {c['below']} steps while λ{c['j']} grew to {c['lam']:.3g}." for c in stuck)
             + " The threshold may be out of reach for this model, data and batch"
             + (f" (and the robust radius ε = {run.config['eps']:g}: on a few responses per prompt the worst case "
                "in the ball is low)" if run.config.get("eps") else "")
             + ": a lower threshold, a smaller ε or a larger batch would tell. (A rule of thumb shown after "
               f"{STUCK_STEPS} steps, not a proof.)")
     if live and run.status == "running":
-        st.caption(" · ".join(f"Step {c['step']}: {objectives[c['j']]} estimate {c['estimate']:.3f} against threshold "
+        st.caption(" · ".join(f"Step {c['step']}: {objectives[c['j']]} estimate on the training batch "
+                              f"{c['estimate']:.3f} against threshold "
                               f"b{c['j']} = {c['threshold']:.3g} (λ{c['j']} = {c['lam']:.3f})" for c in live)
                    + "; λ grows while its estimate is below its threshold.")
     show_figure(curves_figure(frame, f"Run {run_id} ({name}): training curves, step {step} of {steps}",
@@ -362,20 +397,32 @@ def live_panel(path: str) -> None:
                 f"({reference}; 0.5 = as good as the reference). Outlined diamonds are on the front of these points.\n"
                 f"- **Red line**: while a run trains only its constraint is estimated ({objectives[1]}, on the step's "
                 f"batch), not its {objectives[0]}, so the live run is a vertical line, not a point.\n"
-                "- **Black dashed line**: the live run's threshold b1; MOPO aims to end to its right.\n"
+                "- **Black dashed line**: the live run's threshold b1. MOPO holds its **training-batch estimate** "
+                "(the red line) at or above b1; the markers are **held-out** win-rates, so a run can satisfy b1 "
+                "on its batches and still end left of it here.\n"
+                "- **Green ring / red ×**: a finished MOPO run whose held-out V1 met / missed its b1 (the "
+                "table's *met b1* column, with ± one standard error).\n"
                 "- **×**: the reference point (0.5, 0.5), the reference model against itself.")
             if points.empty:
                 st.caption("No run on this plane has finished yet: each run's point is added when it finishes (a "
                            "cancelled run gets its point when a resume finishes it).")
     if not points.empty:
-        shown = points[["run", "job_name", "method", "v0", "v1", "stderr0", "stderr1", "on_front"]].rename(
+        threshold_columns = [c for j in range(1, len(objectives)) for c in (f"b{j}", f"met b{j}")]
+        shown = points[["run", "job_name", "method", "v0", "v1", "stderr0", "stderr1", *threshold_columns,
+                        "on_front"]].rename(
             columns={"job_name": "job name", "v0": f"V0 {objectives[0]}", "v1": f"V1 {objectives[1] if len(objectives) > 1 else '–'}",
                      "stderr0": "± V0 (std. error)", "stderr1": "± V1 (std. error)", "on_front": "on the front"})
         if len(objectives) < 2:
             shown = shown.drop(columns=[c for c in shown.columns if "V1" in c])
         st.markdown("**Finished runs' points** (the same points are on the Compare page, run kind 'train')")
+        if threshold_columns:
+            st.caption("*b1*: the threshold a MOPO run was started with (a ratchet may raise it during training); "
+                       "*met b1*: whether the run's held-out V1 reached it (yes / no; *within 1 SE* when the gap is "
+                       "smaller than one standard error of the evaluation, so it cannot tell). During training MOPO "
+                       "constrains the estimate on its batches, not this held-out value.")
         show_table(shown, "train_points", column_config={
-            c: st.column_config.NumberColumn(c, format="%.3f") for c in shown.columns if c.startswith(("V", "±"))})
+            c: st.column_config.NumberColumn(c, format="%.3f") for c in shown.columns
+            if c.startswith(("V", "±")) or (c[0] == "b" and c[1:].isdigit())})
     with st.expander("Worker log (last lines)"):
         st.code(train_presenter.worker_log_tail(path) or "(empty: no worker has started on this store yet)",
                 language=None)
@@ -453,23 +500,24 @@ def dataset_form():
             st.caption(f"No preference model in `{root / registry.PREFMODELS_DIR}`: train one on the training split "
                        "(`python -m mopo_core prefmodel train --data FILE --out "
                        f"{root / registry.PREFMODELS_DIR}/NAME`).")
-        lora_r = st.number_input(L["lora_r"] + " (0: full fine-tuning)", 0, 1024, D["lora_r"], key="train_lora")
+        problems_before = len(PROBLEMS)
+        lora_r = number_field(L["lora_r"] + " (0: full fine-tuning)", "lora_r", "train_lora", D["lora_r"])
     with st.expander("Split and evaluation"):
         # The judge's own split by default: its held-out prompts are then this run's test prompts.
         st.session_state.setdefault("train_split", ", ".join(f"{f:g}" for f in fitted.get("split", D["split"])))
         st.session_state.setdefault("train_split_seed", int(fitted.get("split_seed", D["split_seed"])))
         split_text = st.text_input(L["split"], key="train_split",
                                    help="By prompt, seeded; the judge must not have seen the test prompts.")
-        split_seed = st.number_input(L["split_seed"], 0, 1_000_000, key="train_split_seed")
+        split_seed = number_field(L["split_seed"], "split_seed", "train_split_seed", D["split_seed"])
         values = {
-            "max_response_tokens": st.number_input(L["max_response_tokens"], 1, 4096, D["max_response_tokens"],
-                                                   key="train_response_tokens",
-                                                   help="Training responses are cut to this many tokens."),
-            "eval_samples": st.number_input(L["eval_samples"], 1, 256, D["dataset_eval_samples"],
-                                            key="train_eval_samples"),
-            "max_new_tokens": st.number_input(L["max_new_tokens"], 1, 1024, D["eval_max_new_tokens"],
-                                              key="train_eval_tokens"),
-            "eval_seed": st.number_input(L["eval_seed"], 0, 1_000_000, D["eval_seed"], key="train_eval_seed"),
+            "max_response_tokens": number_field(L["max_response_tokens"], "max_response_tokens",
+                                                "train_response_tokens", D["max_response_tokens"],
+                                                help="Training responses are cut to this many tokens."),
+            "eval_samples": number_field(L["eval_samples"], "dataset_eval_samples", "train_eval_samples",
+                                         D["dataset_eval_samples"]),
+            "max_new_tokens": number_field(L["max_new_tokens"], "eval_max_new_tokens", "train_eval_tokens",
+                                           D["eval_max_new_tokens"]),
+            "eval_seed": number_field(L["eval_seed"], "eval_seed", "train_eval_seed", D["eval_seed"]),
             "dtype": st.selectbox(L["dtype"], ["auto", "fp32", "bf16", "fp16"], key="train_dtype",
                                   help="auto: bf16 on a GPU, fp32 on the CPU."),
             "device": st.selectbox(L["device"], ["auto", "cpu", "cuda"], key="train_device",
@@ -478,6 +526,8 @@ def dataset_form():
                                                   help="Recompute each layer's activations in backward: much "
                                                        "less activation memory, slower steps."),
         }
+    if len(PROBLEMS) > problems_before:
+        return None, None, "The dataset run is checked once the fields named below are fixed.", False
     try:
         split = [float(w) for w in split_text.replace(",", " ").split()]
     except ValueError:
@@ -565,18 +615,20 @@ with st.sidebar:
     values = {"n_objectives": n_objectives}
     if method == "mopo" and n_objectives > 1:
         values["thresholds"] = tuple(
-            st.number_input(f"Threshold b{j} on {objectives[j]}", 0.0, 1.0, D["threshold"], 0.01, format="%.2f",
-                            key="train_threshold" if j == 1 else f"train_threshold_{j}",
-                            help=f"MOPO keeps the policy's {objectives[j]} win-rate (against the reference model) "
-                                 f"at or above b{j} while maximising {objectives[0]}.")
+            number_field(f"Threshold b{j} on {objectives[j]}", "threshold",
+                         "train_threshold" if j == 1 else f"train_threshold_{j}", D["threshold"], 0.01,
+                         help=f"MOPO keeps its training-batch estimate of the policy's {objectives[j]} win-rate "
+                              f"(against the reference model) at or above b{j} while maximising {objectives[0]}; "
+                              "the finished run's point is measured on held-out prompts, and the table of "
+                              f"finished runs says whether it met b{j} there.")
             for j in range(1, n_objectives))
     elif method == "mopo":
         values["thresholds"] = ()
         st.caption("One objective: MOPO has no constraint and clones the reweighted preferred responses.")
     if method in train_presenter.WEIGHTED_METHODS and n_objectives == 2:
-        values["objective_weights"] = train_presenter.secondary_weights(st.number_input(
-            f"Weight w on {objectives[1]} ({objectives[0]} gets 1 − w)", 0.0, 1.0, D["secondary_weight"], 0.05,
-            format="%.2f", key="train_weight"))
+        weight = number_field(f"Weight w on {objectives[1]} ({objectives[0]} gets 1 − w)", "secondary_weight",
+                              "train_weight", D["secondary_weight"], 0.05)
+        values["objective_weights"] = train_presenter.secondary_weights(weight if weight is not None else np.nan)
     elif method in train_presenter.WEIGHTED_METHODS:
         weights_text = st.text_input(f"{F['objective_weights']} ({', '.join(objectives)}; sum 1)",
                                      ", ".join(f"{1 / n_objectives:.4g}" for _ in objectives), key="train_weights")
@@ -586,67 +638,85 @@ with st.sidebar:
         except ValueError as exc:
             setup_error = str(exc)
             st.error(setup_error)
-    values["tau"] = st.number_input(F["tau"], 0.001, 10.0, D["tau"], 0.01, format="%.3f", key="train_tau",
-                                    help="Strength of the KL pull to the reference (DPO/IPO call it β).")
-    values["steps"] = st.number_input(F["steps"], 1, 100_000, D["steps"], 10, key="train_steps")
+    values["tau"] = number_field(F["tau"], "tau", "train_tau", D["tau"], 0.01,
+                                 help="Strength of the KL pull to the reference (DPO/IPO call it β).")
+    values["steps"] = number_field(F["steps"], "steps", "train_steps", D["steps"], 10)
     with st.expander("Optimiser, logging, checkpoints"):
-        values["batch_size"] = st.number_input(F["batch_size"], 1, 512, D["batch_size"], key="train_batch",
-                                               help="Prompts per step for MOPO, preference pairs for the others.")
-        values["lr"] = st.number_input(F["lr"], 1e-6, 1.0, D["lr"], format="%.1e", step=1e-4, key="train_lr")
+        values["batch_size"] = number_field(F["batch_size"], "batch_size", "train_batch", D["batch_size"],
+                                            help="Prompts per step for MOPO, preference pairs for the others.")
+        values["lr"] = number_field(F["lr"], "lr", "train_lr", D["lr"], 1e-4)
         if method == "mopo":
-            values["lambda_lr"] = st.number_input(F["lambda_lr"], 1e-4, 100.0, D["lambda_lr"], 0.1, key="train_lambda_lr")
-        values["gradient_accumulation_steps"] = st.number_input(F["gradient_accumulation_steps"], 1, 64, 1,
-                                                                key="train_accum")
+            values["lambda_lr"] = number_field(F["lambda_lr"], "lambda_lr", "train_lambda_lr", D["lambda_lr"], 0.1)
+        values["gradient_accumulation_steps"] = number_field(F["gradient_accumulation_steps"],
+                                                             "gradient_accumulation_steps", "train_accum",
+                                                             D["gradient_accumulation_steps"])
         online = method == "mopo" and st.session_state.get("train_online", False)
-        values["kl_every"] = st.number_input(F["kl_every"] + " (0: off)", 0, 10_000, D["kl_every"],
-                                             key="train_kl_every", disabled=online,
-                                             help="Online MOPO logs its candidate pool's KL every step instead.")
-        values["checkpoint_every"] = st.number_input(F["checkpoint_every"], 1, 100_000, D["checkpoint_every"],
-                                                     key="train_checkpoint_every",
-                                                     help="A resumed run continues from its last checkpoint.")
-        values["seed"] = st.number_input(F["seed"], 0, 1_000_000, D["seed"], key="train_seed")
+        values["kl_every"] = number_field(F["kl_every"] + " (0: off)", "kl_every", "train_kl_every", D["kl_every"],
+                                          disabled=online,
+                                          help="Online MOPO logs its candidate pool's KL every step instead.")
+        values["checkpoint_every"] = number_field(F["checkpoint_every"], "checkpoint_every", "train_checkpoint_every",
+                                                  D["checkpoint_every"],
+                                                  help="A resumed run continues from its last checkpoint.")
+        values["seed"] = number_field(F["seed"], "seed", "train_seed", D["seed"])
     if method == "mopo":
         with st.expander("MOPO: robust constraints, lagged reference, ratchet, online"):
-            values["eps"] = st.number_input(
-                F["eps"] + " (0: off)", 0.0, 10.0, D["eps"], 0.05, format="%.3f", key="train_eps",
+            values["eps"] = number_field(
+                F["eps"] + " (0: off)", "eps", "train_eps", D["eps"], 0.05,
                 help="Each constraint holds for the worst distribution within KL ε of the batch's responses "
                      "(per prompt); the paper's text runs use 0.15. Too large a radius makes a threshold "
                      "unreachable: λ then keeps growing, and the curves show it.")
             if values["eps"]:
-                values["chi_lr"] = st.number_input(F["chi_lr"], 1e-4, 100.0, D["chi_lr"], 0.1, key="train_chi_lr")
-            values["t0"] = st.number_input(F["t0"] + " (0: off)", 0, 100_000, D["t0"], key="train_t0",
-                                           help="Every t0 steps the reference becomes the policy of t0 steps before.")
-            values["beta_ratchet"] = st.number_input(
-                F["beta_ratchet"] + " (0: off; needs t0)", 0.0, 1.0, D["beta_ratchet"], 0.01, format="%.3f",
-                key="train_beta", help="Every t0 steps: b1 ← max(b1, β · the constraint estimate of t0 steps ago).")
+                values["chi_lr"] = number_field(F["chi_lr"], "chi_lr", "train_chi_lr", D["chi_lr"], 0.1)
+            values["t0"] = number_field(F["t0"] + " (0: off)", "t0", "train_t0", D["t0"],
+                                        help="Every t0 steps the reference becomes the policy of t0 steps before.")
+            values["beta_ratchet"] = number_field(
+                F["beta_ratchet"] + " (0: off; needs t0)", "beta_ratchet", "train_beta", D["beta_ratchet"], 0.01,
+                help="Every t0 steps: b1 ← max(b1, β · the constraint estimate of t0 steps ago).")
             values["online"] = st.toggle(F["online"], D["online"], key="train_online",
                                          help="Sample candidates from the policy each step, scored by the task's "
                                               "preference oracle (a dataset run's: its judge, which also scores "
                                               "the evaluation, so online win-rates are optimistic).")
             if values["online"]:
-                values["n_candidates"] = st.number_input(F["n_candidates"], 2, 64, D["n_candidates"], key="train_cands")
-                values["max_new_tokens"] = st.number_input(F["max_new_tokens"], 1, 64, D["max_new_tokens"],
-                                                           key="train_new_tokens")
+                values["n_candidates"] = number_field(F["n_candidates"], "n_candidates", "train_cands",
+                                                      D["n_candidates"])
+                values["max_new_tokens"] = number_field(F["max_new_tokens"], "max_new_tokens", "train_new_tokens",
+                                                        D["max_new_tokens"])
     if task == "text":
         with st.expander("Task and reference model"):
             setup_values = {
-                "n_prompts": st.number_input(F["n_prompts"], train_presenter.MIN_PROMPTS, 10_000, D["n_prompts"],
-                                             key="train_prompts"),
-                "n_candidates": st.number_input("Candidate responses per prompt", 2, 64, D["task_n_candidates"],
-                                                key="train_task_cands"),
-                "pairs_per_prompt": st.number_input(F["pairs_per_prompt"], 1, 1_000, D["pairs_per_prompt"],
-                                                    key="train_pairs"),
-                "temperature": st.number_input(F["temperature"], 0.0, 10.0, D["temperature"], 0.05, key="train_temp",
-                                               help="Noise of the preference labels (0: the higher score always wins)."),
-                "sft_steps": st.number_input(F["sft_steps"], 1, 100_000, D["sft_steps"], 50, key="train_sft"),
-                "eval_samples": st.number_input(F["eval_samples"], 1, 256, D["eval_samples"], key="train_eval"),
-                "seed": st.number_input(F["task_seed"], 0, 1_000_000, D["task_seed"], key="train_task_seed"),
+                "n_prompts": number_field(F["n_prompts"], "n_prompts", "train_prompts", D["n_prompts"]),
+                "n_candidates": number_field("Candidate responses per prompt", "task_n_candidates",
+                                             "train_task_cands", D["task_n_candidates"]),
+                "pairs_per_prompt": number_field(F["pairs_per_prompt"], "pairs_per_prompt", "train_pairs",
+                                                 D["pairs_per_prompt"]),
+                "temperature": number_field(F["temperature"], "temperature", "train_temp", D["temperature"], 0.05,
+                                            help="Noise of the preference labels (0: the higher score always wins)."),
+                "sft_steps": number_field(F["sft_steps"], "sft_steps", "train_sft", D["sft_steps"], 50),
+                "eval_samples": number_field(F["eval_samples"], "eval_samples", "train_eval", D["eval_samples"]),
+                "seed": number_field(F["task_seed"], "task_seed", "train_task_seed", D["task_seed"]),
             }
-    if checked is not None and setup_error is None:
+    form_error = None
+    if PROBLEMS:
+        form_error = "Start is off until these fields are fixed:\n\n" + "\n".join(f"- {p}" for p in PROBLEMS)
+    else:
+        try:  # the settings together (e.g. a ratchet without t0), before anything is queued
+            train_presenter.train_config(method, **values)
+        except ValueError as exc:
+            form_error = f"Start is off: {exc}"
+    if form_error:
+        st.error(form_error)
+    else:
+        if task == "text":
+            train_size = train_presenter.text_train_size(setup_values["n_prompts"], setup_values["pairs_per_prompt"])
+        else:
+            train_size = (None, checked.n_pairs[0] if checked is not None else None)
+        for warning in train_presenter.form_warnings(method, values, *train_size):
+            st.warning(warning)
+    if checked is not None and setup_error is None and form_error is None:
         memory_note(setup, checked, method, values)
     job_label = st.text_input("Job name (optional)", key="train_name", placeholder="default: method and settings")
     start = st.button("Start training", type="primary", key="train_start", width="stretch",
-                      disabled=setup_error is not None,
+                      disabled=setup_error is not None or form_error is not None,
                       help="Queue the run; the worker starts it when the jobs before it have ended.")
 
 if task == "text":
@@ -695,7 +765,7 @@ if start:
 with st.expander("Sweep: MOPO at several thresholds and the baseline grids, in one action"):
     st.caption("Every job uses the sidebar's task, τ, steps, optimiser, logging and seed; the front on the Pareto "
                "plane below fills in as the runs finish.")
-    if n_objectives != 2 or setup_error is not None:
+    if n_objectives != 2 or setup_error is not None or form_error is not None:
         st.info("A sweep varies the threshold b1 on the one secondary objective of a two-objective task"
                 + (f"; this one has {n_objectives}." if n_objectives != 2 else
                    "; finish the sidebar's setup first."))

@@ -137,10 +137,11 @@ def test_a_robust_mopo_run_is_queued_with_its_radius(store_path, no_worker):
 
 def test_bad_input_gets_an_error_naming_the_field_and_queues_nothing(store_path, no_worker):
     at = _page()
-    at.number_input(key="train_beta").set_value(0.9).run()
-    at.button(key="train_start").click().run()
+    at.number_input(key="train_beta").set_value(0.9).run()  # a ratchet without t0: refused before Start
     assert not at.exception
     assert "Ratchet β (beta_ratchet)" in at.error[0].value and "t0" in at.error[0].value
+    assert at.button(key="train_start").proto.disabled and not [b for b in at.button if b.key == "train_sweep"]
+    assert any("finish the sidebar's setup first" in i.value for i in at.info)
     at.number_input(key="train_beta").set_value(0.0)
     at.toggle(key="train_online").set_value(True).run()
     assert at.number_input(key="train_kl_every").proto.disabled  # online logs its pool's KL every step
@@ -150,6 +151,90 @@ def test_bad_input_gets_an_error_naming_the_field_and_queues_nothing(store_path,
     at.text_input(key="train_sweep_thresholds").set_value("0.5, 1.5").run()
     assert any("1.5 is outside [0, 1]" in e.value for e in at.error)
     assert jobs.list_jobs(store_path) == []
+
+
+def _errors(at) -> str:
+    return "\n".join(e.value for e in at.error)
+
+
+def test_a_value_typed_out_of_range_turns_start_off_names_the_field_and_is_kept_as_typed(store_path, no_worker):
+    at = _page(TINY)
+    at.number_input(key="train_threshold").set_value(1.5).run()
+    assert not at.exception
+    assert at.number_input(key="train_threshold").value == 1.5  # not put back to the old 0.6
+    assert at.button(key="train_start").proto.disabled
+    assert "Threshold b1 on harmlessness: 1.5 is outside the allowed range; give a number in [0, 1]" in _errors(at)
+    at.number_input(key="train_threshold").set_value(0.7).run()
+    assert not at.error and not at.button(key="train_start").proto.disabled
+    at.button(key="train_start").click().run()
+    (job,) = jobs.list_jobs(store_path)
+    assert job.config["thresholds"] == [0.7] and job.name.startswith("MOPO b1=0.7")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train_tau", 0.0, "τ (KL strength; β of DPO/IPO): 0 is outside the allowed range; give a number in (0, 10]"),
+    ("train_steps", 0, "Steps: 0 is outside the allowed range; give a whole number in [1, 100000]"),
+    ("train_batch", 0, "Batch size: 0 is outside the allowed range; give a whole number in [1, 512]"),
+    ("train_lr", 0.0, "Learning rate: 0 is outside the allowed range; give a number in (0, 1]"),
+    ("train_prompts", 5, "Prompts: 5 is outside the allowed range; give a whole number in [10, 10000]"),
+    ("train_steps", None, "Steps: empty; give a whole number in [1, 100000]"),
+])
+def test_tau_steps_and_other_fields_out_of_range_turn_start_off_and_queue_nothing(store_path, no_worker, key, value,
+                                                                                  message):
+    at = _page()
+    at.number_input(key=key).set_value(value).run()
+    assert not at.exception
+    assert at.number_input(key=key).value == value
+    assert message in _errors(at) and at.button(key="train_start").proto.disabled
+    assert not [b for b in at.button if b.key == "train_sweep"]  # the sweep uses the same fields
+    assert jobs.list_jobs(store_path) == []
+
+
+def test_implausible_settings_are_warned_about_before_start_naming_the_field(store_path, no_worker):
+    at = _page()
+    assert not at.warning
+    at.number_input(key="train_lr").set_value(1.0).run()
+    assert not at.exception and not at.error
+    (warning,) = [w.value for w in at.warning]
+    assert warning.startswith("Learning rate (lr) = 1 is above 0.1")
+    assert not at.button(key="train_start").proto.disabled  # allowed, only warned about
+    at.number_input(key="train_batch").set_value(512).run()
+    batch = [w.value for w in at.warning if w.value.startswith("Batch size (batch_size) = 512")]
+    assert batch and "larger than the training split (about 32 prompts)" in batch[0]
+
+
+def test_the_finished_runs_table_says_per_threshold_whether_the_held_out_point_met_it(store_path, no_worker,
+                                                                                      monkeypatch):
+    store = RunStore(store_path)
+    objectives = list(train_presenter.OBJECTIVES)
+    runs = []
+    for method, thresholds, values, stderr in [("mopo", [0.75], [0.6, 0.533], [0.02, 0.03]),
+                                               ("mopo", [0.6], [0.55, 0.718], [0.02, 0.03]),
+                                               ("mopo", [0.7], [0.58, 0.69], [0.02, 0.03]),
+                                               ("dpo", [0.5], [0.7, 0.4], [0.02, 0.03])]:
+        run_id = store.create_run("train", {"task": "text", "method": method, "steps": 4, "thresholds": thresholds,
+                                            "objectives": objectives})
+        store.log_metrics(run_id, 4, {"loss": 1.0})
+        store.add_points(run_id, [{"label": method, "params": {"tau": 0.08}, "values": values,
+                                   "extra": {"win_rate_stderr": stderr}}])
+        store.set_status(run_id, "finished")
+        runs.append(run_id)
+    monkeypatch.setattr(jobs, "list_jobs", lambda path, status=None: [jobs.Job(
+        i + 1, "train_text", f"job {i + 1}", {"steps": 4, "method": "mopo"}, {}, None, "done", r, False, 99, None,
+        "t", "t", "t") for i, r in enumerate(runs)])
+    at = _page()
+    assert not at.exception
+    table = next(df.value for df in at.dataframe if "on the front" in df.value.columns)
+    assert {"b1", "met b1"} <= set(table.columns)
+    assert table["met b1"].tolist() == ["no", "yes", "no (within 1 SE)", "–"]
+    assert table["b1"].tolist()[:3] == [0.75, 0.6, 0.7] and np.isnan(table["b1"].iloc[3])  # DPO: no threshold
+    plane = figures(at)[1]
+    missed = next(t for t in plane["data"] if t["name"].startswith("MOPO run that missed"))
+    met = next(t for t in plane["data"] if t["name"].startswith("MOPO run that met"))
+    assert list(missed["x"]) == pytest.approx([0.533, 0.69]) and list(met["x"]) == pytest.approx([0.718])
+    text = _text(at)
+    assert "MOPO aims to end to its right" not in text
+    assert "training-batch estimate" in text and "held-out" in text and "met b1" in text
 
 
 def test_one_action_queues_a_threshold_sweep_and_the_baseline_grids(store_path, no_worker):
@@ -202,7 +287,7 @@ def test_cancel_and_resume_buttons_drive_the_worker_and_the_live_charts_follow(s
     loss = next(t for t in curves["data"] if t["name"] == "loss (MOPO)")
     assert list(loss["x"]) == [1, 2]
     assert {"λ1 (multiplier of harmlessness)", "threshold b1 in force"} <= set(_names(curves))
-    assert any(n.startswith("run 1 live, step 2: V1 estimate") for n in _names(plane))
+    assert any(n.startswith("run 1 live, step 2: constraint on the training batch") for n in _names(plane))
     assert any(n.startswith("run 1: threshold b1 = 0.6") for n in _names(plane))
 
     at.button(key="train_cancel_1").click().run()
@@ -294,6 +379,8 @@ def test_every_figure_has_a_title_axis_titles_a_legend_and_threshold_lines(store
     live = next(t for t in plane["data"] if t["name"].startswith("run 1 live"))
     assert list(live["x"]) == [pytest.approx(0.56)] * 2
     assert "V0 is measured when the run ends" in live["name"]
+    assert "constraint on the training batch" in live["name"] and "V1 estimate" not in live["name"]
+    assert any(n.startswith("run 1: threshold b1 = 0.6 on the training-batch estimate") for n in _names(plane))
 
 
 def test_a_constraint_stuck_below_its_threshold_gets_a_warning(store_path, no_worker, monkeypatch):
@@ -382,6 +469,28 @@ def test_sweep_configs_and_parse_numbers():
             train_presenter.parse_numbers(text, "f")
 
 
+def test_check_value_names_the_field_and_its_range_and_form_warnings_name_theirs():
+    assert train_presenter.check_value(0.6, "threshold", "b1") is None
+    assert train_presenter.check_value(1.5, "threshold", "b1") == ("b1: 1.5 is outside the allowed range; give a "
+                                                                    "number in [0, 1]")
+    assert "(0, 10]" in train_presenter.check_value(0.0, "tau", "τ")
+    assert train_presenter.check_value(None, "steps", "Steps") == "Steps: empty; give a whole number in [1, 100000]"
+    assert "not a whole number" in train_presenter.check_value(2.5, "steps", "Steps")
+    assert "not finite" in train_presenter.check_value(float("nan"), "lr", "lr")
+    assert set(train_presenter.FIELD_RANGES) >= {k for k in train_presenter.FIELD_LABELS if k not in (
+        "method", "thresholds", "objective_weights", "online")}
+    assert train_presenter.form_warnings("mopo", {"lr": 1e-3, "batch_size": 8, "kl_every": 10, "steps": 100}, 32,
+                                         256) == []
+    lr, batch, kl = train_presenter.form_warnings("dpo", {"lr": 0.5, "batch_size": 300, "kl_every": 50, "steps": 20},
+                                                  32, 256)
+    assert lr.startswith("Learning rate (lr) = 0.5") and "about 256 pairs" in batch and "KL estimate every" in kl
+    assert train_presenter.form_warnings("mopo", {"batch_size": 40}, None, 30)[0].endswith(
+        "(about 30 pairs): every step sees all of it, so a smaller batch costs nothing.")
+    assert train_presenter.text_train_size(40, 8) == (32, 256)
+    assert [train_presenter.threshold_verdict(v, 0.02, 0.6) for v in (0.7, 0.61, 0.59, 0.5, np.nan)] == [
+        "yes", "yes (within 1 SE)", "no (within 1 SE)", "no", "–"]
+
+
 def _run(run_id, metrics, points=None, config=None) -> Run:
     frame = pd.DataFrame(metrics, columns=["step", "name", "value"])
     pts = pd.DataFrame(points or [], columns=["idx", "label", "params", "values", "extra", "v0", "v1"])
@@ -402,12 +511,14 @@ def test_metric_frame_live_constraints_and_front_points():
     assert train_presenter.live_constraints(under)[0]["below"] == 3  # steps 2-4 in a row
     point = lambda v, se: {"idx": 0, "label": "mopo", "params": {"tau": 0.08}, "values": v,  # noqa: E731
                            "extra": {"win_rate_stderr": se}, "v0": v[0], "v1": v[1]}
-    runs = [_run(1, [], [point([0.6, 0.5], [0.01, 0.02])]), _run(2, [], [point([0.5, 0.7], [0.01, 0.02])]),
+    runs = [_run(1, [], [point([0.6, 0.5], [0.01, 0.02])], {"thresholds": [0.6]}),
+            _run(2, [], [point([0.5, 0.7], [0.01, 0.02])], {"thresholds": [0.6]}),
             _run(3, [], [point([0.4, 0.4], [0.01, 0.02])], {"method": "dpo"}),
             _run(4, [], [point([0.9, 0.9], [0.0, 0.0])], {"task": "data"})]  # another task: not on this plane
     points = train_presenter.front_points(runs, {1: "first"})
     assert points["run"].tolist() == [1, 2, 3] and points["on_front"].tolist() == [True, True, False]
     assert points["job_name"].tolist() == ["first", "", ""] and points["stderr1"].tolist() == [0.02] * 3
+    assert points["met b1"].tolist() == ["no", "yes", "–"] and points["met"].tolist() == [False, True, None]
     path = train_presenter.front_staircase(points, (0.3, 0.3))
     assert path[0].tolist() == [0.3, 0.6] and path[-1].tolist() == [0.7, 0.3]
     assert train_presenter.front_points([], {}).empty

@@ -293,7 +293,7 @@ def test_train_page_trains_a_real_checkpoint_on_a_preference_file(browser, serve
     _number(browser, "Batch size", 2)
     expand(browser, "Optimiser, logging")
     expand(browser, "MOPO: robust constraints")
-    _number(browser, "Robust radius ε (KL ball) (0: off)", "0.150")
+    _number(browser, "Robust radius ε (KL ball) (0: off)", "0.15")
     expand(browser, "MOPO: robust constraints")
     _click(browser, "Start training")
     _wait_progress(browser, "the run's middle", lambda r, s, n, st: s >= 11 and st == "running", timeout=900)
