@@ -24,7 +24,7 @@ import pandas as pd
 from synthetic.text_task import TextTask
 
 from app.presenters.compare import staircase
-from mopo_core.experiments.compare_runs import format_params, union_front_mask
+from mopo_core.experiments.compare_runs import format_params, split_diverged, union_front_mask
 from mopo_core.lm.config import METHODS, WEIGHTED_METHODS, TrainConfig
 from mopo_core.runs import Run, RunStore
 from mopo_core.training import jobs
@@ -565,9 +565,16 @@ def threshold_verdict(value: float, stderr: float, threshold: float) -> str:
     return verdict + (" (within 1 SE)" if np.isfinite(stderr) and abs(value - threshold) < stderr else "")
 
 
-def front_points(runs: list[Run], job_names: dict[int, str] | None = None, key: tuple | None = None) -> pd.DataFrame:
-    """The evaluated points of the finished runs among ``runs`` whose :func:`plane_key` is
-    ``key`` (default: the text task's): run, job_name, method, label, v0 (primary), v1 (first
+def diverged_on_plane(runs: list[Run], key: tuple) -> list[Run]:
+    """The diverged runs among ``runs`` on the plane ``key`` (hidden from it unless asked)."""
+    return [run for run in split_diverged(runs)[1] if plane_key(run) == key]
+
+
+def front_points(runs: list[Run], job_names: dict[int, str] | None = None, key: tuple | None = None,
+                 include_diverged: bool = False) -> pd.DataFrame:
+    """The evaluated points of the runs among ``runs`` whose :func:`plane_key` is ``key``
+    (default: the text task's), diverged runs (``compare_runs.is_diverged``) left out unless
+    ``include_diverged``: run, job_name, method, label, v0 (primary), v1 (first
     secondary; NaN for one objective) win-rates against the reference, their standard errors,
     params_text, on_front (non-dominated among these points); then per secondary objective j:
     ``b{j}`` (a MOPO run's threshold, NaN for the other methods), ``met b{j}`` (whether the
@@ -577,7 +584,7 @@ def front_points(runs: list[Run], job_names: dict[int, str] | None = None, key: 
     key = ("text", OBJECTIVES) if key is None else key
     n_secondary = max(len(key[1]) - 1, 0)
     rows = []
-    for run in runs:
+    for run in split_diverged(runs, include_diverged)[0]:
         if plane_key(run) != key or run.points.empty:
             continue
         thresholds = run_thresholds(run)

@@ -374,9 +374,14 @@ def live_panel(path: str) -> None:
                 "train_curves", data=frame)
 
     key = train_presenter.plane_key(run)
-    points = train_presenter.front_points(_front_runs(run_store()), {int(r["run"]): r["name"] for r in
-                                                          queue.dropna(subset=["run"]).to_dict("records")
-                                                          if r["kind"] != "resume"}, key)
+    front_runs = _front_runs(run_store())
+    diverged = train_presenter.diverged_on_plane(front_runs, key)
+    show_diverged = bool(diverged) and st.checkbox(
+        f"Show diverged runs ({len(diverged)} hidden: " + ", ".join(f"run {r.id}" for r in diverged) + ")",
+        key="train_show_diverged")
+    points = train_presenter.front_points(front_runs, {int(r["run"]): r["name"] for r in
+                                                       queue.dropna(subset=["run"]).to_dict("records")
+                                                       if r["kind"] != "resume"}, key, include_diverged=show_diverged)
     reference = ("the SFT model every text-task run starts from" if key[0] == "text" else
                  f"the starting checkpoint {Path(str(key[2])).name}, sampled on the test prompts and scored by "
                  "the same preference model")

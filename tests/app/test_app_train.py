@@ -237,6 +237,32 @@ def test_the_finished_runs_table_says_per_threshold_whether_the_held_out_point_m
     assert "training-batch estimate" in text and "held-out" in text and "met b1" in text
 
 
+def test_a_diverged_run_is_off_the_plane_until_asked_for(store_path, no_worker, monkeypatch):
+    store = RunStore(store_path)
+    objectives = list(train_presenter.OBJECTIVES)
+    runs = []
+    for status, values in [("finished", [0.6, 0.55]), ("diverged", [0.9, 0.9])]:
+        run_id = store.create_run("train", {"task": "text", "method": "mopo", "steps": 4, "thresholds": [0.5],
+                                            "objectives": objectives})
+        store.log_metrics(run_id, 4, {"loss": 1.0})
+        store.add_points(run_id, [{"label": "mopo", "params": {"tau": 0.08}, "values": values,
+                                   "extra": {"win_rate_stderr": [0.02, 0.02]}}])
+        store.set_status(run_id, status)
+        runs.append(run_id)
+    monkeypatch.setattr(jobs, "list_jobs", lambda path, status=None: [jobs.Job(
+        i + 1, "train_text", f"job {i + 1}", {"steps": 4, "method": "mopo"}, {}, None, "done", r, False, 99, None,
+        "t", "t", "t") for i, r in enumerate(runs)])
+    at = _page()
+    assert not at.exception
+    table = next(df.value for df in at.dataframe if "on the front" in df.value.columns)
+    assert table["run"].tolist() == [runs[0]]  # the diverged run's (0.9, 0.9) would dominate: it is hidden
+    box = at.checkbox(key="train_show_diverged")
+    assert f"run {runs[1]}" in box.label
+    box.check().run()
+    table = next(df.value for df in at.dataframe if "on the front" in df.value.columns)
+    assert sorted(table["run"].tolist()) == sorted(runs)
+
+
 def test_one_action_queues_a_threshold_sweep_and_the_baseline_grids(store_path, no_worker):
     at = _page({"train_steps": 30})
     at.number_input(key="train_tau").set_value(0.1)
