@@ -114,8 +114,12 @@ def tiny_encoder(folder: Path) -> SentenceEncoder:
 
 def fit_judge(dataset: PreferenceDataset, encoder: SentenceEncoder, folder: Path, data: dict | None = None) -> Path:
     """A preference model fitted (briefly) on ``dataset`` and saved at ``folder``; ``data``: what
-    ``prefmodel train`` records of the file it read (file, format, split, split_seed)."""
-    judge = train_preference_model(dataset, encoder, settings=HeadSettings(max_epochs=5, patience=2))
+    ``prefmodel train`` records of the file it read (file, format, split, split_seed).
+
+    Early stopping watches ``dataset`` itself (a fixture, not a held-out judge): a few dozen
+    pairs leave too small a validation split for the heads to beat a constant judge there, and
+    such a judge is refused (:data:`mopo_core.lm.judge.UNINFORMATIVE_RULE`)."""
+    judge = train_preference_model(dataset, encoder, validation=dataset, settings=HeadSettings(max_epochs=5, patience=2))
     if data is not None:
         judge.info["data"] = data
     return judge.save(folder)

@@ -3,10 +3,14 @@
 ``models list|add PATH|fetch-smollm2`` works on the models folder and its registry
 (:mod:`mopo_core.lm.registry`) and does not touch the run store. ``prefmodel
 fetch-encoder|train|eval`` gets the sentence encoder and trains or evaluates preference models
-(:mod:`mopo_core.lm.judge`); ``train`` records a ``prefmodel`` run in the store. The arguments
+(:mod:`mopo_core.lm.judge`); ``train`` records a ``prefmodel`` run in the store. Every accuracy is
+printed with its 95% Wilson interval beside the constant-predictor base rate, and every log-loss
+beside ln 2 (a constant judge's); ``train`` refuses a judge no better than constant on validation
+(:data:`mopo_core.lm.judge.UNINFORMATIVE_RULE`) unless ``--allow-uninformative``, and ``eval``
+prints a warning for such a judge. The arguments
 are defined without torch, so that the command line starts fast; ``prefmodel`` imports torch
-only when it runs. A failed download or a missing file prints ``error: ...`` and exits with
-status 1."""
+only when it runs. A failed download, a missing file or a refused (uninformative) judge prints
+``error: ...`` and exits with status 1."""
 from __future__ import annotations
 
 import json
@@ -99,11 +103,16 @@ def add_prefmodel_command(sub) -> None:
                        help="mopo: this project's JSONL/Parquet schema (default); else a public format")
         p.add_argument("--objective", help="name of the one objective of hh/sharegpt/alpaca files")
         p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+        p.add_argument("--skip-bad-rows", action="store_true",
+                       help="public formats: leave bad rows (e.g. an empty response) out; their count is printed")
     train.add_argument("--out", required=True, help="folder to save the model in")
     train.add_argument("--encoder", help="encoder folder (default: <models folder>/encoders/all-MiniLM-L6-v2)")
     train.add_argument("--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
                        help="fractions of the pairs, split by prompt (default 0.7 0.15 0.15)")
     train.add_argument("--max-length", type=int, default=256, help="encoder tokens per (prompt, response)")
+    train.add_argument("--allow-uninformative", action="store_true",
+                       help="save a judge that ends no better than constant on validation (refused otherwise), "
+                            "flagged UNINFORMATIVE in its metadata")
     for name, kind, text in _HEAD_OPTIONS:
         train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"{text} (default: HeadSettings)")
     evaluate.add_argument("--model", required=True, help="folder written by prefmodel train")
@@ -114,23 +123,57 @@ def add_prefmodel_command(sub) -> None:
 def cmd_prefmodel(args, store) -> int:
     """Run ``prefmodel fetch-encoder|train|eval`` (imports torch only now); ``train`` records a
     ``prefmodel`` run in ``store``."""
-    from mopo_core.lm.judge import PreferenceModel, fetch_encoder, load_dataset
+    import warnings
+
+    from mopo_core.lm.judge import (
+        PreferenceModel,
+        UninformativeJudgeError,
+        UninformativeJudgeWarning,
+        fetch_encoder,
+        uninformative_objectives,
+    )
 
     try:
         if args.action == "fetch-encoder":
             print(fetch_encoder(args.models_dir, args.cache_dir, args.force))
             return 0
         if args.action == "eval":
-            model = PreferenceModel.load(args.model)
-            metrics = {"data": model.evaluate(load_dataset(args.data, args.format, args.objective))}
+            with warnings.catch_warnings():  # evaluating a flagged judge is allowed: the warning is printed below
+                warnings.simplefilter("ignore", UninformativeJudgeWarning)
+                model = PreferenceModel.load(args.model, allow_uninformative=True)
+            metrics = {"data": model.evaluate(_read_data(args))}
         else:
-            model = _train_prefmodel(args, store)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UninformativeJudgeWarning)
+                model = _train_prefmodel(args, store)
             metrics = model.info["metrics"]
-    except (DownloadError, FileNotFoundError) as exc:
+    except (DownloadError, FileNotFoundError, UninformativeJudgeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(metrics, indent=1) if args.json else _metrics_table(metrics))
+    bad = uninformative_objectives(model.info, model.heads, model.objectives)
+    if bad:
+        print(f"WARNING: UNINFORMATIVE JUDGE - no better than constant on {', '.join(bad)} "
+              f"({'; '.join(f'{k}: {v}' for k, v in bad.items())}); it scores every policy at 0.5 there "
+              "and is refused for scoring runs", file=sys.stderr)
+    weak = {name: v for name, v in (model.info.get("judge_check") or {}).get("objectives", {}).items()
+            if isinstance(v, dict) and v.get("verdict") == "weak"}
+    for name, v in weak.items():
+        print(f"warning: {name}: weak judge - {'; '.join(v['reasons'])}", file=sys.stderr)
     return 0
+
+
+def _read_data(args):
+    """The ``--data`` file (``--format``, ``--objective``, ``--skip-bad-rows``); the number of
+    rows left out is printed (stderr), the first few listed."""
+    from mopo_core.lm.judge import read_dataset
+
+    dataset, skipped = read_dataset(args.data, args.format, args.objective, args.skip_bad_rows)
+    if args.skip_bad_rows:
+        rows = sorted({row for row, _ in skipped})
+        print(f"skipped {len(rows)} bad row(s) of {args.data}"
+              + "".join(f"\n  row {row}: {problem}" for row, problem in skipped[:10]), file=sys.stderr)
+    return dataset
 
 
 def _train_prefmodel(args, store):
@@ -140,11 +183,10 @@ def _train_prefmodel(args, store):
         HeadSettings,
         SentenceEncoder,
         default_encoder_dir,
-        load_dataset,
         train_preference_model,
     )
 
-    dataset = load_dataset(args.data, args.format, args.objective)
+    dataset = _read_data(args)
     given = {f.name: getattr(args, f.name) for f in fields(HeadSettings) if getattr(args, f.name, None) is not None}
     settings = HeadSettings(**given)
     train, validation, test = dataset.split(args.split, seed=settings.seed)
@@ -152,12 +194,13 @@ def _train_prefmodel(args, store):
                    else inside_models_folder(default_encoder_dir(args.models_dir), args.models_dir))
     encoder = SentenceEncoder.load(encoder_dir, max_length=args.max_length)
     data = {"file": str(Path(args.data).resolve()), "format": args.format, "objective": args.objective,
-            "split": list(args.split), "split_seed": settings.seed}
+            "split": list(args.split), "split_seed": settings.seed, "skip_bad_rows": args.skip_bad_rows}
     config = {"data": data, "encoder": encoder.path, "max_length": encoder.max_length, **asdict(settings),
               "out": str(Path(args.out).resolve())}
     with store.record("prefmodel", config, name=f"prefmodel/{Path(args.data).name}") as run_id:
         model = train_preference_model(train, encoder, validation, test, settings,
-                                       progress=lambda epoch, values: store.log_metrics(run_id, epoch, values))
+                                       progress=lambda epoch, values: store.log_metrics(run_id, epoch, values),
+                                       allow_uninformative=args.allow_uninformative)
         model.info |= {"data": data, "run_id": run_id}
         held_out = model.info["metrics"]["test"]
         store.add_points(run_id, [{"label": "prefmodel", "params": {"hidden": settings.hidden},
@@ -168,10 +211,15 @@ def _train_prefmodel(args, store):
 
 
 def _metrics_table(metrics: dict) -> str:
-    """One line per (split, objective): accuracy over non-tie pairs, BT log-loss, pair counts."""
-    lines = [f"{'split':<11} {'objective':<16} {'accuracy':>8} {'log_loss':>8} {'scored':>7} {'pairs':>6}"]
+    """One line per (split, objective): accuracy over non-tie pairs (a zero margin is half a
+    vote) with its 95% Wilson interval beside the constant-predictor base rate, BT log-loss
+    beside ln 2 (the constant judge's), pair counts."""
+    lines = [f"{'split':<11} {'objective':<16} {'accuracy':>8} {'95% CI':>13} {'base_rate':>9} "
+             f"{'log_loss':>8} {'ln2':>6} {'scored':>7} {'pairs':>6}"]
     for split, per_objective in metrics.items():
         for name, m in per_objective.items():
-            lines.append(f"{split:<11} {name:<16} {m['accuracy']:>8.3f} {m['log_loss']:>8.3f} "
-                         f"{m['n_scored']:>7} {m['n_pairs']:>6}")
+            ci = f"{m.get('ci_low', float('nan')):.3f}-{m.get('ci_high', float('nan')):.3f}"
+            lines.append(f"{split:<11} {name:<16} {m['accuracy']:>8.3f} {ci:>13} "
+                         f"{m.get('base_rate', float('nan')):>9.3f} {m['log_loss']:>8.3f} "
+                         f"{m.get('log_loss_constant', 0.6931471805599453):>6.3f} {m['n_scored']:>7} {m['n_pairs']:>6}")
     return "\n".join(lines)

@@ -17,9 +17,20 @@ validation loss (its best epoch's weights are kept) and training ends when every
 has run out of patience.
 
 Metrics (:func:`bt_metrics`): ``accuracy`` is the share of pairs whose winner the model
-ranks higher, ``(r_a > r_b) == (l > 0.5)``, over pairs that are not ties (``l = 0.5`` pairs
-are excluded and ``n_scored`` counts the rest; NaN when none is left); ``log_loss`` is the
-mean BT log-loss over all pairs.
+ranks higher, ``(r_a > r_b) == (l > 0.5)``, a zero margin counting as half a vote, over pairs
+that are not ties (``l = 0.5`` pairs are excluded and ``n_scored`` counts the rest; NaN when
+none is left), with its 95% Wilson interval and, beside it, the constant-predictor base rate
+(the majority winner's share, a or b, on the same pairs); ``log_loss`` is the mean BT
+log-loss over all pairs, to be read beside ``ln 2`` (the constant judge's). A constant judge
+thus scores accuracy 0.5 and log-loss ln 2, never the label base rate.
+
+Honesty (:func:`judge_verdicts`, :data:`UNINFORMATIVE_RULE`): a training whose heads end no
+better than constant on the validation split (the exact rule is :data:`UNINFORMATIVE_RULE`)
+is refused with :class:`UninformativeJudgeError`, or, with ``allow_uninformative=True``, kept
+with a loud warning recorded in the saved metadata (``info["uninformative"]``,
+``info["warning"]``); :meth:`PreferenceModel.load`, the one way a saved judge is read for
+scoring, refuses such a judge unless it too is passed ``allow_uninformative=True`` (then it
+warns with :class:`UninformativeJudgeWarning`).
 
 Files (:meth:`PreferenceModel.save`): ``heads.safetensors`` (weights and statistics) and
 ``preference_model.json`` (objectives, encoder path and settings, head size, training
@@ -38,6 +49,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -209,23 +221,130 @@ class RewardHeads(nn.Module):
 # --------------------------------------------------------------------------- metrics
 
 
+#: The BT log-loss of the constant judge (every margin 0, P = 1/2 for every pair): ``ln 2``.
+LN2 = math.log(2.0)
+#: z of a two-sided 95% interval.
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``successes / n`` (``successes`` may be
+    fractional: half votes); ``(nan, nan)`` for ``n = 0``."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def bt_metrics(margins: torch.Tensor, labels: torch.Tensor, objectives: tuple[str, ...]) -> dict:
-    """Per objective ``{"accuracy", "n_scored", "log_loss", "n_pairs"}`` from ``margins``
-    ``(N, K) = r_k(a) - r_k(b)`` and ``labels`` ``(N, K)`` (conventions in the module docstring)."""
+    """Per objective ``{"accuracy", "ci_low", "ci_high", "base_rate", "n_scored", "log_loss",
+    "log_loss_constant", "n_pairs"}`` from ``margins`` ``(N, K) = r_k(a) - r_k(b)`` and
+    ``labels`` ``(N, K)`` (conventions in the module docstring).
+
+    ``accuracy`` counts a zero margin as half a vote, so a constant judge scores 0.5 whatever
+    the labels; ``ci_low``/``ci_high`` are its 95% Wilson interval over the ``n_scored``
+    non-tie pairs; ``base_rate`` is the accuracy of the best constant *position* predictor on
+    the same pairs (the share of the majority winner, a or b): a judge whose interval does
+    not clear it may be reading position-correlated surface features only. ``log_loss_constant``
+    is ``ln 2``, the log-loss of the margin-0 judge."""
     margins, labels = margins.double(), labels.double()
     losses = nn.functional.binary_cross_entropy_with_logits(margins, labels, reduction="none")
     result = {}
     for k, name in enumerate(objectives):
         decided = labels[:, k] != TIE
-        right = (margins[decided, k] > 0) == (labels[decided, k] > TIE)
+        margin, a_wins = margins[decided, k], labels[decided, k] > TIE
+        votes = torch.where(margin == 0, 0.5, ((margin > 0) == a_wins).double())
         n_scored = int(decided.sum())
+        share_a = float(a_wins.double().mean()) if n_scored else float("nan")
+        low, high = wilson_interval(float(votes.sum()), n_scored)
         result[name] = {
-            "accuracy": float(right.double().mean()) if n_scored else float("nan"),
+            "accuracy": float(votes.mean()) if n_scored else float("nan"),
+            "ci_low": low,
+            "ci_high": high,
+            "base_rate": max(share_a, 1 - share_a) if n_scored else float("nan"),
             "n_scored": n_scored,
             "log_loss": float(losses[:, k].mean()) if len(labels) else float("nan"),
+            "log_loss_constant": LN2,
             "n_pairs": len(labels),
         }
     return result
+
+
+#: The rule by which a trained judge is refused (:func:`judge_verdicts`), as recorded in its metadata.
+UNINFORMATIVE_RULE = ("an objective's judge is uninformative when, on the validation split with the kept weights, "
+                      "early stopping kept the starting weights (best epoch 0: every margin 0), or every head "
+                      "weight that reaches the margin is 0, or the log-loss is not below ln 2 - 1e-4, or the "
+                      "accuracy (zero margin = half a vote) is not above 0.5; it is weak (warned, not refused) "
+                      "when the 95% Wilson interval of that accuracy does not clear both 0.5 and the base rate")
+#: How far below ln 2 the validation log-loss must be (nats).
+LOG_LOSS_MARGIN = 1e-4
+
+
+class UninformativeJudgeError(ValueError):
+    """A judge no better than constant on validation: refused unless explicitly allowed."""
+
+
+class UninformativeJudgeWarning(UserWarning):
+    """An uninformative judge used anyway (``allow_uninformative=True``)."""
+
+
+def judge_verdicts(validation: dict, best_epoch: dict | None = None, heads: RewardHeads | None = None) -> dict:
+    """Per objective ``{"verdict": "informative"|"weak"|"uninformative", "reasons": [...], and the
+    validation numbers}`` by :data:`UNINFORMATIVE_RULE`; ``validation`` is :func:`bt_metrics`
+    of the validation split, ``best_epoch`` the epochs early stopping kept, ``heads`` the
+    fitted heads (their zero rows are checked)."""
+    zero = constant_heads(heads) if heads is not None else set()
+    verdicts = {}
+    for k, (name, m) in enumerate(validation.items()):
+        reasons, weak = [], []
+        if best_epoch is not None and best_epoch.get(name) == 0:
+            reasons.append("early stopping kept the starting weights (best epoch 0)")
+        if k in zero:
+            reasons.append("its head weights are all 0 (every margin 0)")
+        if not m["log_loss"] < LN2 - LOG_LOSS_MARGIN:
+            reasons.append(f"validation log-loss {m['log_loss']:.4f} is not below ln 2 = {LN2:.4f}")
+        if not m["accuracy"] > 0.5:
+            reasons.append(f"validation accuracy {m['accuracy']:.3f} is not above 0.5")
+        bar = max(0.5, m["base_rate"]) if m["base_rate"] == m["base_rate"] else 0.5
+        if not reasons and not m["ci_low"] > bar:
+            weak.append(f"validation accuracy {m['accuracy']:.3f} (95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f}, "
+                        f"{m['n_scored']} pairs) does not clear max(0.5, base rate {m['base_rate']:.3f})")
+        verdicts[name] = {"verdict": "uninformative" if reasons else "weak" if weak else "informative",
+                          "reasons": reasons + weak, "accuracy": m["accuracy"], "ci_low": m["ci_low"],
+                          "ci_high": m["ci_high"], "base_rate": m["base_rate"], "log_loss": m["log_loss"],
+                          "n_scored": m["n_scored"]}
+    return verdicts
+
+
+def constant_heads(heads: RewardHeads) -> set[int]:
+    """The objectives (indices) whose head gives the same reward to every input: all-zero
+    linear weights, or all-zero output weights of an MLP head."""
+    last = heads.weight if heads.hidden == 0 else heads.w2
+    return {k for k in range(last.shape[0]) if not bool(last[k].detach().abs().sum() > 0)}
+
+
+def uninformative_objectives(info: dict, heads: RewardHeads | None = None,
+                             objectives: tuple[str, ...] = ()) -> dict[str, str]:
+    """``{objective: why}`` for the objectives a saved judge's ``info`` (or its ``heads``)
+    shows to be no better than constant: its recorded :func:`judge_verdicts`, else (a judge
+    saved before they were recorded) a best epoch of 0, and in any case an all-zero head."""
+    found = {}
+    check = info.get("judge_check", {}).get("objectives")
+    if isinstance(check, dict):
+        for name, v in check.items():
+            if isinstance(v, dict) and v.get("verdict") == "uninformative":
+                found[name] = "; ".join(v.get("reasons", [])) or "recorded as uninformative"
+    else:
+        for name, epoch in (info.get("best_epoch") or {}).items():
+            if epoch == 0:
+                found[name] = "early stopping kept the starting weights (best epoch 0)"
+    if heads is not None:
+        for k in constant_heads(heads):
+            name = objectives[k] if k < len(objectives) else str(k)
+            found.setdefault(name, "its head weights are all 0 (every margin 0)")
+    return found
 
 
 # --------------------------------------------------------------------------- model
@@ -307,11 +426,16 @@ class PreferenceModel:
         return _write_folder(Path(path), write)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, encoder: SentenceEncoder | None = None) -> PreferenceModel:
+    def load(cls, path: str | os.PathLike, encoder: SentenceEncoder | None = None,
+             allow_uninformative: bool = False) -> PreferenceModel:
         """A model saved with :meth:`save`; ``encoder`` replaces the one named in the file.
 
         Raises ``FileNotFoundError`` for a missing file or encoder folder and ``ValueError``
-        naming the file and field for bad content."""
+        naming the file and field for bad content. A judge no better than constant on some
+        objective (:func:`uninformative_objectives`: its recorded verdict, a best epoch of 0
+        in an older file, or all-zero head weights) would score every policy at 0.5 there: it
+        is refused with :class:`UninformativeJudgeError` unless ``allow_uninformative``, and
+        then loaded with an :class:`UninformativeJudgeWarning`."""
         from safetensors.torch import load_file
 
         folder = Path(path)
@@ -333,6 +457,15 @@ class PreferenceModel:
             heads.load_state_dict(load_file(file))
         except (RuntimeError, OSError) as exc:
             raise ValueError(f"{file}: does not fit {META_FILE} ({exc})") from None
+        bad = uninformative_objectives(meta["info"], heads, tuple(meta["objectives"]))
+        if bad:
+            text = (f"{folder}: this judge is no better than constant on "
+                    + "; ".join(f"{name} ({why})" for name, why in bad.items())
+                    + " - it would score every policy at 0.5 there")
+            if not allow_uninformative:
+                raise UninformativeJudgeError(f"{text}; retrain it (more data, another encoder or settings), or "
+                                              "load it with allow_uninformative=True to inspect it")
+            warnings.warn(f"UNINFORMATIVE JUDGE: {text}", UninformativeJudgeWarning, stacklevel=2)
         return cls(encoder, heads, meta["objectives"], meta["info"])
 
 
@@ -430,7 +563,8 @@ class HeadSettings:
 
 def train_preference_model(train: PreferenceDataset, encoder: SentenceEncoder,
                            validation: PreferenceDataset | None = None, test: PreferenceDataset | None = None,
-                           settings: HeadSettings = HeadSettings(), progress: Progress | None = None) -> PreferenceModel:
+                           settings: HeadSettings = HeadSettings(), progress: Progress | None = None,
+                           allow_uninformative: bool = False) -> PreferenceModel:
     """Fit K Bradley-Terry heads on ``train`` (conventions in the module docstring).
 
     ``validation`` drives early stopping; without it ``settings.validation_fraction`` of
@@ -438,6 +572,13 @@ def train_preference_model(train: PreferenceDataset, encoder: SentenceEncoder,
     at the end (the held-out numbers). ``progress(epoch, metrics)`` is called after every
     epoch with ``{"<objective>/train_loss", "<objective>/validation_loss"}``. The result's
     ``info["metrics"]`` holds :func:`bt_metrics` for ``train``, ``validation`` (and ``test``).
+
+    ``info["judge_check"]`` holds :func:`judge_verdicts` on the validation split and the rule
+    (:data:`UNINFORMATIVE_RULE`). When some objective is uninformative by that rule training is
+    refused with :class:`UninformativeJudgeError` naming the objective and its numbers, unless
+    ``allow_uninformative``: then ``info["uninformative"]`` lists those objectives,
+    ``info["warning"]`` says so in capitals (both saved with the model) and an
+    :class:`UninformativeJudgeWarning` is issued.
     """
     if validation is None:
         train, validation = train.split((1 - settings.validation_fraction, settings.validation_fraction),
@@ -463,6 +604,23 @@ def train_preference_model(train: PreferenceDataset, encoder: SentenceEncoder,
         "metrics": {name: model.evaluate(data) for name, data in splits.items()},
         "seen_prompt_digests": sorted({_digest(p) for data in (train, validation) for p in data.prompts()}),
     }
+    verdicts = judge_verdicts(model.info["metrics"]["validation"], model.info["best_epoch"], heads)
+    model.info["judge_check"] = {"split": "validation", "rule": UNINFORMATIVE_RULE, "objectives": verdicts}
+    bad = {name: v for name, v in verdicts.items() if v["verdict"] == "uninformative"}
+    if bad:
+        text = "; ".join(
+            f"{name}: {', '.join(v['reasons'])} (validation accuracy {v['accuracy']:.3f}, 95% CI "
+            f"{v['ci_low']:.3f}-{v['ci_high']:.3f}, base rate {v['base_rate']:.3f}, log-loss {v['log_loss']:.4f} "
+            f"vs ln 2 = {LN2:.4f}, {v['n_scored']} pairs)" for name, v in bad.items())
+        if not allow_uninformative:
+            raise UninformativeJudgeError(f"training ended no better than a constant judge on validation - {text}; "
+                                          "such a judge scores every policy at 0.5. Use more or cleaner data, "
+                                          "other settings or encoder (or allow_uninformative / "
+                                          "--allow-uninformative to keep it anyway, flagged)")
+        model.info["uninformative"] = sorted(bad)
+        model.info["warning"] = (f"UNINFORMATIVE JUDGE (kept with allow_uninformative): no better than constant "
+                                 f"on validation - {text}. Do not score runs with it.")
+        warnings.warn(model.info["warning"], UninformativeJudgeWarning, stacklevel=2)
     return model
 
 
@@ -561,12 +719,28 @@ def _digest(prompt: str) -> str:
 NATIVE_FORMAT = "mopo"
 
 
-def load_dataset(path: str | os.PathLike, fmt: str = NATIVE_FORMAT, objective: str | None = None) -> PreferenceDataset:
+def load_dataset(path: str | os.PathLike, fmt: str = NATIVE_FORMAT, objective: str | None = None,
+                 skip_bad_rows: bool = False) -> PreferenceDataset:
     """A preference file in this project's schema (``fmt="mopo"``) or a public format
     (``"auto"`` or one of :data:`mopo_core.data.public_formats.FORMATS`; ``objective`` names the
-    one objective of single-objective formats)."""
+    one objective of single-objective formats). ``skip_bad_rows``: see :func:`read_dataset`."""
+    return read_dataset(path, fmt, objective, skip_bad_rows)[0]
+
+
+def read_dataset(path: str | os.PathLike, fmt: str = NATIVE_FORMAT, objective: str | None = None,
+                 skip_bad_rows: bool = False) -> tuple[PreferenceDataset, tuple[tuple[int, str], ...]]:
+    """:func:`load_dataset` and the rows left out: ``(dataset, ((row, problem), ...))``.
+
+    ``skip_bad_rows`` is the option of ``data inspect``
+    (:func:`mopo_core.data.public_formats.load_public`): bad rows of a public file (an empty
+    response, for example) are left out and returned instead of raising. This project's own
+    schema has no such option (``ValueError``): its files are written by this project."""
     if fmt == NATIVE_FORMAT:
         if objective is not None:
             raise ValueError("objective: only for public single-objective formats (mopo files name their objectives)")
-        return load_preferences(path)
-    return load_public(path, format=fmt, objective=objective).dataset
+        if skip_bad_rows:
+            raise ValueError("skip_bad_rows: only for public formats (--format auto/pku/hh/sharegpt/alpaca); "
+                             "fix the rows of a mopo file instead")
+        return load_preferences(path), ()
+    loaded = load_public(path, format=fmt, objective=objective, skip_bad_rows=skip_bad_rows)
+    return loaded.dataset, tuple(loaded.skipped)
