@@ -74,10 +74,13 @@ SOUP_WEIGHTS = (0.5, 1.0)
 
 
 def fit_judge(setup: DatasetSetup, out: Path, store: RunStore, encoder_dir: Path,
-              settings: HeadSettings) -> dict:
+              settings: HeadSettings, stand_in: bool = False) -> dict:
     """Fit the preference model (the encoder at ``encoder_dir``, a head trained with
     ``settings``) on the train split's prompts only, save it to ``out`` and record a
-    ``prefmodel`` run; returns its accuracies per split."""
+    ``prefmodel`` run; returns its accuracies per split. A judge no better than constant on
+    validation is refused (``UninformativeJudgeError``: the comparison could rank nothing).
+    ``stand_in`` (the quick run's tiny data, whose few validation pairs teach nothing): early
+    stopping watches the train split itself, so the smoke run gets a judge that is not refused."""
     tokenizer = load_tokenizer(model_directory(setup.model))
     train, validation, test = load_splits(setup, tokenizer)
     encoder = SentenceEncoder.load(encoder_dir)
@@ -85,7 +88,8 @@ def fit_judge(setup: DatasetSetup, out: Path, store: RunStore, encoder_dir: Path
                        "max_response_tokens": setup.max_response_tokens, "fitted_on": "train split only"},
               "encoder": encoder.path, **asdict(settings), "out": str(out)}
     with store.record("prefmodel", config, name="prefmodel/pku_smollm2 bench") as run_id:
-        judge = train_preference_model(train, encoder, test=test, settings=settings)
+        judge = train_preference_model(train, encoder, validation=train if stand_in else None, test=test,
+                                       settings=settings)
         metrics = judge.info["metrics"] | {"policy_validation_split": judge.evaluate(validation)}
         judge.info |= {"data": config["data"], "run_id": run_id, "metrics": metrics}
         judge.save(out)
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
             setup, encoder_dir = quick_stand_ins(folder, out / "prefmodel")
             return run(setup, encoder_dir, HeadSettings(max_epochs=5, patience=2),
                        steps=2 if args.steps is None else args.steps, out=out,
-                       store=RunStore(args.store or folder / "runs.sqlite"))
+                       store=RunStore(args.store or folder / "runs.sqlite"), stand_in=True)
     if not DATA.is_file():
         print(f"error: {DATA}: missing (the bench needs ../shared/data)", file=sys.stderr)
         return 2
@@ -189,12 +193,13 @@ def main(argv=None) -> int:
                out=out, store=RunStore(args.store))
 
 
-def run(setup: DatasetSetup, encoder_dir: Path, head: HeadSettings, steps: int, out: Path, store: RunStore) -> int:
+def run(setup: DatasetSetup, encoder_dir: Path, head: HeadSettings, steps: int, out: Path, store: RunStore,
+        stand_in: bool = False) -> int:
     """The module docstring's steps for ``setup`` (whose ``prefmodel`` is ``<out>/prefmodel``),
     ``steps`` training steps per policy, the preference model's head trained with ``head``."""
     start, cpu_start = time.perf_counter(), time.process_time()
     out.mkdir(parents=True, exist_ok=True)
-    judge_metrics = fit_judge(setup, out / "prefmodel", store, encoder_dir, head)
+    judge_metrics = fit_judge(setup, out / "prefmodel", store, encoder_dir, head, stand_in)
     task = DatasetTask(setup)
     thresholds = threshold_grid(task.raw[0])
     base = dict(tau=0.08, steps=steps, batch_size=4, lr=1e-3, checkpoint_every=steps)

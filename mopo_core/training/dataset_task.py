@@ -61,7 +61,8 @@ from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.data.public_formats import FORMATS
 from mopo_core.lm.config import TrainConfig
 from mopo_core.lm.evaluation import Evaluation
-from mopo_core.lm.judge import NATIVE_FORMAT, PreferenceModel, load_dataset, read_meta, seen_prompts
+from mopo_core.lm.judge import (NATIVE_FORMAT, PreferenceModel, load_dataset, read_meta, seen_prompts,
+                                 uninformative_objectives)
 from mopo_core.lm.devices import DTYPES, resolve_device
 from mopo_core.lm.lora import LoraSettings, apply_lora
 from mopo_core.lm.models import enable_gradient_checkpointing, load_model, load_tokenizer, sample, sequence_ids
@@ -263,6 +264,11 @@ def check_judge(path: str | Path, objectives: tuple[str, ...], eval_prompts: lis
     if "seen_prompt_digests" not in meta["info"]:
         raise SetupError("prefmodel", f"{path}: holds no record of the prompts it was fitted on, so it cannot be "
                                       "shown to be unseen by the evaluation; retrain it with this version")
+    uninformative = uninformative_objectives(meta["info"])
+    if uninformative:
+        raise SetupError("prefmodel", f"{path}: no better than a constant judge on its validation split ("
+                                      + "; ".join(f"{o}: {why}" for o, why in uninformative.items())
+                                      + "): it would score every policy at 0.5; retrain it on more or cleaner data")
     seen = seen_prompts(meta["info"], eval_prompts)
     if seen:
         fitted = meta["info"].get("data") or {}

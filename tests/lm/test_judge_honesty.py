@@ -267,3 +267,19 @@ def test_a_dataset_run_refuses_an_uninformative_judge(tmp_path):
     with pytest.raises(SetupError, match=r"prefmodel: .*no better than constant on helpfulness") as info:
         DatasetTask(setup)
     assert info.value.field == "prefmodel"
+
+
+def test_the_setup_check_refuses_a_judge_recorded_as_uninformative_without_loading_it(tmp_path):
+    """check_judge reads metadata only (the Train page's and check_setup's pre-check): a recorded
+    'uninformative' verdict is refused there, before any run is queued."""
+    from mopo_core.training.dataset_task import SetupError, check_judge
+    from tests.lm_fixtures import tiny_encoder
+
+    encoder = tiny_encoder(tmp_path / "encoder")
+    info = {"seen_prompt_digests": [],
+            "judge_check": {"objectives": {"helpfulness": {"verdict": "uninformative",
+                                                           "reasons": ["validation accuracy 0.500 is not above 0.5"]},
+                                           "harmlessness": {"verdict": "informative", "reasons": []}}}}
+    folder = PreferenceModel(encoder, RewardHeads(encoder.dim, 2), OBJECTIVES, info).save(tmp_path / "flagged")
+    with pytest.raises(SetupError, match=r"no better than a constant judge.*helpfulness: validation accuracy"):
+        check_judge(folder, OBJECTIVES, ["an unseen prompt"])
