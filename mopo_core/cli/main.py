@@ -462,7 +462,7 @@ def cmd_train(args, store: RunStore) -> int:
         print(json.dumps({"run_id": result.run_id, "status": result.status, "multipliers": result.multipliers,
                           "points": [point], **({"prefmodel": judge} if judge else {}),
                           **({"dropped_identical_after_cut": dropped} if dropped else {})}))
-        return 0
+        return 1 if result.status == "diverged" else 0
     print(f"run {result.run_id}: {result.status} after {result.step} steps; multipliers {result.multipliers}")
     if dropped:
         shown = ", ".join(dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
@@ -472,6 +472,9 @@ def cmd_train(args, store: RunStore) -> int:
         print(f"judged by the preference model {judge['path']}: accuracy on the {judge['n_eval_pairs']} test pairs "
               f"{judge['eval_pairs_accuracy']}, on its own held-out splits {judge['held_out_accuracy']}")
     _print_evaluation(evaluation)
+    if result.status == "diverged":  # evaluated for inspection, kept off fronts; the command failed
+        print(f"error: run {result.run_id} {store.get_run(result.run_id).error}", file=sys.stderr)
+        return 1
     return 0
 
 

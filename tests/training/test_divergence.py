@@ -160,3 +160,13 @@ def test_a_resumed_run_keeps_its_first_loss_and_grad_norm(two_runs):
     first = divergence.first_logged(store, wild.id)
     loss = wild.metrics[wild.metrics.name == "loss"].sort_values("step").value.iloc[0]
     assert first["loss"] == pytest.approx(loss) and np.isfinite(first["grad_norm"])
+
+
+def test_the_train_command_fails_on_a_diverged_run(tmp_path, monkeypatch, capsys):
+    from mopo_core.cli.main import main
+
+    monkeypatch.setenv("MOPO_STORE", str(tmp_path / "runs.sqlite"))
+    code = main(["train", "--method", "mopo", "--threshold", "0.5", "--steps", str(STEPS), "--batch-size", "4",
+                 "--lr", "1.0", "--n-prompts", "20", "--sft-steps", "20", "--kl-every", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and "diverged at step" in err
