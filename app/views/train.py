@@ -25,6 +25,7 @@ from plotly.subplots import make_subplots
 
 from app.shared import export_buttons, run_store, show_figure, show_table, style
 from mopo_core.training import jobs
+from app.presenters import preview as preview_presenter
 from app.presenters import train as train_presenter
 from mopo_core.runs import RunStore
 
@@ -807,6 +808,36 @@ with st.expander("Sweep: MOPO at several thresholds and the baseline grids, in o
             else:
                 st.session_state[RUN_CHOICE] = FOLLOW
                 _say("success", f"Queued the sweep: jobs {ids[0]}–{ids[-1]} ({len(ids)} runs).")
+
+@st.cache_data(show_spinner="Solving the exact tabular MOPO over the file's responses…", max_entries=16)
+def threshold_preview(data: str, stamp: tuple, fmt: str, objective: str, tau: float):
+    return preview_presenter.preview_file(data, tau=tau, fmt=fmt, objective=objective or None)
+
+
+if task != "text":
+    with st.expander("Threshold preview: which thresholds this file's labels can support, before any training"):
+        st.caption("The exact tabular MOPO over the file's own responses (win-rates from its labels with a tie-centred "
+                   "prior, π_ref uniform over each prompt's responses, one λ shared across prompts; "
+                   "docs/threshold_preview.md). Its values are win-rates against the file's responses, not the "
+                   "judge's scale a trained run is measured on: for orientation, not a check.")
+        data_path = (st.session_state.get("train_data") or "").strip()
+        tau_value = values.get("tau")
+        if not data_path:
+            st.info("Give the preference file in the sidebar first.")
+        elif not isinstance(tau_value, float) or not tau_value > 0:
+            st.info("Set a valid KL strength τ in the sidebar first: the preview uses it.")
+        elif st.button("Preview thresholds", key="train_preview"):
+            resolved = str(Path(data_path).expanduser().resolve())
+            try:
+                result = threshold_preview(resolved, _stamp(resolved), st.session_state.get("train_format", "auto"),
+                                           (st.session_state.get("train_objective") or "").strip(), tau_value)
+            except ValueError as exc:
+                st.error(str(exc))
+            else:
+                for line in preview_presenter.summary_lines(result):
+                    st.markdown(f"- {line}")
+                show_table(preview_presenter.preview_table(result), "train_preview_table")
+                show_figure(preview_presenter.preview_figure(result), "train_preview_figure")
 
 if any(j.status in jobs.ACTIVE_STATUSES for j in jobs.list_jobs(path)):
     jobs.ensure_worker(path)  # queued jobs left by a previous server start here

@@ -616,6 +616,20 @@ def _dataset_page(monkeypatch, models_folder, data: str = "") -> AppTest:
     return at
 
 
+def test_the_threshold_preview_shows_the_files_exact_tabular_answer_before_training(store_path, no_worker,
+                                                                                  models_folder, monkeypatch):
+    from mopo_core.data.preview import threshold_preview
+
+    at = _dataset_page(monkeypatch, models_folder, str(models_folder[2]))
+    at.button(key="train_preview").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = next(df.value for df in at.dataframe if "attainable" in df.value.columns)
+    expected = threshold_preview(str(models_folder[2]), tau=at.number_input(key="train_tau").value)
+    np.testing.assert_allclose(table["λ1"].to_numpy(dtype=float), expected.table["lambda1"].to_numpy(dtype=float))
+    assert table["attainable"].tolist() == expected.table["feasible"].tolist()
+    assert "attainable" in _text(at)
+
+
 def test_a_dataset_run_is_set_up_checked_and_queued_from_the_sidebar(store_path, no_worker, models_folder,
                                                                     monkeypatch):
     from mopo_core.training.dataset_task import DatasetSetup, check_setup
