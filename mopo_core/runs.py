@@ -169,6 +169,12 @@ class Run:
     points: pd.DataFrame
 
 
+def _lists_every_status(conn: sqlite3.Connection) -> bool:
+    """Whether the store's ``runs`` table accepts every status of :data:`STATUSES` (its CHECK)."""
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+    return all(repr(status) in sql for status in STATUSES)
+
+
 class RunStore:
     """Runs, metric series and result points in one SQLite file (see the module doc).
 
@@ -240,28 +246,17 @@ class RunStore:
         fewer statuses; SQLite cannot change a CHECK in place), keeping every row, and every
         metric and point (foreign keys are off during the rebuild, so nothing cascades). The
         schema version is unchanged: the old statuses stay valid."""
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
-            if all(repr(status) in sql for status in STATUSES):
+        with self._connect() as conn:
+            if _lists_every_status(conn):
                 return
-            conn.execute("PRAGMA foreign_keys = OFF")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
-                if not all(repr(status) in sql for status in STATUSES):  # another process may have just done it
-                    table = _SCHEMA.split("CREATE TABLE IF NOT EXISTS runs", 1)[1].split(";", 1)[0]
-                    conn.execute(f"CREATE TABLE runs_widened {table}")
-                    conn.execute(f"INSERT INTO runs_widened ({', '.join(_RUN_COLUMNS)}) "
-                                 f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs")
-                    conn.execute("DROP TABLE runs")
-                    conn.execute("ALTER TABLE runs_widened RENAME TO runs")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+        with transaction(self.path, immediate=True, foreign_keys=False) as conn:
+            if not _lists_every_status(conn):  # another process may have just done it
+                table = _SCHEMA.split("CREATE TABLE IF NOT EXISTS runs", 1)[1].split(";", 1)[0]
+                conn.execute(f"CREATE TABLE runs_widened {table}")
+                conn.execute(f"INSERT INTO runs_widened ({', '.join(_RUN_COLUMNS)}) "
+                             f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs")
+                conn.execute("DROP TABLE runs")
+                conn.execute("ALTER TABLE runs_widened RENAME TO runs")
 
     def _require_run(self, conn: sqlite3.Connection, run_id: int) -> tuple:
         """The run's row (in :data:`_RUN_COLUMNS` order); ``KeyError`` if there is none."""
@@ -548,25 +543,38 @@ CREATE TABLE IF NOT EXISTS run_owners (
 
 
 @contextmanager
-def _owners(store_path: str | os.PathLike) -> Iterator[tuple[sqlite3.Connection, Path]]:
-    """(connection, the store's absolute path): one transaction holding the store's write lock
-    from its start (``BEGIN IMMEDIATE``: a check and the change it allows are atomic across
-    processes), with the run tables and ``run_owners`` created."""
-    path = Path(store_path).expanduser().resolve()
-    RunStore(path)
+def transaction(path: str | os.PathLike, immediate: bool = False,
+                foreign_keys: bool = True) -> Iterator[sqlite3.Connection]:
+    """One transaction on a fresh connection to the SQLite file at ``path``, committed (rolled
+    back on any exception) and closed. ``immediate`` takes the write lock at once, which every
+    transaction that writes must do: a deferred one that reads first and writes later fails at
+    once with "database is locked" (SQLite's WAL snapshot rule) when another process wrote
+    meanwhile, whatever the timeout. ``foreign_keys`` is set before the transaction begins
+    (SQLite ignores the pragma inside one)."""
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     try:
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         try:
-            conn.execute(_OWNERS_TABLE)
-            yield conn, path
+            yield conn
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+@contextmanager
+def _owners(store_path: str | os.PathLike) -> Iterator[tuple[sqlite3.Connection, Path]]:
+    """(connection, the store's absolute path): one transaction holding the store's write lock
+    from its start (``BEGIN IMMEDIATE``: a check and the change it allows are atomic across
+    processes), with the run tables and ``run_owners`` created."""
+    path = Path(store_path).expanduser().resolve()
+    RunStore(path)
+    with transaction(path, immediate=True) as conn:
+        conn.execute(_OWNERS_TABLE)
+        yield conn, path
 
 
 def _live_owner(conn: sqlite3.Connection, run_id: int) -> tuple[int, str] | None:

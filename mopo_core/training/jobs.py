@@ -77,15 +77,14 @@ import sqlite3
 import subprocess
 import sys
 import traceback
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from mopo_core.processes import alive, process_start
 from mopo_core.lm.config import CHECKPOINT_NAME
-from mopo_core.runs import RunStore, to_jsonable
+from mopo_core.runs import RunStore, to_jsonable, transaction
 from mopo_core.training.tasks import TASKS, task_for_setup, task_of, task_of_job_kind, task_of_run, train_config_from
 
 if TYPE_CHECKING:  # the app imports this module without torch until it trains
@@ -196,7 +195,7 @@ def _prepare(store_path: str | os.PathLike) -> Path:
 def _widen_job_kinds(path: Path) -> None:
     """Rebuild a ``jobs`` table written before the newest job kind existed (its CHECK lists
     fewer kinds), keeping every row: SQLite cannot change a CHECK in place."""
-    with _transaction(path, immediate=True, foreign_keys=False) as conn:
+    with transaction(path, immediate=True, foreign_keys=False) as conn:
         (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
         if all(repr(kind) in sql for kind in JOB_KINDS):
             return
@@ -205,26 +204,6 @@ def _widen_job_kinds(path: Path) -> None:
         conn.execute("DROP TABLE jobs")
         conn.execute("ALTER TABLE jobs_widened RENAME TO jobs")
         conn.execute("CREATE INDEX jobs_by_status ON jobs (status, id)")
-
-
-@contextmanager
-def _transaction(path: Path, immediate: bool = False, foreign_keys: bool = True) -> Iterator[sqlite3.Connection]:
-    """One transaction on a fresh connection; ``immediate`` takes the write lock at once, which
-    every transaction that writes must do: a deferred one that reads first and writes later
-    fails at once with "database is locked" (SQLite's WAL snapshot rule) when another process
-    wrote meanwhile, whatever the timeout."""
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-    try:
-        conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
-        conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 def _job_from_row(row: tuple) -> Job:
@@ -265,7 +244,7 @@ def enqueue_training(store_path: str | os.PathLike, config: TrainConfig, setup: 
     kind = task.job_kind
     spec = json.dumps(to_jsonable({"config": asdict(config), "setup": asdict(setup)}, "job"), allow_nan=False)
     path = _prepare(store_path)
-    with _transaction(path, immediate=True) as conn:
+    with transaction(path, immediate=True) as conn:
         job_id = int(conn.execute("INSERT INTO jobs (kind, name, spec, status, created_at) VALUES (?, ?, ?, ?, ?)",
                                   (kind, name, spec, "queued", _now())).lastrowid)
         checkpoint_dir = jobs_dir(path) / "checkpoints" / f"job-{job_id}"
@@ -295,7 +274,7 @@ def enqueue_resume(store_path: str | os.PathLike, run_id: int, name: str | None 
                          f"{', '.join(RESUMABLE_RUN_STATUSES)} can be resumed")
     if not (Path(checkpoint_dir) / CHECKPOINT_NAME).exists():
         raise ValueError(f"run {run_id}: no checkpoint at {Path(checkpoint_dir) / CHECKPOINT_NAME}")
-    with _transaction(path, immediate=True) as conn:
+    with transaction(path, immediate=True) as conn:
         active = conn.execute("SELECT id, status FROM jobs WHERE run_id = ? AND status IN (?, ?)",
                               (int(run_id), *ACTIVE_STATUSES)).fetchone()
         if active is not None:
@@ -312,7 +291,7 @@ def cancel(store_path: str | os.PathLike, job_id: int) -> str:
     the current training step (the run then ends ``cancelled``, checkpoint kept, and the job
     too). ``KeyError`` for an unknown job, ``ValueError`` for one that has ended."""
     path = _prepare(store_path)
-    with _transaction(path, immediate=True) as conn:
+    with transaction(path, immediate=True) as conn:
         job = _require_job(conn, path, job_id)
         if job.status == "queued":
             _end_job(conn, job.id, "cancelled", "cancelled before it started")
@@ -326,7 +305,7 @@ def cancel(store_path: str | os.PathLike, job_id: int) -> str:
 def get_job(store_path: str | os.PathLike, job_id: int) -> Job:
     """The job ``job_id``; ``KeyError`` if there is none."""
     path = _prepare(store_path)
-    with _transaction(path) as conn:
+    with transaction(path) as conn:
         return _require_job(conn, path, job_id)
 
 
@@ -336,7 +315,7 @@ def list_jobs(store_path: str | os.PathLike, status: str | None = None) -> list[
         raise ValueError(f"status: must be one of {', '.join(JOB_STATUSES)}, got {status!r}")
     path = _prepare(store_path)
     where, args = (" WHERE status = ?", (status,)) if status is not None else ("", ())
-    with _transaction(path) as conn:
+    with transaction(path) as conn:
         return [_job_from_row(r) for r in conn.execute(f"{_JOB_SELECT}{where} ORDER BY jobs.id", args)]
 
 
@@ -350,7 +329,7 @@ def ensure_worker(store_path: str | os.PathLike) -> int | None:
     enqueueing and on each poll: a worker stopped by a signal between two jobs leaves the
     queue to the next call."""
     path = _prepare(store_path)
-    with _transaction(path, immediate=True) as conn:
+    with transaction(path, immediate=True) as conn:
         serving = _serving_workers(conn)
         if serving:
             return serving[0][1]
@@ -370,7 +349,7 @@ def reconcile(store_path: str | os.PathLike) -> list[Job]:
     keeps its status (a ``finished`` run with its point makes the job ``done``, a cancelled
     run whose job asked for it ``cancelled``). Idempotent; safe while a worker runs."""
     path = _prepare(store_path)
-    with _transaction(path, immediate=True) as conn:
+    with transaction(path, immediate=True) as conn:
         _close_dead_workers(conn)
         orphans = conn.execute(
             "SELECT jobs.id, pid, owner_pid, owner_start, end_reason FROM jobs JOIN job_workers "
@@ -486,7 +465,7 @@ def _register_worker(path: Path) -> tuple[int, int | None, int | None]:
     wrote for it, or a new ownerless one when started by hand. ``WorkerAlreadyRunning`` when
     another live worker is registered."""
     pid, start = os.getpid(), process_start(os.getpid())
-    with _transaction(path, immediate=True) as conn:
+    with transaction(path, immediate=True) as conn:
         mine = conn.execute("SELECT id, owner_pid, owner_start FROM job_workers WHERE ended_at IS NULL AND pid = ? "
                             "AND pid_start IS ?", (pid, start)).fetchone()
         if mine is not None:
@@ -521,7 +500,7 @@ class _Worker:
             try:
                 self._run(job)
             except KeyboardInterrupt:
-                with _transaction(self.path, immediate=True) as conn:
+                with transaction(self.path, immediate=True) as conn:
                     _retire(conn, self.id, "stopped at once by a second signal")
                 return 130
         return 0
@@ -530,7 +509,7 @@ class _Worker:
         """Mark the oldest queued job ``running`` by this worker and return it. When none is
         queued or the worker must stop, retire the worker in the same transaction (so that
         :func:`ensure_worker` then starts a new one for jobs enqueued later) and return ``None``."""
-        with _transaction(self.path, immediate=True) as conn:
+        with transaction(self.path, immediate=True) as conn:
             self._check_owner()
             row = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
             if self.stop_reason is not None or row is None:
@@ -561,7 +540,7 @@ class _Worker:
         """Trainer callback after each step: record the run id, then stop if asked to."""
         if self.run_id is None:
             self.run_id = self.trainer.run_id
-            with _transaction(self.path, immediate=True) as conn:
+            with transaction(self.path, immediate=True) as conn:
                 conn.execute("UPDATE jobs SET run_id = ? WHERE id = ?", (self.run_id, self.job.id))
         self._poll()
 
@@ -577,7 +556,7 @@ class _Worker:
             self.stop_reason = f"the app process {pid} that started this worker is gone"
 
     def _cancel_requested(self) -> bool:
-        with _transaction(self.path) as conn:
+        with transaction(self.path) as conn:
             return bool(conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (self.job.id,)).fetchone()[0])
 
     def _run(self, job: Job) -> None:
@@ -625,7 +604,7 @@ class _Worker:
 
     def _end(self, status: str, error: str | None, run_id: int | None, end_run: bool = False) -> None:
         """End the job; with ``end_run``, its run too (unless it had finished with its point)."""
-        with _transaction(self.path, immediate=True) as conn:
+        with transaction(self.path, immediate=True) as conn:
             if end_run and _run_status(conn, run_id) not in (None, "finished"):
                 RunStore.set_status_in(conn, run_id, status, error)
             _end_job(conn, self.job.id, status, error, run_id)
