@@ -87,21 +87,16 @@ def _number(value) -> float | None:
 def divergence_reason(metrics: dict, first: dict, rule: DivergenceRule = DivergenceRule()) -> str | None:
     """Why one step's ``metrics`` break the rule (module doc), or None. ``first``: the run's first
     logged ``loss`` and ``grad_norm`` (a missing one: that part of the rule waits for it)."""
-    loss = _number(metrics.get("loss"))
-    if loss is not None:
-        if not math.isfinite(loss):
-            return f"the loss is {loss}"
-        start = first.get("loss")
-        if start is not None and abs(loss) > rule.loss_factor * max(abs(start), rule.scale_floor):
-            return (f"the loss {loss:.4g} is more than {rule.loss_factor:g} times the first logged loss "
-                    f"{start:.4g} (floor {rule.scale_floor:g})")
-    grad = _number(metrics.get("grad_norm"))
-    if grad is not None:
-        if not math.isfinite(grad):
-            return f"the gradient norm is {grad}"
-        start = first.get("grad_norm")
-        if start is not None and grad > rule.grad_norm_factor * max(abs(start), rule.scale_floor):
-            return (f"the gradient norm {grad:.4g} is more than {rule.grad_norm_factor:g} times the first logged "
+    for key, name, first_name, factor in (("loss", "the loss", "the first logged loss", rule.loss_factor),
+                                          ("grad_norm", "the gradient norm", "the first logged", rule.grad_norm_factor)):
+        value = _number(metrics.get(key))
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            return f"{name} is {value}"
+        start = first.get(key)
+        if start is not None and abs(value) > factor * max(abs(start), rule.scale_floor):
+            return (f"{name} {value:.4g} is more than {factor:g} times {first_name} "
                     f"{start:.4g} (floor {rule.scale_floor:g})")
     kl = _number(metrics.get("kl_to_reference"))
     if kl is not None:
