@@ -203,25 +203,31 @@ def test_implausible_settings_are_warned_about_before_start_naming_the_field(sto
     assert batch and "larger than the training split (about 32 prompts)" in batch[0]
 
 
-def test_the_finished_runs_table_says_per_threshold_whether_the_held_out_point_met_it(store_path, no_worker,
-                                                                                      monkeypatch):
+def _stored_text_runs(store_path, monkeypatch, specs) -> list[int]:
+    """Text-task train runs written straight to the store, one per (method, thresholds, values,
+    stderr, status), each with one evaluated point, and a job list that names them (no worker)."""
     store = RunStore(store_path)
-    objectives = list(train_presenter.OBJECTIVES)
     runs = []
-    for method, thresholds, values, stderr in [("mopo", [0.75], [0.6, 0.533], [0.02, 0.03]),
-                                               ("mopo", [0.6], [0.55, 0.718], [0.02, 0.03]),
-                                               ("mopo", [0.7], [0.58, 0.69], [0.02, 0.03]),
-                                               ("dpo", [0.5], [0.7, 0.4], [0.02, 0.03])]:
+    for method, thresholds, values, stderr, status in specs:
         run_id = store.create_run("train", {"task": "text", "method": method, "steps": 4, "thresholds": thresholds,
-                                            "objectives": objectives})
+                                            "objectives": list(train_presenter.OBJECTIVES)})
         store.log_metrics(run_id, 4, {"loss": 1.0})
         store.add_points(run_id, [{"label": method, "params": {"tau": 0.08}, "values": values,
                                    "extra": {"win_rate_stderr": stderr}}])
-        store.set_status(run_id, "finished")
+        store.set_status(run_id, status)
         runs.append(run_id)
     monkeypatch.setattr(jobs, "list_jobs", lambda path, status=None: [jobs.Job(
         i + 1, "train_text", f"job {i + 1}", {"steps": 4, "method": "mopo"}, {}, None, "done", r, False, 99, None,
         "t", "t", "t") for i, r in enumerate(runs)])
+    return runs
+
+
+def test_the_finished_runs_table_says_per_threshold_whether_the_held_out_point_met_it(store_path, no_worker,
+                                                                                      monkeypatch):
+    _stored_text_runs(store_path, monkeypatch, [("mopo", [0.75], [0.6, 0.533], [0.02, 0.03], "finished"),
+                                                ("mopo", [0.6], [0.55, 0.718], [0.02, 0.03], "finished"),
+                                                ("mopo", [0.7], [0.58, 0.69], [0.02, 0.03], "finished"),
+                                                ("dpo", [0.5], [0.7, 0.4], [0.02, 0.03], "finished")])
     at = _page()
     assert not at.exception
     table = next(df.value for df in at.dataframe if "on the front" in df.value.columns)
@@ -238,20 +244,8 @@ def test_the_finished_runs_table_says_per_threshold_whether_the_held_out_point_m
 
 
 def test_a_diverged_run_is_off_the_plane_until_asked_for(store_path, no_worker, monkeypatch):
-    store = RunStore(store_path)
-    objectives = list(train_presenter.OBJECTIVES)
-    runs = []
-    for status, values in [("finished", [0.6, 0.55]), ("diverged", [0.9, 0.9])]:
-        run_id = store.create_run("train", {"task": "text", "method": "mopo", "steps": 4, "thresholds": [0.5],
-                                            "objectives": objectives})
-        store.log_metrics(run_id, 4, {"loss": 1.0})
-        store.add_points(run_id, [{"label": "mopo", "params": {"tau": 0.08}, "values": values,
-                                   "extra": {"win_rate_stderr": [0.02, 0.02]}}])
-        store.set_status(run_id, status)
-        runs.append(run_id)
-    monkeypatch.setattr(jobs, "list_jobs", lambda path, status=None: [jobs.Job(
-        i + 1, "train_text", f"job {i + 1}", {"steps": 4, "method": "mopo"}, {}, None, "done", r, False, 99, None,
-        "t", "t", "t") for i, r in enumerate(runs)])
+    runs = _stored_text_runs(store_path, monkeypatch, [("mopo", [0.5], [0.6, 0.55], [0.02, 0.02], "finished"),
+                                                       ("mopo", [0.5], [0.9, 0.9], [0.02, 0.02], "diverged")])
     at = _page()
     assert not at.exception
     table = next(df.value for df in at.dataframe if "on the front" in df.value.columns)
