@@ -207,12 +207,12 @@ def _add_constraint_terms(problem, layout, x, thresholds, order, grad, hess):
     return -float(np.sum(np.log(slacks))), slacks
 
 
-def robust_margin(problem: RobustBarrier, thresholds: np.ndarray, decide_at: float | None = None):
+def robust_margin(problem: RobustBarrier, thresholds: np.ndarray, stop_above: float | None = None):
     """Largest s with ``min_j h_j(pi, chi_j) - b_j >= s`` over policies on the support.
 
-    With ``decide_at`` given, stops as soon as
-    the bracket [lower, upper] on s* excludes it (a sign decision); otherwise solves to GAP_TOL.
-    Returns (lower, upper, pi (n,), chi (J,), steps): lower is the margin the returned
+    With ``stop_above`` given, stops as soon as the margin attained exceeds it (a strictly
+    feasible point is all a feasible request needs); otherwise, and whenever it is not exceeded,
+    solves to GAP_TOL (an infeasible request needs s* itself). Returns (lower, upper, pi (n,), chi (J,), steps): lower is the margin the returned
     point attains, upper bounds s*.
     """
     layout = _Layout(problem, with_margin=True)
@@ -248,7 +248,7 @@ def robust_margin(problem: RobustBarrier, thresholds: np.ndarray, decide_at: flo
         pi, chi, margin = layout.split(x)
         lower = float(margin[0])
         upper = lower + n_terms / t
-        if decide_at is not None and (lower > decide_at or upper <= decide_at):
+        if stop_above is not None and lower > stop_above:
             break
         if n_terms / t <= GAP_TOL:
             break

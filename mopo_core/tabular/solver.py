@@ -380,12 +380,10 @@ def _solve_robust_exact(family: TiltFamily, b: np.ndarray, eps: float):
     """
     barrier, maxima = family.robust(eps)
     reference_met = bool(np.all(_robust_values(family, family.reference, eps)[0] >= b - FEASIBILITY_TOL))
-    lower, _, pi, chi, steps = robust_margin(barrier, b, decide_at=FEASIBILITY_TOL)
+    lower, _, pi, chi, steps = robust_margin(barrier, b, stop_above=FEASIBILITY_TOL)  # s* itself when not above
     feasible = lower > FEASIBILITY_TOL or reference_met
     effective = b
     if lower <= FEASIBILITY_TOL:
-        lower, _, pi, chi, more = robust_margin(barrier, b)
-        steps += more
         effective = b + lower - (INFEASIBLE_BACKOFF if not feasible else 1e-3 * FEASIBILITY_TOL)
     result = solve_robust_barrier(barrier, family.tau, effective, pi, chi)
     return (result.policy, result.multipliers, steps + result.iterations, result.converged, effective, feasible,
