@@ -123,3 +123,37 @@ def fit_judge(dataset: PreferenceDataset, encoder: SentenceEncoder, folder: Path
     if data is not None:
         judge.info["data"] = data
     return judge.save(folder)
+
+
+class TabularLM(torch.nn.Module):
+    """A causal "LM" whose only free parameters are per-prompt logits over the response tokens:
+    after prompt token p the next-token distribution is softmax(theta[p]) over r0..r{N-1};
+    after a response token it is (almost surely) eos. So log pi(r | p) = log softmax(theta[p])[r].
+    ``generate`` samples exactly that (a response token, then eos) with torch's global RNG, as
+    :func:`mopo_core.lm.models.sample` seeds it."""
+
+    def __init__(self, tokenizer, n_prompts, n_responses):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.zeros(n_prompts, n_responses, dtype=torch.float64))
+        vocab = len(tokenizer)
+        self.prompt_ids = torch.tensor(tokenizer.convert_tokens_to_ids([f"p{m}" for m in range(n_prompts)]))
+        self.response_ids = torch.tensor(tokenizer.convert_tokens_to_ids([f"r{i}" for i in range(n_responses)]))
+        self.eos = tokenizer.eos_token_id
+        self.vocab = vocab
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
+        logits = torch.full((*input_ids.shape, self.vocab), -1e9, dtype=torch.float64)
+        logits[..., self.eos] = 0.0
+        for m, token in enumerate(self.prompt_ids):
+            at = input_ids == token
+            row = torch.full((self.vocab,), -1e9, dtype=torch.float64).index_put((self.response_ids,), self.theta[m])
+            logits = torch.where(at[..., None], row, logits)
+        return type("Out", (), {"logits": logits})()
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, generation_config=None, **_):
+        last = input_ids[:, -1]  # left-padded: the prompt token
+        rows = torch.stack([self.theta[(self.prompt_ids == token).nonzero()[0, 0]] for token in last])
+        picked = self.response_ids[torch.multinomial(torch.softmax(rows, dim=1), 1)[:, 0]]
+        eos = torch.full_like(picked, self.eos)
+        return torch.cat([input_ids, picked[:, None], eos[:, None]], dim=1)

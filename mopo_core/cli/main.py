@@ -252,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="online, KL and (with --data) evaluation sampling: response length cap")
     train.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same update, less memory)")
     train.add_argument("--kl-every", type=int, help="log a sampled KL(policy || reference) every this many steps")
+    train.add_argument("--win-rate-prior", type=float, default=1.0,
+                       help="offline MOPO: pseudo-comparisons at 1/2 added to each response's labels (0: raw labels)")
+    train.add_argument("--no-kl-leash", dest="kl_leash", action="store_false",
+                       help="offline MOPO: do not hold KL(policy || start) within (1 + sum lambda) / tau")
+    train.add_argument("--heldout-every", type=int,
+                       help="evaluate on the held-out prompts (win-rates +- SE) every this many steps")
     train.add_argument("--threshold", type=float, action="append", help="MOPO: one per secondary objective")
     train.add_argument("--tau", type=float, default=0.08)
     train.add_argument("--steps", type=int, default=200)
@@ -297,13 +303,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=int, help="samples per prompt and model (default: the run's)")
     evaluate.add_argument("--split", default="test", choices=("test", "validation"))
     evaluate.add_argument("--json", action="store_true", help="print the point as JSON")
-    compare = sub.add_parser("compare-text", help="MOPO vs DPO, weighted DPO and Rewarded Soups on the text task")
+    compare = sub.add_parser(
+        "compare-text", help="MOPO vs DPO, MODPO, weighted DPO and Rewarded Soups on the text task",
+        description="Every method with the same label budget (online MOPO's oracle calls: steps x batch size x "
+                    "candidates (candidates - 1) / 2; the offline methods train on that many labelled pairs), "
+                    "trained with several seeds and evaluated on held-out prompts; prints the table of means over "
+                    "seeds with 95% t-intervals (mopo_core/training/text_comparison.py) and writes points.csv "
+                    "(one row per policy and seed), summary.md and comparison.json to --out.")
     compare.add_argument("--out", default="text_comparison")
     compare.add_argument("--steps", type=int, default=150, help="training steps per policy (the same for all)")
     compare.add_argument("--thresholds", type=float, nargs="+", default=[0.55, 0.65, 0.75],
                          help="MOPO's harmlessness thresholds")
-    compare.add_argument("--n-prompts", type=int, default=60)
-    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--seeds", type=int, default=5, help="training seeds per policy (at least 2; default 5)")
+    compare.add_argument("--eval-prompts", type=int, default=48,
+                         help="held-out prompts every policy is evaluated on (default 48)")
+    compare.add_argument("--n-candidates", type=int, default=2,
+                         help="online MOPO's samples per prompt; sets the label budget (default 2)")
+    compare.add_argument("--n-prompts", type=int, default=240,
+                         help="prompts of the task; a fifth are held out (default 240: 48 held out)")
+    compare.add_argument("--sft-steps", type=int, default=300, help="the reference's SFT steps (default 300)")
+    compare.add_argument("--seed", type=int, default=0, help="the task's and the reference's seed")
     runs = sub.add_parser("runs", help="list, show or export recorded runs")
     runs_sub = runs.add_subparsers(dest="action", required=True)
     runs_sub.add_parser("list")
@@ -433,6 +452,8 @@ def cmd_train(args, store: RunStore) -> int:
                                      checkpoint_every=args.checkpoint_every, online=args.online,
                                      n_candidates=args.n_candidates, max_new_tokens=args.max_new_tokens,
                                      gradient_accumulation_steps=args.grad_accum, kl_every=args.kl_every,
+                                     win_rate_prior=args.win_rate_prior, kl_leash=args.kl_leash,
+                                     heldout_every=args.heldout_every,
                                      objective_weights=tuple(args.objective_weights) if args.objective_weights else None)
                 setup = (data_setup if data_setup is not None
                          else TextTaskSetup(n_prompts=args.n_prompts, sft_steps=args.sft_steps, seed=args.seed))
@@ -514,23 +535,29 @@ def _print_evaluation(evaluation) -> None:
 def cmd_compare_text(args, store: RunStore) -> int:
     from tqdm import tqdm
 
-    from mopo_core.training.text_comparison import ComparisonSettings, run_comparison
+    from mopo_core.training.text_comparison import ComparisonSettings, markdown_table, run_comparison
     from mopo_core.training.text_task import TextTaskSetup
 
-    setup = TextTaskSetup(n_prompts=args.n_prompts, seed=args.seed)
-    settings = ComparisonSettings(steps=args.steps, thresholds=tuple(args.thresholds))
-    points, summary, reference_point = run_comparison(setup, settings, store,
-                                                      progress=lambda jobs: tqdm(jobs, desc="policies"))
+    setup = TextTaskSetup(n_prompts=args.n_prompts, sft_steps=args.sft_steps, seed=args.seed)
+    settings = ComparisonSettings(steps=args.steps, thresholds=tuple(args.thresholds), seeds=args.seeds,
+                                  eval_prompts=args.eval_prompts, n_candidates=args.n_candidates)
+    result = run_comparison(setup, settings, store, progress=lambda jobs: tqdm(jobs, desc="policies x seeds"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    points.to_csv(out / "points.csv", index=False)
-    table = summary.round(4).to_markdown(index=False)
-    (out / "summary.md").write_text(f"Reference point (explicit): {np.round(reference_point, 4).tolist()}\n\n"
-                                    f"{table}\n\n{points.round(3).to_markdown(index=False)}\n")
-    (out / "comparison.json").write_text(json.dumps({"reference_point": reference_point.tolist(),
-                                                    "thresholds": list(settings.thresholds)}))
-    print(table)
-    print(f"\nreference point {np.round(reference_point, 4).tolist()}; wrote {out}/points.csv, summary.md, "
+    result.points.to_csv(out / "points.csv", index=False)
+    table = markdown_table(result.summary, result.objectives)
+    reference_point = np.round(result.reference_point, 4).tolist()
+    header = (f"{settings.seeds} training seeds, {settings.eval_prompts} held-out prompts, "
+              f"{settings.label_budget} oracle-labelled comparisons per method; cells: mean over seeds "
+              f"± 95% t-interval half-width; dominance: intervals separated on every objective")
+    volumes = result.hypervolume.round(4).to_frame().to_markdown()
+    (out / "summary.md").write_text(f"{header}\n\n{table}\n\nHypervolume of the seed means (reference point "
+                                    f"{reference_point}):\n\n{volumes}\n")
+    (out / "comparison.json").write_text(json.dumps({"reference_point": result.reference_point.tolist(),
+                                                    "thresholds": list(settings.thresholds),
+                                                    "label_budget": settings.label_budget}))
+    print(f"{header}\n\n{table}\n\n{volumes}")
+    print(f"\nreference point {reference_point}; wrote {out}/points.csv, summary.md, "
           f"comparison.json (draw them: python -m app.figures {out})")
     return 0
 

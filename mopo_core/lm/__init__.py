@@ -117,6 +117,7 @@ _HOME = {  # public name -> the module that defines it (imported on first use)
     'mopo_weights': 'losses',
     'one_line': 'checkpoints',
     'pad_token_id': 'models',
+    'per_token_kl': 'losses',
     'pickle_refusal': 'checkpoints',
     'policy_reference_scores': 'losses',
     'pool_preferences': 'trainer',

@@ -40,6 +40,14 @@ class TrainConfig:
     per-token KL summed over responses sampled from the policy, never negative; see
     :mod:`mopo_core.lm.trainer`) over n_candidates samples of each of kl_prompts fixed prompts
     (online mode logs its pools' estimate every step instead);
+    win_rate_prior (offline MOPO): pseudo-comparisons at win-rate 1/2 added to each response's
+    labels, so one won comparison reads (1 + prior/2) / (1 + prior), not 1 (0: raw labels);
+    kl_leash (offline MOPO): keep KL(policy || starting model), estimated on the policy's own
+    samples, within (1 + sum lambda) / tau nats per response, the most any exact MOPO solution
+    can move (see :mod:`mopo_core.lm.trainer`); other methods ignore both;
+    heldout_every: every that many steps (and at the last), the trainer's held-out evaluation
+    (given by the task: the objectives' win-rates against the reference on held-out prompts,
+    with standard errors, the scale the run's point is plotted on) is logged (None: never);
     seed; log_every, checkpoint_every (steps).
     """
 
@@ -62,6 +70,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     kl_every: int | None = None
     kl_prompts: int = 4
+    win_rate_prior: float = 1.0
+    kl_leash: bool = True
+    heldout_every: int | None = None
     seed: int = 0
     log_every: int = 1
     checkpoint_every: int = 25
@@ -76,13 +87,18 @@ class TrainConfig:
                      "max_new_tokens", "kl_prompts"):
             check_int(getattr(self, name), name, 1)
         check_int(self.n_candidates, "n_candidates", 2)
-        for name in ("t0", "kl_every"):
+        for name in ("t0", "kl_every", "heldout_every"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, 1)
         for name in ("tau", "lr", "lambda_lr", "chi_lr"):
             check_positive(getattr(self, name), name)
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
             raise ValueError(f"eps: must be a finite number >= 0 (0: no robust constraints), got {self.eps!r}")
+        if not (isinstance(self.win_rate_prior, (int, float)) and math.isfinite(self.win_rate_prior)
+                and self.win_rate_prior >= 0):
+            raise ValueError(f"win_rate_prior: must be a finite number >= 0 (0: raw labels), got {self.win_rate_prior!r}")
+        if not isinstance(self.kl_leash, bool):
+            raise ValueError(f"kl_leash: must be true or false, got {self.kl_leash!r}")
         if self.eps > 0 and self.method != "mopo":
             raise ValueError(f"eps: robust constraints are MOPO's; method {self.method!r} has none (set eps to 0)")
         if self.method in WEIGHTED_METHODS:

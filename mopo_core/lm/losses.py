@@ -51,6 +51,9 @@ FUSED_CHUNK_ELEMENTS = 2**25
 # that sets one to anything but None or 1 takes the plain path.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 COMPILE_ENV = "MOPO_COMPILE_LOGPROBS"
+# Where log-probs are clamped inside a KL term: exp(-1e4) is 0 in every float type, so the
+# value is unchanged and a ruled-out token's gradient stays finite.
+_LOG_ZERO = -1e4
 
 
 def _chunk_token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
@@ -243,6 +246,23 @@ def policy_reference_scores(
     (chunk, V) pair of log-softmaxes (default ``FUSED_CHUNK_ELEMENTS // V``); the two models
     share the tokenizer (the same V).
     """
+    return _scored_positions(policy, reference, input_ids, attention_mask, response_mask, chunk_size)
+
+
+def per_token_kl(
+    policy, reference, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """The KL column of :func:`policy_reference_scores` (B,), with gradient through ``policy``
+    (the reference runs without gradient). The responses are held fixed: for ``y`` sampled
+    from the policy this is the usual analytic-KL surrogate (the exact per-position KLs along
+    the sampled paths), whose gradient leaves out the paths' own dependence on the policy."""
+    return _scored_positions(policy, reference, input_ids, attention_mask, response_mask, chunk_size)[2]
+
+
+def _scored_positions(policy, reference, input_ids, attention_mask, response_mask, chunk_size):
+    """``(log pi, log pi_ref, per-token KL)`` per row, gradient through ``policy`` only (see
+    :func:`policy_reference_scores`)."""
     mask = response_mask.bool() & attention_mask.bool()
     _check_response_mask(mask)
     rows, cols = mask[:, 1:].nonzero(as_tuple=True)  # position (row, col) predicts token col + 1
@@ -250,7 +270,8 @@ def policy_reference_scores(
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
               "position_ids": position_ids_from_mask(attention_mask)}
     policy_logits, vocab = _position_logits(policy, inputs, rows, cols)
-    reference_logits, _ = _position_logits(reference, inputs, rows, cols)
+    with torch.no_grad():
+        reference_logits, _ = _position_logits(reference, inputs, rows, cols)
     chunk = max(1, FUSED_CHUNK_ELEMENTS // vocab) if chunk_size is None else chunk_size
     if chunk < 1:
         raise ValueError(f"chunk_size: must be >= 1 or None, got {chunk_size}")
@@ -259,8 +280,10 @@ def policy_reference_scores(
         stop = min(start + chunk, len(rows))
         logits = policy_logits(start, stop)
         log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-        log_q = F.log_softmax(reference_logits(start, stop).to(log_p.dtype), dim=-1)
-        terms = torch.where(torch.isneginf(log_p), 0.0, log_p.exp() * (log_p - log_q))
+        with torch.no_grad():
+            log_q = F.log_softmax(reference_logits(start, stop).to(log_p.dtype), dim=-1)
+        # a token the policy rules out (log_p = -inf) adds 0; the clamp keeps its gradient finite
+        terms = log_p.exp() * (log_p.clamp_min(_LOG_ZERO) - log_q.clamp_min(_LOG_ZERO))
         picked = labels[start:stop, None]
         per_position.append(torch.stack([log_p.gather(-1, picked).squeeze(-1), log_q.gather(-1, picked).squeeze(-1),
                                          terms.sum(dim=-1).clamp_min(0.0)]))

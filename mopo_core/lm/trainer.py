@@ -3,13 +3,42 @@ run with the settings of a :class:`mopo_core.lm.config.TrainConfig`.
 
 Offline mode (MOPO.md section 5). Win-rates come from the dataset's labels: a pair
 ``(a, b)`` with label ``l_k`` counts ``l_k`` for ``a`` and ``1 - l_k`` for ``b``, and each
-response's estimate ``w_k(x, y)`` is the average over every comparison it took part in
-("with more comparisons per prompt, average"). A MOPO step draws ``batch_size`` prompts;
-their distinct responses are the rows, weighted by how often each appears in the data (the
-empirical data distribution, taken to be the reference's). The multipliers take a projected
-step on the batch estimate of the constraints, the normalised closed-form weights are
-recomputed, and the policy takes a weighted behaviour-cloning step on the response tokens.
-MOPO needs no reference forward pass per step.
+response's estimate is the average over every comparison it took part in, read through a prior
+of ``win_rate_prior`` pseudo-comparisons at 1/2: ``w_k = (sum of outcomes + prior / 2) / (n +
+prior)``. (One raw 0/1 label makes ``exp(w / tau)`` a coin between 1 and ``e^(1/tau)``, biased
+upward against ``exp(E w / tau)`` by Jensen; with one pair per prompt and tau = 0.08 the
+normalised weights are about (2, 0) and MOPO becomes SFT on the label winner. The prior shrinks
+the estimate; it does not remove the bias, it bounds it.) A MOPO step draws ``batch_size``
+prompts; their distinct responses are the rows, weighted by how often each appears in the data.
+The multipliers take a projected step on the batch estimate of the constraints, the normalised
+closed-form weights are recomputed, and the policy takes a weighted behaviour-cloning step on
+the response tokens. MOPO needs no reference forward pass for its weights.
+
+What that estimates, and the leash. The cloning step minimises ``-sum_i rho_i log pi(y_i|x)``
+over a prompt's rows with ``rho`` the self-normalised ``exp(s_lambda / tau)`` over those rows:
+the cross-entropy to ``pi_lambda`` restricted to the data's responses, exact when the rows are
+the reference's samples (MOPO.md section 3; `tests/lm/test_lm_trainer.py` reaches the tabular
+solution that way). Offline data are neither: one or two responses per prompt, often written by
+another model. Minimising that cross-entropy then drives the policy towards putting all its
+mass on the data's responses, whatever tau says, far from the model it starts from: nothing in
+the weights ties the policy to anything outside the rows. Weighting the rows by the starting
+model's absolute sequence probabilities would restore the exact target (``pi_lambda`` puts
+``pi_start(y) exp(s/tau) / Z`` on each), but those differ by tens of nats between responses
+and favour short ones, and for another model's responses the exact target barely moves at all.
+So the KL to the start is held explicitly (``kl_leash``, on by default for offline MOPO): every
+exact MOPO solution ``pi_lambda = pi_start exp(s / tau) / Z`` satisfies ``KL(pi_lambda ||
+pi_start) = E[s] / tau - log E_start exp(s / tau) <= (max s - min s) / tau <= (1 + sum_j
+lambda_j) / tau`` nats (win-rates lie in [0, 1]), and the trainer keeps the policy's KL to its
+starting model within that budget as one more constraint: each step it samples one response
+per batch prompt from the policy, estimates ``KL(pi || pi_start)`` by their exact per-token KL
+(:func:`mopo_core.lm.losses.per_token_kl`; responses cut at ``max_new_tokens`` measure the KL of
+their first tokens), its multiplier ``kappa`` takes the projected step ``kappa <- [kappa +
+lambda_lr (KL / budget - 1)]_+``, and while ``kappa > 0`` the loss adds ``kappa`` times the
+samples' mean KL (gradient through the policy, the paths held fixed). The loss logged is the
+cloning mean plus that term; ``kl_to_start``, ``kl_budget`` and ``kl_multiplier`` are logged.
+Checked in ``tests/lm/test_offline_leash.py``: on another model's data the policy ends within
+1.25 budgets (about 28 nats away without the leash); the controller can overshoot by a few
+budgets for a few steps while kappa rises.
 
 Online mode. For each of the step's prompts, ``n_candidates`` responses are sampled from the
 current policy (temperature 1, so the samples follow pi_psi exactly) and every pair is scored
@@ -28,10 +57,20 @@ before lambda, as the tabular Algorithm 1 does (:func:`mopo_core.lm.losses.chi_u
 uses the dual's value there (:func:`mopo_core.lm.losses.robust_constraint_estimates`).
 
 Lagged reference and ratchet (``t0``, ``beta_ratchet``): every ``t0`` steps the reference
-becomes the policy as it was ``t0`` steps before (offline, its log-probs of the data's
-responses replace the data distribution as the weights' base measure; online, it is the
-model the importance factors use), and with ``beta_ratchet`` the thresholds become
-``max(b_user, beta * the constraint estimate of t0 steps ago)``.
+becomes the policy as it was ``t0`` steps before. Offline, a row's base measure becomes its
+count times ``pi_lag(y|x) / pi_start(y|x)`` (the data stay read as the start's samples), i.e.
+``log count + log pi_lag - log pi_start``: relative to the start, so a refresh changes each row
+by how far the reference moved, never by the absolute sequence probability (tens of nats); the
+log-probs are cached per refresh, the start's for the run. Online, the lagged reference is the
+model the importance factors use. With ``beta_ratchet`` the thresholds become ``max(b_user,
+beta * the mean constraint estimate over the t0 steps that ended t0 steps ago)`` (a window's
+mean, not one noisy batch).
+
+Held-out estimate (``heldout_every`` and a ``heldout`` callable from the task): every that many
+steps and at the last, the task's own evaluation of the policy on held-out prompts (win-rates
+against the reference's samples with standard errors, the scale the run's point is plotted on)
+is logged as ``heldout_k`` / ``heldout_se_k``; the batch estimate ``constraint_j`` is the
+multipliers' input, the held-out one what a threshold is judged by.
 
 Baselines: DPO (soft labels of the primary), IPO, weighted multi-objective DPO (a fixed
 mixture of the objectives' labels), MODPO (DPO on the primary with the secondaries' reward
@@ -52,8 +91,9 @@ samples (:func:`mopo_core.lm.losses.policy_reference_scores`). Its expectation i
 (before the step's update); ``kl_every`` logs it over fixed prompts.
 
 Runs: the config, metric series (loss, gradient norm before clipping, lambda_j, constraint_j,
-threshold_j, ESS, KL to the reference, tokens/s) and status go to a :class:`mopo_core.runs.RunStore`; a checkpoint
-(model, optimizer, multipliers, thresholds, lagged references, step: tensors and plain
+threshold_j, ESS, KL to the reference, the leash's KL / budget / multiplier, held-out
+estimates, tokens/s) and status go to a :class:`mopo_core.runs.RunStore`; a checkpoint
+(model, optimizer, multipliers incl. the leash's, thresholds, lagged references, step: tensors and plain
 Python types only) is written atomically every ``checkpoint_every`` steps and at the end, and
 read back with ``torch.load(weights_only=True)`` (:func:`read_checkpoint`: nothing in a
 checkpoint file can run code; a file that cannot be read that way is refused, naming it).
@@ -78,7 +118,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -92,6 +132,7 @@ from mopo_core.lm.losses import (
     ipo_loss,
     lambda_update,
     mopo_weights,
+    per_token_kl,
     policy_reference_scores,
     robust_constraint_estimates,
     sequence_logprobs,
@@ -106,6 +147,9 @@ from mopo_core.runs import RunStore, claim_run, release_run
 Oracle = Callable[[str, str, str], np.ndarray]
 #: secondary_rewards(prompts, responses) -> (K-1, B) rewards of each row on each secondary objective.
 SecondaryRewards = Callable[[list[str], list[str]], np.ndarray]
+#: heldout(policy) -> the task's evaluation of the policy on held-out prompts (an object with
+#: ``win_rates`` (K,) and ``win_rate_stderr`` (K,), as :class:`mopo_core.lm.evaluation.Evaluation`).
+HeldOut = Callable[[torch.nn.Module], object]
 
 
 @dataclass
@@ -154,9 +198,11 @@ class ResponseTable:
     counts: torch.Tensor
 
 
-def response_win_rates(dataset: PreferenceDataset) -> dict[str, ResponseTable]:
+def response_win_rates(dataset: PreferenceDataset, prior: float = 0.0) -> dict[str, ResponseTable]:
     """Per prompt: each response's average outcome over all its comparisons (as ``a``: the label;
-    as ``b``: one minus it), the one-comparison estimates of MOPO.md section 5, averaged."""
+    as ``b``: one minus it), the one-comparison estimates of MOPO.md section 5, averaged, with
+    ``prior`` pseudo-comparisons at 1/2 added: ``(sum of outcomes + prior / 2) / (n + prior)``
+    (0: the raw average; 1: one win reads 3/4)."""
     sums: dict[str, dict[str, np.ndarray]] = {}
     counts: dict[str, dict[str, int]] = {}
     for pair in dataset:
@@ -169,7 +215,7 @@ def response_win_rates(dataset: PreferenceDataset) -> dict[str, ResponseTable]:
     for prompt, by_response in sums.items():
         names = list(by_response)
         n = np.array([counts[prompt][r] for r in names], dtype=np.float64)
-        rates = np.stack([by_response[r] for r in names], axis=1) / n
+        rates = (np.stack([by_response[r] for r in names], axis=1) + prior / 2) / (n + prior)
         tables[prompt] = ResponseTable(names, torch.from_numpy(rates), torch.from_numpy(n))
     return tables
 
@@ -208,6 +254,17 @@ def pool_preferences(oracle: Oracle, prompt: str, responses: list[str]) -> np.nd
     return table
 
 
+class _Row(NamedTuple):
+    """One row of a MOPO step: a response cloned with weight ``coefficient`` or, for the
+    leash (``leash=True``), a policy sample whose KL to the start is penalised by it."""
+
+    prompt: str
+    response: str
+    coefficient: float
+    finished: bool
+    leash: bool = False
+
+
 @dataclass
 class StepPlan:
     """One step's work: ``rows`` (responses or pairs) to be split over processes and
@@ -222,7 +279,8 @@ class StepPlan:
 class Trainer:
     """Owns the loop for one run. ``callbacks`` are called as ``callback(step, metrics)``;
     ``oracle`` scores candidate pools in online mode; ``secondary_rewards`` gives MODPO its
-    margins; ``parallel`` ("ddp" | "fsdp") is how a torchrun launch splits the work.
+    margins; ``parallel`` ("ddp" | "fsdp") is how a torchrun launch splits the work;
+    ``heldout`` evaluates the policy on held-out prompts every ``config.heldout_every`` steps.
 
     Under torchrun (the process group started, e.g. by :func:`mopo_core.lm.distributed.init_from_env`,
     before the trainer is built) "ddp" replicates the model and averages gradients; "fsdp"
@@ -236,14 +294,16 @@ class Trainer:
                  store: RunStore | None = None, checkpoint_dir: str | os.PathLike | None = None,
                  callbacks: tuple[Callable[[int, dict], None], ...] = (), run_config: dict | None = None,
                  oracle: Oracle | None = None, secondary_rewards: SecondaryRewards | None = None,
-                 parallel: str = "ddp"):
+                 parallel: str = "ddp", heldout: HeldOut | None = None):
         config.validate(dataset.n_objectives)
         if parallel not in ("ddp", "fsdp"):
             raise ValueError(f"parallel: expected 'ddp' or 'fsdp', got {parallel!r}")
         self.fsdp = parallel == "fsdp" and distributed.is_distributed()
-        if self.fsdp and (config.online or config.t0 is not None or config.kl_every):
-            raise ValueError("parallel: fsdp runs offline MOPO and the pairwise baselines; online mode, t0 and "
-                             "kl_every need the whole model in every process (use ddp)")
+        #: offline MOPO's KL leash to the starting model (see the module doc)
+        self.leash = config.method == "mopo" and not config.online and config.kl_leash
+        if self.fsdp and (config.online or config.t0 is not None or config.kl_every or self.leash):
+            raise ValueError("parallel: fsdp runs offline MOPO without kl_leash and the pairwise baselines; online "
+                             "mode, t0, kl_every and kl_leash need the whole model in every process (use ddp)")
         clash = set(run_config or {}) & set(asdict(config))
         if clash:
             raise ValueError(f"run_config: keys {sorted(clash)} would overwrite the training config's")
@@ -253,17 +313,23 @@ class Trainer:
             raise ValueError("secondary_rewards: modpo needs the secondary objectives' rewards for its margin")
         self.model, self.tokenizer, self.dataset, self.config = model, tokenizer, dataset, config
         self.store, self.callbacks, self.run_config = store, callbacks, run_config or {}
-        self.oracle, self.secondary_rewards = oracle, secondary_rewards
+        self.oracle, self.secondary_rewards, self.heldout = oracle, secondary_rewards, heldout
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.device = next(model.parameters()).device
         self.reference = None
-        if config.method in PAIRWISE_METHODS or config.online or config.t0 is not None or config.kl_every:
+        if (config.method in PAIRWISE_METHODS or config.online or config.t0 is not None or config.kl_every
+                or self.leash):
             self.reference = _frozen_copy(model)
+        # offline MOPO measures the leash and the lagged reference from the starting model, a
+        # copy of its own once the reference moves (t0)
+        offline_mopo = config.method == "mopo" and not config.online
+        self.start = (_frozen_copy(model) if offline_mopo and config.t0 is not None
+                      else self.reference if offline_mopo else None)
         self._parallel = _fully_shard(model) if self.fsdp else None  # DDP wraps at train()
         self.optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.prompt_ids = {p: i for i, p in enumerate(dataset.prompts())}
-        self.responses = response_win_rates(dataset)
+        self.responses = response_win_rates(dataset, config.win_rate_prior if config.method == "mopo" else 0.0)
         self.lam = torch.zeros(dataset.n_objectives - 1, dtype=torch.float64)
         self.chi = torch.ones(dataset.n_objectives - 1, dtype=torch.float64)  # robust duals (eps > 0)
         self.thresholds = torch.tensor(config.thresholds if config.method == "mopo" else [], dtype=torch.float64)
@@ -271,6 +337,8 @@ class Trainer:
         self.lag_snapshot: dict | None = None  # the policy at the last refresh: the next reference
         self.lagged = False  # whether the reference has moved off the starting model
         self._lag_logprobs: dict[tuple[str, str], float] = {}
+        self._start_logprobs: dict[tuple[str, str], float] = {}
+        self.kl_multiplier = 0.0  # the leash's multiplier (kappa)
         self.step = 0
         self.run_id = None
         self._cancel = False
@@ -331,7 +399,8 @@ class Trainer:
             while self.step < self.config.steps and not distributed.any_process(self._cancel):
                 self.step += 1
                 metrics = self._train_step()
-                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+                if (self.step % self.config.log_every == 0 or self.step == self.config.steps
+                        or "heldout_0" in metrics):
                     history.append({"step": self.step, **metrics})
                     if store is not None:
                         store.log_metrics(self.run_id, self.step, metrics)
@@ -410,6 +479,23 @@ class Trainer:
         self._refresh_lagged_reference()
         if self.config.kl_every and self.step % self.config.kl_every == 0 and self.is_main:
             metrics["kl_to_reference"] = self._sampled_kl()
+        every = self.config.heldout_every
+        if self.heldout is not None and every and self.is_main and (
+                self.step % every == 0 or self.step == self.config.steps):
+            metrics.update(self._heldout_metrics())
+        return metrics
+
+    def _heldout_metrics(self) -> dict:
+        """``heldout_k`` and ``heldout_se_k`` for every objective k: the task's held-out
+        evaluation of the policy as it is now (the scale of the run's point)."""
+        was_training = self.model.training
+        try:
+            evaluation = self.heldout(self.model)
+        finally:
+            self.model.train(was_training)
+        metrics = {}
+        for k, (value, se) in enumerate(zip(evaluation.win_rates, evaluation.win_rate_stderr)):
+            metrics.update({f"heldout_{k}": float(value), f"heldout_se_{k}": float(se)})
         return metrics
 
     @property
@@ -466,28 +552,76 @@ class Trainer:
         for j in range(self.lam.numel()):
             metrics.update({f"lambda_{j + 1}": float(self.lam[j]), f"constraint_{j + 1}": float(estimate[j]),
                             f"threshold_{j + 1}": float(self.thresholds[j])})
-        rows = list(zip(row_prompts, responses, weights.tolist(), finished))
+        rows = [_Row(p, r, c, f) for p, r, c, f in zip(row_prompts, responses, weights.tolist(), finished)]
+        if self.leash:
+            rows += self._leash_rows(prompts, metrics)
+        if len(rows) > len(responses):  # each part keeps its own mean: cloning + kappa * KL
+            n_clone, n_leash = len(responses), len(rows) - len(responses)
+            rows = [r._replace(coefficient=r.coefficient * len(rows) / (n_leash if r.leash else n_clone))
+                    for r in rows]
+        return StepPlan(rows, self._clone_and_leash_loss, metrics)
 
-        def loss_sum(chunk):
-            logp, tokens = self._logprobs(self._forward_model, [r[0] for r in chunk], [r[1] for r in chunk],
-                                          [r[3] for r in chunk])
-            weight = torch.tensor([r[2] for r in chunk], dtype=logp.dtype, device=logp.device)
-            return -(weight * logp).sum(), tokens
+    def _leash_rows(self, prompts: list[str], metrics: dict) -> list:
+        """The KL leash of offline MOPO for this step (module doc): one response per prompt
+        sampled from the policy; their mean exact per-token KL to the starting model estimates
+        KL(policy || start); the multiplier takes a projected step on the estimate's excess over
+        the budget ``(1 + sum lambda) / tau`` (relative, so one lambda_lr fits both) and, while
+        positive, the samples become rows of the loss (``kappa * KL``, gradient through the policy)."""
+        seed = int(np.random.default_rng([self.config.seed, self.step, 1 << 21]).integers(2**31))
+        responses, finished = sample(self.model, self.tokenizer, prompts, 1, self.config.max_new_tokens, 1.0, seed,
+                                     return_finished=True)
+        kl = float(self._policy_reference_scores(prompts, responses, finished, self.start)[2].mean())
+        budget = (1.0 + float(self.lam.sum())) / self.config.tau
+        self.kl_multiplier = max(0.0, self.kl_multiplier + self.config.lambda_lr * (kl / budget - 1.0))
+        metrics.update(kl_to_start=kl, kl_budget=budget, kl_multiplier=self.kl_multiplier)
+        if self.kl_multiplier == 0.0:
+            return []
+        return [_Row(p, r, self.kl_multiplier, f, leash=True) for p, r, f in zip(prompts, responses, finished)]
 
-        return StepPlan(rows, loss_sum, metrics)
+    def _clone_and_leash_loss(self, chunk: list) -> tuple[torch.Tensor, int]:
+        """Summed loss of MOPO rows: ``-coefficient * log pi(y|x)`` for cloned rows,
+        ``coefficient * per-token KL to the start`` for leash rows, in one forward of the scorer
+        (one DDP forward per micro-batch)."""
+        parts = [[r for r in chunk if not r.leash], [r for r in chunk if r.leash]]
+        batches = [None if not rows else tuple(t.to(self.device) for t in encode_rows(
+            self.tokenizer, [r.prompt for r in rows], [r.response for r in rows], [r.finished for r in rows]))
+            for rows in parts]
+        scorer = self._forward_model if self._parallel is not None else _SequenceScorer(self.model)
+        if batches[1] is None:
+            logp, kl = scorer(*batches[0]), None
+        else:
+            logp, kl = scorer(*(batches[0] or (None,) * 3), kl_batch=batches[1], kl_reference=self.start)
+        total, tokens = 0.0, 0
+        for rows, batch, values, sign in zip(parts, batches, (logp, kl), (-1.0, 1.0)):
+            if rows:
+                coefficient = torch.tensor([r.coefficient for r in rows], dtype=values.dtype, device=values.device)
+                total = total + sign * (coefficient * values).sum()
+                tokens += int(batch[1].sum())
+        return total, tokens
 
     def _offline_base_measure(self, prompts, tables) -> torch.Tensor:
-        """Log base measure of the offline rows: the data's counts while the reference is the
-        starting model (the data's own distribution); once lagged, the lagged reference's
-        log-probs of the responses (cached until the next refresh)."""
+        """Log base measure of the offline rows: the data's counts (the data read as samples of
+        the starting model), times ``pi_lag / pi_start`` once the reference has moved, i.e.
+        ``log count + log pi_lag(y|x) - log pi_start(y|x)``: relative to the start, so each
+        refresh changes a row by how far the reference moved, never by a response's absolute
+        sequence probability (module doc). Log-probs are cached (the lagged ones until the next
+        refresh)."""
+        base = torch.cat([t.counts.log() for t in tables])
         if not self.lagged:
-            return torch.cat([t.counts.log() for t in tables])
+            return base
         keys = [(p, r) for p, t in zip(prompts, tables) for r in t.responses]
-        missing = [k for k in keys if k not in self._lag_logprobs]
+        lag = self._cached_logprobs(self.reference, self._lag_logprobs, keys)
+        start = self._cached_logprobs(self.start, self._start_logprobs, keys)
+        return base + lag - start
+
+    def _cached_logprobs(self, model, cache: dict, keys: list) -> torch.Tensor:
+        """``log model(response|prompt)`` (float64) for ``keys`` ((prompt, response) pairs),
+        computing only those not in ``cache``."""
+        missing = [k for k in dict.fromkeys(keys) if k not in cache]
         if missing:
-            values = self._eval_logprobs(self.reference, [k[0] for k in missing], [k[1] for k in missing])
-            self._lag_logprobs.update(zip(missing, values.tolist()))
-        return torch.tensor([self._lag_logprobs[k] for k in keys], dtype=torch.float64)
+            values = self._eval_logprobs(model, [k[0] for k in missing], [k[1] for k in missing])
+            cache.update(zip(missing, values.tolist()))
+        return torch.tensor([cache[k] for k in keys], dtype=torch.float64)
 
     def _pool(self, index: int, prompt: str) -> dict:
         """Online candidates for the batch's ``index``-th prompt: responses sampled from the policy
@@ -507,14 +641,16 @@ class Trainer:
                 "kl": float(kl.mean())}
 
     def _ratchet(self, estimate: torch.Tensor) -> None:
-        """Every t0 steps: b <- max(b_user, beta * the constraint estimate of t0 steps ago)."""
-        if self.config.t0 is None or self.config.beta_ratchet is None:
+        """Every t0 steps: b <- max(b_user, beta * the mean constraint estimate over the (up
+        to) t0 steps that ended t0 steps ago): a window's mean, not one noisy batch."""
+        t0 = self.config.t0
+        if t0 is None or self.config.beta_ratchet is None:
             return
         self.constraint_history.append(estimate)
-        if self.step % self.config.t0 == 0 and len(self.constraint_history) > self.config.t0:
-            lagged = self.constraint_history[-self.config.t0 - 1]
+        if self.step % t0 == 0 and len(self.constraint_history) > t0:
+            reached = torch.stack(self.constraint_history[:-t0][-t0:]).mean(dim=0)
             user = torch.tensor(self.config.thresholds, dtype=torch.float64)
-            self.thresholds = torch.maximum(user, self.config.beta_ratchet * lagged)
+            self.thresholds = torch.maximum(user, self.config.beta_ratchet * reached)
 
     def _refresh_lagged_reference(self) -> None:
         """Every t0 steps: the reference becomes the snapshot taken t0 steps ago, and the policy
@@ -538,16 +674,19 @@ class Trainer:
         repeated = [p for p in prompts for _ in range(self.config.n_candidates)]
         return float(self._policy_reference_scores(repeated, responses, finished)[2].mean())
 
-    def _policy_reference_scores(self, prompts, responses, finished) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _policy_reference_scores(self, prompts, responses, finished, reference=None
+                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(log pi, log pi_ref, exact per-token KL summed over the response) per row, float64
         (B,) each, both models in eval mode (:func:`mopo_core.lm.losses.policy_reference_scores`;
-        ``finished`` as :func:`encode_rows` takes it)."""
+        ``finished`` as :func:`encode_rows` takes it); ``reference``: another model than the
+        reference (the start, for the leash)."""
+        reference = self.reference if reference is None else reference
         batch = [t.to(self.device) for t in encode_rows(self.tokenizer, prompts, responses, finished)]
-        modes = [(m, m.training) for m in (self.model, self.reference)]
+        modes = [(m, m.training) for m in (self.model, reference)]
         for model, _ in modes:
             model.eval()
         try:
-            scores = policy_reference_scores(self.model, self.reference, *batch)
+            scores = policy_reference_scores(self.model, reference, *batch)
         finally:
             for model, training in modes:
                 model.train(training)
@@ -635,7 +774,7 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"step": self.step, "model": model_state, "optimizer": optimizer_state, "fsdp": self.fsdp,
                  "lam": self.lam, "chi": self.chi, "thresholds": self.thresholds,
-                 "constraint_history": self.constraint_history,
+                 "constraint_history": self.constraint_history, "kl_multiplier": self.kl_multiplier,
                  "config": asdict(self.config), "lag_snapshot": self.lag_snapshot, "lagged": self.lagged,
                  "reference": self.reference.state_dict() if self.lagged else None}
         tmp = path.with_suffix(".tmp")
@@ -664,6 +803,7 @@ class Trainer:
         self.lam, self.thresholds = state["lam"], state["thresholds"]
         self.chi = state.get("chi", self.chi)  # (checkpoints from before eps hold none: eps was 0)
         self.constraint_history = state["constraint_history"]
+        self.kl_multiplier = float(state.get("kl_multiplier", 0.0))  # (none before the leash)
         self.lag_snapshot, self.lagged = state.get("lag_snapshot"), state.get("lagged", False)
         if self.lagged:
             self.reference.load_state_dict(state["reference"])
@@ -715,14 +855,18 @@ def _load_failure(exc: Exception) -> str:
 
 class _SequenceScorer(torch.nn.Module):
     """A causal LM whose forward is :func:`sequence_logprobs` (response log-probs, fused where
-    the model allows), so that under DDP the whole computation runs inside DDP's forward."""
+    the model allows), so that under DDP the whole computation runs inside DDP's forward.
+    With ``kl_batch`` (input_ids, attention_mask, response_mask) and ``kl_reference``, it also
+    scores those rows' per-token KL to the reference (:func:`mopo_core.lm.losses.per_token_kl`)
+    in the same forward and returns ``(log-probs or None when input_ids is None, KL)``."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, response_mask):
-        return sequence_logprobs(self.model, input_ids, attention_mask, response_mask)
+    def forward(self, input_ids, attention_mask, response_mask, kl_batch=None, kl_reference=None):
+        logp = None if input_ids is None else sequence_logprobs(self.model, input_ids, attention_mask, response_mask)
+        return logp if kl_batch is None else (logp, per_token_kl(self.model, kl_reference, *kl_batch))
 
 
 def _fully_shard(model) -> torch.nn.Module:

@@ -477,7 +477,8 @@ class DatasetTask:
                                                            config.tau)
         policy = self.start_policy(config.seed)
         trainer = Trainer(policy, self.tokenizer, self.train, config, store=store, checkpoint_dir=checkpoint_dir,
-                          callbacks=tuple(callbacks), run_config={**self.run_config, **(run_config or {})}, **extras)
+                          callbacks=tuple(callbacks), run_config={**self.run_config, **(run_config or {})},
+                          heldout=self.evaluate, **extras)
         if on_trainer is not None:
             on_trainer(trainer)
         return policy, train_watched(trainer, resume_run_id)  # a run that goes wrong is marked diverged

@@ -36,11 +36,15 @@ from mopo_core.lm.trainer import Trainer, TrainResult, implicit_rewards, read_ch
 from mopo_core.runs import RunStore
 from mopo_core.training.common import point_params, secondary_experts
 from mopo_core.training.divergence import DIVERGED, finite_weights, train_watched
+from mopo_core.validation import check_int
 
 
 @dataclass
 class TextTaskSetup:
-    """Task size and the reference model's SFT budget."""
+    """Task size, the labelled pairs and the reference model's SFT budget: ``pairs_per_prompt``
+    pairs per prompt, or with ``train_pairs`` exactly that many training pairs (see
+    :func:`build_text_task`); ``soft_labels``: each label is the oracle's probability rather
+    than a Bernoulli draw from it."""
 
     #: The task that trains on this setup (:func:`mopo_core.training.tasks.task_for_setup`).
     task: ClassVar[str] = "text"
@@ -52,10 +56,15 @@ class TextTaskSetup:
     sft_steps: int = 300
     eval_samples: int = 8
     seed: int = 0
+    train_pairs: int | None = None
+    soft_labels: bool = False
 
 
 def text_task(setup: TextTaskSetup) -> TextTask:
-    """The task ``setup`` describes (its constructor refuses bad fields, naming them)."""
+    """The task ``setup`` describes (its constructor refuses bad fields, naming them, as does
+    this function for ``train_pairs``)."""
+    if setup.train_pairs is not None:
+        check_int(setup.train_pairs, "train_pairs", 1)
     return TextTask(n_prompts=setup.n_prompts, n_candidates=setup.n_candidates, temperature=setup.temperature,
                     seed=setup.seed)
 
@@ -67,15 +76,43 @@ def check_text_run(config: TrainConfig, setup: TextTaskSetup) -> None:
 
 
 def build_text_task(setup: TextTaskSetup):
-    """(task, tokenizer, reference model, train/validation/test datasets) for ``setup``."""
+    """(task, tokenizer, reference model, train/validation/test datasets) for ``setup``.
+
+    ``pairs_per_prompt`` pairs of distinct candidates per prompt are split by prompt (80/10/10,
+    seeded). With ``train_pairs`` the training split's pairs are redrawn on its prompts: exactly
+    ``train_pairs`` pairs, taken round robin over the prompts (each gets ``train_pairs //
+    prompts`` or one more); validation and test are the same as without it."""
     task = text_task(setup)
-    records = [r for r in task.sample_pairs(setup.pairs_per_prompt, seed=setup.seed)
-               if r["response_a"] != r["response_b"]]  # identical candidates carry no preference
-    train, validation, test = PreferenceDataset.from_records(records, origin="text task").split(seed=setup.seed)
+    train, validation, test = PreferenceDataset.from_records(
+        _distinct_pairs(task, setup.pairs_per_prompt, setup), origin="text task").split(seed=setup.seed)
+    if setup.train_pairs is not None:
+        train = _exact_training_pairs(task, train.prompts(), setup)
     tokenizer = word_tokenizer(vocabulary())
     reference = tiny_gpt(len(tokenizer), seed=setup.seed)
     train_sft(reference, tokenizer, task.corpus(), steps=setup.sft_steps, seed=setup.seed)
     return task, tokenizer, reference, (train, validation, test)
+
+
+def _distinct_pairs(task: TextTask, per_prompt: int, setup: TextTaskSetup) -> list[dict]:
+    """``per_prompt`` labelled pairs per prompt, less those of two identical candidates (which carry
+    no preference)."""
+    return [r for r in task.sample_pairs(per_prompt, seed=setup.seed, soft=setup.soft_labels)
+            if r["response_a"] != r["response_b"]]
+
+
+def _exact_training_pairs(task: TextTask, prompts: list[str], setup: TextTaskSetup) -> PreferenceDataset:
+    """Exactly ``setup.train_pairs`` pairs on ``prompts``, round robin over them (twice the needed
+    draws per prompt, so that dropping identical candidates leaves enough)."""
+    by_prompt: dict[str, list[dict]] = {p: [] for p in prompts}
+    for record in _distinct_pairs(task, 2 * -(-setup.train_pairs // len(prompts)), setup):
+        if record["prompt"] in by_prompt:
+            by_prompt[record["prompt"]].append(record)
+    rounds = max(len(pairs) for pairs in by_prompt.values())
+    records = [pairs[i] for i in range(rounds) for pairs in by_prompt.values() if i < len(pairs)]
+    if len(records) < setup.train_pairs:
+        raise ValueError(f"train_pairs: the training prompts give only {len(records)} distinct pairs, "
+                         f"asked for {setup.train_pairs}")
+    return PreferenceDataset.from_records(records[:setup.train_pairs], origin="text task")
 
 
 def task_oracle(task: TextTask):
@@ -166,7 +203,9 @@ def _train_and_evaluate(config: TrainConfig, setup: TextTaskSetup, store: RunSto
         extras["secondary_rewards"] = implicit_rewards(secondary_experts(config, reference, tokenizer, train),
                                                        reference, tokenizer, config.tau)
     trainer = Trainer(policy, tokenizer, train, config, store=store, checkpoint_dir=checkpoint_dir,
-                      callbacks=tuple(callbacks), run_config=run_config, **extras)
+                      callbacks=tuple(callbacks), run_config=run_config,
+                      heldout=lambda model: evaluate_on_task(task, model, reference, tokenizer, test.prompts(), setup),
+                      **extras)
     if on_trainer is not None:
         on_trainer(trainer)
     result = train_watched(trainer, resume_run_id)  # a run that goes wrong stops and is marked diverged

@@ -9,6 +9,7 @@ from mopo_core.lm.trainer import Trainer, encode_rows
 from mopo_core.lm.models import tiny_gpt, word_tokenizer
 from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.runs import RunStore
+from tests.lm_fixtures import TabularLM
 from synthetic.text_task import TextTask, vocabulary
 
 
@@ -135,30 +136,6 @@ def test_evaluating_a_policy_against_itself_gives_win_rate_one_half(task_data):
     assert point["values"] == [0.5, 0.5]
 
 
-class TabularLM(torch.nn.Module):
-    """A causal "LM" whose only free parameters are per-prompt logits over the response tokens:
-    after prompt token p the next-token distribution is softmax(theta[p]) over r0..r{N-1};
-    after a response token it is (almost surely) eos. So log pi(r | p) = log softmax(theta[p])[r]."""
-
-    def __init__(self, tokenizer, n_prompts, n_responses):
-        super().__init__()
-        self.theta = torch.nn.Parameter(torch.zeros(n_prompts, n_responses, dtype=torch.float64))
-        vocab = len(tokenizer)
-        self.prompt_ids = torch.tensor(tokenizer.convert_tokens_to_ids([f"p{m}" for m in range(n_prompts)]))
-        self.response_ids = torch.tensor(tokenizer.convert_tokens_to_ids([f"r{i}" for i in range(n_responses)]))
-        self.eos = tokenizer.eos_token_id
-        self.vocab = vocab
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
-        logits = torch.full((*input_ids.shape, self.vocab), -1e9, dtype=torch.float64)
-        logits[..., self.eos] = 0.0
-        for m, token in enumerate(self.prompt_ids):
-            at = input_ids == token
-            row = torch.full((self.vocab,), -1e9, dtype=torch.float64).index_put((self.response_ids,), self.theta[m])
-            logits = torch.where(at[..., None], row, logits)
-        return type("Out", (), {"logits": logits})()
-
-
 def test_with_exact_win_rates_the_trainer_reaches_the_exact_tabular_solution():
     from mopo_core.tabular.solver import solve_scores
     from synthetic import make_structure
@@ -170,8 +147,11 @@ def test_with_exact_win_rates_the_trainer_reaches_the_exact_tabular_solution():
                 "labels": {name: float(s.preferences[k, m, a, b]) for k, name in enumerate(s.objective_names)}}
                for m in range(m_count) for a in range(n) for b in range(n) if a != b]
     data = PreferenceDataset.from_records(records)
-    # the data's estimate: win-rate against the other responses (self-comparison excluded)
+    # the data's estimate: win-rate against the other responses (self-comparison excluded), each
+    # response in 2 (n - 1) comparisons, with the default prior of one comparison at 1/2
     others = (s.preferences.sum(axis=-1) - 0.5) / (n - 1)  # (K, M, N)
+    prior = TrainConfig().win_rate_prior
+    others = (2 * (n - 1) * others + prior / 2) / (2 * (n - 1) + prior)
     tau, threshold = 0.5, float(np.mean(others[1].max(axis=1)) - 0.08)
     exact = solve_scores(others[0], others[1:], [threshold], tau, np.full((m_count, n), 1 / n), np.full(m_count, 0.5))
     assert exact.feasible and exact.multipliers[0] > 0
@@ -183,6 +163,8 @@ def test_with_exact_win_rates_the_trainer_reaches_the_exact_tabular_solution():
     policy = torch.softmax(model.theta, dim=1).detach().numpy()
     np.testing.assert_allclose(result.multipliers, exact.multipliers, atol=1e-3)
     np.testing.assert_allclose(policy, exact.policy, atol=2e-3)
+    # the leash never pulled: this exact solution is within what tau allows (KL <= log 4 < 1/tau)
+    assert all(h["kl_multiplier"] == 0 and h["kl_to_start"] <= h["kl_budget"] for h in result.history)
 
 
 def test_cli_train_records_a_run_with_an_evaluated_point(tmp_path, monkeypatch, capsys):
