@@ -695,16 +695,19 @@ class Trainer:
     # ------------------------------------------------------------------ pairwise baselines
 
     def _pairwise_plan(self, loss) -> StepPlan:
-        """Rows are pairs; ``loss(pairs, logp_a, logp_b, ref_a, ref_b)`` is the mean over them."""
+        """Rows are pairs; ``loss(pairs, logp_a, logp_b, ref_a, ref_b)`` is the mean over them.
+        Both responses of a micro-batch's pairs go through the policy in one forward (and
+        through the reference in one), padded together."""
 
         def loss_sum(pairs):
-            prompts = [p.prompt for p in pairs]
-            logp_a, n_a = self._logprobs(self._forward_model, prompts, [p.response_a for p in pairs])
-            logp_b, n_b = self._logprobs(self._forward_model, prompts, [p.response_b for p in pairs])
+            # one forward over both sides (a's rows, then b's), as TRL's concatenated forward
+            prompts = [p.prompt for p in pairs] * 2
+            responses = [p.response_a for p in pairs] + [p.response_b for p in pairs]
+            logp, tokens = self._logprobs(self._forward_model, prompts, responses)
             with torch.no_grad():
-                ref_a, _ = self._logprobs(self.reference, prompts, [p.response_a for p in pairs])
-                ref_b, _ = self._logprobs(self.reference, prompts, [p.response_b for p in pairs])
-            return loss(pairs, logp_a, logp_b, ref_a, ref_b) * len(pairs), n_a + n_b
+                ref, _ = self._logprobs(self.reference, prompts, responses)
+            n = len(pairs)
+            return loss(pairs, logp[:n], logp[n:], ref[:n], ref[n:]) * n, tokens
 
         return StepPlan(self._batch_pairs(), loss_sum, {})
 

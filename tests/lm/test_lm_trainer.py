@@ -90,6 +90,38 @@ def test_dpo_reference_is_frozen_and_starts_at_log2(task_data):
     assert not any(p.requires_grad for p in trainer.reference.parameters())
 
 
+def test_the_concatenated_pair_forward_gives_each_sides_own_log_probs(task_data):
+    """A DPO step scores a and b in one padded forward; its gradient equals that of the loss built
+    from each response scored alone (unpadded) against a reference that differs from the policy."""
+    from mopo_core.lm.losses import sequence_logprobs, weighted_dpo_loss
+
+    data, tok = task_data
+    config = TrainConfig(method="dpo", steps=1, batch_size=4)
+    trainer = Trainer(_model(tok), tok, data, config)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    plan = trainer._plan_dpo()
+    pairs = plan.rows
+    trainer.model.eval()  # no dropout: both computations see the same function
+    trainer.model.zero_grad()
+    plan.loss_sum(pairs)[0].backward()
+    together = [p.grad.clone() for p in trainer.model.parameters()]
+
+    def alone(model, response):
+        return torch.stack([sequence_logprobs(model, *encode_rows(tok, [p.prompt], [response(p)]))[0]
+                            for p in pairs])
+
+    trainer.model.zero_grad()
+    with torch.no_grad():
+        ref = [alone(trainer.reference, lambda p: p.response_a), alone(trainer.reference, lambda p: p.response_b)]
+    labels = torch.tensor([p.labels[0] for p in pairs], dtype=torch.float32)
+    (weighted_dpo_loss(alone(trainer.model, lambda p: p.response_a), alone(trainer.model, lambda p: p.response_b),
+                       *ref, config.tau, labels) * len(pairs)).backward()
+    for a, b in zip(together, (p.grad for p in trainer.model.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("override, message", [
     (dict(method="ppo"), "method: expected one of"),
     (dict(thresholds=(0.5, 0.5)), "thresholds: MOPO needs one per secondary objective"),
