@@ -55,6 +55,7 @@ _HOME = {  # public name -> the module that defines it (imported on first use)
     'job_name': 'train',
     'json_key': 'train',
     'live_constraints': 'train',
+    'live_heldout': 'train',
     'load_entry': 'models',
     'metric_frame': 'train',
     'metric_table': 'compare',

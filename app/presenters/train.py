@@ -87,6 +87,9 @@ FIELD_LABELS = {
     "max_new_tokens": "Max new tokens (online)",
     "gradient_accumulation_steps": "Gradient accumulation steps",
     "kl_every": "KL estimate every (steps)",
+    "heldout_every": "Held-out estimate every (steps)",
+    "win_rate_prior": "Win-rate prior (pseudo-comparisons at ½)",
+    "kl_leash": "KL leash to the starting model",
     "seed": "Training seed",
     "checkpoint_every": "Checkpoint every (steps)",
     "n_prompts": "Prompts",
@@ -97,12 +100,14 @@ FIELD_LABELS = {
     "task_seed": "Task seed",
 }
 #: The page's starting values (TrainConfig's and TextTaskSetup's defaults, except where a value
-#: suits the page better: a KL estimate every 10 steps so that its curve is drawn).
+#: suits the page better: a KL estimate every 10 steps so that its curve is drawn, a held-out
+#: estimate every 25 so that the live run has a point on the plane's scale).
 DEFAULTS = {
     "method": "mopo", "threshold": 0.6, "secondary_weight": 0.5, "tau": 0.08, "steps": 100, "batch_size": 8,
     "lr": 1e-3, "lambda_lr": 1.0, "t0": 0, "beta_ratchet": 0.0, "eps": 0.0, "chi_lr": 0.5, "online": False,
     "n_candidates": 8,
     "max_new_tokens": 16, "gradient_accumulation_steps": 1, "kl_every": 10, "seed": 0, "checkpoint_every": 25,
+    "heldout_every": 25, "win_rate_prior": 1.0, "kl_leash": True,
     "n_prompts": 40, "task_n_candidates": 8, "pairs_per_prompt": 8, "temperature": 0.1, "sft_steps": 300,
     "eval_samples": 8, "task_seed": 0,
     # the dataset form (DatasetSetup's defaults, LoRA on: a full copy of a real checkpoint is rarely wanted)
@@ -124,6 +129,8 @@ FIELD_RANGES = {
     "lambda_lr": (0.0, 100.0, False, True),
     "gradient_accumulation_steps": (1, 64, True, False),
     "kl_every": (0, 10_000, True, False),
+    "heldout_every": (0, 100_000, True, False),
+    "win_rate_prior": (0.0, 1000.0, False, False),
     "checkpoint_every": (1, 100_000, True, False),
     "seed": (0, 1_000_000, True, False),
     "eps": (0.0, 10.0, False, False),
@@ -234,10 +241,11 @@ def train_config(method: str, *, thresholds=(0.6,), objective_weights=(0.5, 0.5)
                  t0: int = 0, beta_ratchet: float = 0.0, eps: float = 0.0, chi_lr: float = 0.5,
                  online: bool = False, n_candidates: int = 8,
                  max_new_tokens: int = 16, gradient_accumulation_steps: int = 1, kl_every: int = 0, seed: int = 0,
-                 checkpoint_every: int = 25):
+                 checkpoint_every: int = 25, heldout_every: int = 0, win_rate_prior: float = 1.0,
+                 kl_leash: bool = True):
     """A checked :class:`mopo_core.lm.config.TrainConfig` from the page's values for a task
-    with ``n_objectives`` objectives (V0 the primary). ``t0``, ``beta_ratchet`` and ``kl_every``
-    of 0 mean off, and so does ``eps`` (MOPO's robust radius); ``thresholds`` (one per secondary objective, win-rates in [0, 1]) are used by
+    with ``n_objectives`` objectives (V0 the primary). ``t0``, ``beta_ratchet``, ``kl_every`` and
+    ``heldout_every`` of 0 mean off, and so does ``eps`` (MOPO's robust radius); ``thresholds`` (one per secondary objective, win-rates in [0, 1]) are used by
     MOPO, ``objective_weights`` (one per objective, summing to 1; with two objectives the page's
     w on the secondary gives (1 - w, w): :func:`secondary_weights`) by weighted DPO and MODPO,
     the online settings by MOPO only. ``ValueError`` names the page's field."""
@@ -249,7 +257,7 @@ def train_config(method: str, *, thresholds=(0.6,), objective_weights=(0.5, 0.5)
         if any(not 0.0 <= w <= 1.0 or math.isnan(w) for w in weights):
             raise ValueError(f"{FIELD_LABELS['objective_weights']} (objective_weights): each must lie in [0, 1], "
                              f"got {list(weights)}")
-    for name, value in (("t0", t0), ("kl_every", kl_every)):
+    for name, value in (("t0", t0), ("kl_every", kl_every), ("heldout_every", heldout_every)):
         if value is not None and int(value) < 0:
             raise ValueError(f"{FIELD_LABELS[name]} ({name}): must be >= 0 (0: off), got {value}")
     if beta_ratchet and not t0:
@@ -265,7 +273,8 @@ def train_config(method: str, *, thresholds=(0.6,), objective_weights=(0.5, 0.5)
         online=bool(online) and mopo, n_candidates=int(n_candidates), max_new_tokens=int(max_new_tokens),
         gradient_accumulation_steps=int(gradient_accumulation_steps),
         kl_every=int(kl_every) if kl_every and not (online and mopo) else None, seed=int(seed),
-        checkpoint_every=int(checkpoint_every))
+        checkpoint_every=int(checkpoint_every), heldout_every=int(heldout_every) if heldout_every else None,
+        win_rate_prior=float(win_rate_prior), kl_leash=bool(kl_leash))
     for j, b in enumerate(config.thresholds if mopo else (), start=1):
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"{FIELD_LABELS['thresholds']}{j} (thresholds): a win-rate threshold lies in [0, 1], "
@@ -403,11 +412,12 @@ def sweep_configs(base, thresholds, weights=(), baselines=SWEEP_BASELINES,
     form = {"tau": base.tau, "steps": base.steps, "batch_size": base.batch_size, "lr": base.lr,
             "lambda_lr": base.lambda_lr, "gradient_accumulation_steps": base.gradient_accumulation_steps,
             "chi_lr": base.chi_lr,
-            "kl_every": base.kl_every or 0, "seed": base.seed, "checkpoint_every": base.checkpoint_every}
+            "kl_every": base.kl_every or 0, "seed": base.seed, "checkpoint_every": base.checkpoint_every,
+            "heldout_every": base.heldout_every or 0}
     out = []
     for b in thresholds:
         out.append(train_config("mopo", thresholds=(b,), t0=base.t0 or 0, beta_ratchet=base.beta_ratchet or 0.0,
-                                eps=base.eps, **form))
+                                eps=base.eps, win_rate_prior=base.win_rate_prior, kl_leash=base.kl_leash, **form))
     for method in baselines:
         grid = weights if method in WEIGHTED_METHODS else (0.5,)
         for w in grid:
@@ -505,6 +515,21 @@ def live_constraints(frame: pd.DataFrame) -> list[dict]:
                     "threshold": float(last.get(f"threshold_{j}", np.nan)), "lam": float(last.get(f"lambda_{j}", np.nan)),
                     "below": int(below)})
     return out
+
+
+def live_heldout(frame: pd.DataFrame) -> dict | None:
+    """The last held-out estimate a run logged (``heldout_every``): ``step``, ``values`` (K,)
+    and ``stderr`` (K,), the objectives' win-rates against the reference on held-out prompts,
+    the scale of the plane; ``None`` when the run logged none."""
+    if "heldout_0" not in frame:
+        return None
+    rows = frame[frame["heldout_0"].notna()]
+    if rows.empty:
+        return None
+    last = rows.iloc[-1]
+    k = sum(1 for c in frame.columns if c.startswith("heldout_") and c[len("heldout_"):].isdigit())
+    return {"step": int(last["step"]), "values": [float(last[f"heldout_{i}"]) for i in range(k)],
+            "stderr": [float(last.get(f"heldout_se_{i}", np.nan)) for i in range(k)]}
 
 
 # ---------------------------------------------------------------------------- the Pareto plane

@@ -132,15 +132,22 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
                                dict(color=palette[(2 * j) % 10])))
                 if f"threshold_{j}" in frame:
                     traces.append((f"threshold_{j}", f"threshold b{j} in force", dict(color="black", dash="dash")))
+                if f"heldout_{j}" in frame:
+                    traces.append((f"heldout_{j}", f"V{j} {names[j]}: held-out estimate ± SE (the plane's scale)",
+                                   dict(color=palette[(2 * j) % 10], width=0)))
         elif prefix in frame:
             label = {"loss": f"loss ({train_presenter.SHORT_NAMES.get(method, method)})", "ess": "ESS / rows",
                      "kl_to_reference": "KL(π ‖ π_ref): exact per-token KL summed over sampled responses", "tokens_per_s": "tokens/s"}[prefix]
             traces.append((prefix, label, dict(color=palette[[0, 0, 0, 3, 4, 5][i]])))
         for column, name, line in traces:
             data = frame[frame[column].notna()]
-            fig.add_scatter(x=data["step"], y=data[column], mode="lines+markers" if len(data) < 40 else "lines",
-                            name=name, line=line, marker=dict(size=4), row=row, col=col,
-                            hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>")
+            se = frame.get(column.replace("heldout_", "heldout_se_")) if column.startswith("heldout_") else None
+            fig.add_scatter(x=data["step"], y=data[column],
+                            mode="markers" if se is not None else "lines+markers" if len(data) < 40 else "lines",
+                            name=name, line=line, marker=dict(size=9 if se is not None else 4,
+                                                              symbol="diamond" if se is not None else "circle"),
+                            error_y=None if se is None else dict(type="data", array=se[data.index].fillna(0)),
+                            row=row, col=col, hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>")
         if not traces or all(frame[c].notna().sum() == 0 for c, _, _ in traces):
             if prefix in ("lambda_", "constraint_", "ess") and method != "mopo":
                 why = f"not logged by {train_presenter.SHORT_NAMES.get(method, method)} (MOPO only)"
@@ -175,14 +182,18 @@ def _plane_range(values: list[float], min_span: float = 0.2) -> list[float]:
 
 
 def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run_status: str | None,
-                 names: tuple[str, ...] = train_presenter.OBJECTIVES) -> go.Figure:
+                 names: tuple[str, ...] = train_presenter.OBJECTIVES, heldout: dict | None = None) -> go.Figure:
     """x = V1, y = V0 of ``names`` (win-rates vs the reference model); the finished runs' points,
-    their front, the reference point and the selected run's live constraint on V1."""
+    their front, the reference point and the selected run's live constraint on V1, and its last
+    held-out estimate (``heldout``, :func:`app.presenters.train.live_heldout`) as a point ± SE."""
     ref = train_presenter.REFERENCE_POINT
-    live = [c for c in live if c["j"] == 1] if run_status in ("running", "queued") else []  # the plane's x is V1
+    running = run_status in ("running", "queued")
+    live = [c for c in live if c["j"] == 1] if running else []  # the plane's x is V1
+    heldout = heldout if running and heldout is not None and len(heldout["values"]) > 1 else None
     xs = [ref[1], *points["v1"], *[c["estimate"] for c in live], *[c["threshold"] for c in live
-                                                                    if np.isfinite(c["threshold"])]]
-    ys = [ref[0], *points["v0"]]
+                                                                    if np.isfinite(c["threshold"])],
+          *([heldout["values"][1]] if heldout else [])]
+    ys = [ref[0], *points["v0"], *([heldout["values"][0]] if heldout else [])]
     x_range, y_range = _plane_range(xs), _plane_range(ys)
     fig = go.Figure()
     for method, d in points.groupby("method", sort=False):
@@ -231,6 +242,13 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
                         hovertemplate=f"run {run_id}, step {c['step']}<br>constraint on the training batch "
                                       f"({names[c['j']]}): {c['estimate']:.4f}<br>λ{c['j']} = {c['lam']:.4f}"
                                       "<extra></extra>")
+        if heldout is not None:
+            (v0, v1), (se0, se1) = heldout["values"][:2], heldout["stderr"][:2]
+            fig.add_scatter(x=[v1], y=[v0], mode="markers", marker=dict(symbol="star", size=16, color="crimson"),
+                            error_x=dict(type="data", array=[se1]), error_y=dict(type="data", array=[se0]),
+                            name=f"run {run_id} at step {heldout['step']}: held-out estimate ± SE "
+                                 f"(V1 {v1:.3f} ± {se1:.3f}, V0 {v0:.3f} ± {se0:.3f})",
+                            hovertemplate=f"run {run_id}, step {heldout['step']}: held-out estimate<extra></extra>")
         if np.isfinite(c["threshold"]):
             fig.add_scatter(x=[c["threshold"]] * 2, y=y_range, mode="lines",
                             line=dict(color="black", width=1.5, dash="dash"),
@@ -394,7 +412,8 @@ def live_panel(path: str) -> None:
         with left:
             st.caption(f"On this plane: the {train_presenter.describe_plane(key)} (points measured another way are "
                        "on the Compare page).")
-            show_figure(plane_figure(points, live, run_id, run.status, objectives), "train_plane", data=points)
+            show_figure(plane_figure(points, live, run_id, run.status, objectives,
+                                     train_presenter.live_heldout(frame)), "train_plane", data=points)
         with right:
             st.markdown("**How to read the Pareto plane**")
             st.markdown(
@@ -402,7 +421,9 @@ def live_panel(path: str) -> None:
                 f"once at its end on held-out prompts: the policy's win-rates against the reference model "
                 f"({reference}; 0.5 = as good as the reference). Outlined diamonds are on the front of these points.\n"
                 f"- **Red line**: while a run trains only its constraint is estimated ({objectives[1]}, on the step's "
-                f"batch), not its {objectives[0]}, so the live run is a vertical line, not a point.\n"
+                f"batch), not its {objectives[0]}, so the live run is a vertical line, not a point; a run with "
+                "*held-out estimate every* set also shows a red star: its last held-out estimate ± SE, on the "
+                "markers' scale.\n"
                 "- **Black dashed line**: the live run's threshold b1. MOPO holds its **training-batch estimate** "
                 "(the red line) at or above b1; the markers are **held-out** win-rates, so a run can satisfy b1 "
                 "on its batches and still end left of it here.\n"
@@ -663,6 +684,11 @@ with st.sidebar:
         values["checkpoint_every"] = number_field(F["checkpoint_every"], "checkpoint_every", "train_checkpoint_every",
                                                   D["checkpoint_every"],
                                                   help="A resumed run continues from its last checkpoint.")
+        values["heldout_every"] = number_field(
+            F["heldout_every"] + " (0: off)", "heldout_every", "train_heldout_every", D["heldout_every"],
+            help="Evaluate the policy on the held-out prompts (win-rates against the reference ± SE, the scale "
+                 "of the finished runs' points) every this many steps: a live point on the plane. Each costs "
+                 "one evaluation's sampling.")
         values["seed"] = number_field(F["seed"], "seed", "train_seed", D["seed"])
     if method == "mopo":
         with st.expander("MOPO: robust constraints, lagged reference, ratchet, online"):
@@ -673,11 +699,21 @@ with st.sidebar:
                      "unreachable: λ then keeps growing, and the curves show it.")
             if values["eps"]:
                 values["chi_lr"] = number_field(F["chi_lr"], "chi_lr", "train_chi_lr", D["chi_lr"], 0.1)
+            values["win_rate_prior"] = number_field(
+                F["win_rate_prior"], "win_rate_prior", "train_prior", D["win_rate_prior"], 0.5,
+                help="Offline: each response's labels are averaged with this many comparisons at ½, so one won "
+                     "comparison reads (1 + prior/2) / (1 + prior) instead of 1 (0: raw labels).")
+            values["kl_leash"] = st.toggle(
+                F["kl_leash"], D["kl_leash"], key="train_leash",
+                help="Offline: keep KL(policy ‖ starting model), estimated on the policy's own samples, within "
+                     "(1 + Σλ) / τ nats per response, the most any exact MOPO solution moves. Off: the policy "
+                     "may drift towards cloning the data's responses (tens of nats from where it started).")
             values["t0"] = number_field(F["t0"] + " (0: off)", "t0", "train_t0", D["t0"],
                                         help="Every t0 steps the reference becomes the policy of t0 steps before.")
             values["beta_ratchet"] = number_field(
                 F["beta_ratchet"] + " (0: off; needs t0)", "beta_ratchet", "train_beta", D["beta_ratchet"], 0.01,
-                help="Every t0 steps: b1 ← max(b1, β · the constraint estimate of t0 steps ago).")
+                help="Every t0 steps: b1 ← max(b1, β · the mean constraint estimate over the t0 steps that ended "
+                     "t0 steps ago).")
             values["online"] = st.toggle(F["online"], D["online"], key="train_online",
                                          help="Sample candidates from the policy each step, scored by the task's "
                                               "preference oracle (a dataset run's: its judge, which also scores "

@@ -498,7 +498,7 @@ def test_check_value_names_the_field_and_its_range_and_form_warnings_name_theirs
     assert "not a whole number" in train_presenter.check_value(2.5, "steps", "Steps")
     assert "not finite" in train_presenter.check_value(float("nan"), "lr", "lr")
     assert set(train_presenter.FIELD_RANGES) >= {k for k in train_presenter.FIELD_LABELS if k not in (
-        "method", "thresholds", "objective_weights", "online")}
+        "method", "thresholds", "objective_weights", "online", "kl_leash")}
     assert train_presenter.form_warnings("mopo", {"lr": 1e-3, "batch_size": 8, "kl_every": 10, "steps": 100}, 32,
                                          256) == []
     lr, batch, kl = train_presenter.form_warnings("dpo", {"lr": 0.5, "batch_size": 300, "kl_every": 50, "steps": 20},
@@ -721,3 +721,25 @@ def test_a_dataset_run_from_the_page_trains_in_the_worker_and_lands_on_its_own_p
     side = [t.value for t in compare.table if "generation" in t.value.columns]
     assert len(side) == 2 and len(side[0]) == len(side[1]) == 2  # eval_samples per prompt, policy and reference
     assert any("No programmatic scorer for this run's task: generations only." in c.value for c in compare.caption)
+
+
+def test_a_held_out_estimate_is_the_live_runs_point_and_curve():
+    from app.views.train import curves_figure, plane_figure
+
+    frame = pd.DataFrame({"step": [1, 2, 3, 4], "loss": [1.0, 0.9, 0.8, 0.7], "constraint_1": [0.4, 0.5, 0.6, 0.62],
+                          "threshold_1": [0.6] * 4, "lambda_1": [0.1, 0.2, 0.2, 0.1],
+                          "heldout_0": [np.nan, 0.48, np.nan, 0.47], "heldout_se_0": [np.nan, 0.03, np.nan, 0.02],
+                          "heldout_1": [np.nan, 0.52, np.nan, 0.55], "heldout_se_1": [np.nan, 0.04, np.nan, 0.05]})
+    assert train_presenter.live_heldout(frame) == {"step": 4, "values": [0.47, 0.55], "stderr": [0.02, 0.05]}
+    assert train_presenter.live_heldout(frame.drop(columns=[c for c in frame if c.startswith("heldout")])) is None
+    live = train_presenter.live_constraints(frame)
+    empty = pd.DataFrame(columns=["run", "job_name", "method", "v0", "v1", "stderr0", "stderr1", "params_text",
+                                  "thresholds_text", "on_front", "met"])
+    fig = plane_figure(empty, live, 7, "running", ("helpfulness", "harmlessness"), train_presenter.live_heldout(frame))
+    (star,) = [t for t in fig.data if "held-out estimate" in (t.name or "")]
+    assert (star.x[0], star.y[0], star.error_x.array[0], star.error_y.array[0]) == (0.55, 0.47, 0.05, 0.02)
+    assert not [t for t in plane_figure(empty, live, 7, "finished", ("a", "b"), train_presenter.live_heldout(frame)).data
+                if "held-out" in (t.name or "")]  # a finished run has its evaluated point instead
+    curves = curves_figure(frame, "t", "mopo", None, names=("helpfulness", "harmlessness"))
+    (held,) = [t for t in curves.data if "held-out" in (t.name or "")]
+    assert list(held.x) == [2, 4] and list(held.error_y.array) == [0.04, 0.05]
