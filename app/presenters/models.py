@@ -30,7 +30,7 @@ import torch
 
 from mopo_core.lm.memory import MemoryUse, memory_use, unload
 from mopo_core.lm.registry import ModelEntry, inside_models_folder
-from mopo_core.lm.devices import resolve_device, resolve_dtype
+from mopo_core.lm.devices import resolve_device, sampling_dtype
 from mopo_core.lm.models import load_model, load_tokenizer, tiny_gpt
 
 #: ``progress(fraction, text)``: fraction in [0, 1], a sentence saying what is being done.
@@ -118,7 +118,9 @@ def load_entry(entry: ModelEntry, dtype: str = "auto", device: str = "auto",
                progress: Progress | None = None, folder: str | os.PathLike | None = None) -> LoadedModel:
     """Load ``entry`` and its tokenizer, in eval mode, measuring memory and time.
 
-    ``dtype``: ``"auto"`` (bf16 on a GPU, fp32 on the CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``;
+    ``dtype``: ``"auto"`` (bf16 on a GPU; on the CPU bf16 for a large model, else fp32: the rule
+    of :func:`mopo_core.lm.devices.sampling_dtype` on the entry's parameter count), ``"fp32"``,
+    ``"bf16"`` or ``"fp16"``;
     ``device``: ``"auto"``, ``"cpu"`` or ``"cuda"``. ``progress(fraction, text)`` is called with
     increasing fractions, the last 1.0. The built-in model is built from :func:`builtin_weights`
     (fitted on the first call: seconds to minutes on a busy CPU); a checkpoint folder is read by
@@ -132,6 +134,7 @@ def load_entry(entry: ModelEntry, dtype: str = "auto", device: str = "auto",
     before = memory_use()
     start = time.perf_counter()
     target = resolve_device(device)
+    torch_dtype = sampling_dtype(dtype, target, entry.n_parameters)
     if entry.kind == "builtin":
         progress(0.1, "Fitting the built-in model on the text task (SFT of a tiny GPT-2; once per server, "
                       "a minute or two on a busy CPU)…")
@@ -139,7 +142,7 @@ def load_entry(entry: ModelEntry, dtype: str = "auto", device: str = "auto",
         progress(0.7, "Building the model from its fitted weights…")
         model = tiny_gpt(len(tokenizer))
         model.load_state_dict(weights)
-        model = model.to(device=target, dtype=resolve_dtype(dtype, target)).eval()
+        model = model.to(device=target, dtype=torch_dtype).eval()
         prompts = list(prompts)
     else:
         if entry.problem is not None:
@@ -147,7 +150,7 @@ def load_entry(entry: ModelEntry, dtype: str = "auto", device: str = "auto",
         progress(0.1, f"Checking {entry.name}'s config and that its weights fit in the available memory…")
         inside_models_folder(entry.path, folder)
         progress(0.3, f"Reading {entry.name}'s weights ({entry.dtype}) onto {target}…")
-        model = load_model(entry.path, dtype=dtype, device=target)
+        model = load_model(entry.path, dtype=torch_dtype, device=target)
         progress(0.85, "Loading the tokenizer…")
         try:
             tokenizer = load_tokenizer(entry.path)

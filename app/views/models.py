@@ -254,7 +254,8 @@ names = [e.name for e in usable]
 cols = st.columns([3, 1, 1, 1])
 choice = cols[0].selectbox("Model", names, key="models_choice")
 dtype = cols[1].selectbox("dtype", ["auto", "fp32", "bf16", "fp16"], key="models_dtype",
-                          help="auto: bf16 on a GPU, fp32 on the CPU.")
+                          help="auto: bf16 on a GPU; on the CPU bf16 for a model over 1B parameters (or whose fp32 "
+                               "weights would take over a quarter of the available memory), else fp32.")
 devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 target = cols[2].selectbox("Device", devices, key="models_device")
 cols[3].write("")

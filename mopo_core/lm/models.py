@@ -36,6 +36,7 @@ from mopo_core.lm import checkpoints
 from mopo_core.lm.checkpoints import as_config, existing_directory, one_line, read_json_object
 from mopo_core.lm.devices import resolve_device, resolve_dtype, seeded
 from mopo_core.lm.lora import LoraSettings, apply_lora
+from mopo_core.lm.registry import apply_umask
 from mopo_core.validation import check_int, check_nonnegative
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
@@ -252,7 +253,9 @@ def _quantization_config(bits: int | None, device: torch.device, dtype: torch.dt
 def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
     """Write ``model`` (safetensors) and ``tokenizer`` (if not None) to ``path`` atomically:
     everything goes to a temporary folder beside ``path`` that is then renamed, so a
-    reader never sees a half-written checkpoint. An existing ``path`` is replaced. A
+    reader never sees a half-written checkpoint; the folder and its files get the modes the
+    umask gives (:func:`mopo_core.lm.registry.apply_umask`), not the temporary folder's
+    owner-only ones. An existing ``path`` is replaced. A
     peft-wrapped model writes its adapter only (peft's format, which :func:`load_model`
     does not read)."""
     target = Path(path).resolve()
@@ -262,7 +265,7 @@ def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        _swap_in(staging, target)
+        _swap_in(apply_umask(staging), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

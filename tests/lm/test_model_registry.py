@@ -1,14 +1,21 @@
 """Tests for the models folder and registry (mopo_core/lm/registry.py, and the models command in
 mopo_core/cli/models.py): folder resolution, listing, registration and its path refusals, wheel
-helpers, and the GGUF -> safetensors conversion on a tiny Llama written here with gguf's
-GGUFWriter. Nothing is downloaded: the real SmolLM2 conversion runs only when its wheel is
+helpers, the GGUF -> safetensors conversion on a tiny Llama written here with gguf's
+GGUFWriter (fetched from a wheel, or brought by the user through ``models convert``: dtype,
+registry entry, modes under the umask, bad inputs), and the dtype ``"auto"`` of a model loaded
+to sample from (mopo_core/lm/devices.py ``sampling_dtype``, through the Models page's
+presenter). Nothing is downloaded: the real SmolLM2 conversion runs only when its wheel is
 already in the download cache."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import stat
+import tempfile
 import zipfile
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import gguf
@@ -16,15 +23,19 @@ import numpy as np
 import platformdirs
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
+from app.presenters.models import load_entry
 from mopo_core.cli.main import main
+from mopo_core.lm.devices import LARGE_MODEL_MEMORY_FRACTION, LARGE_MODEL_PARAMETERS, resolve_dtype, sampling_dtype
 from mopo_core.lm.registry import (
     BUILTIN_NAME,
     MODELS_ENV,
     REGISTRY_FILE,
     SMOLLM2,
     GgufWheel,
+    apply_umask,
     cached_wheel,
     default_cache_dir,
     download_wheel,
@@ -36,6 +47,8 @@ from mopo_core.lm.registry import (
     list_models,
     models_dir,
     register,
+    split_gguf_refusal,
+    umask,
 )
 from mopo_core.lm.models import (
     load_model,
@@ -252,25 +265,27 @@ def _permute_for_gguf(weight: np.ndarray, n_head: int) -> np.ndarray:
         weight.shape)
 
 
-def write_tiny_gguf(path: Path) -> LlamaForCausalLM:
+def write_tiny_gguf(path: Path, hidden: int = 32, layers: int = 2, intermediate: int = 64) -> LlamaForCausalLM:
     """A seeded tiny Llama (with a byte-level BPE tokenizer and a chat template) as an F32
-    GGUF file; returns the model written."""
+    GGUF file (4 heads, 2 key-value heads; ``hidden``, ``layers`` and ``intermediate`` set its
+    size); returns the model written."""
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tokens = specials + _byte_level_alphabet() + ["he", "ll", "Ġw"]
-    config = LlamaConfig(vocab_size=len(tokens), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-5)
+    config = LlamaConfig(vocab_size=len(tokens), hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                         rms_norm_eps=1e-5)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny llama")
     writer.add_context_length(128)
-    writer.add_embedding_length(32)
-    writer.add_block_count(2)
-    writer.add_feed_forward_length(64)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(intermediate)
     writer.add_head_count(4)
     writer.add_head_count_kv(2)
-    writer.add_rope_dimension_count(8)
+    writer.add_rope_dimension_count(hidden // 4)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_freq_base(10000.0)
     writer.add_vocab_size(len(tokens))
@@ -340,8 +355,89 @@ def test_fetch_is_idempotent_unless_forced(folder, tiny_gguf_wheel):
     forced = fetch_gguf_model(source, cache_dir=cache, dtype="bf16", force=True, log=lambda _: None)
     assert forced.dtype == "bfloat16" and "dequantized to bf16" in forced.source
     assert [e.name for e in list_models()] == [BUILTIN_NAME, "Tiny-Llama"]
-    with pytest.raises(ValueError, match="dtype: expected one of fp32, bf16"):
-        fetch_gguf_model(source, cache_dir=cache, dtype="fp16", force=True, log=lambda _: None)
+    with pytest.raises(ValueError, match="tiny.gguf: dtype: expected one of fp32, bf16, fp16, got 'int8'"):
+        fetch_gguf_model(source, cache_dir=cache, dtype="int8", force=True, log=lambda _: None)
+
+
+@contextmanager
+def umask_set(mask: int):
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_models_convert_registers_a_brought_gguf_file_readable_by_all(folder, tmp_path, capsys):
+    gguf_file = tmp_path / "brought" / "tiny.gguf"
+    gguf_file.parent.mkdir()
+    original = write_tiny_gguf(gguf_file)
+    with umask_set(0o022):
+        assert main(["models", "convert", str(gguf_file), "--dtype", "bf16", "--name", "team/tiny"]) == 0
+    out = capsys.readouterr()
+    target = folder / "team" / "tiny"
+    assert out.out == f"{target}\n" and "registered team/tiny" in out.err
+    with safe_open(target / "model.safetensors", "pt") as weights:
+        assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {"BF16"}
+    entry = find_model("team/tiny")
+    assert (entry.registered, entry.dtype, entry.architecture) == (True, "bfloat16", "LlamaForCausalLM")
+    assert entry.source == f"{gguf_file.resolve()} converted to bf16"
+    assert entry.n_parameters == sum(p.numel() for p in original.parameters())
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder / "team", target, *target.iterdir()]}
+    assert modes.pop("team") == modes.pop("tiny") == 0o755 and set(modes.values()) == {0o644}, modes
+    assert "model.safetensors" in modes and "tokenizer.json" in modes
+    assert not [p for p in (folder / "team").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_apply_umask_gives_what_mkdir_and_open_would(tmp_path):
+    tree = Path(tempfile.mkdtemp(dir=tmp_path))  # owner-only, as tempfile makes them
+    (tree / "sub").mkdir(mode=0o700)
+    (tree / "sub" / "w.bin").write_bytes(b"")
+    os.chmod(tree / "sub" / "w.bin", 0o600)
+    (tree / "link").symlink_to(tmp_path)
+    for mask, folders, files in ((0o027, 0o750, 0o640), (0o002, 0o775, 0o664)):
+        with umask_set(mask):
+            assert umask() == mask and apply_umask(tree) == tree
+        assert [stat.S_IMODE(p.stat().st_mode) for p in (tree, tree / "sub", tree / "sub" / "w.bin")] == [
+            folders, folders, files]
+
+
+def _split_part(path: Path) -> Path:
+    """A header-only GGUF file that says it is part 1 of 2 (as llama-gguf-split writes)."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_NO, 0)
+    writer.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+def test_models_convert_refuses_bad_input_naming_the_file(folder, tmp_path, capsys):
+    text = tmp_path / "notes.gguf"
+    text.write_text("hello, not a model")
+    part = _split_part(tmp_path / "model-00001-of-00002.gguf")
+    second = tmp_path / "model-00002-of-00002.gguf"
+    good = tmp_path / "good.gguf"
+    write_tiny_gguf(good)
+    (folder / "taken").mkdir()
+    cases = [
+        ([str(tmp_path / "missing.gguf")], "missing.gguf: no such GGUF file"),
+        ([str(text)], "notes.gguf: not a GGUF file (it starts with b'hell'"),
+        ([str(tmp_path)], f"{tmp_path}: not a GGUF file (not a regular file)"),
+        ([str(text), "--dtype", "int8"], "notes.gguf: dtype: expected one of fp32, bf16, fp16, got 'int8'"),
+        ([str(part)], "model-00001-of-00002.gguf: a model split over several GGUF files cannot be converted"),
+        ([str(part), "--parts", str(second)], f"{part}, {second}: a model split over several GGUF files"),
+        ([str(good), "--name", "../outside"], "outside the models folder"),
+        ([str(good), "--name", BUILTIN_NAME], "reserved for the built-in model"),
+        ([str(good), "--name", "taken"], "taken: already exists; give another --name"),
+    ]
+    for args, message in cases:
+        assert main(["models", "convert", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, (args, err)
+    assert "llama-gguf-split --merge" in str(split_gguf_refusal([part]))
+    assert sorted(p.name for p in folder.iterdir()) == ["taken"]  # nothing written, nothing registered
 
 
 @pytest.mark.skipif(cached_wheel(SMOLLM2.package, default_cache_dir()) is None,
@@ -379,3 +475,28 @@ def test_models_command_lists_and_adds(folder, tmp_path, capsys):
     assert main([*store, "models", "add", str(folder / "missing")]) == 1
     assert "no such checkpoint directory" in capsys.readouterr().err
     assert sorted(os.listdir(folder)) == ["nested", REGISTRY_FILE]
+
+
+# ----------------------------------------------------------------------------- dtype "auto" to sample from
+
+
+def test_auto_loads_a_large_model_to_sample_from_in_bf16_on_a_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    big = LARGE_MODEL_PARAMETERS + 1
+    assert sampling_dtype("auto", cpu, big, available=10**15) == torch.bfloat16
+    assert sampling_dtype("auto", cpu, LARGE_MODEL_PARAMETERS, available=10**15) == torch.float32
+    threshold = int(4 * 10**8 / LARGE_MODEL_MEMORY_FRACTION)  # fp32 weights of 1e8 parameters: this fraction of it
+    assert sampling_dtype("auto", cpu, 10**8, available=threshold - 1) == torch.bfloat16
+    assert sampling_dtype("auto", cpu, 10**8, available=threshold) == torch.float32
+    assert sampling_dtype("auto", cpu, None) == torch.float32
+    assert sampling_dtype("fp32", cpu, big) == torch.float32 and sampling_dtype("auto", cuda, 10) == torch.bfloat16
+    assert resolve_dtype("auto", cpu) == torch.float32  # training's "auto" is unchanged
+
+
+def test_the_models_page_loads_a_large_checkpoint_in_bf16_and_a_small_one_in_fp32(folder):
+    tiny_checkpoint(folder / "gpt")
+    entry = find_model("gpt")
+    small = load_entry(entry, "auto", "cpu", folder=folder)
+    assert small.dtype == "float32"
+    large = load_entry(replace(entry, n_parameters=LARGE_MODEL_PARAMETERS + 1), "auto", "cpu", folder=folder)
+    assert large.dtype == "bfloat16" and large.parameters == small.parameters
