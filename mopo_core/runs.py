@@ -12,6 +12,10 @@ Tables (schema version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``):
 - ``points``: ``run_id``, ``idx``, ``label`` (e.g. the method), ``params`` (JSON, e.g.
   ``{"threshold": [0.6]}``), ``objective_values`` (JSON list of K floats, maximised),
   ``extra`` (JSON, e.g. the policy, multipliers, a feasible flag).
+- ``run_marks``: ``run_id``, ``tags`` (JSON list of texts), ``hidden`` (0/1): what the user
+  marked a run with (:meth:`RunStore.set_tags`, :meth:`RunStore.set_hidden`; a run without a row
+  has no tags and is shown). Created by ``CREATE TABLE IF NOT EXISTS`` on opening, so stores
+  written before it existed read as before and gain it (the schema version is unchanged).
 - ``run_owners``: ``run_id``, ``pid``, ``pid_start``, ``claimed_at``: the process training the
   run (see "run owners" at the end: :func:`claim_run`, :func:`release_run`,
   :func:`check_run_owner`); created on first use.
@@ -79,6 +83,11 @@ CREATE TABLE IF NOT EXISTS points (
     extra TEXT,
     PRIMARY KEY (run_id, idx)
 );
+CREATE TABLE IF NOT EXISTS run_marks (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+    tags TEXT NOT NULL DEFAULT '[]',
+    hidden INTEGER NOT NULL DEFAULT 0
+);
 """
 
 #: The first 16 bytes of every SQLite database file.
@@ -140,6 +149,16 @@ def _loads(text: str | None) -> Any:
 
 def _float_or_nan(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def parse_tags(tags) -> list[str]:
+    """Tags from one comma-separated text or a list of texts: each stripped, empty ones and
+    repeats dropped, order kept. ``ValueError`` naming ``tags`` for anything else."""
+    if isinstance(tags, list | tuple) and all(isinstance(t, str) for t in tags):
+        tags = ",".join(tags)
+    if not isinstance(tags, str):
+        raise ValueError(f"tags: expected a comma-separated text or a list of texts, got {tags!r}")
+    return list(dict.fromkeys(t.strip() for t in tags.split(",") if t.strip()))
 
 
 class StoreError(ValueError):
@@ -353,10 +372,37 @@ class RunStore:
             self.set_status_in(conn, run_id, status, error)
 
     def delete_run(self, run_id: int) -> None:
-        """Delete a run with its metrics and points."""
+        """Delete a run with its metrics, points and marks."""
         with self._connect() as conn:
             self._require_run(conn, run_id)
             conn.execute("DELETE FROM runs WHERE id = ?", (int(run_id),))
+
+    def rename_run(self, run_id: int, name: str | None) -> None:
+        """Set a run's name (stripped; ``None`` or blank clears it). ``ValueError`` naming
+        ``name`` for anything but text or ``None``."""
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"name: expected text or None, got {type(name).__name__}")
+        with self._connect() as conn:
+            self._require_run(conn, run_id)
+            conn.execute("UPDATE runs SET name = ? WHERE id = ?", ((name or "").strip() or None, int(run_id)))
+
+    def set_tags(self, run_id: int, tags) -> list[str]:
+        """Replace a run's tags (:func:`parse_tags`: a comma-separated text or a list of texts);
+        returns the tags stored."""
+        tags = parse_tags(tags)
+        with self._connect() as conn:
+            self._require_run(conn, run_id)
+            conn.execute("INSERT INTO run_marks (run_id, tags) VALUES (?, ?) "
+                         "ON CONFLICT (run_id) DO UPDATE SET tags = excluded.tags", (int(run_id), json.dumps(tags)))
+        return tags
+
+    def set_hidden(self, run_id: int, hidden: bool) -> None:
+        """Hide a run from the run pickers (``hidden``), or show it again."""
+        with self._connect() as conn:
+            self._require_run(conn, run_id)
+            conn.execute("INSERT INTO run_marks (run_id, hidden) VALUES (?, ?) "
+                         "ON CONFLICT (run_id) DO UPDATE SET hidden = excluded.hidden",
+                         (int(run_id), int(bool(hidden))))
 
     @contextmanager
     def record(self, kind: str, config: dict, name: str | None = None) -> Iterator[int]:
@@ -386,7 +432,8 @@ class RunStore:
             return self._require_run(conn, run_id)[_RUN_COLUMNS.index("status")]
 
     def list_runs(self, kind: str | None = None, status: str | None = None) -> pd.DataFrame:
-        """Runs, oldest first: id, kind, name, status, created_at, finished_at, n_points."""
+        """Runs, oldest first: id, kind, name, status, created_at, finished_at, n_points, tags (a
+        list of texts) and hidden (bool)."""
         where, args = [], []
         if kind is not None:
             where.append("kind = ?")
@@ -396,14 +443,23 @@ class RunStore:
             args.append(self._check_status(status))
         sql = (
             "SELECT id, kind, name, status, created_at, finished_at, "
-            "(SELECT COUNT(*) FROM points WHERE points.run_id = runs.id) AS n_points FROM runs"
+            "(SELECT COUNT(*) FROM points WHERE points.run_id = runs.id) AS n_points, "
+            "COALESCE(run_marks.tags, '[]'), COALESCE(run_marks.hidden, 0) "
+            "FROM runs LEFT JOIN run_marks ON run_marks.run_id = runs.id"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY id"
         )
         with self._connect() as conn:
-            rows = conn.execute(sql, args).fetchall()
-        columns = ["id", "kind", "name", "status", "created_at", "finished_at", "n_points"]
-        return pd.DataFrame(rows, columns=columns).astype({"id": "int64", "n_points": "int64"})
+            rows = [(*r[:-2], json.loads(r[-2]), bool(r[-1])) for r in conn.execute(sql, args).fetchall()]
+        columns = ["id", "kind", "name", "status", "created_at", "finished_at", "n_points", "tags", "hidden"]
+        return pd.DataFrame(rows, columns=columns).astype({"id": "int64", "n_points": "int64", "hidden": "bool"})
+
+    def runs_with(self, key: str, value) -> list[int]:
+        """Ids of the runs whose config holds ``value`` at top-level ``key`` (e.g. the runs
+        writing to one checkpoint folder), oldest first."""
+        with self._connect() as conn:
+            return [int(r[0]) for r in conn.execute("SELECT id FROM runs WHERE json_extract(config, ?) = ? ORDER BY id",
+                                                    (f"$.{key}", value))]
 
     def get_run(self, run_id: int) -> Run:
         """The run with its config, metric series and points (see :class:`Run`)."""

@@ -87,12 +87,16 @@ RUNS = {
         ()),
     "gpu_check": QuickRun(
         ("bash", "bench/gpu_check.sh", "--cpu", "--tiny", "--out", "{tmp}/gpu"),
-        ("gpu_check.sh", "gpu_step.py"),
+        ("gpu_check.sh", "gpu_step.py", "gpu_paths.py"),
         ((r"^check: PASS$", 1),
-         (rf"\| tiny-(llama|opt) \| (full|lora) \| (mopo|dpo) \| (plain|fused) \| {NUMBER} \|", 16)),
-        ("gpu/gpu_step.json", "gpu/gpu_step.md")),
+         (rf"\| tiny-(llama|opt) \| (full|lora) \| (mopo|dpo) \| (plain|fused) \| {NUMBER} \|", 16),
+         (r"^(train|dataset job|ddp): PASS \(", 3), (rf"^memory: n/a \(.*; estimate {NUMBER} MiB: parameters ", 1),
+         (rf"^\| (train|dataset job|memory|ddp) \| [^|]+ \| (PASS|n/a) \| {NUMBER} \| cpu \|", 4),
+         (r"^gpu_check: gpu_step\.py exit 0, gpu_paths\.py exit 0", 1)),
+        ("gpu/gpu_step.json", "gpu/gpu_step.md", "gpu/gpu_paths.json", "gpu/gpu_paths.md")),
 }
 SLOW = {"train_throughput", "pku_smollm2", "gpu_check", "calibration"}  # each 5 to 20 s on a quiet 2-core machine
+#                                                                       (gpu_check: about 2 minutes on a busy one)
 
 
 def test_every_bench_script_has_a_quick_run():

@@ -100,7 +100,7 @@ def test_argparse_only_under_cli():
     assert _violations(outside, ["argparse"]) == []
 
 
-RUNS_TABLES = ("runs", "points", "metrics", "artifacts", "run_owners")
+RUNS_TABLES = ("runs", "points", "metrics", "artifacts", "run_owners", "run_marks")
 SQL = re.compile(r"\b(SELECT\b[\s\S]{0,200}?\bFROM|INSERT\s+INTO|UPDATE|DELETE\s+FROM|CREATE\s+TABLE(\s+IF\s+NOT\s+EXISTS)?|"
                  r"JOIN)\s+(" + "|".join(RUNS_TABLES) + r")\b", re.IGNORECASE)
 

@@ -83,8 +83,10 @@ def test_status_and_list(store):
     assert store.get_run(a).finished_at is not None
 
     runs = store.list_runs()
-    assert list(runs.columns) == ["id", "kind", "name", "status", "created_at", "finished_at", "n_points"]
+    assert list(runs.columns) == ["id", "kind", "name", "status", "created_at", "finished_at", "n_points", "tags",
+                                  "hidden"]
     assert list(runs.id) == [a, b] and list(runs.n_points) == [3, 0]
+    assert list(runs.tags) == [[], []] and list(runs.hidden) == [False, False]
     assert list(store.list_runs(kind="solve").id) == [b]
     assert list(store.list_runs(status="finished").id) == [a]
     assert store.list_runs(kind="train").empty
@@ -274,7 +276,41 @@ def test_a_store_written_before_the_diverged_status_is_widened_keeping_every_row
     assert store.get_run(7).status == "diverged" and store.get_run(7).error.startswith("diverged at step 1")
     RunStore(path)  # opening again: nothing left to widen
     assert len(store.get_run(7).metrics) == 1
+    listed = store.list_runs()  # a store from before run marks: no tags, shown; it can be marked now
+    assert listed.tags.tolist() == [[]] and listed.hidden.tolist() == [False]
+    store.set_tags(7, "old, kept")
+    assert store.list_runs().tags.tolist() == [["old", "kept"]]
     store.delete_run(7)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone() == (0,)
         assert conn.execute("SELECT COUNT(*) FROM points").fetchone() == (0,)
+
+
+def test_rename_tag_hide_and_find_runs(store):
+    a = fill(store)
+    b = store.create_run("train", {"checkpoint_dir": "/tmp/ck", "seed": 1})
+    store.rename_run(a, "  my sweep ")
+    store.rename_run(b, "   ")
+    assert store.get_run(a).name == "my sweep" and store.get_run(b).name is None
+    with pytest.raises(ValueError, match="name"):
+        store.rename_run(a, 3)
+    with pytest.raises(KeyError, match="999"):
+        store.rename_run(999, "x")
+
+    assert store.set_tags(a, " good, seed 0,, good ,") == ["good", "seed 0"]
+    assert store.set_tags(b, ["x", "y, z"]) == ["x", "y", "z"]
+    with pytest.raises(ValueError, match="tags"):
+        store.set_tags(a, 3)
+    store.set_hidden(a, True)
+    listed = store.list_runs()
+    assert listed.tags.tolist() == [["good", "seed 0"], ["x", "y", "z"]] and listed.hidden.tolist() == [True, False]
+    store.set_tags(a, "")  # tags and the hidden mark are kept apart
+    store.set_hidden(b, False)
+    listed = store.list_runs()
+    assert listed.tags.tolist() == [[], ["x", "y", "z"]] and listed.hidden.tolist() == [True, False]
+
+    assert store.runs_with("checkpoint_dir", "/tmp/ck") == [b] and store.runs_with("seed", 1) == [b]
+    assert store.runs_with("checkpoint_dir", "/elsewhere") == []
+    store.delete_run(b)  # its marks go with it
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT run_id FROM run_marks").fetchall() == [(a,)]

@@ -11,16 +11,33 @@ hypervolume, attainment, point details).
 - Drawing: :func:`staircase`, the boundary polyline of the region a set of points dominates.
 - A language-model point's details: :func:`sample_scorer` and :func:`generations_frame` (its stored
   generations beside the reference model's, scored), :func:`metric_table` and
-  :func:`training_curves` (the run's metric series and which panels draw them).
+  :func:`training_curves` (the run's metric series and which panels draw them);
+  :func:`overlay_metrics` and :func:`overlay_curves` (one metric of several runs, smoothed by
+  :func:`ema`).
+- Runs: :func:`run_names` (a run's stored name, else its Train job's, :func:`job_names`, else
+  :func:`describe_run` from its config); :func:`series_colours` (a series' colour is a function of
+  its run or its method alone, :func:`series_colour`, never of the selection); :func:`instance_key`,
+  :func:`default_selection` (the runs of one instance) and :func:`instance_warning` (runs of
+  different instances overlaid).
+- The runs table: :func:`runs_table`, :func:`filter_table`, :func:`apply_edits` (rename, tags,
+  hide) and :func:`delete_plan` / :func:`delete_runs` (a run and the checkpoint files the project
+  wrote for it, never any other file).
 - Example runs: :func:`create_example_runs` records a few runs so that a fresh store has
   something to compare (the page's "Create example runs" button).
+- Your own results: :func:`import_upload` records the points of an uploaded CSV or JSON file
+  (:mod:`mopo_core.experiments.imports`) and says what it did or what is wrong with the file.
 
 Conventions as in the engine: every objective is maximised; a point set is an array ``(P, K)``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import plotly.colors
 
 from synthetic import estimate_preferences, make_structure, sample_comparisons
 
@@ -34,11 +51,15 @@ from mopo_core.experiments.compare_runs import (
     objective_names_for,
     run_title,
 )
+from mopo_core.experiments.imports import IMPORT_KIND, parse_points, record_points
 from mopo_core.experiments.suite import SuiteConfig, config_dict, threshold_grid
+from mopo_core.lm.config import CHECKPOINT_NAME, METHODS
 from mopo_core.pareto import attainable_max
-from mopo_core.runs import Run, RunStore
+from mopo_core.runs import Run, RunStore, to_jsonable
 from mopo_core.tabular.baselines import BASELINES, weight_grid
 from mopo_core.tabular.solver import TabularProblem, kl_divergence, policy_values
+from mopo_core.training import jobs
+from mopo_core.training.tasks import TASKS, train_config_from
 
 #: Value scales (:func:`mopo_core.experiments.compare_runs.value_scale`) and how the page names them.
 SCALES = {TABULAR: "win-rates against the behaviour policy (tabular runs)",
@@ -177,6 +198,44 @@ def generations_frame(details: dict, scorer=None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def ema(values, smoothing: float) -> np.ndarray:
+    """Exponential moving average of a series: ``s_t = smoothing · s_{t-1} + (1 - smoothing) · x_t``,
+    started at the first value and debiased as TensorBoard does; NaN entries are skipped (they
+    stay NaN). ``smoothing`` in [0, 1) (0: the raw series); ``ValueError`` naming it otherwise."""
+    if not 0.0 <= float(smoothing) < 1.0:
+        raise ValueError(f"smoothing: must lie in [0, 1), got {smoothing}")
+    x = np.asarray(values, dtype=float)
+    out = np.full_like(x, np.nan)
+    level, weight = 0.0, 0.0
+    for i, v in enumerate(x):
+        if np.isnan(v):
+            continue
+        level = smoothing * level + (1.0 - smoothing) * v
+        weight = smoothing * weight + (1.0 - smoothing)
+        out[i] = level / weight
+    return out
+
+
+def overlay_metrics(runs: list[Run]) -> list[str]:
+    """The metrics logged by any of ``runs`` that the overlaid training curves offer (the
+    throughput left out), ``loss`` first."""
+    names = sorted({n for r in runs for n in r.metrics["name"]} - {"tokens_per_s"})
+    return sorted(names, key=lambda n: n != "loss")
+
+
+def overlay_curves(runs: list[Run], metric: str, smoothing: float) -> pd.DataFrame:
+    """One row per logged step of ``metric`` per run (runs that did not log it left out): run_id,
+    step, value and smoothed (:func:`ema`)."""
+    frames = []
+    for run in runs:
+        d = run.metrics[run.metrics["name"] == metric].sort_values("step", kind="stable")
+        if len(d):
+            frames.append(pd.DataFrame({"run_id": run.id, "step": d["step"].to_numpy(),
+                                        "value": d["value"].to_numpy(), "smoothed": ema(d["value"], smoothing)}))
+    return (pd.concat(frames, ignore_index=True) if frames
+            else pd.DataFrame(columns=["run_id", "step", "value", "smoothed"]))
+
+
 def metric_table(run: Run) -> pd.DataFrame:
     """The run's metric series as one wide table: a ``step`` column, then one column per metric
     (NaN where a metric was not logged at that step)."""
@@ -201,6 +260,266 @@ def training_curves(run: Run) -> dict[str, list[str]]:
     used = {n for v in panels.values() for n in v} | {"tokens_per_s"}
     panels["other"] = [n for n in names if n not in used]
     return {k: v for k, v in panels.items() if v}
+
+
+# --------------------------------------------------------------------------- runs: names, colours, instances
+
+
+def job_names(store_path) -> dict[int, str]:
+    """``{run id: name}`` of the Train page's jobs (:mod:`mopo_core.training.jobs`) that started a
+    run; ``resume`` jobs are left out (they continue a run another job named)."""
+    return {int(j.run_id): j.name for j in jobs.list_jobs(store_path)
+            if j.run_id is not None and j.name and j.kind != "resume"}
+
+
+def describe_run(kind: str, config) -> str | None:
+    """A name for an unnamed language-model ``train`` run from its config: the Train page's job
+    name (method, thresholds b or weights w, τ, steps) and the seed; None for other runs and for
+    configs without a method, τ and steps."""
+    if kind != "train" or not isinstance(config, dict) or not {"method", "tau", "steps"} <= set(config):
+        return None
+    from app.presenters.train import job_name  # imported here: app.presenters.train imports this module
+
+    try:
+        name = job_name(train_config_from(config))
+    except (TypeError, ValueError):
+        return None
+    return f"{name} · seed {config['seed']}" if config.get("seed") is not None else name
+
+
+def run_names(listed: pd.DataFrame, configs: dict[int, dict], by_job: dict[int, str]) -> dict[int, str | None]:
+    """``{id: name}`` for the rows of :meth:`RunStore.list_runs`: the stored name (set by the
+    recorder or renamed on this page), else the name of the job that started the run
+    (:func:`job_names`), else :func:`describe_run` from its config (``configs``: ``{id: config}``,
+    e.g. from :meth:`RunStore.progress`); None when there is none."""
+    out = {}
+    for row in listed.to_dict("records"):
+        run_id = int(row["id"])
+        stored = row["name"] if isinstance(row["name"], str) and row["name"] else None  # None reads back as NaN
+        out[run_id] = stored or by_job.get(run_id) or describe_run(row["kind"], configs.get(run_id))
+    return out
+
+
+#: What "Colour by" offers: each run its own colour, or each method (point label) its own.
+COLOUR_BY = ("run", "method")
+#: Colours of runs (a run's: its id modulo the length) and of methods (disjoint from the runs').
+RUN_PALETTE = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Safe
+METHOD_PALETTE = plotly.colors.qualitative.Dark24
+#: Method labels in a fixed order: each takes the method palette's entry at its place.
+METHOD_ORDER = tuple(dict.fromkeys(("mopo", *BASELINES, *METHODS)))
+
+
+def series_colour(run_id: int, label: str, by: str, split: bool = False) -> str:
+    """The colour of a series: by ``"run"`` the run's (:data:`RUN_PALETTE` at its id), except the
+    series of a run ``split`` into one series per method, which take their method's; by
+    ``"method"`` the method's (:data:`METHOD_PALETTE` at the label's place in
+    :data:`METHOD_ORDER`; another label: at a digest of its text). A function of the run and
+    label alone, never of which runs are selected or in what order."""
+    if by not in COLOUR_BY:
+        raise ValueError(f"colour_by: must be one of {', '.join(COLOUR_BY)}, got {by!r}")
+    if by == "run" and not split:
+        return RUN_PALETTE[int(run_id) % len(RUN_PALETTE)]
+    place = (METHOD_ORDER.index(label) if label in METHOD_ORDER
+             else int(hashlib.sha1(str(label).encode()).hexdigest(), 16))
+    return METHOD_PALETTE[place % len(METHOD_PALETTE)]
+
+
+def series_colours(pts: pd.DataFrame, by: str) -> dict[str, str]:
+    """``{series: colour}`` (:func:`series_colour`) for a
+    :func:`mopo_core.experiments.compare_runs.points_frame`; a series takes its first point's run
+    and label."""
+    split = pts.groupby("run_id")["series"].nunique() > 1
+    first = pts.drop_duplicates("series")
+    return {s: series_colour(r, lab, by, bool(split[r])) for s, r, lab in
+            zip(first["series"], first["run_id"], first["label"])}
+
+
+def instance_key(kind: str, config) -> tuple | None:
+    """What a run's values are measured on, from its config: runs with equal keys are on one
+    instance, so their dominance and hypervolume compare. A tabular run on a structure: its name,
+    N, M and seed (``structure_seed``, else ``seed``; read as
+    :func:`mopo_core.experiments.compare_runs.reference_point_for` rebuilds the instance); on a
+    preferences file: the file; a language-model run: its task and what the task says its values
+    depend on (:meth:`mopo_core.training.tasks.TrainingTask.measurement`: nothing more for the
+    text task; a dataset run's model, data, split and judge); imported points: their source file and
+    objectives (the file's author vouches for one instance); runs naming different objectives are
+    told apart by the page's own warning. None when the config says neither (instance unknown)."""
+    cfg = config if isinstance(config, dict) else {}
+    if kind in LM_KINDS or cfg.get("task"):
+        task = cfg.get("task", "text")
+        measured = TASKS[task].measurement(cfg) if task in TASKS else ()
+        return ("task", task, json.dumps(to_jsonable(measured)))
+    if cfg.get("structure"):
+        name = cfg["structure"]
+        prompts = cfg.get("multi_prompt_prompts", cfg.get("n_prompts", 1)) if name == "multi_prompt" \
+            and "multi_prompt_prompts" in cfg else cfg.get("n_prompts", 1)
+        return ("structure", name, int(cfg.get("n_responses", 8)), int(prompts),
+                int(cfg.get("structure_seed", cfg.get("seed", 0))))
+    if cfg.get("preferences_file"):
+        return ("preferences", str(cfg["preferences_file"]))
+    if kind == IMPORT_KIND and cfg.get("source_file"):
+        return ("imported", str(cfg["source_file"]), tuple(cfg.get("objectives") or ()))
+    return None
+
+
+def describe_instance(key: tuple | None) -> str:
+    """One line naming an :func:`instance_key`."""
+    if key is None:
+        return "instance unknown"
+    if key[0] == "structure":
+        return f"{key[1]} (N = {key[2]}, M = {key[3]}, instance seed {key[4]})"
+    if key[0] == "preferences":
+        return f"preferences file {Path(key[1]).name}"
+    if key[0] == "imported":
+        return f"points imported from {Path(key[1]).name} ({', '.join(key[2])})"
+    return f"the {key[1]} task" + (f" (measured on {key[2]})" if key[2] != "[]" else "")
+
+
+def instance_warning(runs: list[Run]) -> str:
+    """A warning when the runs come from different known instances (:func:`instance_key`), naming
+    each instance and its runs; empty when they share one (runs of unknown instance are not
+    counted)."""
+    groups: dict[tuple, list[int]] = {}
+    for run in runs:
+        key = instance_key(run.kind, run.config)
+        if key is not None:
+            groups.setdefault(key, []).append(run.id)
+    if len(groups) < 2:
+        return ""
+    return ("The overlaid runs come from different instances: "
+            + "; ".join(f"{describe_instance(k)}: run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
+                        for k, ids in groups.items())
+            + ". Dominance, fronts and hypervolumes compare values on one problem: across instances they mean "
+              "nothing. Select runs of one instance.")
+
+
+def default_selection(listed: pd.DataFrame, configs: dict[int, dict], most: int = 6) -> list[int]:
+    """The runs the page selects first: among the shown runs (not hidden) with at least two
+    points (else with one), those of the instance (:func:`instance_key`) with the most runs (on a
+    tie, the newest run's), its newest ``most``."""
+    shown = listed[~listed["hidden"]]
+    pool = shown[shown["n_points"] >= 2]
+    pool = pool if len(pool) else shown[shown["n_points"] >= 1]
+    groups: dict[object, list[int]] = {}
+    for row in pool.to_dict("records"):
+        run_id = int(row["id"])
+        key = instance_key(row["kind"], configs.get(run_id)) or ("run", run_id)
+        groups.setdefault(key, []).append(run_id)
+    if not groups:
+        return []
+    best = max(groups.values(), key=lambda ids: (len(ids), max(ids)))
+    return best[-most:]
+
+
+# --------------------------------------------------------------------------- the runs table
+
+#: The runs table's columns; ``hide``, ``name`` and ``tags`` are edited on the page.
+TABLE_COLUMNS = ["hide", "id", "name", "kind", "method", "status", "created", "tags", "points"]
+EDITABLE = ("hide", "name", "tags")
+#: Runs a worker may still be writing: not deleted.
+BUSY_STATUSES = ("queued", "running")
+
+
+def _method(kind: str, config: dict) -> str:
+    """A run's method(s) from its config (a suite's list; a tabular sweep or solve is MOPO)."""
+    if config.get("method"):
+        return str(config["method"])
+    if config.get("methods"):
+        return ", ".join(map(str, config["methods"]))
+    return "mopo" if kind in ("sweep", "solve") else ""
+
+
+def runs_table(listed: pd.DataFrame, names: dict[int, str | None], configs: dict[int, dict]) -> pd.DataFrame:
+    """One row per run of :meth:`RunStore.list_runs`, columns :data:`TABLE_COLUMNS`: ``name`` from
+    :func:`run_names` ("" when none), ``created`` to the second, ``tags`` comma-separated."""
+    rows = [{"hide": bool(r["hidden"]), "id": int(r["id"]), "name": names.get(int(r["id"])) or "",
+             "kind": r["kind"], "method": _method(r["kind"], configs.get(int(r["id"])) or {}),
+             "status": r["status"], "created": str(r["created_at"])[:19].replace("T", " "),
+             "tags": ", ".join(r["tags"]), "points": int(r["n_points"])} for r in listed.to_dict("records")]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def filter_table(table: pd.DataFrame, text: str = "", kinds=(), statuses=(), show_hidden: bool = False) -> pd.DataFrame:
+    """The rows of :func:`runs_table` that hold ``text`` (case-insensitive, in the id, name, kind,
+    method or tags), are of one of ``kinds`` and ``statuses`` (empty: any) and are not hidden
+    unless ``show_hidden``; index reset."""
+    keep = pd.Series(True, index=table.index)
+    if text.strip():
+        needle = text.strip().lower()
+        rows = table[["id", "name", "kind", "method", "tags"]].itertuples(index=False)
+        keep &= np.array([needle in " ".join(map(str, row)).lower() for row in rows], dtype=bool)
+    if kinds:
+        keep &= table["kind"].isin(list(kinds))
+    if statuses:
+        keep &= table["status"].isin(list(statuses))
+    if not show_hidden:
+        keep &= ~table["hide"]
+    return table[keep].reset_index(drop=True)
+
+
+def apply_edits(store: RunStore, shown: pd.DataFrame, edited_rows: dict, names: dict[int, str | None]) -> list[str]:
+    """Write a ``st.data_editor``'s ``edited_rows`` (``{row position: {column: value}}`` of the
+    table ``shown``) to the store: ``name`` renames (a name equal to the shown one, e.g. the
+    job's, is not stored), ``tags`` replaces the tags, ``hide`` hides or shows. Other columns are
+    read-only. Returns one line per change."""
+    done = []
+    for pos, change in edited_rows.items():
+        run_id = int(shown.iloc[int(pos)]["id"])
+        unknown = set(change) - set(EDITABLE)
+        if unknown:
+            raise ValueError(f"{sorted(unknown)[0]}: run {run_id}'s column is read-only; edit {', '.join(EDITABLE)}")
+        if "name" in change and (change["name"] or "") != (names.get(run_id) or ""):
+            store.rename_run(run_id, change["name"])
+            done.append(f"run {run_id} renamed {change['name']!r}" if (change["name"] or "").strip()
+                        else f"run {run_id}'s name cleared")
+        if "tags" in change:
+            tags = store.set_tags(run_id, change["tags"] or "")
+            done.append(f"run {run_id} tagged {', '.join(tags)}" if tags else f"run {run_id}'s tags cleared")
+        if "hide" in change:
+            store.set_hidden(run_id, bool(change["hide"]))
+            done.append(f"run {run_id} {'hidden' if change['hide'] else 'shown'}")
+    return done
+
+
+def checkpoint_files(store: RunStore, run_id: int, deleting=()) -> list[Path]:
+    """The checkpoint files the project wrote for a run, to delete with it: ``last.pt`` (and a
+    half-written ``last.tmp``) in its config's ``checkpoint_dir``, when they exist and no run
+    outside ``deleting`` (ids deleted together) uses that folder. Nothing else in the folder."""
+    folder = (store.progress([run_id])[int(run_id)]["config"] or {}).get("checkpoint_dir")
+    if not isinstance(folder, str) or not folder:
+        return []
+    if set(store.runs_with("checkpoint_dir", folder)) - {int(i) for i in (*deleting, run_id)}:
+        return []
+    names = (CHECKPOINT_NAME, Path(CHECKPOINT_NAME).with_suffix(".tmp").name)
+    return [Path(folder) / n for n in names if (Path(folder) / n).is_file() or (Path(folder) / n).is_symlink()]
+
+
+def delete_plan(store: RunStore, run_ids) -> tuple[list[int], list[Path], list[str]]:
+    """What deleting ``run_ids`` would do: (the runs deleted, the files deleted with them: see
+    :func:`checkpoint_files`, one line per run refused: queued or running runs, which a worker
+    may be writing)."""
+    ids = [int(i) for i in run_ids]
+    statuses = {i: store.get_status(i) for i in ids}
+    refused = [f"run {i} is {statuses[i]}: cancel it (or let it end) before deleting it"
+               for i in ids if statuses[i] in BUSY_STATUSES]
+    kept = [i for i in ids if statuses[i] not in BUSY_STATUSES]
+    files = [f for i in kept for f in checkpoint_files(store, i, kept)]
+    return kept, files, refused
+
+
+def delete_runs(store: RunStore, run_ids) -> list[str]:
+    """Delete the runs :func:`delete_plan` allows, with their checkpoint files (each file, then
+    its folder when that leaves it empty); returns one line per run deleted or refused."""
+    kept, files, refused = delete_plan(store, run_ids)
+    for path in files:
+        path.unlink(missing_ok=True)
+        try:
+            path.parent.rmdir()  # only when empty
+        except OSError:
+            pass
+    for run_id in kept:
+        store.delete_run(run_id)
+    return [f"run {i} deleted" for i in kept] + [f"{len(files)} checkpoint file(s) deleted"] * bool(files) + refused
 
 
 # --------------------------------------------------------------------------- example runs
@@ -297,3 +616,21 @@ def _record_sweep(store: RunStore, run_id: int, problem: TabularProblem, grid: n
         for b, f, lam, kl, policy in zip(sweep.thresholds, sweep.feasible, sweep.multipliers, sweep.kl,
                                          sweep.policies)
     ])
+
+
+# --------------------------------------------------------------------------- imported points
+
+
+def import_upload(store: RunStore, filename: str, data: bytes) -> tuple[list[int], str]:
+    """Record the points of an uploaded file named ``filename`` (its bytes ``data``; the format
+    of :mod:`mopo_core.experiments.imports`, the runs' ``source_file`` is ``upload: <name>``).
+    Returns ``(new run ids, a sentence saying which runs were recorded)``, or ``([], the
+    error)`` for a bad file: the message names the file, the row and the column."""
+    name = Path(filename).name  # the upload's own name, never a path
+    try:
+        objectives, points = parse_points(name, data)
+    except ValueError as exc:
+        return [], f"Nothing imported: {exc}"
+    ids = record_points(store, objectives, points, f"upload: {name}", name=Path(name).stem)
+    return ids, (f"Imported {len(points)} point{'' if len(points) == 1 else 's'} ({', '.join(objectives)}) from "
+                 f"{name} as run{'' if len(ids) == 1 else 's'} {', '.join(map(str, ids))}, now selected.")

@@ -11,14 +11,29 @@ An LM point's details show its run's config, its win-rates and mean scores, its 
 (loss, multipliers, constraint estimates against the thresholds) and its stored generations side
 by side with the reference model's for the same prompts.
 
+Runs: each is named by its stored name, else its Train job's name, else a description from its
+config (method, b or w, τ, steps, seed). The first selection is the runs of one instance (same
+structure and instance seed, or task and what it is measured on); overlaying runs of different
+instances is warned about (their dominance and hypervolume mean nothing). A run's colour is a
+function of the run (or, "Colour by" method, of its method) alone, never of the selection (a run
+drawn one series per method takes its methods' colours). The runs table (an
+expander at the top) sorts, filters, renames, tags, hides (hidden runs leave the run picker unless
+"Show hidden") and deletes runs, after a confirmation, with the checkpoint files the project wrote
+for them. The selected runs' training curves are overlaid, smoothed by an EMA slider.
+
 Selection: the point charts use Plotly's native selection (``on_select="rerun"``). The chosen
 points are kept in ``st.session_state["compare_pinned"]`` as ``(run_id, idx)`` pairs (each
 trace carries them as customdata), so every view, and the details panel, shows the same
 selection; a new click in any chart replaces it. Setting that session key selects points
 programmatically (the app tests do).
+
+Your own results: the sidebar's "Import points (CSV or JSON)" records an uploaded file of points
+evaluated elsewhere (:func:`app.presenters.compare.import_upload`) and selects the new runs; a bad
+file is refused with a message naming the row and the column.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -75,6 +90,100 @@ def _create_examples():
 
 def _clear_selection():
     st.session_state[PINNED] = []
+
+
+# --- the runs table: rename, tag, hide, delete (app.presenters.compare writes the store) -------------
+TABLE_GEN, TABLE_SHOWN, TABLE_NOTE = "compare_table_gen", "compare_table_shown", "compare_table_note"
+DELETE_IDS, DELETE_PENDING = "compare_delete_ids", "compare_delete_pending"
+
+
+def _editor_key() -> str:
+    """The table editor's key: a new one after each save, so the saved edits are not replayed."""
+    return f"compare_table_{st.session_state.get(TABLE_GEN, 0)}"
+
+
+def _save_table(names: dict):
+    """Write the table's edits (names, tags, hide) to the store and start a fresh editor."""
+    edits = (st.session_state.get(_editor_key()) or {}).get("edited_rows") or {}
+    try:
+        done = compare_presenter.apply_edits(run_store(), st.session_state[TABLE_SHOWN], edits, names)
+        st.session_state[TABLE_NOTE] = (True, "; ".join(done) or "nothing changed")
+    except (ValueError, KeyError) as exc:
+        st.session_state[TABLE_NOTE] = (False, str(exc))
+    st.session_state[TABLE_GEN] = st.session_state.get(TABLE_GEN, 0) + 1
+
+
+def _ask_delete():
+    st.session_state[DELETE_PENDING] = list(st.session_state.get(DELETE_IDS) or [])
+
+
+def _cancel_delete():
+    st.session_state.pop(DELETE_PENDING, None)
+
+
+def _delete():
+    done = compare_presenter.delete_runs(run_store(), st.session_state.pop(DELETE_PENDING, []))
+    st.session_state[DELETE_IDS] = []
+    st.session_state[TABLE_NOTE] = (True, "; ".join(done))
+    st.session_state[TABLE_GEN] = st.session_state.get(TABLE_GEN, 0) + 1
+
+
+def runs_table_panel(listed: pd.DataFrame, names: dict, configs: dict, labels: dict) -> bool:
+    """The runs table (sort by a column header, filter, edit name / tags / hide, delete with a
+    confirmation); returns whether hidden runs are shown (in the run picker too)."""
+    note = st.session_state.pop(TABLE_NOTE, None)
+    with st.expander(f"Runs table: {len(listed)} run(s) in the store · sort, filter, rename, tag, hide, delete",
+                     expanded=note is not None or DELETE_PENDING in st.session_state):
+        if note is not None:
+            (st.success if note[0] else st.error)(note[1])
+        table = compare_presenter.runs_table(listed, names, configs)
+        cols = st.columns([3, 2, 2, 2])
+        text = cols[0].text_input("Filter (id, name, kind, method, tags)", key="compare_table_filter")
+        kinds = cols[1].multiselect("Kind", sorted(set(table["kind"])), key="compare_table_kinds")
+        statuses = cols[2].multiselect("Status", sorted(set(table["status"])), key="compare_table_statuses")
+        show_hidden = cols[3].toggle("Show hidden", key="compare_show_hidden",
+                                     help="Hidden runs are left out of this table and of the run picker.")
+        shown = compare_presenter.filter_table(table, text, kinds, statuses, show_hidden)
+        st.session_state[TABLE_SHOWN] = shown
+        st.data_editor(shown, key=_editor_key(), hide_index=True, width="stretch",
+                       disabled=[c for c in shown.columns if c not in compare_presenter.EDITABLE],
+                       column_config={"hide": st.column_config.CheckboxColumn("hide", help="Hide from the run picker"),
+                                      "name": st.column_config.TextColumn("name", help="Click to rename"),
+                                      "tags": st.column_config.TextColumn("tags", help="Comma-separated")})
+        st.button("Save changes", key="compare_table_save", on_click=_save_table, args=(names,),
+                  help="Store the names, tags and hide marks edited above.")
+        st.multiselect("Runs to delete (with their checkpoint files)", list(labels), format_func=labels.get,
+                       key=DELETE_IDS)
+        st.button("Delete…", key="compare_delete", on_click=_ask_delete,
+                  disabled=not st.session_state.get(DELETE_IDS))
+        if st.session_state.get(DELETE_PENDING):
+            kept, files, refused = compare_presenter.delete_plan(run_store(), st.session_state[DELETE_PENDING])
+            st.warning("Delete " + (f"run(s) {', '.join(map(str, kept))} from {run_store().path}" if kept else
+                                    "nothing") + (f" and the checkpoint file(s) {', '.join(map(str, files))}"
+                                                  if files else "") + "? This cannot be undone."
+                       + ("".join(f" Refused: {r}." for r in refused)))
+            yes, no = st.columns(2)
+            yes.button("Yes, delete", key="compare_delete_yes", on_click=_delete, type="primary", disabled=not kept)
+            no.button("Cancel", key="compare_delete_no", on_click=_cancel_delete)
+    return show_hidden
+# --- end runs table
+
+
+# --- import points (CSV or JSON): app.presenters.compare.import_upload records them -----------
+IMPORT_FILE, IMPORT_MESSAGE = "compare_import_file", "compare_import_message"
+
+
+def _import_upload():
+    """On a new upload: record its points and select the new runs (once per upload: a callback)."""
+    upload = st.session_state.get(IMPORT_FILE)
+    if upload is None:
+        return
+    ids, message = compare_presenter.import_upload(run_store(), upload.name, upload.getvalue())
+    st.session_state[IMPORT_MESSAGE] = (bool(ids), message)
+    if ids:
+        st.session_state[RUNS] = ids
+        st.session_state[PINNED] = []
+# --- end import points
 
 
 def _sync_pinned(chart_keys: list[str], valid: set) -> list[tuple[int, int]]:
@@ -254,15 +363,15 @@ def hypervolume_figure(table: pd.DataFrame, colours: dict, short_of: dict, ref, 
     return fig.update_layout(height=440)
 
 
-def attainment_figure(items, pts, names, ref, source, scale=compare_runs.TABULAR) -> go.Figure:
+def attainment_figure(items, pts, names, ref, source, scale=compare_runs.TABULAR, colour_by="run") -> go.Figure:
     """Per seed group: each seed's points (faint), the 25-75% band and the median front (V1
-    across, V0 up)."""
+    across, V0 up); a group in the colour of its first run (or its method)."""
     fig = go.Figure()
     values = pts.loc[pts["finite"], ["v0", "v1"]].to_numpy()
     lo = np.minimum(values.min(axis=0), ref)
     floor = (lo[1] - 0.01, lo[0] - 0.01)  # (x = V1, y = V0)
     for g, item in enumerate(items):
-        colour = PALETTE[g % len(PALETTE)]
+        colour = compare_presenter.series_colour(item["run_ids"][0], item["label"] or "", colour_by)
         name = item["name"]
         for j, (run_id, seed, s) in enumerate(zip(item["run_ids"], item["seeds"], item["sets"])):
             seed_text = ", ".join(f"{k}={v}" for k, v in seed.items())
@@ -353,6 +462,25 @@ def curves_figure(run, panels: dict[str, list[str]], table: pd.DataFrame) -> go.
     return fig
 
 
+def overlay_figure(curves: pd.DataFrame, colours: dict, titles: dict, metric: str, smoothing: float) -> go.Figure:
+    """One metric of several runs on one axis: each run's raw series faint, its smoothed series
+    (EMA) in the run's colour."""
+    fig = go.Figure()
+    for run_id, d in curves.groupby("run_id", sort=False):
+        name = f"#{run_id} {titles[run_id]}"
+        if smoothing > 0:
+            fig.add_scatter(x=d["step"], y=d["value"], mode="lines", name=f"{name} (raw)", legendgroup=name,
+                            showlegend=False, line=dict(color=colours[run_id], width=1), opacity=0.3,
+                            hovertemplate=f"{name}<br>step %{{x}}<br>raw %{{y:.4f}}<extra></extra>")
+        fig.add_scatter(x=d["step"], y=d["smoothed"], mode="lines", name=name, legendgroup=name,
+                        line=dict(color=colours[run_id], width=2),
+                        hovertemplate=f"{name}<br>step %{{x}}<br>{metric} %{{y:.4f}}<extra></extra>")
+    what = f"smoothed (EMA {smoothing:g}; raw series faint)" if smoothing > 0 else "raw"
+    style(fig, f"Training curves of the selected runs: {metric}<br><sup>{what}</sup>", x_title="training step",
+          y_title=metric, height=420)
+    return fig.update_layout(height=420, margin=dict(t=110))
+
+
 def lm_point_details(d: dict, run, key: str):
     """An LM point: its values and scores, config, training curves and generations side by side."""
     names = list(d["objectives"] or [f"objective {j}" for j in range(len(d["values"]))])
@@ -426,13 +554,30 @@ def lm_point_details(d: dict, run, key: str):
 st.title("Compare runs: fronts, dominance, hypervolume, attainment over seeds")
 store = run_store()
 listed = store.list_runs()
-with_points = listed[listed["n_points"] > 0]
+configs = {i: p["config"] for i, p in store.progress(listed["id"]).items()}
+names = compare_presenter.run_names(listed, configs, compare_presenter.job_names(store.path))
+listed = listed.assign(name=[names[int(i)] for i in listed["id"]])
 labels = {int(r["id"]): compare_presenter.run_label(r) for r in listed.to_dict("records")}
+show_hidden = runs_table_panel(listed, names, configs, labels) if len(listed) else False  # first: a stable place
 
 if "compare_created" in st.session_state:
     ids = st.session_state.pop("compare_created")
     st.success(f"Created example runs {', '.join(str(i) for v in ids.values() for i in v)} in {store.path}; "
                "the two-objective ones are selected.")
+
+# --- import points (CSV or JSON)
+with st.sidebar.expander("Import points (CSV or JSON)", expanded=IMPORT_MESSAGE in st.session_state):
+    st.caption("Points evaluated elsewhere: a `method` column, one `value.<objective>` column per objective "
+               "(maximised), optional `se.<objective>`, `param.<name>`, `run` and `seed`; or JSON "
+               "`{\"objectives\": [...], \"points\": [...]}`. The format: README, \"Importing your own points\"; "
+               "an example: docs/examples/imported_points.csv. One run per run and seed.")
+    st.file_uploader("Points file", type=["csv", "json"], key=IMPORT_FILE, on_change=_import_upload)
+    if IMPORT_MESSAGE in st.session_state:
+        imported, message = st.session_state.pop(IMPORT_MESSAGE)
+        (st.success if imported else st.error)(message)
+# --- end import points
+
+with_points = listed[(listed["n_points"] > 0) & (show_hidden | ~listed["hidden"])]
 
 if (listed["n_points"] >= 2).sum() == 0:
     st.info(f"The run store ({store.path}) has no run with several points yet. Record some with "
@@ -445,8 +590,7 @@ if (listed["n_points"] >= 2).sum() == 0:
 
 options = [int(i) for i in with_points["id"]]
 if RUNS not in st.session_state:
-    multi = [int(i) for i in with_points.loc[with_points["n_points"] >= 2, "id"]]
-    st.session_state[RUNS] = multi[-4:] or options[-1:]
+    st.session_state[RUNS] = compare_presenter.default_selection(with_points, configs)
 elif any(i not in options for i in st.session_state[RUNS]):
     st.session_state[RUNS] = [i for i in st.session_state[RUNS] if i in options]
 
@@ -455,7 +599,11 @@ with st.sidebar:
     selected = st.multiselect("Runs to compare (id · kind · name · points)", options, format_func=labels.get,
                               key=RUNS, help="Runs recorded by the CLI, the Sweep page or the examples.")
     by_label = st.toggle("One series per method label", value=True, key="compare_by_label",
-                         help="Suite runs hold several methods (labels): draw each in its own colour.")
+                         help="Suite runs hold several methods (labels): draw each as its own series.")
+    colour_by = st.radio("Colour by", list(compare_presenter.COLOUR_BY), key="compare_colour_by", horizontal=True,
+                         help="Run: each run keeps its colour whatever else is selected (a run drawn one series per "
+                              "method: its methods' colours). Method: each method label keeps its colour (MOPO "
+                              "runs over seeds share it).")
     if (listed["n_points"] >= 2).sum() > 0:
         with st.expander("Example runs"):
             st.caption("Records five more runs (MOPO sweeps over three data seeds, the baselines, a K = 3 sweep).")
@@ -466,8 +614,8 @@ if not selected:
     st.stop()
 
 status = listed.set_index("id")
-runs = [load_run(str(store.path), i, int(status.loc[i, "n_points"]), str(status.loc[i, "status"]),
-                 status.loc[i, "finished_at"]) for i in selected]
+runs = [dataclasses.replace(load_run(str(store.path), i, int(status.loc[i, "n_points"]), str(status.loc[i, "status"]),
+                                     status.loc[i, "finished_at"]), name=names[i]) for i in selected]
 by_scale = compare_runs.group_by_scale(runs)
 if len(by_scale) > 1:
     st.warning("Language-model runs and tabular runs are not overlaid: their values are win-rates against "
@@ -493,6 +641,9 @@ if len(by_k) > 1:
 else:
     k = next(iter(by_k))
 runs = by_k[k]
+different = compare_presenter.instance_warning(runs)
+if different:
+    st.warning(different)
 n_diverged = sum(compare_runs.is_diverged(r) for r in runs)
 show_diverged = False
 if n_diverged:
@@ -530,7 +681,7 @@ if len(all_names - {None}) > 1:
 names = all_names.pop() if len(all_names) == 1 and None not in all_names else (
     "primary", *[f"secondary {j}" for j in range(1, k)])
 series = list(dict.fromkeys(pts["series"]))
-colours = {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(series)}
+colours = compare_presenter.series_colours(pts, colour_by)
 short_of = dict(zip(pts["series"], pts["short"]))
 
 # Hypervolume reference point: the reference policy's values when the runs give them, else below the points.
@@ -635,8 +786,20 @@ else:
                 "same sweep recorded with several seeds (e.g. `python -m mopo_core sweep --seed 0`, 1, 2), or "
                 "choose more config keys that count as the seed in the sidebar.")
     else:
-        show_figure(attainment_figure(items, pts, names, ref, source, scale), "compare_attainment",
+        show_figure(attainment_figure(items, pts, names, ref, source, scale, colour_by), "compare_attainment",
                     data=compare_runs.attainment_table(items))
         st.caption("Level t: the boundary of what at least ⌈t·n⌉ of the n seeds reach (a point is reached when a "
                    "seed's point is at least as good in both objectives). With three seeds the median is two of "
                    "three, the band runs from the union's front (25%) to what all three reach (75%).")
+
+with_curves = [r for r in runs if len(r.metrics)]
+if with_curves:
+    st.subheader("Training curves of the selected runs")
+    cols = st.columns([2, 3])
+    metric = cols[0].selectbox("Metric", compare_presenter.overlay_metrics(with_curves), key="compare_curve_metric")
+    smoothing = cols[1].slider("Smoothing (EMA weight; 0: raw)", 0.0, 0.99, 0.6, 0.01, key="compare_smoothing")
+    curves = compare_presenter.overlay_curves(with_curves, metric, smoothing)
+    curve_colours = {r.id: compare_presenter.series_colour(r.id, str((r.config or {}).get("method", r.kind)),
+                                                           colour_by) for r in with_curves}
+    show_figure(overlay_figure(curves, curve_colours, {r.id: compare_runs.run_title(r) for r in with_curves}, metric,
+                               smoothing), "compare_overlay_curves", data=curves)

@@ -91,7 +91,7 @@ def training_estimate(path: str | None, stamp: float, batch: int, seq_len: int, 
     config's modification time (a changed checkpoint is estimated again)."""
     source = builtin_model_config() if path is None else path
     est = estimate_training_memory(source, batch, seq_len, dtype, LoraSettings(r=lora_r) if lora_r else None,
-                                   gradient_checkpointing=checkpointing, reference_copy=reference_copy)
+                                   gradient_checkpointing=checkpointing, reference_copies=int(reference_copy))
     return {"total": est.total, **{p: getattr(est, p) for p in PARTS}}
 
 

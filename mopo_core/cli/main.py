@@ -1,6 +1,7 @@
 """Command line: ``python -m mopo_core {solve,sweep,suite,train,evaluate,compare-text,runs,data,
 models,prefmodel,preview} ...``. Commands that compute something record a run in the run store
-(``--store`` or $MOPO_STORE); ``runs`` reads it; ``data``, ``models`` and ``preview`` do not touch it.
+(``--store`` or $MOPO_STORE); ``runs`` reads it (``runs import`` records points from a file);
+``data``, ``models`` and ``preview`` do not touch it.
 
 Bad input (a ``ValueError``, ``KeyError`` or ``OSError``: a file, argument, row or field that
 is wrong, a run that does not exist, a file that cannot be read) prints ``error: <message>`` on
@@ -26,6 +27,7 @@ from mopo_core.pareto import attainable_max
 from mopo_core.data.public_formats import FORMATS, format_report, load_public
 from mopo_core.data.preview import PREVIEW_FORMATS, format_preview, threshold_preview
 from mopo_core.runs import RunStore
+from mopo_core.experiments.imports import import_points
 from mopo_core.experiments.suite import (
     METHODS,
     TEMPERATURES,
@@ -186,6 +188,9 @@ def cmd_runs(args, store: RunStore) -> int:
                 raise ValueError(f"run {run_id}: status is {status!r}; only 'running' runs can be marked interrupted")
             store.set_status(run_id, "interrupted", "marked interrupted from the command line (process gone)")
             print(f"run {run_id}: interrupted")
+    elif args.action == "import":
+        for run_id in import_points(store, args.file, name=args.name):
+            print(run_id)
     else:
         for path in store.export_run(args.run_id, args.path):
             print(path)
@@ -323,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="prompts of the task; a fifth are held out (default 240: 48 held out)")
     compare.add_argument("--sft-steps", type=int, default=300, help="the reference's SFT steps (default 300)")
     compare.add_argument("--seed", type=int, default=0, help="the task's and the reference's seed")
-    runs = sub.add_parser("runs", help="list, show or export recorded runs")
+    runs = sub.add_parser("runs", help="list, show, export or import recorded runs")
     runs_sub = runs.add_subparsers(dest="action", required=True)
     runs_sub.add_parser("list")
     mark = runs_sub.add_parser("mark-interrupted", help="mark runs whose process died (e.g. SIGKILL) as interrupted")
@@ -333,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = runs_sub.add_parser("export")
     export.add_argument("run_id", type=int)
     export.add_argument("path", help="target file; .csv or .json")
+    imported = runs_sub.add_parser("import", help="record evaluated points from a CSV or JSON file (format: "
+                                                  "mopo_core/experiments/imports.py); prints the new run ids")
+    imported.add_argument("file", help="a .csv or .json file of evaluated points")
+    imported.add_argument("--name", help="the runs' name (default: the file's stem)")
     data = sub.add_parser("data", help="public preference files (PKU-SafeRLHF, HH-RLHF, ShareGPT/alpaca DPO)")
     data_sub = data.add_subparsers(dest="action", required=True)
     inspect = data_sub.add_parser("inspect", help="load a file and print its report; bad rows: exit status 2")

@@ -1,5 +1,5 @@
-"""Experiments over the tabular engine: the synthetic suite, sweeps and ablations, and the
-comparison of stored runs. Imports nothing from ``lm`` or ``training``."""
+"""Experiments over the tabular engine: the synthetic suite, sweeps and ablations, the comparison
+of stored runs, and points imported from a file. Imports nothing from ``lm`` or ``training``."""
 from importlib import import_module
 
 _HOME = {  # public name -> the module that defines it (imported on first use)
@@ -13,8 +13,10 @@ _HOME = {  # public name -> the module that defines it (imported on first use)
     'DEFAULT_VALUES': 'ablations',
     'ExactReference': 'suite',
     'HIDDEN_STATUSES': 'compare_runs',
+    'IMPORT_KIND': 'imports',
     'LEVELS': 'compare_runs',
     'LM_KINDS': 'compare_runs',
+    'MAX_IMPORT_BYTES': 'imports',
     'MAX_REBUILD_ENTRIES': 'compare_runs',
     'METHODS': 'suite',
     'METRIC_COLUMNS': 'ablations',
@@ -52,6 +54,7 @@ _HOME = {  # public name -> the module that defines it (imported on first use)
     'group_by_seed': 'compare_runs',
     'hypervolume_per_run': 'compare_runs',
     'hypervolume_table': 'compare_runs',
+    'import_points': 'imports',
     'is_diverged': 'compare_runs',
     'markdown_report': 'suite',
     'match_kl_temperature': 'suite',
@@ -60,9 +63,12 @@ _HOME = {  # public name -> the module that defines it (imported on first use)
     'objective_names_for': 'compare_runs',
     'output_kl': 'suite',
     'paired_differences': 'suite',
+    'parse_points': 'imports',
     'point_details': 'compare_runs',
     'point_sets': 'compare_runs',
     'points_frame': 'compare_runs',
+    'read_points': 'imports',
+    'record_points': 'imports',
     'reference_point_for': 'compare_runs',
     'reference_policy_for': 'compare_runs',
     'results_table': 'suite',

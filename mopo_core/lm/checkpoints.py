@@ -529,11 +529,12 @@ def estimate_training_memory(
     lora: LoraSettings | None = None,
     optimizer: str = "adamw",
     gradient_checkpointing: bool = False,
-    reference_copy: bool = False,
+    reference_copies: int = 0,
     logits_chunk: int | None = None,
 ) -> MemoryEstimate:
     """Bytes one training step needs: parameters, gradients, optimizer state, activations,
-    logits and an optional frozen reference copy.
+    logits and ``reference_copies`` frozen copies of the parameters (a DPO/IPO reference, the
+    start MOPO's leash measures from, the reference the evaluation samples).
 
     config_or_dir: a transformers config, a config dict (with ``model_type``) or a
     checkpoint directory. batch_size: sequences whose graphs are alive at once (MOPO: the
@@ -550,7 +551,7 @@ def estimate_training_memory(
     parameter's size); optimizer ``"adamw"``: ``torch.optim.AdamW``'s (no amsgrad) exp_avg
     and exp_avg_sq, each in its parameter's dtype (fp32 for LoRA adapters, bf16 for a bf16
     full fine-tune), plus a 4-byte step per parameter tensor,
-    ``"sgd"``: nothing (no momentum); reference: the parameters once more.
+    ``"sgd"``: nothing (no momentum); reference: the parameters once more per copy.
 
     Activations (an estimate), per decoder layer and token, b = bytes per element of
     ``dtype``, h = hidden size, i = MLP width:
@@ -585,7 +586,7 @@ def estimate_training_memory(
         optimizer=2 * _bytes(trainable) + 4 * len(trainable) if optimizer == "adamw" else 0,
         activations=tokens * _activation_bytes_per_token(config, base, model, b, gradient_checkpointing),
         logits=positions * config.vocab_size * (b + 8),
-        reference=_bytes(model.parameters()) if reference_copy else 0,
+        reference=_bytes(model.parameters()) * check_int(reference_copies, "reference_copies", 0),
         advice=_training_advice(lora, gradient_checkpointing, logits_chunk, compute),
     )
 

@@ -117,6 +117,21 @@ class TrainConfig:
             raise ValueError(f"beta_ratchet: needs t0 and must lie in (0, 1], got {self.beta_ratchet}, t0={self.t0}")
 
 
+def leashed(config: TrainConfig) -> bool:
+    """Whether the run holds offline MOPO's KL leash to its starting model (``kl_leash``)."""
+    return config.method == "mopo" and not config.online and config.kl_leash
+
+
+def frozen_copies(config: TrainConfig) -> int:
+    """How many frozen full copies of the starting model the trainer holds beside the policy:
+    the reference (pairwise methods, online mode, ``t0``, ``kl_every``, the leash) and, for
+    offline MOPO with ``t0``, the start as well (the reference then moves)."""
+    reference = (config.method in PAIRWISE_METHODS or config.online or config.t0 is not None
+                 or bool(config.kl_every) or leashed(config))
+    start = config.method == "mopo" and not config.online and config.t0 is not None
+    return int(reference) + int(start)
+
+
 def same_config(stored: dict, config: TrainConfig) -> bool:
     """Whether a stored config dict (possibly written before later fields existed, which then
     take their defaults) describes ``config``."""

@@ -125,7 +125,7 @@ import torch
 
 from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.lm import distributed
-from mopo_core.lm.config import CHECKPOINT_NAME, PAIRWISE_METHODS, TrainConfig, same_config
+from mopo_core.lm.config import CHECKPOINT_NAME, TrainConfig, frozen_copies, leashed, same_config
 from mopo_core.lm.losses import (
     chi_update,
     constraint_estimates,
@@ -300,7 +300,7 @@ class Trainer:
             raise ValueError(f"parallel: expected 'ddp' or 'fsdp', got {parallel!r}")
         self.fsdp = parallel == "fsdp" and distributed.is_distributed()
         #: offline MOPO's KL leash to the starting model (see the module doc)
-        self.leash = config.method == "mopo" and not config.online and config.kl_leash
+        self.leash = leashed(config)
         if self.fsdp and (config.online or config.t0 is not None or config.kl_every or self.leash):
             raise ValueError("parallel: fsdp runs offline MOPO without kl_leash and the pairwise baselines; online "
                              "mode, t0, kl_every and kl_leash need the whole model in every process (use ddp)")
@@ -316,15 +316,12 @@ class Trainer:
         self.oracle, self.secondary_rewards, self.heldout = oracle, secondary_rewards, heldout
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.device = next(model.parameters()).device
-        self.reference = None
-        if (config.method in PAIRWISE_METHODS or config.online or config.t0 is not None or config.kl_every
-                or self.leash):
-            self.reference = _frozen_copy(model)
-        # offline MOPO measures the leash and the lagged reference from the starting model, a
-        # copy of its own once the reference moves (t0)
+        # the frozen copies of config.frozen_copies: the reference, and for offline MOPO with t0
+        # the start of its own (the leash and the lagged reference measure from the start)
+        copies = frozen_copies(config)
+        self.reference = _frozen_copy(model) if copies else None
         offline_mopo = config.method == "mopo" and not config.online
-        self.start = (_frozen_copy(model) if offline_mopo and config.t0 is not None
-                      else self.reference if offline_mopo else None)
+        self.start = (_frozen_copy(model) if copies == 2 else self.reference) if offline_mopo else None
         self._parallel = _fully_shard(model) if self.fsdp else None  # DDP wraps at train()
         self.optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr,
                                            weight_decay=config.weight_decay)

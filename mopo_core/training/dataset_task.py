@@ -59,7 +59,7 @@ from scipy.special import expit
 
 from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.data.public_formats import FORMATS
-from mopo_core.lm.config import TrainConfig
+from mopo_core.lm.config import TrainConfig, frozen_copies
 from mopo_core.lm.evaluation import Evaluation
 from mopo_core.lm.judge import (NATIVE_FORMAT, PreferenceModel, load_dataset, read_meta, seen_prompts,
                                  uninformative_objectives)
@@ -341,7 +341,8 @@ def training_memory(found: SetupCheck, setup: DatasetSetup, config: TrainConfig)
     distinct responses, online ``n_candidates`` each; DPO-style methods: two per pair; SFT:
     one), divided over ``gradient_accumulation_steps``; padded to the longest prompt plus the
     longest response (online: plus ``max_new_tokens``); the fused log-prob's logits chunk;
-    the reference copy every dataset run holds (it samples the evaluation's reference)."""
+    the reference copy every dataset run holds (it samples the evaluation's reference) and the
+    trainer's frozen copies (:func:`mopo_core.lm.config.frozen_copies`)."""
     from mopo_core.lm.checkpoints import estimate_training_memory, read_config
     from mopo_core.lm.losses import FUSED_CHUNK_ELEMENTS
 
@@ -354,7 +355,7 @@ def training_memory(found: SetupCheck, setup: DatasetSetup, config: TrainConfig)
     return estimate_training_memory(
         found.model_dir, max(1, math.ceil(rows / config.gradient_accumulation_steps)),
         found.max_prompt_tokens + response, setup.dtype, lora_settings(setup),
-        gradient_checkpointing=setup.gradient_checkpointing, reference_copy=True,
+        gradient_checkpointing=setup.gradient_checkpointing, reference_copies=1 + frozen_copies(config),
         logits_chunk=max(1, FUSED_CHUNK_ELEMENTS // vocab))
 
 

@@ -57,12 +57,14 @@ def page(filled_store, tmp_path, monkeypatch) -> AppTest:
     return _page(path, monkeypatch, runs=[1, 2, 3, 4])
 
 
-def test_default_selection_is_the_latest_runs_and_the_larger_k_group(filled_store, tmp_path, monkeypatch):
+def test_default_selection_is_the_runs_of_one_instance(filled_store, tmp_path, monkeypatch):
+    """The example runs: seeds 0-2 and the baselines share bt_conflict's instance (seed 0 among
+    them); the K = 3 sweep is another instance: not mixed in, so no K warning and no instance one."""
     path = tmp_path / "runs.sqlite"
     shutil.copy(filled_store, path)
     at = _page(path, monkeypatch)
-    assert at.multiselect(key="compare_runs").value == [2, 3, 4, 5]
-    assert at.radio(key="compare_k").value == 2  # three of the four runs have K = 2
+    assert at.multiselect(key="compare_runs").value == [1, 2, 3, 4]
+    assert not any("cannot be overlaid" in w.value or "different instances" in w.value for w in at.warning)
 
 
 def test_empty_store_offers_example_runs_and_creating_them_fills_the_page(tmp_path, monkeypatch):
@@ -208,3 +210,146 @@ def test_a_diverged_run_is_off_the_plane_until_the_box_is_ticked(filled_store, t
     assert "#2 example: mopo, bt_conflict, seed 1 (diverged)" in named
     assert "#2 example: mopo, bt_conflict, seed 1 (diverged)" in _table(at, "share_of_union").series.tolist()
     assert at.checkbox(key="compare_show_diverged").value
+
+
+# ----------------------------------------------------------------------------- colours, instances, the runs table
+
+
+def _colour_of(fig, prefix: str) -> str:
+    return next(t["marker"]["color"] for t in fig["data"] if (t.get("name") or "").startswith(prefix))
+
+
+def test_a_runs_colour_does_not_depend_on_the_selection(filled_store):
+    store = RunStore(filled_store)
+    runs = {i: store.get_run(i) for i in (1, 2, 3, 4)}
+
+    def colours(ids, by="run", by_label=True):
+        pts = compare_runs.points_frame([runs[i] for i in ids], by_label)
+        return compare_presenter.series_colours(pts, by)
+
+    seed0, seed2 = "#1 example: mopo, bt_conflict, seed 0", "#3 example: mopo, bt_conflict, seed 2"
+    assert colours([1, 2])[seed0] == colours([2, 3, 1])[seed0] == compare_presenter.RUN_PALETTE[1]
+    assert len(set(colours([1, 2, 3, 4], by_label=False).values())) == 4  # consecutive runs never collide
+    # A suite drawn one series per method: its methods' colours, all different, none a run's colour.
+    suite = {s: c for s, c in colours([1, 4]).items() if s.startswith("#4 ")}
+    assert len(set(suite.values())) == 6 and not set(suite.values()) & set(compare_presenter.RUN_PALETTE)
+    assert suite == {s: c for s, c in colours([4, 3]).items() if s.startswith("#4 ")}
+    by_method = colours([3, 1, 4], "method")
+    assert by_method[seed0] == by_method[seed2] == compare_presenter.METHOD_PALETTE[0]  # mopo
+    with pytest.raises(ValueError, match="colour_by"):
+        compare_presenter.series_colour(1, "mopo", "seed")
+
+
+def test_the_page_keeps_colours_across_selections_and_colours_by_method(page):
+    first = _colour_of(figures(page)[0], "#1 ")
+    page.multiselect(key="compare_runs").set_value([2, 3, 1]).run()
+    assert not page.exception and _colour_of(figures(page)[0], "#1 ") == first
+    page.radio(key="compare_colour_by").set_value("method").run()
+    assert not page.exception
+    front = figures(page)[0]
+    assert _colour_of(front, "#1 ") == _colour_of(front, "#2 ") == _colour_of(front, "#3 ")
+
+
+def test_instances_default_selection_and_warning(filled_store, tmp_path, monkeypatch):
+    store = RunStore(filled_store)
+    keys = {i: compare_presenter.instance_key(store.get_run(i).kind, store.get_run(i).config) for i in range(1, 6)}
+    assert keys[1] == keys[2] == keys[3] == keys[4] == ("structure", "bt_conflict", 8, 1, 0)
+    assert keys[5][1] == "three_objectives"
+    assert compare_presenter.instance_key("imported", {}) is None
+    # runs imported from one file (one per seed) are one instance, so the page selects them together
+    imported = {"objectives": ["help", "harm"], "source_file": "/data/points.csv"}
+    assert compare_presenter.instance_key("imported", {**imported, "seed": 0}) == \
+        compare_presenter.instance_key("imported", {**imported, "seed": 1}) != \
+        compare_presenter.instance_key("imported", {**imported, "source_file": "/data/other.csv"})
+    listed = pd.DataFrame({"id": [7, 8, 9], "kind": ["imported"] * 3, "n_points": [3, 3, 3], "hidden": [False] * 3})
+    configs = {7: {**imported, "seed": 0}, 8: {**imported, "seed": 1}, 9: {**imported, "source_file": "/x.csv"}}
+    assert compare_presenter.default_selection(listed, configs) == [7, 8]
+    assert compare_presenter.instance_warning([store.get_run(i) for i in (1, 2, 4)]) == ""
+
+    path = tmp_path / "runs.sqlite"
+    shutil.copy(filled_store, path)
+    other = RunStore(path).create_run("sweep", {"structure": "bt_conflict", "seed": 7})
+    RunStore(path).add_points(other, [{"label": "mopo", "params": {}, "values": v} for v in ([0.6, 0.5], [0.5, 0.6])])
+    RunStore(path).set_status(other, "finished")
+    at = _page(path, monkeypatch, runs=[1, other])
+    warning = next(w.value for w in at.warning if "different instances" in w.value)
+    assert "instance seed 0): run 1" in warning and f"instance seed 7): run {other}" in warning
+    # Hidden runs leave the picker (and the default selection) until "Show hidden" is ticked.
+    RunStore(path).set_hidden(4, True)
+    at = _page(path, monkeypatch)
+    assert at.multiselect(key="compare_runs").value == [1, 2, 3]
+    assert 4 not in at.multiselect(key="compare_runs").options
+    at.toggle(key="compare_show_hidden").set_value(True).run()
+    assert not at.exception and any(o.startswith("4 · suite") for o in at.multiselect(key="compare_runs").options)
+
+
+def test_runs_table_filters_and_edits(filled_store, tmp_path):
+    path = tmp_path / "runs.sqlite"
+    shutil.copy(filled_store, path)
+    store = RunStore(path)
+    listed = store.list_runs()
+    configs = {i: p["config"] for i, p in store.progress(listed["id"]).items()}
+    names = compare_presenter.run_names(listed, configs, {})
+    table = compare_presenter.runs_table(listed, names, configs)
+    assert list(table.columns) == compare_presenter.TABLE_COLUMNS
+    assert table.loc[3, ["id", "kind", "method", "status", "points"]].tolist() == [
+        4, "suite", ", ".join(configs[4]["methods"]), "finished", len(store.get_run(4).points)]
+    assert table.loc[0, "method"] == "mopo" and table.loc[0, "name"] == "example: mopo, bt_conflict, seed 0"
+    assert compare_presenter.filter_table(table, "SEED 1")["id"].tolist() == [2]
+    assert compare_presenter.filter_table(table, kinds=["suite"])["id"].tolist() == [4]
+    assert compare_presenter.filter_table(table, statuses=["failed"]).empty
+
+    shown = compare_presenter.filter_table(table, kinds=["sweep"])  # rows 0..3: runs 1, 2, 3, 5
+    done = compare_presenter.apply_edits(store, shown, {1: {"name": "seed one", "tags": "good, keep"},
+                                                        3: {"hide": True}, 0: {"name": names[1]}}, names)
+    assert done == ["run 2 renamed 'seed one'", "run 2 tagged good, keep", "run 5 hidden"]
+    listed = store.list_runs()
+    assert listed.set_index("id").loc[2, "name"] == "seed one" and listed.set_index("id").loc[2, "tags"] == ["good",
+                                                                                                          "keep"]
+    assert listed["hidden"].tolist() == [False, False, False, False, True]
+    table = compare_presenter.runs_table(listed, compare_presenter.run_names(listed, configs, {}), configs)
+    assert 5 not in compare_presenter.filter_table(table)["id"].tolist()
+    assert 5 in compare_presenter.filter_table(table, show_hidden=True)["id"].tolist()
+    assert compare_presenter.filter_table(table, "keep")["id"].tolist() == [2]
+    with pytest.raises(ValueError, match="status"):
+        compare_presenter.apply_edits(store, shown, {0: {"status": "finished"}}, names)
+
+
+def test_deleting_runs_removes_only_the_checkpoint_files_the_project_wrote(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    own, shared, kept = tmp_path / "own", tmp_path / "shared", tmp_path / "kept"
+    for folder in (own, shared, kept):
+        folder.mkdir()
+        (folder / "last.pt").write_bytes(b"x")
+    (kept / "notes.txt").write_text("mine")
+    a = store.create_run("train", {"checkpoint_dir": str(own)})
+    b = store.create_run("train", {"checkpoint_dir": str(shared)})
+    c = store.create_run("train", {"checkpoint_dir": str(shared)})
+    d = store.create_run("train", {"checkpoint_dir": str(kept)})
+    busy = store.create_run("train", {"checkpoint_dir": str(tmp_path / "busy")})
+    for run_id in (a, b, c, d):
+        store.set_status(run_id, "finished")
+    kept_ids, files, refused = compare_presenter.delete_plan(store, [a, b, d, busy])
+    assert kept_ids == [a, b, d] and files == [own / "last.pt", kept / "last.pt"]  # run c still uses shared/
+    assert refused == [f"run {busy} is running: cancel it (or let it end) before deleting it"]
+    done = compare_presenter.delete_runs(store, [a, b, d, busy])
+    assert done[:3] == [f"run {i} deleted" for i in (a, b, d)] and "2 checkpoint file(s) deleted" in done
+    assert store.list_runs()["id"].tolist() == [c, busy]
+    assert not own.exists()  # emptied, so removed
+    assert (shared / "last.pt").exists() and (kept / "notes.txt").exists() and not (kept / "last.pt").exists()
+
+
+def test_the_page_deletes_a_run_after_a_confirmation(page, tmp_path):
+    assert any(e.label.startswith("Runs table: 5 run(s)") for e in page.expander)
+    page.multiselect(key="compare_delete_ids").set_value([3]).run()
+    page.button(key="compare_delete").click().run()
+    assert not page.exception
+    assert any("Delete run(s) 3" in w.value and "cannot be undone" in w.value for w in page.warning)
+    assert len(RunStore(tmp_path / "runs.sqlite").list_runs()) == 5  # nothing deleted before the confirmation
+    page.button(key="compare_delete_yes").click().run()
+    assert not page.exception
+    assert RunStore(tmp_path / "runs.sqlite").list_runs()["id"].tolist() == [1, 2, 4, 5]
+    assert page.multiselect(key="compare_runs").value == [1, 2, 4]
+    assert any("run 3 deleted" in s.value for s in page.success)
+    page.button(key="compare_table_save").click().run()  # no edits: said so
+    assert any("nothing changed" in s.value for s in page.success)

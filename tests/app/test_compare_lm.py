@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,15 @@ def test_lm_point_details_generations_and_curves(store):
     assert table["step"].tolist() == [1, 2, 3] and table["loss"].tolist() == pytest.approx([2.0, 1.0, 2 / 3])
     assert compare_presenter.training_curves(run) == {"loss": ["loss"], "lambda": ["lambda_1"],
                                                       "constraint": ["constraint_1", "threshold_1"], "other": ["ess"]}
+    # Overlaid curves: the metrics offered (loss first, no throughput) and an EMA that starts at the first value.
+    assert compare_presenter.overlay_metrics([run]) == ["loss", "constraint_1", "ess", "lambda_1", "threshold_1"]
+    np.testing.assert_allclose(compare_presenter.ema([2.0, np.nan, 1.0], 0.5), [2.0, np.nan, 4 / 3])
+    np.testing.assert_allclose(compare_presenter.ema([2.0, 1.0], 0.0), [2.0, 1.0])
+    with pytest.raises(ValueError, match="smoothing"):
+        compare_presenter.ema([1.0], 1.0)
+    curves = compare_presenter.overlay_curves([run], "loss", 0.0)
+    assert curves[["run_id", "step"]].values.tolist() == [[run.id, 1], [run.id, 2], [run.id, 3]]
+    assert compare_presenter.overlay_curves([run], "nothing", 0.5).empty
 
     # A tabular run's details keep their shape; a dataset run's samples get no programmatic scorer.
     tabular = store.create_run("sweep", {"seed": 0})
@@ -132,6 +142,64 @@ def test_lm_point_details_generations_and_curves(store):
                                                                       "objectives": list(NAMES)}))
     assert compare_presenter.sample_scorer(dataset) is None
     assert compare_presenter.generations_frame(compare_runs.point_details(dataset, 0)).shape == (1, 4)
+
+
+def test_lm_runs_are_named_by_their_job_else_by_their_config(store, tmp_path, monkeypatch):
+    """A Train job's name labels its run (a resume job's does not); an unnamed train run without a
+    job is described from its config (method, b, τ, steps, seed); a stored name wins over both."""
+    from dataclasses import asdict
+
+    from mopo_core.lm.config import TrainConfig
+    from mopo_core.training import jobs
+    from mopo_core.training.text_task import TextTaskSetup
+
+    by_job = _lm_run(store, _evaluation(1, 1))
+    described = _lm_run(store, _evaluation(1, 1), config={**asdict(TrainConfig(thresholds=(0.6,), steps=40, seed=3)),
+                                                          "task": "text", "objectives": list(NAMES)})
+    plain = _lm_run(store, _evaluation(1, 1))
+    job = jobs.enqueue_training(store.path, TrainConfig(steps=3, batch_size=4), TextTaskSetup(n_prompts=10),
+                                name="MOPO b1=0.7 · my sweep")
+    with sqlite3.connect(store.path) as conn:  # what the worker does when it starts the job's run
+        conn.execute("UPDATE jobs SET run_id = ? WHERE id = ?", (by_job, job))
+        conn.execute("INSERT INTO jobs (kind, name, spec, status, run_id, created_at) "  # a resume job names no run
+                     "VALUES ('resume', 'resume it', '{}', 'done', ?, '2026-01-01')", (plain,))
+    assert compare_presenter.job_names(store.path) == {by_job: "MOPO b1=0.7 · my sweep"}
+    listed = store.list_runs()
+    configs = {i: p["config"] for i, p in store.progress(listed["id"]).items()}
+    names = compare_presenter.run_names(listed, configs, compare_presenter.job_names(store.path))
+    assert names == {by_job: "MOPO b1=0.7 · my sweep", described: "MOPO b1=0.6 τ=0.08 · 40 steps · seed 3",
+                     plain: None}
+    store.rename_run(by_job, "renamed")
+    assert compare_presenter.run_names(store.list_runs(), configs, {by_job: "job"})[by_job] == "renamed"
+    store.rename_run(by_job, None)
+
+    at = _page(store.path, monkeypatch, runs=[by_job, described])
+    options = at.multiselect(key="compare_runs").options
+    assert f"{by_job} · train (LM) · MOPO b1=0.7 · my sweep · 1 point" in options
+    assert f"{plain} · train (LM) · (unnamed) · 1 point" in options
+    series = [t["name"] for t in figures(at)[0]["data"] if (t.get("name") or "").startswith("#")]
+    assert series == [f"#{by_job} MOPO b1=0.7 · my sweep", f"#{described} MOPO b1=0.6 τ=0.08 · 40 steps · seed 3"]
+    # Their training curves overlaid, smoothed, each run in its own colour (the colour of its points).
+    overlay = next(f for f in figures(at) if f["layout"]["title"]["text"].startswith("Training curves of the sel"))
+    assert "loss" in overlay["layout"]["title"]["text"] and "EMA 0.6" in overlay["layout"]["title"]["text"]
+    smoothed = [t for t in overlay["data"] if t.get("showlegend") is not False]
+    assert [t["name"] for t in smoothed] == series
+    front = {t["name"]: t["marker"]["color"] for t in figures(at)[0]["data"] if (t.get("name") or "") in series}
+    assert [t["line"]["color"] for t in smoothed] == [front[n] for n in series]
+    at.slider(key="compare_smoothing").set_value(0.0).run()
+    overlay = next(f for f in figures(at) if f["layout"]["title"]["text"].startswith("Training curves of the sel"))
+    assert len(overlay["data"]) == 2 and overlay["data"][0]["y"] == pytest.approx([2.0, 1.0, 2 / 3])
+
+
+def test_lm_instances_follow_the_task_and_what_it_measures_on():
+    key = compare_presenter.instance_key
+    text = key("train", {"task": "text", "method": "mopo", "objectives": list(NAMES), "seed": 1})
+    assert text == key("evaluate", {"source_run": 3, "step": 10}) == key("train", {"task": "text", "seed": 2})
+    one, other = (key("train", {"task": "dataset", "model_dir": "m", "dataset_setup": {"data": data, "split": [0.8]}})
+                  for data in ("a.jsonl", "b.jsonl"))
+    assert len({text, one, other}) == 3
+    assert compare_presenter.describe_instance(text) == "the text task"
+    assert "a.jsonl" in compare_presenter.describe_instance(one)
 
 
 # ----------------------------------------------------------------------------- a real text-task run

@@ -105,3 +105,13 @@ def slider(driver, label):
     """The (visually hidden) range input of the slider whose label contains ``label``."""
     block = next(e for e in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSlider"]') if label in e.text)
     return block.find_element(By.CSS_SELECTOR, 'input[type="range"]')
+
+
+def compare_with_example_runs(driver, server):
+    """Open Compare on an empty store, create the example runs and wait until the page has drawn
+    them without an error."""
+    open_page(driver, server, "compare", wait_for='[data-testid="stButton"]')
+    button(driver, "Create example runs").click()
+    WebDriverWait(driver, 90).until(EC.presence_of_element_located((By.CSS_SELECTOR, CHART)))
+    settle(driver)
+    assert_no_errors(driver, "compare")

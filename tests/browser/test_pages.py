@@ -12,10 +12,9 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser.support import (
-    CHART,
     assert_no_errors,
-    button,
     chart_points,
+    compare_with_example_runs,
     open_page,
     settle,
     shot,
@@ -45,11 +44,7 @@ def test_moving_a_slider_on_explore_rerenders(server, browser):
 
 
 def test_compare_select_a_point_and_see_its_details(server, browser):
-    open_page(browser, server, "compare", wait_for='[data-testid="stButton"]')
-    button(browser, "Create example runs").click()
-    WebDriverWait(browser, 90).until(EC.presence_of_element_located((By.CSS_SELECTOR, CHART)))
-    settle(browser)
-    assert_no_errors(browser, "compare")
+    compare_with_example_runs(browser, server)
     assert "Nothing selected yet" in browser.page_source
     points = [p for p in browser.find_elements(By.CSS_SELECTOR, ".scatterlayer .trace .points path")
               if p.is_displayed() and p.size["width"] > 0]

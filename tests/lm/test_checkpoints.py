@@ -25,6 +25,7 @@ from mopo_core.lm.checkpoints import (
     inspect_checkpoint,
     safetensors_header,
 )
+from mopo_core.lm.config import TrainConfig, frozen_copies
 from mopo_core.lm.devices import cpu_has_native_bf16
 from mopo_core.lm.losses import sequence_logprobs
 from mopo_core.lm.lora import LoraSettings
@@ -301,7 +302,7 @@ def test_parameter_gradient_and_optimizer_bytes_are_exact(arch, dtype, lora, tmp
     assert estimate.optimizer == _bytes(t for state in optimizer.state.values() for t in state.values())
     assert estimate == estimate_training_memory(TINY[arch], 2, 8, dtype, lora=lora)  # a config gives the same
     assert estimate_training_memory(TINY[arch], 2, 8, dtype, lora=lora, optimizer="sgd").optimizer == 0
-    assert estimate_training_memory(TINY[arch], 2, 8, dtype, lora=lora, reference_copy=True).reference == \
+    assert estimate_training_memory(TINY[arch], 2, 8, dtype, lora=lora, reference_copies=1).reference == \
         estimate.parameters
 
 
@@ -424,6 +425,11 @@ def _build_and_save(folder: str) -> None:
     model.save_pretrained(folder, max_shard_size="1GB")
 
 
+#: The 1.3B step: offline MOPO without the leash, so the trainer holds no frozen copy (the
+#: leash's copy would add the weights once more; frozen_copies counts it either way).
+LORA_STEP = TrainConfig(method="mopo", thresholds=(0.5,), steps=1, batch_size=2, kl_leash=False)
+
+
 def _lora_step(folder: str) -> dict:
     """Child process: load with LoRA, generate 4 tokens, one MOPO step; memory in bytes.
 
@@ -433,7 +439,6 @@ def _lora_step(folder: str) -> dict:
     then reset (``/proc/self/clear_refs``: 5) and ``step_peak`` is the highest RSS during
     the training step alone (the model, adapters, optimizer state, activations, logits).
     """
-    from mopo_core.lm.config import TrainConfig
     from mopo_core.lm.trainer import Trainer
 
     tokenizer, dataset = word_tokenizer(WORDS), _preferences()
@@ -446,7 +451,7 @@ def _lora_step(folder: str) -> dict:
                                min_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     Path("/proc/self/clear_refs").write_text("5")
     start = time.perf_counter()
-    Trainer(model, tokenizer, dataset, TrainConfig(method="mopo", thresholds=(0.5,), steps=1, batch_size=2)).train()
+    Trainer(model, tokenizer, dataset, LORA_STEP).train()
     step_s, step_peak = time.perf_counter() - start, _status_kib("VmHWM")
     lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]  # zero before the step
     return {"rss_before_load": rss_before_load * 1024, "load_peak": load_peak * 1024, "step_peak": step_peak * 1024,
@@ -478,7 +483,8 @@ def test_a_1_3b_model_loads_generates_and_takes_a_lora_mopo_step_within_its_memo
     tokenizer = word_tokenizer(WORDS)
     seq_len = max(len(sequence_ids(tokenizer, f"{p} {_response(0)}")) for p in PROMPTS)
     # a MOPO step over both prompts scores 4 rows (each prompt's 2 responses), padded to seq_len
-    estimate = estimate_training_memory(folder, batch_size=4, seq_len=seq_len, dtype=STEP_DTYPE, lora=LORA)
+    estimate = estimate_training_memory(folder, batch_size=4, seq_len=seq_len, dtype=STEP_DTYPE, lora=LORA,
+                                        reference_copies=frozen_copies(LORA_STEP))  # 0: no leash, no reference
     # what the step needs resident: its peak RSS above the process's RSS before the model was loaded
     # (the weights were paged in by generate; the estimate's total counts them as parameters)
     measured = report["step_peak"] - report["rss_before_load"]

@@ -140,3 +140,17 @@ def test_the_leash_gradient_is_the_kl_gradient():
     assert all(p.grad is None for p in start.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
     np.testing.assert_allclose(kl.detach().numpy(), policy_reference_scores(policy, start, *batch)[2].numpy())
+
+
+@pytest.mark.parametrize("config, copies", [
+    (TrainConfig(method="mopo"), 1), (TrainConfig(method="mopo", kl_leash=False), 0),
+    (TrainConfig(method="mopo", t0=3), 2), (TrainConfig(method="mopo", online=True), 1),
+    (TrainConfig(method="dpo"), 1), (TrainConfig(method="sft"), 0),
+    (TrainConfig(method="sft", kl_every=5), 1)])
+def test_frozen_copies_counts_what_the_trainer_holds(config, copies):
+    from mopo_core.lm.config import frozen_copies
+
+    data = _other_models_data(pairs_per_prompt=1)
+    trainer = Trainer(_model(), TOKENIZER, data, config, oracle=lambda prompt, a, b: np.array([0.5, 0.5]))
+    held = {id(m) for m in (trainer.reference, trainer.start) if m is not None}
+    assert frozen_copies(config) == copies == len(held)

@@ -271,9 +271,11 @@ def test_training_memory_counts_the_rows_and_tokens_a_step_holds(data_file, chec
     assert found.max_prompt_tokens > 0 and found.max_response_tokens <= setup.max_response_tokens + 1
     assert 2.0 <= found.rows_per_prompt <= 4.0  # two pairs per prompt: 2 to 4 distinct responses
 
-    def by_hand(rows, seq_len, **changes):
+    def by_hand(rows, seq_len, copies=2, **changes):
+        # copies: the evaluation's reference, plus the trainer's frozen reference (DPO, online,
+        # offline MOPO's leash) and, with t0, offline MOPO's start
         return estimate_training_memory(checkpoint, rows, seq_len, "auto", lora_settings(setup),
-                                        reference_copy=True, logits_chunk=FUSED_CHUNK_ELEMENTS // 36, **changes)
+                                        reference_copies=copies, logits_chunk=FUSED_CHUNK_ELEMENTS // 36, **changes)
 
     seq = found.max_prompt_tokens + found.max_response_tokens
     mopo = TrainConfig(batch_size=4)
@@ -282,6 +284,10 @@ def test_training_memory_counts_the_rows_and_tokens_a_step_holds(data_file, chec
     assert training_memory(found, setup, dpo) == by_hand(3, seq)  # 8 sequences over 3 micro-batches
     online = TrainConfig(batch_size=2, online=True, n_candidates=5, max_new_tokens=7)
     assert training_memory(found, setup, online) == by_hand(10, found.max_prompt_tokens + 8)
+    unleashed = TrainConfig(batch_size=4, kl_leash=False)
+    assert training_memory(found, setup, unleashed) == by_hand(math.ceil(4 * found.rows_per_prompt), seq, copies=1)
+    lagged = TrainConfig(batch_size=4, t0=5)
+    assert training_memory(found, setup, lagged) == by_hand(math.ceil(4 * found.rows_per_prompt), seq, copies=3)
     recomputed = training_memory(found, replace(setup, gradient_checkpointing=True), mopo)
     assert recomputed == by_hand(math.ceil(4 * found.rows_per_prompt), seq, gradient_checkpointing=True)
 
