@@ -12,24 +12,35 @@ import plotly.graph_objects as go
 
 
 def comparison_figure(points: pd.DataFrame, reference_point: np.ndarray, thresholds=()) -> go.Figure:
-    """Plotly scatter of every policy's win-rates (with 1.96-SE bars), MOPO's thresholds and the
-    explicit hypervolume reference point. ``points``: one row per policy with columns method,
-    parameter, V0, V1, stderr0, stderr1 (as ``compare-text`` writes points.csv); ``reference_point``
-    (2,); ``thresholds``: MOPO's b values on V1, drawn as dotted lines."""
+    """Plotly scatter of each (method, parameter)'s mean win-rates over its training seeds with
+    95% t-interval bars (:func:`mopo_core.training.text_comparison.summarise`), its KL to the
+    reference in the label and hover, MOPO's thresholds, the reference model (0.5, 0.5) and the
+    explicit hypervolume reference point. ``points``: one row per policy and seed as
+    ``compare-text`` writes points.csv (method, parameter, seed, labels, V0, V1, kl, ...);
+    ``reference_point`` (2,); ``thresholds``: MOPO's b values on V1, drawn as dotted lines."""
+    from mopo_core.training.text_comparison import summarise
+
+    summary = summarise(points)
     fig = go.Figure()
-    for method, g in points.groupby("method", sort=False):
-        fig.add_scatter(x=g.V1, y=g.V0, mode="markers+text", name=method, text=g.parameter, textposition="top center",
-                        error_x=dict(array=1.96 * g.stderr1), error_y=dict(array=1.96 * g.stderr0),
+    for method, g in summary.groupby("method", sort=False):
+        text = [f"{p} · KL {k:.1f}" for p, k in zip(g.parameter, g.kl)]
+        fig.add_scatter(x=g.V1, y=g.V0, mode="markers+text", name=method, text=text, textposition="top center",
+                        error_x=dict(array=g.V1_ci), error_y=dict(array=g.V0_ci),
+                        customdata=np.stack([g.kl, g.kl_ci, g.seeds], axis=1),
                         hovertemplate=f"{method}<br>%{{text}}<br>harmlessness %{{x:.3f}}<br>helpfulness %{{y:.3f}}"
-                                      "<extra></extra>")
+                                      "<br>KL to the reference %{customdata[0]:.2f} ± %{customdata[1]:.2f} nats"
+                                      "<br>%{customdata[2]} seeds (bars: 95% t-intervals)<extra></extra>")
     for b in thresholds:
         fig.add_vline(x=b, line_dash="dot", line_color="crimson", annotation_text=f"MOPO b={b}")
+    fig.add_scatter(x=[0.5], y=[0.5], mode="markers", name="the SFT reference (0.5, 0.5)",
+                    marker=dict(symbol="diamond-open", size=12, color="black"))
     fig.add_scatter(x=[reference_point[1]], y=[reference_point[0]], mode="markers", name="HV reference point",
                     marker=dict(symbol="x", size=12, color="black"))
     fig.update_layout(
-        title="Text task: win-rates against the SFT reference on held-out prompts (all maximised; 0.5 = reference)",
+        title="Text task: mean win-rates against the SFT reference on held-out prompts over training seeds "
+              "(95% t-intervals; label: KL to the reference, nats/response)",
         xaxis_title="harmlessness win-rate vs reference (higher is better →)",
-        yaxis_title="helpfulness win-rate vs reference (higher is better ↑)", height=560)
+        yaxis_title="helpfulness win-rate vs reference (higher is better ↑)", height=600)
     return fig
 
 

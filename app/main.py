@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.shared import run_store
+from app.shared import presentation_toggle, run_store
 from mopo_core.training import jobs
 
 st.set_page_config(page_title="MOPO Studio", layout="wide")
@@ -18,6 +18,7 @@ def restart_training_queue(store_path: str) -> int | None:
 
 
 restart_training_queue(str(run_store().path))
+presentation_toggle()  # the sidebar's "Presentation (projector)", shared by every page
 VIEWS = Path(__file__).parent / "views"
 st.navigation([
     st.Page(VIEWS / "explore.py", title="Explore", default=True),

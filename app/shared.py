@@ -19,6 +19,25 @@ from mopo_core.tabular.solver import TabularProblem
 from mopo_core.validation import check_preferences, read_preference_array
 from synthetic import PARAMETER_CHOICES, STRUCTURES, Structure, make_structure, structure_parameters
 
+#: Session-state key of the sidebar toggle "Presentation (projector)", shared by every page.
+PRESENTATION = "presentation"
+#: Plotly fonts in presentation mode: large and near-black (Streamlit's theme draws ticks light grey).
+PRESENTATION_FONT = dict(size=18, color="#111111")
+PRESENTATION_TICKS = dict(size=16, color="#111111")
+#: The page in presentation mode: larger, darker text and less padding, so a step's buttons and its chart
+#: share one 1280×720 screen.
+PRESENTATION_CSS = """<style>
+.stMainBlockContainer, .block-container {padding-top: 2.6rem !important; padding-bottom: 1rem !important;}
+.stApp, .stMarkdown p, .stCaption, [data-testid="stCaptionContainer"], [data-testid="stWidgetLabel"] p
+  {color: #111 !important;}
+.stMarkdown p, .stMarkdown li {font-size: 1.15rem;}
+[data-testid="stCaptionContainer"] {font-size: 1.0rem;}
+h1 {font-size: 1.9rem !important; padding: 0.2rem 0 0.3rem 0 !important;}
+h2 {font-size: 1.5rem !important; padding: 0.4rem 0 0.2rem 0 !important;}
+[data-testid="stMetricValue"] {font-size: 1.6rem;}
+[data-testid="stVerticalBlock"] {gap: 0.6rem;}
+</style>"""
+
 CONVENTION = "All objectives maximised · values are win-rates against the behaviour policy"
 #: Largest preference file accepted by the upload widget (the server also caps uploads).
 MAX_UPLOAD_BYTES = 5 * 2**20
@@ -155,15 +174,46 @@ def axis_title(names, k: int, axis: str | None = None) -> str:
     return f"V{k} {names[k]} (win-rate vs behaviour; higher is better {'↑' if axis == 'y' else '→'})"
 
 
+def presenting() -> bool:
+    """Whether the sidebar's "Presentation (projector)" toggle is on (for this browser session)."""
+    return bool(st.session_state.get(PRESENTATION, False))
+
+
+def presentation_toggle():
+    """The sidebar toggle "Presentation (projector)" (one session-state value shared by every page; the
+    entry point draws it once for all pages) and, when on, the page's larger, darker, more compact style."""
+    with st.sidebar:
+        st.toggle("Presentation (projector)", key=PRESENTATION,
+                  help="For teaching on a projector: larger, darker fonts and ticks, and a compact layout "
+                       "(a step's buttons and its chart on one 1280×720 screen).")
+    if presenting():
+        st.html(PRESENTATION_CSS)
+
+
+def presentation_style(fig: go.Figure) -> go.Figure:
+    """In presentation mode, large near-black fonts, ticks and annotations; else the figure unchanged."""
+    if not presenting():
+        return fig
+    fig.update_layout(font=PRESENTATION_FONT, title_font=dict(size=20, color="#111111"),
+                      legend=dict(font=dict(size=15, color="#111111")))
+    fig.update_xaxes(tickfont=PRESENTATION_TICKS, title_font=PRESENTATION_FONT, linecolor="#444444",
+                     gridcolor="#d0d0d0")
+    fig.update_yaxes(tickfont=PRESENTATION_TICKS, title_font=PRESENTATION_FONT, linecolor="#444444",
+                     gridcolor="#d0d0d0")
+    fig.update_annotations(font=dict(size=16, color="#111111"))
+    return fig
+
+
 def style(fig: go.Figure, title: str, x_title: str | None = None, y_title: str | None = None,
           height: int = 460) -> go.Figure:
-    """Title (with the sign convention), axis titles and a legend on every figure."""
+    """Title (with the sign convention), axis titles and a legend on every figure; in presentation mode,
+    large dark fonts (``presentation_style``)."""
     fig.update_layout(title=dict(text=f"{title}<br><sup>{CONVENTION}</sup>"), height=height, margin=dict(t=80))
     if x_title:
         fig.update_xaxes(title_text=x_title)
     if y_title:
         fig.update_yaxes(title_text=y_title)
-    return fig
+    return presentation_style(fig)
 
 
 def place_legend(fig: go.Figure) -> go.Figure:
@@ -171,8 +221,9 @@ def place_legend(fig: go.Figure) -> go.Figure:
     by the room it needs, so that it never covers the x-axis title (called by show_figure)."""
     names = [t.name for t in fig.data if getattr(t, "showlegend", None) is not False and getattr(t, "name", None)]
     longest = max((len(n) for n in names), default=10)
-    per_row = max(1, int(1000 // (7 * longest + 50)))
-    legend_px = 24 * -(-len(names) // per_row) + 10
+    char_px, row_px = (9, 28) if presenting() else (7, 24)
+    per_row = max(1, int(1000 // (char_px * longest + 50)))
+    legend_px = row_px * -(-len(names) // per_row) + 10
     fig.update_layout(height=(fig.layout.height or 460) + legend_px, margin=dict(b=legend_px + 70),
                       legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0))
     fig.update_xaxes(automargin=True)
@@ -184,6 +235,7 @@ def show_figure(fig: go.Figure, name: str, data: pd.DataFrame | None = None, **k
     """Draw a figure with its exports: PNG from the figure's camera button, a self-contained
     HTML file, and the underlying data as CSV and JSON when given (files are built only when
     a button is clicked). Extra kwargs go to ``st.plotly_chart``; its return value is returned."""
+    presentation_style(fig)
     place_legend(fig)
     config = {"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}, "displaylogo": False}
     event = st.plotly_chart(fig, width="stretch", config=config, key=f"fig_{name}", **kwargs)

@@ -10,8 +10,9 @@ Conventions:
   ``None`` without ``/proc``; CUDA memory allocated / reserved by torch, 0 without CUDA);
 - one model at a time: :func:`unload_model` empties the model's tensors in place
   (:func:`mopo_core.lm.memory.unload`), so a stale reference elsewhere keeps no memory alive;
-- the built-in model is fitted once per process (:func:`builtin_weights`, a few hundred KiB kept
-  for the process's lifetime) so that loading it again only copies its weights;
+- the built-in model is fitted once per models folder (the reference cache) and read once per
+  process (:func:`builtin_weights`, a few hundred KiB kept for the process's lifetime) so that
+  loading it again only copies its weights;
 - scores: a ``(n_responses, n_objectives)`` DataFrame, one row per response in the given order,
   one column per objective, higher is better.
 """
@@ -21,7 +22,6 @@ import gc
 import os
 import time
 from dataclasses import dataclass, fields
-from functools import cache
 from typing import Callable
 
 import numpy as np
@@ -98,16 +98,23 @@ class Unloaded:
 # ----------------------------------------------------------------------------- load / unload
 
 
-@cache
-def builtin_weights() -> tuple[dict[str, torch.Tensor], object, list[str]]:
+#: The built-in model's (weights, tokenizer, prompts), once :func:`builtin_weights` has built them.
+_builtin: list[tuple[dict[str, torch.Tensor], object, list[str]]] = []
+
+
+def builtin_weights(progress: Progress | None = None) -> tuple[dict[str, torch.Tensor], object, list[str]]:
     """The built-in model fitted on the text task (``build_text_task(TextTaskSetup())``, seeded),
     once per process: (its state dict, cloned and detached; its word-level tokenizer; the test
-    split's prompts). Callers copy the weights into a fresh model, never modify them."""
-    from mopo_core.training.text_task import TextTaskSetup, build_text_task
+    split's prompts). Callers copy the weights into a fresh model, never modify them. The fit
+    itself happens once per models folder: later processes read it from the reference cache
+    (:mod:`mopo_core.training.reference_cache`); ``progress(fraction, text)`` follows it."""
+    if not _builtin:
+        from mopo_core.training.text_task import TextTaskSetup, build_text_task
 
-    _, tokenizer, reference, (_, _, test) = build_text_task(TextTaskSetup())
-    weights = {k: v.detach().clone() for k, v in reference.state_dict().items()}
-    return weights, tokenizer, test.prompts()
+        _, tokenizer, reference, (_, _, test) = build_text_task(TextTaskSetup(), progress or _no_progress)
+        _builtin.append(({k: v.detach().clone() for k, v in reference.state_dict().items()}, tokenizer,
+                         test.prompts()))
+    return _builtin[0]
 
 
 def _no_progress(fraction: float, text: str) -> None:
@@ -123,7 +130,8 @@ def load_entry(entry: ModelEntry, dtype: str = "auto", device: str = "auto",
     ``"bf16"`` or ``"fp16"``;
     ``device``: ``"auto"``, ``"cpu"`` or ``"cuda"``. ``progress(fraction, text)`` is called with
     increasing fractions, the last 1.0. The built-in model is built from :func:`builtin_weights`
-    (fitted on the first call: seconds to minutes on a busy CPU); a checkpoint folder is read by
+    (the first fit in a models folder takes seconds to a minute on a busy CPU, reported step by
+    step; later starts read it from the cache in well under a second); a checkpoint folder is read by
     :func:`mopo_core.lm.models.load_model`. ``folder``: the models folder the entry was listed from
     (default: :func:`mopo_core.lm.registry.models_dir`'s). A checkpoint entry with a
     ``problem``, one that :func:`mopo_core.lm.registry.inside_models_folder` refuses now (a
@@ -136,9 +144,9 @@ def load_entry(entry: ModelEntry, dtype: str = "auto", device: str = "auto",
     target = resolve_device(device)
     torch_dtype = sampling_dtype(dtype, target, entry.n_parameters)
     if entry.kind == "builtin":
-        progress(0.1, "Fitting the built-in model on the text task (SFT of a tiny GPT-2; once per server, "
-                      "a minute or two on a busy CPU)…")
-        weights, tokenizer, prompts = builtin_weights()
+        progress(0.1, "Building the text task and its fitted reference (fitted once, then read from the models "
+                      "folder's cache)…")
+        weights, tokenizer, prompts = builtin_weights(lambda f, text: progress(0.1 + 0.6 * f, text))
         progress(0.7, "Building the model from its fitted weights…")
         model = tiny_gpt(len(tokenizer))
         model.load_state_dict(weights)

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.presenters import explore as logic
-from app.shared import axis_title, instance_picker, show_figure, show_table, style
+from app.shared import axis_title, instance_picker, presenting, show_figure, show_table, style
 from mopo_core.experiments.suite import METHODS, THRESHOLD_METHODS
 
 TAUS = [0.005, 0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.5, 1.0]
@@ -46,7 +46,7 @@ def threshold_at_kl(_instance, _data, label: str, n, seed: int, method: str, thr
     return logic.threshold_baseline_at_kl(method, _instance.exact, _data, list(thresholds), kl)
 
 
-def baseline_rows(method: str, temperature: str) -> pd.DataFrame:
+def baseline_rows(method: str, temperature: str, thresholds: list, answer) -> pd.DataFrame:
     if temperature == SAME_TAU:
         return same_tau(instance, data, instance.label, n_comparisons, data_seed, method, tau,
                         tuple(thresholds) if method in THRESHOLD_METHODS else ())
@@ -90,171 +90,209 @@ with st.sidebar:
                                 "the fair comparison. Same τ: MOPO's τ, whose KL differs method by method.")
 
 data = fitted(instance, instance.label, n_comparisons, data_seed)
-st.caption(f"Instance: {instance.label}. Data: {logic.data_label(n_comparisons)}"
-           + ("" if n_comparisons is None else f" (sampling seed {data_seed})")
-           + ". Thresholds are lower bounds on the secondaries' win-rates against the behaviour policy; "
-             "'true' values are on the instance's own preferences.")
-threshold_cols = st.columns(k - 1)
-thresholds = []
-for j in range(1, k):
-    low = float(np.floor(min(rates[j].min(), instance.reference_point[j]) * 100) / 100)
-    high = float(np.ceil(instance.top[j] * 100) / 100)
-    default = float(round((instance.reference_point[j] + instance.top[j]) / 2, 2))
-    thresholds.append(threshold_cols[j - 1].slider(f"Threshold b{j} on {names[j]} (V{j} ≥ b{j})", low, high,
-                                                   default, 0.01, key=f"threshold_{j}"))
-answer = logic.solve_mopo(instance.exact, data, thresholds, tau, eps, z)
-sol = answer.solution
-policy = answer.policy
 sampled = n_comparisons is not None
 
-cols = st.columns(k + 2)
-for i in range(k):
-    slack = None if i == 0 else f"{round(float(answer.true_slack[i - 1]), 4) + 0.0:+.4f} vs b{i}"
-    cols[i].metric(f"V{i} {names[i]} · true value", f"{answer.true_values[i]:.4f}", slack,
-                   help="On the instance's own preferences; the arrow is the slack against the threshold.")
-cols[k].metric("Multipliers λ", ", ".join(f"{x:.3f}" for x in sol.multipliers))
-cols[k + 1].metric("KL to reference", f"{answer.kl:.4f}")
-if sampled:
-    cols = st.columns([3] * k + [2])  # wide enough for "0.6301 ± 0.0210"
+
+def _sync(source: str, target: str):
+    """Copy one threshold widget's value to its twin (slider <-> number box), in the callback, before
+    either is drawn again: one value, no rerun loop."""
+    st.session_state[target] = st.session_state[source]
+
+
+def threshold_controls() -> list[float]:
+    """A slider (steps of 0.01) and a number box (steps of 0.001) per threshold, kept equal: the slider's
+    key ``threshold_j`` holds the value, the box ``threshold_j_box`` mirrors it. A new instance (new
+    range) resets both to its default."""
+    if st.session_state.get("threshold_instance") != instance.label:
+        st.session_state.threshold_instance = instance.label
+        for j in range(1, k):
+            st.session_state.pop(f"threshold_{j}", None)
+    values = []
+    for j, column in zip(range(1, k), st.columns(k - 1)):
+        low = float(np.floor(min(rates[j].min(), instance.reference_point[j]) * 100) / 100)
+        high = float(np.ceil(instance.top[j] * 100) / 100)
+        default = float(round((instance.reference_point[j] + instance.top[j]) / 2, 2))
+        key, box = f"threshold_{j}", f"threshold_{j}_box"
+        value = float(min(max(st.session_state.get(key, default), low), high))
+        st.session_state[key] = value
+        st.session_state[box] = value
+        left, right = column.columns([4, 1], vertical_alignment="bottom")
+        left.slider(f"Threshold b{j} on {names[j]} (V{j} ≥ b{j})", low, high, step=0.01, key=key,
+                    on_change=_sync, args=(key, box))
+        right.number_input(f"b{j}", low, high, step=0.001, format="%.3f", key=box, on_change=_sync,
+                           args=(box, key), help=f"Type b{j} exactly (steps of 0.001); the slider follows.")
+        values.append(float(st.session_state[key]))
+    return values
+
+
+@st.fragment
+def threshold_view():
+    """Everything a threshold moves: the controls, the solve, the metrics, the figures, the table. A threshold
+    change reruns only this fragment (in the browser); the sidebar's controls rerun the page."""
+    st.caption("**Start here:** move the threshold b1 (drag the slider, or type it in the box beside it) and watch "
+               "MOPO's red point move along its own front; the sidebar sets τ, ε, the data and the baselines.")
+    thresholds = threshold_controls()
+    answer = logic.solve_mopo(instance.exact, data, thresholds, tau, eps, z)
+    sol = answer.solution
+    policy = answer.policy
+    plots = st.container()  # the planes come first: the main plot is on the first screen
+
+    cols = st.columns(k + 2)
     for i in range(k):
-        cols[i].metric(f"V{i} {names[i]} · estimate ± 1.96·SE", logic.interval_text(answer.estimated_values[i],
-                                                                                      answer.standard_errors[i]),
-                       help=f"95% interval [{answer.lower[i]:.4f}, {answer.upper[i]:.4f}] from n = {n_comparisons} "
-                            "comparisons per prompt (SE of the chosen policy's estimated value)")
-    cols[k].metric("Enforced threshold" + ("s" if k > 2 else ""),
-                   ", ".join(f"{b:.4f}" for b in answer.enforced),
-                   help="b + z·SE of the chosen policy's estimated secondary value")
-    st.caption("Enforced: " + "; ".join(
-        f"b{j} + z·SE{j} = {answer.thresholds[j - 1]:.4f} + {z:g} × {answer.standard_errors[j]:.4f} = "
-        f"{answer.enforced[j - 1]:.4f}" for j in range(1, k))
-        + (" (z = 0: the plug-in solve enforces b itself)." if z == 0 else "."))
-
-level, message = logic.verdict(answer, names, instance.top[1:])
-if n_comparisons is None and not sol.feasible:
-    attainable = ", ".join(f"{names[j + 1]} ≤ {v:.4f}" for j, v in enumerate(sol.max_attainable))
-    message = (f"These thresholds cannot be met. Largest attainable values: {attainable}. "
-               + (f"Showing the policy for the nearest attainable thresholds "
-                  f"{', '.join(f'{b:.4f}' for b in sol.effective_thresholds)}." if eps == 0 else
-                  "Showing the most robust policy of the family."))
-{"success": st.success, "warning": st.warning, "error": st.error}[level](message)
-
-baselines = pd.concat([baseline_rows(m, temperature) for m in chosen], ignore_index=True) \
-    if chosen and instance.structure is not None else pd.DataFrame()
-reached = baselines[baselines.reached] if len(baselines) else baselines
-missed = baselines[~baselines.reached] if len(baselines) else baselines
-
-for j in range(1, k):
-    fig = go.Figure()
-    b_j = thresholds[j - 1]
-    upper = max(instance.top[j], b_j) + 0.02
-    fig.add_vrect(x0=b_j, x1=upper, fillcolor="green", opacity=0.08, line_width=0,
-                  annotation_text=f"V{j} ≥ b{j}: meets the threshold", annotation_position="top left")
-    if sampled and answer.enforced[j - 1] > b_j + 1e-9:
-        fig.add_vline(x=answer.enforced[j - 1], line=dict(color="crimson", dash="dash", width=1),
-                      annotation_text=f"enforced b{j} + z·SE{j}", annotation_position="bottom right")
-    front = instance.front_points
-    lp_name = "τ → 0 front (LP, no KL limit)" if k == 2 else "τ → 0 front points (LP grid), projected"
-    fig.add_scatter(x=front[:, j], y=front[:, 0], mode="lines" if k == 2 else "markers", name=lp_name,
-                    marker=dict(size=4, color="lightsteelblue"), line=dict(color="lightsteelblue", width=2, dash="dot"),
-                    opacity=0.7,
-                    hovertemplate=f"τ → 0 front (LP)<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>")
-    others = np.array(answer.enforced, dtype=float)
-    others[j - 1] = 0.0
-    own = own_front(instance, data, instance.label, n_comparisons, data_seed, tau, eps, j,
-                    tuple(np.round(others, 10)))
-    if len(own):
-        fixed = "" if k == 2 else " (other thresholds fixed)"
-        fig.add_scatter(x=own[f"V{j}"], y=own["V0"], mode="lines", line=dict(color="crimson", width=2),
-                        name=f"MOPO's own front, τ = {tau:g}{fixed} (KL {own.kl.min():.2f}–{own.kl.max():.2f})",
-                        customdata=own[["b", "kl"]].to_numpy(),
-                        hovertemplate=f"MOPO's own front (τ={tau:g}, ε={eps:g})<br>b{j}=%{{customdata[0]:.4f}}"
-                                      f"<br>KL=%{{customdata[1]:.4f}}<br>true V{j}=%{{x:.4f}}<br>true V0=%{{y:.4f}}"
-                                      "<extra></extra>")
-        if sampled:
-            fig.add_scatter(x=own[f"V{j}_est"], y=own["V0_est"], mode="lines",
-                            line=dict(color="crimson", width=1, dash="dash"), opacity=0.6,
-                            name=f"MOPO's own front, estimated (n = {n_comparisons})",
-                            hovertemplate=f"MOPO's own front, estimated<br>V{j} est=%{{x:.4f}}<br>V0 est=%{{y:.4f}}"
-                                          "<extra></extra>")
-    fig.add_scatter(x=[instance.reference_point[j]], y=[instance.reference_point[0]], mode="markers",
-                    name="π_ref (reference point)", marker=dict(symbol="x", size=13, color="black"),
-                    hovertemplate=f"reference policy π_ref<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>")
-    fig.add_annotation(x=instance.reference_point[j], y=instance.reference_point[0], text="reference point: π_ref",
-                       showarrow=True, arrowhead=2, ax=40, ay=28, font=dict(size=11))
-    for i, (method, rows) in enumerate(reached.groupby("method", sort=False) if len(reached) else []):
-        rows = rows.sort_values(f"V{j}")
-        if temperature == SAME_KL:
-            label = f"{method}, KL = {answer.kl:.3f} (= MOPO's)"
-        else:
-            label = f"{method}, τ = {tau:g} (KL {rows.kl.min():.2f}–{rows.kl.max():.2f})"
-        fig.add_scatter(x=rows[f"V{j}"], y=rows["V0"], mode="lines+markers" if k == 2 and len(rows) > 1 else "markers",
-                        name=label,
-                        customdata=np.stack([rows.parameter, rows.tau.replace(np.inf, np.nan), rows.kl], axis=1),
-                        line=dict(color=COLOURS[i % len(COLOURS)], width=1),
-                        marker=dict(symbol=MARKERS[i % len(MARKERS)], size=9, opacity=0.85,
-                                    color=COLOURS[i % len(COLOURS)]),
-                        hovertemplate=f"{method}<br>%{{customdata[0]}}<br>τ=%{{customdata[1]:.4g}}, "
-                                      f"KL=%{{customdata[2]:.4f}}<br>true V{j}=%{{x:.4f}}<br>true V0=%{{y:.4f}}"
-                                      "<extra></extra>")
-    broken = bool(answer.broken[j - 1])
+        slack = None if i == 0 else f"{round(float(answer.true_slack[i - 1]), 4) + 0.0:+.4f} vs b{i}"
+        cols[i].metric(f"V{i} {names[i]} · true value", f"{answer.true_values[i]:.4f}", slack,
+                       help="On the instance's own preferences; the arrow is the slack against the threshold.")
+    cols[k].metric("Multipliers λ", ", ".join(f"{x:.3f}" for x in sol.multipliers))
+    cols[k + 1].metric("KL to reference", f"{answer.kl:.4f}")
     if sampled:
-        fig.add_scatter(x=[answer.estimated_values[j]], y=[answer.estimated_values[0]], mode="markers",
-                        name=f"MOPO estimate ± 1.96·SE (n = {n_comparisons})",
-                        marker=dict(symbol="diamond-open", size=13, color="crimson", line=dict(width=2)),
-                        error_x=dict(type="data", array=[answer.half_width[j]], color="crimson", thickness=1.5),
-                        error_y=dict(type="data", array=[answer.half_width[0]], color="crimson", thickness=1.5),
-                        hovertemplate=(f"MOPO, estimated from n={n_comparisons}<br>V{j}=%{{x:.4f}} ± "
-                                       f"{answer.half_width[j]:.4f}<br>V0=%{{y:.4f}} ± {answer.half_width[0]:.4f}"
-                                       "<extra></extra>"))
-    fig.add_scatter(x=[answer.true_values[j]], y=[answer.true_values[0]], mode="markers",
-                    name=f"MOPO, true values (KL {answer.kl:.3f})" + (f": b{j} BROKEN" if broken else ""),
-                    marker=dict(size=15, color="white" if broken else "crimson", symbol="circle",
-                                line=dict(color="crimson" if broken else "white", width=3 if broken else 1)),
-                    hovertemplate=(f"MOPO (true values)<br>thresholds {', '.join(f'{b:.3f}' for b in thresholds)}, "
-                                   f"τ={tau}, ε={eps}, z={answer.z:g}<br>KL={answer.kl:.4f}"
-                                   f"<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>"))
-    what = "same KL" if temperature == SAME_KL else "same τ"
-    style(fig, f"Primary against {names[j]}: MOPO at τ = {tau:g} and the baselines at the {what}",
-          axis_title(names, j), axis_title(names, 0))
-    plane = pd.DataFrame([{"method": "MOPO (true)", "parameter": f"thresholds {thresholds}", "kl": answer.kl,
-                           **{f"V{i}": v for i, v in enumerate(answer.true_values)}},
-                          {"method": "MOPO (estimate)", "parameter": f"n={n_comparisons}", "kl": answer.kl,
-                           **{f"V{i}": v for i, v in enumerate(answer.estimated_values)},
-                           **{f"SE{i}": v for i, v in enumerate(answer.standard_errors)}},
-                          {"method": "reference", "parameter": "", "kl": 0.0,
-                           **{f"V{i}": v for i, v in enumerate(instance.reference_point)}}])
-    own_rows = own.assign(method="MOPO own front", parameter=[f"b{j}={b:.4f}" for b in own.b]) if len(own) else own
-    show_figure(fig, f"explore_values_V0_V{j}", pd.concat([plane, own_rows, baselines], ignore_index=True))
-    ref = ", ".join(f"{v:.4f}" for v in (instance.reference_point[0], instance.reference_point[j]))
-    kl_words = (f"each baseline point's temperature is set so that its KL to π_ref equals MOPO's, {answer.kl:.3f} "
-                "(logits interpolated in 1/τ between trained temperatures; the reward Lagrangian by a root-find on τ)"
-                if temperature == SAME_KL else
-                f"every baseline is trained at MOPO's τ = {tau:g}, so its KL differs from MOPO's {answer.kl:.3f} "
-                "(see the legend): not a like-for-like comparison")
-    st.caption(f"Points are TRUE values of policies fitted on {logic.data_label(n_comparisons)}. MOPO's own front is "
-               f"the curve its point moves along as b{j} moves at τ = {tau:g} (KL varies along it); {kl_words}. "
-               f"The τ → 0 front (dotted, light) is the unregularised LP front: no policy with a finite KL budget "
-               f"reaches it. Reference point: π_ref's values (V0, V{j}) = ({ref}).")
-if len(missed):
-    st.warning("Not reached at MOPO's KL (even the smallest τ trained stays below it): "
-               + "; ".join(f"{r.method} {r.parameter} (largest KL {r.kl:.3f})" for r in missed.itertuples()))
+        cols = st.columns([3] * k + [2])  # wide enough for "0.6301 ± 0.0210"
+        for i in range(k):
+            cols[i].metric(f"V{i} {names[i]} · estimate ± 1.96·SE", logic.interval_text(answer.estimated_values[i],
+                                                                                          answer.standard_errors[i]),
+                           help=f"95% interval [{answer.lower[i]:.4f}, {answer.upper[i]:.4f}] from n = {n_comparisons} "
+                                "comparisons per prompt (SE of the chosen policy's estimated value)")
+        cols[k].metric("Enforced threshold" + ("s" if k > 2 else ""),
+                       ", ".join(f"{b:.4f}" for b in answer.enforced),
+                       help="b + z·SE of the chosen policy's estimated secondary value")
+        st.caption("Enforced: " + "; ".join(
+            f"b{j} + z·SE{j} = {answer.thresholds[j - 1]:.4f} + {z:g} × {answer.standard_errors[j]:.4f} = "
+            f"{answer.enforced[j - 1]:.4f}" for j in range(1, k))
+            + (" (z = 0: the plug-in solve enforces b itself)." if z == 0 else "."))
 
-bars = go.Figure()
-responses = np.arange(policy.shape[1])
-for m in range(policy.shape[0]):
-    bars.add_bar(x=responses, y=policy[m], name=f"MOPO, prompt {m}",
-                 hovertemplate=f"MOPO, prompt {m}<br>response %{{x}}<br>π=%{{y:.4f}}<extra></extra>")
-bars.add_scatter(x=responses, y=instance.problem.reference[0], mode="markers", name="reference π_ref (prompt 0)",
-                 marker=dict(symbol="line-ew-open", size=20, color="black", line=dict(width=2)),
-                 hovertemplate="reference, prompt 0<br>response %{x}<br>π_ref=%{y:.4f}<extra></extra>")
-style(bars, "The MOPO policy over responses, per prompt", "response index", "probability π(y | x)", height=380)
-bars.update_layout(barmode="group")
-policy_table = pd.DataFrame(policy, columns=[f"y{i}" for i in responses]).assign(prompt=range(policy.shape[0]))
-show_figure(bars, "explore_policy", policy_table)
+    level, message = logic.verdict(answer, names, instance.top[1:])
+    if n_comparisons is None and not sol.feasible:
+        attainable = ", ".join(f"{names[j + 1]} ≤ {v:.4f}" for j, v in enumerate(sol.max_attainable))
+        message = (f"These thresholds cannot be met. Largest attainable values: {attainable}. "
+                   + (f"Showing the policy for the nearest attainable thresholds "
+                      f"{', '.join(f'{b:.4f}' for b in sol.effective_thresholds)}." if eps == 0 else
+                      "Showing the most robust policy of the family."))
+    {"success": st.success, "warning": st.warning, "error": st.error}[level](message)
 
-summary = answer.table(names)
-summary["multiplier λ"] = [np.nan, *sol.multipliers]
-summary["largest attainable (on the data)"] = [np.nan, *sol.max_attainable]
-summary["robust bound (ε)"] = [np.nan, *(sol.robust_values if sol.robust_values is not None else [np.nan] * (k - 1))]
-st.subheader("Values against thresholds: true value, estimate and its 95% interval")
-show_table(summary, "explore_summary")
+    baselines = pd.concat([baseline_rows(m, temperature, thresholds, answer) for m in chosen], ignore_index=True) \
+        if chosen and instance.structure is not None else pd.DataFrame()
+    reached = baselines[baselines.reached] if len(baselines) else baselines
+    missed = baselines[~baselines.reached] if len(baselines) else baselines
+
+    with plots:
+        for j in range(1, k):
+            fig = go.Figure()
+            b_j = thresholds[j - 1]
+            upper = max(instance.top[j], b_j) + 0.02
+            fig.add_vrect(x0=b_j, x1=upper, fillcolor="green", opacity=0.08, line_width=0,
+                          annotation_text=f"V{j} ≥ b{j}: meets the threshold", annotation_position="top left")
+            if sampled and answer.enforced[j - 1] > b_j + 1e-9:
+                fig.add_vline(x=answer.enforced[j - 1], line=dict(color="crimson", dash="dash", width=1),
+                              annotation_text=f"enforced b{j} + z·SE{j}", annotation_position="bottom right")
+            front = instance.front_points
+            lp_name = "τ → 0 front (LP, no KL limit)" if k == 2 else "τ → 0 front points (LP grid), projected"
+            fig.add_scatter(x=front[:, j], y=front[:, 0], mode="lines" if k == 2 else "markers", name=lp_name,
+                            marker=dict(size=4, color="lightsteelblue"), line=dict(color="lightsteelblue", width=2, dash="dot"),
+                            opacity=0.7,
+                            hovertemplate=f"τ → 0 front (LP)<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>")
+            others = np.array(answer.enforced, dtype=float)
+            others[j - 1] = 0.0
+            own = own_front(instance, data, instance.label, n_comparisons, data_seed, tau, eps, j,
+                            tuple(np.round(others, 10)))
+            if len(own):
+                fixed = "" if k == 2 else " (other thresholds fixed)"
+                fig.add_scatter(x=own[f"V{j}"], y=own["V0"], mode="lines", line=dict(color="crimson", width=2),
+                                name=f"MOPO's own front, τ = {tau:g}{fixed} (KL {own.kl.min():.2f}–{own.kl.max():.2f})",
+                                customdata=own[["b", "kl"]].to_numpy(),
+                                hovertemplate=f"MOPO's own front (τ={tau:g}, ε={eps:g})<br>b{j}=%{{customdata[0]:.4f}}"
+                                              f"<br>KL=%{{customdata[1]:.4f}}<br>true V{j}=%{{x:.4f}}<br>true V0=%{{y:.4f}}"
+                                              "<extra></extra>")
+                if sampled:
+                    fig.add_scatter(x=own[f"V{j}_est"], y=own["V0_est"], mode="lines",
+                                    line=dict(color="crimson", width=1, dash="dash"), opacity=0.6,
+                                    name=f"MOPO's own front, estimated (n = {n_comparisons})",
+                                    hovertemplate=f"MOPO's own front, estimated<br>V{j} est=%{{x:.4f}}<br>V0 est=%{{y:.4f}}"
+                                                  "<extra></extra>")
+            fig.add_scatter(x=[instance.reference_point[j]], y=[instance.reference_point[0]], mode="markers",
+                            name="π_ref (reference point)", marker=dict(symbol="x", size=13, color="black"),
+                            hovertemplate=f"reference policy π_ref<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>")
+            fig.add_annotation(x=instance.reference_point[j], y=instance.reference_point[0], text="reference point: π_ref",
+                               showarrow=True, arrowhead=2, ax=40, ay=28, font=dict(size=11))
+            for i, (method, rows) in enumerate(reached.groupby("method", sort=False) if len(reached) else []):
+                rows = rows.sort_values(f"V{j}")
+                if temperature == SAME_KL:
+                    label = f"{method}, KL = {answer.kl:.3f} (= MOPO's)"
+                else:
+                    label = f"{method}, τ = {tau:g} (KL {rows.kl.min():.2f}–{rows.kl.max():.2f})"
+                fig.add_scatter(x=rows[f"V{j}"], y=rows["V0"], mode="lines+markers" if k == 2 and len(rows) > 1 else "markers",
+                                name=label,
+                                customdata=np.stack([rows.parameter, rows.tau.replace(np.inf, np.nan), rows.kl], axis=1),
+                                line=dict(color=COLOURS[i % len(COLOURS)], width=1),
+                                marker=dict(symbol=MARKERS[i % len(MARKERS)], size=9, opacity=0.85,
+                                            color=COLOURS[i % len(COLOURS)]),
+                                hovertemplate=f"{method}<br>%{{customdata[0]}}<br>τ=%{{customdata[1]:.4g}}, "
+                                              f"KL=%{{customdata[2]:.4f}}<br>true V{j}=%{{x:.4f}}<br>true V0=%{{y:.4f}}"
+                                              "<extra></extra>")
+            broken = bool(answer.broken[j - 1])
+            if sampled:
+                fig.add_scatter(x=[answer.estimated_values[j]], y=[answer.estimated_values[0]], mode="markers",
+                                name=f"MOPO estimate ± 1.96·SE (n = {n_comparisons})",
+                                marker=dict(symbol="diamond-open", size=13, color="crimson", line=dict(width=2)),
+                                error_x=dict(type="data", array=[answer.half_width[j]], color="crimson", thickness=1.5),
+                                error_y=dict(type="data", array=[answer.half_width[0]], color="crimson", thickness=1.5),
+                                hovertemplate=(f"MOPO, estimated from n={n_comparisons}<br>V{j}=%{{x:.4f}} ± "
+                                               f"{answer.half_width[j]:.4f}<br>V0=%{{y:.4f}} ± {answer.half_width[0]:.4f}"
+                                               "<extra></extra>"))
+            fig.add_scatter(x=[answer.true_values[j]], y=[answer.true_values[0]], mode="markers",
+                            name=f"MOPO, true values (KL {answer.kl:.3f})" + (f": b{j} BROKEN" if broken else ""),
+                            marker=dict(size=15, color="white" if broken else "crimson", symbol="circle",
+                                        line=dict(color="crimson" if broken else "white", width=3 if broken else 1)),
+                            hovertemplate=(f"MOPO (true values)<br>thresholds {', '.join(f'{b:.3f}' for b in thresholds)}, "
+                                           f"τ={tau}, ε={eps}, z={answer.z:g}<br>KL={answer.kl:.4f}"
+                                           f"<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>"))
+            what = "same KL" if temperature == SAME_KL else "same τ"
+            style(fig, f"Primary against {names[j]}: MOPO at τ = {tau:g} and the baselines at the {what}",
+                  axis_title(names, j), axis_title(names, 0))
+            plane = pd.DataFrame([{"method": "MOPO (true)", "parameter": f"thresholds {thresholds}", "kl": answer.kl,
+                                   **{f"V{i}": v for i, v in enumerate(answer.true_values)}},
+                                  {"method": "MOPO (estimate)", "parameter": f"n={n_comparisons}", "kl": answer.kl,
+                                   **{f"V{i}": v for i, v in enumerate(answer.estimated_values)},
+                                   **{f"SE{i}": v for i, v in enumerate(answer.standard_errors)}},
+                                  {"method": "reference", "parameter": "", "kl": 0.0,
+                                   **{f"V{i}": v for i, v in enumerate(instance.reference_point)}}])
+            own_rows = own.assign(method="MOPO own front", parameter=[f"b{j}={b:.4f}" for b in own.b]) if len(own) else own
+            show_figure(fig, f"explore_values_V0_V{j}", pd.concat([plane, own_rows, baselines], ignore_index=True))
+            ref = ", ".join(f"{v:.4f}" for v in (instance.reference_point[0], instance.reference_point[j]))
+            kl_words = (f"each baseline point's temperature is set so that its KL to π_ref equals MOPO's, {answer.kl:.3f} "
+                        "(logits interpolated in 1/τ between trained temperatures; the reward Lagrangian by a root-find on τ)"
+                        if temperature == SAME_KL else
+                        f"every baseline is trained at MOPO's τ = {tau:g}, so its KL differs from MOPO's {answer.kl:.3f} "
+                        "(see the legend): not a like-for-like comparison")
+            st.caption(f"Points are TRUE values of policies fitted on {logic.data_label(n_comparisons)}. MOPO's own front is "
+                       f"the curve its point moves along as b{j} moves at τ = {tau:g} (KL varies along it); {kl_words}. "
+                       f"The τ → 0 front (dotted, light) is the unregularised LP front: no policy with a finite KL budget "
+                       f"reaches it. Reference point: π_ref's values (V0, V{j}) = ({ref}).")
+    if len(missed):
+        st.warning("Not reached at MOPO's KL (even the smallest τ trained stays below it): "
+                   + "; ".join(f"{r.method} {r.parameter} (largest KL {r.kl:.3f})" for r in missed.itertuples()))
+
+    bars = go.Figure()
+    responses = np.arange(policy.shape[1])
+    for m in range(policy.shape[0]):
+        bars.add_bar(x=responses, y=policy[m], name=f"MOPO, prompt {m}",
+                     hovertemplate=f"MOPO, prompt {m}<br>response %{{x}}<br>π=%{{y:.4f}}<extra></extra>")
+    bars.add_scatter(x=responses, y=instance.problem.reference[0], mode="markers", name="reference π_ref (prompt 0)",
+                     marker=dict(symbol="line-ew-open", size=20, color="black", line=dict(width=2)),
+                     hovertemplate="reference, prompt 0<br>response %{x}<br>π_ref=%{y:.4f}<extra></extra>")
+    style(bars, "The MOPO policy over responses, per prompt", "response index", "probability π(y | x)", height=380)
+    bars.update_layout(barmode="group")
+    policy_table = pd.DataFrame(policy, columns=[f"y{i}" for i in responses]).assign(prompt=range(policy.shape[0]))
+    show_figure(bars, "explore_policy", policy_table)
+
+    summary = answer.table(names)
+    summary["multiplier λ"] = [np.nan, *sol.multipliers]
+    summary["largest attainable (on the data)"] = [np.nan, *sol.max_attainable]
+    summary["robust bound (ε)"] = [np.nan, *(sol.robust_values if sol.robust_values is not None else [np.nan] * (k - 1))]
+    st.subheader("Values against thresholds: true value, estimate and its 95% interval")
+    show_table(summary, "explore_summary")
+    st.caption(f"Instance: {instance.label}. Data: {logic.data_label(n_comparisons)}"
+               + ("" if n_comparisons is None else f" (sampling seed {data_seed})")
+               + ". Thresholds are lower bounds on the secondaries' win-rates against the behaviour policy; "
+                 "'true' values are on the instance's own preferences.")
+
+
+threshold_view()

@@ -197,7 +197,9 @@ try:
 except RuntimeError:
     free = None
 
-st.caption(f"Models folder: `{root}` (set `${registry.MODELS_ENV}` to use another). The built-in model needs no files; "
+st.caption(f"Models folder: `{root}` (set `${registry.MODELS_ENV}` to use another). The built-in model needs no "
+           f"checkpoint: it is fitted on its first load (a progress bar follows it) and cached in "
+           f"`{registry.CACHE_DIR}/`, so later loads take about a second; "
            "checkpoint folders (config.json + safetensors) directly inside the folder are found by themselves, "
            "nested ones are added below. SmolLM2-135M-Instruct: `python -m mopo_core models fetch-smollm2`.")
 rows = []

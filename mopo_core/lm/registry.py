@@ -5,8 +5,10 @@ Folder: ``$MOPO_MODELS`` if set, else ``<platformdirs user data dir of "mopo-stu
 
 The registry (:func:`list_models`) holds
 
-- the built-in tiny model ``"tiny-text-task"`` (kind ``"builtin"``, no files: a tiny GPT-2
-  built and fitted from the synthetic text task, see :mod:`mopo_core.training.text_task`);
+- the built-in tiny model ``"tiny-text-task"`` (kind ``"builtin"``, no checkpoint folder: a tiny
+  GPT-2 built and fitted from the synthetic text task, see :mod:`mopo_core.training.text_task`;
+  its fitted weights, like every text-task reference, are cached in the folder's ``cache``
+  sub-folder, :data:`CACHE_DIR`, by :mod:`mopo_core.training.reference_cache`);
 - every checkpoint registered with :func:`register` (recorded in ``registry.json`` in the
   folder, written atomically; this is how a nested folder or a fetched model is known);
 - every checkpoint directory directly inside the folder (found by scanning, even if never
@@ -71,6 +73,11 @@ REGISTRY_FILE = "registry.json"
 REGISTRY_VERSION = 1
 #: Name of the built-in tiny model (reserved: no checkpoint may take it).
 BUILTIN_NAME = "tiny-text-task"
+#: Sub-folder of the models folder holding fitted text-task references (the built-in model's
+#: weights among them); not a model, never listed.
+CACHE_DIR = "cache"
+#: Environment variable that puts that cache elsewhere (tests point it at a temporary folder).
+CACHE_ENV = "MOPO_REFERENCE_CACHE"
 #: Output dtypes of a GGUF conversion.
 CONVERT_DTYPES = ("fp32", "bf16", "fp16")
 #: The first four bytes of every GGUF file.

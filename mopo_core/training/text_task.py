@@ -7,7 +7,8 @@ A run's stored config holds everything needed to rebuild it: the :class:`TrainCo
 ``task: "text"``, the :class:`TextTaskSetup` (under ``text_setup``, and flat for older readers)
 and the absolute ``checkpoint_dir``. A resume (:func:`train_on_text_task` with
 ``resume_run_id``; the run's checks are :meth:`mopo_core.training.tasks.TrainingTask.resume`'s)
-rebuilds the same task, tokenizer and reference (all seeded) and continues the run from
+rebuilds the same task, tokenizer and reference (all seeded; the reference is fitted once per
+settings and cached: :mod:`mopo_core.training.reference_cache`) and continues the run from
 ``checkpoint_dir/last.pt``; the metrics the store holds for steps after the checkpoint (logged
 by a process that was killed before its next checkpoint) are dropped first, so the resumed
 series equals an uninterrupted run's. A run that ends ``cancelled`` is not evaluated (no point
@@ -19,6 +20,7 @@ and plain types is refused with its path, before any of it runs."""
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,11 +33,12 @@ from synthetic.text_task import TextTask, preference, score, vocabulary
 from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.lm.config import TrainConfig
 from mopo_core.lm.evaluation import Evaluation, evaluate_policy
-from mopo_core.lm.models import tiny_gpt, train_sft, word_tokenizer
+from mopo_core.lm.models import word_tokenizer
 from mopo_core.lm.trainer import Trainer, TrainResult, implicit_rewards, read_checkpoint
 from mopo_core.runs import RunStore
 from mopo_core.training.common import point_params, secondary_experts
 from mopo_core.training.divergence import DIVERGED, finite_weights, train_watched
+from mopo_core.training.reference_cache import Progress, fitted_reference
 from mopo_core.validation import check_int
 
 
@@ -75,21 +78,27 @@ def check_text_run(config: TrainConfig, setup: TextTaskSetup) -> None:
     config.validate(len(text_task(setup).objectives))
 
 
-def build_text_task(setup: TextTaskSetup):
+def build_text_task(setup: TextTaskSetup, progress: Progress | None = None,
+                    cache_folder: str | os.PathLike | None = None):
     """(task, tokenizer, reference model, train/validation/test datasets) for ``setup``.
 
     ``pairs_per_prompt`` pairs of distinct candidates per prompt are split by prompt (80/10/10,
     seeded). With ``train_pairs`` the training split's pairs are redrawn on its prompts: exactly
     ``train_pairs`` pairs, taken round robin over the prompts (each gets ``train_pairs //
-    prompts`` or one more); validation and test are the same as without it."""
+    prompts`` or one more); validation and test are the same as without it.
+
+    The reference (SFT of a tiny GPT-2 on the task's corpus, ``sft_steps`` steps, seeded) is
+    fitted once per settings and then read from the cache
+    (:func:`mopo_core.training.reference_cache.fitted_reference`, in ``cache_folder``, default
+    the models folder's ``cache``), bit-identical to a fresh fit; ``progress(fraction, text)``
+    follows the fit (default: lines on stderr)."""
     task = text_task(setup)
     train, validation, test = PreferenceDataset.from_records(
         _distinct_pairs(task, setup.pairs_per_prompt, setup), origin="text task").split(seed=setup.seed)
     if setup.train_pairs is not None:
         train = _exact_training_pairs(task, train.prompts(), setup)
     tokenizer = word_tokenizer(vocabulary())
-    reference = tiny_gpt(len(tokenizer), seed=setup.seed)
-    train_sft(reference, tokenizer, task.corpus(), steps=setup.sft_steps, seed=setup.seed)
+    reference = fitted_reference(tokenizer, task.corpus(), setup.seed, setup.sft_steps, progress, cache_folder)
     return task, tokenizer, reference, (train, validation, test)
 
 
