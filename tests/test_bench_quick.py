@@ -85,6 +85,14 @@ RUNS = {
         ((rf"ours +{NUMBER} ms, Clarabel +{NUMBER} ms, ratio +{NUMBER}x", 4),
          (r"^\| 0\.1 \| 4 \| ", 1)),
         ()),
+    "instant_starts": QuickRun(
+        ("{python}", "bench/instant_starts.py", "--quick"),
+        ("instant_starts.py",),
+        ((rf"^built-in model ready: before {NUMBER} s \(fit; process {NUMBER} s\), after {NUMBER} s \(cache hit; "
+          rf"process {NUMBER} s\), ratio {NUMBER}x; target < 3 s: (met|NOT met)$", 1),
+         (rf"^text-task job's first step \(30 SFT steps\): before {NUMBER} s \(fit; process {NUMBER} s\), after "
+          rf"{NUMBER} s \(cache hit; process {NUMBER} s\), ratio {NUMBER}x; target < 5 s: (met|NOT met)$", 1)),
+        ()),
     "gpu_check": QuickRun(
         ("bash", "bench/gpu_check.sh", "--cpu", "--tiny", "--out", "{tmp}/gpu"),
         ("gpu_check.sh", "gpu_step.py", "gpu_paths.py"),
@@ -95,8 +103,9 @@ RUNS = {
          (r"^gpu_check: gpu_step\.py exit 0, gpu_paths\.py exit 0", 1)),
         ("gpu/gpu_step.json", "gpu/gpu_step.md", "gpu/gpu_paths.json", "gpu/gpu_paths.md")),
 }
-SLOW = {"train_throughput", "pku_smollm2", "gpu_check", "calibration"}  # each 5 to 20 s on a quiet 2-core machine
-#                                                                       (gpu_check: about 2 minutes on a busy one)
+SLOW = {"train_throughput", "pku_smollm2", "gpu_check", "calibration", "instant_starts"}  # each 5 to 20 s on a
+#                                        quiet 2-core machine (gpu_check: about 2 minutes on a busy one; instant_starts:
+#                                        about 50 s on a busy one, most of it the built-in model's fit and 4 imports)
 
 
 def test_every_bench_script_has_a_quick_run():

@@ -265,12 +265,16 @@ def test_compare_text_writes_the_interval_table(tmp_path, capsys):
 
 
 def test_the_command_lines_output_is_drawn_by_app_figures(tmp_path):
-    """compare-text writes points.csv and comparison.json; `python -m app.figures OUT` draws them."""
-    pd.DataFrame({"method": ["mopo", "dpo"], "parameter": ["b=0.6", "beta=0.08"], "V0": [0.6, 0.7], "V1": [0.65, 0.4],
-                  "stderr0": [0.01, 0.02], "stderr1": [0.02, 0.01]}).to_csv(tmp_path / "points.csv", index=False)
+    """compare-text writes points.csv (one row per policy and seed) and comparison.json; `python -m
+    app.figures OUT` draws each (method, parameter)'s seed mean with its KL in the label."""
+    pd.DataFrame({"method": ["mopo", "mopo", "dpo", "dpo"], "parameter": ["b=0.6", "b=0.6", "primary", "primary"],
+                  "seed": [0, 1, 0, 1], "labels": [8] * 4, "V0": [0.6, 0.62, 0.7, 0.72], "V1": [0.65, 0.63, 0.4, 0.42],
+                  "stderr0": [0.01] * 4, "stderr1": [0.02] * 4, "kl": [1.0, 3.0, 10.0, 12.0]}
+                 ).to_csv(tmp_path / "points.csv", index=False)
     (tmp_path / "comparison.json").write_text(json.dumps({"reference_point": [0.3, 0.2], "thresholds": [0.6]}))
     done = subprocess.run([sys.executable, "-m", "app.figures", str(tmp_path)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     html = (tmp_path / "comparison.html").read_text()
-    assert "HV reference point" in html and "MOPO b=0.6" in html and '"b=0.6"' in html
+    assert "HV reference point" in html and "MOPO b=0.6" in html and '"b=0.6 \\u00b7 KL 2.0"' in html
+    assert '"primary \\u00b7 KL 11.0"' in html and "the SFT reference (0.5, 0.5)" in html
