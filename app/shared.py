@@ -169,9 +169,13 @@ def instance_picker(key: str, allow_upload: bool = True, default: str = "bt_conf
 
 def axis_title(names, k: int, axis: str | None = None) -> str:
     """``V_k name (win-rate vs behaviour; higher is better →/↑)``; the arrow points along the axis
-    the title labels (``axis`` "x" or "y"; by default y for the primary, x for the others)."""
+    the title labels (``axis`` "x" or "y"; by default y for the primary, x for the others). In presentation
+    mode, ``V_k name ↑`` (the figure's subtitle says the rest)."""
     axis = axis or ("y" if k == 0 else "x")
-    return f"V{k} {names[k]} (win-rate vs behaviour; higher is better {'↑' if axis == 'y' else '→'})"
+    arrow = "↑" if axis == "y" else "→"
+    if presenting():  # large fonts: the short form (the figure's subtitle states the convention)
+        return f"V{k} {names[k]} {arrow}"
+    return f"V{k} {names[k]} (win-rate vs behaviour; higher is better {arrow})"
 
 
 def presenting() -> bool:

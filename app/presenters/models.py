@@ -146,7 +146,7 @@ def load_entry(entry: ModelEntry, dtype: str = "auto", device: str = "auto",
     if entry.kind == "builtin":
         progress(0.1, "Building the text task and its fitted reference (fitted once, then read from the models "
                       "folder's cache)…")
-        weights, tokenizer, prompts = builtin_weights(lambda f, text: progress(0.1 + 0.6 * f, text))
+        weights, tokenizer, prompts = builtin_weights(lambda f, text: progress(0.15 + 0.5 * f, text))
         progress(0.7, "Building the model from its fitted weights…")
         model = tiny_gpt(len(tokenizer))
         model.load_state_dict(weights)

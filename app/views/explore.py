@@ -17,6 +17,13 @@ MARKERS = ["square", "diamond", "triangle-up", "cross", "star", "hexagon"]
 COLOURS = ["#00a087", "#7e57c2", "#f39c12", "#17becf", "#8c564b", "#e377c2"]  # none close to MOPO's crimson
 EXACT = "∞ (exact)"
 DATA_OPTIONS = [*(n for n in logic.DATA_SIZES if n is not None), EXACT]  # left to right: more data
+#: Less room above the title, and a one-line title, so the main plot is on the first screen at 1280×720.
+COMPACT_CSS = """<style>
+.stMainBlockContainer, .block-container {padding-top: 2.6rem !important;}
+h1 {font-size: 2rem !important; padding-bottom: 0.2rem !important;}
+</style>"""
+#: The planes' height (px, before the legend's rows): the first one fits the first screen at 1280×720.
+PLANE_HEIGHT, PLANE_HEIGHT_PRESENTING = 400, 360
 SAME_KL, SAME_TAU = "same KL as MOPO's point", "same τ as MOPO"
 
 
@@ -57,6 +64,7 @@ def baseline_rows(method: str, temperature: str, thresholds: list, answer) -> pd
                        instance.exact)
 
 
+st.html(COMPACT_CSS)
 st.title("Explore: set a threshold, get the best policy that meets it")
 instance = instance_picker("explore")
 if instance is None:
@@ -129,8 +137,8 @@ def threshold_controls() -> list[float]:
 def threshold_view():
     """Everything a threshold moves: the controls, the solve, the metrics, the figures, the table. A threshold
     change reruns only this fragment (in the browser); the sidebar's controls rerun the page."""
-    st.caption("**Start here:** move the threshold b1 (drag the slider, or type it in the box beside it) and watch "
-               "MOPO's red point move along its own front; the sidebar sets τ, ε, the data and the baselines.")
+    st.caption("**Start here:** move the threshold b1 (slider, or type it in the box) and watch MOPO's red point "
+               "move along its own front.")
     thresholds = threshold_controls()
     answer = logic.solve_mopo(instance.exact, data, thresholds, tau, eps, z)
     sol = answer.solution
@@ -246,7 +254,8 @@ def threshold_view():
                                            f"<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>"))
             what = "same KL" if temperature == SAME_KL else "same τ"
             style(fig, f"Primary against {names[j]}: MOPO at τ = {tau:g} and the baselines at the {what}",
-                  axis_title(names, j), axis_title(names, 0))
+                  axis_title(names, j), axis_title(names, 0),
+                  height=PLANE_HEIGHT_PRESENTING if presenting() else PLANE_HEIGHT)
             plane = pd.DataFrame([{"method": "MOPO (true)", "parameter": f"thresholds {thresholds}", "kl": answer.kl,
                                    **{f"V{i}": v for i, v in enumerate(answer.true_values)}},
                                   {"method": "MOPO (estimate)", "parameter": f"n={n_comparisons}", "kl": answer.kl,

@@ -5,22 +5,30 @@ steps (Step / Play / Reset; the current step lives in st.session_state["learn_st
 effect of τ, and a capability table of the methods. Every number comes from
 app.presenters.learn / mopo_core.tabular.solver; this file only draws.
 """
-import time
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app.shared import CONVENTION, axis_title, export_buttons, show_figure, show_table, structure_instance, style
+from app.shared import (
+    CONVENTION,
+    axis_title,
+    export_buttons,
+    presenting,
+    show_figure,
+    show_table,
+    structure_instance,
+    style,
+)
 from app.presenters import learn as learn_presenter
 from synthetic import TWO_OBJECTIVE_STRUCTURES
 
 #: Dual steps computed for the walk-through (Play runs to the last one).
 N_STEPS = 30
-#: Seconds between two animation frames of Play (st.session_state["learn_play_delay"] overrides it).
-PLAY_DELAY_S = 0.15
+#: Seconds between two frames of Play (st.session_state["learn_play_delay"] overrides it): each frame is one
+#: run of the dual-steps fragment, timed by the browser (st.fragment's run_every), so every step is drawn.
+PLAY_DELAY_S = 0.25
 #: Step sizes offered, as multiples of the solver's safe step 1/L.
 STEP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 TAUS = (0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.5, 1.0)
@@ -43,6 +51,8 @@ def _play():
     if st.session_state.learn_step >= N_STEPS:
         st.session_state.learn_step = 0
     st.session_state.learn_playing = True
+    st.session_state.learn_play_next = st.session_state.learn_step  # the first frame: the step shown now
+    st.session_state.learn_play_start = True  # rerun the page once, to start the fragment's timer
 
 
 def _reset():
@@ -134,7 +144,7 @@ def _dual_figures(inst, path, t: int):
     v1 = path["V_secondary"]
     low, high = min(float(v1.min()), b), max(float(v1.max()), b)
     pad = 0.08 * (high - low + 1e-3)
-    _finish(steps, "One dual step at a time: λ and the constraint", None, None, height=600)
+    _finish(steps, "One dual step at a time: λ and the constraint", None, None, height=440 if presenting() else 600)
     steps.update_xaxes(range=[-0.5, N_STEPS + 0.5])
     steps.update_xaxes(title_text="dual step t (count →)", row=2, col=1)
     steps.update_yaxes(range=[-0.03 * top, top], title_text="λ_t (≥ 0; price of V₁)", row=1, col=1)
@@ -326,48 +336,50 @@ def _signed(x: float) -> str:
     return f"{round(float(x), 4) + 0.0:+.4f}"  # + 0.0 turns -0.0 into 0.0
 
 
-@st.fragment
 def dual_steps(path):
-    """Buttons, metrics and the two figures; Play redraws frames in place (in the browser only this
-    fragment reruns). The current step is st.session_state.learn_step."""
-    c = st.columns([1, 1, 1, 3])
-    c[0].button("Step ▶", key="learn_step_button", on_click=_advance, help="One dual update.",
-                disabled=st.session_state.learn_step >= N_STEPS)
-    c[1].button("Play ▶▶", key="learn_play_button", on_click=_play,
-                help=f"Animate the updates up to step {N_STEPS}.")
-    c[2].button("Reset ⟲", key="learn_reset_button", on_click=_reset, help="Back to step 0, λ = 0.")
-    metrics_slot, steps_slot, plane_slot = st.empty(), st.empty(), st.empty()
-    lam_star = path.attrs["lambda_star"]
-
-    def metrics(t):
-        row = path.iloc[t]
-        with metrics_slot.container():
-            mc = st.columns(4)
-            mc[0].metric("Step", f"{t} / {N_STEPS}")
-            mc[1].metric(f"λ (exact λ* = {lam_star:.4f})", f"{row['lambda']:.4f}",
-                         f"{_signed(row['lambda'] - lam_star)} vs λ*", delta_color="off")
-            mc[2].metric(f"V₁ {names[1]}", f"{row['V_secondary']:.4f}", f"{_signed(row['slack'])} vs b")
-            mc[3].metric("Dual g(λ)", f"{row['dual']:.4f}")
-
-    if st.session_state.pop("learn_playing", False):
-        delay = float(st.session_state.get("learn_play_delay", PLAY_DELAY_S))
-        for t in range(st.session_state.learn_step, N_STEPS + 1):
-            st.session_state.learn_step = t
-            metrics(t)
-            for slot, fig in zip((steps_slot, plane_slot), _dual_figures(inst, path, t)):
-                slot.plotly_chart(fig, width="stretch", config={"displaylogo": False})
-            time.sleep(delay)
-
+    """Buttons, metrics and the two figures, in a fragment: in the browser a button reruns only this. Play
+    draws one frame per run, a step further each time, the runs timed by the browser every PLAY_DELAY_S
+    (run_every), so no frame is skipped; Play's click and its last frame rerun the page once, to start
+    and stop the timer. The current step is st.session_state.learn_step."""
+    if st.session_state.pop("learn_play_start", False):
+        st.rerun()  # the page's run registers this fragment with its timer
+    playing = st.session_state.get("learn_playing", False)
+    if playing:
+        st.session_state.learn_step = min(st.session_state.get("learn_play_next", 0), N_STEPS)
+        st.session_state.learn_play_next = st.session_state.learn_step + 1
     t = st.session_state.learn_step
-    metrics(t)
+    compact = presenting()
+    c = st.columns([1, 1, 1, 5] if compact else [1, 1, 1, 3], vertical_alignment="center")
+    c[0].button("Step ▶", key="learn_step_button", on_click=_advance, help="One dual update.",
+                disabled=playing or t >= N_STEPS)
+    c[1].button("Play ▶▶", key="learn_play_button", on_click=_play, disabled=playing,
+                help=f"Animate the updates up to step {N_STEPS}, one frame per step.")
+    c[2].button("Reset ⟲", key="learn_reset_button", on_click=_reset, help="Back to step 0, λ = 0.")
+    lam_star = path.attrs["lambda_star"]
+    row = path.iloc[t]
+    if compact:  # one line beside the buttons, so that the buttons and the chart share one screen
+        c[3].markdown(f"**Step {t} / {N_STEPS}** · λ = {row['lambda']:.4f} (λ* = {lam_star:.4f}) · "
+                      f"V₁ = {row['V_secondary']:.4f} ({_signed(row['slack'])} vs b)")
+    else:
+        mc = st.columns(4)
+        mc[0].metric("Step", f"{t} / {N_STEPS}")
+        mc[1].metric(f"λ (exact λ* = {lam_star:.4f})", f"{row['lambda']:.4f}",
+                     f"{_signed(row['lambda'] - lam_star)} vs λ*", delta_color="off")
+        mc[2].metric(f"V₁ {names[1]}", f"{row['V_secondary']:.4f}", f"{_signed(row['slack'])} vs b")
+        mc[3].metric("Dual g(λ)", f"{row['dual']:.4f}")
     shown = path.iloc[: t + 1]
-    for slot, fig, fname in zip((steps_slot, plane_slot), _dual_figures(inst, path, t),
-                                ("learn_dual_steps", "learn_dual_plane")):
-        with slot.container():
-            show_figure(fig, fname, data=shown)
+    for fig, fname in zip(_dual_figures(inst, path, t), ("learn_dual_steps", "learn_dual_plane")):
+        show_figure(fig, fname, data=shown)
+    if playing and t >= N_STEPS:
+        st.session_state.learn_playing = False
+        st.rerun()  # the last frame: the page's run stops the timer
 
 
-dual_steps(path)
+def _play_delay() -> float:
+    return max(float(st.session_state.get("learn_play_delay", PLAY_DELAY_S)), 0.05)
+
+
+st.fragment(dual_steps, run_every=_play_delay() if st.session_state.get("learn_playing") else None)(path)
 st.markdown(
     f"With the safe step 1/L = {eta0:.3f} the steps settle on the exact multiplier λ* that the app's Newton "
     "solver finds in a handful of iterations; the dual value falls at every step and ends at the best objective "

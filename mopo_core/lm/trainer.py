@@ -578,22 +578,24 @@ class Trainer:
     def _clone_and_leash_loss(self, chunk: list) -> tuple[torch.Tensor, int]:
         """Summed loss of MOPO rows: ``-coefficient * log pi(y|x)`` for cloned rows,
         ``coefficient * per-token KL to the start`` for leash rows, in one forward of the scorer
-        (one DDP forward per micro-batch)."""
-        parts = [[r for r in chunk if not r.leash], [r for r in chunk if r.leash]]
-        batches = [None if not rows else tuple(t.to(self.device) for t in encode_rows(
-            self.tokenizer, [r.prompt for r in rows], [r.response for r in rows], [r.finished for r in rows]))
-            for rows in parts]
-        scorer = self._forward_model if self._parallel is not None else _SequenceScorer(self.model)
-        if batches[1] is None:
-            logp, kl = scorer(*batches[0]), None
-        else:
+        (one DDP forward per micro-batch); without leash rows, the plain cloning forward."""
+        clone, leash = [r for r in chunk if not r.leash], [r for r in chunk if r.leash]
+        if leash:
+            batches = [None if not rows else tuple(t.to(self.device) for t in encode_rows(
+                self.tokenizer, [r.prompt for r in rows], [r.response for r in rows], [r.finished for r in rows]))
+                for rows in (clone, leash)]
+            scorer = self._forward_model if self._parallel is not None else _SequenceScorer(self.model)
             logp, kl = scorer(*(batches[0] or (None,) * 3), kl_batch=batches[1], kl_reference=self.start)
-        total, tokens = 0.0, 0
-        for rows, batch, values, sign in zip(parts, batches, (logp, kl), (-1.0, 1.0)):
+            tokens = sum(int(b[1].sum()) for b in batches if b is not None)
+        else:
+            logp, tokens = self._logprobs(self._forward_model, [r.prompt for r in clone],
+                                          [r.response for r in clone], [r.finished for r in clone])
+            kl = None
+        total = 0.0
+        for rows, values, sign in ((clone, logp, -1.0), (leash, kl, 1.0)):
             if rows:
                 coefficient = torch.tensor([r.coefficient for r in rows], dtype=values.dtype, device=values.device)
                 total = total + sign * (coefficient * values).sum()
-                tokens += int(batch[1].sum())
         return total, tokens
 
     def _offline_base_measure(self, prompts, tables) -> torch.Tensor:

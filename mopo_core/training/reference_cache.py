@@ -22,7 +22,7 @@ Contract of :func:`fitted_reference`:
 - an entry that cannot be read, whose settings differ from the ones asked or whose tensors do
   not match their digest is not trusted: a warning names it and why, and the reference is
   refitted and written over it;
-- ``progress(fraction, text)`` (fraction in [0, 1], increasing, the last 1.0) tells the
+- ``progress(fraction, text)`` (fraction in [0, 1], never decreasing, the last 1.0) tells the
   caller what is happening; the engine draws nothing (the app shows a bar, the worker and the
   command line print lines: :func:`print_progress`).
 

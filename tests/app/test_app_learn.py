@@ -34,7 +34,6 @@ def _y(fig: dict, name_start: str) -> np.ndarray:
 @pytest.fixture()
 def app():
     at = AppTest.from_file(str(PAGE), default_timeout=60)
-    at.session_state["learn_play_delay"] = 0.0  # no sleeps between Play's frames in tests
     at.run()
     assert not at.exception
     return at
@@ -103,10 +102,27 @@ def test_step_advances_the_counter_and_the_lambda_trace(app):
     assert app.session_state["learn_step"] == 0 and lam(app).tolist() == [0.0]
 
 
-def test_play_runs_to_the_exact_multiplier_and_a_new_threshold_restarts(app):
+def _play_to_the_end(app) -> list[int]:
+    """Click Play, then rerun as the browser's fragment timer would, until Play stops; the step drawn each run."""
     app.button(key="learn_play_button").click().run()
     assert not app.exception
+    drawn = [app.session_state["learn_step"]]
+    for _ in range(40):
+        if not app.session_state["learn_playing"]:
+            break
+        app.run()
+        assert not app.exception
+        drawn.append(app.session_state["learn_step"])
+    assert not app.session_state["learn_playing"]
+    return drawn
+
+
+def test_play_draws_every_frame_to_the_exact_multiplier_and_a_new_threshold_restarts(app):
+    drawn = _play_to_the_end(app)
+    assert sorted(set(drawn)) == list(range(31))  # every step 0..30 drawn once, none skipped
+    assert drawn[:31] == list(range(31))
     assert app.session_state["learn_step"] == 30
+    assert any(m.label == "Step" and m.value == "30 / 30" for m in app.metric)
     fig = _figure(app, "One dual step at a time")
     lam, lam_star = _y(fig, "λ_t"), _y(fig, "exact λ*")[0]
     assert len(lam) == 31 and lam[-1] == pytest.approx(lam_star, rel=1e-3)
@@ -118,13 +134,27 @@ def test_play_runs_to_the_exact_multiplier_and_a_new_threshold_restarts(app):
     assert not app.exception and app.session_state["learn_step"] == 0
 
 
+def test_presentation_mode_has_large_dark_fonts_and_one_line_of_numbers(app):
+    app.session_state["presentation"] = True
+    app.run()
+    assert not app.exception
+    for fig in figures(app):
+        layout = fig["layout"]
+        assert layout["font"]["size"] >= 18 and layout["font"]["color"] == "#111111"
+        axes = [v for k, v in layout.items() if k.startswith(("xaxis", "yaxis"))]
+        assert all(ax["tickfont"]["color"] == "#111111" and ax["tickfont"]["size"] >= 16 for ax in axes)
+    assert not any(m.label == "Step" for m in app.metric)  # the step's numbers are one line beside the buttons
+    assert any(md.value.startswith("**Step 0 / 30**") for md in app.markdown)
+    steps = _figure(app, "One dual step at a time")
+    assert steps["layout"]["height"] < 600
+
+
 def test_unattainable_threshold_warns_and_the_steps_stay_finite(app):
     slider = app.slider(key="learn_threshold")
     slider.set_value(slider.max).run()
     assert not app.exception
     assert any("cannot be met" in w.value for w in app.warning)
-    app.button(key="learn_play_button").click().run()
-    assert not app.exception
+    _play_to_the_end(app)
     assert np.isfinite(_y(_figure(app, "One dual step at a time"), "λ_t")).all()
 
 

@@ -128,7 +128,7 @@ def test_the_builtin_models_second_load_reads_the_cache(tmp_path, monkeypatch):
     fractions = [f for f, _ in calls]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     steps = [f for f, text in calls if text.startswith("Fitting the reference: SFT step ")]
-    assert len(steps) >= 10 and 0.1 < steps[0] < steps[-1] <= 0.7  # the bar moves while it fits
+    assert len(steps) >= 10 and 0.15 < steps[0] < steps[-1] < 0.65  # the bar moves while it fits
 
     monkeypatch.setattr(models_presenter, "_builtin", [])  # the second start: another process
     calls.clear()
