@@ -11,15 +11,17 @@ constants below), checked on every logged step's metrics (``log_every``; 1 by de
 - ``grad_norm`` (the gradient norm before clipping): not finite, or
   ``> GRAD_NORM_FACTOR * max(first grad norm, SCALE_FLOOR)``.
 - ``kl_to_reference`` (nats per response, logged online every step and offline every
-  ``kl_every`` steps): not finite, above ``KL_BOUND`` nats, or below ``-KL_NEGATIVE_TOLERANCE``
-  (the estimate is a sum of non-negative terms: a negative one beyond rounding is a broken model).
+  ``kl_every`` steps) and ``kl_to_start`` (offline MOPO's leash, every step): not finite, above
+  ``KL_BOUND`` nats, below ``-KL_NEGATIVE_TOLERANCE`` (the estimate is a sum of non-negative
+  terms: a negative one beyond rounding is a broken model), or more than ``KL_JUMP`` nats above
+  its previous logged value (a policy that leaps from where it was in one logged interval).
 
 Measured on the text task (tiny GPT, 12 steps, lr = 1.0 against 1e-3): offline MOPO's loss goes
 from 28 to 1634 by step 4 (a healthy run stays within 23-32), SFT's from 36 to 1006 by step 3,
 DPO's from 0.69 to 22 by step 3, IPO's from 39 to 32,238 at step 2 (a healthy IPO run's batch
-losses range 5-116 over 100 steps, its gradient norms 150-1550). Not caught: online MOPO at
-lr = 1.0 collapses instead (loss and gradient norm fall to 0 after one 57-nat KL jump, then the
-KL reads about 2.5 nats).
+losses range 5-116 over 100 steps, its gradient norms 150-1550). Online MOPO at lr = 1.0
+collapses instead: loss and gradient norm fall to 0 after one 57-nat KL jump, then the KL reads
+about 2.5 nats; the jump rule catches it (tests/training/test_divergence.py).
 
 A run whose step breaks the rule is stopped after that step (``Trainer.request_cancel``; its
 checkpoint is kept), marked ``diverged`` in the run store with the error
@@ -47,6 +49,10 @@ SCALE_FLOOR = 1.0
 #: run that breaks the rule is stopped; lr = 1.0 runs read 77-97 nats within a few steps (and their
 #: loss breaks the loss rule by step 2-4 anyway).
 KL_BOUND = 100.0
+#: Largest plausible rise of a KL estimate between two logged values, in nats per response. A
+#: healthy DPO run drifts about 1.5 nats per 10 steps (42 by step 275); offline MOPO without its
+#: leash at lr = 1e-2 about 0.5 per step; online MOPO at lr = 1.0 leapt 57 in one step.
+KL_JUMP = 25.0
 #: How far below zero the KL estimate (a sum of non-negative terms) may read from rounding alone.
 KL_NEGATIVE_TOLERANCE = 1e-3
 #: The run-store status and the TrainResult status of a run stopped by the rule.
@@ -62,6 +68,11 @@ class DivergenceRule:
     scale_floor: float = SCALE_FLOOR
     kl_bound: float = KL_BOUND
     kl_negative_tolerance: float = KL_NEGATIVE_TOLERANCE
+    kl_jump: float = KL_JUMP
+
+
+#: The KL series the rule watches: metric name -> what it is called in a reason.
+KL_SERIES = {"kl_to_reference": "the KL to the reference", "kl_to_start": "the KL to the starting model"}
 
 
 @dataclass(frozen=True)
@@ -84,9 +95,11 @@ def _number(value) -> float | None:
         return None
 
 
-def divergence_reason(metrics: dict, first: dict, rule: DivergenceRule = DivergenceRule()) -> str | None:
+def divergence_reason(metrics: dict, first: dict, rule: DivergenceRule = DivergenceRule(),
+                      previous: dict | None = None) -> str | None:
     """Why one step's ``metrics`` break the rule (module doc), or None. ``first``: the run's first
-    logged ``loss`` and ``grad_norm`` (a missing one: that part of the rule waits for it)."""
+    logged ``loss`` and ``grad_norm`` (a missing one: that part of the rule waits for it);
+    ``previous``: each KL series' last logged value before this step (a missing one: no jump check)."""
     for key, name, first_name, factor in (("loss", "the loss", "the first logged loss", rule.loss_factor),
                                           ("grad_norm", "the gradient norm", "the first logged", rule.grad_norm_factor)):
         value = _number(metrics.get(key))
@@ -98,15 +111,21 @@ def divergence_reason(metrics: dict, first: dict, rule: DivergenceRule = Diverge
         if start is not None and abs(value) > factor * max(abs(start), rule.scale_floor):
             return (f"{name} {value:.4g} is more than {factor:g} times {first_name} "
                     f"{start:.4g} (floor {rule.scale_floor:g})")
-    kl = _number(metrics.get("kl_to_reference"))
-    if kl is not None:
+    for key, name in KL_SERIES.items():
+        kl = _number(metrics.get(key))
+        if kl is None:
+            continue
         if not math.isfinite(kl):
-            return f"the KL to the reference is {kl}"
+            return f"{name} is {kl}"
         if kl > rule.kl_bound:
-            return f"the KL to the reference is {kl:.4g} nats per response, above the bound {rule.kl_bound:g}"
+            return f"{name} is {kl:.4g} nats per response, above the bound {rule.kl_bound:g}"
         if kl < -rule.kl_negative_tolerance:
-            return (f"the KL to the reference is {kl:.4g} nats per response: negative (beyond rounding, "
+            return (f"{name} is {kl:.4g} nats per response: negative (beyond rounding, "
                     f"{-rule.kl_negative_tolerance:g}), which a healthy model cannot give")
+        before = (previous or {}).get(key)
+        if before is not None and kl - before > rule.kl_jump:
+            return (f"{name} rose from {before:.4g} to {kl:.4g} nats per response since its last logged value, "
+                    f"more than {rule.kl_jump:g}")
     return None
 
 
@@ -117,16 +136,21 @@ class DivergenceWatch:
     def __init__(self, trainer=None, rule: DivergenceRule = DivergenceRule(), first: dict | None = None):
         self.trainer, self.rule = trainer, rule
         self.first: dict = dict(first or {})
+        self.previous: dict = {}  # each KL series' last logged value
         self.divergence: Divergence | None = None
 
     def __call__(self, step: int, metrics: dict) -> None:
         if self.divergence is not None:
             return
-        reason = divergence_reason(metrics, self.first, self.rule)
+        reason = divergence_reason(metrics, self.first, self.rule, self.previous)
         for name in ("loss", "grad_norm"):
             value = _number(metrics.get(name))
             if name not in self.first and value is not None and math.isfinite(value):
                 self.first[name] = value
+        for name in KL_SERIES:
+            value = _number(metrics.get(name))
+            if value is not None and math.isfinite(value):
+                self.previous[name] = value
         if reason is not None:
             self.divergence = Divergence(int(step), reason)
             if self.trainer is not None:

@@ -105,8 +105,8 @@ def fitted_reference(tokenizer, corpus: list[str], seed: int, sft_steps: int, pr
             return model.eval()
     model = tiny_gpt(len(tokenizer), seed=seed)  # afresh: a failed read may have half-filled the last one
     _fit(model, tokenizer, corpus, seed, sft_steps, progress)
-    _write_entry(path, model, settings)
-    progress(1.0, f"Fitted the reference ({sft_steps} SFT steps) and cached it in {path}.")
+    where = f"cached it in {path}" if _write_entry(path, model, settings) else "could not cache it"
+    progress(1.0, f"Fitted the reference ({sft_steps} SFT steps) and {where}.")
     return model
 
 
@@ -152,9 +152,10 @@ def _read_entry(path: Path, settings: dict) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _write_entry(path: Path, model: torch.nn.Module, settings: dict) -> None:
+def _write_entry(path: Path, model: torch.nn.Module, settings: dict) -> bool:
     """Write ``model``'s state dict to ``path`` atomically (temporary file, then ``os.replace``);
-    on an OSError warn and leave nothing behind (the cache is an optimisation)."""
+    whether it was written. A failed write warns and leaves nothing behind (the cache is an
+    optimisation)."""
     tensors = {name: value.detach().to("cpu", copy=True).contiguous() for name, value in model.state_dict().items()}
     metadata = {"settings": json.dumps(settings), "sha256": _digest(tensors), "torch": torch.__version__}
     temporary = None
@@ -165,8 +166,10 @@ def _write_entry(path: Path, model: torch.nn.Module, settings: dict) -> None:
         save_file(tensors, temporary, metadata=metadata)
         os.replace(apply_umask(Path(temporary)), path)
         temporary = None
+        return True
     except (OSError, SafetensorError) as exc:
         log.warning("reference cache: could not write %s (%s); the fitted reference is used uncached", path, exc)
+        return False
     finally:
         if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)

@@ -17,6 +17,7 @@ from mopo_core.training import divergence
 from mopo_core.training.divergence import (
     GRAD_NORM_FACTOR,
     KL_BOUND,
+    KL_JUMP,
     LOSS_FACTOR,
     DivergenceRule,
     DivergenceWatch,
@@ -47,9 +48,20 @@ def test_a_healthy_step_breaks_no_rule():
     ({"loss": 1.0, "kl_to_reference": KL_BOUND + 1}, f"above the bound {KL_BOUND:g}"),
     ({"loss": 1.0, "kl_to_reference": -350.0}, "negative"),  # what the issue's KL panel showed
     ({"loss": 1.0, "kl_to_reference": math.nan}, "the KL to the reference is nan"),
+    ({"loss": 1.0, "kl_to_start": KL_BOUND + 1}, "the KL to the starting model is"),
 ])
 def test_each_part_of_the_rule_names_its_reason(metrics, says):
     assert says in divergence_reason(metrics, FIRST)
+
+
+def test_a_kl_that_leaps_between_two_logged_values_is_named():
+    assert divergence_reason({"kl_to_reference": 29.0}, FIRST, previous={"kl_to_reference": 4.5}) is None
+    says = divergence_reason({"kl_to_reference": 31.0}, FIRST, previous={"kl_to_reference": 5.0})
+    assert f"rose from 5 to 31 nats per response since its last logged value, more than {KL_JUMP:g}" in says
+    watch = DivergenceWatch()
+    for step, kl in enumerate([0.0, 1.0, 2.5, 60.0, 2.5], start=1):  # online MOPO at lr = 1.0
+        watch(step, {"loss": 1.0, "kl_to_reference": kl})
+    assert watch.divergence.step == 4 and "rose from 2.5 to 60" in watch.divergence.reason
 
 
 def test_the_first_values_have_a_floor_and_the_watch_keeps_the_first_breach():
@@ -170,3 +182,13 @@ def test_the_train_command_fails_on_a_diverged_run(tmp_path, monkeypatch, capsys
                  "--lr", "1.0", "--n-prompts", "20", "--sft-steps", "20", "--kl-every", "2"])
     err = capsys.readouterr().err
     assert code == 1 and "diverged at step" in err
+
+
+def test_online_mopo_at_lr_1_is_caught_by_its_kl_leap(tmp_path):
+    """Online MOPO at lr = 1.0 does not blow up its loss: it collapses after one leap of its KL."""
+    config = TrainConfig(method="mopo", thresholds=(0.5,), steps=STEPS, batch_size=4, lr=1.0, online=True,
+                         n_candidates=4, checkpoint_every=STEPS)
+    result, _ = train_on_text_task(config, SETUP, RunStore(tmp_path / "runs.sqlite"), tmp_path / "online")
+    error = RunStore(tmp_path / "runs.sqlite").get_run(result.run_id).error
+    assert result.status == "diverged" and result.step < STEPS
+    assert re.fullmatch(r"diverged at step \d+: the KL to the reference rose from .+ more than 25", error), error

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app.presenters import models as models_presenter
-from mopo_core.lm.registry import CACHE_ENV, builtin_entry
+from mopo_core.lm.registry import CACHE_DIR, CACHE_ENV, MODELS_ENV, builtin_entry, list_models
 from mopo_core.training import reference_cache
 from mopo_core.training.text_task import TextTaskSetup, build_text_task
 
@@ -35,6 +35,18 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     assert left.keys() == right.keys()
     for name in left:
         assert torch.equal(left[name], right[name]), name
+
+
+def test_the_cache_is_the_models_folders_cache_unless_the_variable_moves_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path / "models"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "elsewhere"))
+    assert reference_cache.cache_dir() == tmp_path / "elsewhere"
+    assert reference_cache.cache_dir(tmp_path / "given") == tmp_path / "given"
+    monkeypatch.delenv(CACHE_ENV)
+    assert reference_cache.cache_dir() == tmp_path / "models" / CACHE_DIR
+    build(SMALL, None)
+    assert len(entries(tmp_path / "models" / CACHE_DIR)) == 1
+    assert [e.name for e in list_models()] == [builtin_entry().name]  # the cache is not a model
 
 
 def test_a_cache_hit_equals_a_fresh_fit_exactly(tmp_path, capsys):
@@ -99,9 +111,10 @@ def test_a_failed_write_leaves_no_file_and_the_fit_is_used(tmp_path, monkeypatch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(reference_cache, "save_file", disk_full)
+    texts: list[str] = []
     with caplog.at_level(logging.WARNING, logger=reference_cache.__name__):
-        model = build(SMALL, tmp_path, [])
-    assert entries(tmp_path) == []
+        model = build(SMALL, tmp_path, texts)
+    assert entries(tmp_path) == [] and texts[-1] == "Fitted the reference (8 SFT steps) and could not cache it."
     assert "could not write" in caplog.text and "No space left on device" in caplog.text
     monkeypatch.undo()
     assert_same_weights(model, build(SMALL, tmp_path / "sound"))
