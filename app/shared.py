@@ -27,12 +27,12 @@ PRESENTATION_TICKS = dict(size=16, color="#111111")
 #: The page in presentation mode: larger, darker text and less padding, so a step's buttons and its chart
 #: share one 1280×720 screen.
 PRESENTATION_CSS = """<style>
-.stMainBlockContainer, .block-container {padding-top: 2.6rem !important; padding-bottom: 1rem !important;}
-.stApp, .stMarkdown p, .stCaption, [data-testid="stCaptionContainer"], [data-testid="stWidgetLabel"] p
-  {color: #111 !important;}
+.stMainBlockContainer, .block-container {padding-top: 3.9rem !important; padding-bottom: 1rem !important;}
+.stApp, .stMarkdown p, [data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] *,
+[data-testid="stWidgetLabel"] p {color: #111 !important;}
 .stMarkdown p, .stMarkdown li {font-size: 1.15rem;}
 [data-testid="stCaptionContainer"] {font-size: 1.0rem;}
-h1 {font-size: 1.9rem !important; padding: 0.2rem 0 0.3rem 0 !important;}
+h1 {font-size: 1.6rem !important; padding: 0.2rem 0 0.3rem 0 !important;}
 h2 {font-size: 1.5rem !important; padding: 0.4rem 0 0.2rem 0 !important;}
 [data-testid="stMetricValue"] {font-size: 1.6rem;}
 [data-testid="stVerticalBlock"] {gap: 0.6rem;}

@@ -9,12 +9,15 @@ chromium-driver. The clock runs in the page (``performance.now()``): it starts a
 trace paths, marker positions and shapes) differs from before the key, and the first moment after
 that with the script's run finished: the app root's ``data-test-script-state`` (Streamlit's own test
 hook) back to ``notRunning`` after a run. tests/browser/support.py ``settle`` waits for the status
-widget instead, which Streamlit only shows once a run has lasted 500 ms, so it cannot time a faster run. Each change is one arrow key (one 0.01
-step of b1), alternating right and left, with the page settled in between. Nothing here asserts a time.
+widget instead, which Streamlit only shows once a run has lasted 500 ms, so it cannot time a faster
+run. Each change is one arrow key (one 0.01 step of b1), alternating right and left, with the page
+settled in between. The machine's load moves these times a lot: compare runs made back to back.
+Nothing here asserts a time.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import statistics
@@ -129,8 +132,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     changes = args.changes if args.changes is not None else 3 if args.quick else 20
     width, height = (int(v) for v in args.size.split("x"))
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        print("chromium / chromedriver not installed: skipped")
+    if not (shutil.which("chromium") and shutil.which("chromedriver")) or importlib.util.find_spec("selenium") is None:
+        print("selenium, chromium or chromedriver not installed: skipped")
         return 0
 
     from tests.browser.support import start_server
@@ -147,8 +150,8 @@ def main(argv=None) -> int:
     server, _ = time_reruns(changes)
     print(summary("Explore threshold key -> changed plot", plot, PLOT_TARGET_MS))
     print(summary("Explore threshold key -> idle page", idle, IDLE_TARGET_MS))
-    print(f"server rerun after a threshold change (AppTest, bench/app_rerun.py): median {statistics.median(server):.0f} "
-          f"ms, p90 {np.percentile(server, 90):.0f} ms over {len(server)} changes")
+    print(f"server rerun after a threshold change (AppTest, bench/app_rerun.py): "
+          f"median {statistics.median(server):.0f} ms, p90 {np.percentile(server, 90):.0f} ms over {len(server)} changes")
     return 0
 
 

@@ -58,6 +58,13 @@ RUNS = {
         ((rf"Explore rerun after a threshold change: median {NUMBER} ms", 1),
          (rf"ratio change / no-op = {NUMBER}x", 1), (rf"100-threshold sweep at the default size .*: {NUMBER} ms", 1)),
         ()),
+    "browser_latency": QuickRun(
+        ("{python}", "bench/browser_latency.py", "--quick"),
+        ("browser_latency.py",),
+        ((rf"(Explore threshold key -> changed plot: median {NUMBER} ms, p90 {NUMBER} ms over 3 changes"
+          r"|selenium, chromium or chromedriver not installed: skipped)", 1),
+         (rf"(Explore threshold key -> idle page: median {NUMBER} ms|not installed: skipped)", 1)),
+        ()),
     "pku_smollm2": QuickRun(
         ("{python}", "bench/pku_smollm2.py", "--quick", "--out", "{tmp}/pku"),
         ("pku_smollm2.py",),

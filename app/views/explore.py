@@ -19,11 +19,11 @@ EXACT = "∞ (exact)"
 DATA_OPTIONS = [*(n for n in logic.DATA_SIZES if n is not None), EXACT]  # left to right: more data
 #: Less room above the title, and a one-line title, so the main plot is on the first screen at 1280×720.
 COMPACT_CSS = """<style>
-.stMainBlockContainer, .block-container {padding-top: 2.6rem !important;}
-h1 {font-size: 2rem !important; padding-bottom: 0.2rem !important;}
+.stMainBlockContainer, .block-container {padding-top: 3.9rem !important;}
+h1 {font-size: 1.6rem !important; padding-bottom: 0.2rem !important;}
 </style>"""
 #: The planes' height (px, before the legend's rows): the first one fits the first screen at 1280×720.
-PLANE_HEIGHT, PLANE_HEIGHT_PRESENTING = 400, 360
+PLANE_HEIGHT, PLANE_HEIGHT_PRESENTING = 400, 380
 SAME_KL, SAME_TAU = "same KL as MOPO's point", "same τ as MOPO"
 
 
@@ -254,7 +254,7 @@ def threshold_view():
                                            f"<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>"))
             what = "same KL" if temperature == SAME_KL else "same τ"
             style(fig, f"Primary against {names[j]}: MOPO at τ = {tau:g} and the baselines at the {what}",
-                  axis_title(names, j), axis_title(names, 0),
+                  axis_title(names, j), axis_title(names, 0).replace(" (", "<br>("),  # two lines: fits the height
                   height=PLANE_HEIGHT_PRESENTING if presenting() else PLANE_HEIGHT)
             plane = pd.DataFrame([{"method": "MOPO (true)", "parameter": f"thresholds {thresholds}", "kl": answer.kl,
                                    **{f"V{i}": v for i, v in enumerate(answer.true_values)}},

@@ -147,8 +147,11 @@ def _dual_figures(inst, path, t: int):
     _finish(steps, "One dual step at a time: λ and the constraint", None, None, height=440 if presenting() else 600)
     steps.update_xaxes(range=[-0.5, N_STEPS + 0.5])
     steps.update_xaxes(title_text="dual step t (count →)", row=2, col=1)
-    steps.update_yaxes(range=[-0.03 * top, top], title_text="λ_t (≥ 0; price of V₁)", row=1, col=1)
-    steps.update_yaxes(range=[low - pad, high + pad], title_text="V₁ (win-rate vs behaviour ↑)", row=2, col=1)
+    short = presenting()  # large fonts: short axis titles, or they overlap on the short panels
+    steps.update_yaxes(range=[-0.03 * top, top], title_text="λ_t" if short else "λ_t (≥ 0; price of V₁)", row=1,
+                       col=1)
+    steps.update_yaxes(range=[low - pad, high + pad],
+                       title_text="V₁ ↑" if short else "V₁ (win-rate vs behaviour ↑)", row=2, col=1)
 
     plane = _value_plane(inst)
     y_low, y_high = _primary_range(inst)

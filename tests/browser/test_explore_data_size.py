@@ -7,6 +7,7 @@ import re
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser.support import open_page, retry, settle, shot, slider
 
@@ -19,6 +20,13 @@ def move(driver, keys):
         driver.execute_script("arguments[0].focus()", slider(driver, LABEL))
         webdriver.ActionChains(driver).send_keys(keys).perform()
     retry(press)
+    settle(driver)
+
+
+def wait_for_text(driver, text):
+    """Wait until the page shows ``text`` (the data caption is the last element of Explore's page, drawn at
+    the end of a run that may outlast ``settle``'s first look), then settle."""
+    WebDriverWait(driver, 90, poll_frequency=0.25).until(lambda d: text in d.page_source)
     settle(driver)
 
 
@@ -47,11 +55,11 @@ def test_moving_the_data_size_changes_the_interval(server, browser):
     open_page(browser, server, "explore")
     assert "estimate ± 1.96·SE" not in browser.page_source  # exact preferences by default: nothing estimated
     move(browser, Keys.HOME)  # the smallest data size, n = 100
-    assert "Data: 100 comparisons per prompt" in browser.page_source
+    wait_for_text(browser, "Data: 100 comparisons per prompt")
     small = interval(browser)
     assert_no_errors_but_broken(browser)
     move(browser, Keys.ARROW_RIGHT * 3)  # n = 6400
-    assert "Data: 6400 comparisons per prompt" in browser.page_source
+    wait_for_text(browser, "Data: 6400 comparisons per prompt")
     large = interval(browser)
     assert_no_errors_but_broken(browser)
     assert small != large
