@@ -19,7 +19,10 @@ synthetic text task's training pairs (``build_text_task``, no SFT: weights do no
 the cost), from the same initial weights, with the same ``batch_size`` (prompts per step for
 MOPO, whose rows are each prompt's distinct responses; pairs per step for the others), on
 (a) the tiny word-level GPT (2 layers, 64 dims) and (b) a GPT-2 built from a config
-(6 layers, 256 dims, the word tokenizer's vocabulary). "dpo, matched rows" is DPO with as many
+(6 layers, 256 dims, the word tokenizer's vocabulary). "mopo" runs with its defaults, the KL
+leash included (its policy samples and start-model forward every 5th step while it does not
+pull: mopo_core.lm.trainer.LEASH_CHECK_EVERY); "mopo, no leash" without it (``kl_leash=False``:
+no sampling, no reference forward at all). "dpo, matched rows" is DPO with as many
 pairs as MOPO has rows / 2, so both push about the same number of sequences through the policy.
 
 When TRL is installed (a bench extra, not a project dependency), ``trl.DPOTrainer`` runs on
@@ -97,9 +100,9 @@ def measure(model, tokenizer, train, runs: dict[str, tuple[str, int]], cfg, with
     drives the rounds), so a change in the machine's load hits every one alike. Returns the
     summaries and the 1-min load average seen at each round."""
     trainers, samples, loads = {}, {}, []
-    for label, (method, batch_size) in runs.items():
+    for label, (method, batch_size, *extra) in runs.items():
         config = TrainConfig(method=method, thresholds=(0.5,) * (train.n_objectives - 1), tau=TAU, lr=LR, seed=SEED,
-                             steps=1, batch_size=batch_size, checkpoint_every=10**9)
+                             steps=1, batch_size=batch_size, checkpoint_every=10**9, **(extra[0] if extra else {}))
         trainers[label] = CountingTrainer(copy.deepcopy(model), tokenizer, train, config)
         samples[label] = ([], [], [])
 
@@ -234,7 +237,8 @@ def main(argv=None) -> int:
     for name, model in models(tokenizer, tiny).items():
         n_params = sum(p.numel() for p in model.parameters())
         log(f"\n## {name} ({n_params / 1e6:.2f} M parameters)")
-        runs = {m: (m, BATCH_SIZE) for m in METHODS} | {"dpo, matched rows": ("dpo", matched)}
+        runs = ({m: (m, BATCH_SIZE) for m in METHODS} | {"mopo, no leash": ("mopo", BATCH_SIZE, {"kl_leash": False})}
+                | {"dpo, matched rows": ("dpo", matched)})
         res, loads = measure(model, tokenizer, train, runs, cfg, with_trl=trl_version is not None)
         results[name] = res
         load_ranges[name] = (min(loads), max(loads))
@@ -246,7 +250,8 @@ def main(argv=None) -> int:
             f"{mopo / res['dpo, matched rows']['tokens_per_s']:.2f}x (DPO with matched rows)")
         if trl_version:
             trl_tps = res["trl_dpo"]["tokens_per_s"]
-            log(f"  vs TRL DPOTrainer tokens/s: our DPO {dpo / trl_tps:.2f}x, our MOPO {mopo / trl_tps:.2f}x")
+            log(f"  vs TRL DPOTrainer tokens/s: our DPO {dpo / trl_tps:.2f}x, our MOPO {mopo / trl_tps:.2f}x, "
+                f"MOPO without the leash {res['mopo, no leash']['tokens_per_s'] / trl_tps:.2f}x")
         else:
             log("  TRL not installed: skipped")
         log(f"  1-min load average during the rounds: {load_ranges[name][0]:.2f} to {load_ranges[name][1]:.2f}")

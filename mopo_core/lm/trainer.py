@@ -34,8 +34,11 @@ per batch prompt from the policy, estimates ``KL(pi || pi_start)`` by their exac
 (:func:`mopo_core.lm.losses.per_token_kl`; responses cut at ``max_new_tokens`` measure the KL of
 their first tokens), its multiplier ``kappa`` takes the projected step ``kappa <- [kappa +
 lambda_lr (KL / budget - 1)]_+``, and while ``kappa > 0`` the loss adds ``kappa`` times the
-samples' mean KL (gradient through the policy, the paths held fixed). The loss logged is the
-cloning mean plus that term; ``kl_to_start``, ``kl_budget`` and ``kl_multiplier`` are logged.
+samples' mean KL (gradient through the policy, the paths held fixed). While ``kappa`` is 0 the
+check runs every ``LEASH_CHECK_EVERY`` = 5 steps only (steps 1, 6, 11, ...), every step once it
+pulls: sampling costs several times a cloning step on small models. The loss logged is the
+cloning mean plus that term; ``kl_to_start``, ``kl_budget`` and ``kl_multiplier`` are logged at
+the steps that check.
 Checked in ``tests/lm/test_offline_leash.py``: on another model's data the policy ends within
 1.25 budgets (about 28 nats away without the leash); the controller can overshoot by a few
 budgets for a few steps while kappa rises.
@@ -252,6 +255,12 @@ def pool_preferences(oracle: Oracle, prompt: str, responses: list[str]) -> np.nd
                 table = np.full((p.size, n, n), 0.5)
             table[:, i, j], table[:, j, i] = p, 1.0 - p
     return table
+
+
+#: While the leash's multiplier is 0 (the policy within its KL budget), the KL to the start is
+#: sampled and checked every this many steps (steps 1, 1 + this, ...) rather than every step:
+#: sampling costs several times a cloning step on small models (bench/train_throughput.py).
+LEASH_CHECK_EVERY = 5
 
 
 class _Row(NamedTuple):
@@ -550,7 +559,7 @@ class Trainer:
             metrics.update({f"lambda_{j + 1}": float(self.lam[j]), f"constraint_{j + 1}": float(estimate[j]),
                             f"threshold_{j + 1}": float(self.thresholds[j])})
         rows = [_Row(p, r, c, f) for p, r, c, f in zip(row_prompts, responses, weights.tolist(), finished)]
-        if self.leash:
+        if self.leash and (self.kl_multiplier > 0 or (self.step - 1) % LEASH_CHECK_EVERY == 0):
             rows += self._leash_rows(prompts, metrics)
         if len(rows) > len(responses):  # each part keeps its own mean: cloning + kappa * KL
             n_clone, n_leash = len(responses), len(rows) - len(responses)
@@ -559,7 +568,8 @@ class Trainer:
         return StepPlan(rows, self._clone_and_leash_loss, metrics)
 
     def _leash_rows(self, prompts: list[str], metrics: dict) -> list:
-        """The KL leash of offline MOPO for this step (module doc): one response per prompt
+        """The KL leash of offline MOPO for this step (module doc; taken every step while
+        kappa > 0, else every :data:`LEASH_CHECK_EVERY` steps from the first): one response per prompt
         sampled from the policy; their mean exact per-token KL to the starting model estimates
         KL(policy || start); the multiplier takes a projected step on the estimate's excess over
         the budget ``(1 + sum lambda) / tau`` (relative, so one lambda_lr fits both) and, while

@@ -11,7 +11,7 @@ from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.lm.config import TrainConfig
 from mopo_core.lm.losses import policy_reference_scores
 from mopo_core.lm.models import sample, tiny_gpt, word_tokenizer
-from mopo_core.lm.trainer import Trainer, encode_rows, response_win_rates
+from mopo_core.lm.trainer import LEASH_CHECK_EVERY, Trainer, encode_rows, response_win_rates
 from synthetic.text_task import TextTask, vocabulary
 
 TOKENIZER = word_tokenizer(vocabulary())
@@ -71,7 +71,8 @@ def test_kl_to_the_start_stays_within_what_tau_allows_on_another_models_data(tau
         assert all(h["lambda_1"] == 0 for h in result.history)
     assert kls[False] > 5 * budget  # the hazard is real here
     assert 0 < kls[True] <= 1.25 * budget, kls  # the controller ends within a quarter of its budget
-    assert all(h["kl_budget"] == pytest.approx(budget) for h in result.history)
+    checks = [h for h in result.history if "kl_budget" in h]
+    assert len(checks) > 60 // LEASH_CHECK_EVERY and all(h["kl_budget"] == pytest.approx(budget) for h in checks)
 
 
 def test_the_lagged_reference_enters_relative_to_the_start_without_a_jump():
@@ -112,17 +113,20 @@ def test_the_ratchet_follows_a_windows_mean_not_one_batch():
     assert np.std(estimates[:2]) > 0  # the mean differs from either single batch
 
 
-def test_the_leash_survives_a_checkpoint(tmp_path):
+def test_the_leash_checks_every_few_steps_pulls_every_step_and_survives_a_checkpoint(tmp_path):
     data = _other_models_data(pairs_per_prompt=2)
-    config = TrainConfig(method="mopo", thresholds=(0.0,), tau=4.0, steps=6, batch_size=3, lr=1e-2,
-                         checkpoint_every=3)
+    config = TrainConfig(method="mopo", thresholds=(0.0,), tau=4.0, steps=10, batch_size=3, lr=1e-2,
+                         checkpoint_every=7)
     full = Trainer(_model(), TOKENIZER, data, config, checkpoint_dir=tmp_path / "full").train()
-    assert full.history[2]["kl_multiplier"] > 0
+    checked = [h["step"] for h in full.history if "kl_multiplier" in h]
+    # kappa is 0 after step 1's check (the start is the policy), the next check at 1 + LEASH_CHECK_EVERY finds
+    # the policy past its 0.25-nat budget, and from then on the leash is taken (and pulls) every step
+    assert checked == [1, *range(1 + LEASH_CHECK_EVERY, 11)] and full.history[1 + LEASH_CHECK_EVERY - 1]["kl_multiplier"] > 0
     first = Trainer(_model(), TOKENIZER, data, config, checkpoint_dir=tmp_path / "cut")
-    first.callbacks = (lambda step, metrics: first.request_cancel() if step == 3 else None,)
+    first.callbacks = (lambda step, metrics: first.request_cancel() if step == 7 else None,)
     first.train()
     tail = Trainer(_model(), TOKENIZER, data, config, checkpoint_dir=tmp_path / "cut").train(resume_run_id=0).history
-    for a, b in zip(full.history[3:], tail):
+    for a, b in zip(full.history[7:], tail, strict=True):
         assert b["kl_multiplier"] == pytest.approx(a["kl_multiplier"]) and b["loss"] == pytest.approx(a["loss"])
 
 
