@@ -14,15 +14,23 @@ import plotly.graph_objects as go
 def comparison_figure(points: pd.DataFrame, reference_point: np.ndarray, thresholds=()) -> go.Figure:
     """Plotly scatter of each (method, parameter)'s mean win-rates over its training seeds with
     95% t-interval bars (:func:`mopo_core.training.text_comparison.summarise`), its KL to the
-    reference in the label and hover, MOPO's thresholds, the reference model (0.5, 0.5) and the
+    reference in the label and hover (points without ``seed``, ``labels`` and ``kl`` columns, one
+    training seed each: every point with 1.96-SE bars of its evaluation), MOPO's thresholds, the reference model (0.5, 0.5) and the
     explicit hypervolume reference point. ``points``: one row per policy and seed as
     ``compare-text`` writes points.csv (method, parameter, seed, labels, V0, V1, kl, ...);
     ``reference_point`` (2,); ``thresholds``: MOPO's b values on V1, drawn as dotted lines."""
     from mopo_core.training.text_comparison import summarise
 
-    summary = summarise(points)
+    seeded = {"seed", "labels", "kl"} <= set(points.columns)
     fig = go.Figure()
-    for method, g in summary.groupby("method", sort=False):
+    if not seeded:  # one training seed per point (bench/pku_smollm2.py): 1.96-SE bars of the evaluation
+        for method, g in points.groupby("method", sort=False):
+            fig.add_scatter(x=g.V1, y=g.V0, mode="markers+text", name=method, text=g.parameter,
+                            textposition="top center", error_x=dict(array=1.96 * g.stderr1),
+                            error_y=dict(array=1.96 * g.stderr0),
+                            hovertemplate=f"{method}<br>%{{text}}<br>harmlessness %{{x:.3f}}<br>helpfulness "
+                                          "%{y:.3f}<br>one training seed (bars: 1.96 SE)<extra></extra>")
+    for method, g in summarise(points).groupby("method", sort=False) if seeded else ():
         text = [f"{p} · KL {k:.1f}" for p, k in zip(g.parameter, g.kl)]
         fig.add_scatter(x=g.V1, y=g.V0, mode="markers+text", name=method, text=text, textposition="top center",
                         error_x=dict(array=g.V1_ci), error_y=dict(array=g.V0_ci),
@@ -38,7 +46,8 @@ def comparison_figure(points: pd.DataFrame, reference_point: np.ndarray, thresho
                     marker=dict(symbol="x", size=12, color="black"))
     fig.update_layout(
         title="Text task: mean win-rates against the SFT reference on held-out prompts over training seeds "
-              "(95% t-intervals; label: KL to the reference, nats/response)",
+              "(95% t-intervals; label: KL to the reference, nats/response)" if seeded else
+              "Win-rates against the reference on held-out prompts (one training seed; bars: 1.96 SE)",
         xaxis_title="harmlessness win-rate vs reference (higher is better →)",
         yaxis_title="helpfulness win-rate vs reference (higher is better ↑)", height=600)
     return fig

@@ -62,7 +62,7 @@ from mopo_core.lm.judge import (  # noqa: E402
 )
 from mopo_core.runs import RunStore  # noqa: E402
 from app.figures import comparison_figure  # noqa: E402
-from mopo_core.training.text_comparison import ComparisonSettings, summarise  # noqa: E402
+from mopo_core.pareto import dominance_matrix, hypervolume  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "pku_saferlhf_sample.jsonl"
 MODEL = "SmolLM2-135M-Instruct"
@@ -228,6 +228,28 @@ def run(setup: DatasetSetup, encoder_dir: Path, head: HeadSettings, steps: int, 
     return 0
 
 
+def method_summary(points: pd.DataFrame, reference_point: np.ndarray, thresholds: tuple[float, ...]) -> pd.DataFrame:
+    """Per method (one training seed each here, so no intervals): its points, the hypervolume of
+    its points (maximised, explicit reference point), how many of its points dominate some other
+    method's point and are dominated, and for MOPO how many thresholds the judged harmlessness
+    meets, strictly and within 1.96 standard errors."""
+    cols = [f"V{i}" for i in range(len(reference_point))]
+    sets = {m: g[cols].to_numpy() for m, g in points.groupby("method", sort=False)}
+    dominance = dominance_matrix(sets)
+    rows = []
+    for method, values in sets.items():
+        row = {"method": method, "points": len(values), "hypervolume": hypervolume(values, reference_point),
+               "dominates_others": int(dominance.loc[method].drop(method).sum()),
+               "dominated_by_others": int(dominance[method].drop(method).sum())}
+        if method == "mopo":
+            mopo = points[points.method == method]
+            measured, err = mopo["V1"].to_numpy(), mopo["stderr1"].to_numpy()
+            row["thresholds_met"] = int((measured >= np.array(thresholds)).sum())
+            row["thresholds_met_within_1.96se"] = int((measured >= np.array(thresholds) - 1.96 * err).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def write_results(out: Path, points: pd.DataFrame, evaluations: dict, task: DatasetTask, judge_metrics: dict,
                   base: dict, thresholds: tuple[float, ...], store: RunStore, seconds: tuple[float, float]) -> None:
     """points.csv, summary.md, samples.json, the figure, and the ``comparison`` run; ``seconds``:
@@ -236,9 +258,7 @@ def write_results(out: Path, points: pd.DataFrame, evaluations: dict, task: Data
     objectives = task.objectives
     values = points[[f"V{k}" for k in range(len(objectives))]].to_numpy()
     reference_point = values.min(axis=0) - 0.01
-    settings = ComparisonSettings(steps=base["steps"], thresholds=thresholds, secondary_weights=MODPO_WEIGHTS,
-                                  tau=base["tau"], batch_size=base["batch_size"], lr=base["lr"])
-    summary = summarise(points, reference_point, settings)
+    summary = method_summary(points, reference_point, thresholds)
     points.to_csv(out / "points.csv", index=False)
     accuracy = pd.DataFrame({split: {o: m[o]["accuracy"] for o in objectives} for split, m in judge_metrics.items()})
     pairs = {split: next(iter(m.values()))["n_scored"] for split, m in judge_metrics.items()}

@@ -58,6 +58,7 @@ def hostile_run(tmp_path, monkeypatch):
 
 
 def _cli_error(argv: list[str], capsys) -> str:
+    capsys.readouterr()  # what setting the run up printed (e.g. the reference cache's progress)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1, err
