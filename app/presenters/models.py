@@ -22,6 +22,7 @@ import gc
 import os
 import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -245,3 +246,186 @@ def score_samples(prompt: str, responses: list[str], preference_model=None,
     return (pd.DataFrame(values, columns=list(preference_model.objectives)),
             f"Preference model {name}: Bradley-Terry rewards minus the mean training reward (0 = as good as an "
             f"average training response; higher is better)" + (f"; its held-out pair accuracy: {acc}." if acc else "."))
+
+
+# ----------------------------------------------------------------------------- policies of finished runs
+
+
+#: Statuses of a train run whose checkpoint is a policy worth sampling (it will not change any more).
+TRAINED_STATUSES = ("finished", "cancelled", "diverged")
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A stored train run offered on the Models page: its id, name, task (``"text"`` or
+    ``"dataset"``), method, last logged step (``None`` before the first), status and the path of
+    its checkpoint file (which exists; whether it reads is only known once loaded)."""
+
+    run_id: int
+    name: str
+    task: str
+    method: str
+    step: int | None
+    status: str
+    checkpoint: str
+
+    @property
+    def label(self) -> str:
+        step = "no step logged" if self.step is None else f"step {self.step}"
+        named = "" if self.name == f"run {self.run_id}" else f" · {self.name}"
+        return f"run {self.run_id} · {self.method} · {self.task} task · {step} · {self.status}{named}"
+
+
+@dataclass
+class TrainedPolicy:
+    """A run's policy loaded from its checkpoint beside the reference it was trained against.
+
+    ``policy``, ``reference``, ``tokenizer``: the models (eval mode; a text-task run's on the
+    CPU, a dataset run's on its setup's device) and their tokenizer. ``run``: the :class:`TrainedRun`; ``step``: the checkpoint's step. ``prompts``:
+    the run's held-out test prompts (raw user text). ``chat``: prompts are sent as one user turn
+    of the tokenizer's chat template (dataset runs, as they were trained). ``objectives``: the
+    score columns of :meth:`score`. ``judge``: how :meth:`score` scores (the text task's scorers,
+    or the dataset run's preference model through its ``DatasetTask``).
+    ``before`` / ``after``: the process's memory around the load; ``seconds``: its wall time.
+    """
+
+    policy: torch.nn.Module
+    reference: torch.nn.Module
+    tokenizer: object
+    run: TrainedRun
+    step: int
+    prompts: list[str]
+    chat: bool
+    objectives: tuple[str, ...]
+    judge: object
+    before: MemoryUse
+    after: MemoryUse
+    seconds: float
+
+    def score(self, prompt: str, responses: list[str]) -> tuple[pd.DataFrame, str]:
+        """Per-objective scores of ``responses`` to ``prompt`` and a note, as :func:`score_samples`."""
+        if self.judge is None:
+            return score_samples(prompt, responses)
+        values = self.judge.scores([prompt] * len(responses), responses)
+        return (pd.DataFrame(values, columns=list(self.objectives)),
+                f"The run's preference model ({self.run.task} task's judge), one reward per objective; higher is "
+                "better.")
+
+
+def trained_policies(store) -> list[TrainedRun]:
+    """The ``train`` runs of ``store`` (a :class:`mopo_core.runs.RunStore`) that ended
+    (:data:`TRAINED_STATUSES`), of a known task, whose config names a checkpoint folder holding
+    a checkpoint file; oldest first. One query for their configs and steps; no checkpoint is read."""
+    from mopo_core.lm.config import CHECKPOINT_NAME
+    from mopo_core.training.tasks import TASKS
+
+    runs = store.list_runs(kind="train")
+    runs = runs[runs["status"].isin(TRAINED_STATUSES)]
+    progress = store.progress([int(i) for i in runs["id"]])
+    found = []
+    for row in runs.itertuples():
+        info = progress.get(int(row.id))
+        config = (info or {}).get("config") or {}
+        folder = config.get("checkpoint_dir")
+        if info is None or config.get("task") not in TASKS or not folder:
+            continue
+        path = Path(folder) / CHECKPOINT_NAME
+        if not path.is_file():
+            continue
+        step = info.get("step")
+        found.append(TrainedRun(int(row.id), row.name or f"run {row.id}", config["task"], str(config.get("method", "?")),
+                                None if step is None else int(step), str(row.status), str(path)))
+    return found
+
+
+def load_trained_policy(store, run_id: int, progress: Progress | None = None) -> TrainedPolicy:
+    """Run ``run_id``'s policy from its checkpoint and its reference, in eval mode (a text-task
+    run's on the CPU, a dataset run's on its setup's device and dtype).
+
+    The checkpoint is read only by :func:`mopo_core.lm.trainer.read_checkpoint` (``torch.load``
+    with ``weights_only=True``; it checks the file's fields and config). A text-task run
+    rebuilds its reference with :func:`mopo_core.training.text_task.build_text_task` (read from
+    the reference cache) and loads the weights into a copy, as
+    :func:`~mopo_core.training.text_task.evaluate_text_checkpoint` does; a dataset run loads its
+    starting checkpoint (and LoRA adapters) through
+    :class:`mopo_core.training.dataset_task.DatasetTask`, as
+    :func:`~mopo_core.training.dataset_task.evaluate_dataset_checkpoint` does.
+    ``ValueError`` naming the run (and the file) for a run that is not an ended train run with a
+    checkpoint folder, a checkpoint that cannot be read, or a dataset run whose setup no longer checks."""
+    from mopo_core.lm.config import CHECKPOINT_NAME
+    from mopo_core.lm.trainer import read_checkpoint
+    from mopo_core.training.tasks import task_of_run, train_config_from
+    from synthetic.text_task import OBJECTIVES
+
+    progress = progress or _no_progress
+    offered = {r.run_id: r for r in trained_policies(store)}
+    task = task_of_run(store, run_id, "loaded on the Models page")
+    run = task.stored_run(store, run_id, "loaded on the Models page")
+    if run.status not in TRAINED_STATUSES:
+        raise ValueError(f"run {run_id}: status {run.status!r}; only runs that are {', '.join(TRAINED_STATUSES)} "
+                         "can be loaded here")
+    before = memory_use()
+    start = time.perf_counter()
+    config = train_config_from(run.config)
+    progress(0.05, f"Reading run {run_id}'s checkpoint…")
+    path = Path(run.config["checkpoint_dir"]) / CHECKPOINT_NAME
+    state = read_checkpoint(run_id, run.config["checkpoint_dir"], config)
+    setup = task.run_setup(run.config)
+    if task.name == "text":
+        import copy
+
+        from mopo_core.training.text_task import build_text_task
+
+        progress(0.2, "Rebuilding the text task and its reference (read from the reference cache)…")
+        _, tokenizer, reference, (_, _, test) = build_text_task(setup, lambda f, text: progress(0.2 + 0.6 * f, text))
+        policy = copy.deepcopy(reference)
+        judge, prompts, chat, objectives = None, test.prompts(), False, tuple(OBJECTIVES)
+    else:
+        from mopo_core.training.dataset_task import DatasetTask, SetupError
+
+        progress(0.2, f"Loading {setup.model}, its data and judge (the run's setup)…")
+        try:
+            judge = DatasetTask(setup)
+        except SetupError as exc:
+            raise ValueError(f"run {run_id}: its setup no longer checks: {exc}") from None
+        tokenizer, reference = judge.tokenizer, judge.reference
+        policy = judge.start_policy(config.seed)
+        prompts, chat, objectives = judge.raw[2].prompts(), True, tuple(judge.objectives)
+    progress(0.85, "Loading the checkpoint's weights into the policy…")
+    try:
+        policy.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        unload(policy)
+        raise ValueError(f"run {run_id}: the checkpoint {path} does not fit the run's model: "
+                         f"{' '.join(str(exc).split())[:300]}") from None
+    policy.eval()
+    reference.eval()
+    progress(1.0, "Loaded.")
+    seconds = time.perf_counter() - start
+    gc.collect()
+    info = offered.get(run_id) or TrainedRun(run_id, run.name or f"run {run_id}", task.name,
+                                             str(run.config.get("method", "?")), None, run.status,
+                                             str(path))
+    return TrainedPolicy(policy, reference, tokenizer, info, int(state["step"]), list(prompts), chat, objectives,
+                         judge, before, memory_use(), seconds)
+
+
+def sample_both(trained: TrainedPolicy, prompt: str, n: int, max_new_tokens: int, temperature: float,
+                seed: int) -> dict[str, list[str]]:
+    """``n`` responses to ``prompt`` from the policy and from the reference, same seed and
+    temperature (so with the same weights they would be the same responses):
+    ``{"policy": [...], "reference": [...]}``."""
+    from mopo_core.lm.models import sample
+    from mopo_core.lm.registry import format_prompt
+
+    text = format_prompt(trained.tokenizer, prompt) if trained.chat else prompt
+    return {name: sample(model, trained.tokenizer, [text], n=int(n), max_new_tokens=int(max_new_tokens),
+                         temperature=float(temperature), seed=int(seed))
+            for name, model in (("policy", trained.policy), ("reference", trained.reference))}
+
+
+def unload_trained(trained: TrainedPolicy) -> Unloaded:
+    """Unload both models of ``trained`` (:func:`unload_model` of the policy, the reference's
+    tensors emptied too); what was freed."""
+    name = f"run {trained.run.run_id} policy + reference"
+    return unload_model(trained.policy, name, trained.after.rss, lambda: unload(trained.reference))

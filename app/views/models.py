@@ -13,10 +13,17 @@ session's model, not shared between sessions; the fields of
 still refers to the model keeps its memory alive). Every load and unload is measured (process RSS
 before and after, CUDA memory allocated and reserved) and listed in the memory log, so a leak
 when switching models would show as RSS that does not come back.
+
+A policy trained on the Train page (a finished, cancelled or diverged train run of the run store
+with a checkpoint) is loaded beside its reference by :func:`app.presenters.models.load_trained_policy`
+(kept in ``st.session_state["models_trained"]``, apart from the loaded model above) and sampled
+side by side: the same prompt, seed and temperature to both, each response scored (the text
+task's scorers; a dataset run's own judge).
 """
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -24,7 +31,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from app.shared import export_buttons, show_table
+from app.shared import export_buttons, run_store, show_table
 from mopo_core.lm import registry
 from app.presenters import models as models_presenter
 from mopo_core.lm.checkpoints import available_memory, estimate_training_memory
@@ -38,6 +45,9 @@ LOG = "models_memory_log"
 RESULT = "models_result"
 CHAT = "models_chat"
 NOTICE = "models_notice"
+TRAINED = "models_trained"
+TRAINED_RESULT = "models_trained_result"
+TRAINED_FAILED = "models_trained_failed"
 TEXT_TASK = "text-task scorers"
 #: Prompts offered as examples (the text task's; written with its vocabulary, so the tiny model knows every word).
 N_EXAMPLES = 12
@@ -202,7 +212,7 @@ st.caption(f"Models folder: `{root}` (set `${registry.MODELS_ENV}` to use anothe
            f"`{registry.CACHE_DIR}/`, so later loads take about a second; "
            "checkpoint folders (config.json + safetensors) directly inside the folder are found by themselves, "
            "nested ones are added below. SmolLM2-135M-Instruct: `python -m mopo_core models fetch-smollm2`.")
-rows = []
+rows, breakdown_rows = [], []
 for e in entries:
     estimate = None
     if e.problem is None:
@@ -217,11 +227,12 @@ for e in entries:
         "dtype": e.dtype, "training memory": fmt_bytes(total),
         "fits now": None if total is None or free is None else bool(total <= free),
         "problem": e.problem or "",
-        "breakdown": "" if estimate is None else " + ".join(f"{p} {fmt_bytes(estimate[p])}" for p in PARTS
-                                                            if estimate[p]),
         "path": e.path or "(built in)", "source": e.source, "registered": e.registered,
         "n_parameters": e.n_parameters, "estimate_bytes": total,
     })
+    if estimate is not None:
+        breakdown_rows.append({"name": e.name, **{p: fmt_bytes(estimate[p]) if estimate[p] else "–" for p in PARTS},
+                               "total": fmt_bytes(total), **{f"{p}_bytes": estimate[p] for p in PARTS}})
 table = pd.DataFrame(rows)
 st.subheader("Registered models")
 st.caption(f"Training memory: one step at batch {batch} × {seq_len} tokens in {train_dtype}"
@@ -232,6 +243,14 @@ st.caption(f"Training memory: one step at batch {batch} × {seq_len} tokens in {
 show_table(table, "models_registry", column_config={
     "n_parameters": st.column_config.NumberColumn("parameters (exact)", format="%d"),
     "estimate_bytes": st.column_config.NumberColumn("training memory (bytes)", format="%d")})
+if breakdown_rows:
+    with st.expander("Training memory breakdown: what one step needs, part by part", expanded=False):
+        st.caption("One row per model, one column per part of the training step estimated above (– : none, e.g. no "
+                   "reference copy, or no gradients for frozen base weights under LoRA). The byte columns are in the "
+                   "exported data.")
+        show_table(pd.DataFrame(breakdown_rows), "models_memory_breakdown", column_config={
+            "name": st.column_config.TextColumn("name", pinned=True),
+            **{f"{p}_bytes": None for p in PARTS}})
 
 with st.expander("Add a checkpoint folder from the models folder"):
     st.caption(f"A folder inside `{root}` holding config.json and safetensors weights of a causal LM. Folders "
@@ -299,10 +318,7 @@ else:
         st.session_state[NOTICE] = ("success", freed_text(freed))
         st.rerun()
 
-if st.session_state.get(LOG):
-    with st.expander("Memory log: every load and unload of this session", expanded=False):
-        log = pd.DataFrame(st.session_state[LOG])
-        show_table(log, "models_memory_log", column_config={"rss_before_bytes": None, "rss_after_bytes": None})
+log_box = st.container()  # the memory log, filled at the end of the script (after the run's policy below)
 
 # ----------------------------------------------------------------------------- generate
 
@@ -389,7 +405,141 @@ if loaded is not None:
             st.session_state[CHAT] = []
             st.rerun()
 
+# ----------------------------------------------------------------------------- a finished run's policy
+
+
+def unload_trained() -> models_presenter.Unloaded | None:
+    """Unload the finished run's policy and reference (if loaded), drop its samples; log it."""
+    trained = st.session_state.pop(TRAINED, None)
+    st.session_state.pop(TRAINED_RESULT, None)
+    if trained is None:
+        return None
+    freed = models_presenter.unload_trained(trained)
+    _log("unload", freed.name, freed.before, freed.after)
+    return freed
+
+
+def _response_table(responses: list[str], scores: pd.DataFrame):
+    frame = pd.concat([pd.DataFrame({"sample": range(1, len(responses) + 1), "response": responses}), scores], axis=1)
+    st.table(frame.set_index("sample").rename_axis("#").style.format({c: "{:.3f}" for c in scores.columns},
+                                                                     na_rep="–"))
+    if len(scores.columns):
+        st.caption("Mean: " + " · ".join(f"{c} {scores[c].mean():.3f}" for c in scores.columns))
+
+
+st.subheader("Policy from a finished run")
+store = run_store()
+try:
+    finished_runs = models_presenter.trained_policies(store)
+except (OSError, ValueError, sqlite3.Error) as exc:
+    st.error(f"Cannot list the train runs of {store.path}: {exc}")
+    finished_runs = []
+by_id = {r.run_id: r for r in finished_runs}
+if TRAINED in st.session_state and st.session_state[TRAINED].run.run_id not in by_id:
+    by_id[st.session_state[TRAINED].run.run_id] = st.session_state[TRAINED].run  # e.g. its folder was moved since
+if not by_id:
+    st.info(f"No finished, cancelled or diverged train run with a checkpoint in the run store `{store.path}`. Train "
+            "one on the Train page with a checkpoint folder: its policy can then be sampled here beside its reference.")
+else:
+    st.caption("A train run's policy, read from its checkpoint (`last.pt`, tensors only), and the reference it was "
+               "trained against, loaded side by side (a text-task run on the CPU, a dataset run as its setup says): the same prompt, seed and "
+               "temperature go to both.")
+    chosen = st.selectbox("Policy from a finished run", list(by_id), format_func=lambda i: by_id[i].label,
+                          index=None, placeholder="Choose a run…", key="models_trained_choice")
+    trained = st.session_state.get(TRAINED)
+    failed = st.session_state.get(TRAINED_FAILED)
+    if chosen is None and trained is not None:  # the choice was cleared: nothing of that run stays loaded
+        st.info(freed_text(unload_trained()))
+        trained = None
+    if chosen is not None and (trained is None or trained.run.run_id != chosen) and \
+            (failed is None or failed[0] != chosen):
+        switched = unload_trained()
+        st.session_state.pop(TRAINED_FAILED, None)
+        with st.status(f"Loading run {chosen}'s policy and its reference…", expanded=True) as status:
+            bar = st.progress(0.0, text="Starting…")
+            try:
+                trained = models_presenter.load_trained_policy(store, chosen,
+                                                               lambda f, text: bar.progress(f, text=text))
+            except (ValueError, OSError, RuntimeError, MemoryError) as exc:
+                status.update(label=f"Could not load run {chosen}'s policy", state="error")
+                st.session_state[TRAINED_FAILED] = (chosen, str(exc))
+                trained = None
+            else:
+                st.session_state[TRAINED] = trained
+                _log("load", f"run {chosen} policy + reference", trained.before, trained.after, trained.seconds)
+                status.update(label=f"Loaded run {chosen}'s policy in {trained.seconds:.1f} s", state="complete",
+                              expanded=False)
+        if switched is not None:
+            st.info(freed_text(switched))
+    failed = st.session_state.get(TRAINED_FAILED)
+    if failed is not None and failed[0] == chosen:
+        st.error(failed[1])
+    if trained is not None:
+        run = trained.run
+        b, a = trained.before, trained.after
+        st.success(f"Loaded **run {run.run_id}**'s policy ({run.method}, {run.status}, checkpoint step {trained.step}) "
+                   f"and its reference in {trained.seconds:.1f} s · RSS {fmt_bytes(b.rss)} → {fmt_bytes(a.rss)}")
+        if trained.prompts:
+            def _use_trained_example():
+                st.session_state["models_trained_prompt"] = st.session_state["models_trained_example"]
+
+            st.selectbox("Example prompts (the run's held-out test prompts)", trained.prompts[:N_EXAMPLES],
+                         key="models_trained_example", on_change=_use_trained_example)
+            st.session_state.setdefault("models_trained_prompt", trained.prompts[0])
+        trained_prompt = st.text_area("Prompt for both", key="models_trained_prompt", height=80)
+        c = st.columns(4)
+        t_n = c[0].number_input("Samples each", 1, 16, 3, key="models_trained_n")
+        t_max = c[1].number_input("Max new tokens", 1, 512, 16 if models_presenter.word_level(trained.tokenizer)
+                                  else 48, key="models_trained_max_new")
+        t_temp = c[2].number_input("Temperature (0: greedy)", 0.0, 5.0, 1.0, 0.1, key="models_trained_temperature")
+        t_seed = c[3].number_input("Seed", 0, 1_000_000, 0, key="models_trained_seed")
+        unknown = models_presenter.unknown_words(trained.tokenizer, trained_prompt)
+        if unknown:
+            st.warning(f"Not in the run's vocabulary (read as <unk>): {', '.join(unknown)}. Pick an example prompt.")
+        b1, b2 = st.columns([1, 4])
+        if b1.button("Sample both", key="models_trained_sample", type="primary"):
+            with st.spinner("Sampling from the policy and the reference…"):
+                start = time.perf_counter()
+                both = models_presenter.sample_both(trained, trained_prompt, int(t_n), int(t_max), float(t_temp),
+                                                    int(t_seed))
+                scored = {}
+                for side, responses in both.items():
+                    try:
+                        scored[side] = trained.score(trained_prompt, responses)
+                    except (ValueError, OSError, RuntimeError) as exc:
+                        scored[side] = (pd.DataFrame(index=range(len(responses))), f"Scoring failed: {exc}")
+            st.session_state[TRAINED_RESULT] = {"prompt": trained_prompt, "responses": both, "scores": scored,
+                                                "seconds": time.perf_counter() - start, "seed": int(t_seed),
+                                                "temperature": float(t_temp)}
+        if b2.button("Unload the run's policy", key="models_trained_unload"):
+            freed = unload_trained()
+            st.session_state.pop("models_trained_choice", None)
+            st.session_state[NOTICE] = ("success", freed_text(freed))
+            st.rerun()
+        result = st.session_state.get(TRAINED_RESULT)
+        if result is not None:
+            st.markdown(f"Seed {result['seed']}, temperature {result['temperature']:g}, "
+                        f"{result['seconds']:.1f} s, for: _{result['prompt']}_")
+            left, right = st.columns(2)
+            for col, side, title in ((left, "policy", f"Policy: run {run.run_id} ({run.method}, step {trained.step})"),
+                                     (right, "reference", "Reference (what it was trained from)")):
+                with col:
+                    st.markdown(f"**{title}**")
+                    _response_table(result["responses"][side], result["scores"][side][0])
+            note = result["scores"]["policy"][1]
+            if note:
+                st.caption(note)
+            export_buttons(pd.DataFrame([{"model": side, "sample": i + 1, "response": r,
+                                          **result["scores"][side][0].iloc[i].to_dict()}
+                                         for side in ("policy", "reference")
+                                         for i, r in enumerate(result["responses"][side])]), "models_trained_samples")
+
 # ----------------------------------------------------------------------------- memory now (after everything above ran)
+
+if st.session_state.get(LOG):
+    with log_box.expander("Memory log: every load and unload of this session", expanded=False):
+        log = pd.DataFrame(st.session_state[LOG])
+        show_table(log, "models_memory_log", column_config={"rss_before_bytes": None, "rss_after_bytes": None})
 
 mem = memory_use()
 gpu = torch.cuda.is_available()
