@@ -13,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from app.presenters.formats import DEFAULT_TAU, EMPTY, number_text, readable_table  # noqa: F401 (re-exported)
 from mopo_core.runs import RunStore, to_jsonable
 from mopo_core.experiments.suite import ExactReference, exact_answers
 from mopo_core.tabular.solver import TabularProblem
@@ -39,6 +40,8 @@ h2 {font-size: 1.5rem !important; padding: 0.4rem 0 0.2rem 0 !important;}
 </style>"""
 
 CONVENTION = "All objectives maximised · values are win-rates against the behaviour policy"
+#: The subtitle of a chart of a policy's probabilities (its axes are no win-rates).
+PROBABILITY_SUBTITLE = "Bars: the probability π(y | x) of each response; each prompt's probabilities sum to 1"
 #: Largest preference file accepted by the upload widget (the server also caps uploads).
 MAX_UPLOAD_BYTES = 5 * 2**20
 
@@ -209,10 +212,13 @@ def presentation_style(fig: go.Figure) -> go.Figure:
 
 
 def style(fig: go.Figure, title: str, x_title: str | None = None, y_title: str | None = None,
-          height: int = 460) -> go.Figure:
-    """Title (with the sign convention), axis titles and a legend on every figure; in presentation mode,
-    large dark fonts (``presentation_style``)."""
-    fig.update_layout(title=dict(text=f"{title}<br><sup>{CONVENTION}</sup>"), height=height, margin=dict(t=80))
+          height: int = 460, subtitle: str | None = CONVENTION) -> go.Figure:
+    """Title with a subtitle, axis titles and a legend on every figure; in presentation mode, large dark
+    fonts (``presentation_style``). The subtitle is by default the sign convention of win-rate axes
+    (:data:`CONVENTION`); a chart whose axes are something else says what it shows instead (e.g.
+    :data:`PROBABILITY_SUBTITLE`), or passes None for none."""
+    text = f"{title}<br><sup>{subtitle}</sup>" if subtitle else title
+    fig.update_layout(title=dict(text=text), height=height, margin=dict(t=80))
     if x_title:
         fig.update_xaxes(title_text=x_title)
     if y_title:
@@ -262,8 +268,18 @@ def export_buttons(df: pd.DataFrame, name: str, columns=None):
         "application/json", key=f"json_{name}", on_click="ignore")
 
 
-def show_table(df: pd.DataFrame, name: str, **kwargs):
-    st.dataframe(df, width="stretch", hide_index=True, **kwargs)
+def show_table(df: pd.DataFrame, name: str, readable: bool = False, **kwargs):
+    """A table with its CSV / JSON downloads. ``readable``: numbers rounded for reading on screen and empty
+    cells as "–" (:func:`app.presenters.formats.readable_table`); the downloads keep full precision."""
+    if readable:
+        shown, texts = readable_table(df)
+        config = dict(kwargs.pop("column_config", None) or {})
+        for c in texts:  # numbers as text: right-aligned like the numbers beside them
+            config[c] = {**config[c], "alignment": "right"} if c in config else \
+                st.column_config.TextColumn(c, alignment="right")
+        st.dataframe(shown, width="stretch", hide_index=True, column_config=config, **kwargs)
+    else:
+        st.dataframe(df, width="stretch", hide_index=True, **kwargs)
     export_buttons(df, name)
 
 

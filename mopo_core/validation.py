@@ -161,10 +161,17 @@ def _load_json(name: str, data: bytes):
         raise ValueError(f"{name}: invalid JSON ({exc})") from None
 
 
+#: The first bytes of every ``.npy`` file (``numpy.lib.format.MAGIC_PREFIX``).
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _read_npy(name: str, data: bytes) -> np.ndarray:
     """A ``.npy`` file's array, its header checked against the limit and the file's size first."""
     if not data:
         raise ValueError(f"{name}: empty file (not a .npy array)")
+    if not data.startswith(_NPY_MAGIC):  # e.g. a text, pickle or .npz file renamed .npy: never unpickled
+        raise ValueError(f"{name}: not a NumPy .npy array file (it does not start with the .npy signature; save "
+                         "the array with numpy.save, or upload a .json list)")
     handle = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(handle)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from app.presenters.formats import number_text
 from mopo_core.experiments.suite import (
     MET_TOL,
     THRESHOLD_METHODS,
@@ -418,8 +419,13 @@ def baseline_same_tau(method: str, exact: ExactReference, data: FittedData, thre
 
 
 def interval_text(estimate: float, se: float) -> str:
-    """``0.6301 ± 0.0210`` (± Z_INTERVAL·SE)."""
-    return f"{estimate:.4f} ± {Z_INTERVAL * se:.4f}"
+    """``0.630 ± 0.021`` (± Z_INTERVAL·SE), rounded for the screen."""
+    return f"{number_text(estimate)} ± {number_text(Z_INTERVAL * se)}"
+
+
+def _shortfall(short: float) -> str:
+    """A shortfall below a threshold: three decimals, or two significant digits when it rounds to 0.000."""
+    return number_text(short) if abs(short) >= 5e-4 else f"{short:.1e}"
 
 
 def verdict(answer: MopoAnswer, names, true_max=None) -> tuple[str, str]:
@@ -443,17 +449,17 @@ def verdict(answer: MopoAnswer, names, true_max=None) -> tuple[str, str]:
     for j in np.flatnonzero(answer.broken):
         said = "said it was met" if answer.estimated_met[j] else "was below it too"
         unattainable = true_max is not None and answer.thresholds[j] > true_max[j] + MET_TOL
-        parts.append(f"{j_names[j]}: true value {answer.true_values[j + 1]:.4f} < b{j + 1} = "
-                     f"{answer.thresholds[j]:.4f} (short by {-answer.true_slack[j]:.4f}; the estimate "
+        parts.append(f"{j_names[j]}: true value {number_text(answer.true_values[j + 1])} < b{j + 1} = "
+                     f"{number_text(answer.thresholds[j])} (short by {_shortfall(-answer.true_slack[j])}; the estimate "
                      f"{interval_text(answer.estimated_values[j + 1], answer.standard_errors[j + 1])} {said})"
                      + (f", and no policy reaches b{j + 1} on the truth (largest true {j_names[j]}: "
-                        f"{true_max[j]:.4f})" if unattainable else ""))
+                        f"{number_text(true_max[j])})" if unattainable else ""))
     if parts:
         hint = (" Raise the margin z to enforce b + z·SE, or use more comparisons." if answer.z < max(MARGINS) else
                 " Even with this margin the estimate was off; more comparisons narrow the interval.")
         sentences.insert(0, f"Threshold broken on the TRUE preferences ({data}): " + "; ".join(parts) + "." + hint)
         return "error", " ".join(sentences)
     holds = (f"Every threshold holds on the TRUE preferences{'' if sentences else f' ({data})'}: "
-             + ", ".join(f"{j_names[j]} {answer.true_values[j + 1]:.4f} ≥ {answer.thresholds[j]:.4f}"
+             + ", ".join(f"{j_names[j]} {number_text(answer.true_values[j + 1])} ≥ {number_text(answer.thresholds[j])}"
                          for j in range(len(answer.thresholds))) + ".")
     return ("warning", " ".join([*sentences, holds])) if sentences else ("success", holds)

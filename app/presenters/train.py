@@ -24,6 +24,7 @@ import pandas as pd
 from synthetic.text_task import TextTask
 
 from app.presenters.compare import staircase
+from app.presenters.formats import DEFAULT_TAU
 from mopo_core.experiments.compare_runs import format_params, split_diverged, union_front_mask
 from mopo_core.lm.config import METHODS, WEIGHTED_METHODS, TrainConfig
 from mopo_core.runs import Run, RunStore
@@ -103,7 +104,7 @@ FIELD_LABELS = {
 #: suits the page better: a KL estimate every 10 steps so that its curve is drawn, a held-out
 #: estimate every 25 so that the live run has a point on the plane's scale).
 DEFAULTS = {
-    "method": "mopo", "threshold": 0.6, "secondary_weight": 0.5, "tau": 0.08, "steps": 100, "batch_size": 8,
+    "method": "mopo", "threshold": 0.6, "secondary_weight": 0.5, "tau": DEFAULT_TAU, "steps": 100, "batch_size": 8,
     "lr": 1e-3, "lambda_lr": 1.0, "t0": 0, "beta_ratchet": 0.0, "eps": 0.0, "chi_lr": 0.5, "online": False,
     "n_candidates": 8,
     "max_new_tokens": 16, "gradient_accumulation_steps": 1, "kl_every": 10, "seed": 0, "checkpoint_every": 25,

@@ -8,7 +8,18 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.presenters import explore as logic
-from app.shared import axis_title, instance_picker, presenting, show_figure, show_table, style
+from app.shared import (
+    CONVENTION,
+    DEFAULT_TAU,
+    PROBABILITY_SUBTITLE,
+    axis_title,
+    instance_picker,
+    number_text,
+    presenting,
+    show_figure,
+    show_table,
+    style,
+)
 from mopo_core.experiments.suite import METHODS, THRESHOLD_METHODS
 
 TAUS = [0.005, 0.01, 0.02, 0.05, 0.08, 0.1, 0.2, 0.5, 1.0]
@@ -25,6 +36,10 @@ h1 {font-size: 1.6rem !important; padding-bottom: 0.2rem !important;}
 #: The planes' height (px, before the legend's rows): the first one fits the first screen at 1280×720.
 PLANE_HEIGHT, PLANE_HEIGHT_PRESENTING = 400, 380
 SAME_KL, SAME_TAU = "same KL as MOPO's point", "same τ as MOPO"
+#: The policy heatmap's subtitle (its colours are probabilities, not win-rates; the bars': PROBABILITY_SUBTITLE).
+HEATMAP_SUBTITLE = "Colour: the probability π(y | x) of each response (darker: likelier); each row sums to 1"
+#: Up to this many prompts the policy is drawn as grouped bars (one series per prompt); beyond, as a heatmap.
+MAX_PROMPT_BARS = 6
 
 
 @st.cache_resource(show_spinner="Sampling the comparisons…", max_entries=32)
@@ -84,11 +99,11 @@ with st.sidebar:
                          help="Raise each threshold by z standard errors of the chosen policy's estimated value "
                               "(z = 1.64: one-sided 95%). Only with sampled data.")
     st.subheader("MOPO")
-    tau = st.select_slider("KL strength τ", options=TAUS, value=0.08, key="explore_tau")
+    tau = st.select_slider("KL strength τ", options=TAUS, value=DEFAULT_TAU, key="explore_tau")
     eps = st.slider("Robust radius ε (0 = off)", 0.0, 0.3, 0.0, 0.01, key="explore_eps")
     rule = logic.eps_rule(n_comparisons, instance.structure.n_responses)
     if rule is not None:
-        st.caption(f"ε for n = {n_comparisons} by the rule χ²₀.₉₅(N−1) / 2n: {rule:.4f}")
+        st.caption(f"ε for n = {n_comparisons} by the rule χ²₀.₉₅(N−1) / 2n: {number_text(rule)}")
     st.subheader("Baselines")
     chosen = st.multiselect("Show baselines (same data as MOPO)", BASELINES,
                             default=["scalarised_ipo", "rewarded_soups"], key="explore_baselines",
@@ -133,6 +148,46 @@ def threshold_controls() -> list[float]:
     return values
 
 
+def slack_text(answer, j: int) -> str:
+    """True slack of threshold j+1 for the metric's delta: ``+0.012``, ``0.000`` when it rounds to zero (never
+    ``-0.000``), and two significant digits (``-3.0e-04``) for a broken threshold that would round to zero."""
+    slack = float(answer.true_slack[j])
+    if answer.broken[j] and abs(slack) < 5e-4:
+        return f"{slack:.1e}"
+    return number_text(slack, signed=True)
+
+
+def policy_figure(policy: np.ndarray):
+    """The MOPO policy: grouped bars (one series per prompt, π_ref of prompt 0 as ticks) up to MAX_PROMPT_BARS
+    prompts; beyond, a heatmap prompts × responses (π_ref in the hover). The export keeps full precision."""
+    m_count, n_count = policy.shape
+    responses = np.arange(n_count)
+    reference = instance.problem.reference
+    if m_count <= MAX_PROMPT_BARS:
+        fig = go.Figure()
+        for m in range(m_count):
+            fig.add_bar(x=responses, y=policy[m], name=f"MOPO, prompt {m}",
+                        hovertemplate=f"MOPO, prompt {m}<br>response %{{x}}<br>π=%{{y:.3f}}<extra></extra>")
+        fig.add_scatter(x=responses, y=reference[0], mode="markers", name="reference π_ref (prompt 0)",
+                        marker=dict(symbol="line-ew-open", size=20, color="black", line=dict(width=2)),
+                        hovertemplate="reference, prompt 0<br>response %{x}<br>π_ref=%{y:.3f}<extra></extra>")
+        style(fig, "The MOPO policy over responses, per prompt", "response index", "probability π(y | x)",
+              height=380, subtitle=PROBABILITY_SUBTITLE)
+        fig.update_layout(barmode="group")
+    else:
+        fig = go.Figure(go.Heatmap(
+            z=policy, x=responses, y=np.arange(m_count), customdata=np.broadcast_to(reference, policy.shape),
+            colorscale="Blues", zmin=0.0, colorbar=dict(title=dict(text="π(y | x)", side="right")),
+            name="MOPO policy", showlegend=False,
+            hovertemplate="prompt %{y}, response %{x}<br>π=%{z:.3f}<br>π_ref=%{customdata:.3f}<extra></extra>"))
+        style(fig, f"The MOPO policy over responses: {m_count} prompts (one row each)", "response index",
+              "prompt", height=max(380, 22 * m_count + 160), subtitle=HEATMAP_SUBTITLE)
+        fig.update_xaxes(dtick=1 if n_count <= 32 else None)
+        fig.update_yaxes(dtick=1, autorange="reversed")
+    table = pd.DataFrame(policy, columns=[f"y{i}" for i in responses]).assign(prompt=range(m_count))
+    show_figure(fig, "explore_policy", table)
+
+
 @st.fragment
 def threshold_view():
     """Everything a threshold moves: the controls, the solve, the metrics, the figures, the table. A threshold
@@ -147,32 +202,32 @@ def threshold_view():
 
     cols = st.columns(k + 2)
     for i in range(k):
-        slack = None if i == 0 else f"{round(float(answer.true_slack[i - 1]), 4) + 0.0:+.4f} vs b{i}"
-        cols[i].metric(f"V{i} {names[i]} · true value", f"{answer.true_values[i]:.4f}", slack,
+        slack = None if i == 0 else f"{slack_text(answer, i - 1)} vs b{i}"
+        cols[i].metric(f"V{i} {names[i]} · true value", number_text(answer.true_values[i]), slack,
                        help="On the instance's own preferences; the arrow is the slack against the threshold.")
-    cols[k].metric("Multipliers λ", ", ".join(f"{x:.3f}" for x in sol.multipliers))
-    cols[k + 1].metric("KL to reference", f"{answer.kl:.4f}")
+    cols[k].metric("Multipliers λ", ", ".join(number_text(x) for x in sol.multipliers))
+    cols[k + 1].metric("KL to reference", number_text(answer.kl))
     if sampled:
-        cols = st.columns([3] * k + [2])  # wide enough for "0.6301 ± 0.0210"
+        cols = st.columns([3] * k + [2])  # wide enough for "0.630 ± 0.021"
         for i in range(k):
             cols[i].metric(f"V{i} {names[i]} · estimate ± 1.96·SE", logic.interval_text(answer.estimated_values[i],
                                                                                           answer.standard_errors[i]),
-                           help=f"95% interval [{answer.lower[i]:.4f}, {answer.upper[i]:.4f}] from n = {n_comparisons} "
+                           help=f"95% interval [{number_text(answer.lower[i])}, {number_text(answer.upper[i])}] from n = {n_comparisons} "
                                 "comparisons per prompt (SE of the chosen policy's estimated value)")
         cols[k].metric("Enforced threshold" + ("s" if k > 2 else ""),
-                       ", ".join(f"{b:.4f}" for b in answer.enforced),
+                       ", ".join(number_text(b) for b in answer.enforced),
                        help="b + z·SE of the chosen policy's estimated secondary value")
         st.caption("Enforced: " + "; ".join(
-            f"b{j} + z·SE{j} = {answer.thresholds[j - 1]:.4f} + {z:g} × {answer.standard_errors[j]:.4f} = "
-            f"{answer.enforced[j - 1]:.4f}" for j in range(1, k))
+            f"b{j} + z·SE{j} = {number_text(answer.thresholds[j - 1])} + {z:g} × {number_text(answer.standard_errors[j])} = "
+            f"{number_text(answer.enforced[j - 1])}" for j in range(1, k))
             + (" (z = 0: the plug-in solve enforces b itself)." if z == 0 else "."))
 
     level, message = logic.verdict(answer, names, instance.top[1:])
     if n_comparisons is None and not sol.feasible:
-        attainable = ", ".join(f"{names[j + 1]} ≤ {v:.4f}" for j, v in enumerate(sol.max_attainable))
+        attainable = ", ".join(f"{names[j + 1]} ≤ {number_text(v)}" for j, v in enumerate(sol.max_attainable))
         message = (f"These thresholds cannot be met. Largest attainable values: {attainable}. "
                    + (f"Showing the policy for the nearest attainable thresholds "
-                      f"{', '.join(f'{b:.4f}' for b in sol.effective_thresholds)}." if eps == 0 else
+                      f"{', '.join(number_text(b) for b in sol.effective_thresholds)}." if eps == 0 else
                       "Showing the most robust policy of the family."))
     {"success": st.success, "warning": st.warning, "error": st.error}[level](message)
 
@@ -196,7 +251,7 @@ def threshold_view():
             fig.add_scatter(x=front[:, j], y=front[:, 0], mode="lines" if k == 2 else "markers", name=lp_name,
                             marker=dict(size=4, color="lightsteelblue"), line=dict(color="lightsteelblue", width=2, dash="dot"),
                             opacity=0.7,
-                            hovertemplate=f"τ → 0 front (LP)<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>")
+                            hovertemplate=f"τ → 0 front (LP)<br>V{j}=%{{x:.3f}}<br>V0=%{{y:.3f}}<extra></extra>")
             others = np.array(answer.enforced, dtype=float)
             others[j - 1] = 0.0
             own = own_front(instance, data, instance.label, n_comparisons, data_seed, tau, eps, j,
@@ -206,18 +261,18 @@ def threshold_view():
                 fig.add_scatter(x=own[f"V{j}"], y=own["V0"], mode="lines", line=dict(color="crimson", width=2),
                                 name=f"MOPO's own front, τ = {tau:g}{fixed} (KL {own.kl.min():.2f}–{own.kl.max():.2f})",
                                 customdata=own[["b", "kl"]].to_numpy(),
-                                hovertemplate=f"MOPO's own front (τ={tau:g}, ε={eps:g})<br>b{j}=%{{customdata[0]:.4f}}"
-                                              f"<br>KL=%{{customdata[1]:.4f}}<br>true V{j}=%{{x:.4f}}<br>true V0=%{{y:.4f}}"
+                                hovertemplate=f"MOPO's own front (τ={tau:g}, ε={eps:g})<br>b{j}=%{{customdata[0]:.3f}}"
+                                              f"<br>KL=%{{customdata[1]:.3f}}<br>true V{j}=%{{x:.3f}}<br>true V0=%{{y:.3f}}"
                                               "<extra></extra>")
                 if sampled:
                     fig.add_scatter(x=own[f"V{j}_est"], y=own["V0_est"], mode="lines",
                                     line=dict(color="crimson", width=1, dash="dash"), opacity=0.6,
                                     name=f"MOPO's own front, estimated (n = {n_comparisons})",
-                                    hovertemplate=f"MOPO's own front, estimated<br>V{j} est=%{{x:.4f}}<br>V0 est=%{{y:.4f}}"
+                                    hovertemplate=f"MOPO's own front, estimated<br>V{j} est=%{{x:.3f}}<br>V0 est=%{{y:.3f}}"
                                                   "<extra></extra>")
             fig.add_scatter(x=[instance.reference_point[j]], y=[instance.reference_point[0]], mode="markers",
                             name="π_ref (reference point)", marker=dict(symbol="x", size=13, color="black"),
-                            hovertemplate=f"reference policy π_ref<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>")
+                            hovertemplate=f"reference policy π_ref<br>V{j}=%{{x:.3f}}<br>V0=%{{y:.3f}}<extra></extra>")
             fig.add_annotation(x=instance.reference_point[j], y=instance.reference_point[0], text="reference point: π_ref",
                                showarrow=True, arrowhead=2, ax=40, ay=28, font=dict(size=11))
             for i, (method, rows) in enumerate(reached.groupby("method", sort=False) if len(reached) else []):
@@ -233,7 +288,7 @@ def threshold_view():
                                 marker=dict(symbol=MARKERS[i % len(MARKERS)], size=9, opacity=0.85,
                                             color=COLOURS[i % len(COLOURS)]),
                                 hovertemplate=f"{method}<br>%{{customdata[0]}}<br>τ=%{{customdata[1]:.4g}}, "
-                                              f"KL=%{{customdata[2]:.4f}}<br>true V{j}=%{{x:.4f}}<br>true V0=%{{y:.4f}}"
+                                              f"KL=%{{customdata[2]:.3f}}<br>true V{j}=%{{x:.3f}}<br>true V0=%{{y:.3f}}"
                                               "<extra></extra>")
             broken = bool(answer.broken[j - 1])
             if sampled:
@@ -242,20 +297,20 @@ def threshold_view():
                                 marker=dict(symbol="diamond-open", size=13, color="crimson", line=dict(width=2)),
                                 error_x=dict(type="data", array=[answer.half_width[j]], color="crimson", thickness=1.5),
                                 error_y=dict(type="data", array=[answer.half_width[0]], color="crimson", thickness=1.5),
-                                hovertemplate=(f"MOPO, estimated from n={n_comparisons}<br>V{j}=%{{x:.4f}} ± "
-                                               f"{answer.half_width[j]:.4f}<br>V0=%{{y:.4f}} ± {answer.half_width[0]:.4f}"
+                                hovertemplate=(f"MOPO, estimated from n={n_comparisons}<br>V{j}=%{{x:.3f}} ± "
+                                               f"{answer.half_width[j]:.3f}<br>V0=%{{y:.3f}} ± {answer.half_width[0]:.3f}"
                                                "<extra></extra>"))
             fig.add_scatter(x=[answer.true_values[j]], y=[answer.true_values[0]], mode="markers",
                             name=f"MOPO, true values (KL {answer.kl:.3f})" + (f": b{j} BROKEN" if broken else ""),
                             marker=dict(size=15, color="white" if broken else "crimson", symbol="circle",
                                         line=dict(color="crimson" if broken else "white", width=3 if broken else 1)),
                             hovertemplate=(f"MOPO (true values)<br>thresholds {', '.join(f'{b:.3f}' for b in thresholds)}, "
-                                           f"τ={tau}, ε={eps}, z={answer.z:g}<br>KL={answer.kl:.4f}"
-                                           f"<br>V{j}=%{{x:.4f}}<br>V0=%{{y:.4f}}<extra></extra>"))
+                                           f"τ={tau}, ε={eps}, z={answer.z:g}<br>KL={answer.kl:.3f}"
+                                           f"<br>V{j}=%{{x:.3f}}<br>V0=%{{y:.3f}}<extra></extra>"))
             what = "same KL" if temperature == SAME_KL else "same τ"
             style(fig, f"Primary against {names[j]}: MOPO at τ = {tau:g} and the baselines at the {what}",
                   axis_title(names, j), axis_title(names, 0).replace(" (", "<br>("),  # two lines: fits the height
-                  height=PLANE_HEIGHT_PRESENTING if presenting() else PLANE_HEIGHT)
+                  height=PLANE_HEIGHT_PRESENTING if presenting() else PLANE_HEIGHT, subtitle=CONVENTION)
             plane = pd.DataFrame([{"method": "MOPO (true)", "parameter": f"thresholds {thresholds}", "kl": answer.kl,
                                    **{f"V{i}": v for i, v in enumerate(answer.true_values)}},
                                   {"method": "MOPO (estimate)", "parameter": f"n={n_comparisons}", "kl": answer.kl,
@@ -263,9 +318,9 @@ def threshold_view():
                                    **{f"SE{i}": v for i, v in enumerate(answer.standard_errors)}},
                                   {"method": "reference", "parameter": "", "kl": 0.0,
                                    **{f"V{i}": v for i, v in enumerate(instance.reference_point)}}])
-            own_rows = own.assign(method="MOPO own front", parameter=[f"b{j}={b:.4f}" for b in own.b]) if len(own) else own
+            own_rows = own.assign(method="MOPO own front", parameter=[f"b{j}={b:.6g}" for b in own.b]) if len(own) else own
             show_figure(fig, f"explore_values_V0_V{j}", pd.concat([plane, own_rows, baselines], ignore_index=True))
-            ref = ", ".join(f"{v:.4f}" for v in (instance.reference_point[0], instance.reference_point[j]))
+            ref = ", ".join(number_text(v) for v in (instance.reference_point[0], instance.reference_point[j]))
             kl_words = (f"each baseline point's temperature is set so that its KL to π_ref equals MOPO's, {answer.kl:.3f} "
                         "(logits interpolated in 1/τ between trained temperatures; the reward Lagrangian by a root-find on τ)"
                         if temperature == SAME_KL else
@@ -279,25 +334,14 @@ def threshold_view():
         st.warning("Not reached at MOPO's KL (even the smallest τ trained stays below it): "
                    + "; ".join(f"{r.method} {r.parameter} (largest KL {r.kl:.3f})" for r in missed.itertuples()))
 
-    bars = go.Figure()
-    responses = np.arange(policy.shape[1])
-    for m in range(policy.shape[0]):
-        bars.add_bar(x=responses, y=policy[m], name=f"MOPO, prompt {m}",
-                     hovertemplate=f"MOPO, prompt {m}<br>response %{{x}}<br>π=%{{y:.4f}}<extra></extra>")
-    bars.add_scatter(x=responses, y=instance.problem.reference[0], mode="markers", name="reference π_ref (prompt 0)",
-                     marker=dict(symbol="line-ew-open", size=20, color="black", line=dict(width=2)),
-                     hovertemplate="reference, prompt 0<br>response %{x}<br>π_ref=%{y:.4f}<extra></extra>")
-    style(bars, "The MOPO policy over responses, per prompt", "response index", "probability π(y | x)", height=380)
-    bars.update_layout(barmode="group")
-    policy_table = pd.DataFrame(policy, columns=[f"y{i}" for i in responses]).assign(prompt=range(policy.shape[0]))
-    show_figure(bars, "explore_policy", policy_table)
+    policy_figure(policy)
 
     summary = answer.table(names)
     summary["multiplier λ"] = [np.nan, *sol.multipliers]
     summary["largest attainable (on the data)"] = [np.nan, *sol.max_attainable]
     summary["robust bound (ε)"] = [np.nan, *(sol.robust_values if sol.robust_values is not None else [np.nan] * (k - 1))]
     st.subheader("Values against thresholds: true value, estimate and its 95% interval")
-    show_table(summary, "explore_summary")
+    show_table(summary, "explore_summary", readable=True)
     st.caption(f"Instance: {instance.label}. Data: {logic.data_label(n_comparisons)}"
                + ("" if n_comparisons is None else f" (sampling seed {data_seed})")
                + ". Thresholds are lower bounds on the secondaries' win-rates against the behaviour policy; "

@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 
 from app.shared import (
     CONVENTION,
+    DEFAULT_TAU,
     axis_title,
     export_buttons,
     presenting,
@@ -187,8 +188,9 @@ with st.sidebar:
                              "and mixture: preferences no reward model explains.")
     n_responses = st.slider("Responses (N)", 3, 8, 6, key="learn_n")
     seed = st.number_input("Seed", 0, 10_000, 0, key="learn_seed")
-    tau = st.select_slider("KL strength τ", TAUS, value=0.08, key="learn_tau",
-                           help="How strongly the policy is held to the reference (0.08 is the paper's value).")
+    tau = st.select_slider("KL strength τ", TAUS, value=DEFAULT_TAU, key="learn_tau",
+                           help=f"How strongly the policy is held to the reference ({DEFAULT_TAU:g} is the paper's "
+                                "value; every page starts there).")
     reference_kind = st.radio("Reference policy", ["dirichlet", "uniform"], horizontal=True, key="learn_reference",
                               help="A random (Dirichlet) reference shows how the tilt starts from an uneven model.")
 

@@ -1,5 +1,6 @@
 """Sweep: threshold sweeps (the MOPO front as the threshold moves) and ablations over τ, ε, n, β and t0,
-for one or several structures, with the SYNTHETIC.md metrics beside each figure. A thin view over
+for one or several structures, with the metrics (how close MOPO's points come to the exact front) beside each
+figure. A thin view over
 mopo_core.experiments.ablations; every number comes from there, and "Save as run" writes it to the run store."""
 from __future__ import annotations
 
@@ -36,10 +37,10 @@ PARAMETER_NAMES = {
 }
 METHOD_NAMES = {"mopo": "MOPO (exact dual solver)", "mopo_alg1": "MOPO (Algorithm 1)"}
 METRIC_PANELS = [  # (column, panel title, axis title with direction)
-    ("hv_ratio", "HV ratio ↑", "HV ratio to the exact front (higher is better ↑)"),
-    ("igd_plus", "IGD+ ↓", "IGD+ to the exact front (lower is better ↓)"),
-    ("satisfaction", "satisfaction ↑", "share of thresholds met (higher is better ↑)"),
-    ("mean_regret", "mean regret ↓", "mean primary regret vs LP (lower is better ↓)"),
+    ("hv_ratio", "share of the exact front's area (HV ratio) ↑", "HV ratio to the exact front (higher is better ↑)"),
+    ("igd_plus", "distance to the exact front (IGD+) ↓", "IGD+ to the exact front (lower is better ↓)"),
+    ("satisfaction", "share of thresholds met ↑", "share of thresholds met (higher is better ↑)"),
+    ("mean_regret", "primary lost to the best (mean regret) ↓", "mean primary regret vs LP (lower is better ↓)"),
 ]
 #: Half-width of the intervals shown: estimate ± Z · SE (two-sided 95%).
 Z = 1.96
@@ -48,11 +49,40 @@ Z = 1.96
 BROKEN_MARKER = dict(symbol="circle-open", size=11, line=dict(width=2.5))
 #: Margins offered for the threshold sweep: enforce b + z·SE.
 MARGINS = [0.0, 1.0, 1.64]
-TABLE_COLUMNS = {
-    "hv_ratio": "HV ratio", "hypervolume": "HV", "igd_plus": "IGD+", "satisfaction": "satisfaction",
-    "max_violation": "max violation", "mean_regret": "mean regret", "mean_kl": "mean KL", "gap_to_oracle":
-    "gap to exact", "winrate_error": "win-rate error", "feasible_share": "feasible share", "n_points": "points",
+#: The metrics in plain words (the technical name in brackets), each with its definition (the tables' tooltips).
+METRICS = {
+    "hv_ratio": ("share of the exact front's area (HV ratio)",
+                 "Hypervolume of MOPO's points over the exact front's, both measured from the reference point "
+                 "(the reference policy's values). 1 = as good as the exact front; higher is better."),
+    "hypervolume": ("area covered (hypervolume)",
+                    "Hypervolume: the area (volume for K ≥ 3) dominated by MOPO's points and dominating the reference "
+                    "point. Higher is better."),
+    "igd_plus": ("distance to the exact front (IGD+)",
+                 "Inverted generational distance plus: the mean distance from the exact front (its part above the "
+                 "reference point) to MOPO's nearest point, counting only where MOPO is worse. 0 = on the front; "
+                 "lower is better."),
+    "satisfaction": ("share of thresholds met",
+                     "Satisfaction: the share of attainable thresholds whose TRUE secondary value is at or above the "
+                     "threshold. Higher is better."),
+    "max_violation": ("largest shortfall below a threshold",
+                      "Max violation: the largest amount by which a TRUE secondary value falls below its threshold. "
+                      "0 = none broken; lower is better."),
+    "mean_regret": ("primary lost to the best (mean regret)",
+                    "Mean regret: the LP optimum's primary value minus MOPO's, averaged over the thresholds met. "
+                    "Lower is better."),
+    "mean_kl": ("mean KL to the reference", "Mean KL divergence of MOPO's policies to the reference policy."),
+    "gap_to_oracle": ("distance to exact-data MOPO",
+                      "Gap to oracle: the mean over thresholds of the largest |V_k − V_k(exact MOPO)|, exact MOPO being "
+                      "the dual solver on the TRUE preferences at the same τ and ε = 0. 0 when that is what was run."),
+    "winrate_error": ("win-rate estimation error",
+                      "Mean |ŵ − w| of the win-rates the policies were fitted on. 0 with exact preferences."),
+    "feasible_share": ("share the solver found feasible",
+                       "Feasible share: the share of thresholds the solver declared feasible on the data it was "
+                       "fitted on."),
+    "n_points": ("points", "Number of sweep points (thresholds)."),
 }
+FRONT_HV = ("exact front's area (front HV)", "Hypervolume of the exact front, from the same reference point.")
+TABLE_COLUMNS = {column: plain for column, (plain, _) in METRICS.items()}
 
 
 def colour(name: str) -> str:
@@ -89,12 +119,12 @@ def add_exact(fig: go.Figure, ex: ablations.ExactReference, c: str, suffix: str 
     """The exact front: a line for K = 2, LP samples for K >= 3."""
     pts = ex.front.points
     k = ex.n_objectives
-    extra = "".join(f"<br>V{j}=%{{customdata[{j - 2}]:.4f}}" for j in range(2, k))
+    extra = "".join(f"<br>V{j}=%{{customdata[{j - 2}]:.3f}}" for j in range(2, k))
     fig.add_scatter(x=pts[:, 1], y=pts[:, 0], mode="lines" if k == 2 else "markers",
                     customdata=pts[:, 2:] if k > 2 else None,
                     line=dict(color=c, dash="dot"), marker=dict(color=c, size=4, opacity=0.35),
                     name=f"exact front (τ → 0, LP){suffix}", legendgroup=ex.name,
-                    hovertemplate=f"exact front (LP, τ → 0)<br>structure: {ex.name}<br>V1=%{{x:.4f}}<br>V0=%{{y:.4f}}"
+                    hovertemplate=f"exact front (LP, τ → 0)<br>structure: {ex.name}<br>V1=%{{x:.3f}}<br>V0=%{{y:.3f}}"
                                   f"{extra}<extra></extra>")
 
 
@@ -106,13 +136,13 @@ def add_reference_points(fig: go.Figure, exacts, c: str | None = None):
         distinct.setdefault(tuple(np.round(ex.reference_point, 12)), []).append(ex)
     for group in distinct.values():
         ref, k, label = group[0].reference_point, group[0].n_objectives, ", ".join(ex.name for ex in group)
-        extra = "".join(f"<br>V{j}=%{{customdata[{j - 2}]:.4f}}" for j in range(2, k))
+        extra = "".join(f"<br>V{j}=%{{customdata[{j - 2}]:.3f}}" for j in range(2, k))
         shade = c or colour(group[0].name)
         fig.add_scatter(x=[ref[1]], y=[ref[0]], mode="markers", customdata=[ref[2:]] if k > 2 else None,
                         marker=dict(symbol="x", size=13, color=shade, line=dict(width=1, color="black")),
                         name=f"HV reference point = π_ref's values ({label})",
                         hovertemplate=f"hypervolume reference point (reference policy π_ref)<br>structure: {label}"
-                                      f"<br>V1=%{{x:.4f}}<br>V0=%{{y:.4f}}{extra}<extra></extra>")
+                                      f"<br>V1=%{{x:.3f}}<br>V0=%{{y:.3f}}{extra}<extra></extra>")
         fig.add_annotation(x=ref[1], y=ref[0], text="HV reference point", showarrow=True, arrowhead=2,
                            ax=45, ay=30, font=dict(size=11))
 
@@ -124,10 +154,10 @@ def point_customdata(points: pd.DataFrame, k: int) -> tuple[np.ndarray, str]:
     data = points[cols].to_numpy(dtype=object)
     flags = np.stack([np.where(points.feasible, "yes", "no"), np.where(points.met, "yes", "no")], axis=1)
     data = np.concatenate([data, flags], axis=1)
-    lines = [f"threshold b{j}=%{{customdata[{j - 1}]:.4f}}" for j in range(1, k)]
-    lines += [f"λ{j}=%{{customdata[{k - 2 + j}]:.4f}}" for j in range(1, k)]
-    lines += ["true V1=%{x:.4f}", "true V0=%{y:.4f}"]
-    lines += [f"true V{j}=%{{customdata[{2 * (k - 1) + j - 2}]:.4f}}" for j in range(2, k)]
+    lines = [f"threshold b{j}=%{{customdata[{j - 1}]:.3f}}" for j in range(1, k)]
+    lines += [f"λ{j}=%{{customdata[{k - 2 + j}]:.3f}}" for j in range(1, k)]
+    lines += ["true V1=%{x:.3f}", "true V0=%{y:.3f}"]
+    lines += [f"true V{j}=%{{customdata[{2 * (k - 1) + j - 2}]:.3f}}" for j in range(2, k)]
     n = len(cols)
     lines += [f"solver feasible: %{{customdata[{n}]}}", f"meets b on true values: %{{customdata[{n + 1}]}}"]
     if sampled(points):
@@ -136,9 +166,9 @@ def point_customdata(points: pd.DataFrame, k: int) -> tuple[np.ndarray, str]:
                 [points[f"b{j}_enforced"].to_numpy() for j in range(1, k)]
         start = data.shape[1]
         data = np.concatenate([data, np.stack(extra, axis=1).astype(object)], axis=1)
-        lines += [f"estimate V{i}=%{{customdata[{start + i}]:.4f}} ± %{{customdata[{start + k + i}]:.4f}}"
+        lines += [f"estimate V{i}=%{{customdata[{start + i}]:.3f}} ± %{{customdata[{start + k + i}]:.3f}}"
                   for i in range(k)]
-        lines += [f"enforced b{j}=%{{customdata[{start + 2 * k + j - 1}]:.4f}}" for j in range(1, k)]
+        lines += [f"enforced b{j}=%{{customdata[{start + 2 * k + j - 1}]:.3f}}" for j in range(1, k)]
     return data, "<br>".join(lines)
 
 
@@ -207,8 +237,8 @@ def estimate_figure(outs, names) -> go.Figure:
                             marker=dict(symbol="diamond-open", color=c, size=6, opacity=0.6),
                             name=f"estimate ± 1.96·SE · {name}", legendgroup=f"est {name}", showlegend=j == 1,
                             customdata=Z * pts[f"se{j}"],
-                            hovertemplate=f"structure: {name}<br>b{j}=%{{x:.4f}}<br>estimate V{j}=%{{y:.4f}} ± "
-                                          "%{customdata:.4f}<extra></extra>")
+                            hovertemplate=f"structure: {name}<br>b{j}=%{{x:.3f}}<br>estimate V{j}=%{{y:.3f}} ± "
+                                          "%{customdata:.3f}<extra></extra>")
             for subset, label, marker in (
                     (~broken, f"true value · {name}", dict(color=c, size=6)),
                     (broken, f"true value, threshold broken (hollow) · {name}", BROKEN_MARKER | dict(color=c))):
@@ -217,8 +247,8 @@ def estimate_figure(outs, names) -> go.Figure:
                 fig.add_scatter(x=b[subset], y=pts[f"V{j}"][subset], mode="markers", row=1, col=j, marker=marker,
                                 name=label, legendgroup=label, showlegend=j == 1,
                                 customdata=np.stack([pts[f"V{j}_est"][subset], Z * pts[f"se{j}"][subset]], axis=1),
-                                hovertemplate=f"structure: {name}<br>b{j}=%{{x:.4f}}<br>true V{j}=%{{y:.4f}}<br>"
-                                              f"estimate V{j}=%{{customdata[0]:.4f}} ± %{{customdata[1]:.4f}}"
+                                hovertemplate=f"structure: {name}<br>b{j}=%{{x:.3f}}<br>true V{j}=%{{y:.3f}}<br>"
+                                              f"estimate V{j}=%{{customdata[0]:.3f}} ± %{{customdata[1]:.3f}}"
                                               "<extra></extra>")
         for j in range(1, k):
             fig.update_xaxes(title_text=f"threshold b{j} (win-rate vs behaviour; stricter →)", row=1, col=j)
@@ -256,12 +286,14 @@ def multiplier_figure(outs, names) -> go.Figure:
                             line=dict(color=c, dash="solid" if j == 1 else "dash"), legendgroup=out.exact.name,
                             name=f"λ{j} · {out.exact.name}", customdata=pts[["V0", f"V{j}"]].to_numpy(),
                             hovertemplate=f"method: {METHOD_NAMES['mopo']}<br>structure: {out.exact.name}<br>"
-                                          f"threshold b{j}=%{{x:.4f}}<br>λ{j}=%{{y:.4f}}<br>V0=%{{customdata[0]:.4f}}"
-                                          f"<br>V{j}=%{{customdata[1]:.4f}}<extra></extra>")
+                                          f"threshold b{j}=%{{x:.3f}}<br>λ{j}=%{{y:.3f}}<br>V0=%{{customdata[0]:.3f}}"
+                                          f"<br>V{j}=%{{customdata[1]:.3f}}<extra></extra>")
     x_title = ("threshold b_j on V_j (win-rate vs behaviour; higher is stricter →)" if k > 2 else
                f"threshold b1 on V1 {names[1]} (win-rate vs behaviour; higher is stricter →)")
     return shared.style(fig, "Multipliers as the threshold moves (λ = 0: the constraint is slack)",
-                        x_title, "multiplier λ (≥ 0; the price of the constraint ↑)", 400)
+                        x_title, "multiplier λ (≥ 0; the price of the constraint ↑)", 400,
+                        subtitle="All objectives maximised · thresholds are win-rates against the behaviour policy; "
+                                 "λ is what a constraint costs")
 
 
 def metrics_figure(tables: pd.DataFrame, parameter: str) -> go.Figure:
@@ -274,7 +306,7 @@ def metrics_figure(tables: pd.DataFrame, parameter: str) -> go.Figure:
                             marker=dict(color=colour(name), size=8), line=dict(color=colour(name)),
                             name=name, legendgroup=name, showlegend=i == 0,
                             hovertemplate=f"method: {method}<br>structure: {name}<br>%{{x}}<br>{axis.split(' (')[0]}"
-                                          f"=%{{y:.4f}}<extra></extra>")
+                                          f"=%{{y:.3f}}<extra></extra>")
     ranges = {"hv_ratio": [0, max(1.05, float(np.nanmax(tables.hv_ratio, initial=0)) + 0.05)],
               "satisfaction": [-0.05, 1.05]}
     for i, (col, _, axis) in enumerate(METRIC_PANELS):
@@ -282,8 +314,9 @@ def metrics_figure(tables: pd.DataFrame, parameter: str) -> go.Figure:
                          col=i % 2 + 1)
     fig.update_xaxes(type="category")
     fig.update_annotations(font_size=12)
-    return shared.style(fig, f"Ablation over {symbol}: SYNTHETIC.md metrics per value (on true preferences)",
-                        f"{symbol} (categories, increasing)", None, 640)
+    return shared.style(fig, f"Ablation over {symbol}: how close MOPO comes to the exact front, per value",
+                        f"{symbol} (categories, increasing)", None, 640,
+                        subtitle="Scores of MOPO's points against the exact front, on the true preferences")
 
 
 def ablation_front_figure(out: ablations.AblationOutcome) -> go.Figure:
@@ -313,10 +346,13 @@ def grouped(outs):
 
 
 def sweep_metrics_table(outs) -> pd.DataFrame:
-    """Metrics as rows, one column per structure (narrow enough to sit beside the figure)."""
-    table = pd.DataFrame({"metric": [*TABLE_COLUMNS.values(), "front HV"]})
+    """Metrics as rows (plain names), one column per structure (narrow enough to sit beside the figure)."""
+    table = pd.DataFrame({"metric": [*TABLE_COLUMNS.values(), FRONT_HV[0]]})
     for out in outs:
-        table[out.exact.name] = [*(out.metrics[c] for c in TABLE_COLUMNS), out.metrics["front_hypervolume"]]
+        values = [*(out.metrics[c] for c in TABLE_COLUMNS), out.metrics["front_hypervolume"]]
+        # the count stays an integer (it reads "100", not "100.000" on screen); the rest are floats
+        table[out.exact.name] = pd.Series([int(v) if c == "n_points" else float(v)
+                                           for c, v in zip([*TABLE_COLUMNS, "front_hypervolume"], values)], dtype=object)
     return table
 
 
@@ -331,14 +367,40 @@ def with_intervals(points: pd.DataFrame, k: int) -> pd.DataFrame:
     return out
 
 
-def number_format(table: pd.DataFrame) -> dict:
-    """Four significant digits on screen (the CSV / JSON exports keep full precision)."""
-    return {c: st.column_config.NumberColumn(c, format="%.4g") for c in table.columns
-            if pd.api.types.is_float_dtype(table[c])}
+def glossary() -> str:
+    """Each metric's plain name, its technical name and definition (the metric column's tooltip)."""
+    return "\n\n".join(f"**{plain}**: {definition}" for plain, definition in [*METRICS.values(), FRONT_HV])
+
+
+def metric_help(table: pd.DataFrame) -> dict:
+    """Column tooltips: a metric column's definition (with its technical name); the metric-name column, the
+    glossary. On-screen numbers come from shared.readable_table (one format; the exports keep full precision)."""
+    helps = {plain: definition for plain, definition in METRICS.values()}
+    config = {c: st.column_config.Column(c, help=helps[c]) for c in table.columns if c in helps}
+    if "metric" in table.columns:
+        config["metric"] = st.column_config.Column("metric", help=glossary(), pinned=True)
+    for name in ("structure", "label"):  # the ablation table: its row names stay in view as it scrolls
+        if name in table.columns:
+            config[name] = st.column_config.Column(name, pinned=True)
+    return config
+
+
+def run_name(out) -> str:
+    """The name a saved run gets: what, on which structure, τ and ε, and the data size (unless ablated)."""
+    cfg = out.config
+    ablated = cfg.get("parameter") if out.kind == "ablation" else None
+    fixed = [f"{ablations.SYMBOLS[p]}={cfg[ablations.CONFIG_KEYS[p]]:g}" for p in ("tau", "eps") if p != ablated]
+    if ablated != "n":
+        fixed.append("exact" if cfg["n_comparisons"] is None else f"n = {cfg['n_comparisons']} sampled")
+    if out.kind == "sweep" and cfg.get("margin"):
+        fixed.append(f"z={cfg['margin']:g}")
+    what = "sweep" if out.kind == "sweep" else f"ablation over {ablations.SYMBOLS[ablated]}"
+    return f"{what} on {cfg['structure']} ({', '.join(fixed)})"
 
 
 def reference_caption(outs) -> str:
-    points = "; ".join(f"{o.exact.name} ({', '.join(f'{v:.4f}' for v in o.exact.reference_point)})" for o in outs)
+    points = "; ".join(f"{o.exact.name} ({', '.join(shared.number_text(v) for v in o.exact.reference_point)})"
+                       for o in outs)
     return f"Hypervolume reference point (V0, V1, …) = the reference policy's values: {points}."
 
 
@@ -348,13 +410,13 @@ def save_button(outs, kind: str):
     if st.button("Save as run", key="sweep_save", type="primary",
                  help=f"Record each structure's {kind} as a run (kind '{kind}') in the run store"):
         store = shared.run_store()
-        ids = [ablations.save_run(store, out) for out in outs]
+        ids = [ablations.save_run(store, out, run_name(out)) for out in outs]
         st.session_state["sweep_saved"] = (ids, kind, str(store.path), signature)
     saved = st.session_state.get("sweep_saved")
     if saved and saved[3] == signature:
         ids, saved_kind, path, _ = saved
         st.success(f"Saved as run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} (kind '{saved_kind}') "
-                   f"in {path}")
+                   f"in {path}: " + "; ".join(f"“{run_name(out)}”" for out in outs))
 
 
 # --------------------------------------------------------------------------- the page
@@ -369,7 +431,7 @@ with st.sidebar:
     m_multi = st.slider("Prompts for multi_prompt", 1, 16, 4, key="sweep_m_multi") if "multi_prompt" in names else 4
     seed = int(st.number_input("Seed", 0, 100_000, 0, key="sweep_seed"))
     st.subheader("MOPO settings")
-    tau = st.select_slider("KL strength τ", TAUS, value=0.01, key="sweep_tau")
+    tau = st.select_slider("KL strength τ", TAUS, value=shared.DEFAULT_TAU, key="sweep_tau")
     eps = st.select_slider("Robust radius ε (0: off)", EPSS, value=0.0, key="sweep_eps")
     data = st.selectbox("Data: comparisons per prompt (n)", DATA_SIZES, key="sweep_data",
                         format_func=lambda v: v if isinstance(v, str) else f"{v} sampled comparisons")
@@ -407,16 +469,16 @@ if mode == "Threshold sweep":
     for objective_names, group in grouped(outs):
         key = slug("_".join(objective_names))
         points = pd.concat([o.points for o in group], ignore_index=True)
-        left, right = st.columns([3, 2])
+        left, right = st.columns([5, 4])  # room for the metrics' plain names beside the figure
         with left:
             fig = front_figure(group, objective_names, "Threshold sweep: MOPO against the exact front (true values)")
             shared.show_figure(fig, f"sweep_front_{key}", data=points)
             st.caption(broken_caption(group))
         with right:
-            st.markdown("**Metrics** (SYNTHETIC.md; HV ratio to the exact front, IGD+ to its part above the "
-                        "reference point, satisfaction and regret against the LP optimum)")
+            st.markdown("**How close MOPO's points come to the exact front** (on the true preferences; hover the "
+                        "header *metric* for each one's definition)")
             metrics = sweep_metrics_table(group)
-            shared.show_table(metrics, f"sweep_metrics_{key}", column_config=number_format(metrics))
+            shared.show_table(metrics, f"sweep_metrics_{key}", readable=True, column_config=metric_help(metrics))
             st.caption(reference_caption(group))
         if n_comparisons is not None:
             shared.show_figure(estimate_figure(group, objective_names), f"sweep_estimates_{key}", data=points)
@@ -425,7 +487,7 @@ if mode == "Threshold sweep":
                        "threshold holds when the dot is on or above the dashed line V = b.")
         shared.show_figure(multiplier_figure(group, objective_names), f"sweep_multipliers_{key}", data=points)
         with st.expander(f"Sweep points ({len(points)} rows)"):
-            shared.show_table(with_intervals(points, len(objective_names)), f"sweep_points_{key}")
+            shared.show_table(with_intervals(points, len(objective_names)), f"sweep_points_{key}", readable=True)
 else:
     parameter = st.selectbox("Ablated parameter", ablations.PARAMETERS, format_func=PARAMETER_NAMES.get,
                              key="sweep_parameter")
@@ -465,10 +527,10 @@ else:
     with left:
         shared.show_figure(metrics_figure(table, parameter), f"sweep_ablation_{parameter}", data=table)
     with right:
-        st.markdown("**Metrics per value** (on the true preferences; gap to exact: distance to exact MOPO on the "
-                    "true preferences at the same τ, ε = 0)")
+        st.markdown("**How close MOPO comes to the exact front, per value** (on the true preferences; hover a "
+                    "column header for its definition)")
         shown = table[["structure", "label", *TABLE_COLUMNS]].rename(columns=TABLE_COLUMNS)
-        shared.show_table(shown, f"sweep_ablation_table_{parameter}", column_config=number_format(shown))
+        shared.show_table(shown, f"sweep_ablation_table_{parameter}", readable=True, column_config=metric_help(shown))
         st.caption(reference_caption(outs))
     for out in outs:
         shared.show_figure(ablation_front_figure(out), f"sweep_ablation_front_{out.exact.name}", data=out.points)

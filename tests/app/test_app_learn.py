@@ -183,3 +183,9 @@ def test_other_structures_render(app):
     app.slider(key="learn_n").set_value(4).run()
     assert not app.exception
     assert len(_y(_figure(app, "Reference against the tilt"), "tilted")) == 4
+
+
+def test_the_default_tau_is_the_one_every_page_starts_at(app):
+    from app.shared import DEFAULT_TAU
+
+    assert app.select_slider(key="learn_tau").value == DEFAULT_TAU

@@ -15,6 +15,10 @@ from mopo_core.runs import RunStore
 
 PAGE = str(Path(__file__).parents[2] / "app" / "views" / "sweep.py")
 
+#: Plain names of the metrics (the technical name in brackets).
+HV_RATIO, IGD = "share of the exact front's area (HV ratio)", "distance to the exact front (IGD+)"
+SATISFACTION, REGRET = "share of thresholds met", "primary lost to the best (mean regret)"
+
 
 def _trace(fig, prefix):
     return [t for t in fig["data"] if t.get("name", "").startswith(prefix)]
@@ -54,17 +58,25 @@ def test_sweep_shows_front_reference_point_mopo_and_metrics_table(app):
     assert _n_points(mopo) == 100
     assert "method: MOPO" in mopo["hovertemplate"] and "threshold b1" in mopo["hovertemplate"]
     assert any("HV reference point" in a["text"] for a in front["layout"]["annotations"])
+    assert "values are win-rates against the behaviour policy" in front["layout"]["title"]["text"]
+    assert "thresholds are win-rates" in multipliers["layout"]["title"]["text"]  # its y axis is λ, not a win-rate
     for fig in (front, multipliers):
         assert "maximised" in fig["layout"]["title"]["text"]
         assert "→" in fig["layout"]["xaxis"]["title"]["text"] and "↑" in fig["layout"]["yaxis"]["title"]["text"]
         assert all("hovertemplate" in t for t in fig["data"])
     metrics = app.dataframe[0].value.set_index("metric")
     assert list(metrics.columns) == ["bt_conflict"]
-    assert metrics.loc["HV ratio", "bt_conflict"] > 0.95 and metrics.loc["satisfaction", "bt_conflict"] == 1.0
-    assert any("reference point (V0, V1, …) = the reference policy's values: bt_conflict (0.5000, 0.5000)" in c.value
+    # at the pages' default τ = 0.08 the KL term holds MOPO well inside the τ → 0 front; at τ = 0.01 it nearly reaches it
+    assert 0.3 < float(metrics.loc[HV_RATIO, "bt_conflict"]) < 0.95
+    assert float(metrics.loc[SATISFACTION, "bt_conflict"]) == 1.0 and metrics.loc["points", "bt_conflict"] == "100"
+    assert IGD in metrics.index and "SYNTHETIC.md" not in " ".join(m.value for m in app.markdown)
+    assert any("reference point (V0, V1, …) = the reference policy's values: bt_conflict (0.500, 0.500)" in c.value
                for c in app.caption)
     labels = [b.label for b in app.get("download_button")]
     assert {"Figure HTML", "Data CSV", "Data JSON"} <= set(labels)
+    app.select_slider(key="sweep_tau").set_value(0.01).run()
+    metrics = app.dataframe[0].value.set_index("metric")
+    assert float(metrics.loc[HV_RATIO, "bt_conflict"]) > 0.95 and float(metrics.loc[SATISFACTION, "bt_conflict"]) == 1.0
 
 
 def test_widgets_change_the_figure(app):
@@ -94,7 +106,7 @@ def test_widgets_change_the_figure(app):
     assert figs[0]["layout"]["title"]["text"].startswith("Ablation over τ")
     assert len(figs) == 1 + 2  # the metrics panel, then one front per structure
     table = app.dataframe[0].value
-    assert len(table) == 2 * 4 and {"HV ratio", "IGD+", "satisfaction", "mean regret"} <= set(table.columns)
+    assert len(table) == 2 * 4 and {HV_RATIO, IGD, SATISFACTION, REGRET} <= set(table.columns)
 
 
 def test_ablation_parameters(app):
@@ -103,7 +115,7 @@ def test_ablation_parameters(app):
     assert not app.exception
     table = app.dataframe[0].value
     assert list(table.label) == ["n=10", "n=100", "n=1000", "n=10000"]
-    assert table["win-rate error"].is_monotonic_decreasing
+    assert table["win-rate estimation error"].is_monotonic_decreasing
 
     app.selectbox(key="sweep_parameter").set_value("t0").run()
     app.select_slider(key="sweep_steps").set_value(200)
@@ -153,7 +165,7 @@ def test_sampled_data_shows_truth_next_to_estimate_and_marks_broken_thresholds(a
     app.slider(key="sweep_n_thresholds").set_value(30).run()
     assert not app.exception
     front, estimates, _ = figures(app)
-    outcome = ablations.threshold_sweep("bt_conflict", n_comparisons=300, n_thresholds=30, tau=0.01)
+    outcome = ablations.threshold_sweep("bt_conflict", n_comparisons=300, n_thresholds=30, tau=shared.DEFAULT_TAU)
     expected = int((~outcome.points.met).sum())
     assert expected > 0  # plug-in MOPO on 300 comparisons misses some thresholds on the truth (seed 0)
     broken = _trace(front, "threshold broken on the truth")[0]
@@ -198,3 +210,28 @@ def test_a_margin_raises_the_enforced_thresholds_and_breaks_fewer(app):
 def test_exact_data_has_no_estimate_figure_and_the_margin_is_off(app):
     assert len(figures(app)) == 2
     assert app.select_slider(key="sweep_margin").disabled
+
+
+def test_the_default_tau_is_every_pages(app):
+    assert app.select_slider(key="sweep_tau").value == shared.DEFAULT_TAU == 0.08
+
+
+def test_saved_run_names_carry_the_data_size(app, store_path):
+    app.slider(key="sweep_n_thresholds").set_value(10).run()
+    app.button(key="sweep_save").click().run()
+    app.selectbox(key="sweep_data").set_value(100).run()
+    app.button(key="sweep_save").click().run()
+    assert not app.exception
+    assert "“sweep on bt_conflict (τ=0.08, ε=0, n = 100 sampled)”" in app.success[0].value
+    names = list(RunStore(store_path).list_runs().name)
+    assert names == ["sweep on bt_conflict (τ=0.08, ε=0, exact)", "sweep on bt_conflict (τ=0.08, ε=0, n = 100 sampled)"]
+
+
+def test_the_metrics_table_reads_in_one_format_with_definitions(app):
+    from app.shared import readable_table
+
+    table = app.dataframe[0]
+    assert "IGD+" in table.proto.columns and "Inverted generational distance" in table.proto.columns
+    values = table.value.set_index("metric")["bt_conflict"]
+    assert all(v == "100" if m == "points" else len(v.split(".")[1]) == 3 for m, v in values.items())  # one format
+    assert "None" not in readable_table(table.value)[0].to_html()
