@@ -30,6 +30,7 @@ SQLite database (text, garbage, truncated or corrupt) or a store with a newer sc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -477,6 +478,64 @@ class RunStore:
             [(s, n, _float_or_nan(v)) for s, n, v in metric_rows], columns=["step", "name", "value"]
         ).astype({"step": "int64", "value": "float64"})
         return Run(**row, metrics=metrics, points=_points_frame(point_rows))
+
+    def marker(self) -> str:
+        """A short digest of what the run listing shows, read in one query without loading any
+        point or metric: every run's id, status, name and end time, the tags and hide marks, the
+        number (and largest row id) of stored points and metric rows, and the job queue's names.
+        It changes with every write that changes :meth:`list_runs`, :meth:`progress`'s steps and
+        point counts, or a run's points and metrics (rows are only appended or deleted), so a cache
+        keyed by it (the Compare page's) is renewed after any such write, whoever made it."""
+        parts = [
+            "SELECT group_concat(id || ' ' || status || ' ' || COALESCE(name, '') || ' ' || "
+            "COALESCE(finished_at, ''), '|') FROM runs",
+            "SELECT group_concat(run_id || ' ' || tags || ' ' || hidden, '|') FROM run_marks",
+            "SELECT COUNT(*) || ' ' || COALESCE(MAX(rowid), 0) FROM points",
+            "SELECT COUNT(*) || ' ' || COALESCE(MAX(rowid), 0) FROM metrics",
+        ]
+        with self._connect() as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone():
+                parts.append("SELECT group_concat(id || ' ' || COALESCE(run_id, '') || ' ' || COALESCE(name, '') "
+                             "|| ' ' || kind, '|') FROM jobs")
+            row = conn.execute("SELECT " + ", ".join(f"({q})" for q in parts)).fetchone()
+        return hashlib.sha1("\n".join(str(x) for x in row).encode()).hexdigest()
+
+    def get_runs(self, run_ids) -> list[Run]:
+        """The runs ``run_ids`` (in that order; a repeated id gives the same object), each as
+        :meth:`get_run` returns it, read in three queries whatever their number (the Compare page
+        loads its selection at once). ``KeyError`` naming the first id not in the store."""
+        ids = [int(i) for i in run_ids]
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        with self._connect() as conn:
+            rows = {int(r[0]): r for r in conn.execute(
+                f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE id IN ({marks})", wanted)}
+            missing = [i for i in ids if i not in rows]
+            if missing:
+                raise KeyError(f"run {missing[0]} not found in the run store {self.path}")
+            metric_rows = conn.execute(
+                f"SELECT run_id, step, name, value FROM metrics WHERE run_id IN ({marks}) "
+                "ORDER BY run_id, name, step, rowid", wanted).fetchall()
+            point_rows = conn.execute(
+                f"SELECT run_id, idx, label, params, objective_values, extra FROM points WHERE run_id IN ({marks}) "
+                "ORDER BY run_id, idx", wanted).fetchall()
+        metrics_of: dict[int, list] = {}
+        for run_id, *rest in metric_rows:
+            metrics_of.setdefault(run_id, []).append(rest)
+        points_of: dict[int, list] = {}
+        for run_id, *rest in point_rows:
+            points_of.setdefault(run_id, []).append(tuple(rest))
+        out = {}
+        for run_id in wanted:
+            row = dict(zip(_RUN_COLUMNS, rows[run_id]))
+            row["config"] = _loads(row["config"])
+            metrics = pd.DataFrame(
+                [(s, n, _float_or_nan(v)) for s, n, v in metrics_of.get(run_id, [])], columns=["step", "name", "value"]
+            ).astype({"step": "int64", "value": "float64"})
+            out[run_id] = Run(**row, metrics=metrics, points=_points_frame(points_of.get(run_id, [])))
+        return [out[i] for i in ids]
 
     def progress(self, run_ids) -> dict[int, dict]:
         """Where each of the given runs stands, in one query (the Train page polls it for its job

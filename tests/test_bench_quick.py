@@ -100,6 +100,13 @@ RUNS = {
          (rf"^text-task job's first step \(30 SFT steps\): before {NUMBER} s \(fit; process {NUMBER} s\), after "
           rf"{NUMBER} s \(cache hit; process {NUMBER} s\), ratio {NUMBER}x; target < 5 s: (met|NOT met)$", 1)),
         ()),
+    "compare_scale": QuickRun(
+        ("{python}", "bench/compare_scale.py", "--quick"),
+        ("compare_scale.py",),
+        ((rf"Compare rerun, 4 runs selected of 300: median {NUMBER} ms", 1),
+         (rf"Compare rerun, 40 runs selected of 300: median {NUMBER} ms, .*target < 300 ms: (met|MISSED)", 1),
+         (rf"get_runs \(40, one query\): {NUMBER} ms", 1), (rf"ratio 40 / 4 selected = {NUMBER}x", 1)),
+        ()),
     "gpu_check": QuickRun(
         ("bash", "bench/gpu_check.sh", "--cpu", "--tiny", "--out", "{tmp}/gpu"),
         ("gpu_check.sh", "gpu_step.py", "gpu_paths.py"),

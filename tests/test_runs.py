@@ -314,3 +314,50 @@ def test_rename_tag_hide_and_find_runs(store):
     store.delete_run(b)  # its marks go with it
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("SELECT run_id FROM run_marks").fetchall() == [(a,)]
+
+
+def test_get_runs_reads_the_same_runs_as_get_run_in_one_go(tmp_path):
+    """The batched read (the Compare page's) gives each run exactly as get_run does: config,
+    status, metric series and points (values expanded, NaN kept), in the order asked."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    a = store.create_run("sweep", {"structure": "bt_conflict", "seed": 0}, name="a")
+    store.add_points(a, [{"label": "mopo", "params": {"threshold": 0.6}, "values": [0.7, float("nan")],
+                          "extra": {"feasible": True, "policy": [[0.5, 0.5]]}},
+                         {"label": "mopo", "params": {"threshold": 0.7}, "values": [0.6, 0.8]}])
+    b = store.create_run("train", {"task": "text", "method": "mopo"})
+    for step in range(3):
+        store.log_metrics(b, step, {"loss": 1.0 / (step + 1), "lambda_1": float("nan") if step == 1 else 0.1})
+    store.set_status(b, "finished")
+    c = store.create_run("suite", {"methods": ["dpo"]})  # no points, no metrics
+    store.add_points(b, [{"label": "mopo", "params": {}, "values": [0.5, 0.6, 0.7]}])
+
+    got = store.get_runs([c, a, b, a])
+    assert [r.id for r in got] == [c, a, b, a]
+    for run in got:
+        expected = store.get_run(run.id)
+        for field in ("id", "kind", "name", "config", "status", "error", "created_at", "started_at", "finished_at"):
+            assert getattr(run, field) == getattr(expected, field)
+        pd.testing.assert_frame_equal(run.metrics, expected.metrics)
+        pd.testing.assert_frame_equal(run.points, expected.points)
+    assert store.get_runs([]) == []
+    with pytest.raises(KeyError, match="run 99 not found"):
+        store.get_runs([a, 99])
+
+
+def test_marker_changes_with_every_write_the_listing_shows_and_not_with_reads(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.create_run("sweep", {"seed": 0})
+    seen = [store.marker()]
+    store.list_runs(), store.get_runs([run_id]), store.progress([run_id]), RunStore(store.path)
+    assert store.marker() == seen[-1]  # reading (or opening the store again) changes nothing
+    for write in (lambda: store.add_points(run_id, [{"label": "mopo", "params": {}, "values": [0.5, 0.6]}]),
+                  lambda: store.log_metrics(run_id, 0, {"loss": 1.0}),
+                  lambda: store.rename_run(run_id, "renamed"),
+                  lambda: store.set_tags(run_id, "a, b"),
+                  lambda: store.set_hidden(run_id, True),
+                  lambda: store.set_status(run_id, "finished"),
+                  lambda: store.create_run("train", {}),
+                  lambda: store.delete_run(run_id)):
+        write()
+        assert store.marker() not in seen
+        seen.append(store.marker())

@@ -634,3 +634,52 @@ def import_upload(store: RunStore, filename: str, data: bytes) -> tuple[list[int
     ids = record_points(store, objectives, points, f"upload: {name}", name=Path(name).stem)
     return ids, (f"Imported {len(points)} point{'' if len(points) == 1 else 's'} ({', '.join(objectives)}) from "
                  f"{name} as run{'' if len(ids) == 1 else 's'} {', '.join(map(str, ids))}, now selected.")
+
+
+# --------------------------------------------------------------------------- at scale (many runs selected)
+
+
+def dominance_counts(sets: dict[str, np.ndarray], tol: float | None = None) -> pd.DataFrame:
+    """:func:`mopo_core.experiments.compare_runs.dominance_counts` (entry ``[A, B]``: how many of A's
+    points dominate at least one point of B, up to ``tol``; the diagonal 0), computed in one array
+    operation over the union instead of one pandas assignment per pair of series: the same
+    table in milliseconds for 40 runs. Sets of different K raise ``ValueError``."""
+    from mopo_core.pareto import DOMINANCE_TOL
+
+    tol = DOMINANCE_TOL if tol is None else tol
+    names = list(sets)
+    arrays = [np.atleast_2d(np.asarray(sets[s], dtype=float)) for s in names]
+    ks = {a.shape[1] for a in arrays if a.size}
+    if len(ks) > 1:
+        raise ValueError(f"point_sets: all sets must have the same K, got {sorted(ks)}")
+    out = pd.DataFrame(0, index=pd.Index(names, name="A"), columns=pd.Index(names, name="B"))
+    nonempty = [i for i, a in enumerate(arrays) if a.size]
+    if len(nonempty) < 2:
+        return out
+    values = np.vstack([arrays[i] for i in nonempty])
+    owner = np.repeat(np.arange(len(nonempty)), [len(arrays[i]) for i in nonempty])
+    n = len(nonempty)
+    # hits[p, b]: point p dominates at least one point of set b (chunked: P x P x K stays small).
+    hits = np.zeros((len(values), n), dtype=bool)
+    onehot = np.eye(n, dtype=bool)[owner]  # (P, n)
+    for start in range(0, len(values), 256):
+        a = values[start:start + 256]
+        diff = a[:, None, :] - values[None, :, :]
+        dom = (diff >= -tol).all(axis=-1) & (diff > tol).any(axis=-1)  # (chunk, P)
+        hits[start:start + 256] = (dom.astype(np.int32) @ onehot.astype(np.int32)) > 0
+    counts = np.zeros((n, n), dtype=np.int64)
+    np.add.at(counts, owner, hits.astype(np.int64))
+    np.fill_diagonal(counts, 0)
+    sub = [names[i] for i in nonempty]
+    out.loc[sub, sub] = counts
+    return out
+
+
+def page_of(table: pd.DataFrame, page: int, size: int = 50) -> tuple[pd.DataFrame, int, int]:
+    """Rows ``page`` (1-based, clipped to the pages there are) of ``table``, ``size`` rows a page:
+    ``(rows with the index reset, the page shown, the number of pages)`` (at least one page)."""
+    if size < 1:
+        raise ValueError(f"size: rows per page must be at least 1, got {size}")
+    pages = max(1, -(-len(table) // size))
+    page = min(max(1, int(page)), pages)
+    return table.iloc[(page - 1) * size:page * size].reset_index(drop=True), page, pages

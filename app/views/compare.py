@@ -19,7 +19,16 @@ function of the run (or, "Colour by" method, of its method) alone, never of the 
 drawn one series per method takes its methods' colours). The runs table (an
 expander at the top) sorts, filters, renames, tags, hides (hidden runs leave the run picker unless
 "Show hidden") and deletes runs, after a confirmation, with the checkpoint files the project wrote
-for them. The selected runs' training curves are overlaid, smoothed by an EMA slider.
+for them; it shows 50 rows a page (the filter runs over every run, on the light listing: no run's
+points or metrics are read for it). The selected runs' training curves are overlaid, smoothed by an
+EMA slider.
+
+At scale (a store of 1,000 runs, 40 selected; bench/compare_scale.py): the listing (names, labels,
+the runs table) is cached by the store's marker (:meth:`RunStore.marker`, one query), the selected
+runs are read in one go (:meth:`RunStore.get_runs`) and cached by what changes while a run is
+written (points, status, end, last metric step), and so are their points, dominance counts,
+hypervolumes, attainment and front traces (keyed by that and the settings); traces drawn once per
+series skip Plotly's validation (:func:`_light_figure`).
 
 Selection: the point charts use Plotly's native selection (``on_select="rerun"``). The chosen
 points are kept in ``st.session_state["compare_pinned"]`` as ``(run_id, idx)`` pairs (each
@@ -54,6 +63,17 @@ PINNED = "compare_pinned"
 LAST_EVENTS = "compare_last_events"
 PALETTE = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Dark24
 SELECTABLE = {"on_select": "rerun", "selection_mode": ("points",)}
+# Traces drawn once per run or series (40 runs: 40 or more) are built without Plotly's property
+# validation (_light_figure; their properties are the fixed, known-valid ones written here): most of
+# a rerun's figure time at scale went to validating them.
+def _light_figure(traces: list[dict]) -> go.Figure:
+    """A figure holding ``traces`` (plain dicts with a ``type``) as they are, without Plotly's
+    property validation (``add_trace`` would validate each again); traces added afterwards and
+    the layout (titles, axes, shapes) are validated as usual."""
+    fig = go.Figure(data=traces, _validate=False)
+    fig._validate = True
+    fig.layout._validate = True
+    return fig
 SEED_SYMBOLS = ["circle", "square", "triangle-up", "diamond", "cross", "star", "triangle-down", "pentagon"]
 #: The subtitle of LM figures (style() writes the tabular CONVENTION; LM values have another baseline).
 LM_CONVENTION = ("All objectives maximised · values are win-rates of the policy's samples against the reference "
@@ -75,10 +95,66 @@ def _convention(fig: go.Figure, scale: str) -> go.Figure:
     return fig
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def load_run(store_path: str, run_id: int, n_points: int, status: str, finished_at: str | None):
-    """A run from the store; the key holds what changes while a run is still being written."""
-    return RunStore(store_path).get_run(run_id)
+@st.cache_data(show_spinner=False, max_entries=4)
+def _listing(store_path: str, marker: str, _store: RunStore):
+    """The light view of every run, read again whenever the store changed (``marker``:
+    :meth:`RunStore.marker`): (:meth:`RunStore.list_runs` with each run's shown name, its
+    :meth:`RunStore.progress`, ``{id: config}``, ``{id: name}``, ``{id: picker label}``, the runs
+    table). No run's points or metrics are read."""
+    store = _store
+    listed = store.list_runs()
+    progress = store.progress(listed["id"])
+    configs = {i: p["config"] for i, p in progress.items()}
+    names = compare_presenter.run_names(listed, configs, compare_presenter.job_names(store.path))
+    listed = listed.assign(name=[names[int(i)] for i in listed["id"]])
+    labels = {int(r["id"]): compare_presenter.run_label(r) for r in listed.to_dict("records")}
+    return listed, progress, configs, names, labels, compare_presenter.runs_table(listed, names, configs)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_runs(store_path: str, key: tuple, _store: RunStore):
+    """The runs of ``key`` (one ``(id, n_points, status, finished_at, last step)`` per run: what
+    changes while a run is still being written) from the store, read in one go
+    (:meth:`RunStore.get_runs`)."""
+    return _store.get_runs([k[0] for k in key])
+
+
+# What a rerun computes from the selected runs, cached by the runs' key (the store's path and, per
+# run, what changes while it is written: see load_runs) and the settings; ``_runs``/``_sets`` are the
+# data the key names (not hashed).
+@st.cache_data(show_spinner=False, max_entries=16)
+def _points(key: tuple, by_label: bool, show_diverged: bool, _runs):
+    return compare_runs.points_frame(_runs, by_label, include_diverged=show_diverged)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _instance_facts(key: tuple, _runs):
+    """Per run: its objectives' names and its instance's reference point (both rebuild the
+    instance from the run's config: a structure per run)."""
+    return ([compare_runs.objective_names_for(r) for r in _runs],
+            [compare_runs.reference_point_for(r) for r in _runs])
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _dominance(key: tuple, by_label: bool, show_diverged: bool, _sets):
+    counts = compare_presenter.dominance_counts(_sets)
+    return counts, compare_runs.dominance_table(counts, _sets)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _hypervolume(key: tuple, by_label: bool, show_diverged: bool, ref: tuple, _sets):
+    return compare_runs.hypervolume_table(_sets, np.array(ref))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _attainment(key: tuple, seed_keys: tuple, by_label: bool, show_diverged: bool, _runs):
+    items = compare_runs.seed_attainment(_runs, ignore=seed_keys, by_label=by_label, include_diverged=show_diverged)
+    return items, compare_runs.attainment_table(items)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _point_sets(key: tuple, by_label: bool, show_diverged: bool, _pts):
+    return compare_runs.point_sets(_pts)
 
 
 def _create_examples():
@@ -95,6 +171,8 @@ def _clear_selection():
 # --- the runs table: rename, tag, hide, delete (app.presenters.compare writes the store) -------------
 TABLE_GEN, TABLE_SHOWN, TABLE_NOTE = "compare_table_gen", "compare_table_shown", "compare_table_note"
 DELETE_IDS, DELETE_PENDING = "compare_delete_ids", "compare_delete_pending"
+#: Rows of the runs table shown at once (the filter runs over every run; the editor gets one page).
+TABLE_PAGE_ROWS = 50
 
 
 def _editor_key() -> str:
@@ -128,7 +206,7 @@ def _delete():
     st.session_state[TABLE_GEN] = st.session_state.get(TABLE_GEN, 0) + 1
 
 
-def runs_table_panel(listed: pd.DataFrame, names: dict, configs: dict, labels: dict) -> bool:
+def runs_table_panel(listed: pd.DataFrame, names: dict, table: pd.DataFrame, labels: dict) -> bool:
     """The runs table (sort by a column header, filter, edit name / tags / hide, delete with a
     confirmation); returns whether hidden runs are shown (in the run picker too)."""
     note = st.session_state.pop(TABLE_NOTE, None)
@@ -136,14 +214,18 @@ def runs_table_panel(listed: pd.DataFrame, names: dict, configs: dict, labels: d
                      expanded=note is not None or DELETE_PENDING in st.session_state):
         if note is not None:
             (st.success if note[0] else st.error)(note[1])
-        table = compare_presenter.runs_table(listed, names, configs)
         cols = st.columns([3, 2, 2, 2])
         text = cols[0].text_input("Filter (id, name, kind, method, tags)", key="compare_table_filter")
         kinds = cols[1].multiselect("Kind", sorted(set(table["kind"])), key="compare_table_kinds")
         statuses = cols[2].multiselect("Status", sorted(set(table["status"])), key="compare_table_statuses")
         show_hidden = cols[3].toggle("Show hidden", key="compare_show_hidden",
                                      help="Hidden runs are left out of this table and of the run picker.")
-        shown = compare_presenter.filter_table(table, text, kinds, statuses, show_hidden)
+        matching = compare_presenter.filter_table(table, text, kinds, statuses, show_hidden)
+        pages = max(1, -(-len(matching) // TABLE_PAGE_ROWS))
+        page = st.number_input(f"Page (of {pages}; {TABLE_PAGE_ROWS} rows a page, {len(matching)} matching run(s))",
+                               min_value=1, max_value=pages, value=1, step=1,
+                               key=f"compare_table_page_{pages}") if pages > 1 else 1
+        shown = compare_presenter.page_of(matching, page, TABLE_PAGE_ROWS)[0]
         st.session_state[TABLE_SHOWN] = shown
         st.data_editor(shown, key=_editor_key(), hide_index=True, width="stretch",
                        disabled=[c for c in shown.columns if c not in compare_presenter.EDITABLE],
@@ -152,8 +234,10 @@ def runs_table_panel(listed: pd.DataFrame, names: dict, configs: dict, labels: d
                                       "tags": st.column_config.TextColumn("tags", help="Comma-separated")})
         st.button("Save changes", key="compare_table_save", on_click=_save_table, args=(names,),
                   help="Store the names, tags and hide marks edited above.")
-        st.multiselect("Runs to delete (with their checkpoint files)", list(labels), format_func=labels.get,
-                       key=DELETE_IDS)
+        chosen = st.session_state.get(DELETE_IDS) or []  # kept while the filter changes
+        st.multiselect("Runs to delete (with their checkpoint files; the runs the filter matches)",
+                       list(dict.fromkeys([*(int(i) for i in matching["id"]), *(i for i in chosen if i in labels)])),
+                       format_func=labels.get, key=DELETE_IDS)
         st.button("Delete…", key="compare_delete", on_click=_ask_delete,
                   disabled=not st.session_state.get(DELETE_IDS))
         if st.session_state.get(DELETE_PENDING):
@@ -214,7 +298,8 @@ def _fmt_point(r) -> str:
 
 
 def _customdata(d: pd.DataFrame, k: int) -> list:
-    values = [" · ".join(f"V{j}={row[f'v{j}']:.4f}" for j in range(k)) for _, row in d.iterrows()]
+    columns = [d[f"v{j}"].to_numpy(dtype=float) for j in range(k)]
+    values = [" · ".join(f"V{j}={x:.4f}" for j, x in enumerate(row)) for row in zip(*columns)]
     status = [("non-dominated in the union" if f else "dominated")
               + ("; its threshold could not be met (infeasible)" if ok is False else "")
               for f, ok in zip(d["on_front"], d["feasible"])]
@@ -226,24 +311,41 @@ HOVER = ("<b>%{customdata[2]}</b> · run %{customdata[0]}, point %{customdata[1]
          "%{customdata[5]}<br>%{customdata[4]}<extra>%{customdata[6]}</extra>")
 
 
-def front_figure(pts, colours, xk, yk, names, ref, source, pinned, title, staircase=True, height=520, legend=True,
-                 scale=compare_runs.TABULAR):
-    """Scatter of every series (V_xk across, V_yk up); the union's non-dominated points as
-    outlined diamonds, the dominated ones faded; the HV reference point and the pinned points."""
-    k = len(ref)
-    fig = go.Figure()
+def series_traces(pts, colours, xk, yk, k) -> list[dict]:
+    """The front figure's trace of each series (V_xk across, V_yk up), as plain dicts: the union's
+    non-dominated points as outlined diamonds, the dominated ones faded, infeasible ones open."""
+    traces = []
     shown = pts[pts["finite"]]
     for series, d in shown.groupby("series", sort=False):
         front = d["on_front"].to_numpy()
         symbols = np.where(front, "diamond", "circle").astype(object)
         symbols[d["feasible"].map(lambda v: v is False).to_numpy(dtype=bool)] += "-open"  # None: unknown
-        fig.add_scatter(
-            x=d[f"v{xk}"], y=d[f"v{yk}"], mode="markers", name=series, legendgroup=series,
-            marker=dict(color=colours[series], size=np.where(front, 12, 8).tolist(),
+        traces.append(dict(
+            type="scatter", x=d[f"v{xk}"].to_numpy(), y=d[f"v{yk}"].to_numpy(), mode="markers", name=series,
+            legendgroup=series,
+            marker=dict(color=colours[series], size=np.where(front, 12, 8),
                         symbol=symbols.tolist(),
-                        opacity=np.where(front, 1.0, 0.35).tolist(),
-                        line=dict(color="black", width=np.where(front, 1.5, 0.0).tolist())),
-            customdata=_customdata(d, k), hovertemplate=HOVER)
+                        opacity=np.where(front, 1.0, 0.35),
+                        line=dict(color="black", width=np.where(front, 1.5, 0.0))),
+            customdata=_customdata(d, k), hovertemplate=HOVER))
+    return traces
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _series_traces(key: tuple, by_label: bool, show_diverged: bool, colour_by: str, xk: int, yk: int, k: int,
+                   _pts, _colours) -> list[dict]:
+    """:func:`series_traces`, cached by the runs' key and the settings that make ``_pts`` and ``_colours``."""
+    return series_traces(_pts, _colours, xk, yk, k)
+
+
+def front_figure(pts, colours, xk, yk, names, ref, source, pinned, title, staircase=True, height=520, legend=True,
+                 scale=compare_runs.TABULAR, traces=None):
+    """Scatter of every series (V_xk across, V_yk up; ``traces``: their :func:`series_traces` when
+    already made); the union's non-dominated points as outlined diamonds, the dominated ones faded;
+    the HV reference point and the pinned points."""
+    k = len(ref)
+    shown = pts[pts["finite"]]
+    fig = _light_figure(series_traces(pts, colours, xk, yk, k) if traces is None else traces)
     values = shown[[f"v{j}" for j in range(k)]].to_numpy()
     lo = np.minimum(values.min(axis=0), ref) if len(values) else ref
     hi = np.maximum(values.max(axis=0), ref) if len(values) else ref + 0.01
@@ -266,7 +368,8 @@ def front_figure(pts, colours, xk, yk, names, ref, source, pinned, title, stairc
     fig.add_scatter(x=[ref[xk]], y=[ref[yk]], mode="markers", name=f"HV reference point r = {_fmt_point(ref)}",
                     legendgroup="ref", marker=dict(symbol="x", size=13, color="black"),
                     hovertemplate=f"HV reference point r = {_fmt_point(ref)}<br>{source}<extra></extra>")
-    sel = shown[[(r, i) in set(pinned) for r, i in zip(shown["run_id"], shown["idx"])]]
+    chosen = set(pinned)
+    sel = shown[[p in chosen for p in zip(shown["run_id"].tolist(), shown["idx"].tolist())]]
     if len(sel):
         fig.add_scatter(x=sel[f"v{xk}"], y=sel[f"v{yk}"], mode="markers", name="selected point(s)",
                         marker=dict(symbol="circle-open", size=24, color="crimson", line=dict(width=3)),
@@ -292,7 +395,8 @@ def parallel_figure(pts, colours, names, ref, pinned):
     series = list(dict.fromkeys(shown["series"]))
     n = len(series)
     shown["code"] = shown["series"].map({s: i for i, s in enumerate(series)}).astype(float)
-    chosen = np.array([(r, i) in set(pinned) for r, i in zip(shown["run_id"], shown["idx"])], dtype=bool)
+    pinned_set = set(pinned)
+    chosen = np.array([p in pinned_set for p in zip(shown["run_id"].tolist(), shown["idx"].tolist())], dtype=bool)
     shown["colour"] = np.where(chosen, n + 1.0, shown["code"])
     shown = pd.concat([shown[~chosen], shown[chosen]])  # drawn last, on top
     ref_row = {f"v{j}": ref[j] for j in range(k)} | {"code": float(n), "colour": float(n), "on_front": False}
@@ -324,12 +428,15 @@ def parallel_figure(pts, colours, names, ref, pinned):
 def dominance_figure(counts: pd.DataFrame, sets: dict, short_of: dict) -> go.Figure:
     names = list(counts.index)
     shorts = [short_of[s] for s in names]
-    hover = [[f"A = {a}<br>B = {b}<br>{int(counts.loc[a, b])} of A's {len(sets[a])} points dominate "
-              f"at least one of B's {len(sets[b])} points" for b in names] for a in names]
-    fig = go.Figure(go.Heatmap(z=counts.to_numpy(), x=shorts, y=shorts, text=counts.to_numpy(),
-                               texttemplate="%{text}", colorscale="Blues", customdata=hover,
-                               hovertemplate="%{customdata}<extra></extra>",
-                               colorbar=dict(title="points of A")))
+    z = counts.to_numpy()
+    sizes = np.array([len(sets[s]) for s in names], dtype=np.int64)
+    # Per cell (A's point count, B's): numbers, not a text per cell (40 series: 1,600 texts).
+    sizes_ab = np.stack(np.broadcast_arrays(sizes[:, None], sizes[None, :]), axis=-1)
+    fig = _light_figure([dict(type="heatmap", z=z, x=shorts, y=shorts, text=z, texttemplate="%{text}",
+                              colorscale="Blues", customdata=sizes_ab.tolist(),
+                              hovertemplate="A = %{y}<br>B = %{x}<br>%{z} of A's %{customdata[0]} points dominate "
+                                            "at least one of B's %{customdata[1]} points<extra></extra>",
+                              colorbar=dict(title=dict(text="points of A")))])
     fig.update_yaxes(autorange="reversed")
     height = max(360, 160 + 40 * len(names))
     style(fig, "Dominance: how many of A's points dominate at least one point of B",
@@ -340,13 +447,15 @@ def dominance_figure(counts: pd.DataFrame, sets: dict, short_of: dict) -> go.Fig
 def hypervolume_figure(table: pd.DataFrame, colours: dict, short_of: dict, ref, source) -> go.Figure:
     rows = table[table["series"] != "union of all"]
     union = float(table.loc[table["series"] == "union of all", "hypervolume"].iloc[0])
-    fig = go.Figure()
-    for _, row in rows.iterrows():
+    traces = []
+    for row in rows.to_dict("records"):
         share = "–" if np.isnan(row["share_of_union"]) else f"{row['share_of_union']:.1%}"
-        fig.add_bar(x=[short_of[row["series"]]], y=[row["hypervolume"]], name=row["series"],
-                    marker_color=colours[row["series"]], text=[share], textposition="outside",
-                    hovertemplate=(f"{row['series']}<br>hypervolume %{{y:.5g}} ({share} of the union's)<br>"
-                                   f"{row['beyond_reference']} of {row['points']} points beyond r<extra></extra>"))
+        traces.append(dict(type="bar", x=[short_of[row["series"]]], y=[row["hypervolume"]], name=row["series"],
+                           marker=dict(color=colours[row["series"]]), text=[share], textposition="outside",
+                           hovertemplate=(f"{row['series']}<br>hypervolume %{{y:.5g}} ({share} of the union's)<br>"
+                                          f"{row['beyond_reference']} of {row['points']} points beyond "
+                                          "r<extra></extra>")))
+    fig = _light_figure(traces)
     fig.add_hline(y=union, line_dash="dash", line_color="black")
     fig.add_scatter(x=[None], y=[None], mode="lines", line=dict(color="black", dash="dash"),
                     name=f"union of all: {union:.5g}")
@@ -366,7 +475,7 @@ def hypervolume_figure(table: pd.DataFrame, colours: dict, short_of: dict, ref, 
 def attainment_figure(items, pts, names, ref, source, scale=compare_runs.TABULAR, colour_by="run") -> go.Figure:
     """Per seed group: each seed's points (faint), the 25-75% band and the median front (V1
     across, V0 up); a group in the colour of its first run (or its method)."""
-    fig = go.Figure()
+    traces = []
     values = pts.loc[pts["finite"], ["v0", "v1"]].to_numpy()
     lo = np.minimum(values.min(axis=0), ref)
     floor = (lo[1] - 0.01, lo[0] - 0.01)  # (x = V1, y = V0)
@@ -375,23 +484,26 @@ def attainment_figure(items, pts, names, ref, source, scale=compare_runs.TABULAR
         name = item["name"]
         for j, (run_id, seed, s) in enumerate(zip(item["run_ids"], item["seeds"], item["sets"])):
             seed_text = ", ".join(f"{k}={v}" for k, v in seed.items())
-            fig.add_scatter(x=s[:, 1], y=s[:, 0], mode="markers", name=f"{name}: run {run_id} ({seed_text})",
-                            marker=dict(color=colour, size=7, opacity=0.5, symbol=SEED_SYMBOLS[j % len(SEED_SYMBOLS)]),
-                            hovertemplate=(f"run {run_id} ({seed_text})<br>{item['label'] or ''}<br>"
-                                           "V1=%{x:.4f}<br>V0=%{y:.4f}<extra></extra>"))
+            traces.append(dict(type="scatter", x=s[:, 1], y=s[:, 0], mode="markers",
+                               name=f"{name}: run {run_id} ({seed_text})",
+                               marker=dict(color=colour, size=7, opacity=0.5,
+                                           symbol=SEED_SYMBOLS[j % len(SEED_SYMBOLS)]),
+                               hovertemplate=(f"run {run_id} ({seed_text})<br>{item['label'] or ''}<br>"
+                                              "V1=%{x:.4f}<br>V0=%{y:.4f}<extra></extra>")))
         surf = item["surfaces"]
         upper = compare_presenter.staircase(surf[0.25][:, ::-1], floor)
         lower = compare_presenter.staircase(surf[0.75][:, ::-1], floor)
         if len(upper):
             band = np.vstack([upper, lower[::-1]]) if len(lower) else np.vstack([upper, [floor]])
-            fig.add_scatter(x=band[:, 0], y=band[:, 1], mode="lines", fill="toself", line=dict(width=0),
-                            fillcolor=_alpha(colour, 0.18), name=f"{name}: 25–75% attainment band",
-                            legendgroup=f"g{g}band", hoverinfo="skip")
+            traces.append(dict(type="scatter", x=band[:, 0], y=band[:, 1], mode="lines", fill="toself",
+                               line=dict(width=0), fillcolor=_alpha(colour, 0.18),
+                               name=f"{name}: 25–75% attainment band", legendgroup=f"g{g}band", hoverinfo="skip"))
         median = compare_presenter.staircase(surf[0.5][:, ::-1], floor)
         if len(median):
-            fig.add_scatter(x=median[:, 0], y=median[:, 1], mode="lines", line=dict(color=colour, width=3),
-                            name=f"{name}: median front (50%)",
-                            hovertemplate="median front<br>V1=%{x:.4f}<br>V0=%{y:.4f}<extra></extra>")
+            traces.append(dict(type="scatter", x=median[:, 0], y=median[:, 1], mode="lines",
+                               line=dict(color=colour, width=3), name=f"{name}: median front (50%)",
+                               hovertemplate="median front<br>V1=%{x:.4f}<br>V0=%{y:.4f}<extra></extra>"))
+    fig = _light_figure(traces)
     fig.add_scatter(x=[ref[1]], y=[ref[0]], mode="markers", name=f"HV reference point r = {_fmt_point(ref)}",
                     marker=dict(symbol="x", size=13, color="black"),
                     hovertemplate=f"HV reference point r<br>{source}<extra></extra>")
@@ -553,12 +665,8 @@ def lm_point_details(d: dict, run, key: str):
 
 st.title("Compare runs: fronts, dominance, hypervolume, attainment over seeds")
 store = run_store()
-listed = store.list_runs()
-configs = {i: p["config"] for i, p in store.progress(listed["id"]).items()}
-names = compare_presenter.run_names(listed, configs, compare_presenter.job_names(store.path))
-listed = listed.assign(name=[names[int(i)] for i in listed["id"]])
-labels = {int(r["id"]): compare_presenter.run_label(r) for r in listed.to_dict("records")}
-show_hidden = runs_table_panel(listed, names, configs, labels) if len(listed) else False  # first: a stable place
+listed, progress, configs, names, labels, table = _listing(str(store.path), store.marker(), store)
+show_hidden = runs_table_panel(listed, names, table, labels) if len(listed) else False  # first: a stable place
 
 if "compare_created" in st.session_state:
     ids = st.session_state.pop("compare_created")
@@ -614,8 +722,15 @@ if not selected:
     st.stop()
 
 status = listed.set_index("id")
-runs = [dataclasses.replace(load_run(str(store.path), i, int(status.loc[i, "n_points"]), str(status.loc[i, "status"]),
-                                     status.loc[i, "finished_at"]), name=names[i]) for i in selected]
+
+
+def _key_of(run_ids) -> tuple:
+    """The cache key of these runs: the store, then per run what changes while it is written."""
+    return (str(store.path), *((int(i), int(status.at[i, "n_points"]), str(status.at[i, "status"]),
+                                status.at[i, "finished_at"], progress.get(int(i), {}).get("step")) for i in run_ids))
+
+
+runs = [dataclasses.replace(r, name=names[r.id]) for r in load_runs(str(store.path), _key_of(selected)[1:], store)]
 by_scale = compare_runs.group_by_scale(runs)
 if len(by_scale) > 1:
     st.warning("Language-model runs and tabular runs are not overlaid: their values are win-rates against "
@@ -659,7 +774,8 @@ if n_diverged:
 if not runs:
     st.stop()
 run_by_id = {r.id: r for r in runs}
-pts = compare_runs.points_frame(runs, by_label, include_diverged=show_diverged)
+key = _key_of(r.id for r in runs)
+pts = _points(key, by_label, show_diverged, runs)
 if k < 2:
     st.info("These runs have a single objective: there is no front to compare. Their points:")
     show_table(pts.drop(columns=["params", "values"]), "compare_points_k1")
@@ -673,7 +789,8 @@ if missing == len(pts):
     st.stop()
 values = compare_runs.value_matrix(pts)
 pts["on_front"] = compare_runs.union_front_mask(values)
-all_names = {compare_runs.objective_names_for(r) for r in runs}
+objective_names, instance_refs = _instance_facts(key, runs)
+all_names = set(objective_names)
 if len(all_names - {None}) > 1:
     st.warning("The selected runs name their objectives differently ("
                + "; ".join(" / ".join(n) for n in all_names if n) + "): their values are drawn on the same axes "
@@ -685,7 +802,7 @@ colours = compare_presenter.series_colours(pts, colour_by)
 short_of = dict(zip(pts["series"], pts["short"]))
 
 # Hypervolume reference point: the reference policy's values when the runs give them, else below the points.
-auto_ref, auto_source = compare_runs.choose_reference_point([compare_runs.reference_point_for(r) for r in runs], values)
+auto_ref, auto_source = compare_runs.choose_reference_point(instance_refs, values)
 if scale == compare_runs.LM and auto_source == "the reference policy's values":
     auto_source = "the reference model's values (0.5: it ties with its own samples)"
 digest = hashlib.sha1(np.round(auto_ref, 10).tobytes()).hexdigest()[:8]
@@ -704,16 +821,19 @@ with st.sidebar:
 
 pairs = [(1, 0)] if k == 2 else [(b, a) for a in range(k) for b in range(a + 1, k)][:6]
 chart_names = [f"compare_front_{x}_{y}" for x, y in pairs]
-pinned = _sync_pinned([f"fig_{n}" for n in chart_names], set(zip(pts["run_id"], pts["idx"])))
+point_keys = list(zip(pts["run_id"].tolist(), pts["idx"].tolist()))
+pinned = _sync_pinned([f"fig_{n}" for n in chart_names], set(point_keys))
+pinned_set = set(pinned)
 export = pts.drop(columns=["params", "values"]).assign(
-    selected=[(r, i) in set(pinned) for r, i in zip(pts["run_id"], pts["idx"])])
+    selected=[p in pinned_set for p in point_keys])
 
 st.caption(f"{len(runs)} run(s), {len(series)} series, {len(pts)} points, K = {k} objectives; values: "
            f"{compare_presenter.SCALES[scale]}. Click a point (shift-click for several) to see its config, values and "
            + ("generations beside the reference model's" if scale == compare_runs.LM else "policy") + " below.")
 if k == 2:
     fig = front_figure(pts, colours, 1, 0, names, ref, source, pinned,
-                       "Fronts of the selected runs: non-dominated points of the union outlined", scale=scale)
+                       "Fronts of the selected runs: non-dominated points of the union outlined", scale=scale,
+                       traces=_series_traces(key, by_label, show_diverged, colour_by, 1, 0, k, pts, colours))
     show_figure(fig, chart_names[0], data=export, **SELECTABLE)
 else:
     st.subheader("Parallel coordinates and 2-D projections (linked by the selection)")
@@ -726,7 +846,9 @@ else:
         for col, (x, y), name in zip(cols, pairs[start:start + 2], chart_names[start:start + 2]):
             with col:
                 fig = front_figure(pts, colours, x, y, names, ref, source, pinned, f"V{y} against V{x}",
-                                   staircase=False, height=480, legend=False, scale=scale)
+                                   staircase=False, height=480, legend=False, scale=scale,
+                                   traces=_series_traces(key, by_label, show_diverged, colour_by, x, y, k, pts,
+                                                         colours))
                 show_figure(fig, name, data=export, **SELECTABLE)
 
 st.subheader("Selected point(s)")
@@ -760,14 +882,14 @@ else:
             cols[2].json(d["extra"] or {})
     st.button("Clear selection", key="compare_clear", on_click=_clear_selection)
 
-sets = compare_runs.point_sets(pts)
+sets = _point_sets(key, by_label, show_diverged, pts)
 st.subheader("Dominance")
-counts = compare_runs.dominance_counts(sets)
+counts, dominance = _dominance(key, by_label, show_diverged, sets)
 show_figure(_convention(dominance_figure(counts, sets, short_of), scale), "compare_dominance")
-show_table(compare_runs.dominance_table(counts, sets), "compare_dominance_table")
+show_table(dominance, "compare_dominance_table")
 
 st.subheader("Hypervolume")
-hv = compare_runs.hypervolume_table(sets, ref)
+hv = _hypervolume(key, by_label, show_diverged, tuple(float(x) for x in ref), sets)
 show_figure(_convention(hypervolume_figure(hv, colours, short_of, ref, source), scale), "compare_hypervolume",
             data=hv)
 show_table(hv, "compare_hypervolume_table")
@@ -779,15 +901,14 @@ if k != 2:
     st.info("Median fronts and attainment bands are drawn for two objectives; these runs have K = "
             f"{k}. Compare seeds here through the hypervolume table above.")
 else:
-    items = compare_runs.seed_attainment(runs, ignore=tuple(seed_keys), by_label=by_label,
-                                         include_diverged=show_diverged)
+    items, attained = _attainment(key, tuple(seed_keys), by_label, show_diverged, runs)
     if not items:
         st.info("No selected runs differ only by " + (", ".join(seed_keys) or "(no key chosen)") + ". Select the "
                 "same sweep recorded with several seeds (e.g. `python -m mopo_core sweep --seed 0`, 1, 2), or "
                 "choose more config keys that count as the seed in the sidebar.")
     else:
         show_figure(attainment_figure(items, pts, names, ref, source, scale, colour_by), "compare_attainment",
-                    data=compare_runs.attainment_table(items))
+                    data=attained)
         st.caption("Level t: the boundary of what at least ⌈t·n⌉ of the n seeds reach (a point is reached when a "
                    "seed's point is at least as good in both objectives). With three seeds the median is two of "
                    "three, the band runs from the union's front (25%) to what all three reach (75%).")

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
@@ -353,3 +354,55 @@ def test_the_page_deletes_a_run_after_a_confirmation(page, tmp_path):
     assert any("run 3 deleted" in s.value for s in page.success)
     page.button(key="compare_table_save").click().run()  # no edits: said so
     assert any("nothing changed" in s.value for s in page.success)
+
+
+def test_the_fast_dominance_counts_match_the_engine(filled_store):
+    """The page's dominance counts (one array operation) equal the engine's pair-by-pair ones: on
+    the example runs and on random sets with ties, duplicates and an empty set."""
+    store = RunStore(filled_store)
+    for by_label in (True, False):
+        sets = compare_runs.point_sets(compare_runs.points_frame(store.get_runs([1, 2, 3, 4]), by_label))
+        pd.testing.assert_frame_equal(compare_presenter.dominance_counts(sets), compare_runs.dominance_counts(sets))
+    rng = np.random.default_rng(0)
+    sets = {f"s{i}": rng.integers(0, 6, (rng.integers(1, 30), 2)) / 5 for i in range(30)}
+    sets |= {"copy of s1": sets["s1"].copy(), "empty": np.zeros((0, 2)),
+             "three": rng.uniform(size=(5, 2))}
+    pd.testing.assert_frame_equal(compare_presenter.dominance_counts(sets), compare_runs.dominance_counts(sets))
+    with pytest.raises(ValueError, match="same K"):
+        compare_presenter.dominance_counts({"a": np.ones((2, 2)), "b": np.ones((2, 3))})
+
+
+def test_page_of_clips_the_page():
+    table = pd.DataFrame({"id": range(120)})
+    rows, page, pages = compare_presenter.page_of(table, 3, 50)
+    assert rows["id"].tolist() == list(range(100, 120)) and (page, pages) == (3, 3)
+    assert compare_presenter.page_of(table, 9, 50)[1] == 3 and compare_presenter.page_of(table, 0, 50)[1] == 1
+    assert compare_presenter.page_of(table.iloc[:0], 1, 50)[2] == 1
+
+
+def test_the_runs_table_pages_and_filters_without_loading_points(tmp_path, monkeypatch):
+    """120 runs: the table shows 50 a page, the filter finds a run on any page, and the only runs
+    whose points and metrics are read are the selected ones (read together, once)."""
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    for i in range(120):
+        run_id = store.create_run("sweep", {"structure": "bt_conflict", "seed": i}, name=f"run number {i}")
+        store.add_points(run_id, [{"label": "mopo", "params": {"threshold": b}, "values": [0.9 - b, b]}
+                                  for b in (0.5, 0.6)])
+        store.set_status(run_id, "finished")
+    read = []
+    get_runs = RunStore.get_runs
+    monkeypatch.setattr(RunStore, "get_runs", lambda self, ids: read.append(list(ids)) or get_runs(self, ids))
+    monkeypatch.setattr(RunStore, "get_run", lambda self, run_id: pytest.fail("a run was read on its own"))
+    at = _page(path, monkeypatch)
+    selected = at.multiselect(key="compare_runs").value
+    assert read == [selected] and len(selected) <= 6
+    table = _table(at, "hide")
+    assert table["id"].tolist() == list(range(1, 51))
+    page_input = next(n for n in at.number_input if n.key.startswith("compare_table_page"))
+    page_input.set_value(3).run()
+    assert not at.exception
+    assert _table(at, "hide")["id"].tolist() == list(range(101, 121))
+    at.text_input(key="compare_table_filter").set_value("number 77").run()
+    assert _table(at, "hide")["id"].tolist() == [78]
+    assert read == [selected]  # paging and filtering read no points
