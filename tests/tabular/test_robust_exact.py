@@ -3,10 +3,11 @@ conic program (cvxpy + Clarabel, tests/reference_convex.py), on random instances
 synthetic structure, K = 3 and M > 1."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mopo_core.tabular.robust import robust_lower_bound
+from mopo_core.tabular.robust_solver import GAP_TOL
 from mopo_core.tabular.solver import TabularProblem, kl_divergence
 from synthetic.structures import STRUCTURES, make_structure
 from tests.reference_convex import robust_margin_cvxpy, robust_maximum_cvxpy, robust_primal_cvxpy
@@ -42,6 +43,8 @@ def _reference_bounds(problem, eps):
 @pytest.mark.parametrize("eps", EPSILONS)
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instance=instances)
+# found by CI (eps = 0.1): Clarabel stops short and its nearly feasible policy scores 1.8e-9 above ours
+@example(instance={"name": "three_objectives", "n": 5, "m": 1, "seed": 562, "tau": 0.1, "fractions": [0.8, 0.8]})
 def test_robust_optimum_matches_an_independent_conic_solver(eps, instance):
     problem = _problem(instance)
     rates, ref, nu, tau = problem.rates, problem.reference, problem.prompt_weights, instance["tau"]
@@ -71,8 +74,12 @@ def test_robust_optimum_matches_an_independent_conic_solver(eps, instance):
     else:  # Clarabel stopped short of its tolerances: ours must be no worse than its answer where that is feasible
         conic_bounds = np.array([robust_lower_bound(q * policy / ref, ref, nu, eps)[0] for q in rates[1:]])
         conic_objective = nu @ (policy * rates[0]).sum(axis=1) - tau * kl_divergence(policy, ref, nu)
-        if np.all(conic_bounds >= b - 1e-9):
-            assert sol.objective >= conic_objective - 1e-9
+        slack = 1e-9  # how far Clarabel's policy may fall short of a bound and still be taken as feasible
+        if np.all(conic_bounds >= b - slack):
+            # A policy short of each bound by `slack` can beat the true optimum by up to sum(lambda) * slack
+            # (the multipliers are the optimum's sensitivity to b), plus our own duality gap: one
+            # three_objectives case (lambda sum 4.3) had Clarabel 1.8e-9 above ours.
+            assert sol.objective >= conic_objective - (1.0 + sol.multipliers.sum()) * slack - GAP_TOL
 
 
 @pytest.mark.parametrize("eps", EPSILONS)
