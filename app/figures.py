@@ -30,14 +30,16 @@ def comparison_figure(points: pd.DataFrame, reference_point: np.ndarray, thresho
                             error_y=dict(array=1.96 * g.stderr0),
                             hovertemplate=f"{method}<br>%{{text}}<br>harmlessness %{{x:.3f}}<br>helpfulness "
                                           "%{y:.3f}<br>one training seed (bars: 1.96 SE)<extra></extra>")
-    for method, g in summarise(points).groupby("method", sort=False) if seeded else ():
-        text = [f"{p} · KL {k:.1f}" for p, k in zip(g.parameter, g.kl)]
-        fig.add_scatter(x=g.V1, y=g.V0, mode="markers+text", name=method, text=text, textposition="top center",
-                        error_x=dict(array=g.V1_ci), error_y=dict(array=g.V0_ci),
-                        customdata=np.stack([g.kl, g.kl_ci, g.seeds], axis=1),
-                        hovertemplate=f"{method}<br>%{{text}}<br>harmlessness %{{x:.3f}}<br>helpfulness %{{y:.3f}}"
-                                      "<br>KL to the reference %{customdata[0]:.2f} ± %{customdata[1]:.2f} nats"
-                                      "<br>%{customdata[2]} seeds (bars: 95% t-intervals)<extra></extra>")
+    else:  # several seeds per policy (compare-text): the seed means with their 95% t-intervals
+        for method, g in summarise(points).groupby("method", sort=False):
+            text = [f"{p} · KL {k:.1f}" for p, k in zip(g.parameter, g.kl)]
+            fig.add_scatter(x=g.V1, y=g.V0, mode="markers+text", name=method, text=text, textposition="top center",
+                            error_x=dict(array=g.V1_ci), error_y=dict(array=g.V0_ci),
+                            customdata=np.stack([g.kl, g.kl_ci, g.seeds], axis=1),
+                            hovertemplate=f"{method}<br>%{{text}}<br>harmlessness %{{x:.3f}}<br>helpfulness "
+                                          "%{y:.3f}<br>KL to the reference %{customdata[0]:.2f} ± "
+                                          "%{customdata[1]:.2f} nats<br>%{customdata[2]} seeds (bars: 95% "
+                                          "t-intervals)<extra></extra>")
     for b in thresholds:
         fig.add_vline(x=b, line_dash="dot", line_color="crimson", annotation_text=f"MOPO b={b}")
     fig.add_scatter(x=[0.5], y=[0.5], mode="markers", name="the SFT reference (0.5, 0.5)",
