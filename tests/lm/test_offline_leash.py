@@ -58,7 +58,7 @@ def test_one_label_reads_through_the_prior():
 @pytest.mark.parametrize("tau", [1.0, 0.25])
 def test_kl_to_the_start_stays_within_what_tau_allows_on_another_models_data(tau):
     """Threshold 0 keeps lambda at 0, so the budget is 1 / tau nats per response. Without the leash,
-    cloning another model's responses moves the policy about 28 nats from the start."""
+    cloning another model's responses moves the policy more than five budgets from the start."""
     data = _other_models_data()
     budget = 1.0 / tau
     kls = {}
