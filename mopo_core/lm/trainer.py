@@ -262,6 +262,10 @@ def pool_preferences(oracle: Oracle, prompt: str, responses: list[str]) -> np.nd
 #: sampling costs several times a cloning step on small models (bench/train_throughput.py).
 LEASH_CHECK_EVERY = 5
 
+#: Device types whose parameters the trainer's AdamW updates with torch's fused kernel
+#: (``AdamW(fused=True)``); elsewhere, and for FSDP's sharded parameters, the default loop.
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
 
 class _Row(NamedTuple):
     """One row of a MOPO step: a response cloned with weight ``coefficient`` or, for the
@@ -332,8 +336,11 @@ class Trainer:
         offline_mopo = config.method == "mopo" and not config.online
         self.start = (_frozen_copy(model) if copies == 2 else self.reference) if offline_mopo else None
         self._parallel = _fully_shard(model) if self.fsdp else None  # DDP wraps at train()
+        # torch's fused AdamW kernel (one kernel over all parameters, as transformers' Trainer uses
+        # by default): the same update as the per-tensor loop, at a fraction of its time on small models
         self.optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr,
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay,
+                                           fused=self.device.type in FUSED_ADAMW_DEVICES and not self.fsdp)
         self.prompt_ids = {p: i for i, p in enumerate(dataset.prompts())}
         self.responses = response_win_rates(dataset, config.win_rate_prior if config.method == "mopo" else 0.0)
         self.lam = torch.zeros(dataset.n_objectives - 1, dtype=torch.float64)
