@@ -433,7 +433,10 @@ def queue_frame(store_path, job_list: list[jobs.Job] | None = None) -> pd.DataFr
     """One row per job, oldest first: job, name, kind, method, status, run, run_status, step
     (the run's last logged step; 0 before its first), steps, progress (step / steps), evaluating
     (the job runs and its run has trained but has no point yet: the evaluation is sampling), error,
-    resumable (the job is its run's latest and the run can be resumed now), created_at, ended_at."""
+    resumable (the job is its run's latest and the run can be resumed now), preparing (a running
+    job without its run yet: the worker's recorded fraction of its preparation in [0, 1], NaN when
+    not measured or not preparing), preparing_text (what it is preparing, '' when not preparing),
+    created_at, ended_at."""
     job_list = jobs.list_jobs(store_path) if job_list is None else job_list
     run_ids = [j.run_id for j in job_list if j.run_id is not None]
     runs = RunStore(store_path).progress(run_ids) if run_ids else {}
@@ -446,6 +449,7 @@ def queue_frame(store_path, job_list: list[jobs.Job] | None = None) -> pd.DataFr
         steps = (j.config or {}).get("steps", run_config.get("steps"))
         method = (j.config or {}).get("method", run_config.get("method"))
         step = int(run.get("step") or 0)
+        preparing = j.status == "running" and j.run_id is None
         rows.append({
             "job": j.id, "name": j.name or "", "kind": j.kind, "method": method, "status": j.status,
             "run": j.run_id, "run_status": run.get("status"), "step": step, "steps": steps,
@@ -455,10 +459,12 @@ def queue_frame(store_path, job_list: list[jobs.Job] | None = None) -> pd.DataFr
                                  and j.status == "running" else ""),
             "resumable": bool(j.run_id is not None and latest.get(j.run_id) == j.id and j.run_id not in active_runs
                               and run.get("status") in jobs.RESUMABLE_RUN_STATUSES),
+            "preparing": j.progress if preparing and j.progress is not None else float("nan"),
+            "preparing_text": (j.progress_text or "") if preparing else "",
             "created_at": j.created_at, "ended_at": j.ended_at,
         })
     columns = ["job", "name", "kind", "method", "status", "run", "run_status", "step", "steps", "progress",
-               "evaluating", "error", "resumable", "created_at", "ended_at"]
+               "evaluating", "error", "resumable", "preparing", "preparing_text", "created_at", "ended_at"]
     return pd.DataFrame(rows, columns=columns).astype({"run": "Int64"})
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from app.shared import export_buttons, run_store, show_table
+from app.shared import EMPTY, export_buttons, run_store, show_table
 from mopo_core.lm import registry
 from app.presenters import models as models_presenter
 from mopo_core.lm.checkpoints import available_memory, estimate_training_memory
@@ -52,15 +52,26 @@ TEXT_TASK = "text-task scorers"
 #: Prompts offered as examples (the text task's; written with its vocabulary, so the tiny model knows every word).
 N_EXAMPLES = 12
 PARTS = ("parameters", "gradients", "optimizer", "activations", "logits", "reference")
+#: The breakdown's column headers and tooltips, by part (the exports keep the part names).
+PART_LABELS = {
+    "parameters": ("weights", "The model's weights in the training dtype (parameters)."),
+    "gradients": ("gradients", "One gradient per trained weight (LoRA: the adapters' only)."),
+    "optimizer": ("optimizer state", "AdamW's two moments per trained weight, in fp32 (optimizer)."),
+    "activations": ("activations", "What backward needs from the forward pass, per layer (less with gradient "
+                                   "checkpointing)."),
+    "logits": ("logits", "The output scores over the vocabulary for every token of the batch, and their "
+                         "gradient."),
+    "reference": ("reference copy", "A frozen copy of the weights for DPO/IPO's reference model (reference)."),
+}
 
 
 # ----------------------------------------------------------------------------- formatting
 
 
 def fmt_bytes(n, signed: bool = False) -> str:
-    """Bytes as KiB/MiB/GiB (binary units); "n/a" for None."""
+    """Bytes as KiB/MiB/GiB (binary units); "–" for None."""
     if n is None:
-        return "n/a"
+        return EMPTY
     sign = ("+" if n > 0 else "−" if n < 0 else "±") if signed else ("−" if n < 0 else "")
     a = abs(n)
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -225,9 +236,9 @@ for e in entries:
     rows.append({
         "name": e.name, "kind": e.kind, "architecture": e.architecture, "parameters": fmt_count(e.n_parameters),
         "dtype": e.dtype, "training memory": fmt_bytes(total),
-        "fits now": None if total is None or free is None else bool(total <= free),
+        "fits now": EMPTY if total is None or free is None else "yes" if total <= free else "no",
         "problem": e.problem or "",
-        "path": e.path or "(built in)", "source": e.source, "registered": e.registered,
+        "path": e.path or "(built in)", "source": e.source, "registered": "yes" if e.registered else "no",
         "n_parameters": e.n_parameters, "estimate_bytes": total,
     })
     if estimate is not None:
@@ -235,14 +246,34 @@ for e in entries:
                                "total": fmt_bytes(total), **{f"{p}_bytes": estimate[p] for p in PARTS}})
 table = pd.DataFrame(rows)
 st.subheader("Registered models")
-st.caption(f"Training memory: one step at batch {batch} × {seq_len} tokens in {train_dtype}"
+st.caption(f"*Memory per training step*: one step at batch {batch} × {seq_len} tokens in {train_dtype}"
            f"{', LoRA r=8' if use_lora else ', full fine-tune'}{', gradient checkpointing' if checkpointing else ''}"
            f"{', with a frozen reference copy' if reference_copy else ''} (AdamW; change it in the sidebar). "
-           f"`fits now`: within the {fmt_bytes(free)} available on {device} at this moment. `problem`: why a "
-           "checkpoint cannot be loaded (empty when it can).")
+           f"*Fits now?*: within the {fmt_bytes(free)} available on {device} at this moment. *Problem*: why a "
+           "checkpoint cannot be loaded (empty when it can). Hover a column's header for what it holds.")
 show_table(table, "models_registry", column_config={
-    "n_parameters": st.column_config.NumberColumn("parameters (exact)", format="%d"),
-    "estimate_bytes": st.column_config.NumberColumn("training memory (bytes)", format="%d")})
+    "name": st.column_config.TextColumn("name", pinned=True),
+    "kind": st.column_config.TextColumn(help="builtin: the text task's tiny GPT-2 (fitted on its first load); "
+                                             "checkpoint: a folder with config.json and safetensors weights."),
+    "architecture": st.column_config.TextColumn(help="The transformers model class (config.json's architectures)."),
+    "parameters": st.column_config.TextColumn(help="Number of weights (k: thousand, M: million, B: billion); the "
+                                                   "exact count (n_parameters) is in the exports."),
+    "dtype": st.column_config.TextColumn("stored as", help="The weights' data type in the checkpoint (torch dtype): "
+                                                           "float32 takes 4 bytes a weight, bfloat16 2."),
+    "training memory": st.column_config.TextColumn(
+        "memory per training step", help="Estimated peak memory of one AdamW training step with the sidebar's "
+                                         "settings (estimate_training_memory); the bytes (estimate_bytes) are in "
+                                         "the exports."),
+    "fits now": st.column_config.TextColumn("fits now?", help="Whether that estimate fits in the memory available "
+                                                              "on this device at this moment."),
+    "problem": st.column_config.TextColumn(help="Why the checkpoint cannot be loaded (empty when it can)."),
+    "path": st.column_config.TextColumn(help="The checkpoint folder."),
+    "source": st.column_config.TextColumn(help="Where the entry came from (built in, fetched, added, found)."),
+    "registered": st.column_config.TextColumn(help="Whether registry.json lists it (else it was found in the "
+                                                   "models folder by itself)."),
+    "n_parameters": None, "estimate_bytes": None},
+    column_order=["name", "parameters", "training memory", "fits now", "problem", "dtype", "architecture", "kind",
+                  "path", "source", "registered"])  # what decides a choice first; the exact numbers in the exports
 if breakdown_rows:
     with st.expander("Training memory breakdown: what one step needs, part by part", expanded=False):
         st.caption("One row per model, one column per part of the training step estimated above (– : none, e.g. no "
@@ -250,6 +281,8 @@ if breakdown_rows:
                    "exported data.")
         show_table(pd.DataFrame(breakdown_rows), "models_memory_breakdown", column_config={
             "name": st.column_config.TextColumn("name", pinned=True),
+            **{p: st.column_config.TextColumn(label, help=text) for p, (label, text) in PART_LABELS.items()},
+            "total": st.column_config.TextColumn(help="The sum: the estimated peak of one training step."),
             **{f"{p}_bytes": None for p in PARTS}})
 
 with st.expander("Add a checkpoint folder from the models folder"):
@@ -539,7 +572,9 @@ else:
 if st.session_state.get(LOG):
     with log_box.expander("Memory log: every load and unload of this session", expanded=False):
         log = pd.DataFrame(st.session_state[LOG])
-        show_table(log, "models_memory_log", column_config={"rss_before_bytes": None, "rss_after_bytes": None})
+        show_table(log, "models_memory_log", readable=True,
+                   column_config={"seconds": st.column_config.Column(help="Wall time of the load (– : an unload)."),
+                                  "rss_before_bytes": None, "rss_after_bytes": None})
 
 mem = memory_use()
 gpu = torch.cuda.is_available()

@@ -1,7 +1,8 @@
 """Train: queue MOPO or a baseline, on the built-in synthetic text task (tiny word-level GPT) or
 on a preference file with a local checkpoint (optionally LoRA) judged by a saved preference
 model, run in a worker process (mopo_core.training.jobs), and watch it live: the queue with Cancel /
-Resume, the selected run's curves (loss, λ, constraint estimates against their thresholds, ESS,
+Resume and, for a job still preparing, a bar of what the worker recorded (``Job.progress``: the text task's
+reference fit), the selected run's curves (loss, λ, constraint estimates against their thresholds, ESS,
 KL, tokens/s) and the Pareto plane of the finished runs' points measured the same way. A thin
 view over mopo_core.training.jobs, app.presenters.train and mopo_core.training.dataset_task.
 
@@ -23,7 +24,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app.shared import export_buttons, run_store, show_figure, show_table, style
+from app.shared import EMPTY, export_buttons, run_store, show_figure, show_table, style
 from mopo_core.training import jobs
 from app.presenters import preview as preview_presenter
 from app.presenters import train as train_presenter
@@ -164,13 +165,12 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
         fig.update_yaxes(title_text=y_title, row=row, col=col, title_font_size=11)
         fig.update_xaxes(title_text="training step →", row=row, col=col, title_font_size=11)
     fig.update_annotations(font_size=12)
-    style(fig, title, height=560)
-    # Not win-rates (the shared subtitle's convention): say what these series are instead.
     secondaries = ", ".join(names[1:]) or "none"
-    fig.update_layout(title_text=f"{title}<br><sup>Logged by the worker at every step; a constraint estimate is a "
-                                 f"secondary objective's win-rate on the step's batch ({secondaries}; thresholds "
-                                 "dashed)</sup>")
-    return fig.update_layout(margin=dict(t=110))
+    return style(fig, title, height=580, subtitle=(
+        "One value per training step (x axis), as the worker logged it; each panel's unit is on its y axis<br>"
+        f"Constraint: the {secondaries} win-rate on the step's batch, held above its dashed threshold b<br>"
+        "Where a panel starts from: KL 0 = the reference model · ESS/rows 1 = even weights")
+    ).update_layout(margin=dict(t=165))
 
 
 def _plane_range(values: list[float], min_span: float = 0.2) -> list[float]:
@@ -255,21 +255,57 @@ def plane_figure(points: pd.DataFrame, live: list[dict], run_id: int | None, run
                             name=f"run {run_id}: threshold b{c['j']} = {c['threshold']:.3g} on the training-batch "
                                  "estimate (the red line)",
                             hoverinfo="skip")
-    title = ("Pareto plane: finished runs' points<br><sup>"
-             f"Reference point ({ref[1]:g}, {ref[0]:g}) = the reference model against itself<br>"
-             "Error bars: ± one standard error over the held-out prompts</sup>")
-    style(fig, title,
+    style(fig, "Pareto plane: finished runs' points",
           x_title=f"V1 {names[1]} (win-rate vs the reference model; higher is better →)",
-          y_title=f"V0 {names[0]} (win-rate vs the<br>reference model; higher is better ↑)", height=520)
+          y_title=f"V0 {names[0]} (win-rate vs the<br>reference model; higher is better ↑)", height=520,
+          subtitle=("Each marker: a run's win-rates against the reference model,<br>"
+                    "measured on held-out prompts; up and right is better<br>"
+                    f"Reference point ({ref[1]:g}, {ref[0]:g}) = the reference model against itself<br>"
+                    "Error bars: ± one standard error over the prompts"))
     fig.update_xaxes(range=x_range)
     fig.update_yaxes(range=y_range)
-    # The shared subtitle says "against the behaviour policy": here that policy is the reference model.
-    fig.update_layout(title_text=f"{title}<br><sup>All objectives maximised · values are win-rates against the "
-                                 "reference model (the behaviour policy of these runs)</sup>")
-    return fig.update_layout(margin=dict(t=140))
+    return fig.update_layout(margin=dict(t=150))
 
 
 # ----------------------------------------------------------------------------- the live part
+
+
+def show_points_table(points: pd.DataFrame, objectives: tuple[str, ...]) -> None:
+    """The finished runs' points (:func:`app.presenters.train.front_points`) as a readable table: methods
+    by their names, numbers rounded, empty cells as "–", short headers whose tooltips say what each value
+    is (the exports keep full precision)."""
+    secondary = [1] if len(objectives) > 1 else []  # the plane's V1
+    columns = {"run": ("run", "The run's id in the run store."),
+               "job_name": ("job name", "The name of the Train job that trained it (– : none given)."),
+               "method": ("method", "The training method."),
+               "v0": (f"V0 {objectives[0]}", f"Win-rate of the policy against the reference model on held-out "
+                                             f"prompts, scored on {objectives[0]} (the primary objective; 0.5 = as "
+                                             "good as the reference, higher is better)."),
+               "stderr0": ("± V0", "Standard error of V0 over the held-out prompts (win_rate_stderr)."),
+               **{f"v{j}": (f"V{j} {objectives[j]}", f"Win-rate against the reference model on held-out prompts, "
+                                                     f"scored on {objectives[j]} (the constrained objective; "
+                                                     "higher is better).") for j in secondary},
+               **{f"stderr{j}": (f"± V{j}", f"Standard error of V{j} over the held-out prompts (win_rate_stderr).")
+                  for j in secondary}}
+    for j in range(1, len(objectives)):
+        columns[f"b{j}"] = (f"b{j}", f"The threshold b{j} a MOPO run was started with on {objectives[j]} "
+                                     "(– : not MOPO).")
+        columns[f"met b{j}"] = (f"met b{j}", f"Whether the run's held-out V{j} reached b{j}; 'within 1 SE' when the "
+                                             "gap is smaller than one standard error, so the evaluation cannot tell.")
+    columns["on_front"] = ("on the front", "On the Pareto front of these points: no other point is at least as good "
+                                           "on both objectives and better on one.")
+    shown = points[list(columns)].rename(columns={c: label for c, (label, _) in columns.items()})
+    shown["method"] = [train_presenter.SHORT_NAMES.get(m, m) for m in shown["method"]]
+    shown["job name"] = [name or EMPTY for name in shown["job name"]]
+    shown["on the front"] = ["yes" if on else "no" for on in shown["on the front"]]  # as "met b1" reads
+    st.markdown("**Finished runs' points** (the same points are on the Compare page, run kind 'train')")
+    if len(objectives) > 1:
+        st.caption("*met b1*: whether a MOPO run's held-out V1 reached its threshold b1 (yes / no; *within 1 SE* "
+                   "when the evaluation cannot tell). During training MOPO holds the estimate on its batches, not "
+                   "this held-out value, above b1. Hover a column's header for what it holds.")
+    show_table(shown, "train_points", readable=True,
+               column_config={label: st.column_config.Column(label, help=text) for label, text in columns.values()})
+
 
 
 def _queue_rows(path: str, queue: pd.DataFrame) -> None:
@@ -285,15 +321,21 @@ def _queue_rows(path: str, queue: pd.DataFrame) -> None:
             cols[1].markdown(f"{r['name'] or '(unnamed)'}" + (" · resume" if r["kind"] == "resume" else ""))
             cols[2].markdown(f":{BADGES[r['status']]}-badge[{r['status']}]")
             cols[3].markdown("–" if pd.isna(r["run"]) else f"{int(r['run'])}")
-            if pd.isna(r["run"]):
-                what = "the reference SFT" if r["kind"] == "train_text" else "loading model, data, judge"
-                expert = "; MODPO trains its secondary DPO expert first" if r["method"] == "modpo" else ""
-                progress = f"preparing ({what}{expert})" if r["status"] == "running" else "–"
+            preparing = r["status"] == "running" and pd.isna(r["run"])
+            if preparing and pd.notna(r["preparing"]):  # the worker's recorded fraction (e.g. the reference fit)
+                cols[4].progress(float(r["preparing"]), text=f"preparing: {100 * r['preparing']:.0f}%")
+            elif preparing:
+                cols[4].markdown("preparing")
+            elif pd.isna(r["run"]):
+                cols[4].markdown("–")
             else:
-                progress = f"step {r['step']} / {r['steps']}" + (" · evaluating" if r["evaluating"] else "")
-            cols[4].markdown(progress)
+                cols[4].markdown(f"step {r['step']} / {r['steps']}" + (" · evaluating" if r["evaluating"] else ""))
             ended = isinstance(r["run_status"], str) and r["run_status"] not in ("finished", "running")
             note = r["error"] or (f"run {r['run_status']}" if ended else "")
+            if preparing and not note:
+                what = r["preparing_text"] or ("Preparing the reference model (SFT)" if r["kind"] == "train_text"
+                                               else "Loading the model, data and judge")
+                note = what + (" MODPO then trains its secondary DPO expert." if r["method"] == "modpo" else "")
             cols[5].caption(note[:160] + ("…" if len(note) > 160 else ""), help=note if len(note) > 160 else None)
             if r["status"] in jobs.ACTIVE_STATUSES:
                 cols[6].button(f"Cancel job {r['job']}", key=f"train_cancel_{r['job']}", on_click=_cancel,
@@ -434,22 +476,7 @@ def live_panel(path: str) -> None:
                 st.caption("No run on this plane has finished yet: each run's point is added when it finishes (a "
                            "cancelled run gets its point when a resume finishes it).")
     if not points.empty:
-        threshold_columns = [c for j in range(1, len(objectives)) for c in (f"b{j}", f"met b{j}")]
-        shown = points[["run", "job_name", "method", "v0", "v1", "stderr0", "stderr1", *threshold_columns,
-                        "on_front"]].rename(
-            columns={"job_name": "job name", "v0": f"V0 {objectives[0]}", "v1": f"V1 {objectives[1] if len(objectives) > 1 else '–'}",
-                     "stderr0": "± V0 (std. error)", "stderr1": "± V1 (std. error)", "on_front": "on the front"})
-        if len(objectives) < 2:
-            shown = shown.drop(columns=[c for c in shown.columns if "V1" in c])
-        st.markdown("**Finished runs' points** (the same points are on the Compare page, run kind 'train')")
-        if threshold_columns:
-            st.caption("*b1*: the threshold a MOPO run was started with (a ratchet may raise it during training); "
-                       "*met b1*: whether the run's held-out V1 reached it (yes / no; *within 1 SE* when the gap is "
-                       "smaller than one standard error of the evaluation, so it cannot tell). During training MOPO "
-                       "constrains the estimate on its batches, not this held-out value.")
-        show_table(shown, "train_points", column_config={
-            c: st.column_config.NumberColumn(c, format="%.3f") for c in shown.columns
-            if c.startswith(("V", "±")) or (c[0] == "b" and c[1:].isdigit())})
+        show_points_table(points, objectives)
     with st.expander("Worker log (last lines)"):
         st.code(train_presenter.worker_log_tail(path) or "(empty: no worker has started on this store yet)",
                 language=None)

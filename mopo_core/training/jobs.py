@@ -16,7 +16,14 @@ pid *and* start time (:mod:`mopo_core.processes`), so a reused pid (a container 
 processes from 1 again) is not mistaken for the old process. Per store, worker files live in
 ``<store folder>/<store stem>-jobs/``: ``worker.log`` (the workers' stdout and stderr) and
 ``checkpoints/job-<id>/`` (every job's run has a checkpoint folder, with a checkpoint from step
-0 on, so every run is resumable).
+0 on, so every run is resumable). Columns added to ``jobs`` later (:data:`_ADDED_COLUMNS`) are
+added to an older store when it is opened, its rows keeping their values.
+
+Preparation progress. Before a job's run exists the worker prepares it: a text-task job's
+reference model is fitted (or read from its cache) and a dataset job's model, data and judge
+are loaded. The worker records how far it is on the job's row (:func:`record_progress`:
+``Job.progress``, a fraction in [0, 1] that never decreases during a fit and ends at 1.0, or
+``None`` while loading, and ``Job.progress_text``); the Train page draws it as a bar.
 
 Job kinds: one per training task, its :attr:`~mopo_core.training.tasks.TrainingTask.job_kind`
 (``train_text``: a :class:`TrainConfig` and a :class:`TextTaskSetup`; ``train_dataset``: a
@@ -115,7 +122,9 @@ _JOBS_TABLE = f"""(
     error TEXT,
     created_at TEXT NOT NULL,
     started_at TEXT,
-    ended_at TEXT
+    ended_at TEXT,
+    progress REAL,
+    progress_text TEXT
 )"""
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS job_workers (
@@ -132,7 +141,10 @@ CREATE TABLE IF NOT EXISTS jobs {_JOBS_TABLE};
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
 """
 _JOB_SELECT = ("SELECT jobs.id, kind, name, spec, checkpoint_dir, status, run_id, cancel_requested, pid, error, "
-               "created_at, jobs.started_at, jobs.ended_at FROM jobs LEFT JOIN job_workers ON worker_id = job_workers.id")
+               "created_at, jobs.started_at, jobs.ended_at, progress, progress_text "
+               "FROM jobs LEFT JOIN job_workers ON worker_id = job_workers.id")
+#: Columns added to ``jobs`` after its first release (name, SQL type): added to an older store when it is opened.
+_ADDED_COLUMNS = (("progress", "REAL"), ("progress_text", "TEXT"))
 
 #: Workers started by this process: (pid, start time) -> Popen, to collect their exit status.
 _children: dict[tuple[int, int | None], subprocess.Popen] = {}
@@ -146,7 +158,10 @@ class Job:
     TextTaskSetup (``train_text``) or DatasetSetup (``train_dataset``) fields (``None`` for
     ``resume``); ``run_id``: the
     run once it exists (set at enqueue for ``resume``); ``worker_pid``: the worker that took
-    it; timestamps are ISO-8601 UTC strings."""
+    it; timestamps are ISO-8601 UTC strings. ``progress``/``progress_text``: the worker's last
+    word on the job's preparation before its first training step (:func:`record_progress`):
+    a fraction in [0, 1] (``None`` when the step cannot be measured, e.g. loading a model) and
+    a sentence; ``None`` before the worker said anything."""
 
     id: int
     kind: str
@@ -162,6 +177,8 @@ class Job:
     created_at: str
     started_at: str | None
     ended_at: str | None
+    progress: float | None = None
+    progress_text: str | None = None
 
 
 # ---------------------------------------------------------------------------- storage
@@ -187,9 +204,20 @@ def _prepare(store_path: str | os.PathLike) -> Path:
             conn.executescript(_SCHEMA)
         finally:
             conn.close()
+        _add_columns(path)
         _widen_job_kinds(path)
         _prepared.add(path)
     return path
+
+
+def _add_columns(path: Path) -> None:
+    """Add :data:`_ADDED_COLUMNS` to a ``jobs`` table written before them (its rows get ``NULL``
+    there), so that an older store opens and its jobs keep their values."""
+    with transaction(path, immediate=True, foreign_keys=False) as conn:
+        present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in present:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
 
 def _widen_job_kinds(path: Path) -> None:
@@ -207,10 +235,11 @@ def _widen_job_kinds(path: Path) -> None:
 
 
 def _job_from_row(row: tuple) -> Job:
-    job_id, kind, name, spec, checkpoint_dir, status, run_id, cancel, pid, error, created, started, ended = row
+    (job_id, kind, name, spec, checkpoint_dir, status, run_id, cancel, pid, error, created, started, ended, progress,
+     progress_text) = row
     spec = json.loads(spec)
     return Job(job_id, kind, name, spec.get("config"), spec.get("setup"), checkpoint_dir, status, run_id,
-               bool(cancel), pid, error, created, started, ended)
+               bool(cancel), pid, error, created, started, ended, progress, progress_text)
 
 
 def _require_job(conn: sqlite3.Connection, path: Path, job_id: int) -> Job:
@@ -300,6 +329,22 @@ def cancel(store_path: str | os.PathLike, job_id: int) -> str:
             raise ValueError(f"job {job_id}: already ended ({job.status}); nothing to cancel")
         conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job.id,))
         return "running"
+
+
+def record_progress(store_path: str | os.PathLike, job_id: int, fraction: float | None, text: str) -> None:
+    """Record how far job ``job_id``'s preparation is (what the worker does before the run's
+    first step: the text task's reference fit, a dataset's model, data and judge): ``fraction``
+    in [0, 1] (``None``: not measurable) and ``text``, a sentence for the Train page. The
+    worker calls it; ``ValueError`` naming ``fraction`` outside [0, 1], ``KeyError`` for an
+    unknown job."""
+    if fraction is not None and not 0.0 <= fraction <= 1.0:  # (NaN fails both comparisons)
+        raise ValueError(f"fraction: expected a number in [0, 1] or None, got {fraction!r}")
+    path = _prepare(store_path)
+    with transaction(path, immediate=True) as conn:
+        changed = conn.execute("UPDATE jobs SET progress = ?, progress_text = ? WHERE id = ?",
+                               (None if fraction is None else float(fraction), str(text), int(job_id))).rowcount
+        if not changed:
+            raise KeyError(f"job {job_id} not found in the run store {path}")
 
 
 def get_job(store_path: str | os.PathLike, job_id: int) -> Job:
@@ -596,11 +641,26 @@ class _Worker:
             setup = task.setup_from(job.setup)
         if not task.reusable(self.loaded, setup):
             self.loaded = None  # free the last job's model and judge before loading the next: never two at once
-            self.loaded = task.load(setup, note=lambda text: print(f"{_now()} job {job.id}: {text}", flush=True))
+            self.loaded = task.load(setup, note=self.on_note)
+        task.prepare(setup, progress=self.on_progress)
         if job.kind == "resume":
             return task.resume(store, job.run_id, loaded=self.loaded, **hooks)[0]
         return task.train(train_config_from(job.config), setup, store, job.checkpoint_dir, loaded=self.loaded,
                           **hooks)[0]
+
+    def on_note(self, text: str) -> None:
+        """``note`` of a task's :meth:`~mopo_core.training.tasks.TrainingTask.load`: to the log and
+        the job's progress text (no fraction: loading is not measured)."""
+        print(f"{_now()} job {self.job.id}: {text}", flush=True)
+        record_progress(self.path, self.job.id, None, text)
+
+    def on_progress(self, fraction: float, text: str) -> None:
+        """``progress`` of a task's :meth:`~mopo_core.training.tasks.TrainingTask.prepare` (the text
+        task's reference fit): to the log (a line per tenth) and the job's row."""
+        from mopo_core.training.reference_cache import print_progress  # (torch: the worker only)
+
+        print_progress(fraction, text)
+        record_progress(self.path, self.job.id, fraction, text)
 
     def _end(self, status: str, error: str | None, run_id: int | None, end_run: bool = False) -> None:
         """End the job; with ``end_run``, its run too (unless it had finished with its point)."""

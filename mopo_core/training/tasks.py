@@ -133,6 +133,11 @@ class TrainingTask(ABC):
         """Whether ``loaded`` (an earlier :meth:`load`, of any task, or ``None``) serves ``setup``."""
         return loaded is None
 
+    def prepare(self, setup, progress: Callable[[float, str], None]) -> None:
+        """Do now, telling ``progress(fraction, text)`` how far it is, the slow preparation a run
+        on ``setup`` would otherwise do silently inside :meth:`train` (the job worker calls it
+        before :meth:`train` / :meth:`resume`); by default there is none."""
+
     # ------------------------------------------------------------------ stored runs
 
     def stored_run(self, store: RunStore, run_id: int, action: str) -> Run:
@@ -168,6 +173,13 @@ class TextTraining(TrainingTask):
         from mopo_core.training.text_task import check_text_run
 
         check_text_run(config, setup)
+
+    def prepare(self, setup, progress) -> None:
+        """Fit the task's reference model for ``setup`` (or read it from its cache,
+        :mod:`mopo_core.training.reference_cache`), so that :meth:`train` reads it from the cache."""
+        from mopo_core.training.text_task import build_text_task
+
+        build_text_task(setup, progress=progress)
 
     def train(self, config, setup, store, checkpoint_dir=None, callbacks=(), on_trainer=None, loaded=None):
         from mopo_core.training.text_task import train_on_text_task

@@ -233,7 +233,11 @@ def test_the_finished_runs_table_says_per_threshold_whether_the_held_out_point_m
     table = next(df.value for df in at.dataframe if "on the front" in df.value.columns)
     assert {"b1", "met b1"} <= set(table.columns)
     assert table["met b1"].tolist() == ["no", "yes", "no (within 1 SE)", "–"]
-    assert table["b1"].tolist()[:3] == [0.75, 0.6, 0.7] and np.isnan(table["b1"].iloc[3])  # DPO: no threshold
+    assert table["b1"].tolist() == ["0.750", "0.600", "0.700", "–"]  # on screen: rounded; DPO has no threshold
+    assert table["method"].tolist() == ["MOPO", "MOPO", "MOPO", "DPO"]
+    assert not {"None", "nan", "NaN"} & {str(v) for v in table.to_numpy().ravel()}
+    config = next(df.proto.columns for df in at.dataframe if "on the front" in df.value.columns)
+    assert "Standard error of V0" in config and "win_rate_stderr" in config  # the technical name in the tooltip
     plane = figures(at)[1]
     missed = next(t for t in plane["data"] if t["name"].startswith("MOPO run that missed"))
     met = next(t for t in plane["data"] if t["name"].startswith("MOPO run that met"))
@@ -334,6 +338,29 @@ def test_cancel_and_resume_buttons_drive_the_worker_and_the_live_charts_follow(s
     assert "Reference point (0.5, 0.5)" in plane["layout"]["title"]["text"]
     points = next(df.value for df in at.dataframe if "on the front" in df.value.columns)
     assert points["run"].tolist() == [1]
+
+
+def test_a_preparing_job_shows_its_recorded_progress_as_a_bar_with_its_text(store_path, no_worker):
+    """A job claimed by a worker (its loop's claim, in this process) that has no run yet, with the
+    reference fit's progress recorded: the queue row draws a bar at that fraction and the text
+    beside it; once the worker records more, the next rerun (the page's poll) shows it."""
+    at = _page(TINY)
+    at.button(key="train_start").click().run()
+    path = jobs._prepare(store_path)
+    job = jobs._Worker(path, *jobs._register_worker(path))._claim_next()
+    text = "Fitting the reference: SFT step 8 of 20 (once per settings; later starts read it from the cache)…"
+    jobs.record_progress(store_path, job.id, 0.4, text)
+    at.run()
+    assert not at.exception
+    assert ":blue-badge[running]" in _text(at)
+    (bar,) = at.get("progress")
+    assert (bar.proto.value, bar.proto.text) == (40, "preparing: 40%")
+    assert text in _text(at)
+    jobs.record_progress(store_path, job.id, 0.9, text.replace("step 8", "step 18"))
+    at.run()
+    (bar,) = at.get("progress")
+    assert (bar.proto.value, bar.proto.text) == (90, "preparing: 90%")
+    assert "SFT step 18 of 20" in _text(at)
 
 
 def test_the_page_starts_a_worker_process_that_trains_the_queued_run(store_path):

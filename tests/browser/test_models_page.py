@@ -1,6 +1,8 @@
 """Browser tests of the Models page and of Compare with language-model runs, on the real server in
 headless Chromium (slow). Screenshots go to ``test-artifacts/screenshots``: ``models.png`` (a model
-loaded, its samples scored), ``models_unloaded.png`` (the freed memory after Unload) and
+loaded, its samples scored), ``models_unloaded.png`` (the freed memory after Unload),
+``models_trained_policy.png`` (a finished run's policy sampled beside its reference, at 1280×720),
+``models_trained_error.png`` (a damaged checkpoint refused, naming the run and the file) and
 ``compare_lm.png`` (an LM run's point selected: its metrics, curves and generations beside the
 reference model's).
 
@@ -59,7 +61,7 @@ def folders(tmp_path_factory):
     setup = TextTaskSetup(n_prompts=16, sft_steps=150)
     for config in (TrainConfig(method="mopo", thresholds=(0.6,), steps=20, batch_size=8),
                    TrainConfig(method="dpo", steps=20, batch_size=8)):
-        train_on_text_task(config, setup, store)
+        train_on_text_task(config, setup, store, root / f"checkpoints-{config.method}")  # offered on Models
     models = root / "models"
     tokenizer = word_tokenizer(vocabulary())
     model = tiny_gpt(len(tokenizer), tokenizer=tokenizer)
@@ -130,6 +132,52 @@ def test_models_page_load_sample_and_unload(server, browser, folders):
     assert "No model loaded" in browser.find_element(By.TAG_NAME, "body").text
     browser.execute_script("window.scrollTo(0, 0);")
     shot(browser, "models_unloaded")
+
+
+def _pick_option(driver, label, option):
+    """Click the option containing ``option`` in the select box labelled ``label`` (typed to filter)."""
+    box = retry(lambda: next(e for e in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]')
+                              if label in e.text))
+    field = box.find_element(By.CSS_SELECTOR, "input")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", field)
+    field.click()
+    field.send_keys(option)
+    retry(lambda: next(o for o in driver.find_elements(By.CSS_SELECTOR, '[role="option"]') if option in o.text).click())
+    settle(driver)
+
+
+def test_a_finished_runs_policy_is_sampled_beside_its_reference_and_a_damaged_one_is_named(server, browser,
+                                                                                          folders):
+    from app.presenters import models as models_presenter
+    from mopo_core.runs import RunStore
+
+    mopo, dpo = models_presenter.trained_policies(RunStore(folders[0]))
+    browser.set_window_size(1280, 720)
+    browser.get(f"{server}/models")
+    _wait_text(browser, "Policy from a finished run", 120)
+    _pick_option(browser, "Policy from a finished run", f"run {mopo.run_id} ·")
+    _wait_text(browser, f"Loaded run {mopo.run_id}'s policy", 240)
+    assert_no_errors(browser, "models, a run's policy loaded")
+    retry(lambda: button(browser, "Sample both").click())
+    _wait_text(browser, "Reference (what it was trained from)", 240)
+    assert_no_errors(browser, "models, a run's policy sampled")
+    tables = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stTable"]')
+    assert len(tables) == 2 and all("response" in t.text and "helpfulness" in t.text for t in tables)
+    _scroll_to(browser, "Seed 0, temperature")
+    shot(browser, "models_trained_policy")
+
+    last = Path(dpo.checkpoint)
+    genuine = last.read_bytes()
+    try:
+        last.write_bytes(b"not a checkpoint")
+        _pick_option(browser, "Policy from a finished run", f"run {dpo.run_id} ·")
+        _wait_text(browser, f"Could not load run {dpo.run_id}'s policy", 240)
+        errors = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stAlertContentError"]')]
+        assert any(f"run {dpo.run_id}" in e and str(last) in e for e in errors), errors
+        _scroll_to(browser, "Policy from a finished run")
+        shot(browser, "models_trained_error")
+    finally:
+        last.write_bytes(genuine)
 
 
 def test_compare_an_lm_run_point(server, browser):

@@ -113,6 +113,56 @@ def _assert_store_healthy(store: RunStore) -> None:
 # ---------------------------------------------------------------------- the queue without a worker (fast)
 
 
+def test_record_progress_refuses_a_fraction_outside_0_1_and_an_unknown_job(store_path):
+    job_id = enqueue_training(store_path, _config(), SETUP)
+    assert (get_job(store_path, job_id).progress, get_job(store_path, job_id).progress_text) == (None, None)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="fraction: expected a number in \\[0, 1\\]"):
+            jobs.record_progress(store_path, job_id, bad, "x")
+    with pytest.raises(KeyError, match="job 99 not found"):
+        jobs.record_progress(store_path, 99, 0.5, "x")
+    jobs.record_progress(store_path, job_id, None, "loading the model")
+    assert (get_job(store_path, job_id).progress, get_job(store_path, job_id).progress_text) == (
+        None, "loading the model")
+
+
+@pytest.mark.slow
+def test_the_worker_records_the_reference_fits_progress_on_the_job(store_path, tmp_path, monkeypatch):
+    """A real worker process fits a text job's reference (an empty cache folder, so it is fitted,
+    not read) and records its progress on the job: polled here, the fractions never decrease, each
+    is the SFT step its text names over the steps (counted independently of the fraction), and the
+    last is 1.0. A second job on the same settings reads the reference from the cache: 0 then 1."""
+    from mopo_core.lm.registry import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "reference-cache"))  # the worker process inherits it
+    setup = dataclasses.replace(SETUP, sft_steps=80)  # about 50 ms a step: seconds of fitting
+    first, second = (enqueue_training(store_path, _config(steps=2), setup) for _ in range(2))
+    ensure_worker(store_path)  # one worker takes both, in order
+    seen = []
+
+    def ended():
+        job = get_job(store_path, first)
+        if job.progress is not None and (not seen or seen[-1] != (job.progress, job.progress_text)):
+            seen.append((job.progress, job.progress_text))
+        return job.status in ENDED and job
+
+    job = _wait(store_path, f"job {first} ended", ended)
+    assert job.status == "done", (job.error, _log(store_path))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0, seen
+    assert seen[-1][1].startswith("Fitted the reference (80 SFT steps)"), seen[-1]
+    during = [(f, text) for f, text in seen if 0.0 < f < 1.0]
+    assert len(during) >= 3, f"too few updates seen while fitting: {seen}"
+    for fraction, text in during:
+        step = int(text.split("SFT step ")[1].split(" of 80")[0])
+        assert fraction == step / 80, (fraction, text)
+    assert list((tmp_path / "reference-cache").glob("text-reference-*.safetensors"))
+
+    job = _wait_ended(store_path, second)
+    assert job.status == "done" and job.progress == 1.0
+    assert job.progress_text == "Read the fitted reference from the cache."
+
+
 def test_enqueue_checks_the_config_and_setup_and_cancel_of_a_queued_job_is_immediate(store_path):
     with pytest.raises(ValueError, match="thresholds: MOPO needs one per secondary objective"):
         enqueue_training(store_path, TrainConfig(thresholds=(0.5, 0.5)), SETUP)
@@ -411,10 +461,13 @@ def _dataset_setup(data, checkpoint, judge, **changes):
 
 
 def _old_store(path: Path) -> None:
-    """A store whose jobs table predates dataset jobs (its CHECK allows two kinds), with one job."""
+    """A store whose jobs table predates dataset jobs (its CHECK allows two kinds) and the
+    preparation progress columns, with one job."""
     RunStore(path)
     conn = sqlite3.connect(path)
     schema = jobs._SCHEMA.replace(repr(jobs.JOB_KINDS), repr(("train_text", "resume")))
+    schema = schema.replace(",\n    progress REAL,\n    progress_text TEXT", "")
+    assert "progress" not in schema
     conn.executescript(schema)
     conn.execute("INSERT INTO jobs (kind, name, spec, status, created_at) VALUES "
                  "('train_text', 'old', '{}', 'cancelled', 't')")
@@ -426,7 +479,10 @@ def _old_store(path: Path) -> None:
 
 def test_a_store_from_before_dataset_jobs_is_widened_keeping_its_jobs(store_path, dataset):
     _old_store(store_path)
-    assert [(j.name, j.kind, j.status) for j in list_jobs(store_path)] == [("old", "train_text", "cancelled")]
+    assert [(j.name, j.kind, j.status, j.progress, j.progress_text) for j in list_jobs(store_path)] == [
+        ("old", "train_text", "cancelled", None, None)]
+    jobs.record_progress(store_path, 1, 0.25, "a note")  # the added columns are written and read back
+    assert (get_job(store_path, 1).progress, get_job(store_path, 1).progress_text) == (0.25, "a note")
     job_id = enqueue_training(store_path, _config(steps=2), dataset)
     assert get_job(store_path, job_id).kind == "train_dataset"
     jobs._prepared.clear()  # a later process: already widened, nothing to do
