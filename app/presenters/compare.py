@@ -2,10 +2,14 @@
 of stored runs (:mod:`mopo_core.experiments.compare_runs`: points, non-dominance, dominance,
 hypervolume, attainment, point details).
 
-- Names: :data:`SCALES` (how the page names the two value scales), :func:`run_label` (the run
-  picker's label), :func:`settings_table` (a config as a two-column table).
+- Names: :data:`SCALES` (how the page names the two value scales), :data:`VALUES` and
+  :func:`values_kind` (what the drawn values are, imported points told apart), :func:`run_label`
+  (the run picker's label) and :func:`label_id` (a picker value back to its run id),
+  :func:`settings_table` (a config as a two-column table).
 - Diverged runs: :func:`diverged_toggle_label` and :func:`diverged_note` (how the page says
   that diverged runs are left off the fronts, dominance counts and hypervolumes, and why).
+- Uncertainty: :func:`standard_errors`, each point's stored standard errors (drawn as
+  ±:data:`SE_BAR` SE bars).
 - Selection: :func:`selection_keys` reads the ``(run_id, idx)`` of the points picked in a Plotly
   selection event.
 - Drawing: :func:`staircase`, the boundary polyline of the region a set of points dominates.
@@ -64,6 +68,40 @@ from mopo_core.training.tasks import TASKS, train_config_from
 #: Value scales (:func:`mopo_core.experiments.compare_runs.value_scale`) and how the page names them.
 SCALES = {TABULAR: "win-rates against the behaviour policy (tabular runs)",
           LM: "win-rates against the reference model's samples (language-model runs; 0.5 = a tie)"}
+#: What the drawn values are (:func:`values_kind`): the two scales, points imported from a file (the
+#: tabular scale holds them: the engine knows no baseline of theirs), and tabular runs beside imported ones.
+IMPORTED, MIXED = "imported", "mixed"
+VALUES = {**SCALES, IMPORTED: "your own values, as imported from a file (not computed here)",
+          MIXED: "win-rates against the behaviour policy (tabular runs) beside your own imported values"}
+#: The factor of a standard error drawn as an error bar: ±1.96 SE, a 95% normal interval.
+SE_BAR = 1.96
+
+
+def values_kind(runs: list[Run], scale: str) -> str:
+    """What the values of ``runs`` (all on ``scale``) are, a key of :data:`VALUES`: :data:`LM`;
+    :data:`IMPORTED` when every run is imported (kind :data:`IMPORT_KIND`); :data:`TABULAR` when
+    none is; else :data:`MIXED`."""
+    if scale == LM:
+        return LM
+    imported = {r.kind == IMPORT_KIND for r in runs}
+    return IMPORTED if imported == {True} else TABULAR if True not in imported else MIXED
+
+
+def standard_errors(runs: list[Run], pts: pd.DataFrame) -> np.ndarray:
+    """``(P, K)`` standard errors of the points of ``pts`` (a
+    :func:`mopo_core.experiments.compare_runs.points_frame` of ``runs``), in the units of their
+    values: an imported point's ``extra["stderr"]``, a language-model evaluation's
+    ``extra["win_rate_stderr"]``; NaN where a point records none."""
+    k = sum(1 for c in pts.columns if c.startswith("v") and c[1:].isdigit())
+    stored = {}
+    for run in runs:
+        for idx, extra in zip(run.points["idx"], run.points["extra"]):
+            se = (extra.get("stderr") or extra.get("win_rate_stderr")) if isinstance(extra, dict) else None
+            if isinstance(se, list | tuple) and len(se) == k:
+                stored[(run.id, int(idx))] = [np.nan if v is None else float(v) for v in se]
+    missing = [np.nan] * k
+    return np.array([stored.get(key, missing) for key in zip(pts["run_id"].tolist(), pts["idx"].tolist())],
+                    dtype=float).reshape(len(pts), k)
 
 
 # --------------------------------------------------------------------------- labels
@@ -87,6 +125,16 @@ def run_label(row) -> str:
     kind = f"{row['kind']} (LM)" if row["kind"] in LM_KINDS else row["kind"]
     flag = " · DIVERGED" if row.get("status") in HIDDEN_STATUSES else ""
     return f"{int(row['id'])} · {kind} · {name} · {n} point{'' if n == 1 else 's'}{flag}"
+
+
+def label_id(value) -> int | None:
+    """The run id of a run picker value: the id itself, or a label of :func:`run_label`'s form
+    (``"id · ..."``, what the browser sends back for a run whose label has changed since); None
+    for anything else."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return int(value)
+    head = str(value).split(" · ", 1)[0].strip()
+    return int(head) if head.isdigit() else None
 
 
 def diverged_toggle_label(n_diverged: int) -> str:

@@ -26,7 +26,7 @@ EMA slider.
 At scale (a store of 1,000 runs, 40 selected; bench/compare_scale.py): the listing (names, labels,
 the runs table) is cached by the store's marker (:meth:`RunStore.marker`, one query), the selected
 runs are read in one go (:meth:`RunStore.get_runs`) and cached by what changes while a run is
-written (points, status, end, last metric step), and so are their points, dominance counts,
+written (points, status, end, last metric step) and its name, and so are their points, dominance counts,
 hypervolumes, attainment and front traces (keyed by that and the settings); traces drawn once per
 series skip Plotly's validation (:func:`_light_figure`).
 
@@ -38,7 +38,12 @@ programmatically (the app tests do).
 
 Your own results: the sidebar's "Import points (CSV or JSON)" records an uploaded file of points
 evaluated elsewhere (:func:`app.presenters.compare.import_upload`) and selects the new runs; a bad
-file is refused with a message naming the row and the column.
+file is refused with a message naming the row and the column. Their charts say the values are the
+user's own (:data:`CONVENTIONS`), not win-rates computed here.
+
+Uncertainty: points that record standard errors (an imported file's ``se.<objective>`` columns, a
+language-model evaluation's ``win_rate_stderr``) are drawn on the fronts with ±1.96 SE bars (a 95%
+normal interval), said in the front's subtitle and each point's hover.
 """
 from __future__ import annotations
 
@@ -54,11 +59,12 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app.presenters import compare as compare_presenter
-from app.shared import CONVENTION, axis_title, run_store, show_figure, show_table, style
+from app.shared import CONVENTION, PROBABILITY_SUBTITLE, axis_title, run_store, show_figure, show_table, style
 from mopo_core.experiments import compare_runs
 from mopo_core.runs import RunStore
 
 RUNS = "compare_runs"
+RUN_LABELS = "compare_run_labels"  # the labels of the picked runs as last sent to the browser
 PINNED = "compare_pinned"
 LAST_EVENTS = "compare_last_events"
 PALETTE = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Dark24
@@ -75,23 +81,38 @@ def _light_figure(traces: list[dict]) -> go.Figure:
     fig.layout._validate = True
     return fig
 SEED_SYMBOLS = ["circle", "square", "triangle-up", "diamond", "cross", "star", "triangle-down", "pentagon"]
-#: The subtitle of LM figures (style() writes the tabular CONVENTION; LM values have another baseline).
-LM_CONVENTION = ("All objectives maximised · values are win-rates of the policy's samples against the reference "
-                 "model's samples (0.5 = a tie with the reference)")
+#: The subtitle of the value charts per :func:`app.presenters.compare.values_kind` of the compared runs
+#: (style() writes the tabular CONVENTION; the others have another baseline, or none).
+CONVENTIONS = {
+    compare_runs.TABULAR: CONVENTION,
+    compare_runs.LM: ("All objectives maximised · values are win-rates of the policy's samples against the reference "
+                      "model's samples (0.5 = a tie with the reference)"),
+    compare_presenter.IMPORTED: "All objectives maximised · values are your own, as imported from your file",
+    compare_presenter.MIXED: ("All objectives maximised · tabular runs: win-rates against the behaviour policy; "
+                              "imported runs: your own values, as imported"),
+}
+#: The axis titles' note on the value scale (the tabular one: app.shared.axis_title).
+AXIS_NOTES = {compare_runs.LM: "win-rate vs the reference model", compare_presenter.IMPORTED: "your values",
+              compare_presenter.MIXED: "win-rate or your imported values"}
+#: How the front's subtitle names the error bars.
+SE_NOTE = (f"bars: ±{compare_presenter.SE_BAR} standard errors (a 95% normal interval) of the points that "
+           "record them")
 
 
-def _axis(names, k: int, axis: str, scale: str) -> str:
-    """The axis title of objective k on the value scale of the compared runs."""
-    if scale == compare_runs.TABULAR:
+def _axis(names, k: int, axis: str, values: str) -> str:
+    """The axis title of objective k for the compared runs' values (``values``:
+    :func:`app.presenters.compare.values_kind`)."""
+    if values == compare_runs.TABULAR:
         return axis_title(names, k, axis)
-    return f"V{k} {names[k]} (win-rate vs the reference model; higher is better {'↑' if axis == 'y' else '→'})"
+    return f"V{k} {names[k]} ({AXIS_NOTES[values]}; higher is better {'↑' if axis == 'y' else '→'})"
 
 
-def _convention(fig: go.Figure, scale: str) -> go.Figure:
-    """Swap style()'s tabular convention line for the LM one when LM runs are compared."""
+def _convention(fig: go.Figure, values: str, bars: bool = False) -> go.Figure:
+    """Swap style()'s tabular convention line for the one of the compared runs' ``values``
+    (:data:`CONVENTIONS`), followed by :data:`SE_NOTE` when the figure draws error ``bars``."""
     title = fig.layout.title.text or ""
-    if scale == compare_runs.LM and CONVENTION in title:
-        fig.update_layout(title_text=title.replace(CONVENTION, LM_CONVENTION))
+    if CONVENTION in title:
+        fig.update_layout(title_text=title.replace(CONVENTION, CONVENTIONS[values] + (f" · {SE_NOTE}" if bars else "")))
     return fig
 
 
@@ -113,8 +134,8 @@ def _listing(store_path: str, marker: str, _store: RunStore):
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def load_runs(store_path: str, key: tuple, _store: RunStore):
-    """The runs of ``key`` (one ``(id, n_points, status, finished_at, last step)`` per run: what
-    changes while a run is still being written) from the store, read in one go
+    """The runs of ``key`` (one ``(id, n_points, status, finished_at, last step, name)`` per run:
+    what changes while a run is still being written, and its shown name) from the store, read in one go
     (:meth:`RunStore.get_runs`)."""
     return _store.get_runs([k[0] for k in key])
 
@@ -124,7 +145,11 @@ def load_runs(store_path: str, key: tuple, _store: RunStore):
 # data the key names (not hashed).
 @st.cache_data(show_spinner=False, max_entries=16)
 def _points(key: tuple, by_label: bool, show_diverged: bool, _runs):
-    return compare_runs.points_frame(_runs, by_label, include_diverged=show_diverged)
+    """:func:`mopo_core.experiments.compare_runs.points_frame` with each point's standard errors
+    (columns ``se0..se{K-1}``, NaN where none: :func:`app.presenters.compare.standard_errors`)."""
+    pts = compare_runs.points_frame(_runs, by_label, include_diverged=show_diverged)
+    se = compare_presenter.standard_errors(_runs, pts)
+    return pts.assign(**{f"se{j}": se[:, j] for j in range(se.shape[1])})
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -210,8 +235,11 @@ def runs_table_panel(listed: pd.DataFrame, names: dict, table: pd.DataFrame, lab
     """The runs table (sort by a column header, filter, edit name / tags / hide, delete with a
     confirmation); returns whether hidden runs are shown (in the run picker too)."""
     note = st.session_state.pop(TABLE_NOTE, None)
+    # Open while the user works in it: after a save or delete, while runs are chosen for deletion.
+    working = (note is not None or DELETE_PENDING in st.session_state or bool(st.session_state.get(DELETE_IDS))
+               or st.session_state.get(TABLE_GEN, 0) > 0)
     with st.expander(f"Runs table: {len(listed)} run(s) in the store · sort, filter, rename, tag, hide, delete",
-                     expanded=note is not None or DELETE_PENDING in st.session_state):
+                     expanded=working):
         if note is not None:
             (st.success if note[0] else st.error)(note[1])
         cols = st.columns([3, 2, 2, 2])
@@ -299,7 +327,10 @@ def _fmt_point(r) -> str:
 
 def _customdata(d: pd.DataFrame, k: int) -> list:
     columns = [d[f"v{j}"].to_numpy(dtype=float) for j in range(k)]
-    values = [" · ".join(f"V{j}={x:.4f}" for j, x in enumerate(row)) for row in zip(*columns)]
+    bars = [compare_presenter.SE_BAR * d[f"se{j}"].to_numpy(dtype=float) for j in range(k)]
+    values = [" · ".join(f"V{j}={x:.4f}" + (f" ± {b:.4f}" if np.isfinite(b) else "")
+                         for j, (x, b) in enumerate(zip(row, half))) for row, half in zip(zip(*columns), zip(*bars))]
+    values = [v + (f" (± {compare_presenter.SE_BAR} SE)" if "±" in v else "") for v in values]
     status = [("non-dominated in the union" if f else "dominated")
               + ("; its threshold could not be met (infeasible)" if ok is False else "")
               for f, ok in zip(d["on_front"], d["feasible"])]
@@ -311,9 +342,15 @@ HOVER = ("<b>%{customdata[2]}</b> · run %{customdata[0]}, point %{customdata[1]
          "%{customdata[5]}<br>%{customdata[4]}<extra>%{customdata[6]}</extra>")
 
 
+def _error_bar(half_widths: np.ndarray, colour: str) -> dict:
+    """Plotly error bars of half-widths ``half_widths`` (P,) (NaN: no bar) in ``colour``."""
+    return dict(type="data", array=half_widths, visible=True, color=colour, thickness=1.2, width=3)
+
+
 def series_traces(pts, colours, xk, yk, k) -> list[dict]:
     """The front figure's trace of each series (V_xk across, V_yk up), as plain dicts: the union's
-    non-dominated points as outlined diamonds, the dominated ones faded, infeasible ones open."""
+    non-dominated points as outlined diamonds, the dominated ones faded, infeasible ones open;
+    points that record standard errors with ±1.96 SE bars (``error_x``/``error_y``; NaN: none)."""
     traces = []
     shown = pts[pts["finite"]]
     for series, d in shown.groupby("series", sort=False):
@@ -328,6 +365,10 @@ def series_traces(pts, colours, xk, yk, k) -> list[dict]:
                         opacity=np.where(front, 1.0, 0.35),
                         line=dict(color="black", width=np.where(front, 1.5, 0.0))),
             customdata=_customdata(d, k), hovertemplate=HOVER))
+        for axis, j in (("error_x", xk), ("error_y", yk)):
+            half = compare_presenter.SE_BAR * d[f"se{j}"].to_numpy(dtype=float)
+            if np.isfinite(half).any():
+                traces[-1][axis] = _error_bar(half, colours[series])
     return traces
 
 
@@ -339,7 +380,7 @@ def _series_traces(key: tuple, by_label: bool, show_diverged: bool, colour_by: s
 
 
 def front_figure(pts, colours, xk, yk, names, ref, source, pinned, title, staircase=True, height=520, legend=True,
-                 scale=compare_runs.TABULAR, traces=None):
+                 values_kind=compare_runs.TABULAR, traces=None):
     """Scatter of every series (V_xk across, V_yk up; ``traces``: their :func:`series_traces` when
     already made); the union's non-dominated points as outlined diamonds, the dominated ones faded;
     the HV reference point and the pinned points."""
@@ -376,8 +417,8 @@ def front_figure(pts, colours, xk, yk, names, ref, source, pinned, title, stairc
                         customdata=_customdata(sel, k), hovertemplate=HOVER)
     note = f"HV reference point r = {_fmt_point(ref)}" + (f": {source}" if legend else "")
     style(fig, f"{title}<br><sup>{note}</sup>",
-          x_title=_axis(names, xk, "x", scale), y_title=_axis(names, yk, "y", scale), height=height)
-    _convention(fig, scale)
+          x_title=_axis(names, xk, "x", values_kind), y_title=_axis(names, yk, "y", values_kind), height=height)
+    _convention(fig, values_kind, bars=bool(np.isfinite(shown[[f"se{xk}", f"se{yk}"]].to_numpy(dtype=float)).any()))
     fig.update_layout(margin=dict(t=110))
     if legend:
         return fig.update_layout(height=height)
@@ -440,7 +481,9 @@ def dominance_figure(counts: pd.DataFrame, sets: dict, short_of: dict) -> go.Fig
     fig.update_yaxes(autorange="reversed")
     height = max(360, 160 + 40 * len(names))
     style(fig, "Dominance: how many of A's points dominate at least one point of B",
-          x_title="B (the series dominated)", y_title="A (the series whose points dominate)", height=height)
+          x_title="B (the series dominated)", y_title="A (the series whose points dominate)", height=height,
+          subtitle="Cells count points; a point dominates another when it is at least as good in every objective "
+                   "and better in one (all maximised)")
     return fig.update_layout(height=height)
 
 
@@ -460,7 +503,9 @@ def hypervolume_figure(table: pd.DataFrame, colours: dict, short_of: dict, ref, 
     fig.add_scatter(x=[None], y=[None], mode="lines", line=dict(color="black", dash="dash"),
                     name=f"union of all: {union:.5g}")
     style(fig, f"Hypervolume per series above r = {_fmt_point(ref)}<br><sup>r: {source}</sup>",
-          x_title="series", y_title="hypervolume above r (higher is better ↑)", height=440)
+          x_title="series", y_title="hypervolume above r (higher is better ↑)", height=440,
+          subtitle="Hypervolume: the area (K = 2) or volume between r and the points a series dominates; bar labels: "
+                   "its share of the union's")
     fig.update_layout(margin=dict(t=110), showlegend=True)
     top = max(union, float(rows["hypervolume"].max()) if len(rows) else 0.0)
     if top > 0:
@@ -472,7 +517,7 @@ def hypervolume_figure(table: pd.DataFrame, colours: dict, short_of: dict, ref, 
     return fig.update_layout(height=440)
 
 
-def attainment_figure(items, pts, names, ref, source, scale=compare_runs.TABULAR, colour_by="run") -> go.Figure:
+def attainment_figure(items, pts, names, ref, source, values_kind=compare_runs.TABULAR, colour_by="run") -> go.Figure:
     """Per seed group: each seed's points (faint), the 25-75% band and the median front (V1
     across, V0 up); a group in the colour of its first run (or its method)."""
     traces = []
@@ -508,8 +553,9 @@ def attainment_figure(items, pts, names, ref, source, scale=compare_runs.TABULAR
                     marker=dict(symbol="x", size=13, color="black"),
                     hovertemplate=f"HV reference point r<br>{source}<extra></extra>")
     style(fig, f"Attainment over seeds: median front and 25–75% band<br><sup>HV reference point r = "
-               f"{_fmt_point(ref)}: {source}</sup>", x_title=_axis(names, 1, "x", scale),
-          y_title=_axis(names, 0, "y", scale), height=520)
+               f"{_fmt_point(ref)}: {source}</sup>", x_title=_axis(names, 1, "x", values_kind),
+          y_title=_axis(names, 0, "y", values_kind), height=520)
+    _convention(fig, values_kind)
     fig.update_layout(margin=dict(t=110))
     return fig.update_layout(height=520)
 
@@ -541,7 +587,8 @@ def policy_figure(details: list[dict]) -> tuple[go.Figure, pd.DataFrame]:
                                                                                    color="black"),
                         hovertemplate="π_ref<br>%{x}<br>%{y:.4f}<extra></extra>")
     style(fig, "Policies of the selected points (their output: a distribution over responses)",
-          x_title="response y (x·y: prompt x, response y)", y_title="probability π(y|x)", height=380)
+          x_title="response y (x·y: prompt x, response y)", y_title="probability π(y|x)", height=380,
+          subtitle=PROBABILITY_SUBTITLE)
     fig.update_layout(barmode="group")
     return fig.update_layout(height=380), pd.DataFrame(rows)
 
@@ -588,8 +635,8 @@ def overlay_figure(curves: pd.DataFrame, colours: dict, titles: dict, metric: st
                         line=dict(color=colours[run_id], width=2),
                         hovertemplate=f"{name}<br>step %{{x}}<br>{metric} %{{y:.4f}}<extra></extra>")
     what = f"smoothed (EMA {smoothing:g}; raw series faint)" if smoothing > 0 else "raw"
-    style(fig, f"Training curves of the selected runs: {metric}<br><sup>{what}</sup>", x_title="training step",
-          y_title=metric, height=420)
+    style(fig, f"Training curves of the selected runs: {metric}", x_title="training step", y_title=metric,
+          height=420, subtitle=f"{metric} as logged at each training step, {what}")
     return fig.update_layout(height=420, margin=dict(t=110))
 
 
@@ -605,8 +652,7 @@ def lm_point_details(d: dict, run, key: str):
                            "mean score (reference)": theirs})
     st.markdown("**Metrics** (win-rates of the policy's samples against the reference model's on the held-out "
                 "prompts; 0.5 = a tie; mean scores of each model's samples)")
-    st.dataframe(values, hide_index=True, width="stretch", column_config={
-        c: st.column_config.NumberColumn(format="%.4f") for c in values.columns if c != "objective"})
+    show_table(values, f"compare_lm_values_{key}", readable=True)
     rest = {k: v for k, v in extra.items() if k not in ("win_rate_stderr", "mean_scores", "reference_scores",
                                                         "objectives")}
     cols = st.columns(2)
@@ -624,7 +670,7 @@ def lm_point_details(d: dict, run, key: str):
         if {"loss", "lambda", "constraint"} & set(panels):
             show_figure(curves_figure(run, panels, table), f"compare_curves_{key}", data=table)
         else:
-            show_table(table, f"compare_metrics_{key}")
+            show_table(table, f"compare_metrics_{key}", readable=True)
     else:
         st.caption(f"Run {run.id} logged no metric series.")
 
@@ -699,8 +745,14 @@ if (listed["n_points"] >= 2).sum() == 0:
 options = [int(i) for i in with_points["id"]]
 if RUNS not in st.session_state:
     st.session_state[RUNS] = compare_presenter.default_selection(with_points, configs)
-elif any(i not in options for i in st.session_state[RUNS]):
-    st.session_state[RUNS] = [i for i in st.session_state[RUNS] if i in options]
+else:
+    # The browser holds the picked runs by their labels, which change with a run's name or point count: a label
+    # sent from before such a change comes back as text (read its id); when a picked run's label changed, the
+    # picker is sent its value again, with the new labels.
+    picked = [i for i in dict.fromkeys(map(compare_presenter.label_id, st.session_state[RUNS])) if i in options]
+    if picked != st.session_state[RUNS] or [labels[i] for i in picked] != st.session_state.get(RUN_LABELS):
+        st.session_state[RUNS] = picked
+st.session_state[RUN_LABELS] = [labels[i] for i in st.session_state[RUNS]]
 
 with st.sidebar:
     st.subheader("Runs")
@@ -725,9 +777,11 @@ status = listed.set_index("id")
 
 
 def _key_of(run_ids) -> tuple:
-    """The cache key of these runs: the store, then per run what changes while it is written."""
+    """The cache key of these runs: the store, then per run what changes while it is written and
+    its shown name (a rename redraws its series under the new name)."""
     return (str(store.path), *((int(i), int(status.at[i, "n_points"]), str(status.at[i, "status"]),
-                                status.at[i, "finished_at"], progress.get(int(i), {}).get("step")) for i in run_ids))
+                                status.at[i, "finished_at"], progress.get(int(i), {}).get("step"),
+                                status.at[i, "name"]) for i in run_ids))
 
 
 runs = [dataclasses.replace(r, name=names[r.id]) for r in load_runs(str(store.path), _key_of(selected)[1:], store)]
@@ -774,11 +828,12 @@ if n_diverged:
 if not runs:
     st.stop()
 run_by_id = {r.id: r for r in runs}
+values_kind = compare_presenter.values_kind(runs, scale)
 key = _key_of(r.id for r in runs)
 pts = _points(key, by_label, show_diverged, runs)
 if k < 2:
     st.info("These runs have a single objective: there is no front to compare. Their points:")
-    show_table(pts.drop(columns=["params", "values"]), "compare_points_k1")
+    show_table(pts.drop(columns=["params", "values"]), "compare_points_k1", readable=True)
     st.stop()
 
 missing = int((~pts["finite"]).sum())
@@ -828,16 +883,19 @@ export = pts.drop(columns=["params", "values"]).assign(
     selected=[p in pinned_set for p in point_keys])
 
 st.caption(f"{len(runs)} run(s), {len(series)} series, {len(pts)} points, K = {k} objectives; values: "
-           f"{compare_presenter.SCALES[scale]}. Click a point (shift-click for several) to see its config, values and "
-           + ("generations beside the reference model's" if scale == compare_runs.LM else "policy") + " below.")
+           f"{compare_presenter.VALUES[values_kind]}. Click a point (shift-click for several) to see its config, "
+           "values and " + {compare_runs.LM: "generations beside the reference model's",
+                            compare_runs.TABULAR: "policy"}.get(values_kind, "parameters") + " below.")
 if k == 2:
     fig = front_figure(pts, colours, 1, 0, names, ref, source, pinned,
-                       "Fronts of the selected runs: non-dominated points of the union outlined", scale=scale,
+                       "Fronts of the selected runs: non-dominated points of the union outlined",
+                       values_kind=values_kind,
                        traces=_series_traces(key, by_label, show_diverged, colour_by, 1, 0, k, pts, colours))
     show_figure(fig, chart_names[0], data=export, **SELECTABLE)
 else:
     st.subheader("Parallel coordinates and 2-D projections (linked by the selection)")
-    show_figure(_convention(parallel_figure(pts, colours, names, ref, pinned), scale), "compare_parallel", data=export)
+    show_figure(_convention(parallel_figure(pts, colours, names, ref, pinned), values_kind), "compare_parallel",
+                data=export)
     st.caption("Outlined diamonds: non-dominated among all selected points in all K objectives (so some look "
                "dominated in a projection). A point clicked in any projection is ringed in every projection and "
                "drawn in crimson in the parallel coordinates.")
@@ -846,7 +904,7 @@ else:
         for col, (x, y), name in zip(cols, pairs[start:start + 2], chart_names[start:start + 2]):
             with col:
                 fig = front_figure(pts, colours, x, y, names, ref, source, pinned, f"V{y} against V{x}",
-                                   staircase=False, height=480, legend=False, scale=scale,
+                                   staircase=False, height=480, legend=False, values_kind=values_kind,
                                    traces=_series_traces(key, by_label, show_diverged, colour_by, x, y, k, pts,
                                                          colours))
                 show_figure(fig, name, data=export, **SELECTABLE)
@@ -859,11 +917,11 @@ else:
     table = pd.DataFrame([{"run_id": d["run_id"], "run": compare_runs.run_title(run_by_id[d["run_id"]]),
                            "idx": d["idx"], "label": d["label"], "params": compare_runs.format_params(d["params"]),
                            **d["values"], "kl_to_reference": d["kl"]} for d in details])
-    show_table(table, "compare_selected")
+    show_table(table, "compare_selected", readable=True)
     if any(d["policy"] is not None for d in details):
         fig, data = policy_figure(details)
         show_figure(fig, "compare_policy", data=data)
-    elif scale == compare_runs.TABULAR:
+    elif values_kind == compare_runs.TABULAR:  # imported points never hold one
         st.caption("These points record no policy (their run stored none in the points' extra).")
     for d in details:
         what = f"{d['run_kind']}, {d['run_name']}" if d["run_name"] else compare_runs.run_title(run_by_id[d["run_id"]])
@@ -885,14 +943,14 @@ else:
 sets = _point_sets(key, by_label, show_diverged, pts)
 st.subheader("Dominance")
 counts, dominance = _dominance(key, by_label, show_diverged, sets)
-show_figure(_convention(dominance_figure(counts, sets, short_of), scale), "compare_dominance")
-show_table(dominance, "compare_dominance_table")
+show_figure(dominance_figure(counts, sets, short_of), "compare_dominance")
+show_table(dominance, "compare_dominance_table")  # counts: whole numbers, never empty
 
 st.subheader("Hypervolume")
 hv = _hypervolume(key, by_label, show_diverged, tuple(float(x) for x in ref), sets)
-show_figure(_convention(hypervolume_figure(hv, colours, short_of, ref, source), scale), "compare_hypervolume",
+show_figure(hypervolume_figure(hv, colours, short_of, ref, source), "compare_hypervolume",
             data=hv)
-show_table(hv, "compare_hypervolume_table")
+show_table(hv, "compare_hypervolume_table", readable=True)
 st.caption("Only points strictly better than r in every objective add volume (`beyond_reference`). "
            "`on_union_front`: points that no selected point dominates.")
 
@@ -907,7 +965,7 @@ else:
                 "same sweep recorded with several seeds (e.g. `python -m mopo_core sweep --seed 0`, 1, 2), or "
                 "choose more config keys that count as the seed in the sidebar.")
     else:
-        show_figure(attainment_figure(items, pts, names, ref, source, scale, colour_by), "compare_attainment",
+        show_figure(attainment_figure(items, pts, names, ref, source, values_kind, colour_by), "compare_attainment",
                     data=attained)
         st.caption("Level t: the boundary of what at least ⌈t·n⌉ of the n seeds reach (a point is reached when a "
                    "seed's point is at least as good in both objectives). With three seeds the median is two of "

@@ -80,7 +80,10 @@ def test_empty_store_offers_example_runs_and_creating_them_fills_the_page(tmp_pa
     assert "Created example runs" in at.success[0].value
     titles = [f["layout"]["title"]["text"] for f in figures(at)]
     assert len(titles) == 4  # fronts, dominance, hypervolume, attainment
-    assert all(CONVENTION in t for t in titles)
+    front, dominance, hypervolume, attainment = titles  # each chart's subtitle says what it draws
+    assert CONVENTION in front and CONVENTION in attainment and "bars" not in front  # no standard errors here
+    assert "a point dominates another" in dominance and "Hypervolume: the area" in hypervolume
+    assert CONVENTION not in dominance + hypervolume
 
 
 def test_front_figure_has_hover_customdata_reference_point_and_front_marking(page):
@@ -406,3 +409,98 @@ def test_the_runs_table_pages_and_filters_without_loading_points(tmp_path, monke
     at.text_input(key="compare_table_filter").set_value("number 77").run()
     assert _table(at, "hide")["id"].tolist() == [78]
     assert read == [selected]  # paging and filtering read no points
+
+
+# ----------------------------------------------------------------------------- error bars, what the values are
+
+
+EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "imported_points.csv"
+
+
+def _bars(fig) -> dict[tuple[int, int], tuple[float, float, float, float]]:
+    """``{(run_id, idx): (x, y, error_x, error_y)}`` of the front's series points."""
+    out = {}
+    for t in fig["data"]:
+        if not t.get("customdata"):
+            continue
+        for j, cd in enumerate(t["customdata"]):
+            out[(cd[0], cd[1])] = (t["x"][j], t["y"][j], t["error_x"]["array"][j], t["error_y"]["array"][j])
+    return out
+
+
+def test_imported_points_are_drawn_with_196_se_bars_and_said_to_be_your_own_values(tmp_path, monkeypatch):
+    """The example file's standard errors (read here with the csv module, not the importer) give
+    each point's bars: ±1.96 SE, V1 (harmlessness) across, V0 (helpfulness) up; the subtitle says
+    the values are the user's own and what the bars are, never win-rates against a behaviour policy."""
+    import csv
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    ids, _ = compare_presenter.import_upload(store, "imported_points.csv", EXAMPLE.read_bytes())
+    at = _page(store.path, monkeypatch, runs=ids)
+    rows = list(csv.DictReader(EXAMPLE.open()))
+    expected = {}
+    for run_id, seed in zip(ids, ("0", "1")):
+        mine = [r for r in rows if r["seed"] == seed]
+        for idx, r in enumerate(mine):
+            expected[(run_id, idx)] = (float(r["value.harmlessness"]), float(r["value.helpfulness"]),
+                                       1.96 * float(r["se.harmlessness"]), 1.96 * float(r["se.helpfulness"]))
+    front = figures(at)[0]
+    drawn = _bars(front)
+    assert drawn.keys() == expected.keys() and len(drawn) == 14
+    for point, values in expected.items():
+        assert drawn[point] == pytest.approx(values, abs=1e-12), point
+    title = front["layout"]["title"]["text"]
+    assert "values are your own, as imported" in title and "±1.96 standard errors" in title
+    assert "behaviour policy" not in title and "win-rate" not in front["layout"]["xaxis"]["title"]["text"]
+    hover = next(t for t in front["data"] if t.get("customdata"))["customdata"][0][5]
+    assert "± " in hover and "(± 1.96 SE)" in hover
+    assert all("behaviour policy" not in f["layout"]["title"]["text"] for f in figures(at))
+    assert any("your own values, as imported" in c.value for c in at.caption)
+
+
+def test_language_model_points_are_drawn_with_bars_of_their_evaluation_standard_errors(tmp_path, monkeypatch):
+    """Two evaluated LM points (win-rates and their standard errors as the evaluation stores them) and
+    one without: bars of 1.96 SE on the first two, none (NaN) on the third; the LM subtitle."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.create_run("evaluate", {"task": "text", "seed": 0}, name="lm points")
+    se = [[0.02, 0.03], [0.015, 0.01]]
+    store.add_points(run_id, [
+        {"label": "mopo", "params": {"threshold": 0.55}, "values": [0.62, 0.57],
+         "extra": {"win_rate_stderr": se[0], "objectives": ["helpfulness", "harmlessness"]}},
+        {"label": "mopo", "params": {"threshold": 0.6}, "values": [0.58, 0.63],
+         "extra": {"win_rate_stderr": se[1], "objectives": ["helpfulness", "harmlessness"]}},
+        {"label": "mopo", "params": {"threshold": 0.65}, "values": [0.52, 0.66]}])
+    store.set_status(run_id, "finished")
+    at = _page(store.path, monkeypatch, runs=[run_id])
+    front = figures(at)[0]
+    drawn = _bars(front)
+    assert drawn[(run_id, 0)][2:] == pytest.approx((1.96 * 0.03, 1.96 * 0.02))
+    assert drawn[(run_id, 1)][2:] == pytest.approx((1.96 * 0.01, 1.96 * 0.015))
+    assert all(np.isnan(v) for v in drawn[(run_id, 2)][2:])
+    title = front["layout"]["title"]["text"]
+    assert "win-rates of the policy's samples against the reference model's samples" in title
+    assert "±1.96 standard errors" in title and "behaviour policy" not in title
+
+
+def test_an_empty_cell_reads_a_dash(tmp_path, monkeypatch):
+    """An imported point records no KL: its details row shows "–" (not None / nan); its values stay
+    numbers (full precision for the exports), and no cell of the hypervolume table is empty."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    ids, _ = compare_presenter.import_upload(store, "imported_points.csv", EXAMPLE.read_bytes())
+    at = _page(store.path, monkeypatch, runs=ids)
+    at.session_state["compare_pinned"] = [(ids[0], 0)]
+    at.run()
+    assert not at.exception
+    selected = next(df for df in at.dataframe if "kl_to_reference" in df.value.columns)
+    assert selected.value["kl_to_reference"].tolist() == ["–"]
+    assert selected.value[["V0", "V1"]].values.tolist() == [[0.712, 0.581]]  # numbers stay numbers underneath
+    hv = next(df for df in at.dataframe if "share_of_union" in df.value.columns)
+    assert all(v is not None and v == v for v in hv.value.to_numpy().ravel())  # no None / NaN cell
+
+
+def test_a_picker_label_reads_back_as_its_run_id():
+    """The browser sends the picked runs by their labels; a run renamed (or grown) since comes back
+    under its old label, which still names its id (the browser test renames a picked run)."""
+    assert compare_presenter.label_id(3) == 3 and compare_presenter.label_id(np.int64(4)) == 4
+    assert compare_presenter.label_id("12 · sweep · old name · 4 points") == 12
+    assert compare_presenter.label_id("a run") is None and compare_presenter.label_id(True) is None
