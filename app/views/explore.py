@@ -164,42 +164,142 @@ def policy_figure(policy: np.ndarray):
     responses = np.arange(n_count)
     reference = instance.problem.reference
     if m_count <= MAX_PROMPT_BARS:
-        fig = go.Figure()
-        for m in range(m_count):
-            fig.add_bar(x=responses, y=policy[m], name=f"MOPO, prompt {m}",
-                        hovertemplate=f"MOPO, prompt {m}<br>response %{{x}}<br>π=%{{y:.3f}}<extra></extra>")
-        fig.add_scatter(x=responses, y=reference[0], mode="markers", name="reference π_ref (prompt 0)",
-                        marker=dict(symbol="line-ew-open", size=20, color="black", line=dict(width=2)),
-                        hovertemplate="reference, prompt 0<br>response %{x}<br>π_ref=%{y:.3f}<extra></extra>")
+        bars = [dict(type="bar", x=responses, y=policy[m], name=f"MOPO, prompt {m}",
+                     hovertemplate=f"MOPO, prompt {m}<br>response %{{x}}<br>π=%{{y:.3f}}<extra></extra>")
+                for m in range(m_count)]
+        ticks = dict(type="scatter", x=responses, y=reference[0], mode="markers", name="reference π_ref (prompt 0)",
+                     marker=dict(symbol="line-ew-open", size=20, color="black", line=dict(width=2)),
+                     hovertemplate="reference, prompt 0<br>response %{x}<br>π_ref=%{y:.3f}<extra></extra>")
+        fig = go.Figure(data=[*bars, ticks], layout=dict(barmode="group"))
         style(fig, "The MOPO policy over responses, per prompt", "response index", "probability π(y | x)",
               height=380, subtitle=PROBABILITY_SUBTITLE)
-        fig.update_layout(barmode="group")
     else:
-        fig = go.Figure(go.Heatmap(
-            z=policy, x=responses, y=np.arange(m_count), customdata=np.broadcast_to(reference, policy.shape),
-            colorscale="Blues", zmin=0.0, colorbar=dict(title=dict(text="π(y | x)", side="right")),
-            name="MOPO policy", showlegend=False,
-            hovertemplate="prompt %{y}, response %{x}<br>π=%{z:.3f}<br>π_ref=%{customdata:.3f}<extra></extra>"))
+        fig = go.Figure(data=[dict(
+            type="heatmap", z=policy, x=responses, y=np.arange(m_count),
+            customdata=np.broadcast_to(reference, policy.shape), colorscale="Blues", zmin=0.0,
+            colorbar=dict(title=dict(text="π(y | x)", side="right")), name="MOPO policy", showlegend=False,
+            hovertemplate="prompt %{y}, response %{x}<br>π=%{z:.3f}<br>π_ref=%{customdata:.3f}<extra></extra>")],
+            layout=dict(xaxis=dict(dtick=1 if n_count <= 32 else None), yaxis=dict(dtick=1, autorange="reversed")))
         style(fig, f"The MOPO policy over responses: {m_count} prompts (one row each)", "response index",
               "prompt", height=max(380, 22 * m_count + 160), subtitle=HEATMAP_SUBTITLE)
-        fig.update_xaxes(dtick=1 if n_count <= 32 else None)
-        fig.update_yaxes(dtick=1, autorange="reversed")
     table = pd.DataFrame(policy, columns=[f"y{i}" for i in responses]).assign(prompt=range(m_count))
     show_figure(fig, "explore_policy", table)
 
 
-@st.fragment
-def threshold_view():
-    """Everything a threshold moves: the controls, the solve, the metrics, the figures, the table. A threshold
-    change reruns only this fragment (in the browser); the sidebar's controls rerun the page."""
-    st.caption("**Start here:** move the threshold b1 (slider, or type it in the box) and watch MOPO's red point "
-               "move along its own front.")
-    thresholds = threshold_controls()
-    answer = logic.solve_mopo(instance.exact, data, thresholds, tau, eps, z)
-    sol = answer.solution
-    policy = answer.policy
-    plots = st.container()  # the planes come first: the main plot is on the first screen
+def plane_figure(j: int, thresholds: list[float], answer, own: pd.DataFrame, reached: pd.DataFrame) -> go.Figure:
+    """The plane (V_j, V0): the band where b_j is met (and the enforced b_j + z·SE), the τ → 0 front, MOPO's
+    own front at τ (true, and estimated with sampled data), π_ref, the baselines that reach MOPO's KL (or at
+    its τ), MOPO's estimate ± 1.96·SE (sampled data) and MOPO's true point. Traces, shapes and annotations
+    are plain dicts validated once by ``go.Figure``, not added one call at a time (each such call validates
+    and dispatches again: about 12 ms more server CPU per threshold change)."""
+    b_j = thresholds[j - 1]
+    shapes = [dict(type="rect", x0=b_j, x1=max(instance.top[j], b_j) + 0.02, xref="x", y0=0, y1=1, yref="y domain",
+                   fillcolor="green", opacity=0.08, line=dict(width=0))]
+    annotations = [dict(text=f"V{j} ≥ b{j}: meets the threshold", x=b_j, xref="x", y=1, yref="y domain",
+                        xanchor="left", yanchor="top", showarrow=False)]
+    if sampled and answer.enforced[j - 1] > b_j + 1e-9:
+        enforced = answer.enforced[j - 1]
+        shapes.append(dict(type="line", x0=enforced, x1=enforced, xref="x", y0=0, y1=1, yref="y domain",
+                           line=dict(color="crimson", dash="dash", width=1)))
+        annotations.append(dict(text=f"enforced b{j} + z·SE{j}", x=enforced, xref="x", y=0, yref="y domain",
+                                xanchor="left", yanchor="bottom", showarrow=False))
+    reference = instance.reference_point
+    annotations.append(dict(x=reference[j], y=reference[0], text="reference point: π_ref", showarrow=True,
+                            arrowhead=2, ax=40, ay=28, font=dict(size=11)))
+    front = instance.front_points
+    traces = [dict(type="scatter", x=front[:, j], y=front[:, 0], mode="lines" if k == 2 else "markers",
+                   name="τ → 0 front (LP, no KL limit)" if k == 2 else "τ → 0 front points (LP grid), projected",
+                   marker=dict(size=4, color="lightsteelblue"),
+                   line=dict(color="lightsteelblue", width=2, dash="dot"), opacity=0.7,
+                   hovertemplate=f"τ → 0 front (LP)<br>V{j}=%{{x:.3f}}<br>V0=%{{y:.3f}}<extra></extra>")]
+    if len(own):
+        fixed = "" if k == 2 else " (other thresholds fixed)"
+        traces.append(dict(
+            type="scatter", x=own[f"V{j}"], y=own["V0"], mode="lines", line=dict(color="crimson", width=2),
+            name=f"MOPO's own front, τ = {tau:g}{fixed} (KL {own.kl.min():.2f}–{own.kl.max():.2f})",
+            customdata=own[["b", "kl"]].to_numpy(),
+            hovertemplate=f"MOPO's own front (τ={tau:g}, ε={eps:g})<br>b{j}=%{{customdata[0]:.3f}}"
+                          f"<br>KL=%{{customdata[1]:.3f}}<br>true V{j}=%{{x:.3f}}<br>true V0=%{{y:.3f}}<extra></extra>"))
+        if sampled:
+            traces.append(dict(
+                type="scatter", x=own[f"V{j}_est"], y=own["V0_est"], mode="lines",
+                line=dict(color="crimson", width=1, dash="dash"), opacity=0.6,
+                name=f"MOPO's own front, estimated (n = {n_comparisons})",
+                hovertemplate=f"MOPO's own front, estimated<br>V{j} est=%{{x:.3f}}<br>V0 est=%{{y:.3f}}<extra></extra>"))
+    traces.append(dict(type="scatter", x=[reference[j]], y=[reference[0]], mode="markers",
+                       name="π_ref (reference point)", marker=dict(symbol="x", size=13, color="black"),
+                       hovertemplate=f"reference policy π_ref<br>V{j}=%{{x:.3f}}<br>V0=%{{y:.3f}}<extra></extra>"))
+    for i, (method, rows) in enumerate(reached.groupby("method", sort=False) if len(reached) else []):
+        rows = rows.sort_values(f"V{j}")
+        if temperature == SAME_KL:
+            label = f"{method}, KL = {answer.kl:.3f} (= MOPO's)"
+        else:
+            label = f"{method}, τ = {tau:g} (KL {rows.kl.min():.2f}–{rows.kl.max():.2f})"
+        colour, marker = COLOURS[i % len(COLOURS)], MARKERS[i % len(MARKERS)]
+        traces.append(dict(
+            type="scatter", x=rows[f"V{j}"], y=rows["V0"], name=label,
+            mode="lines+markers" if k == 2 and len(rows) > 1 else "markers",
+            customdata=np.stack([rows.parameter, rows.tau.replace(np.inf, np.nan), rows.kl], axis=1),
+            line=dict(color=colour, width=1), marker=dict(symbol=marker, size=9, opacity=0.85, color=colour),
+            hovertemplate=f"{method}<br>%{{customdata[0]}}<br>τ=%{{customdata[1]:.4g}}, "
+                          f"KL=%{{customdata[2]:.3f}}<br>true V{j}=%{{x:.3f}}<br>true V0=%{{y:.3f}}<extra></extra>"))
+    if sampled:
+        half = answer.half_width
+        traces.append(dict(
+            type="scatter", x=[answer.estimated_values[j]], y=[answer.estimated_values[0]], mode="markers",
+            name=f"MOPO estimate ± 1.96·SE (n = {n_comparisons})",
+            marker=dict(symbol="diamond-open", size=13, color="crimson", line=dict(width=2)),
+            error_x=dict(type="data", array=[half[j]], color="crimson", thickness=1.5),
+            error_y=dict(type="data", array=[half[0]], color="crimson", thickness=1.5),
+            hovertemplate=(f"MOPO, estimated from n={n_comparisons}<br>V{j}=%{{x:.3f}} ± {half[j]:.3f}"
+                           f"<br>V0=%{{y:.3f}} ± {half[0]:.3f}<extra></extra>")))
+    broken = bool(answer.broken[j - 1])
+    traces.append(dict(
+        type="scatter", x=[answer.true_values[j]], y=[answer.true_values[0]], mode="markers",
+        name=f"MOPO, true values (KL {answer.kl:.3f})" + (f": b{j} BROKEN" if broken else ""),
+        marker=dict(size=15, color="white" if broken else "crimson", symbol="circle",
+                    line=dict(color="crimson" if broken else "white", width=3 if broken else 1)),
+        hovertemplate=(f"MOPO (true values)<br>thresholds {', '.join(f'{b:.3f}' for b in thresholds)}, "
+                       f"τ={tau}, ε={eps}, z={answer.z:g}<br>KL={answer.kl:.3f}"
+                       f"<br>V{j}=%{{x:.3f}}<br>V0=%{{y:.3f}}<extra></extra>")))
+    fig = go.Figure(data=traces, layout=dict(shapes=shapes, annotations=annotations))
+    what = "same KL" if temperature == SAME_KL else "same τ"
+    return style(fig, f"Primary against {names[j]}: MOPO at τ = {tau:g} and the baselines at the {what}",
+                 axis_title(names, j), axis_title(names, 0).replace(" (", "<br>("),  # two lines: fits the height
+                 height=PLANE_HEIGHT_PRESENTING if presenting() else PLANE_HEIGHT, subtitle=CONVENTION)
 
+
+def plane(j: int, thresholds: list[float], answer, baselines: pd.DataFrame, reached: pd.DataFrame):
+    """The plane (V_j, V0) with its exports (MOPO, its own front, the reference, the baselines) and caption."""
+    others = np.array(answer.enforced, dtype=float)
+    others[j - 1] = 0.0
+    own = own_front(instance, data, instance.label, n_comparisons, data_seed, tau, eps, j, tuple(np.round(others, 10)))
+    rows = pd.DataFrame([{"method": "MOPO (true)", "parameter": f"thresholds {thresholds}", "kl": answer.kl,
+                          **{f"V{i}": v for i, v in enumerate(answer.true_values)}},
+                         {"method": "MOPO (estimate)", "parameter": f"n={n_comparisons}", "kl": answer.kl,
+                          **{f"V{i}": v for i, v in enumerate(answer.estimated_values)},
+                          **{f"SE{i}": v for i, v in enumerate(answer.standard_errors)}},
+                         {"method": "reference", "parameter": "", "kl": 0.0,
+                          **{f"V{i}": v for i, v in enumerate(instance.reference_point)}}])
+    own_rows = own.assign(method="MOPO own front", parameter=[f"b{j}={b:.6g}" for b in own.b]) if len(own) else own
+    show_figure(plane_figure(j, thresholds, answer, own, reached), f"explore_values_V0_V{j}",
+                pd.concat([rows, own_rows, baselines], ignore_index=True))
+    ref = ", ".join(number_text(v) for v in (instance.reference_point[0], instance.reference_point[j]))
+    kl_words = (f"each baseline point's temperature is set so that its KL to π_ref equals MOPO's, {answer.kl:.3f} "
+                "(logits interpolated in 1/τ between trained temperatures; the reward Lagrangian by a root-find on τ)"
+                if temperature == SAME_KL else
+                f"every baseline is trained at MOPO's τ = {tau:g}, so its KL differs from MOPO's {answer.kl:.3f} "
+                "(see the legend): not a like-for-like comparison")
+    st.caption(f"Points are TRUE values of policies fitted on {logic.data_label(n_comparisons)}. MOPO's own front is "
+               f"the curve its point moves along as b{j} moves at τ = {tau:g} (KL varies along it); {kl_words}. "
+               f"The τ → 0 front (dotted, light) is the unregularised LP front: no policy with a finite KL budget "
+               f"reaches it. Reference point: π_ref's values (V0, V{j}) = ({ref}).")
+
+
+def numbers(answer):
+    """MOPO's true values with their slack, λ and KL; with sampled data the estimates ± 1.96·SE and the
+    enforced thresholds; and the verdict in words."""
+    sol = answer.solution
     cols = st.columns(k + 2)
     for i in range(k):
         slack = None if i == 0 else f"{slack_text(answer, i - 1)} vs b{i}"
@@ -231,110 +331,31 @@ def threshold_view():
                       "Showing the most robust policy of the family."))
     {"success": st.success, "warning": st.warning, "error": st.error}[level](message)
 
+
+@st.fragment
+def threshold_view():
+    """Everything a threshold moves: the controls, the solve, the metrics, the figures, the table. A threshold
+    change reruns only this fragment (in the browser); the sidebar's controls rerun the page. The planes are
+    sent first (the browser draws them while the rest is computed), into a container above the numbers; text
+    that no threshold changes (the "start here" line above, the instance's caption below) is outside."""
+    thresholds = threshold_controls()
+    answer = logic.solve_mopo(instance.exact, data, thresholds, tau, eps, z)
+    sol = answer.solution
+    plots, below = st.container(), st.container()  # the planes come first: the main plot is on the first screen
     baselines = pd.concat([baseline_rows(m, temperature, thresholds, answer) for m in chosen], ignore_index=True) \
         if chosen and instance.structure is not None else pd.DataFrame()
     reached = baselines[baselines.reached] if len(baselines) else baselines
     missed = baselines[~baselines.reached] if len(baselines) else baselines
-
     with plots:
         for j in range(1, k):
-            fig = go.Figure()
-            b_j = thresholds[j - 1]
-            upper = max(instance.top[j], b_j) + 0.02
-            fig.add_vrect(x0=b_j, x1=upper, fillcolor="green", opacity=0.08, line_width=0,
-                          annotation_text=f"V{j} ≥ b{j}: meets the threshold", annotation_position="top left")
-            if sampled and answer.enforced[j - 1] > b_j + 1e-9:
-                fig.add_vline(x=answer.enforced[j - 1], line=dict(color="crimson", dash="dash", width=1),
-                              annotation_text=f"enforced b{j} + z·SE{j}", annotation_position="bottom right")
-            front = instance.front_points
-            lp_name = "τ → 0 front (LP, no KL limit)" if k == 2 else "τ → 0 front points (LP grid), projected"
-            fig.add_scatter(x=front[:, j], y=front[:, 0], mode="lines" if k == 2 else "markers", name=lp_name,
-                            marker=dict(size=4, color="lightsteelblue"), line=dict(color="lightsteelblue", width=2, dash="dot"),
-                            opacity=0.7,
-                            hovertemplate=f"τ → 0 front (LP)<br>V{j}=%{{x:.3f}}<br>V0=%{{y:.3f}}<extra></extra>")
-            others = np.array(answer.enforced, dtype=float)
-            others[j - 1] = 0.0
-            own = own_front(instance, data, instance.label, n_comparisons, data_seed, tau, eps, j,
-                            tuple(np.round(others, 10)))
-            if len(own):
-                fixed = "" if k == 2 else " (other thresholds fixed)"
-                fig.add_scatter(x=own[f"V{j}"], y=own["V0"], mode="lines", line=dict(color="crimson", width=2),
-                                name=f"MOPO's own front, τ = {tau:g}{fixed} (KL {own.kl.min():.2f}–{own.kl.max():.2f})",
-                                customdata=own[["b", "kl"]].to_numpy(),
-                                hovertemplate=f"MOPO's own front (τ={tau:g}, ε={eps:g})<br>b{j}=%{{customdata[0]:.3f}}"
-                                              f"<br>KL=%{{customdata[1]:.3f}}<br>true V{j}=%{{x:.3f}}<br>true V0=%{{y:.3f}}"
-                                              "<extra></extra>")
-                if sampled:
-                    fig.add_scatter(x=own[f"V{j}_est"], y=own["V0_est"], mode="lines",
-                                    line=dict(color="crimson", width=1, dash="dash"), opacity=0.6,
-                                    name=f"MOPO's own front, estimated (n = {n_comparisons})",
-                                    hovertemplate=f"MOPO's own front, estimated<br>V{j} est=%{{x:.3f}}<br>V0 est=%{{y:.3f}}"
-                                                  "<extra></extra>")
-            fig.add_scatter(x=[instance.reference_point[j]], y=[instance.reference_point[0]], mode="markers",
-                            name="π_ref (reference point)", marker=dict(symbol="x", size=13, color="black"),
-                            hovertemplate=f"reference policy π_ref<br>V{j}=%{{x:.3f}}<br>V0=%{{y:.3f}}<extra></extra>")
-            fig.add_annotation(x=instance.reference_point[j], y=instance.reference_point[0], text="reference point: π_ref",
-                               showarrow=True, arrowhead=2, ax=40, ay=28, font=dict(size=11))
-            for i, (method, rows) in enumerate(reached.groupby("method", sort=False) if len(reached) else []):
-                rows = rows.sort_values(f"V{j}")
-                if temperature == SAME_KL:
-                    label = f"{method}, KL = {answer.kl:.3f} (= MOPO's)"
-                else:
-                    label = f"{method}, τ = {tau:g} (KL {rows.kl.min():.2f}–{rows.kl.max():.2f})"
-                fig.add_scatter(x=rows[f"V{j}"], y=rows["V0"], mode="lines+markers" if k == 2 and len(rows) > 1 else "markers",
-                                name=label,
-                                customdata=np.stack([rows.parameter, rows.tau.replace(np.inf, np.nan), rows.kl], axis=1),
-                                line=dict(color=COLOURS[i % len(COLOURS)], width=1),
-                                marker=dict(symbol=MARKERS[i % len(MARKERS)], size=9, opacity=0.85,
-                                            color=COLOURS[i % len(COLOURS)]),
-                                hovertemplate=f"{method}<br>%{{customdata[0]}}<br>τ=%{{customdata[1]:.4g}}, "
-                                              f"KL=%{{customdata[2]:.3f}}<br>true V{j}=%{{x:.3f}}<br>true V0=%{{y:.3f}}"
-                                              "<extra></extra>")
-            broken = bool(answer.broken[j - 1])
-            if sampled:
-                fig.add_scatter(x=[answer.estimated_values[j]], y=[answer.estimated_values[0]], mode="markers",
-                                name=f"MOPO estimate ± 1.96·SE (n = {n_comparisons})",
-                                marker=dict(symbol="diamond-open", size=13, color="crimson", line=dict(width=2)),
-                                error_x=dict(type="data", array=[answer.half_width[j]], color="crimson", thickness=1.5),
-                                error_y=dict(type="data", array=[answer.half_width[0]], color="crimson", thickness=1.5),
-                                hovertemplate=(f"MOPO, estimated from n={n_comparisons}<br>V{j}=%{{x:.3f}} ± "
-                                               f"{answer.half_width[j]:.3f}<br>V0=%{{y:.3f}} ± {answer.half_width[0]:.3f}"
-                                               "<extra></extra>"))
-            fig.add_scatter(x=[answer.true_values[j]], y=[answer.true_values[0]], mode="markers",
-                            name=f"MOPO, true values (KL {answer.kl:.3f})" + (f": b{j} BROKEN" if broken else ""),
-                            marker=dict(size=15, color="white" if broken else "crimson", symbol="circle",
-                                        line=dict(color="crimson" if broken else "white", width=3 if broken else 1)),
-                            hovertemplate=(f"MOPO (true values)<br>thresholds {', '.join(f'{b:.3f}' for b in thresholds)}, "
-                                           f"τ={tau}, ε={eps}, z={answer.z:g}<br>KL={answer.kl:.3f}"
-                                           f"<br>V{j}=%{{x:.3f}}<br>V0=%{{y:.3f}}<extra></extra>"))
-            what = "same KL" if temperature == SAME_KL else "same τ"
-            style(fig, f"Primary against {names[j]}: MOPO at τ = {tau:g} and the baselines at the {what}",
-                  axis_title(names, j), axis_title(names, 0).replace(" (", "<br>("),  # two lines: fits the height
-                  height=PLANE_HEIGHT_PRESENTING if presenting() else PLANE_HEIGHT, subtitle=CONVENTION)
-            plane = pd.DataFrame([{"method": "MOPO (true)", "parameter": f"thresholds {thresholds}", "kl": answer.kl,
-                                   **{f"V{i}": v for i, v in enumerate(answer.true_values)}},
-                                  {"method": "MOPO (estimate)", "parameter": f"n={n_comparisons}", "kl": answer.kl,
-                                   **{f"V{i}": v for i, v in enumerate(answer.estimated_values)},
-                                   **{f"SE{i}": v for i, v in enumerate(answer.standard_errors)}},
-                                  {"method": "reference", "parameter": "", "kl": 0.0,
-                                   **{f"V{i}": v for i, v in enumerate(instance.reference_point)}}])
-            own_rows = own.assign(method="MOPO own front", parameter=[f"b{j}={b:.6g}" for b in own.b]) if len(own) else own
-            show_figure(fig, f"explore_values_V0_V{j}", pd.concat([plane, own_rows, baselines], ignore_index=True))
-            ref = ", ".join(number_text(v) for v in (instance.reference_point[0], instance.reference_point[j]))
-            kl_words = (f"each baseline point's temperature is set so that its KL to π_ref equals MOPO's, {answer.kl:.3f} "
-                        "(logits interpolated in 1/τ between trained temperatures; the reward Lagrangian by a root-find on τ)"
-                        if temperature == SAME_KL else
-                        f"every baseline is trained at MOPO's τ = {tau:g}, so its KL differs from MOPO's {answer.kl:.3f} "
-                        "(see the legend): not a like-for-like comparison")
-            st.caption(f"Points are TRUE values of policies fitted on {logic.data_label(n_comparisons)}. MOPO's own front is "
-                       f"the curve its point moves along as b{j} moves at τ = {tau:g} (KL varies along it); {kl_words}. "
-                       f"The τ → 0 front (dotted, light) is the unregularised LP front: no policy with a finite KL budget "
-                       f"reaches it. Reference point: π_ref's values (V0, V{j}) = ({ref}).")
+            plane(j, thresholds, answer, baselines, reached)
+    with below:
+        numbers(answer)
     if len(missed):
         st.warning("Not reached at MOPO's KL (even the smallest τ trained stays below it): "
                    + "; ".join(f"{r.method} {r.parameter} (largest KL {r.kl:.3f})" for r in missed.itertuples()))
 
-    policy_figure(policy)
+    policy_figure(answer.policy)
 
     summary = answer.table(names)
     summary["multiplier λ"] = [np.nan, *sol.multipliers]
@@ -342,10 +363,12 @@ def threshold_view():
     summary["robust bound (ε)"] = [np.nan, *(sol.robust_values if sol.robust_values is not None else [np.nan] * (k - 1))]
     st.subheader("Values against thresholds: true value, estimate and its 95% interval")
     show_table(summary, "explore_summary", readable=True)
-    st.caption(f"Instance: {instance.label}. Data: {logic.data_label(n_comparisons)}"
-               + ("" if n_comparisons is None else f" (sampling seed {data_seed})")
-               + ". Thresholds are lower bounds on the secondaries' win-rates against the behaviour policy; "
-                 "'true' values are on the instance's own preferences.")
 
 
+st.caption("**Start here:** move the threshold b1 (slider, or type it in the box) and watch MOPO's red point "
+           "move along its own front.")
 threshold_view()
+st.caption(f"Instance: {instance.label}. Data: {logic.data_label(n_comparisons)}"
+           + ("" if n_comparisons is None else f" (sampling seed {data_seed})")
+           + ". Thresholds are lower bounds on the secondaries' win-rates against the behaviour policy; "
+             "'true' values are on the instance's own preferences.")

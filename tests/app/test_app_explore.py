@@ -291,6 +291,27 @@ def test_baselines_are_matched_to_a_target_kl(conflict):
         logic.tau_curve("reward_lagrangian", conflict, data)
 
 
+def test_kl_matching_lands_on_the_target_by_an_independent_kl_and_between_the_trained_temperatures(conflict):
+    """The root-find's policies have KL = target by mopo_core's own KL (not the presenter's), for targets
+    across the trained range and on a four-prompt instance; each effective τ lies between two trained ones."""
+    from app.presenters import explore as logic
+    from mopo_core.experiments.suite import exact_answers
+    from mopo_core.tabular.solver import kl_divergence
+    from synthetic import make_structure
+
+    multi = exact_answers(make_structure("multi_prompt", n_responses=6, n_prompts=4, seed=1))
+    for exact in (conflict, multi):
+        curve = logic.tau_curve("rewarded_soups", exact, logic.fitted_data(exact, None))
+        for target in (0.05, 0.4, 1.2):
+            policies, taus, reached = logic._match(curve, target)
+            assert reached.any()
+            for policy, tau in zip(policies[reached], taus[reached]):
+                assert kl_divergence(policy, exact.structure.reference, exact.structure.prompt_weights) == \
+                    pytest.approx(target, abs=1e-10)
+                assert min(logic.KL_TAUS) <= tau
+            assert np.allclose(policies.sum(axis=-1), 1.0)
+
+
 def test_verdict_tells_unattainable_from_broken_and_data_infeasible_from_truth(conflict):
     from app.presenters import explore as logic
 
