@@ -59,12 +59,21 @@ RUNS = {
          (rf"ratio change / no-op = {NUMBER}x", 1), (rf"100-threshold sweep at the default size .*: {NUMBER} ms", 1)),
         ()),
     "browser_latency": QuickRun(
-        ("{python}", "bench/browser_latency.py", "--quick"),
+        ("{python}", "bench/browser_latency.py", "--quick", "--breakdown"),
         ("browser_latency.py",),
         ((rf"(Explore threshold key -> changed plot: median {NUMBER} ms, p90 {NUMBER} ms over 3 changes"
           r"|selenium, chromium or chromedriver not installed: skipped)", 1),
-         (rf"(Explore threshold key -> idle page: median {NUMBER} ms|not installed: skipped)", 1)),
+         (rf"(Explore threshold key -> idle page: median {NUMBER} ms|not installed: skipped)", 1),
+         (rf"(CPU per change, key to idle page \(mean\): server process {NUMBER} ms|not installed: skipped)", 1)),
         ()),
+    "memory_calibration": QuickRun(
+        ("{python}", "bench/memory_calibration.py", "--quick", "--out", "{tmp}/memory"),
+        ("memory_calibration.py",),
+        ((rf"vocab 50272\) LoRA r4 bf16 4x64: estimate {NUMBER} GiB, measured {NUMBER} GiB \(profiler {NUMBER} GiB\), "
+          rf"ratio estimate/measured {NUMBER}", 1),
+         (rf"vocab 151936\) full bf16 4x64: estimate {NUMBER} GiB, measured {NUMBER} GiB, ratio estimate/measured {NUMBER}", 1),
+         (rf"largest \|ratio - 1\|: {NUMBER}", 1)),
+        ("memory/memory_calibration.txt", "memory/memory_calibration.json")),
     "pku_smollm2": QuickRun(
         ("{python}", "bench/pku_smollm2.py", "--quick", "--out", "{tmp}/pku"),
         ("pku_smollm2.py",),

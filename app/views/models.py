@@ -51,17 +51,24 @@ TRAINED_FAILED = "models_trained_failed"
 TEXT_TASK = "text-task scorers"
 #: Prompts offered as examples (the text task's; written with its vocabulary, so the tiny model knows every word).
 N_EXAMPLES = 12
-PARTS = ("parameters", "gradients", "optimizer", "activations", "logits", "reference")
+PARTS = ("parameters", "optimizer", "reference", "activations", "logits", "head_gradient", "gradients", "update")
 #: The breakdown's column headers and tooltips, by part (the exports keep the part names).
 PART_LABELS = {
     "parameters": ("weights", "The model's weights in the training dtype (parameters)."),
     "gradients": ("gradients", "One gradient per trained weight (LoRA: the adapters' only)."),
-    "optimizer": ("optimizer state", "AdamW's two moments per trained weight, in fp32 (optimizer)."),
+    "optimizer": ("optimizer state", "AdamW's two moments per trained weight, in its dtype (fp32 for LoRA adapters) "
+                                     "(optimizer)."),
     "activations": ("activations", "What backward needs from the forward pass, per layer (less with gradient "
                                    "checkpointing)."),
     "logits": ("logits", "The output scores over the vocabulary for every token of the batch, and their "
                          "gradient."),
-    "reference": ("reference copy", "A frozen copy of the weights for DPO/IPO's reference model (reference)."),
+    "reference": ("reference copy", "Frozen copies of the weights: DPO/IPO's reference model, the start offline "
+                                    "MOPO's leash measures from (reference)."),
+    "head_gradient": ("head gradient", "Full fine-tuning with the log-softmax in chunks: the output layer's gradient "
+                                       "from the first chunk, alive while the next chunks run (head_gradient)."),
+    "update": ("step temporaries", "Two tensors the size of the largest trained weight, alive at the end of "
+                                   "backward and in the optimizer step (a tied embedding's gradients being summed) "
+                                   "(update)."),
 }
 
 
@@ -277,12 +284,15 @@ show_table(table, "models_registry", column_config={
 if breakdown_rows:
     with st.expander("Training memory breakdown: what one step needs, part by part", expanded=False):
         st.caption("One row per model, one column per part of the training step estimated above (– : none, e.g. no "
-                   "reference copy, or no gradients for frozen base weights under LoRA). The byte columns are in the "
-                   "exported data.")
+                   "reference copy, or no gradients for frozen base weights under LoRA). The total is the step's "
+                   "peak, not the columns' sum: weights + optimizer state + reference copies + the larger of the "
+                   "backward pass (activations + logits + head gradient) and the update (gradients + step "
+                   "temporaries). The byte columns are in the exported data.")
         show_table(pd.DataFrame(breakdown_rows), "models_memory_breakdown", column_config={
             "name": st.column_config.TextColumn("name", pinned=True),
             **{p: st.column_config.TextColumn(label, help=text) for p, (label, text) in PART_LABELS.items()},
-            "total": st.column_config.TextColumn(help="The sum: the estimated peak of one training step."),
+            "total": st.column_config.TextColumn(help="The estimated peak of one training step (the caption says "
+                                                      "how the parts combine)."),
             **{f"{p}_bytes": None for p in PARTS}})
 
 with st.expander("Add a checkpoint folder from the models folder"):

@@ -458,13 +458,21 @@ class InsufficientMemoryError(MemoryError):
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes a model needs, by part; ``total`` is their sum.
+    """Bytes a model needs, by part, and ``total``: the peak of one training step.
 
     parameters: every parameter in its dtype (LoRA adapters included); gradients: one per
     trainable parameter, in its dtype; optimizer: optimizer state; activations: tensors
-    the forward pass keeps for backward; logits: the output logits and the fp32 log-softmax
-    buffers; reference: a frozen copy of the parameters (DPO/IPO reference model).
+    the forward pass keeps for backward; logits: the log-softmax buffers of the positions
+    scored at once; reference: frozen copies of the parameters (DPO/IPO reference model);
+    head_gradient: the gradient of a trainable output head (or tied embedding) alive while
+    the later log-prob chunks run backward; update: the temporaries at the end of backward and
+    in the optimizer step (:func:`estimate_training_memory`).
     ``advice``: what would lower the estimate, for the refusal message.
+
+    ``total = parameters + optimizer + reference + max(backward, update phase)``, backward =
+    ``activations + logits + head_gradient`` (backward starts with every activation alive
+    and few gradients made), update phase = ``gradients + update`` (the activations are
+    gone, every gradient is alive). A load estimate has parameters only.
     """
 
     parameters: int
@@ -474,15 +482,34 @@ class MemoryEstimate:
     logits: int = 0
     reference: int = 0
     advice: tuple[str, ...] = ()
+    head_gradient: int = 0
+    update: int = 0
+
+    @property
+    def backward(self) -> int:
+        """Bytes beside the parameters, optimizer state and references when backward starts."""
+        return self.activations + self.logits + self.head_gradient
+
+    @property
+    def update_phase(self) -> int:
+        """Bytes beside the parameters, optimizer state and references in the optimizer step."""
+        return self.gradients + self.update
 
     @property
     def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + self.activations + self.logits + self.reference
+        return self.parameters + self.optimizer + self.reference + max(self.backward, self.update_phase)
 
     def describe(self) -> str:
-        """``"parameters 2.45 GiB + gradients 0.03 GiB + ..."``, non-zero parts only."""
-        parts = ("parameters", "gradients", "optimizer", "activations", "logits", "reference")
-        return " + ".join(f"{name} {getattr(self, name) / GIB:.2f} GiB" for name in parts if getattr(self, name))
+        """``"parameters 2.45 GiB + optimizer 0.06 GiB + max(backward: activations 1.20 GiB +
+        logits 0.50 GiB, update: gradients 0.03 GiB)"``, non-zero parts only."""
+        def parts(names):
+            return " + ".join(f"{name.replace('_', ' ')} {getattr(self, name) / GIB:.2f} GiB"
+                              for name in names if getattr(self, name))
+        text = parts(("parameters", "optimizer", "reference"))
+        phases = [f"{label}: {parts(names)}" for label, names in (
+            ("backward", ("activations", "logits", "head_gradient")), ("update", ("gradients", "update")))
+            if parts(names)]
+        return f"{text} + max({', '.join(phases)})" if phases else text
 
     def fits(self, available: int) -> bool:
         """Whether ``total`` bytes fit in ``available`` bytes."""
@@ -531,10 +558,13 @@ def estimate_training_memory(
     gradient_checkpointing: bool = False,
     reference_copies: int = 0,
     logits_chunk: int | None = None,
+    response_len: int | None = None,
 ) -> MemoryEstimate:
-    """Bytes one training step needs: parameters, gradients, optimizer state, activations,
-    logits and ``reference_copies`` frozen copies of the parameters (a DPO/IPO reference, the
-    start MOPO's leash measures from, the reference the evaluation samples).
+    """Bytes one training step needs at its peak (see :class:`MemoryEstimate` for how the
+    parts add up): parameters, gradients, optimizer state, activations, logits,
+    ``reference_copies`` frozen copies of the parameters (a DPO/IPO reference, the start
+    MOPO's leash measures from, the reference the evaluation samples), and the temporaries
+    of the backward's start and of the optimizer step.
 
     config_or_dir: a transformers config, a config dict (with ``model_type``) or a
     checkpoint directory. batch_size: sequences whose graphs are alive at once (MOPO: the
@@ -545,68 +575,136 @@ def estimate_training_memory(
     fp32); only they then train. logits_chunk: how many positions' logits exist at once
     when the log-probs are computed chunk by chunk (the fused path of
     ``sequence_logprobs``: its ``chunk_size``, by default ``FUSED_CHUNK_ELEMENTS // vocab``);
-    ``None``: all ``batch_size * seq_len`` (a forward that returns every logit).
+    ``None``: all of them (a forward that returns every logit). response_len: the positions
+    per sequence whose log-probs are scored (the response tokens; at most and by default
+    ``seq_len``).
 
-    Parts (exact, counted on the meta-device model): parameters; gradients (each trainable
+    Exact parts (counted on the meta-device model): parameters; gradients (each trainable
     parameter's size); optimizer ``"adamw"``: ``torch.optim.AdamW``'s (no amsgrad) exp_avg
     and exp_avg_sq, each in its parameter's dtype (fp32 for LoRA adapters, bf16 for a bf16
-    full fine-tune), plus a 4-byte step per parameter tensor,
-    ``"sgd"``: nothing (no momentum); reference: the parameters once more per copy.
+    full fine-tune), plus a 4-byte step per parameter tensor, ``"sgd"``: nothing (no
+    momentum); reference: the parameters once more per copy.
 
-    Activations (an estimate), per decoder layer and token, b = bytes per element of
-    ``dtype``, h = hidden size, i = MLP width:
-        b * (10 h + m i),   m = 4 for gated MLPs (a ``gate`` projection, LLaMA-style), else 2
-    -- the pre-norm block keeps its input and the norm output for attention and MLP (4 h),
-    attention's q, k, v, output and the re-laid-out output fed to its projection (5 h), one
-    h of rotary/scaling copies; the MLP keeps its up-projection output(s) and activations.
-    Each LoRA-adapted linear adds, per token, its rank r and (when the adapter dtype
-    differs from ``dtype``, as peft upcasts the input) its input width, in the adapter's
-    bytes. The final norm keeps 2 h. Gradient checkpointing keeps one h per layer plus one
-    layer's activations being recomputed. Not counted: dropout masks (1 byte per element
-    where dropout is on) and the attention probabilities that attention dropout keeps
-    (eager attention; GPT-2 with its default dropout keeps about twice the estimate).
-    Logits: P * vocab * (b + 8) for the P positions whose logits exist at once (P =
-    ``batch_size * seq_len``, at most ``logits_chunk``): the head's output in ``dtype`` and
-    two fp32 buffers (the log-softmax's upcast input and its exp / gradient temporary).
+    update (the temporaries around the optimizer step): two tensors of the largest trainable
+    tensor's size. Measured (bench/memory_calibration.py, full bf16 fine-tuning of OPT-125m and
+    of a two-layer Qwen2-0.5B, both with the input embedding tied to the head, under the
+    trainer's fused AdamW): the step's peak above weights and state is the gradients plus two
+    embedding-sized tensors (0.39 GiB against 0.37, 0.83 against 0.82) -- the tied weight's
+    second gradient and the sum it is accumulated into at the end of backward. torch's fused
+    AdamW itself updates in place (one step of a 128 MiB bf16 parameter raised the peak
+    resident memory by 4 KiB; its per-tensor loop, used off CPU and CUDA, by 256 MiB: the
+    same two tensors). An untied model under fused AdamW may peak lower (not measured).
+
+    Logits: P * vocab * 16 bytes for the P positions scored at once (``batch_size *
+    response_len``, at most ``logits_chunk``): backward starts with the last chunk's float32
+    log-softmax input (kept by logsumexp) and logsumexp's backward
+    ``grad * exp(x - logsumexp)``, three float32 (P, vocab) temporaries, alive together
+    (the forward holds less: the head's output in ``dtype`` and two float32 buffers).
+    head_gradient: with a trainable head (full fine-tuning; tied to the input embedding or
+    not) and more than one chunk, the head's (vocab, hidden) gradient made by the first
+    chunk is alive while the next chunks run.
+
+    Activations (bytes per token): see :func:`_activation_bytes_per_token`; each term is a
+    tensor autograd saves, counted once per storage. Not counted: the (heads, T, T)
+    attention probabilities that eager attention or attention dropout keeps (GPT-2's default
+    ``attn_pdrop``; PyTorch's SDPA kernels without dropout keep a log-sum-exp per head, which
+    is counted), dropout inside a LoRA adapter (off by default), and resident memory that is
+    no tensor (the autograd graph, BLAS buffers: about 12 MiB on a CPU,
+    ``bench/memory_calibration.py``). Measured there (CPU, bf16, LoRA and full): within 2% of
+    the peak on OPT-125m (50k vocabulary) and Qwen2-0.5B (152k) shapes.
     """
     check_int(batch_size, "batch_size", 1)
     check_int(seq_len, "seq_len", 1)
     if logits_chunk is not None:
         check_int(logits_chunk, "logits_chunk", 1)
+    scored = batch_size * min(seq_len, seq_len if response_len is None else check_int(response_len, "response_len", 1))
     if optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {optimizer!r}")
     config, compute = _config(config_or_dir), _dtype(dtype)
     base, model = _meta_model(config, compute, lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
     tokens, b = batch_size * seq_len, compute.itemsize
-    positions = tokens if logits_chunk is None else min(tokens, logits_chunk)
+    positions = scored if logits_chunk is None else min(scored, logits_chunk)
+    head = base.get_output_embeddings()
+    head_trains = head is not None and head.weight.requires_grad and positions < scored
+    state = 2 * _bytes(trainable)
+    update = 2 * max(_bytes([p]) for p in trainable) if trainable else 0
     return MemoryEstimate(
         parameters=_bytes(model.parameters()),
         gradients=_bytes(trainable),
-        optimizer=2 * _bytes(trainable) + 4 * len(trainable) if optimizer == "adamw" else 0,
+        optimizer=state + 4 * len(trainable) if optimizer == "adamw" else 0,
         activations=tokens * _activation_bytes_per_token(config, base, model, b, gradient_checkpointing),
-        logits=positions * config.vocab_size * (b + 8),
+        logits=positions * config.vocab_size * 16,
         reference=_bytes(model.parameters()) * check_int(reference_copies, "reference_copies", 0),
         advice=_training_advice(lora, gradient_checkpointing, logits_chunk, compute),
+        head_gradient=_bytes([head.weight]) if head_trains else 0,
+        update=update,
     )
 
 
+#: Config fields of the residual dropout probability (OPT, GPT-2, Falcon and BLOOM).
+_DROPOUT_FIELDS = ("dropout", "resid_pdrop", "hidden_dropout")
+
+
 def _activation_bytes_per_token(config, base, model, b: int, gradient_checkpointing: bool) -> int:
-    """The activation formula of :func:`estimate_training_memory`, per token of the batch."""
+    """Bytes autograd keeps per token of the batch, for a pre-norm decoder (b: bytes per
+    element of the compute dtype; h: hidden size, kv: the key/value width (KV heads times
+    head size), i: MLP width, n: attention heads). Per decoder layer, the tensors saved:
+
+    - each of the two norms: RMSNorm (LLaMA-style, recognised by its class name) upcasts its
+      input to float32 and keeps it (``max(4, b) h``), and when its weight trains also the
+      normalised input (``b h``); LayerNorm keeps its input (``b h``);
+    - residual dropout (a config's ``dropout``/``resid_pdrop``/``hidden_dropout`` > 0, training
+      mode): twice per layer a noise tensor in the input's dtype (``b h``; PyTorch's CPU
+      dropout multiplies by it);
+    - attention (SDPA): q, the attention output and k, v at their own width (grouped KV heads
+      are not repeated), ``b (2 h + 2 kv)``, and a float32 log-sum-exp per head (``4 n``);
+    - MLP: gated (a ``gate`` projection): the activation's input and both factors of the
+      product, ``3 b i``; else ReLU keeps its output, other activations their input, ``b i``;
+    - the linear layers' inputs, kept for their weight gradients: with trainable weights one
+      per distinct input, the attention block's and the MLP's (``2 b h``; the output
+      projection's input is the attention output counted above) plus the down projection's
+      (``b i``; none for ReLU, whose kept output is that input). LoRA (base weights frozen,
+      not kept): each adapted linear keeps its input cast to the adapter's dtype (``a in``,
+      its own copy when ``a != b``; when ``a == b`` the shared inputs as with trainable
+      weights) and its rank-r bottleneck (``a r``).
+
+    Outside the layers: the final norm (as above) and the head's input at the scored
+    positions (``b h``). Gradient checkpointing keeps one ``b h`` per layer (each layer's
+    input) plus one layer's tensors while it is recomputed."""
     h, layers = config.hidden_size, config.num_hidden_layers
-    gated = any("gate" in name.rsplit(".", 1)[-1] for name, m in base.named_modules()
-                if isinstance(m, torch.nn.Linear))
-    layer = b * (10 * h + (4 if gated else 2) * _mlp_width(config))
-    adapters = sum(_lora_bytes_per_token(m, b) for m in model.modules() if hasattr(m, "lora_A"))
-    final_norm = 2 * h * b
+    heads = getattr(config, "num_attention_heads", None) or 1
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    kv = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    width = _mlp_width(config)
+    # peft wraps in place: a LoRA model's linear is ``...gate_proj.base_layer``
+    gated = any("gate" in part for name, m in base.named_modules() if isinstance(m, torch.nn.Linear)
+                for part in name.split("."))
+    relu = "relu" in (str(getattr(config, "hidden_act", "")), str(getattr(config, "activation_function", "")))
+    norms = [m for m in base.modules() if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None]
+    rms = bool(norms) and "rms" in type(norms[0]).__name__.lower()
+    trains = base.get_input_embeddings().weight.requires_grad  # full fine-tuning
+    norm = (max(4, b) * h + (b * h if trains else 0)) if rms else b * h
+    dropout = 2 * b * h if any((getattr(config, f, 0) or 0) > 0 for f in _DROPOUT_FIELDS) else 0
+    attention = b * (2 * h + 2 * kv) + 4 * heads
+    mlp = 3 * b * width if gated else b * width
+    shared_inputs = b * (2 * h + (0 if relu and not gated else width))
+    adapters = [m for m in model.modules() if hasattr(m, "lora_A")]
+    same_dtype = all(d.weight.dtype.itemsize == b for m in adapters for d in m.lora_A.values())
+    if adapters:
+        inputs = sum(_lora_bytes_per_token(m, b) for m in adapters) // layers + (shared_inputs if same_dtype else 0)
+    else:
+        inputs = shared_inputs if trains else 0
+    layer = 2 * norm + dropout + attention + mlp + inputs
+    outside = norm + b * h
     if gradient_checkpointing:
-        return layers * h * b + layer + adapters // layers + final_norm
-    return layers * layer + adapters + final_norm
+        return layers * b * h + layer + outside
+    return layers * layer + outside
 
 
 def _lora_bytes_per_token(module, b: int) -> int:
-    """One adapted linear: its rank-r bottleneck, and its upcast input when the adapter's
-    dtype differs from the compute dtype's ``b`` bytes."""
+    """One adapted linear: its rank-r bottleneck, and its input cast to the adapter's dtype
+    when that differs from the compute dtype's ``b`` bytes."""
     total = 0
     for down in module.lora_A.values():
         a = down.weight.dtype.itemsize

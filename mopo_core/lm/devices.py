@@ -18,6 +18,11 @@ import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+#: Device types on which the trainer's AdamW runs torch's fused kernel (``AdamW(fused=True)``:
+#: one kernel over every parameter, updating in place with no temporaries); elsewhere, and for
+#: FSDP's sharded parameters, torch's per-tensor loop.
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"``: cuda when available, else cpu; anything else as ``torch.device``."""

@@ -128,6 +128,7 @@ import torch
 
 from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.lm import distributed
+from mopo_core.lm.devices import FUSED_ADAMW_DEVICES
 from mopo_core.lm.config import CHECKPOINT_NAME, TrainConfig, frozen_copies, leashed, same_config
 from mopo_core.lm.losses import (
     chi_update,
@@ -261,10 +262,6 @@ def pool_preferences(oracle: Oracle, prompt: str, responses: list[str]) -> np.nd
 #: sampled and checked every this many steps (steps 1, 1 + this, ...) rather than every step:
 #: sampling costs several times a cloning step on small models (bench/train_throughput.py).
 LEASH_CHECK_EVERY = 5
-
-#: Device types whose parameters the trainer's AdamW updates with torch's fused kernel
-#: (``AdamW(fused=True)``); elsewhere, and for FSDP's sharded parameters, the default loop.
-FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
 class _Row(NamedTuple):

@@ -340,7 +340,8 @@ def training_memory(found: SetupCheck, setup: DatasetSetup, config: TrainConfig)
     the checked setup: the rows alive at once (MOPO: ``batch_size`` prompts times their mean
     distinct responses, online ``n_candidates`` each; DPO-style methods: two per pair; SFT:
     one), divided over ``gradient_accumulation_steps``; padded to the longest prompt plus the
-    longest response (online: plus ``max_new_tokens``); the fused log-prob's logits chunk;
+    longest response (online: plus ``max_new_tokens``), of which only the response positions are
+    scored (``response_len``); the fused log-prob's logits chunk;
     the reference copy every dataset run holds (it samples the evaluation's reference) and the
     trainer's frozen copies (:func:`mopo_core.lm.config.frozen_copies`)."""
     from mopo_core.lm.checkpoints import estimate_training_memory, read_config
@@ -356,7 +357,7 @@ def training_memory(found: SetupCheck, setup: DatasetSetup, config: TrainConfig)
         found.model_dir, max(1, math.ceil(rows / config.gradient_accumulation_steps)),
         found.max_prompt_tokens + response, setup.dtype, lora_settings(setup),
         gradient_checkpointing=setup.gradient_checkpointing, reference_copies=1 + frozen_copies(config),
-        logits_chunk=max(1, FUSED_CHUNK_ELEMENTS // vocab))
+        logits_chunk=max(1, FUSED_CHUNK_ELEMENTS // vocab), response_len=response)
 
 
 def lora_settings(setup: DatasetSetup) -> LoraSettings | None:

@@ -322,7 +322,9 @@ def test_the_activation_formula_is_close_to_what_autograd_keeps(arch, dtype, lor
     model = build_model(TINY[arch], dtype=dtype, device="cpu", lora=lora)
     measured = _saved_activation_bytes(model)
     estimate = estimate_training_memory(TINY[arch], batch_size=2, seq_len=8, dtype=dtype, lora=lora).activations
-    assert 0.7 < estimate / measured < 1.5, (estimate, measured)
+    # the formula counts each saved tensor of a pre-norm decoder (LLaMA, OPT: within 3%); GPT-NeoX's
+    # parallel block keeps a little more (about 14%)
+    assert 0.8 < estimate / measured < 1.1, (estimate, measured)
 
 
 @pytest.mark.parametrize("lora", [None, LoraSettings(r=4)])
@@ -342,9 +344,17 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_less(lora):
 def test_logits_follow_the_chunk_and_refusals_say_what_to_change():
     config = TINY["opt"]
     whole = estimate_training_memory(config, batch_size=4, seq_len=16, dtype="bf16")
-    assert whole.logits == 4 * 16 * VOCAB * (2 + 8)
-    assert estimate_training_memory(config, 4, 16, "bf16", logits_chunk=10).logits == 10 * VOCAB * 10
-    assert whole.total == sum((whole.parameters, whole.gradients, whole.optimizer, whole.activations, whole.logits))
+    # backward starts with four float32 (positions, vocab) buffers: logsumexp's kept input and
+    # the three temporaries of its backward
+    assert whole.logits == 4 * 16 * VOCAB * 4 * 4
+    chunked = estimate_training_memory(config, 4, 16, "bf16", logits_chunk=10)
+    assert chunked.logits == 10 * VOCAB * 16
+    assert whole.head_gradient == 0 and chunked.head_gradient == VOCAB * config.hidden_size * 2  # tied, trains
+    # the peak: what stays (parameters, optimizer state) plus the larger of the backward's start
+    # (activations, logits) and the optimizer step (every gradient, AdamW's temporaries)
+    assert whole.backward == whole.activations + whole.logits
+    assert whole.update_phase == whole.gradients + whole.update
+    assert whole.total == whole.parameters + whole.optimizer + max(whole.backward, whole.update_phase)
     assert whole.fits(whole.total) and not whole.fits(whole.total - 1)
     with pytest.raises(InsufficientMemoryError, match=r"needs 0.00 GiB \(parameters 0.00 GiB \+ .*\), 0.00 GiB "
                                                       r"available on cpu: lower batch_size or seq_len, train LoRA "
