@@ -589,11 +589,11 @@ def estimate_training_memory(
     tensor's size. Measured (bench/memory_calibration.py, full bf16 fine-tuning of OPT-125m and
     of a two-layer Qwen2-0.5B, both with the input embedding tied to the head, under the
     trainer's fused AdamW): the step's peak above weights and state is the gradients plus two
-    embedding-sized tensors (0.39 GiB against 0.37, 0.83 against 0.82) -- the tied weight's
-    second gradient and the sum it is accumulated into at the end of backward. torch's fused
-    AdamW itself updates in place (one step of a 128 MiB bf16 parameter raised the peak
-    resident memory by 4 KiB; its per-tensor loop, used off CPU and CUDA, by 256 MiB: the
-    same two tensors). An untied model under fused AdamW may peak lower (not measured).
+    embedding-sized tensors (0.39 GiB against 0.37, 0.83 against 0.82), most likely the tied
+    weight's second gradient and the sum it is accumulated into at the end of backward (the
+    fused kernel updates in place; torch's per-tensor loop, used off CPU and CUDA, makes two
+    tensors of a parameter's size for its denominator). An untied model under fused AdamW
+    may peak lower (not measured).
 
     Logits: P * vocab * 16 bytes for the P positions scored at once (``batch_size *
     response_len``, at most ``logits_chunk``): backward starts with the last chunk's float32
