@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.shared import presentation_toggle, run_store
+from app.shared import freeze_startup_heap, presentation_toggle, run_store
 from mopo_core.training import jobs
 
 st.set_page_config(page_title="MOPO Studio", layout="wide")
@@ -28,3 +28,4 @@ st.navigation([
     st.Page(VIEWS / "learn.py", title="Learn"),
     st.Page(VIEWS / "models.py", title="Models"),
 ]).run()
+freeze_startup_heap()  # after the first page run: its imports and caches stay out of the collector's passes

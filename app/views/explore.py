@@ -186,6 +186,25 @@ def policy_figure(policy: np.ndarray):
     show_figure(fig, "explore_policy", table)
 
 
+def plane_ranges(x_parts, y_parts, traces: list[dict], pad: float = 0.04) -> tuple[list[float], list[float]]:
+    """Fixed axis ranges of a plane: the box around what no threshold b_j moves (the τ → 0 front, π_ref, MOPO's
+    own front at τ: ``x_parts``, ``y_parts``, lists of arrays), widened to every point the ``traces`` draw
+    (with their error bars), plus ``pad`` of the span on each side. So the axes stay put while b_j moves
+    MOPO's point along its own front (and Plotly need not recompute them on every redraw)."""
+    ranges = []
+    for axis, parts in (("x", x_parts), ("y", y_parts)):
+        values = [np.asarray(p, dtype=float).ravel() for p in parts]
+        for t in traces:
+            centre = np.asarray(t[axis], dtype=float).ravel()
+            bar = np.asarray(t.get(f"error_{axis}", {}).get("array", 0.0), dtype=float).ravel()
+            values += [centre - bar, centre + bar]
+        values = np.concatenate(values)
+        low, high = float(np.nanmin(values)), float(np.nanmax(values))
+        margin = pad * max(high - low, 1e-3)
+        ranges.append([low - margin, high + margin])
+    return ranges[0], ranges[1]
+
+
 def plane_figure(j: int, thresholds: list[float], answer, own: pd.DataFrame, reached: pd.DataFrame) -> go.Figure:
     """The plane (V_j, V0): the band where b_j is met (and the enforced b_j + z·SE), the τ → 0 front, MOPO's
     own front at τ (true, and estimated with sampled data), π_ref, the baselines that reach MOPO's KL (or at
@@ -204,8 +223,6 @@ def plane_figure(j: int, thresholds: list[float], answer, own: pd.DataFrame, rea
         annotations.append(dict(text=f"enforced b{j} + z·SE{j}", x=enforced, xref="x", y=0, yref="y domain",
                                 xanchor="left", yanchor="bottom", showarrow=False))
     reference = instance.reference_point
-    annotations.append(dict(x=reference[j], y=reference[0], text="reference point: π_ref", showarrow=True,
-                            arrowhead=2, ax=40, ay=28, font=dict(size=11)))
     front = instance.front_points
     traces = [dict(type="scatter", x=front[:, j], y=front[:, 0], mode="lines" if k == 2 else "markers",
                    name="τ → 0 front (LP, no KL limit)" if k == 2 else "τ → 0 front points (LP grid), projected",
@@ -262,7 +279,10 @@ def plane_figure(j: int, thresholds: list[float], answer, own: pd.DataFrame, rea
         hovertemplate=(f"MOPO (true values)<br>thresholds {', '.join(f'{b:.3f}' for b in thresholds)}, "
                        f"τ={tau}, ε={eps}, z={answer.z:g}<br>KL={answer.kl:.3f}"
                        f"<br>V{j}=%{{x:.3f}}<br>V0=%{{y:.3f}}<extra></extra>")))
-    fig = go.Figure(data=traces, layout=dict(shapes=shapes, annotations=annotations))
+    x_range, y_range = plane_ranges([front[:, j], [reference[j]], own.get(f"V{j}", [])],
+                                    [front[:, 0], [reference[0]], own.get("V0", [])], traces)
+    fig = go.Figure(data=traces, layout=dict(shapes=shapes, annotations=annotations,
+                                             xaxis=dict(range=x_range), yaxis=dict(range=y_range)))
     what = "same KL" if temperature == SAME_KL else "same τ"
     return style(fig, f"Primary against {names[j]}: MOPO at τ = {tau:g} and the baselines at the {what}",
                  axis_title(names, j), axis_title(names, 0).replace(" (", "<br>("),  # two lines: fits the height

@@ -460,7 +460,7 @@ def test_imported_points_are_drawn_with_196_se_bars_and_said_to_be_your_own_valu
 
 def test_language_model_points_are_drawn_with_bars_of_their_evaluation_standard_errors(tmp_path, monkeypatch):
     """Two evaluated LM points (win-rates and their standard errors as the evaluation stores them) and
-    one without: bars of 1.96 SE on the first two, none (NaN) on the third; the LM subtitle."""
+    one without: bars of 1.96 SE on the first two, none (NaN, as JSON null) on the third; the LM subtitle."""
     store = RunStore(tmp_path / "runs.sqlite")
     run_id = store.create_run("evaluate", {"task": "text", "seed": 0}, name="lm points")
     se = [[0.02, 0.03], [0.015, 0.01]]
@@ -476,7 +476,7 @@ def test_language_model_points_are_drawn_with_bars_of_their_evaluation_standard_
     drawn = _bars(front)
     assert drawn[(run_id, 0)][2:] == pytest.approx((1.96 * 0.03, 1.96 * 0.02))
     assert drawn[(run_id, 1)][2:] == pytest.approx((1.96 * 0.01, 1.96 * 0.015))
-    assert all(np.isnan(v) for v in drawn[(run_id, 2)][2:])
+    assert drawn[(run_id, 2)][2:] == (None, None)  # NaN half-widths, sent as JSON null: no bar
     title = front["layout"]["title"]["text"]
     assert "win-rates of the policy's samples against the reference model's samples" in title
     assert "±1.96 standard errors" in title and "behaviour policy" not in title
