@@ -16,14 +16,16 @@ Nothing here asserts a time.
 
 ``--breakdown`` also splits each change by the page's websocket traffic (a listener on every message,
 installed before the page loads): key -> the rerun request sent (BackMsg), -> the first answer
-(ForwardMsg), -> the last message before the plot changed (the server's work up to the chart, plus
-transport), -> the plot changed (the browser's own work on that message: decode, React, Plotly's
-redraw), -> the last message of the rerun, and the messages' count and bytes; and, polled beside the
+(ForwardMsg), -> the last message noted before the plot changed (the server's work up to the chart,
+transport, and the page's backlog: see below), -> the plot changed (the browser's work after that
+message: decode, React, Plotly's redraw), -> the last message of the rerun, and the messages' count and bytes; and, polled beside the
 clock (4 ms), when the first chart's SVG was empty (taken down before it is drawn again) and when it
 was drawn again with a different signature; and the CPU time (Linux /proc, 10 ms ticks, averaged over the
 changes) the server process and Chromium's processes spent from the key to the idle page, which the
 machine's load moves much less than the wall times (Chromium's includes this bench's own polls). The
-page notes a message when its main thread gets to it, so a busy page dates messages late; a figure
+page notes a message when its main thread gets to it, so a busy page dates messages late (the last message
+noted before the plot changed may be one sent after the chart's, and the phase before it then holds the
+browser's backlog as well as the server's work: the server's own time is the AppTest line); a figure
 message the page has seen before comes as a short reference (Streamlit's message cache), which this
 bench's alternating keys hit. The medians are printed under the totals (the listener and the second poll
 add a little work to the page: compare totals made with the same flags).
@@ -230,7 +232,8 @@ def breakdown_lines(rows: list[dict]) -> list[str]:
     """Each phase's median over the changes (of the per-change differences between the noted moments)."""
     steps = (("key -> rerun request sent", None, "sent"),
              ("request -> first answer (server starts the rerun)", "sent", "first"),
-             ("first answer -> last message before the plot changed (server up to the chart)", "first", "plot_msg"),
+             ("first answer -> last message noted before the plot changed (the server's work, and the page's "
+              "backlog: a busy page notes messages late)", "first", "plot_msg"),
              ("that message -> plot changed (browser: decode, React, Plotly redraw)", "plot_msg", "plot"),
              ("key -> first chart empty (old chart taken down; 'not seen': never empty)", None, "emptied"),
              ("key -> first chart drawn again, different", None, "drawn"),
