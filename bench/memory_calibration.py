@@ -61,14 +61,17 @@ QWEN2_05B = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "i
 #: Qwen2-0.5B's widths, heads and vocabulary with 2 of its 24 layers: its full fine-tuning in bf16
 #: (scalar matrix products, below) would not end in the time a bench gets.
 QWEN2_05B_2L = {**QWEN2_05B, "num_hidden_layers": 2}
-#: (name, config, lora rank or None, batch, seq, profiler cross-check) of the full run, each under
-#: ~5 GiB. Small batches: bf16 matrix products on a CPU without bf16 instructions run a scalar
-#: kernel (a Qwen2-0.5B LoRA step on 2 x 128 tokens took 22 minutes on a loaded 2-core machine).
+#: (name, config, lora rank or None, batch, seq, profiler cross-check, leash rows) of the full run, each
+#: under ~5 GiB. Small batches: bf16 matrix products on a CPU without bf16 instructions run a scalar
+#: kernel (a Qwen2-0.5B LoRA step on 2 x 128 tokens took 22 minutes on a loaded 2-core machine). The
+#: "+leash" cases add offline MOPO's KL leash rows to the step (one sampled response per prompt).
 FULL = (
-    ("qwen2-0.5b", QWEN2_05B, LORA_R, 2, 128, False),
-    ("qwen2-0.5b-2layers", QWEN2_05B_2L, None, 2, 64, False),
-    ("opt-125m", OPT_125M, LORA_R, 2, 128, False),
-    ("opt-125m", OPT_125M, None, 2, 128, False),
+    ("qwen2-0.5b", QWEN2_05B, LORA_R, 2, 128, False, 0),
+    ("qwen2-0.5b-2layers", QWEN2_05B_2L, None, 2, 64, False, 0),
+    ("opt-125m", OPT_125M, LORA_R, 2, 128, False, 0),
+    ("opt-125m", OPT_125M, None, 2, 128, False, 0),
+    ("opt-125m+leash", OPT_125M, LORA_R, 2, 128, False, 2),
+    ("qwen2-0.5b-2layers+leash", QWEN2_05B_2L, LORA_R, 2, 64, False, 2),
 )
 #: The quick run: the same architectures, tiny (hidden 64, 2 layers), vocab 50k and 150k.
 TINY_OPT = {**OPT_125M, "hidden_size": 64, "word_embed_proj_dim": 64, "num_hidden_layers": 2, "ffn_dim": 256,
@@ -76,8 +79,9 @@ TINY_OPT = {**OPT_125M, "hidden_size": 64, "word_embed_proj_dim": 64, "num_hidde
 TINY_QWEN = {**QWEN2_05B, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2}
 QUICK = (
-    ("tiny-opt-50k", TINY_OPT, 4, 4, 64, True),
-    ("tiny-qwen2-150k", TINY_QWEN, None, 4, 64, False),
+    ("tiny-opt-50k", TINY_OPT, 4, 4, 64, True, 0),
+    ("tiny-qwen2-150k", TINY_QWEN, None, 4, 64, False, 0),
+    ("tiny-qwen2-150k+leash", TINY_QWEN, 4, 2, 64, False, 2),
 )
 #: glibc settings of the measuring child: freed memory goes back to the kernel at once.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "2"}
@@ -110,11 +114,15 @@ def _profiled_peak(step) -> int:
 
 def measure(spec: dict) -> dict:
     """One case in this (fresh) process: see the module doc. ``spec``: config, lora_r, batch, seq,
-    dtype (default bf16), profile (also run the profiler's cross-check on a second step).
+    dtype (default bf16), profile (also run the profiler's cross-check on a second step), leash
+    (rows of offline MOPO's KL leash scored in the step: ``per_token_kl`` to a frozen copy of the
+    starting model, made before the step and, like every frozen copy here, left out on both sides).
     Returns bytes: measured, resident (parameters and optimizer state) and profiler."""
+    import copy
+
     import torch
 
-    from mopo_core.lm.losses import sequence_logprobs
+    from mopo_core.lm.losses import per_token_kl, sequence_logprobs
     from mopo_core.lm.lora import LoraSettings
     from mopo_core.lm.models import build_model
 
@@ -135,11 +143,21 @@ def measure(spec: dict) -> dict:
     response = torch.zeros_like(ids)
     response[:, seq // 4:] = 1
     coefficient = torch.rand(batch, generator=generator, dtype=torch.float64)
+    leash = spec.get("leash", 0)
+    if leash:  # the trainer's leash rows: sampled responses of the same padded length, and the start
+        start = copy.deepcopy(model).eval()
+        for p in start.parameters():
+            p.requires_grad_(False)
+        leash_ids = torch.randint(0, spec["config"]["vocab_size"], (leash, seq), generator=generator)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         logp = sequence_logprobs(model, ids, attention, response)
-        (-(coefficient.to(logp.dtype) * logp).sum() / batch).backward()
+        loss = -(coefficient.to(logp.dtype) * logp).sum() / batch
+        if leash:  # as the trainer's _clone_and_leash_loss: both in one forward, kappa * KL added
+            kl = per_token_kl(model, start, leash_ids, attention[:leash], response[:leash])
+            loss = loss + 0.5 * kl.sum() / leash
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
@@ -165,16 +183,17 @@ def in_child(spec: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def estimate_for(config: dict, lora_r, batch: int, seq: int, dtype: str = "bf16"):
+def estimate_for(config: dict, lora_r, batch: int, seq: int, dtype: str = "bf16", leash: int = 0):
     """``estimate_training_memory`` as ``training_memory`` calls it (the fused path's chunk),
-    with the scored positions of :func:`measure`'s rows (``seq - seq // 4`` response tokens)."""
+    with the scored positions of :func:`measure`'s rows (``seq - seq // 4`` response tokens) and
+    ``leash`` leash rows like them."""
     from mopo_core.lm.checkpoints import estimate_training_memory
     from mopo_core.lm.lora import LoraSettings
     from mopo_core.lm.losses import FUSED_CHUNK_ELEMENTS
 
     return estimate_training_memory(config, batch, seq, dtype, LoraSettings(r=lora_r) if lora_r else None,
                                     logits_chunk=max(1, FUSED_CHUNK_ELEMENTS // config["vocab_size"]),
-                                    response_len=seq - seq // 4)
+                                    response_len=seq - seq // 4, leash_rows=leash)
 
 
 def cpu_name() -> str:
@@ -189,8 +208,8 @@ def measure_all(cases, jobs: int) -> list[dict]:
     lora_r, batch, seq and the child's numbers (bytes)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    specs = [{"model": name, "config": config, "lora_r": lora_r, "batch": batch, "seq": seq, "profile": profile}
-             for name, config, lora_r, batch, seq, profile in cases]
+    specs = [{"model": name, "config": config, "lora_r": lora_r, "batch": batch, "seq": seq, "profile": profile,
+              "leash": leash} for name, config, lora_r, batch, seq, profile, leash in cases]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return [{**spec, **got} for spec, got in zip(specs, pool.map(in_child, specs))]
 
@@ -200,8 +219,10 @@ def compare(measured: list[dict]) -> list[dict]:
     rows = []
     for m in measured:
         dtype = m.get("dtype", "bf16")
-        estimate = estimate_for(m["config"], m["lora_r"], m["batch"], m["seq"], dtype)
-        row = {**m, "vocab": m["config"]["vocab_size"], "setting": f"LoRA r{m['lora_r']}" if m["lora_r"] else "full",
+        estimate = estimate_for(m["config"], m["lora_r"], m["batch"], m["seq"], dtype, m.get("leash", 0))
+        setting = (f"LoRA r{m['lora_r']}" if m["lora_r"] else "full") + (
+            f" + {m['leash']} leash rows" if m.get("leash") else "")
+        row = {**m, "vocab": m["config"]["vocab_size"], "setting": setting,
                "estimate_gib": estimate.total / GIB, "measured_gib": m["measured"] / GIB,
                "profiler_gib": m["profiler"] / GIB if m.get("profiler") else None,
                "ratio": estimate.total / m["measured"], "parts": estimate.describe()}

@@ -73,6 +73,8 @@ RUNS = {
         ((rf"vocab 50272\) LoRA r4 bf16 4x64: estimate {NUMBER} GiB, measured {NUMBER} GiB \(profiler {NUMBER} GiB\), "
           rf"ratio estimate/measured {NUMBER}", 1),
          (rf"vocab 151936\) full bf16 4x64: estimate {NUMBER} GiB, measured {NUMBER} GiB, ratio estimate/measured {NUMBER}", 1),
+         (rf"vocab 151936\) LoRA r4 \+ 2 leash rows bf16 2x64: estimate {NUMBER} GiB, measured {NUMBER} GiB, "
+          rf"ratio estimate/measured {NUMBER}", 1),
          (rf"largest \|ratio - 1\|: {NUMBER}", 1)),
         ("memory/memory_calibration.txt", "memory/memory_calibration.json")),
     "pku_smollm2": QuickRun(

@@ -466,12 +466,14 @@ class MemoryEstimate:
     scored at once; reference: frozen copies of the parameters (DPO/IPO reference model);
     head_gradient: the gradient of a trainable output head (or tied embedding) alive while
     the later log-prob chunks run backward; update: the temporaries at the end of backward and
-    in the optimizer step (:func:`estimate_training_memory`).
+    in the optimizer step; leash_kl: the float32 tensors offline MOPO's KL leash keeps for
+    backward over the whole vocabulary at its sampled rows' positions
+    (:func:`estimate_training_memory`).
     ``advice``: what would lower the estimate, for the refusal message.
 
     ``total = parameters + optimizer + reference + max(backward, update phase)``, backward =
-    ``activations + logits + head_gradient`` (backward starts with every activation alive
-    and few gradients made), update phase = ``gradients + update`` (the activations are
+    ``activations + logits + head_gradient + leash_kl`` (backward starts with every activation
+    alive and few gradients made), update phase = ``gradients + update`` (the activations are
     gone, every gradient is alive). A load estimate has parameters only.
     """
 
@@ -484,11 +486,12 @@ class MemoryEstimate:
     advice: tuple[str, ...] = ()
     head_gradient: int = 0
     update: int = 0
+    leash_kl: int = 0
 
     @property
     def backward(self) -> int:
         """Bytes beside the parameters, optimizer state and references when backward starts."""
-        return self.activations + self.logits + self.head_gradient
+        return self.activations + self.logits + self.head_gradient + self.leash_kl
 
     @property
     def update_phase(self) -> int:
@@ -507,7 +510,7 @@ class MemoryEstimate:
                               for name in names if getattr(self, name))
         text = parts(("parameters", "optimizer", "reference"))
         phases = [f"{label}: {parts(names)}" for label, names in (
-            ("backward", ("activations", "logits", "head_gradient")), ("update", ("gradients", "update")))
+            ("backward", ("activations", "logits", "head_gradient", "leash_kl")), ("update", ("gradients", "update")))
             if parts(names)]
         return f"{text} + max({', '.join(phases)})" if phases else text
 
@@ -559,6 +562,8 @@ def estimate_training_memory(
     reference_copies: int = 0,
     logits_chunk: int | None = None,
     response_len: int | None = None,
+    leash_rows: int = 0,
+    leash_response_len: int | None = None,
 ) -> MemoryEstimate:
     """Bytes one training step needs at its peak (see :class:`MemoryEstimate` for how the
     parts add up): parameters, gradients, optimizer state, activations, logits,
@@ -577,7 +582,9 @@ def estimate_training_memory(
     ``sequence_logprobs``: its ``chunk_size``, by default ``FUSED_CHUNK_ELEMENTS // vocab``);
     ``None``: all of them (a forward that returns every logit). response_len: the positions
     per sequence whose log-probs are scored (the response tokens; at most and by default
-    ``seq_len``).
+    ``seq_len``). leash_rows: sequences of offline MOPO's KL leash scored in the same step
+    (one sampled response per prompt, while the leash's multiplier is positive; padded to
+    ``seq_len``), each with ``leash_response_len`` scored positions (default ``response_len``).
 
     Exact parts (counted on the meta-device model): parameters; gradients (each trainable
     parameter's size); optimizer ``"adamw"``: ``torch.optim.AdamW``'s (no amsgrad) exp_avg
@@ -604,6 +611,13 @@ def estimate_training_memory(
     not) and more than one chunk, the head's (vocab, hidden) gradient made by the first
     chunk is alive while the next chunks run.
 
+    leash_kl: the leash's exact per-token KL to the start
+    (:func:`mopo_core.lm.losses.per_token_kl`) keeps, for every chunk until backward, three
+    float32 tensors over the vocabulary per scored position: the policy's log-softmax, its exp
+    and the log-ratio (``leash_rows * leash_response_len * vocab * 12`` bytes); the leash rows'
+    activations count with the other rows'. Not counted: the sampling of those responses
+    (no gradient; done and freed before the step's forward).
+
     Activations (bytes per token): see :func:`_activation_bytes_per_token`; each term is a
     tensor autograd saves, counted once per storage. Not counted: the (heads, T, T)
     attention probabilities that eager attention or attention dropout keeps (GPT-2's default
@@ -611,19 +625,23 @@ def estimate_training_memory(
     is counted), dropout inside a LoRA adapter (off by default), and resident memory that is
     no tensor (the autograd graph, BLAS buffers: about 12 MiB on a CPU,
     ``bench/memory_calibration.py``). Measured there (CPU, bf16, LoRA and full): within 2% of
-    the peak on OPT-125m (50k vocabulary) and Qwen2-0.5B (152k) shapes.
+    the peak on OPT-125m (50k vocabulary) and Qwen2-0.5B (152k) shapes; with two leash rows
+    (LoRA), 1% and 3% above it.
     """
     check_int(batch_size, "batch_size", 1)
     check_int(seq_len, "seq_len", 1)
     if logits_chunk is not None:
         check_int(logits_chunk, "logits_chunk", 1)
-    scored = batch_size * min(seq_len, seq_len if response_len is None else check_int(response_len, "response_len", 1))
+    per_row = min(seq_len, seq_len if response_len is None else check_int(response_len, "response_len", 1))
+    scored = batch_size * per_row
+    leash_positions = check_int(leash_rows, "leash_rows", 0) * min(
+        seq_len, per_row if leash_response_len is None else check_int(leash_response_len, "leash_response_len", 1))
     if optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {optimizer!r}")
     config, compute = _config(config_or_dir), _dtype(dtype)
     base, model = _meta_model(config, compute, lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    tokens, b = batch_size * seq_len, compute.itemsize
+    tokens, b = (batch_size + leash_rows) * seq_len, compute.itemsize
     positions = scored if logits_chunk is None else min(scored, logits_chunk)
     head = base.get_output_embeddings()
     head_trains = head is not None and head.weight.requires_grad and positions < scored
@@ -639,6 +657,7 @@ def estimate_training_memory(
         advice=_training_advice(lora, gradient_checkpointing, logits_chunk, compute),
         head_gradient=_bytes([head.weight]) if head_trains else 0,
         update=update,
+        leash_kl=leash_positions * config.vocab_size * 12,
     )
 
 

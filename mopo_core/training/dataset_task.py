@@ -59,7 +59,7 @@ from scipy.special import expit
 
 from mopo_core.data.preferences import PreferenceDataset
 from mopo_core.data.public_formats import FORMATS
-from mopo_core.lm.config import TrainConfig, frozen_copies
+from mopo_core.lm.config import TrainConfig, frozen_copies, leashed
 from mopo_core.lm.evaluation import Evaluation
 from mopo_core.lm.judge import (NATIVE_FORMAT, PreferenceModel, load_dataset, read_meta, seen_prompts,
                                  uninformative_objectives)
@@ -341,7 +341,9 @@ def training_memory(found: SetupCheck, setup: DatasetSetup, config: TrainConfig)
     distinct responses, online ``n_candidates`` each; DPO-style methods: two per pair; SFT:
     one), divided over ``gradient_accumulation_steps``; padded to the longest prompt plus the
     longest response (online: plus ``max_new_tokens``), of which only the response positions are
-    scored (``response_len``); the fused log-prob's logits chunk;
+    scored (``response_len``); the fused log-prob's logits chunk; offline MOPO's KL leash
+    (:func:`mopo_core.lm.config.leashed`): one sampled response per prompt scored in the same
+    step, ``max_new_tokens + 1`` positions each, the padding long enough for them too;
     the reference copy every dataset run holds (it samples the evaluation's reference) and the
     trainer's frozen copies (:func:`mopo_core.lm.config.frozen_copies`)."""
     from mopo_core.lm.checkpoints import estimate_training_memory, read_config
@@ -352,12 +354,15 @@ def training_memory(found: SetupCheck, setup: DatasetSetup, config: TrainConfig)
     else:
         rows = config.batch_size * (1 if config.method == "sft" else 2)
     response = config.max_new_tokens + 1 if config.online else found.max_response_tokens
+    leash = config.batch_size if leashed(config) else 0
+    sampled = config.max_new_tokens + 1
     vocab = read_config(found.model_dir).vocab_size
     return estimate_training_memory(
         found.model_dir, max(1, math.ceil(rows / config.gradient_accumulation_steps)),
-        found.max_prompt_tokens + response, setup.dtype, lora_settings(setup),
+        found.max_prompt_tokens + max(response, sampled if leash else 0), setup.dtype, lora_settings(setup),
         gradient_checkpointing=setup.gradient_checkpointing, reference_copies=1 + frozen_copies(config),
-        logits_chunk=max(1, FUSED_CHUNK_ELEMENTS // vocab), response_len=response)
+        logits_chunk=max(1, FUSED_CHUNK_ELEMENTS // vocab), response_len=response,
+        leash_rows=math.ceil(leash / config.gradient_accumulation_steps), leash_response_len=sampled)
 
 
 def lora_settings(setup: DatasetSetup) -> LoraSettings | None:

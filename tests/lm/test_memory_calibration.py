@@ -1,5 +1,6 @@
 """The training-memory estimate against a measured peak: one training step of small models
-built from configs (random weights), a small and a large vocabulary, LoRA and full fine-tuning.
+built from configs (random weights), a small and a large vocabulary, LoRA and full fine-tuning, and
+a step with offline MOPO's KL leash rows.
 
 The measurement is ``bench/memory_calibration.py``'s (its module doc: a fresh interpreter with
 glibc's malloc pinned, the step's peak resident memory by ``VmHWM`` after ``clear_refs``, plus
@@ -30,19 +31,21 @@ SMALL_VOCAB = {"model_type": "llama", "vocab_size": 4096, "hidden_size": 256, "i
 LARGE_VOCAB = {**bench.TINY_QWEN, "hidden_size": 64, "num_hidden_layers": 2}
 
 CASES = [
-    # (config, lora rank or None, batch, seq, dtype)
-    pytest.param(SMALL_VOCAB, None, 8, 256, "fp32", id="vocab4k-full-fp32"),
-    pytest.param(SMALL_VOCAB, 8, 8, 256, "fp32", id="vocab4k-lora-fp32"),
-    pytest.param(LARGE_VOCAB, 4, 2, 96, "bf16", id="vocab152k-lora-bf16"),
-    pytest.param(bench.TINY_OPT, None, 4, 96, "bf16", id="vocab50k-full-bf16"),
+    # (config, lora rank or None, batch, seq, dtype, rows of offline MOPO's KL leash in the step)
+    pytest.param(SMALL_VOCAB, None, 8, 256, "fp32", 0, id="vocab4k-full-fp32"),
+    pytest.param(SMALL_VOCAB, 8, 8, 256, "fp32", 0, id="vocab4k-lora-fp32"),
+    pytest.param(LARGE_VOCAB, 4, 2, 96, "bf16", 0, id="vocab152k-lora-bf16"),
+    pytest.param(bench.TINY_OPT, None, 4, 96, "bf16", 0, id="vocab50k-full-bf16"),
+    pytest.param(LARGE_VOCAB, 4, 2, 96, "bf16", 2, id="vocab152k-lora-bf16-leash"),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config, lora_r, batch, seq, dtype", CASES)
-def test_the_estimate_is_within_ten_percent_of_the_measured_peak(config, lora_r, batch, seq, dtype):
-    measured = bench.in_child({"config": config, "lora_r": lora_r, "batch": batch, "seq": seq, "dtype": dtype})
-    estimate = bench.estimate_for(config, lora_r, batch, seq, dtype)
+@pytest.mark.parametrize("config, lora_r, batch, seq, dtype, leash", CASES)
+def test_the_estimate_is_within_ten_percent_of_the_measured_peak(config, lora_r, batch, seq, dtype, leash):
+    measured = bench.in_child({"config": config, "lora_r": lora_r, "batch": batch, "seq": seq, "dtype": dtype,
+                               "leash": leash})
+    estimate = bench.estimate_for(config, lora_r, batch, seq, dtype, leash)
     ratio = estimate.total / measured["measured"]
     print(f"\nvocab {config['vocab_size']} {'LoRA' if lora_r else 'full'} {dtype} {batch}x{seq}: estimate "
           f"{estimate.total / 2**20:.1f} MiB ({estimate.describe()}), measured {measured['measured'] / 2**20:.1f} MiB, "

@@ -271,16 +271,22 @@ def test_training_memory_counts_the_rows_and_tokens_a_step_holds(data_file, chec
     assert found.max_prompt_tokens > 0 and found.max_response_tokens <= setup.max_response_tokens + 1
     assert 2.0 <= found.rows_per_prompt <= 4.0  # two pairs per prompt: 2 to 4 distinct responses
 
-    def by_hand(rows, prompt_len, response_len, copies=2, **changes):
+    def by_hand(rows, prompt_len, response_len, copies=2, leash=0, **changes):
         # copies: the evaluation's reference, plus the trainer's frozen reference (DPO, online,
-        # offline MOPO's leash) and, with t0, offline MOPO's start; only response positions are scored
-        return estimate_training_memory(checkpoint, rows, prompt_len + response_len, "auto", lora_settings(setup),
-                                        reference_copies=copies, logits_chunk=FUSED_CHUNK_ELEMENTS // 36,
-                                        response_len=response_len, **changes)
+        # offline MOPO's leash) and, with t0, offline MOPO's start; only response positions are scored;
+        # leash: offline MOPO's leash rows, one sampled response of up to max_new_tokens + 1 positions per
+        # prompt, padded with the cloned rows
+        sampled = TrainConfig().max_new_tokens + 1
+        return estimate_training_memory(checkpoint, rows, prompt_len + max(response_len, sampled if leash else 0),
+                                        "auto", lora_settings(setup), reference_copies=copies,
+                                        logits_chunk=FUSED_CHUNK_ELEMENTS // 36, response_len=response_len,
+                                        leash_rows=leash, leash_response_len=sampled, **changes)
 
     prompt, response = found.max_prompt_tokens, found.max_response_tokens
     mopo = TrainConfig(batch_size=4)
-    assert training_memory(found, setup, mopo) == by_hand(math.ceil(4 * found.rows_per_prompt), prompt, response)
+    assert training_memory(found, setup, mopo) == by_hand(math.ceil(4 * found.rows_per_prompt), prompt, response,
+                                                          leash=4)
+    assert training_memory(found, setup, mopo).leash_kl > 0
     dpo = TrainConfig(method="dpo", batch_size=4, gradient_accumulation_steps=3)
     assert training_memory(found, setup, dpo) == by_hand(3, prompt, response)  # 8 sequences over 3 micro-batches
     online = TrainConfig(batch_size=2, online=True, n_candidates=5, max_new_tokens=7)
@@ -288,11 +294,13 @@ def test_training_memory_counts_the_rows_and_tokens_a_step_holds(data_file, chec
     unleashed = TrainConfig(batch_size=4, kl_leash=False)
     assert training_memory(found, setup, unleashed) == by_hand(math.ceil(4 * found.rows_per_prompt), prompt, response,
                                                                copies=1)
-    lagged = TrainConfig(batch_size=4, t0=5)
-    assert training_memory(found, setup, lagged) == by_hand(math.ceil(4 * found.rows_per_prompt), prompt, response,
-                                                            copies=3)
+    assert training_memory(found, setup, unleashed).leash_kl == 0
+    lagged = TrainConfig(batch_size=4, t0=5, gradient_accumulation_steps=3)  # 4 leash rows over 3 micro-batches
+    assert training_memory(found, setup, lagged) == by_hand(math.ceil(4 * found.rows_per_prompt / 3), prompt, response,
+                                                            copies=3, leash=2)
     recomputed = training_memory(found, replace(setup, gradient_checkpointing=True), mopo)
-    assert recomputed == by_hand(math.ceil(4 * found.rows_per_prompt), prompt, response, gradient_checkpointing=True)
+    assert recomputed == by_hand(math.ceil(4 * found.rows_per_prompt), prompt, response, gradient_checkpointing=True,
+                                 leash=4)
 
 
 def test_gradient_checkpointing_changes_no_number_of_a_dataset_run(data_file, checkpoint, judge_dir, tmp_path):
