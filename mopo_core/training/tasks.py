@@ -174,23 +174,35 @@ class TextTraining(TrainingTask):
 
         check_text_run(config, setup)
 
+    def __init__(self):
+        #: (setup, built task) from :meth:`prepare`, taken by the next :meth:`train` or :meth:`resume` on that setup
+        self._prepared = None
+
     def prepare(self, setup, progress) -> None:
-        """Fit the task's reference model for ``setup`` (or read it from its cache,
-        :mod:`mopo_core.training.reference_cache`), so that :meth:`train` reads it from the cache."""
+        """Build the task for ``setup``, its reference model fitted (or read from its cache,
+        :mod:`mopo_core.training.reference_cache`), and keep it for the next :meth:`train` or
+        :meth:`resume` on ``setup``, which then builds nothing."""
         from mopo_core.training.text_task import build_text_task
 
-        build_text_task(setup, progress=progress)
+        self._prepared = (setup, build_text_task(setup, progress=progress))
+
+    def _take_prepared(self, setup):
+        """What :meth:`prepare` built for ``setup`` (None: nothing, or for another setup); kept no longer."""
+        prepared, self._prepared = self._prepared, None
+        return prepared[1] if prepared is not None and prepared[0] == setup else None
 
     def train(self, config, setup, store, checkpoint_dir=None, callbacks=(), on_trainer=None, loaded=None):
         from mopo_core.training.text_task import train_on_text_task
 
-        return train_on_text_task(config, setup, store, checkpoint_dir, callbacks, on_trainer)
+        return train_on_text_task(config, setup, store, checkpoint_dir, callbacks, on_trainer,
+                                  built=self._take_prepared(setup))
 
     def _continue(self, run, store, callbacks, on_trainer, loaded):
         from mopo_core.training.text_task import train_on_text_task
 
-        return train_on_text_task(train_config_from(run.config), self.run_setup(run.config), store,
-                                  run.config["checkpoint_dir"], callbacks, on_trainer, resume_run_id=run.id)
+        setup = self.run_setup(run.config)
+        return train_on_text_task(train_config_from(run.config), setup, store, run.config["checkpoint_dir"],
+                                  callbacks, on_trainer, resume_run_id=run.id, built=self._take_prepared(setup))
 
     def _evaluate(self, run, store, n_samples, split):
         from mopo_core.training.text_task import evaluate_text_checkpoint

@@ -149,7 +149,7 @@ def evaluate_on_task(task: TextTask, policy, reference, tokenizer, prompts: list
 def train_on_text_task(config: TrainConfig, setup: TextTaskSetup, store: RunStore,
                        checkpoint_dir: str | Path | None = None, callbacks=(),
                        on_trainer: Callable[[Trainer], None] | None = None,
-                       resume_run_id: int | None = None) -> tuple[TrainResult, Evaluation | None]:
+                       resume_run_id: int | None = None, built=None) -> tuple[TrainResult, Evaluation | None]:
     """SFT a reference, train ``config.method`` from it, evaluate on the held-out prompts and
     record the evaluation as the run's point (values: win-rates against the reference).
 
@@ -161,12 +161,14 @@ def train_on_text_task(config: TrainConfig, setup: TextTaskSetup, store: RunStor
     when its weights are finite (the Compare page keeps it off fronts unless asked). A bad config is refused before
     the reference is trained. ``resume_run_id``: continue that stored run from the checkpoint
     in ``checkpoint_dir``, which is read (and refused, naming the file, when it cannot be read
-    with ``weights_only=True`` or was written with another config) before the reference is trained."""
+    with ``weights_only=True`` or was written with another config) before the reference is trained.
+    ``built``: :func:`build_text_task`'s answer for ``setup`` when the caller has it (the job
+    worker's :meth:`~mopo_core.training.tasks.TextTraining.prepare`), used instead of a second build."""
     check_text_run(config, setup)
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).expanduser().resolve()
     if resume_run_id is not None:
         read_checkpoint(resume_run_id, checkpoint_dir, config)
-    return _train_and_evaluate(config, setup, store, checkpoint_dir, callbacks, on_trainer, resume_run_id)
+    return _train_and_evaluate(config, setup, store, checkpoint_dir, callbacks, on_trainer, resume_run_id, built)
 
 
 def evaluate_text_checkpoint(store: RunStore, run_id: int, config: TrainConfig, setup: TextTaskSetup,
@@ -200,8 +202,8 @@ def evaluate_text_checkpoint(store: RunStore, run_id: int, config: TrainConfig, 
 
 
 def _train_and_evaluate(config: TrainConfig, setup: TextTaskSetup, store: RunStore, checkpoint_dir: Path | None,
-                        callbacks, on_trainer, resume_run_id: int | None = None):
-    task, tokenizer, reference, (train, _, test) = build_text_task(setup)
+                        callbacks, on_trainer, resume_run_id: int | None = None, built=None):
+    task, tokenizer, reference, (train, _, test) = built or build_text_task(setup)
     policy = copy.deepcopy(reference)
     run_config = {"task": "text", **{k: v for k, v in asdict(setup).items() if k not in asdict(config)},
                   "text_setup": asdict(setup)}  # the train config's own seed stays the stored "seed"

@@ -163,6 +163,35 @@ def test_the_worker_records_the_reference_fits_progress_on_the_job(store_path, t
     assert job.progress_text == "Read the fitted reference from the cache."
 
 
+def test_a_text_job_builds_its_task_once_prepare_then_train(store_path, tmp_path, monkeypatch):
+    """The worker's order, in this process: ``prepare`` (the reference fit, with its progress) then
+    ``train`` on the same setup build the text task once; ``train`` on another setup builds its own, and
+    what ``prepare`` built is not kept after the train that follows it."""
+    from mopo_core.lm.registry import CACHE_ENV
+    from mopo_core.training import text_task
+    from mopo_core.training.tasks import TextTraining
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "reference-cache"))
+    built = []
+    real = text_task.build_text_task
+
+    def counted(setup, *args, **kwargs):
+        built.append(setup)
+        return real(setup, *args, **kwargs)
+
+    monkeypatch.setattr(text_task, "build_text_task", counted)
+    task, store = TextTraining(), RunStore(store_path)
+    task.prepare(SETUP, progress=lambda fraction, text: None)
+    result, _ = task.train(_config(steps=1), SETUP, store)
+    assert built == [SETUP] and result.status == "finished"
+    other = dataclasses.replace(SETUP, seed=4)
+    task.prepare(SETUP, progress=lambda fraction, text: None)
+    task.train(_config(steps=1), other, store)
+    assert built == [SETUP, SETUP, other]
+    task.train(_config(steps=1), SETUP, store)  # nothing prepared any more: built again
+    assert built == [SETUP, SETUP, other, SETUP]
+
+
 def test_enqueue_checks_the_config_and_setup_and_cancel_of_a_queued_job_is_immediate(store_path):
     with pytest.raises(ValueError, match="thresholds: MOPO needs one per secondary objective"):
         enqueue_training(store_path, TrainConfig(thresholds=(0.5, 0.5)), SETUP)
