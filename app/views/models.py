@@ -51,7 +51,8 @@ TRAINED_FAILED = "models_trained_failed"
 TEXT_TASK = "text-task scorers"
 #: Prompts offered as examples (the text task's; written with its vocabulary, so the tiny model knows every word).
 N_EXAMPLES = 12
-PARTS = ("parameters", "optimizer", "reference", "activations", "logits", "head_gradient", "gradients", "update")
+PARTS = ("parameters", "optimizer", "reference", "activations", "logits", "head_gradient", "leash_kl", "gradients",
+         "update")
 #: The breakdown's column headers and tooltips, by part (the exports keep the part names).
 PART_LABELS = {
     "parameters": ("weights", "The model's weights in the training dtype (parameters)."),
@@ -66,6 +67,9 @@ PART_LABELS = {
                                     "MOPO's leash measures from (reference)."),
     "head_gradient": ("head gradient", "Full fine-tuning with the log-softmax in chunks: the output layer's gradient "
                                        "from the first chunk, alive while the next chunks run (head_gradient)."),
+    "leash_kl": ("KL leash", "Offline MOPO's KL leash: its per-token KL to the starting model keeps three float32 "
+                             "tensors over the vocabulary per response token of the leash's sampled rows until "
+                             "backward (leash_kl); their activations count with the others."),
     "update": ("step temporaries", "Two tensors the size of the largest trained weight, alive at the end of "
                                    "backward and in the optimizer step (a tied embedding's gradients being summed) "
                                    "(update)."),
@@ -114,12 +118,13 @@ def example_prompts() -> list[str]:
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def training_estimate(path: str | None, stamp: float, batch: int, seq_len: int, dtype: str, lora_r: int,
-                      checkpointing: bool, reference_copy: bool) -> dict:
+                      checkpointing: bool, reference_copy: bool, leash_rows: int = 0) -> dict:
     """Bytes per part of one training step (``path`` None: the built-in model); ``stamp`` is the
     config's modification time (a changed checkpoint is estimated again)."""
     source = builtin_model_config() if path is None else path
     est = estimate_training_memory(source, batch, seq_len, dtype, LoraSettings(r=lora_r) if lora_r else None,
-                                   gradient_checkpointing=checkpointing, reference_copies=int(reference_copy))
+                                   gradient_checkpointing=checkpointing, reference_copies=int(reference_copy),
+                                   leash_rows=leash_rows)
     return {"total": est.total, **{p: getattr(est, p) for p in PARTS}}
 
 
@@ -213,6 +218,10 @@ with st.sidebar:
     checkpointing = st.toggle("Gradient checkpointing", value=False, key="models_checkpointing",
                               help="Recompute each layer's activations in backward instead of keeping them.")
     reference_copy = st.toggle("Frozen reference copy (DPO/IPO)", value=False, key="models_reference_copy")
+    leash_rows = st.number_input("KL leash rows (offline MOPO)", 0, 4096, 0, key="models_leash_rows",
+                                 help="Offline MOPO's KL leash scores one sampled response per prompt in the same "
+                                      "step: the prompts per step (0: no leash). Their whole length is counted as "
+                                      "response tokens; the leash also needs the starting model's frozen copy.")
 
 try:
     entries = registry.list_models()
@@ -236,7 +245,7 @@ for e in entries:
     if e.problem is None:
         try:
             estimate = training_estimate(e.path, _stamp(e.path), int(batch), int(seq_len), train_dtype,
-                                         8 if use_lora else 0, checkpointing, reference_copy)
+                                         8 if use_lora else 0, checkpointing, reference_copy, int(leash_rows))
         except (ValueError, OSError, RuntimeError) as exc:
             e = registry.ModelEntry(**{**e.to_dict(), "problem": f"cannot estimate its memory: {exc}"})
     total = None if estimate is None else estimate["total"]
@@ -255,7 +264,8 @@ table = pd.DataFrame(rows)
 st.subheader("Registered models")
 st.caption(f"*Memory per training step*: one step at batch {batch} × {seq_len} tokens in {train_dtype}"
            f"{', LoRA r=8' if use_lora else ', full fine-tune'}{', gradient checkpointing' if checkpointing else ''}"
-           f"{', with a frozen reference copy' if reference_copy else ''} (AdamW; change it in the sidebar). "
+           f"{', with a frozen reference copy' if reference_copy else ''}"
+           f"{f', {leash_rows} KL leash rows' if leash_rows else ''} (AdamW; change it in the sidebar). "
            f"*Fits now?*: within the {fmt_bytes(free)} available on {device} at this moment. *Problem*: why a "
            "checkpoint cannot be loaded (empty when it can). Hover a column's header for what it holds.")
 show_table(table, "models_registry", column_config={
@@ -286,7 +296,7 @@ if breakdown_rows:
         st.caption("One row per model, one column per part of the training step estimated above (– : none, e.g. no "
                    "reference copy, or no gradients for frozen base weights under LoRA). The total is the step's "
                    "peak, not the columns' sum: weights + optimizer state + reference copies + the larger of the "
-                   "backward pass (activations + logits + head gradient) and the update (gradients + step "
+                   "backward pass (activations + logits + head gradient + KL leash) and the update (gradients + step "
                    "temporaries). The byte columns are in the exported data.")
         show_table(pd.DataFrame(breakdown_rows), "models_memory_breakdown", column_config={
             "name": st.column_config.TextColumn("name", pinned=True),

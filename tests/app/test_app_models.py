@@ -8,6 +8,8 @@ store loaded beside its reference: listed, its weights equal to its checkpoint's
 side with scores, and a corrupted ``last.pt`` refused naming the run and the file."""
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -126,6 +128,20 @@ def test_the_memory_estimate_follows_batch_size_lora_and_checkpointing(models_fo
     at.toggle(key="models_lora").set_value(False).run()  # full fine-tune: gradients and AdamW state for every weight
     assert _breakdown(at).loc["tiny-sft", "optimizer_bytes"] > 0
     assert any("batch 64 × 256 tokens" in c.value and "full fine-tune" in c.value for c in at.caption)
+
+
+def test_kl_leash_rows_add_their_part_to_the_memory_estimate(models_folder):
+    """Leash rows (offline MOPO): the breakdown gets a KL leash part, 12 bytes per vocabulary entry per
+    token of each row (three float32 tensors; the sequence length counted as response tokens), and the
+    step's peak grows; the caption names them."""
+    at = _page()
+    before = _registry(at).set_index("name").loc["tiny-sft", "estimate_bytes"]
+    assert _breakdown(at).loc["tiny-sft", "leash_kl"] == "–"
+    at.number_input(key="models_leash_rows").set_value(4).run()
+    vocab = json.loads((models_folder / "tiny-sft" / "config.json").read_text())["vocab_size"]
+    assert _breakdown(at).loc["tiny-sft", "leash_kl_bytes"] == 4 * 256 * vocab * 12
+    assert _registry(at).set_index("name").loc["tiny-sft", "estimate_bytes"] > before
+    assert any("4 KL leash rows" in c.value for c in at.caption)
 
 
 def test_load_sample_scores_and_unload(models_folder):
