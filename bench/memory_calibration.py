@@ -149,13 +149,15 @@ def measure(spec: dict) -> dict:
         for p in start.parameters():
             p.requires_grad_(False)
         leash_ids = torch.randint(0, spec["config"]["vocab_size"], (leash, seq), generator=generator)
+        leash_attention, leash_response = torch.ones_like(leash_ids), torch.zeros_like(leash_ids)
+        leash_response[:, seq // 4:] = 1
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         logp = sequence_logprobs(model, ids, attention, response)
         loss = -(coefficient.to(logp.dtype) * logp).sum() / batch
         if leash:  # as the trainer's _clone_and_leash_loss: both in one forward, kappa * KL added
-            kl = per_token_kl(model, start, leash_ids, attention[:leash], response[:leash])
+            kl = per_token_kl(model, start, leash_ids, leash_attention, leash_response)
             loss = loss + 0.5 * kl.sum() / leash
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

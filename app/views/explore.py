@@ -210,7 +210,7 @@ def plane_figure(j: int, thresholds: list[float], answer, own: pd.DataFrame, rea
     own front at τ (true, and estimated with sampled data), π_ref, the baselines that reach MOPO's KL (or at
     its τ), MOPO's estimate ± 1.96·SE (sampled data) and MOPO's true point. Traces, shapes and annotations
     are plain dicts validated once by ``go.Figure``, not added one call at a time (each such call validates
-    and dispatches again: about 12 ms more server CPU per threshold change)."""
+    and dispatches again)."""
     b_j = thresholds[j - 1]
     shapes = [dict(type="rect", x0=b_j, x1=max(instance.top[j], b_j) + 0.02, xref="x", y0=0, y1=1, yref="y domain",
                    fillcolor="green", opacity=0.08, line=dict(width=0))]

@@ -307,7 +307,6 @@ def show_points_table(points: pd.DataFrame, objectives: tuple[str, ...]) -> None
                column_config={label: st.column_config.Column(label, help=text) for label, text in columns.values()})
 
 
-
 def _queue_rows(path: str, queue: pd.DataFrame) -> None:
     widths = [0.45, 2.4, 0.95, 0.5, 1.1, 2.4, 1.25]
     head = st.columns(widths)

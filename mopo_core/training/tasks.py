@@ -158,6 +158,10 @@ class TextTraining(TrainingTask):
 
     name = "text"
 
+    def __init__(self):
+        #: (setup, built task) from :meth:`prepare`, taken by the next :meth:`train` or :meth:`resume` on that setup
+        self._prepared = None
+
     def setup_from(self, stored: dict):
         from mopo_core.training.text_task import TextTaskSetup
 
@@ -173,10 +177,6 @@ class TextTraining(TrainingTask):
         from mopo_core.training.text_task import check_text_run
 
         check_text_run(config, setup)
-
-    def __init__(self):
-        #: (setup, built task) from :meth:`prepare`, taken by the next :meth:`train` or :meth:`resume` on that setup
-        self._prepared = None
 
     def prepare(self, setup, progress) -> None:
         """Build the task for ``setup``, its reference model fitted (or read from its cache,
