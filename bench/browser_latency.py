@@ -12,7 +12,8 @@ hook) back to ``notRunning`` after a run. tests/browser/support.py ``settle`` wa
 widget instead, which Streamlit only shows once a run has lasted 500 ms, so it cannot time a faster
 run. Each change is one arrow key (one 0.01 step of b1), alternating right and left, with the page
 settled in between. The machine's load moves these times a lot: compare runs made back to back.
-Nothing here asserts a time.
+Nothing here asserts a time. ``--browser-slowdown 2`` slows the page's CPU twice by DevTools' throttling
+(the server keeps its speed): the browser's share of the wait on a slower machine, seen on a fast one.
 
 ``--breakdown`` also splits each change by the page's websocket traffic (a listener on every message,
 installed before the page loads): key -> the rerun request sent (BackMsg), -> the first answer
@@ -176,9 +177,10 @@ def cpu_ms(pids: list[int]) -> float:
     return 1e3 * total / os.sysconf("SC_CLK_TCK")
 
 
-def time_changes(url: str, changes: int, width: int = 1600, height: int = 1000,
-                 breakdown: list | None = None, server_pid: int | None = None) -> tuple[list[float], list[float]]:
-    """(ms to the changed plot, ms to the idle page) for ``changes`` arrow keys on the b1 slider; with a
+def time_changes(url: str, changes: int, width: int = 1600, height: int = 1000, breakdown: list | None = None,
+                 server_pid: int | None = None, slowdown: float = 1.0) -> tuple[list[float], list[float]]:
+    """(ms to the changed plot, ms to the idle page) for ``changes`` arrow keys on the b1 slider, the page's
+    CPU slowed ``slowdown`` times by DevTools' emulation (after the page has loaded); with a
     ``breakdown`` list, one dict of :data:`PHASES` per change is appended to it, with ``cpu_server`` (ms of
     the process ``server_pid``, when given) and ``cpu_chromium`` (ms of Chromium's processes) from the key
     to the idle page."""
@@ -195,6 +197,8 @@ def time_changes(url: str, changes: int, width: int = 1600, height: int = 1000,
         driver.get(url)
         WebDriverWait(driver, 120).until(lambda d: d.find_elements("css selector", CHART))
         settle(driver)
+        if slowdown != 1.0:
+            driver.execute_cdp_cmd("Emulation.setCPUThrottlingRate", {"rate": slowdown})
         chromium = process_tree(driver.service.process.pid) if breakdown is not None else []
         server = [server_pid] if server_pid is not None else []
         plot, idle = [], []
@@ -259,6 +263,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 changes: a smoke run")
     parser.add_argument("--size", default="1600x1000", help="browser window WIDTHxHEIGHT (default 1600x1000)")
     parser.add_argument("--breakdown", action="store_true", help="also split each change by its websocket messages")
+    parser.add_argument("--browser-slowdown", type=float, default=1.0, metavar="RATE",
+                        help="slow the page's CPU RATE times (DevTools' CPU throttling; the server runs at full "
+                             "speed): how the wait grows on a slower machine's browser (default 1: off)")
     args = parser.parse_args(argv)
     changes = args.changes if args.changes is not None else 3 if args.quick else 20
     width, height = (int(v) for v in args.size.split("x"))
@@ -272,13 +279,15 @@ def main(argv=None) -> int:
         proc, url = start_server({"MOPO_STORE": os.path.join(tmp, "runs.sqlite")})
         try:
             rows = [] if args.breakdown else None
-            plot, idle = time_changes(url, changes, width, height, rows, proc.pid)
+            plot, idle = time_changes(url, changes, width, height, rows, proc.pid, args.browser_slowdown)
         finally:
             proc.terminate()
             proc.wait(timeout=20)
     from app_rerun import time_reruns  # the server's rerun time, measured as bench/app_rerun.py does
 
     server, _ = time_reruns(changes)
+    if args.browser_slowdown != 1.0:
+        print(f"the page's CPU slowed {args.browser_slowdown:g}x (DevTools' CPU throttling; the server at full speed)")
     print(summary("Explore threshold key -> changed plot", plot, PLOT_TARGET_MS))
     print(summary("Explore threshold key -> idle page", idle, IDLE_TARGET_MS))
     print(f"server rerun after a threshold change (AppTest, bench/app_rerun.py): "

@@ -60,9 +60,10 @@ RUNS = {
          (rf"compiling the page, once per server process: {NUMBER} ms", 1)),
         ()),
     "browser_latency": QuickRun(
-        ("{python}", "bench/browser_latency.py", "--quick", "--breakdown"),
+        ("{python}", "bench/browser_latency.py", "--quick", "--breakdown", "--browser-slowdown", "1.5"),
         ("browser_latency.py",),
-        ((rf"(Explore threshold key -> changed plot: median {NUMBER} ms, p90 {NUMBER} ms over 3 changes"
+        ((r"(the page's CPU slowed 1.5x|not installed: skipped)", 1),
+         (rf"(Explore threshold key -> changed plot: median {NUMBER} ms, p90 {NUMBER} ms over 3 changes"
           r"|selenium, chromium or chromedriver not installed: skipped)", 1),
          (rf"(Explore threshold key -> idle page: median {NUMBER} ms|not installed: skipped)", 1),
          (rf"(CPU per change, key to idle page \(mean\): server process {NUMBER} ms|not installed: skipped)", 1)),

@@ -97,6 +97,14 @@ def chart_points(driver):
     return [p.get_attribute("transform") for p in chart.find_elements(By.CSS_SELECTOR, ".scatterlayer .points path")]
 
 
+def grown_left_margins(driver) -> list[tuple[str, float, float]]:
+    """(title, the figure's left margin, the one Plotly drew) of each chart on the page whose left margin
+    Plotly's automargin had to grow: growing it draws the chart a second time (app.shared.left_margin)."""
+    return [tuple(row) for row in driver.execute_script(
+        "return [...document.querySelectorAll('.js-plotly-plot')].map(g => [(g.layout.title || {}).text || '', "
+        "g._fullLayout.margin.l, g._fullLayout._size.l]).filter(r => r[2] > r[1] + 0.5)")]
+
+
 def button(driver, text):
     return next(b for b in driver.find_elements(By.CSS_SELECTOR, "button") if b.text.strip() == text)
 

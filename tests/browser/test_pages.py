@@ -15,6 +15,7 @@ from tests.browser.support import (
     assert_no_errors,
     chart_points,
     compare_with_example_runs,
+    grown_left_margins,
     open_page,
     settle,
     shot,
@@ -26,6 +27,7 @@ from tests.browser.support import (
 def test_page_opens_without_errors(server, browser, page):
     open_page(browser, server, page)
     assert_no_errors(browser, page)
+    assert not grown_left_margins(browser), f"drawn twice to grow the left margin: {grown_left_margins(browser)}"
     shot(browser, page)
 
 

@@ -5,7 +5,7 @@ skipped without Chromium / chromedriver / selenium (conftest.py)."""
 import pytest
 from selenium.webdriver.common.by import By
 
-from tests.browser.support import assert_no_errors, button, open_page, retry, settle, shot
+from tests.browser.support import assert_no_errors, button, grown_left_margins, open_page, retry, settle, shot
 
 WIDTH, HEIGHT = 1280, 720
 HEADER_PX = 60  # Streamlit's header bar, drawn over the top of the page
@@ -66,5 +66,6 @@ def test_explore_main_plot_is_on_the_first_screen(server, projector, presentatio
     assert "Start here" in driver.page_source
     area = plot_area(driver, driver.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')[0])
     assert HEADER_PX <= area["top"] and area["bottom"] <= driver.execute_script("return window.innerHeight"), area
+    assert not grown_left_margins(driver), f"drawn twice to grow the left margin: {grown_left_margins(driver)}"
     assert_no_errors(driver, "explore")
     shot(driver, f"explore_{'presentation' if presentation else 'normal'}_1280x720")
