@@ -202,14 +202,18 @@ def presentation_style(fig: go.Figure) -> go.Figure:
     """In presentation mode, large near-black fonts, ticks and annotations; else the figure unchanged."""
     if not presenting():
         return fig
-    fig.update_layout(font=PRESENTATION_FONT, title_font=dict(size=20, color="#111111"),
-                      legend=dict(font=dict(size=15, color="#111111")))
-    fig.update_xaxes(tickfont=PRESENTATION_TICKS, title_font=PRESENTATION_FONT, linecolor="#444444",
-                     gridcolor="#d0d0d0")
-    fig.update_yaxes(tickfont=PRESENTATION_TICKS, title_font=PRESENTATION_FONT, linecolor="#444444",
-                     gridcolor="#d0d0d0")
+    axis = dict(tickfont=PRESENTATION_TICKS, title=dict(font=PRESENTATION_FONT), linecolor="#444444",
+                gridcolor="#d0d0d0")
+    fig.update_layout(font=PRESENTATION_FONT, title=dict(font=dict(size=20, color="#111111")),
+                      legend=dict(font=dict(size=15, color="#111111")), **dict.fromkeys(axis_names(fig), axis))
     fig.update_annotations(font=dict(size=16, color="#111111"))
     return fig
+
+
+def axis_names(fig: go.Figure, which: str = "xy") -> list[str]:
+    """The layout keys of the figure's cartesian axes (``xaxis``, ``yaxis2``, ...), of ``which`` letters: for
+    one ``update_layout`` over every axis, where each ``update_xaxes`` would be an update of its own."""
+    return [name for name in fig.layout if name[0] in which and name[1:5] == "axis"]
 
 
 def style(fig: go.Figure, title: str, x_title: str | None = None, y_title: str | None = None,
@@ -217,13 +221,14 @@ def style(fig: go.Figure, title: str, x_title: str | None = None, y_title: str |
     """Title with a subtitle, axis titles and a legend on every figure; in presentation mode, large dark
     fonts (``presentation_style``). The subtitle is by default the sign convention of win-rate axes
     (:data:`CONVENTION`); a chart whose axes are something else says what it shows instead (e.g.
-    :data:`PROBABILITY_SUBTITLE`), or passes None for none."""
+    :data:`PROBABILITY_SUBTITLE`), or passes None for none. One layout update (each update validates and
+    dispatches again)."""
     text = f"{title}<br><sup>{subtitle}</sup>" if subtitle else title
-    fig.update_layout(title=dict(text=text), height=height, margin=dict(t=80))
-    if x_title:
-        fig.update_xaxes(title_text=x_title)
-    if y_title:
-        fig.update_yaxes(title_text=y_title)
+    axes = {}
+    for letter, axis_title_text in (("x", x_title), ("y", y_title)):
+        if axis_title_text:
+            axes |= dict.fromkeys(axis_names(fig, letter), dict(title=dict(text=axis_title_text)))
+    fig.update_layout(title=dict(text=text), height=height, margin=dict(t=80), **axes)
     return presentation_style(fig)
 
 
@@ -239,9 +244,8 @@ def place_legend(fig: go.Figure) -> go.Figure:
     legend_px = row_px * -(-len(names) // per_row) + 10
     fig.update_layout(height=(fig.layout.height or 460) + legend_px,
                       margin=dict(b=legend_px + 70, l=left_margin(fig.layout.yaxis.title.text)),
-                      legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0))
-    fig.update_xaxes(automargin=True)
-    fig.update_yaxes(automargin=True)
+                      legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0),
+                      **dict.fromkeys(axis_names(fig), dict(automargin=True)))
     return fig
 
 
