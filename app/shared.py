@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -272,11 +273,12 @@ class _SentFigure(go.Figure):
         return {"data": self._data, "layout": self._layout}
 
 
-def show_figure(fig: go.Figure, name: str, data: pd.DataFrame | None = None, **kwargs):
+def show_figure(fig: go.Figure, name: str, data: pd.DataFrame | Callable[[], pd.DataFrame] | None = None, **kwargs):
     """Draw a figure with its exports: PNG from the figure's camera button, a self-contained
     HTML file, and the underlying data as CSV and JSON when given (files are built only when
-    a button is clicked). Extra kwargs go to ``st.plotly_chart``; its return value is returned.
-    The figure is sent as it is (:class:`_SentFigure`): change nothing in it afterwards."""
+    a button is clicked; ``data`` may be a function that builds the table then). Extra kwargs go to
+    ``st.plotly_chart``; its return value is returned. The figure is sent as it is
+    (:class:`_SentFigure`): change nothing in it afterwards."""
     presentation_style(fig)
     place_legend(fig)
     config = {"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}, "displaylogo": False}
@@ -293,14 +295,15 @@ def show_figure(fig: go.Figure, name: str, data: pd.DataFrame | None = None, **k
     return event
 
 
-def export_buttons(df: pd.DataFrame, name: str, columns=None):
-    """CSV and JSON download buttons for a table (built on click)."""
+def export_buttons(df: pd.DataFrame | Callable[[], pd.DataFrame], name: str, columns=None):
+    """CSV and JSON download buttons for a table, or for the table a function builds (on click)."""
+    table = df if callable(df) else lambda: df
     columns = columns or st.columns(4)[:2]
-    columns[0].download_button("Data CSV", lambda: df.to_csv(index=False), f"{name}.csv", "text/csv",
+    columns[0].download_button("Data CSV", lambda: table().to_csv(index=False), f"{name}.csv", "text/csv",
                                key=f"csv_{name}", on_click="ignore")
     columns[1].download_button(
-        "Data JSON", lambda: json.dumps(to_jsonable(df.to_dict(orient="records")), indent=1), f"{name}.json",
-        "application/json", key=f"json_{name}", on_click="ignore")
+        "Data JSON", lambda: json.dumps(to_jsonable(table().to_dict(orient="records")), indent=1),
+        f"{name}.json", "application/json", key=f"json_{name}", on_click="ignore")
 
 
 def show_table(df: pd.DataFrame, name: str, readable: bool = False, **kwargs):

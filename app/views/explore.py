@@ -182,8 +182,8 @@ def policy_figure(policy: np.ndarray):
             layout=dict(xaxis=dict(dtick=1 if n_count <= 32 else None), yaxis=dict(dtick=1, autorange="reversed")))
         style(fig, f"The MOPO policy over responses: {m_count} prompts (one row each)", "response index",
               "prompt", height=max(380, 22 * m_count + 160), subtitle=HEATMAP_SUBTITLE)
-    table = pd.DataFrame(policy, columns=[f"y{i}" for i in responses]).assign(prompt=range(m_count))
-    show_figure(fig, "explore_policy", table)
+    show_figure(fig, "explore_policy",
+                lambda: pd.DataFrame(policy, columns=[f"y{i}" for i in responses]).assign(prompt=range(m_count)))
 
 
 def plane_ranges(x_parts, y_parts, traces: list[dict], pad: float = 0.04) -> tuple[list[float], list[float]]:
@@ -290,20 +290,24 @@ def plane_figure(j: int, thresholds: list[float], answer, own: pd.DataFrame, rea
 
 
 def plane(j: int, thresholds: list[float], answer, baselines: pd.DataFrame, reached: pd.DataFrame):
-    """The plane (V_j, V0) with its exports (MOPO, its own front, the reference, the baselines) and caption."""
+    """The plane (V_j, V0) with its exports (MOPO, its own front, the reference, the baselines: the table is
+    built when a download asks for it) and caption."""
     others = np.array(answer.enforced, dtype=float)
     others[j - 1] = 0.0
     own = own_front(instance, data, instance.label, n_comparisons, data_seed, tau, eps, j, tuple(np.round(others, 10)))
-    rows = pd.DataFrame([{"method": "MOPO (true)", "parameter": f"thresholds {thresholds}", "kl": answer.kl,
-                          **{f"V{i}": v for i, v in enumerate(answer.true_values)}},
-                         {"method": "MOPO (estimate)", "parameter": f"n={n_comparisons}", "kl": answer.kl,
-                          **{f"V{i}": v for i, v in enumerate(answer.estimated_values)},
-                          **{f"SE{i}": v for i, v in enumerate(answer.standard_errors)}},
-                         {"method": "reference", "parameter": "", "kl": 0.0,
-                          **{f"V{i}": v for i, v in enumerate(instance.reference_point)}}])
-    own_rows = own.assign(method="MOPO own front", parameter=[f"b{j}={b:.6g}" for b in own.b]) if len(own) else own
-    show_figure(plane_figure(j, thresholds, answer, own, reached), f"explore_values_V0_V{j}",
-                pd.concat([rows, own_rows, baselines], ignore_index=True))
+
+    def export() -> pd.DataFrame:
+        rows = pd.DataFrame([{"method": "MOPO (true)", "parameter": f"thresholds {thresholds}", "kl": answer.kl,
+                              **{f"V{i}": v for i, v in enumerate(answer.true_values)}},
+                             {"method": "MOPO (estimate)", "parameter": f"n={n_comparisons}", "kl": answer.kl,
+                              **{f"V{i}": v for i, v in enumerate(answer.estimated_values)},
+                              **{f"SE{i}": v for i, v in enumerate(answer.standard_errors)}},
+                             {"method": "reference", "parameter": "", "kl": 0.0,
+                              **{f"V{i}": v for i, v in enumerate(instance.reference_point)}}])
+        own_rows = own.assign(method="MOPO own front", parameter=[f"b{j}={b:.6g}" for b in own.b]) if len(own) else own
+        return pd.concat([rows, own_rows, baselines], ignore_index=True)
+
+    show_figure(plane_figure(j, thresholds, answer, own, reached), f"explore_values_V0_V{j}", export)
     ref = ", ".join(number_text(v) for v in (instance.reference_point[0], instance.reference_point[j]))
     kl_words = (f"each baseline point's temperature is set so that its KL to π_ref equals MOPO's, {answer.kl:.3f} "
                 "(logits interpolated in 1/τ between trained temperatures; the reward Lagrangian by a root-find on τ)"
