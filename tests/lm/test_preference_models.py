@@ -168,7 +168,9 @@ def test_oracle_is_a_symmetric_bt_probability(trained):
         forward = model.oracle(pair.prompt, pair.response_a, pair.response_b)
         backward = model.oracle(pair.prompt, pair.response_b, pair.response_a)
         assert forward.shape == (2,) and forward.dtype == np.float64 and np.all((forward > 0) & (forward < 1))
-        np.testing.assert_allclose(forward + backward, 1.0, rtol=0, atol=1e-12)
+        # Symmetric up to the float32 scores' rounding: the encoder's kernels may round a text's score differently
+        # at another place in the batch (seen on a 2-core Intel Xeon: 1.6e-9; within 1e-12 on an AMD EPYC).
+        np.testing.assert_allclose(forward + backward, 1.0, rtol=0, atol=1e-6)
         a, b = model.scores(pair.prompt, pair.response_a), model.scores(pair.prompt, pair.response_b)
         np.testing.assert_allclose(forward, 1 / (1 + np.exp(-(a - b))), rtol=1e-5)
     batch = model.oracle_batch([p.prompt for p in pairs], [p.response_a for p in pairs], [p.response_b for p in pairs])
