@@ -172,6 +172,27 @@ def instance_picker(key: str, allow_upload: bool = True, default: str = "bt_conf
         return None
 
 
+def _copy_widget_value(source: str, target: str):
+    """Copy one widget's value to its twin, in the callback, before either is drawn again: one value, no
+    rerun loop."""
+    st.session_state[target] = st.session_state[source]
+
+
+def threshold_input(container, label: str, short: str, low: float, high: float, default: float, key: str) -> float:
+    """A threshold's slider (steps of 0.01) in ``container`` and beside it a number box (steps of 0.001, labelled
+    ``short``) to type it exactly, kept equal: the slider's key ``key`` holds the value (``default`` at first,
+    then clamped to [``low``, ``high``]), the box ``{key}_box`` mirrors it. Returns the value."""
+    box = f"{key}_box"
+    value = float(min(max(st.session_state.get(key, default), low), high))
+    st.session_state[key] = value
+    st.session_state[box] = value
+    left, right = container.columns([4, 1], vertical_alignment="bottom")
+    left.slider(label, low, high, step=0.01, key=key, on_change=_copy_widget_value, args=(key, box))
+    right.number_input(short, low, high, step=0.001, format="%.3f", key=box, on_change=_copy_widget_value,
+                       args=(box, key), help=f"Type {short} exactly (steps of 0.001); the slider follows.")
+    return float(st.session_state[key])
+
+
 def axis_title(names, k: int, axis: str | None = None) -> str:
     """``V_k name (win-rate vs behaviour; higher is better →/↑)``; the arrow points along the axis
     the title labels (``axis`` "x" or "y"; by default y for the primary, x for the others). In presentation

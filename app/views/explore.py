@@ -19,6 +19,7 @@ from app.shared import (
     show_figure,
     show_table,
     style,
+    threshold_input,
 )
 from mopo_core.experiments.suite import METHODS, THRESHOLD_METHODS
 
@@ -116,16 +117,9 @@ data = fitted(instance, instance.label, n_comparisons, data_seed)
 sampled = n_comparisons is not None
 
 
-def _sync(source: str, target: str):
-    """Copy one threshold widget's value to its twin (slider <-> number box), in the callback, before
-    either is drawn again: one value, no rerun loop."""
-    st.session_state[target] = st.session_state[source]
-
-
 def threshold_controls() -> list[float]:
-    """A slider (steps of 0.01) and a number box (steps of 0.001) per threshold, kept equal: the slider's
-    key ``threshold_j`` holds the value, the box ``threshold_j_box`` mirrors it. A new instance (new
-    range) resets both to its default."""
+    """A slider and a number box per threshold (:func:`app.shared.threshold_input`). A new instance (new
+    range) resets them to its default."""
     if st.session_state.get("threshold_instance") != instance.label:
         st.session_state.threshold_instance = instance.label
         for j in range(1, k):
@@ -135,16 +129,8 @@ def threshold_controls() -> list[float]:
         low = float(np.floor(min(rates[j].min(), instance.reference_point[j]) * 100) / 100)
         high = float(np.ceil(instance.top[j] * 100) / 100)
         default = float(round((instance.reference_point[j] + instance.top[j]) / 2, 2))
-        key, box = f"threshold_{j}", f"threshold_{j}_box"
-        value = float(min(max(st.session_state.get(key, default), low), high))
-        st.session_state[key] = value
-        st.session_state[box] = value
-        left, right = column.columns([4, 1], vertical_alignment="bottom")
-        left.slider(f"Threshold b{j} on {names[j]} (V{j} ≥ b{j})", low, high, step=0.01, key=key,
-                    on_change=_sync, args=(key, box))
-        right.number_input(f"b{j}", low, high, step=0.001, format="%.3f", key=box, on_change=_sync,
-                           args=(box, key), help=f"Type b{j} exactly (steps of 0.001); the slider follows.")
-        values.append(float(st.session_state[key]))
+        values.append(threshold_input(column, f"Threshold b{j} on {names[j]} (V{j} ≥ b{j})", f"b{j}", low, high,
+                                      default, f"threshold_{j}"))
     return values
 
 

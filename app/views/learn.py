@@ -21,6 +21,7 @@ from app.shared import (
     show_table,
     structure_instance,
     style,
+    threshold_input,
 )
 from app.presenters import learn as learn_presenter
 from synthetic import TWO_OBJECTIVE_STRUCTURES
@@ -318,8 +319,10 @@ low = float(np.floor(rates[1].min() * 100) / 100)
 high = float(np.ceil(inst.top[1] * 100) / 100)
 default_b = float(round((inst.reference_point[1] + inst.top[1]) / 2, 2))
 cols = st.columns(2)
-b = cols[0].slider(f"Threshold b on V₁ {names[1]}", low, high, min(max(default_b, low), high), 0.01,
-                   key="learn_threshold")
+if st.session_state.get("learn_threshold_instance") != inst.label:  # a new instance (new range): its default
+    st.session_state.learn_threshold_instance = inst.label
+    st.session_state.pop("learn_threshold", None)
+b = threshold_input(cols[0], f"Threshold b on V₁ {names[1]}", "b", low, high, default_b, "learn_threshold")
 eta0 = learn_presenter.default_step_size(problem, tau)
 factor = cols[1].select_slider("Step size η", STEP_FACTORS, value=1.0, key="learn_eta",
                                format_func=lambda f: f"{f:g} × 1/L = {f * eta0:.3f}",

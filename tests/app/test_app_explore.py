@@ -138,6 +138,16 @@ def test_moving_the_threshold_moves_the_mopo_point(app):
     assert after["y"][0] < before["y"][0]  # a stricter threshold costs primary value on bt_conflict
 
 
+def test_typing_a_threshold_in_its_box_moves_the_slider_and_the_point(app):
+    target = round(app.slider(key="threshold_1").value + 0.037, 3)  # between two slider steps
+    app.number_input(key="threshold_1_box").set_value(target).run()
+    assert not app.exception
+    assert app.slider(key="threshold_1").value == pytest.approx(target)
+    assert _mopo(_figures(app)[0])["x"][0] == pytest.approx(target, abs=1e-6)  # the constraint is active: V_1 = b
+    app.slider(key="threshold_1").set_value(round(target - 0.007, 2)).run()  # and the box follows the slider
+    assert app.number_input(key="threshold_1_box").value == pytest.approx(round(target - 0.007, 2))
+
+
 def test_tau_changes_the_policy(app):
     before = _figures(app)[1]["data"][0]["y"]
     app.select_slider(key="explore_tau").set_value(1.0).run()

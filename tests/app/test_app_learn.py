@@ -134,6 +134,17 @@ def test_play_draws_every_frame_to_the_exact_multiplier_and_a_new_threshold_rest
     assert not app.exception and app.session_state["learn_step"] == 0
 
 
+def test_typing_the_threshold_in_its_box_moves_the_slider_and_the_dual_steps(app):
+    target = round(app.slider(key="learn_threshold").value - 0.023, 3)  # between two slider steps
+    app.number_input(key="learn_threshold_box").set_value(target).run()
+    assert not app.exception
+    assert app.slider(key="learn_threshold").value == pytest.approx(target)
+    _play_to_the_end(app)
+    assert _y(_figure(app, "One dual step at a time"), "V₁(π_λt)")[-1] == pytest.approx(target, abs=1e-3)
+    app.slider(key="learn_threshold").set_value(0.6).run()  # and the box follows the slider
+    assert app.number_input(key="learn_threshold_box").value == pytest.approx(0.6)
+
+
 def test_presentation_mode_has_large_dark_fonts_and_one_line_of_numbers(app):
     app.session_state["presentation"] = True
     app.run()
