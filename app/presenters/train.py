@@ -396,6 +396,18 @@ def job_name(config) -> str:
     return f"{name} τ={config.tau:g} · {config.steps} steps"
 
 
+def job_settings(config: dict | None) -> str:
+    """The settings a job's name (:func:`job_name`) leaves out, as the queue shows them under it:
+    ``lr 0.001 · batch 8 · seed 0`` (with ``(×2 accumulated)`` after the batch when it is split); '' without
+    a config."""
+    if not config:
+        return ""
+    accumulated = int(config.get("gradient_accumulation_steps") or 1)
+    return (f"lr {config.get('lr', TrainConfig.lr):g} · batch {config.get('batch_size', TrainConfig.batch_size)}"
+            + (f" (×{accumulated} accumulated)" if accumulated > 1 else "")
+            + f" · seed {config.get('seed', TrainConfig.seed)}")
+
+
 def sweep_configs(base, thresholds, weights=(), baselines=SWEEP_BASELINES,
                   weight_label: str = "Weights w on the secondary objective") -> list[tuple[str, object]]:
     """(name, TrainConfig) for a sweep from ``base`` (a two-objective MOPO config: its τ, steps,
@@ -430,7 +442,8 @@ def sweep_configs(base, thresholds, weights=(), baselines=SWEEP_BASELINES,
 
 
 def queue_frame(store_path, job_list: list[jobs.Job] | None = None) -> pd.DataFrame:
-    """One row per job, oldest first: job, name, kind, method, status, run, run_status, step
+    """One row per job, oldest first: job, name, settings (:func:`job_settings`; a resume job: its run's),
+    kind, method, status, run, run_status, step
     (the run's last logged step; 0 before its first), steps, progress (step / steps), evaluating
     (the job runs and its run has trained but has no point yet: the evaluation is sampling), error,
     resumable (the job is its run's latest and the run can be resumed now), preparing (a running
@@ -451,7 +464,8 @@ def queue_frame(store_path, job_list: list[jobs.Job] | None = None) -> pd.DataFr
         step = int(run.get("step") or 0)
         preparing = j.status == "running" and j.run_id is None
         rows.append({
-            "job": j.id, "name": j.name or "", "kind": j.kind, "method": method, "status": j.status,
+            "job": j.id, "name": j.name or "", "settings": job_settings(j.config or run_config), "kind": j.kind,
+            "method": method, "status": j.status,
             "run": j.run_id, "run_status": run.get("status"), "step": step, "steps": steps,
             "progress": step / steps if steps else 0.0,
             "evaluating": j.status == "running" and run.get("status") == "finished" and not run.get("n_points"),
@@ -463,7 +477,7 @@ def queue_frame(store_path, job_list: list[jobs.Job] | None = None) -> pd.DataFr
             "preparing_text": (j.progress_text or "") if preparing else "",
             "created_at": j.created_at, "ended_at": j.ended_at,
         })
-    columns = ["job", "name", "kind", "method", "status", "run", "run_status", "step", "steps", "progress",
+    columns = ["job", "name", "settings", "kind", "method", "status", "run", "run_status", "step", "steps", "progress",
                "evaluating", "error", "resumable", "preparing", "preparing_text", "created_at", "ended_at"]
     return pd.DataFrame(rows, columns=columns).astype({"run": "Int64"})
 

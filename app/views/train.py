@@ -97,6 +97,13 @@ def _resume(path: str, run_id: int) -> None:
     _say("success", f"Queued job {job_id}: resume run {run_id} from its last checkpoint.")
 
 
+def _clear_ended(path: str) -> None:
+    cleared = jobs.clear_ended(path)
+    kept = " (the latest job of each run that can still be resumed stays, with its Resume button)"
+    _say("info", f"Cleared {len(cleared)} ended job(s) from the queue; their runs stay in the run store" + kept + "."
+         if cleared else "No ended job to clear: each is the latest of a run that can still be resumed.")
+
+
 # ----------------------------------------------------------------------------- figures
 
 PANELS = [  # (metric prefix, subplot title, y-axis title)
@@ -317,7 +324,8 @@ def _queue_rows(path: str, queue: pd.DataFrame) -> None:
         for r in queue.to_dict("records"):
             cols = st.columns(widths, vertical_alignment="center")
             cols[0].markdown(f"{r['job']}")
-            cols[1].markdown(f"{r['name'] or '(unnamed)'}" + (" · resume" if r["kind"] == "resume" else ""))
+            cols[1].markdown(f"{r['name'] or '(unnamed)'}" + (" · resume" if r["kind"] == "resume" else "")
+                             + (f"  \n:gray[{r['settings']}]" if r["settings"] else ""))
             cols[2].markdown(f":{BADGES[r['status']]}-badge[{r['status']}]")
             cols[3].markdown("–" if pd.isna(r["run"]) else f"{int(r['run'])}")
             preparing = r["status"] == "running" and pd.isna(r["run"])
@@ -330,7 +338,9 @@ def _queue_rows(path: str, queue: pd.DataFrame) -> None:
             else:
                 cols[4].markdown(f"step {r['step']} / {r['steps']}" + (" · evaluating" if r["evaluating"] else ""))
             ended = isinstance(r["run_status"], str) and r["run_status"] not in ("finished", "running")
-            note = r["error"] or (f"run {r['run_status']}" if ended else "")
+            resuming = r["kind"] == "resume" and r["status"] in jobs.ACTIVE_STATUSES and ended
+            note = r["error"] or (f"resuming from the last checkpoint (the run reads {r['run_status']} until its "
+                                  "next step)" if resuming else f"run {r['run_status']}" if ended else "")
             if preparing and not note:
                 what = r["preparing_text"] or ("Preparing the reference model (SFT)" if r["kind"] == "train_text"
                                                else "Loading the model, data and judge")
@@ -367,7 +377,7 @@ def live_panel(path: str) -> None:
         getattr(st, kind)(text)
     st.subheader("Queue")
     if queue.empty:
-        st.info("No job yet: set a run up in the sidebar and press **Start training**, or queue a sweep below.")
+        st.info("No job yet: set a run up in the sidebar and press **Start training**, or queue a sweep above.")
         return
     n_active = int(queue["status"].isin(jobs.ACTIVE_STATUSES).sum())
     st.caption(f"{len(queue)} job(s), {n_active} queued or running. One worker process trains them one at a time, "
@@ -375,7 +385,13 @@ def live_panel(path: str) -> None:
                "current step (checkpoint kept); Resume continues a cancelled, interrupted or failed run from its "
                "last checkpoint. The queue is stored in the run store, so it survives a server restart.")
     _queue_rows(path, queue)
-    export_buttons(queue.drop(columns=["resumable"]), "train_queue")
+    cols = st.columns(4)
+    export_buttons(queue.drop(columns=["resumable"]), "train_queue", cols[:2])
+    n_clearable = int((~queue["status"].isin(jobs.ACTIVE_STATUSES) & ~queue["resumable"]).sum())
+    cols[2].button(f"Clear ended jobs ({n_clearable})", key="train_clear_ended", on_click=_clear_ended, args=(path,),
+                   disabled=not n_clearable, help="Removes the done, cancelled, failed and interrupted jobs from this "
+                   "queue. Their runs stay in the run store (points, curves, checkpoints: see Compare); a run that "
+                   "can still be resumed keeps its job row, with its Resume button.")
 
     run_ids = list(dict.fromkeys(int(r) for r in queue["run"].dropna()[::-1]))
     following = train_presenter.default_run(queue)

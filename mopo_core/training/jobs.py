@@ -331,6 +331,24 @@ def cancel(store_path: str | os.PathLike, job_id: int) -> str:
         return "running"
 
 
+def clear_ended(store_path: str | os.PathLike) -> list[int]:
+    """Remove the jobs that have ended (done, cancelled, failed, interrupted) from the queue and return their
+    ids, oldest first; their runs, points and checkpoints stay in the run store. Kept: the jobs not over,
+    and the latest job of a run that can still be resumed (its status one of
+    :data:`RESUMABLE_RUN_STATUSES`), which is where the Train page offers Resume."""
+    path = _prepare(store_path)
+    with transaction(path, immediate=True) as conn:
+        ended = conn.execute(f"SELECT id, run_id FROM jobs WHERE status NOT IN ({', '.join('?' * len(ACTIVE_STATUSES))}) "
+                             "ORDER BY id", ACTIVE_STATUSES).fetchall()
+        latest = dict(conn.execute("SELECT run_id, MAX(id) FROM jobs WHERE run_id IS NOT NULL GROUP BY run_id"))
+        statuses = RunStore.progress_in(conn, sorted({r for _, r in ended if r is not None}))
+        cleared = [job_id for job_id, run_id in ended
+                   if not (run_id is not None and latest.get(run_id) == job_id
+                           and statuses.get(run_id, {}).get("status") in RESUMABLE_RUN_STATUSES)]
+        conn.executemany("DELETE FROM jobs WHERE id = ?", [(job_id,) for job_id in cleared])
+    return cleared
+
+
 def record_progress(store_path: str | os.PathLike, job_id: int, fraction: float | None, text: str) -> None:
     """Record how far job ``job_id``'s preparation is (what the worker does before the run's
     first step: the text task's reference fit, a dataset's model, data and judge): ``fraction``

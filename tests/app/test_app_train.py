@@ -116,6 +116,8 @@ def test_start_queues_a_job_the_queue_shows_it_and_cancel_of_a_queued_job_is_imm
     assert f"Queued job {job.id}" in at.success[0].value
     text = _text(at)
     assert job.name in text and ":gray-badge[queued]" in text
+    settings = f"lr {job.config['lr']:g} · batch {job.config['batch_size']} · seed {job.config['seed']}"
+    assert f":gray[{settings}]" in text  # what the name leaves out, under it: rows differing in lr or batch differ
     assert "Cancel job 1" in _buttons(at)
     at.button(key="train_cancel_1").click().run()
     assert not at.exception
@@ -328,6 +330,7 @@ def test_cancel_and_resume_buttons_drive_the_worker_and_the_live_charts_follow(s
     resume_job = jobs.get_job(store_path, 2)
     assert resume_job.kind == "resume" and resume_job.run_id == 1 and resume_job.status == "queued"
     assert "Resume run 1" not in _buttons(at) and "Cancel job 2" in _buttons(at)
+    assert "resuming from the last checkpoint (the run reads cancelled until its next step)" in _text(at)
     serve()  # the resume job, in this thread: from the step-2 checkpoint to step 12, then the evaluation
     assert jobs.get_job(store_path, 2).status == "done"
     at.run()
@@ -338,6 +341,9 @@ def test_cancel_and_resume_buttons_drive_the_worker_and_the_live_charts_follow(s
     assert "Reference point (0.5, 0.5)" in plane["layout"]["title"]["text"]
     points = next(df.value for df in at.dataframe if "on the front" in df.value.columns)
     assert points["run"].tolist() == [1]
+    at.button(key="train_clear_ended").click().run()  # both jobs ended, run 1 finished: nothing left to resume
+    assert not at.exception and "Cleared 2 ended job(s)" in at.info[0].value
+    assert jobs.list_jobs(store_path) == [] and RunStore(store_path).get_run(1).status == "finished"
 
 
 def test_a_preparing_job_shows_its_recorded_progress_as_a_bar_with_its_text(store_path, no_worker):
@@ -597,6 +603,9 @@ def test_queue_frame_progress_and_resumable_runs(store_path):
                                              [job(5, "train_text", "running", trained, {"steps": 4, "method": "mopo"})])
     assert evaluating["evaluating"].tolist() == [True] and evaluating["progress"].tolist() == [1.0]
     assert queue["method"].tolist() == ["mopo", "dpo", "dpo", "sft"]
+    assert queue["settings"].tolist() == ["lr 0.001 · batch 8 · seed 0"] * 4  # the defaults; job 3: its run's
+    assert train_presenter.job_settings({"lr": 3e-4, "batch_size": 16, "gradient_accumulation_steps": 4, "seed": 2}) \
+        == "lr 0.0003 · batch 16 (×4 accumulated) · seed 2"
     assert train_presenter.default_run(queue) == cancelled  # no running job with a run: the newest job's run
 
 

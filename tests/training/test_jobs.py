@@ -217,6 +217,29 @@ def test_enqueue_checks_the_config_and_setup_and_cancel_of_a_queued_job_is_immed
     assert reconcile(store_path) == []
 
 
+def test_clearing_ended_jobs_keeps_active_ones_and_the_latest_job_of_a_resumable_run(store_path, tmp_path):
+    store = RunStore(store_path)
+    finished = store.create_run("train", {"task": "text"})
+    store.set_status(finished, "finished")
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    (checkpoint / "last.pt").write_bytes(b"checked by the worker")
+    paused = store.create_run("train", {"task": "text", "checkpoint_dir": str(checkpoint)})
+    store.set_status(paused, "cancelled")
+    never, done, first_of_paused, waiting = (enqueue_training(store_path, _config(), SETUP, name=n) for n in "abcd")
+    cancel(store_path, never)  # cancelled before it started: no run
+    with sqlite3.connect(store_path) as conn:  # as the worker leaves them
+        conn.execute("UPDATE jobs SET status = 'done', run_id = ? WHERE id = ?", (finished, done))
+        conn.execute("UPDATE jobs SET status = 'cancelled', run_id = ? WHERE id = ?", (paused, first_of_paused))
+    latest_of_paused = enqueue_resume(store_path, paused)
+    cancel(store_path, latest_of_paused)
+    assert jobs.clear_ended(store_path) == [never, done, first_of_paused]
+    assert [j.id for j in list_jobs(store_path)] == [waiting, latest_of_paused]
+    assert {store.get_run(r).status for r in (finished, paused)} == {"finished", "cancelled"}  # runs untouched
+    assert jobs.clear_ended(store_path) == []
+    assert get_job(store_path, enqueue_resume(store_path, paused)).status == "queued"  # still resumable
+
+
 def test_resume_refuses_runs_it_cannot_continue(store_path, tmp_path):
     store = RunStore(store_path)
     ck = tmp_path / "ck"
