@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import plotly.colors
 
+from app.presenters.smoothing import ema
 from synthetic import estimate_preferences, make_structure, sample_comparisons
 
 from mopo_core.experiments.compare_runs import (
@@ -244,24 +245,6 @@ def generations_frame(details: dict, scorer=None) -> pd.DataFrame:
                     row |= {f"{who} {n}": float(v) for n, v in zip(names, got)}
             rows.append(row)
     return pd.DataFrame(rows, columns=columns)
-
-
-def ema(values, smoothing: float) -> np.ndarray:
-    """Exponential moving average of a series: ``s_t = smoothing · s_{t-1} + (1 - smoothing) · x_t``,
-    started at the first value and debiased as TensorBoard does; NaN entries are skipped (they
-    stay NaN). ``smoothing`` in [0, 1) (0: the raw series); ``ValueError`` naming it otherwise."""
-    if not 0.0 <= float(smoothing) < 1.0:
-        raise ValueError(f"smoothing: must lie in [0, 1), got {smoothing}")
-    x = np.asarray(values, dtype=float)
-    out = np.full_like(x, np.nan)
-    level, weight = 0.0, 0.0
-    for i, v in enumerate(x):
-        if np.isnan(v):
-            continue
-        level = smoothing * level + (1.0 - smoothing) * v
-        weight = smoothing * weight + (1.0 - smoothing)
-        out[i] = level / weight
-    return out
 
 
 def overlay_metrics(runs: list[Run]) -> list[str]:

@@ -28,6 +28,7 @@ from app.shared import EMPTY, export_buttons, run_store, show_figure, show_table
 from mopo_core.training import jobs
 from app.presenters import preview as preview_presenter
 from app.presenters import train as train_presenter
+from app.presenters.smoothing import ema
 from mopo_core.runs import RunStore
 
 POLL_S = 1.5
@@ -117,8 +118,11 @@ PANELS = [  # (metric prefix, subplot title, y-axis title)
 
 
 def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online: bool = False,
-                  names: tuple[str, ...] = train_presenter.OBJECTIVES) -> go.Figure:
-    """The six live panels; ``names`` are the run's objectives (V0 the primary)."""
+                  names: tuple[str, ...] = train_presenter.OBJECTIVES, smoothing: float = 0.0) -> go.Figure:
+    """The six live panels; ``names`` are the run's objectives (V0 the primary). With ``smoothing`` > 0 the
+    noisy series (loss, the constraint estimates, ESS, KL, throughput) are drawn smoothed (EMA,
+    :func:`app.presenters.smoothing.ema`) over their raw values, drawn faint; λ, χ, the thresholds and the
+    held-out estimates as they are."""
     fig = make_subplots(rows=2, cols=3, subplot_titles=[p[1] for p in PANELS], vertical_spacing=0.2,
                         horizontal_spacing=0.09)
     palette = plotly.colors.qualitative.D3
@@ -150,12 +154,19 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
         for column, name, line in traces:
             data = frame[frame[column].notna()]
             se = frame.get(column.replace("heldout_", "heldout_se_")) if column.startswith("heldout_") else None
-            fig.add_scatter(x=data["step"], y=data[column],
+            y, group = data[column], name
+            if smoothing > 0 and not column.startswith(("lambda_", "chi_", "threshold_", "heldout_")):
+                fig.add_scatter(x=data["step"], y=y, mode="lines", name=f"{name} (raw)", legendgroup=name,
+                                showlegend=False, line={**line, "width": 1}, opacity=0.3, row=row, col=col,
+                                hovertemplate=f"{name}, raw<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>")
+                y, name = ema(y, smoothing), f"{name}, smoothed (EMA {smoothing:g})"
+            fig.add_scatter(x=data["step"], y=y,
                             mode="markers" if se is not None else "lines+markers" if len(data) < 40 else "lines",
                             name=name, line=line, marker=dict(size=9 if se is not None else 4,
                                                               symbol="diamond" if se is not None else "circle"),
                             error_y=None if se is None else dict(type="data", array=se[data.index].fillna(0)),
-                            row=row, col=col, hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>")
+                            legendgroup=group, row=row, col=col,
+                            hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>")
         if not traces or all(frame[c].notna().sum() == 0 for c, _, _ in traces):
             if prefix in ("lambda_", "constraint_", "ess") and method != "mopo":
                 why = f"not logged by {train_presenter.SHORT_NAMES.get(method, method)} (MOPO only)"
@@ -174,7 +185,9 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
     fig.update_annotations(font_size=12)
     secondaries = ", ".join(names[1:]) or "none"
     return style(fig, title, height=580, subtitle=(
-        "One value per training step (x axis), as the worker logged it; each panel's unit is on its y axis<br>"
+        "One value per training step (x axis), as the worker logged it"
+        + (f" (loss, estimates, ESS, KL and throughput smoothed: EMA {smoothing:g}, raw values faint)" if smoothing > 0
+           else "") + "; each panel's unit is on its y axis<br>"
         f"Constraint: the {secondaries} win-rate on the step's batch, held above its dashed threshold b<br>"
         "Where a panel starts from: KL 0 = the reference model · ESS/rows 1 = even weights")
     ).update_layout(margin=dict(t=165))
@@ -444,9 +457,13 @@ def live_panel(path: str) -> None:
                               f"{c['estimate']:.3f} against threshold "
                               f"b{c['j']} = {c['threshold']:.3g} (λ{c['j']} = {c['lam']:.3f})" for c in live)
                    + "; λ grows while its estimate is below its threshold.")
+    smoothing = st.slider("Smoothing of the curves (EMA weight; 0: raw)", 0.0, 0.99, 0.0, 0.01, key="train_smoothing",
+                          help="Draws the loss, the constraint estimates, ESS, KL and throughput as an exponential "
+                               "moving average (as TensorBoard's smoothing), with the raw values faint behind; λ, the "
+                               "thresholds and the held-out estimates are drawn as logged. The CSV keeps the raw values.")
     show_figure(curves_figure(frame, f"Run {run_id} ({name}): training curves, step {step} of {steps}",
                               run.config.get("method"), run.config.get("kl_every"), bool(run.config.get("online")),
-                              objectives),
+                              objectives, smoothing),
                 "train_curves", data=frame)
 
     key = train_presenter.plane_key(run)

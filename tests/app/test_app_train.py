@@ -249,6 +249,30 @@ def test_the_finished_runs_table_says_per_threshold_whether_the_held_out_point_m
     assert "training-batch estimate" in text and "held-out" in text and "met b1" in text
 
 
+def test_the_smoothing_slider_draws_noisy_curves_smoothed_over_their_raw_values(store_path, no_worker, monkeypatch):
+    (run,) = _stored_text_runs(store_path, monkeypatch, [("mopo", [0.6], [0.6, 0.6], [0.02, 0.02], "finished")])
+    store = RunStore(store_path)
+    losses, estimates = [3.0, 1.0, 2.0, 0.5], [0.4, 0.7, 0.5, 0.65]
+    for step, (loss, estimate) in enumerate(zip(losses, estimates), start=1):
+        store.log_metrics(run, step, {"loss": loss, "lambda_1": 0.1 * step, "constraint_1": estimate,
+                                      "threshold_1": 0.6})
+    at = _page()
+    curves = figures(at)[0]
+    assert [t["name"] for t in curves["data"] if "smoothed" in t["name"] or "(raw)" in t["name"]] == []  # 0: raw
+    at.slider(key="train_smoothing").set_value(0.5).run()
+    assert not at.exception
+    curves = figures(at)[0]
+    traces = {t["name"]: t for t in curves["data"]}
+    raw, smooth = traces["loss (MOPO) (raw)"], traces["loss (MOPO), smoothed (EMA 0.5)"]
+    assert list(raw["y"]) == losses
+    # by hand: levels 1.5, 1.25, 1.625, 1.0625 over weights 0.5, 0.75, 0.875, 0.9375 (debiased as TensorBoard)
+    assert list(smooth["y"]) == pytest.approx([3.0, 5 / 3, 13 / 7, 17 / 15])
+    assert "V1 harmlessness: estimate on the step's batch, smoothed (EMA 0.5)" in traces
+    assert list(traces["λ1 (multiplier of harmlessness)"]["y"]) == pytest.approx([0.1, 0.2, 0.3, 0.4])  # as logged
+    assert list(traces["threshold b1 in force"]["y"]) == [0.6] * 4
+    assert "smoothed: EMA 0.5, raw values faint" in curves["layout"]["title"]["text"]  # the subtitle says so
+
+
 def test_a_diverged_run_is_off_the_plane_until_asked_for(store_path, no_worker, monkeypatch):
     runs = _stored_text_runs(store_path, monkeypatch, [("mopo", [0.5], [0.6, 0.55], [0.02, 0.02], "finished"),
                                                        ("mopo", [0.5], [0.9, 0.9], [0.02, 0.02], "diverged")])

@@ -17,6 +17,7 @@ from tests.app_support import figures
 
 from app.shared import CONVENTION
 from app.presenters import compare as compare_presenter
+from app.presenters.smoothing import ema
 from mopo_core.experiments import compare_runs
 from mopo_core.lm.evaluation import POINT_PROMPTS, POINT_SAMPLES, Evaluation
 from mopo_core.runs import RunStore
@@ -125,10 +126,10 @@ def test_lm_point_details_generations_and_curves(store):
                                                       "constraint": ["constraint_1", "threshold_1"], "other": ["ess"]}
     # Overlaid curves: the metrics offered (loss first, no throughput) and an EMA that starts at the first value.
     assert compare_presenter.overlay_metrics([run]) == ["loss", "constraint_1", "ess", "lambda_1", "threshold_1"]
-    np.testing.assert_allclose(compare_presenter.ema([2.0, np.nan, 1.0], 0.5), [2.0, np.nan, 4 / 3])
-    np.testing.assert_allclose(compare_presenter.ema([2.0, 1.0], 0.0), [2.0, 1.0])
+    np.testing.assert_allclose(ema([2.0, np.nan, 1.0], 0.5), [2.0, np.nan, 4 / 3])
+    np.testing.assert_allclose(ema([2.0, 1.0], 0.0), [2.0, 1.0])
     with pytest.raises(ValueError, match="smoothing"):
-        compare_presenter.ema([1.0], 1.0)
+        ema([1.0], 1.0)
     curves = compare_presenter.overlay_curves([run], "loss", 0.0)
     assert curves[["run_id", "step"]].values.tolist() == [[run.id, 1], [run.id, 2], [run.id, 3]]
     assert compare_presenter.overlay_curves([run], "nothing", 0.5).empty
