@@ -276,9 +276,10 @@ def left_margin(y_title: str | None) -> int:
     Streamlit's chart theme sets the left margin to 0, so Plotly's automargin grows it after the first
     drawing, and to grow it Plotly draws the whole chart a second time, on every update. The floors
     cover what automargin settled on for every chart of Explore, Sweep and Learn in headless Chromium
-    at 1600×1000 (58–64 px with a one-line title, 76 px with two; 69 px in presentation mode)."""
+    at 1600×1000 (58–64 px with a one-line title, 76 px with two; 69 px in presentation mode), with
+    8 px or more to spare for another machine's fonts."""
     lines = 1 + (y_title or "").count("<br>")
-    first, further = (74, 22) if presenting() else (66, 18)
+    first, further = (80, 22) if presenting() else (72, 18)
     return first + further * (lines - 1)
 
 
