@@ -14,6 +14,7 @@ from plotly.subplots import make_subplots
 from app.shared import (
     CONVENTION,
     DEFAULT_TAU,
+    PROBABILITY_SUBTITLE,
     axis_title,
     export_buttons,
     presenting,
@@ -69,8 +70,11 @@ def _labels(n: int) -> list[str]:
     return [f"y{i}" for i in range(n)]
 
 
-def _finish(fig: go.Figure, title: str, x_title: str | None, y_title: str | None, height: int = 440) -> go.Figure:
-    style(fig, title, x_title, y_title, height=height)
+def _finish(fig: go.Figure, title: str, x_title: str | None, y_title: str | None, height: int = 440,
+            subtitle: str = CONVENTION) -> go.Figure:
+    """:func:`app.shared.style` with the legend shown; ``subtitle``: what the chart's values are (by default the
+    win-rate convention; a chart of probabilities, multipliers or KL says so instead)."""
+    style(fig, title, x_title, y_title, height=height, subtitle=subtitle)
     fig.update_layout(showlegend=True)
     return fig
 
@@ -146,7 +150,9 @@ def _dual_figures(inst, path, t: int):
     v1 = path["V_secondary"]
     low, high = min(float(v1.min()), b), max(float(v1.max()), b)
     pad = 0.08 * (high - low + 1e-3)
-    _finish(steps, "One dual step at a time: λ and the constraint", None, None, height=440 if presenting() else 600)
+    _finish(steps, "One dual step at a time: λ and the constraint", None, None, height=440 if presenting() else 600,
+            subtitle="Top: the multiplier λ_t ≥ 0 (a price, no win-rate) · bottom: V₁, a win-rate against the "
+                     "behaviour policy, against its threshold b")
     steps.update_xaxes(range=[-0.5, N_STEPS + 0.5])
     steps.update_xaxes(title_text="dual step t (count →)", row=2, col=1)
     short = presenting()  # large fonts: short axis titles, or they overlap on the short panels
@@ -213,7 +219,7 @@ ref_fig = go.Figure()
 ref_fig.add_bar(x=labels, y=reference, name="reference π_ref(y|x)", marker_color=REFERENCE,
                 hovertemplate="response %{x}<br>π_ref = %{y:.4f}<extra></extra>")
 _finish(ref_fig, f"Reference policy over the {n_responses} responses ({inst.label})", "response y",
-        "probability π_ref(y|x) (sums to 1)", height=360)
+        "probability π_ref(y|x) (sums to 1)", height=360, subtitle=PROBABILITY_SUBTITLE)
 show_figure(ref_fig, "learn_reference",
             data=learn_presenter.tilt_table(problem, 0.0, tau)[["response", "reference"]])
 
@@ -253,7 +259,8 @@ with st.expander("See the preference matrices P₀ and P₁"):
     heat.update_layout(coloraxis=dict(colorscale="RdBu", cmin=0, cmax=1, colorbar=dict(title="P(y ≻ y′)")))
     heat.update_yaxes(autorange="reversed")
     _finish(heat, "Pairwise preferences: row y beats column y′ with this probability", "opponent y′ (column)",
-            "response y (row)", height=420)
+            "response y (row)", height=420,
+            subtitle="Colour: P_k(y ≻ y′), the probability that row y is preferred to column y′ on objective k")
     st.caption("P + Pᵀ = 1 and the diagonal is 0.5. Nothing requires the rows to be ordered by a reward: try "
                "the `cyclic` structure in the sidebar, where y0 ≻ y1 ≻ y2 ≻ y0 can happen.")
     pairs = pd.DataFrame([(names[k], i, j, prefs[k, i, j]) for k in range(2) for i in range(n_responses)
@@ -285,7 +292,7 @@ tilt_fig.add_bar(x=labels, y=table["tilted"], name=f"tilted π_λ (λ = {lam:.2f
                  hovertemplate="response %{x}<br>π_λ = %{y:.4f}<br>score s_λ = %{customdata[0]:.4f}<extra></extra>")
 tilt_fig.update_layout(barmode="group")
 _finish(tilt_fig, f"Reference against the tilt at λ = {lam:.2f}", "response y", "probability π(y|x) (sums to 1)",
-        height=400)
+        height=400, subtitle=PROBABILITY_SUBTITLE)
 show_figure(tilt_fig, "learn_tilt", data=table)
 curve = learn_presenter.tilt_values(problem, np.concatenate([np.linspace(0, 1, 21), np.geomspace(1.05, 200, 60)]), tau)
 fam = _value_plane(inst)
@@ -434,7 +441,8 @@ kl_fig.add_scatter(x=[current.tau], y=[current.kl], mode="markers", name=f"sideb
                    hovertemplate="τ = %{x:.4g}<br>KL = %{y:.4f} nats<extra></extra>")
 kl_fig.update_xaxes(type="log")
 _finish(kl_fig, "Distance from the reference against τ", "KL strength τ (log scale; stronger leash →)",
-        "KL(π ‖ π_ref) in nats (lower = closer to π_ref)", height=400)
+        "KL(π ‖ π_ref) in nats (lower = closer to π_ref)", height=400,
+        subtitle="KL divergence of MOPO's policy from the reference, in nats: 0 at the reference itself")
 show_figure(kl_fig, "learn_tau_kl", data=effect)
 
 # --- 6 ------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_every_step_renders_with_the_figure_conventions(app):
     assert len(figs) == 10
     for fig in figs:
         title = fig["layout"]["title"]["text"]
-        assert "maximised" in title and "win-rates against the behaviour policy" in title
+        assert "<br><sup>" in title  # a subtitle saying what the values are (which: the test below)
         assert fig["layout"]["showlegend"] is True
         y_axes = [v for k, v in fig["layout"].items() if k.startswith("yaxis")]
         x_axes = [v for k, v in fig["layout"].items() if k.startswith("xaxis")]
@@ -143,6 +143,22 @@ def test_typing_the_threshold_in_its_box_moves_the_slider_and_the_dual_steps(app
     assert _y(_figure(app, "One dual step at a time"), "V₁(π_λt)")[-1] == pytest.approx(target, abs=1e-3)
     app.slider(key="learn_threshold").set_value(0.6).run()  # and the box follows the slider
     assert app.number_input(key="learn_threshold_box").value == pytest.approx(0.6)
+
+
+def test_only_win_rate_charts_carry_the_win_rate_subtitle(app):
+    titles = [f["layout"]["title"]["text"] for f in figures(app)]
+    win_rates = "values are win-rates against the behaviour policy"
+
+    def title(start: str) -> str:
+        (found,) = [t for t in titles if t.startswith(start)]
+        return found
+
+    for chart in ("Win-rate of each response", "Responses on the value plane", "The tilt's values"):
+        assert win_rates in title(chart)
+    for chart, says in (("Reference policy over", "probability π(y | x)"), ("Reference against the tilt", "probability"),
+                        ("Pairwise preferences", "P_k(y ≻ y′)"), ("Distance from the reference", "nats"),
+                        ("One dual step at a time", "multiplier λ_t")):
+        assert win_rates not in title(chart) and says in title(chart)
 
 
 def test_presentation_mode_has_large_dark_fonts_and_one_line_of_numbers(app):
