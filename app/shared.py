@@ -178,11 +178,16 @@ def _copy_widget_value(source: str, target: str):
     st.session_state[target] = st.session_state[source]
 
 
-def threshold_input(container, label: str, short: str, low: float, high: float, default: float, key: str) -> float:
+def threshold_input(container, label: str, short: str, low: float, high: float, default: float, key: str,
+                    instance: str) -> float:
     """A threshold's slider (steps of 0.01) in ``container`` and beside it a number box (steps of 0.001, labelled
     ``short``) to type it exactly, kept equal: the slider's key ``key`` holds the value (``default`` at first,
-    then clamped to [``low``, ``high``]), the box ``{key}_box`` mirrors it. Returns the value."""
-    box = f"{key}_box"
+    then clamped to [``low``, ``high``]), the box ``{key}_box`` mirrors it. A new ``instance`` (its label: a new
+    range) starts again at ``default``. Returns the value."""
+    box, seen = f"{key}_box", f"{key}_instance"
+    if st.session_state.get(seen) != instance:
+        st.session_state[seen] = instance
+        st.session_state.pop(key, None)
     value = float(min(max(st.session_state.get(key, default), low), high))
     st.session_state[key] = value
     st.session_state[box] = value

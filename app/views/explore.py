@@ -120,17 +120,13 @@ sampled = n_comparisons is not None
 def threshold_controls() -> list[float]:
     """A slider and a number box per threshold (:func:`app.shared.threshold_input`). A new instance (new
     range) resets them to its default."""
-    if st.session_state.get("threshold_instance") != instance.label:
-        st.session_state.threshold_instance = instance.label
-        for j in range(1, k):
-            st.session_state.pop(f"threshold_{j}", None)
     values = []
     for j, column in zip(range(1, k), st.columns(k - 1)):
         low = float(np.floor(min(rates[j].min(), instance.reference_point[j]) * 100) / 100)
         high = float(np.ceil(instance.top[j] * 100) / 100)
         default = float(round((instance.reference_point[j] + instance.top[j]) / 2, 2))
         values.append(threshold_input(column, f"Threshold b{j} on {names[j]} (V{j} ≥ b{j})", f"b{j}", low, high,
-                                      default, f"threshold_{j}"))
+                                      default, f"threshold_{j}", instance.label))
     return values
 
 

@@ -326,10 +326,8 @@ low = float(np.floor(rates[1].min() * 100) / 100)
 high = float(np.ceil(inst.top[1] * 100) / 100)
 default_b = float(round((inst.reference_point[1] + inst.top[1]) / 2, 2))
 cols = st.columns(2)
-if st.session_state.get("learn_threshold_instance") != inst.label:  # a new instance (new range): its default
-    st.session_state.learn_threshold_instance = inst.label
-    st.session_state.pop("learn_threshold", None)
-b = threshold_input(cols[0], f"Threshold b on V₁ {names[1]}", "b", low, high, default_b, "learn_threshold")
+b = threshold_input(cols[0], f"Threshold b on V₁ {names[1]}", "b", low, high, default_b, "learn_threshold",
+                    inst.label)
 eta0 = learn_presenter.default_step_size(problem, tau)
 factor = cols[1].select_slider("Step size η", STEP_FACTORS, value=1.0, key="learn_eta",
                                format_func=lambda f: f"{f:g} × 1/L = {f * eta0:.3f}",

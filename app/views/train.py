@@ -156,7 +156,7 @@ def curves_figure(frame: pd.DataFrame, title: str, method: str, kl_every, online
             se = frame.get(column.replace("heldout_", "heldout_se_")) if column.startswith("heldout_") else None
             y, group = data[column], name
             if smoothing > 0 and not column.startswith(("lambda_", "chi_", "threshold_", "heldout_")):
-                fig.add_scatter(x=data["step"], y=y, mode="lines", name=f"{name} (raw)", legendgroup=name,
+                fig.add_scatter(x=data["step"], y=y, mode="lines", name=f"{name} (raw)", legendgroup=group,
                                 showlegend=False, line={**line, "width": 1}, opacity=0.3, row=row, col=col,
                                 hovertemplate=f"{name}, raw<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>")
                 y, name = ema(y, smoothing), f"{name}, smoothed (EMA {smoothing:g})"

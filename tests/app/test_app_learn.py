@@ -145,6 +145,20 @@ def test_typing_the_threshold_in_its_box_moves_the_slider_and_the_dual_steps(app
     assert app.number_input(key="learn_threshold_box").value == pytest.approx(0.6)
 
 
+def test_a_new_instance_starts_its_threshold_at_its_own_default(app):
+    default = app.slider(key="learn_threshold").value
+    app.number_input(key="learn_threshold_box").set_value(round(default - 0.05, 3)).run()
+    assert app.slider(key="learn_threshold").value == pytest.approx(default - 0.05)
+    app.number_input(key="learn_seed").set_value(1).run()  # another instance: another range and default
+    assert not app.exception
+    inst = AppTest.from_file(str(PAGE), default_timeout=60)
+    inst.session_state["learn_seed"] = 1
+    inst.run()
+    fresh = inst.slider(key="learn_threshold").value  # what a first visit to seed 1 shows
+    assert app.slider(key="learn_threshold").value == pytest.approx(fresh)
+    assert app.number_input(key="learn_threshold_box").value == pytest.approx(fresh)
+
+
 def test_only_win_rate_charts_carry_the_win_rate_subtitle(app):
     titles = [f["layout"]["title"]["text"] for f in figures(app)]
     win_rates = "values are win-rates against the behaviour policy"
