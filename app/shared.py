@@ -245,8 +245,8 @@ def axis_names(fig: go.Figure, which: str = "xy") -> list[str]:
 
 def style(fig: go.Figure, title: str, x_title: str | None = None, y_title: str | None = None,
           height: int = 460, subtitle: str | None = CONVENTION) -> go.Figure:
-    """Title with a subtitle, axis titles and a legend on every figure; in presentation mode, large dark
-    fonts (``presentation_style``). The subtitle is by default the sign convention of win-rate axes
+    """Title with a subtitle, axis titles and a legend on every figure (:func:`show_figure`, which draws every
+    figure, adds presentation mode's fonts last, over whatever a page set after this). The subtitle is by default the sign convention of win-rate axes
     (:data:`CONVENTION`); a chart whose axes are something else says what it shows instead (e.g.
     :data:`PROBABILITY_SUBTITLE`), or passes None for none. One layout update (each update validates and
     dispatches again)."""
@@ -255,8 +255,7 @@ def style(fig: go.Figure, title: str, x_title: str | None = None, y_title: str |
     for letter, axis_title_text in (("x", x_title), ("y", y_title)):
         if axis_title_text:
             axes |= dict.fromkeys(axis_names(fig, letter), dict(title=dict(text=axis_title_text)))
-    fig.update_layout(title=dict(text=text), height=height, margin=dict(t=80), **axes)
-    return presentation_style(fig)
+    return fig.update_layout(title=dict(text=text), height=height, margin=dict(t=80), **axes)
 
 
 def place_legend(fig: go.Figure) -> go.Figure:
